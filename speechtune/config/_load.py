@@ -1,0 +1,283 @@
+"""Load, override, validate and dump recipe configs.
+
+Validation collects *every* problem before raising, each with its dotted key, the rule it
+breaks and the value received, so that a user fixes a YAML file in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from ._schema import RecipeConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigProblem:
+    key: str
+    rule: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.rule} (got {self.value!r})"
+
+
+class ConfigError(ValueError):
+    """Raised with every problem found in a config."""
+
+    def __init__(self, problems: Sequence[ConfigProblem], source: str | None = None) -> None:
+        self.problems = list(problems)
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s){where}:\n{lines}")
+
+
+_MISSING = object()
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce) ``value`` against annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, coerced = _type_ok(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for v in value:
+            ok, c = _type_ok(v, item_tp)
+            if not ok:
+                return False, value
+            out.append(c)
+        return True, out
+    if tp is Any:
+        return True, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return False, value
+    if tp is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):  # YAML reads "1e-3" as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[ConfigProblem]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        problems.append(ConfigProblem(prefix or "<root>", "must be a mapping", data))
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            problems.append(
+                ConfigProblem(f"{prefix}{key}", f"unknown key; valid keys here: {valid}", data[key])
+            )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        value = data[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".", problems)
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            problems.append(ConfigProblem(key, f"must be {_type_name(tp)}", value))
+            continue
+        meta = f.metadata
+        if "choices" in meta and coerced is not None and coerced not in meta["choices"]:
+            choices = ", ".join(map(str, meta["choices"]))
+            problems.append(ConfigProblem(key, f"must be one of: {choices}", value))
+            continue
+        bad = _bound_problem(coerced, meta)
+        if bad:
+            problems.append(ConfigProblem(key, bad, value))
+            continue
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def _bound_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
+    if value is None or isinstance(value, (bool, str, list)):
+        return None
+    for op, test, word in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    ):
+        if op in meta and not test(value, meta[op]):
+            return f"must be {word} {meta[op]}"
+    return None
+
+
+def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
+    """Rules that involve more than one key."""
+    out: list[ConfigProblem] = []
+    m, fe = cfg.model, cfg.features
+    if m.encoder in ("transformer", "conformer") and m.d_model % m.num_heads:
+        out.append(
+            ConfigProblem("model.d_model", f"must be divisible by model.num_heads={m.num_heads}", m.d_model)
+        )
+    if m.head == "ctc_attention" and m.d_model % m.num_heads:
+        out.append(
+            ConfigProblem("model.num_heads", "must divide model.d_model for the attention decoder", m.num_heads)
+        )
+    if m.encoder == "conformer" and m.conv_kernel % 2 == 0:
+        out.append(ConfigProblem("model.conv_kernel", "must be odd (same-length depthwise conv)", m.conv_kernel))
+    if fe.hop_ms > fe.window_ms:
+        out.append(ConfigProblem("features.hop_ms", f"must be <= features.window_ms={fe.window_ms}", fe.hop_ms))
+    nyquist = fe.sample_rate / 2
+    if fe.f_max is not None and not (fe.f_min < fe.f_max <= nyquist):
+        out.append(
+            ConfigProblem("features.f_max", f"must be in (features.f_min, {nyquist:g}] for sample_rate {fe.sample_rate}", fe.f_max)
+        )
+    if cfg.data.corpus in ("an4",) and not cfg.data.root:
+        out.append(ConfigProblem("data.root", "is required for corpus 'an4' (directory of the AN4 distribution)", None))
+    if cfg.data.corpus == "manifest" and not cfg.data.manifest:
+        out.append(ConfigProblem("data.manifest", "is required for corpus 'manifest'", None))
+    if cfg.decode.method == "beam" and m.head != "ctc_attention" and cfg.decode.beam_size > 1:
+        # CTC prefix beam search without an LM gains little; we decode CTC greedily.
+        out.append(
+            ConfigProblem("decode.method", "beam search needs model.head=ctc_attention; use greedy for ctc", "beam")
+        )
+    if cfg.data.proxy_hours is not None and cfg.data.proxy_hours <= 0:
+        out.append(ConfigProblem("data.proxy_hours", "must be > 0", cfg.data.proxy_hours))
+    if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
+        out.append(ConfigProblem("train.grad_clip", "must be > 0 or null", cfg.train.grad_clip))
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) -> RecipeConfig:
+    """Build and validate a :class:`RecipeConfig`; raise :class:`ConfigError` listing every problem."""
+    problems: list[ConfigProblem] = []
+    cfg = _build(RecipeConfig, data or {}, "", problems)
+    if not problems:
+        problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Parse ``["model.num_layers=6", ...]`` into a nested dict (values read as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    problems: list[ConfigProblem] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(ConfigProblem(item, "override must look like dotted.key=value", item))
+            continue
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(ConfigProblem(key, "conflicts with another override", item))
+                break
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, "overrides")
+    return nested
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """Load a recipe YAML (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError([ConfigProblem(str(path), "cannot read config file", str(exc))]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigProblem(str(path), "is not valid YAML", str(exc))]) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)])
+        data = loaded or {}
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return config_from_dict(data, source)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (round-trips through :func:`config_from_dict`)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"d_model": 4}}`` -> ``{"model.d_model": 4}``."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def dump_config(cfg: RecipeConfig, path: str | Path) -> None:
+    """Write a complete, reloadable YAML of ``cfg``."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

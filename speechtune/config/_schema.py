@@ -1,0 +1,190 @@
+"""The recipe's typed configuration.
+
+Every tunable knob of the ASR recipe lives here, grouped by concern, with its allowed values.
+Runtime options that are *not* hyperparameters (device, output directory, threads) live in
+:class:`RunOptions` so that a tuned ``best.yaml`` never carries machine-specific paths.
+
+Field metadata drives validation (see ``_load.py``):
+
+* ``choices``: allowed values of a string/categorical field;
+* ``ge``/``gt``/``le``/``lt``: numeric bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, **meta: Any) -> Any:
+    """A dataclass field with validation metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+ENCODERS = ("lstm", "blstm", "gru", "bgru", "transformer", "conformer")
+HEADS = ("ctc", "ctc_attention")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
+SCHEDULES = ("constant", "noam", "warmup_cosine", "warmup_exponential", "plateau", "cyclic")
+LR_SCALING = ("none", "linear", "sqrt")
+CORPORA = ("synthetic", "an4", "manifest")
+
+
+@dataclass
+class SyntheticConfig:
+    """The espeak-ng generated AN4-style corpus (``data.corpus: synthetic``)."""
+
+    num_utterances: int = _f(600, ge=1)
+    seed: int = _f(0)
+    # espeak-ng English accents; each one is a group for worst-group WER.
+    accents: list[str] = _f(["en-us", "en", "en-gb-scotland", "en-029"])
+    num_voices: int = _f(8, ge=1)
+    noise_snr_db: float | None = _f(None)
+    sample_rate: int = _f(16000, choices=(8000, 16000, 22050, 48000))
+
+
+@dataclass
+class DataConfig:
+    corpus: str = _f("synthetic", choices=CORPORA)
+    # Directory of the AN4 distribution, or of a manifest corpus; cache dir for synthetic.
+    root: str | None = _f(None)
+    # For corpus=manifest: path of a JSONL/CSV/lhotse manifest or a Kaldi data dir.
+    manifest: str | None = _f(None)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    dev_fraction: float = _f(0.1, gt=0.0, lt=1.0)
+    split_seed: int = _f(0)
+    # Proxy subset of the training split: a fraction of utterances or a number of hours
+    # (stratified by speaker/group). 1.0 / None means all of it.
+    proxy_fraction: float = _f(1.0, gt=0.0, le=1.0)
+    proxy_hours: float | None = _f(None)
+    max_duration: float = _f(30.0, gt=0.0)
+    # Skip (and report) bad utterances instead of failing on them.
+    skip_bad: bool = _f(False)
+
+
+@dataclass
+class FeaturesConfig:
+    sample_rate: int = _f(16000, choices=(8000, 16000, 22050, 48000))
+    window_ms: float = _f(25.0, gt=0.0, le=100.0)
+    hop_ms: float = _f(10.0, gt=0.0, le=50.0)
+    n_mels: int = _f(80, ge=8, le=256)
+    f_min: float = _f(0.0, ge=0.0)
+    f_max: float | None = _f(None)
+    # Global mean/variance normalisation with statistics from the training split.
+    normalize: bool = _f(True)
+
+
+@dataclass
+class SpecAugmentConfig:
+    enabled: bool = _f(True)
+    time_mask_width: int = _f(40, ge=0)
+    freq_mask_width: int = _f(15, ge=0)
+    num_time_masks: int = _f(2, ge=0)
+    num_freq_masks: int = _f(2, ge=0)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = _f("char", choices=("char", "bpe"))
+    vocab_size: int = _f(64, ge=4)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = _f("conformer", choices=ENCODERS)
+    d_model: int = _f(144, ge=8)
+    num_layers: int = _f(4, ge=1)
+    num_heads: int = _f(4, ge=1)
+    ff_dim: int = _f(576, ge=8)
+    conv_kernel: int = _f(15, ge=1)
+    dropout: float = _f(0.1, ge=0.0, lt=1.0)
+    subsampling: int = _f(4, choices=(1, 2, 4, 6, 8))
+    head: str = _f("ctc", choices=HEADS)
+    ctc_weight: float = _f(0.3, ge=0.0, le=1.0)
+    decoder_layers: int = _f(2, ge=1)
+    # "deepnorm" scales residual branches for deep stacks (Wang et al., 2022).
+    init: str = _f("default", choices=("default", "deepnorm"))
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("adamw", choices=OPTIMIZERS)
+    lr: float = _f(1e-3, gt=0.0)
+    beta1: float = _f(0.9, ge=0.0, lt=1.0)
+    beta2: float = _f(0.98, ge=0.0, lt=1.0)
+    eps: float = _f(1e-9, gt=0.0)
+    weight_decay: float = _f(1e-3, ge=0.0)
+    momentum: float = _f(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = _f(False)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = _f("warmup_cosine", choices=SCHEDULES)
+    warmup_steps: int = _f(200, ge=0)
+    # Floor of cosine / exponential decay, as a fraction of the peak lr.
+    min_lr_ratio: float = _f(0.01, ge=0.0, le=1.0)
+    # warmup_exponential: lr *= gamma every step after warmup.
+    gamma: float = _f(0.999, gt=0.0, le=1.0)
+    # plateau: multiply lr by factor when dev loss has not improved for `patience` epochs.
+    plateau_factor: float = _f(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = _f(2, ge=0)
+    # cyclic (triangular): one cycle lasts cycle_steps; lr goes min -> peak -> min.
+    cycle_steps: int = _f(1000, ge=2)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(20, ge=1)
+    batch_size: int = _f(16, ge=1)
+    grad_accum: int = _f(1, ge=1)
+    devices: int = _f(1, ge=1)
+    # Scale optim.lr by effective batch / reference_batch (linear) or its square root.
+    lr_scaling: str = _f("none", choices=LR_SCALING)
+    reference_batch: int = _f(16, ge=1)
+    grad_clip: float | None = _f(5.0)
+    bucketed: bool = _f(True)
+    num_buckets: int = _f(10, ge=1)
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16"))
+    # Flatline: training loss relative change below `flatline_tol` for `flatline_patience`
+    # epochs in a row ends the run with reason "flatline". 0 disables it.
+    flatline_patience: int = _f(3, ge=0)
+    flatline_tol: float = _f(1e-3, ge=0.0)
+
+
+@dataclass
+class DecodeConfig:
+    method: str = _f("greedy", choices=("greedy", "beam"))
+    beam_size: int = _f(4, ge=1)
+    # Weight of CTC prefix scores in joint attention beam search (ctc_attention head only).
+    ctc_weight: float = _f(0.3, ge=0.0, le=1.0)
+    max_len_ratio: float = _f(1.0, gt=0.0)
+
+
+@dataclass
+class RecipeConfig:
+    """The complete ASR recipe: everything a tuner may vary."""
+
+    seed: int = _f(42)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How and where to run: never tuned, never written into ``best.yaml``."""
+
+    output_dir: str = "runs/train"
+    device: str = "auto"
+    cache_dir: str = ".cache/speechtune"
+    num_threads: int | None = None
+    progress: bool = True
+    resume: bool = False

@@ -1,0 +1,115 @@
+"""From a :class:`DataConfig` to validated, speaker-disjoint train/dev manifests.
+
+This is the one place where a corpus name turns into data, so it is also where the test split
+is kept out of training, tuning and selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from ._an4 import import_an4
+from ._importers import load_manifest
+from ._manifest import Manifest, TestSplitError, require_tunable
+from ._splits import proxy_subset, split_dev
+from ._synthetic import synthesize_corpus
+from ._text import DEFAULT_CHARSET
+from ._validate import ValidationReport, validate_manifest
+
+log = logging.getLogger(__name__)
+
+# A path component like "test", "an4_test", "eval-clean" or "golden.jsonl" names held-out data.
+_HELD_OUT = re.compile(r"(^|[_\-.])(test|eval|golden)([_\-.]|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Training and dev manifests ready for feature extraction."""
+
+    train: Manifest
+    dev: Manifest
+    report: ValidationReport
+
+
+def refuse_held_out_path(path: str | Path, purpose: str) -> None:
+    """Refuse a manifest whose file or directory name says it is a test/eval/golden set.
+
+    A manifest file carries no split label, so its name is the best evidence we have; this
+    catches the common accident of pointing a training or tuning config at the test set.
+    """
+    for part in Path(path).parts[-2:]:
+        stem = part.split(".")[0] if part.endswith((".jsonl", ".json", ".csv", ".tsv", ".gz")) else part
+        if _HELD_OUT.search(stem):
+            raise TestSplitError(
+                f"refusing {str(path)!r} for {purpose}: its name marks it as held-out "
+                "(test/eval/golden) data, which is for final evaluation only "
+                "(`speechtune evaluate`). Train and tune on training data; speechtune carves "
+                "the dev split from it."
+            )
+
+
+def load_corpus(cfg: DataConfig, cache_dir: str | Path, progress: bool = False) -> Manifest:
+    """Load (building or importing when needed) the training corpus named by ``cfg.corpus``."""
+    cache_dir = Path(cache_dir)
+    if cfg.corpus == "synthetic":
+        s = cfg.synthetic
+        root = Path(cfg.root) if cfg.root else cache_dir / "corpora"
+        manifest = synthesize_corpus(
+            root,
+            num_utterances=s.num_utterances,
+            seed=s.seed,
+            accents=tuple(s.accents),
+            num_voices=s.num_voices,
+            noise_snr_db=s.noise_snr_db,
+            sample_rate=s.sample_rate,
+            progress=progress,
+        )
+    elif cfg.corpus == "an4":
+        assert cfg.root is not None  # config validation requires it
+        splits = import_an4(cfg.root, cache_dir / "corpora" / "an4", skip_bad=cfg.skip_bad)
+        manifest = splits["train"]  # the AN4 test split is never used for training or tuning
+    else:
+        assert cfg.manifest is not None
+        refuse_held_out_path(cfg.manifest, "training")
+        manifest = load_manifest(cfg.manifest)
+    return manifest.with_split("train")
+
+
+def prepare_data(
+    cfg: DataConfig,
+    sample_rate: int,
+    cache_dir: str | Path,
+    progress: bool = False,
+) -> PreparedData:
+    """Load, validate, split (speaker-disjoint dev) and subsample (proxy) the training corpus.
+
+    Args:
+        cfg: the recipe's data section.
+        sample_rate: the front end's sample rate (audio below it is reported as bad input).
+        cache_dir: where generated/imported corpora are cached.
+        progress: show progress bars.
+
+    Returns:
+        Train (possibly a proxy subset) and dev manifests, plus the validation report.
+    """
+    manifest = load_corpus(cfg, cache_dir, progress)
+    require_tunable(manifest, "training")
+    manifest, report = validate_manifest(
+        manifest,
+        charset=DEFAULT_CHARSET,
+        sample_rate=sample_rate,
+        max_duration=cfg.max_duration,
+        skip_bad=cfg.skip_bad,
+    )
+    if report.skipped:
+        log.warning(report.summary())
+    train, dev = split_dev(manifest, cfg.dev_fraction, cfg.split_seed)
+    if cfg.proxy_hours is not None:
+        train = proxy_subset(train, hours=cfg.proxy_hours, seed=cfg.split_seed)
+    elif cfg.proxy_fraction < 1.0:
+        train = proxy_subset(train, fraction=cfg.proxy_fraction, seed=cfg.split_seed)
+    return PreparedData(train=train.with_split("train"), dev=dev.with_split("dev"), report=report)

@@ -1,0 +1,418 @@
+"""The ASR training recipe: config in, trained model and dev metrics out.
+
+Read it top to bottom: prepare data -> features (cached) -> tokenizer -> model -> epochs of
+(train, evaluate on dev, checkpoint, report). The loop knows nothing about tuning; it talks to
+its driver only through a :class:`~speechtune.train.Reporter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..config import RecipeConfig, RunOptions, config_to_dict, dump_config
+from ..data import Manifest, require_tunable
+from ..data._audio import load_audio
+from ..data._prepare import PreparedData, prepare_data
+from ..data._tokenizer import Tokenizer, build_tokenizer
+from ..data._validate import validate_manifest
+from ..features import FeatureCache, GlobalCMVN, SpecAugment
+from ..metrics import error_counts, group_wer, parameter_count, worst_group
+from ..models import build_model
+from ..recognizer import Recognizer
+from ._batching import BucketBatchSampler
+from ._checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
+from ._diagnostics import COMPLETE, OOM, STOPPED, FlatlineDetector, RunEnded, check_finite, is_oom
+from ._optim import build_optimizer, effective_batch, scale_lr
+from ._reporter import NullReporter, Reporter
+from ._schedules import PlateauTracker, lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """How a training run ended and what it measured.
+
+    Attributes:
+        status: ``complete``, ``stopped`` (the reporter asked), ``diverged``, ``flatline`` or ``oom``.
+        reason: a human-readable sentence for logs and tuner records.
+        history: per-epoch metrics (train/dev loss, WER, CER, LR, gradient norm, ...).
+        metrics: final dev metrics of the best epoch (by dev WER), plus size figures.
+        output_dir: where ``model.pt``, ``last.pt``, ``metrics.json`` and ``config.yaml`` live.
+    """
+
+    status: str
+    reason: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    output_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (COMPLETE, STOPPED)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup helpers
+# ---------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _features(
+    manifest: Manifest, cfg: RecipeConfig, opts: RunOptions, device: torch.device
+) -> dict[str, torch.Tensor]:
+    cache = FeatureCache(Path(opts.cache_dir) / "features")
+    sr = cfg.features.sample_rate
+    return cache.get(
+        manifest,
+        cfg.features,
+        lambda utt: load_audio(manifest, utt, sr),
+        device=device,
+        progress=opts.progress,
+    )
+
+
+@dataclass
+class _Batch:
+    feats: torch.Tensor  # [B, T, F]
+    feat_lens: torch.Tensor
+    targets: torch.Tensor  # [B, U], padded with -1
+    target_lens: torch.Tensor
+    audio_seconds: float
+
+
+def _collate(
+    ids: Sequence[str],
+    feats: dict[str, torch.Tensor],
+    targets: dict[str, list[int]],
+    durations: dict[str, float],
+    device: torch.device,
+) -> _Batch:
+    f = [feats[i] for i in ids]
+    t = [targets[i] for i in ids]
+    flens = torch.tensor([x.shape[0] for x in f])
+    x = torch.zeros(len(f), int(flens.max()), f[0].shape[1])
+    for k, v in enumerate(f):
+        x[k, : v.shape[0]] = v
+    tlens = torch.tensor([len(v) for v in t])
+    y = torch.full((len(t), max(1, int(tlens.max()))), -1, dtype=torch.long)
+    for k, v in enumerate(t):
+        y[k, : len(v)] = torch.tensor(v, dtype=torch.long)
+    nb = device.type == "cuda"
+    return _Batch(
+        x.to(device, non_blocking=nb),
+        flens.to(device),
+        y.to(device, non_blocking=nb),
+        tlens.to(device),
+        sum(durations[i] for i in ids),
+    )
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type != "cuda":
+        # bf16 autocast on CPU is slow and numerically worse than fp32 for these small models.
+        use_bf16 = False
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation on dev
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_dev(
+    recognizer: Recognizer,
+    manifest: Manifest,
+    feats: dict[str, torch.Tensor],
+    targets: dict[str, list[int]],
+    cfg: RecipeConfig,
+    device: torch.device,
+    full_decode: bool,
+) -> dict[str, Any]:
+    """Dev loss, WER, CER and per-group WER.
+
+    During training (``full_decode=False``) dev WER uses greedy CTC (or greedy attention when
+    the CTC weight is 0), which is cheap; the final evaluation uses the configured decoder.
+    """
+    model = recognizer.model
+    model.eval()
+    decode = cfg.decode
+    if not full_decode:
+        from ..config import DecodeConfig
+
+        if cfg.model.head == "ctc" or cfg.model.ctc_weight > 0:
+            decode = DecodeConfig(method="greedy")
+        else:
+            decode = DecodeConfig(method="beam", beam_size=1, ctc_weight=0.0)
+    durations = {u.id: u.duration for u in manifest}
+    sampler = BucketBatchSampler([u.duration for u in manifest], cfg.train.batch_size, shuffle=False)
+    ids_all = [u.id for u in manifest]
+    total_loss, n = 0.0, 0
+    hyps: dict[str, str] = {}
+    for idx in sampler:
+        ids = [ids_all[i] for i in idx]
+        b = _collate(ids, feats, targets, durations, device)
+        with _autocast(device, cfg.train.precision):
+            out = model(recognizer.normalize(b.feats), b.feat_lens, b.targets, b.target_lens)
+        total_loss += float(out["loss"]) * len(ids)
+        n += len(ids)
+        for i, h in zip(ids, recognizer.decode_features(b.feats, b.feat_lens, decode)):
+            hyps[i] = h
+    refs = [u.text for u in manifest]
+    hyp_list = [hyps[u.id] for u in manifest]
+    groups = [u.group for u in manifest]
+    w = error_counts(refs, hyp_list, unit="word")
+    c = error_counts(refs, hyp_list, unit="char")
+    per_group = group_wer(refs, hyp_list, groups)
+    worst_name, worst_rate = worst_group(per_group)
+    return {
+        "dev_loss": total_loss / max(n, 1),
+        "wer": w.rate,
+        "cer": c.rate,
+        "worst_group_wer": worst_rate,
+        "worst_group": worst_name,
+        "group_wer": per_group,
+        "examples": [{"id": u.id, "ref": u.text, "hyp": hyps[u.id]} for u in list(manifest)[:5]],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+# ---------------------------------------------------------------------------------------------
+def train(
+    cfg: RecipeConfig,
+    opts: RunOptions | None = None,
+    reporter: Reporter | None = None,
+    data: PreparedData | None = None,
+) -> TrainResult:
+    """Train the ASR recipe described by ``cfg`` and measure it on the dev split.
+
+    Args:
+        cfg: the recipe (all hyperparameters).
+        opts: where/how to run (device, output and cache dirs, resume).
+        reporter: receives per-epoch metrics; returning True stops the run early.
+        data: pre-built manifests (skips corpus preparation; used by tests and tuners).
+
+    Returns:
+        A :class:`TrainResult`. Divergence, flatlines and out-of-memory end the run with a named
+        status instead of raising, so that a tuner can record the trial and move on.
+    """
+    opts = opts or RunOptions()
+    reporter = reporter or NullReporter()
+    out_dir = Path(opts.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.num_threads:
+        torch.set_num_threads(opts.num_threads)
+    device = resolve_device(opts.device)
+    torch.manual_seed(cfg.seed)
+    dump_config(cfg, out_dir / "config.yaml")
+
+    # -- data, features, tokenizer -------------------------------------------------------------
+    if data is None:
+        data = prepare_data(cfg.data, cfg.features.sample_rate, opts.cache_dir, opts.progress)
+    train_set, dev_set = require_tunable(data.train, "training"), require_tunable(data.dev, "model selection")
+    tokenizer = build_tokenizer(cfg.tokenizer.kind, [u.text for u in train_set], cfg.tokenizer.vocab_size)
+    # Dev text the tokenizer cannot write is bad input too: name it rather than crash mid-epoch.
+    dev_set, _ = validate_manifest(dev_set, charset=tokenizer.charset, skip_bad=cfg.data.skip_bad)
+    train_feats = _features(train_set, cfg, opts, device)
+    dev_feats = _features(dev_set, cfg, opts, device)
+    targets = {u.id: tokenizer.encode(u.text) for m in (train_set, dev_set) for u in m}
+    cmvn = GlobalCMVN.fit(train_feats.values()) if cfg.features.normalize else None
+
+    # -- model, optimiser, schedule --------------------------------------------------------------
+    model = build_model(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
+    recognizer = Recognizer(cfg, tokenizer, cmvn, model).to(device)
+    specaug = SpecAugment.from_config(cfg.specaugment)
+    if specaug is not None:
+        specaug = specaug.to(device)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    t = cfg.train
+    eff_batch = effective_batch(t.batch_size, t.grad_accum, t.devices)
+    peak_lr = scale_lr(cfg.optim.lr, eff_batch, t.reference_batch, t.lr_scaling)
+    optimizer = build_optimizer(model.parameters(), cfg.optim, peak_lr)
+    ids_train = [u.id for u in train_set]
+    durations = {u.id: u.duration for m in (train_set, dev_set) for u in m}
+    sampler = BucketBatchSampler(
+        [u.duration for u in train_set], t.batch_size, num_buckets=t.num_buckets, bucketed=t.bucketed, seed=cfg.seed
+    )
+    steps_per_epoch = math.ceil(len(sampler) / t.grad_accum)
+    total_steps = steps_per_epoch * t.epochs
+    plateau = PlateauTracker(patience=cfg.schedule.plateau_patience)
+    flatline = FlatlineDetector(t.flatline_patience, t.flatline_tol)
+
+    # -- resume ---------------------------------------------------------------------------------
+    state = _RunState()
+    last_path, model_path = out_dir / "last.pt", out_dir / "model.pt"
+    if opts.resume and last_path.is_file():
+        ck = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        plateau.load_state_dict(ck["plateau"])
+        flatline.load_state_dict(ck["flatline"])
+        sampler.load_state_dict(ck["sampler"])
+        restore_rng_state(ck["rng"], {"specaugment": aug_gen})
+        state = _RunState(**ck["state"])
+        log.info("resumed from %s at epoch %d", last_path, state.epoch)
+
+    reason = f"completed {t.epochs} epochs"
+    status = COMPLETE
+    try:
+        for epoch in range(state.epoch + 1, t.epochs + 1):
+            sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum, n_utts, gnorm_sum, n_steps, audio_s = 0.0, 0, 0.0, 0, 0.0
+            optimizer.zero_grad(set_to_none=True)
+            batches = list(sampler)
+            for k, idx in enumerate(batches):
+                ids = [ids_train[i] for i in idx]
+                b = _collate(ids, train_feats, targets, durations, device)
+                x = recognizer.normalize(b.feats)
+                if specaug is not None:
+                    x = specaug(x, b.feat_lens, generator=aug_gen)
+                with _autocast(device, t.precision):
+                    out = model(x, b.feat_lens, b.targets, b.target_lens)
+                loss = out["loss"]
+                check_finite(float(loss), "training loss", epoch, state.step)
+                (loss / t.grad_accum).backward()
+                loss_sum += float(loss) * len(ids)
+                n_utts += len(ids)
+                audio_s += b.audio_seconds
+                if (k + 1) % t.grad_accum == 0 or k + 1 == len(batches):
+                    lr = lr_at(state.step, cfg.schedule, peak_lr, total_steps, cfg.model.d_model, plateau.reductions)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                    check_finite(gnorm, "gradient norm", epoch, state.step)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    gnorm_sum += gnorm
+                    n_steps += 1
+                    state.step += 1
+            train_time = time.perf_counter() - t0
+            train_loss = loss_sum / max(n_utts, 1)
+            dev = evaluate_dev(recognizer, dev_set, dev_feats, targets, cfg, device, full_decode=False)
+            if cfg.schedule.name == "plateau":
+                plateau.update(dev["dev_loss"])
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "dev_loss": dev["dev_loss"],
+                "overfit_gap": dev["dev_loss"] - train_loss,
+                "wer": dev["wer"],
+                "cer": dev["cer"],
+                "worst_group_wer": dev["worst_group_wer"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": gnorm_sum / max(n_steps, 1),
+                "epoch_seconds": train_time,
+                "audio_seconds_per_second": audio_s / max(train_time, 1e-9),
+                "utterances_per_second": n_utts / max(train_time, 1e-9),
+            }
+            state.epoch = epoch
+            state.history.append(row)
+            if dev["wer"] < state.best_wer:
+                state.best_wer, state.best_epoch = dev["wer"], epoch
+                save_atomic(recognizer.to_payload(), model_path)
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "plateau": plateau.state_dict(),
+                    "flatline": flatline.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "rng": rng_state({"specaugment": aug_gen}),
+                    "state": state.as_dict(),
+                },
+                last_path,
+            )
+            _write_json(out_dir / "history.json", state.history)
+            if opts.progress:
+                log.info(
+                    "epoch %d/%d  train_loss %.3f  dev_loss %.3f  WER %.3f  CER %.3f  lr %.2e  (%.1fs)",
+                    epoch, t.epochs, train_loss, dev["dev_loss"], dev["wer"], dev["cer"], row["lr"], train_time,
+                )
+            # Diagnostics before the reporter: a flat run ends with its own reason.
+            flatline.update(train_loss, epoch)
+            if reporter.report(epoch, **{k: v for k, v in row.items() if k != "epoch"}):
+                status, reason = STOPPED, f"stopped by the reporter after epoch {epoch}"
+                break
+    except RunEnded as ended:
+        status, reason = ended.status, ended.reason
+    except Exception as exc:  # out-of-memory is an outcome, anything else is a bug to surface
+        if not is_oom(exc):
+            raise
+        status, reason = OOM, f"oom: out of memory at epoch {state.epoch + 1} ({type(exc).__name__}: {exc})"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    result = TrainResult(status=status, reason=reason, history=state.history, output_dir=out_dir)
+    if model_path.is_file():
+        result.metrics = final_metrics(model_path, dev_set, dev_feats, targets, cfg, device, state)
+    _write_json(out_dir / "result.json", {"status": status, "reason": reason, "metrics": result.metrics})
+    return result
+
+
+def final_metrics(
+    model_path: Path,
+    dev_set: Manifest,
+    dev_feats: dict[str, torch.Tensor],
+    targets: dict[str, list[int]],
+    cfg: RecipeConfig,
+    device: torch.device,
+    state: "_RunState",
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint with the configured decoder; write ``metrics.json`` beside it."""
+    from ..evaluate import measure_decoding_latency
+
+    best = Recognizer.load(model_path, device)
+    dev = evaluate_dev(best, dev_set, dev_feats, targets, cfg, device, full_decode=True)
+    metrics: dict[str, Any] = {
+        "split": "dev",
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        **{k: dev[k] for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "dev_loss")},
+        "num_parameters": parameter_count(best.model),
+        "model_bytes": model_path.stat().st_size,
+        **measure_decoding_latency(best, dev_set, max_utterances=32),
+        "examples": dev["examples"],
+    }
+    _write_json(model_path.with_name("metrics.json"), metrics)
+    return metrics
+
+
+@dataclass
+class _RunState:
+    epoch: int = 0
+    step: int = 0
+    best_wer: float = float("inf")
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_wer": self.best_wer,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.replace(path)
