@@ -130,7 +130,7 @@ class ScheduleConfig:
     # plateau: multiply lr by factor when dev loss has not improved for `patience` epochs.
     plateau_factor: float = _f(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = _f(2, ge=0)
-    # cyclic (triangular): one cycle lasts cycle_steps; lr goes min -> peak -> min.
+    # cyclic (triangular): one cycle lasts cycle_steps; lr goes peak -> min -> peak after warmup.
     cycle_steps: int = _f(1000, ge=2)
 
 
