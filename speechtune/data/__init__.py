@@ -6,6 +6,11 @@ from importlib import import_module as _import_module
 from typing import Any as _Any
 
 _LAZY = {
+    'AN4Error': '._an4',
+    'AudioInfo': '._audio',
+    'ManifestFormatError': '._importers',
+    'normalize_text': '._text',
+    'DEFAULT_CHARSET': '._text',
     'import_an4': '._an4',
     'AudioError': '._audio',
     'audio_info': '._audio',
@@ -33,6 +38,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "AN4Error",
+    "AudioInfo",
+    "ManifestFormatError",
+    "normalize_text",
+    "DEFAULT_CHARSET",
     "AudioError",
     "BadInputError",
     "BadUtterance",

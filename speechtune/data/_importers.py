@@ -1,0 +1,443 @@
+"""Importers from common corpus formats into a :class:`Manifest`, and export to lhotse.
+
+Formats (auto-detected by :func:`load_manifest`):
+
+* JSONL (``.jsonl``/``.json``): one record per line with ``id, audio, duration, text,
+  speaker, group`` (``duration``, ``speaker`` and ``group`` optional).
+* CSV/TSV (``.csv``/``.tsv``): a header row naming the same columns.
+* a Kaldi data directory: ``wav.scp`` + ``text`` + ``utt2spk`` (optional ``utt2group``,
+  ``spk2gender``, ``utt2dur``). Piped ``wav.scp`` entries and ``segments`` files are refused:
+  speechtune never runs a shell command found in a data file.
+* lhotse manifests: a directory or file with recordings + supervisions (``.jsonl[.gz]``),
+  or a CutSet ``.jsonl[.gz]``; read with lhotse's own loaders.
+
+Relative audio paths are relative to the manifest file's directory (``Manifest.root``).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+from speechtune.data._audio import AudioError, audio_info, is_raw
+from speechtune.data._manifest import Manifest, Utterance
+from speechtune.data._validate import ValidationReport, validate_manifest
+
+log = logging.getLogger(__name__)
+
+_REQUIRED_COLUMNS = ("id", "audio", "text")
+# A supervision must start within this many seconds of its recording's start to count as
+# covering the whole recording (our Utterance has no offset).
+_OFFSET_TOLERANCE_S = 0.01
+_COVER_TOLERANCE_S = 0.05
+
+
+class ManifestFormatError(ValueError):
+    """A manifest file or directory cannot be read as any supported format."""
+
+
+# -- records -> utterances ------------------------------------------------------------------
+def _header_duration(root: Path, audio: str) -> float:
+    """Duration from the audio header; 0.0 when unreadable (validation then reports the file)."""
+    path = Path(audio)
+    if not path.is_absolute():
+        path = root / path
+    try:
+        return audio_info(path).duration
+    except AudioError:
+        return 0.0
+
+
+def _optional_float(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return float(value)
+
+
+def _record_to_utt(record: dict[str, Any], root: Path, where: str) -> Utterance:
+    """One record (from JSONL/CSV) as an Utterance; ``where`` names it in errors."""
+    missing = [k for k in _REQUIRED_COLUMNS if record.get(k) is None]
+    if missing:
+        raise ManifestFormatError(f"{where}: missing required field(s) {missing}; got fields {sorted(record)}")
+    audio = str(record["audio"])
+    try:
+        duration = _optional_float(record.get("duration"))
+        rate = _optional_float(record.get("sample_rate"))
+    except ValueError as exc:
+        raise ManifestFormatError(f"{where}: duration/sample_rate must be numbers: {exc}") from exc
+    return Utterance(
+        id=str(record["id"]),
+        audio=audio,
+        duration=duration if duration is not None else _header_duration(root, audio),
+        text=str(record["text"]),
+        speaker=str(record.get("speaker") or "unknown"),
+        group=str(record.get("group") or "default"),
+        sample_rate=int(rate) if rate is not None else None,
+    )
+
+
+def _make_manifest(utts: list[Utterance], split: str, root: Path, source: Path) -> Manifest:
+    try:
+        return Manifest(utts, split, root)
+    except ValueError as exc:
+        raise ManifestFormatError(f"{source}: {exc}") from exc
+
+
+# -- JSONL / CSV ----------------------------------------------------------------------------
+def _open_text(path: Path):
+    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
+
+
+def _load_jsonl(path: Path, split: str) -> Manifest:
+    root = path.parent
+    with _open_text(path) as fh:
+        text = fh.read()
+    if text.lstrip().startswith("["):  # a .json file holding one array of records
+        try:
+            records = [(f"{path} record {i + 1}", r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as exc:
+            raise ManifestFormatError(f"{path}: invalid JSON: {exc}") from exc
+    else:
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path} line {lineno}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ManifestFormatError(f"{path} line {lineno}: invalid JSON: {exc}") from exc
+    utts = []
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            raise ManifestFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        utts.append(_record_to_utt(rec, root, where))
+    return _make_manifest(utts, split, root, path)
+
+
+def _load_csv(path: Path, split: str) -> Manifest:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ManifestFormatError(
+                f"{path}: header row lacks column(s) {missing}; expected id, audio, duration, text, "
+                f"speaker, group (duration, speaker, group optional); got {columns}"
+            )
+        utts = [_record_to_utt(row, path.parent, f"{path} line {i + 2}") for i, row in enumerate(reader)]
+    return _make_manifest(utts, split, path.parent, path)
+
+
+# -- Kaldi ----------------------------------------------------------------------------------
+def _read_kaldi_map(path: Path, allow_empty_value: bool = False) -> dict[str, str]:
+    """``key value...`` lines as a dict (value = rest of line)."""
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) < 2 and not allow_empty_value:
+            raise ManifestFormatError(f"{path} line {lineno}: expected '<key> <value>', got {line!r}")
+        out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+def _read_optional_map(path: Path) -> dict[str, str]:
+    return _read_kaldi_map(path) if path.is_file() else {}
+
+
+def _gender_group(gender: str | None) -> str | None:
+    if not gender:
+        return None
+    g = gender.strip().lower()
+    return {"f": "female", "female": "female", "m": "male", "male": "male"}.get(g, g)
+
+
+def _kaldi_audio_path(data_dir: Path, utt_id: str, entry: str) -> str:
+    if entry.endswith("|"):
+        raise ManifestFormatError(
+            f"{data_dir / 'wav.scp'}: utterance {utt_id!r} is a piped command ({entry!r}); speechtune "
+            "never runs shell commands from data files. Convert the audio to files (e.g. with "
+            "sph2pipe or sox) and list their paths in wav.scp."
+        )
+    # Kaldi resolves relative paths against the recipe directory it runs in: try the data
+    # directory first, then the current directory.
+    p = Path(entry)
+    if not p.is_absolute() and not (data_dir / p).exists() and p.exists():
+        return str(p.resolve())
+    return entry
+
+
+def _load_kaldi(data_dir: Path, split: str) -> Manifest:
+    if (data_dir / "segments").exists():
+        raise ManifestFormatError(
+            f"{data_dir}: has a 'segments' file (utterances cut from longer recordings); speechtune "
+            "needs one audio file per utterance. Extract the segments first (e.g. extract-segments)."
+        )
+    for name in ("wav.scp", "text", "utt2spk"):
+        if not (data_dir / name).is_file():
+            raise ManifestFormatError(f"{data_dir}: Kaldi data directory lacks {name!r} (needs wav.scp, text, utt2spk)")
+    wavs = _read_kaldi_map(data_dir / "wav.scp")
+    texts = _read_kaldi_map(data_dir / "text", allow_empty_value=True)
+    spk = _read_kaldi_map(data_dir / "utt2spk")
+    groups, genders, durs = (_read_optional_map(data_dir / n) for n in ("utt2group", "spk2gender", "utt2dur"))
+    problems = [f"{u}: no entry in {f}" for f, m in (("text", texts), ("utt2spk", spk)) for u in wavs if u not in m]
+    problems += [f"{u}: in text but not in wav.scp" for u in texts if u not in wavs]
+    if problems:
+        listing = "\n  ".join(problems[:50]) + (f"\n  and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise ManifestFormatError(f"{data_dir}: inconsistent Kaldi data directory:\n  {listing}")
+    utts = []
+    for uid, entry in wavs.items():
+        audio = _kaldi_audio_path(data_dir, uid, entry)
+        speaker = spk[uid]
+        dur = float(durs[uid]) if uid in durs else _header_duration(data_dir, audio)
+        group = groups.get(uid) or _gender_group(genders.get(speaker)) or "default"
+        utts.append(Utterance(uid, audio, dur, texts[uid], speaker, group))
+    return _make_manifest(utts, split, data_dir, data_dir)
+
+
+# -- lhotse ---------------------------------------------------------------------------------
+def _lhotse_kind(path: Path) -> str | None:
+    """``recordings``, ``supervisions``, ``cuts`` or None, from the first record."""
+    try:
+        with _open_text(path) as fh:
+            first = next((line for line in fh if line.strip()), "")
+        rec = json.loads(first) if first else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict):
+        return None
+    if "sources" in rec and "sampling_rate" in rec:
+        return "recordings"
+    if "recording_id" in rec and "start" in rec:
+        return "supervisions"
+    if "type" in rec and "supervisions" in rec:
+        return "cuts"
+    return None
+
+
+def _lhotse_files_in(directory: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for p in sorted(directory.iterdir()):
+        if p.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+            kind = _lhotse_kind(p)
+            if kind and kind not in found:
+                found[kind] = p
+    return found
+
+
+def _sibling(path: Path, kind: str, other: str) -> Path:
+    candidate = path.with_name(path.name.replace(kind, other))
+    if candidate != path and candidate.is_file():
+        return candidate
+    found = _lhotse_files_in(path.parent)
+    if other not in found:
+        raise ManifestFormatError(f"{path}: lhotse {kind} manifest found, but no {other} manifest beside it")
+    return found[other]
+
+
+def _recording_audio(rec: Any, where: Path) -> str:
+    if len(rec.sources) != 1 or rec.sources[0].type != "file":
+        kinds = [s.type for s in rec.sources]
+        raise ManifestFormatError(
+            f"{where}: recording {rec.id!r} has sources {kinds}; speechtune reads exactly one source "
+            "of type 'file' per recording (never commands or URLs)"
+        )
+    return str(rec.sources[0].source)
+
+
+def _utt_from_lhotse(rec: Any, sup: Any, where: Path) -> Utterance:
+    if sup.start > _OFFSET_TOLERANCE_S or sup.duration + _COVER_TOLERANCE_S < rec.duration:
+        raise ManifestFormatError(
+            f"{where}: supervision {sup.id!r} covers {sup.start:.2f}-{sup.end:.2f} s of recording "
+            f"{rec.id!r} ({rec.duration:.2f} s); speechtune needs one whole recording per utterance"
+        )
+    custom = sup.custom or {}
+    group = custom.get("group") or _gender_group(sup.gender) or "default"
+    return Utterance(
+        id=sup.id,
+        audio=_recording_audio(rec, where),
+        duration=float(sup.duration),
+        text=sup.text or "",
+        speaker=sup.speaker or "unknown",
+        group=str(group),
+        sample_rate=int(rec.sampling_rate),
+    )
+
+
+def _pairs_to_utts(pairs: Iterable[tuple[Any, Any]], where: Path) -> list[Utterance]:
+    pairs = list(pairs)
+    per_rec: dict[str, int] = {}
+    for rec, _ in pairs:
+        per_rec[rec.id] = per_rec.get(rec.id, 0) + 1
+    multi = sorted(r for r, n in per_rec.items() if n > 1)
+    if multi:
+        raise ManifestFormatError(
+            f"{where}: recordings with several supervisions (segments) are not supported: {multi[:10]}"
+        )
+    return [_utt_from_lhotse(rec, sup, where) for rec, sup in pairs]
+
+
+def _load_lhotse(recordings: Path | None, supervisions: Path | None, cuts: Path | None, split: str) -> Manifest:
+    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest as lhotse_load
+
+    if cuts is not None:
+        cutset = lhotse_load(cuts, manifest_cls=CutSet)
+        pairs = []
+        for cut in cutset:
+            if cut.recording is None or len(cut.supervisions) != 1:
+                raise ManifestFormatError(f"{cuts}: cut {cut.id!r} needs a recording and exactly one supervision")
+            if cut.start > _OFFSET_TOLERANCE_S:
+                raise ManifestFormatError(f"{cuts}: cut {cut.id!r} starts {cut.start:.2f} s into its recording")
+            pairs.append((cut.recording, cut.supervisions[0]))
+        utts, where = _pairs_to_utts(pairs, cuts), cuts
+    elif recordings is not None and supervisions is not None:
+        # A plain dict: lookups by id in a lazily loaded lhotse set are slow or unsupported.
+        recs = {r.id: r for r in lhotse_load(recordings, manifest_cls=RecordingSet)}
+        sups = list(lhotse_load(supervisions, manifest_cls=SupervisionSet))
+        missing = sorted({s.recording_id for s in sups if s.recording_id not in recs})
+        if missing:
+            raise ManifestFormatError(f"{supervisions}: supervisions refer to recordings not in {recordings}: {missing[:10]}")
+        utts, where = _pairs_to_utts([(recs[s.recording_id], s) for s in sups], supervisions), supervisions
+    else:
+        raise ManifestFormatError("lhotse import needs recordings and supervisions, or cuts")
+    return _make_manifest(utts, split, where.parent, where)
+
+
+def _load_lhotse_path(path: Path, kind: str, split: str) -> Manifest:
+    if kind == "cuts":
+        return _load_lhotse(None, None, path, split)
+    if kind == "recordings":
+        return _load_lhotse(path, _sibling(path, "recordings", "supervisions"), None, split)
+    return _load_lhotse(_sibling(path, "supervisions", "recordings"), path, None, split)
+
+
+# -- entry points ---------------------------------------------------------------------------
+def load_manifest(path: str | Path, split: str = "all") -> Manifest:
+    """Load a corpus manifest, detecting its format (see the module docstring).
+
+    Missing durations are read from the audio headers (0.0 when the audio is unreadable:
+    :func:`validate_manifest` then reports it).
+
+    Args:
+        path: a JSONL/JSON/CSV/TSV file, a Kaldi data directory, or lhotse manifest(s).
+        split: the split name given to the manifest.
+
+    Returns:
+        The manifest, with ``root`` set to the manifest's directory.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ManifestFormatError: the format is not recognised or the content is inconsistent.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    if path.is_dir():
+        if (path / "wav.scp").exists():
+            return _load_kaldi(path, split)
+        found = _lhotse_files_in(path)
+        if "recordings" in found and "supervisions" in found:
+            return _load_lhotse(found["recordings"], found["supervisions"], None, split)
+        if "cuts" in found:
+            return _load_lhotse(None, None, found["cuts"], split)
+        raise ManifestFormatError(
+            f"{path}: directory is neither a Kaldi data dir (wav.scp, text, utt2spk) nor holds lhotse "
+            "manifests (recordings + supervisions, or cuts, as .jsonl[.gz])"
+        )
+    name = path.name.lower()
+    if name.endswith((".csv", ".tsv")):
+        return _load_csv(path, split)
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        kind = _lhotse_kind(path)
+        if kind is not None:
+            return _load_lhotse_path(path, kind, split)
+        return _load_jsonl(path, split)
+    raise ManifestFormatError(
+        f"{path}: unknown manifest format; expected .jsonl/.json, .csv/.tsv, a Kaldi data dir or lhotse manifests"
+    )
+
+
+def export_lhotse(manifest: Manifest, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write a manifest as a lhotse RecordingSet and SupervisionSet.
+
+    Speaker and text go in the supervision's own fields, the group in its ``custom`` dict;
+    audio paths are written absolute. Each utterance is one recording with one supervision.
+
+    Args:
+        manifest: utterances with audio files lhotse can read (not in-memory, not ``.raw``).
+        out_dir: directory to write ``recordings.jsonl.gz`` and ``supervisions.jsonl.gz`` to.
+
+    Returns:
+        (recordings path, supervisions path).
+
+    Raises:
+        AudioError: an utterance has no readable audio file.
+    """
+    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse.audio import AudioSource
+
+    recordings, supervisions = [], []
+    for utt in manifest:
+        path = manifest.resolve(utt)
+        if path is None:
+            raise AudioError(f"utterance {utt.id!r} has in-memory audio only; lhotse needs a file")
+        if is_raw(path):
+            raise AudioError(f"utterance {utt.id!r}: lhotse cannot read headerless raw audio {path}; convert it first")
+        try:
+            info = audio_info(path)
+        except AudioError as exc:
+            raise AudioError(f"utterance {utt.id!r}: {exc}") from exc
+        channels = list(range(info.channels))
+        recordings.append(
+            Recording(utt.id, [AudioSource("file", channels, str(path.resolve()))], info.sample_rate, info.num_frames, info.duration)
+        )
+        supervisions.append(
+            SupervisionSegment(
+                id=utt.id, recording_id=utt.id, start=0.0, duration=utt.duration,
+                channel=channels[0] if len(channels) == 1 else channels,
+                text=utt.text, speaker=utt.speaker, custom={"group": utt.group},
+            )
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rec_path, sup_path = out / "recordings.jsonl.gz", out / "supervisions.jsonl.gz"
+    RecordingSet.from_recordings(recordings).to_file(rec_path)
+    SupervisionSet.from_segments(supervisions).to_file(sup_path)
+    return rec_path, sup_path
+
+
+def import_corpus(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    sample_rate: int | None = None,
+    charset: frozenset[str] | None = None,
+    skip_bad: bool = False,
+) -> tuple[Manifest, ValidationReport]:
+    """Load a corpus in any supported format, validate it and write ``out_dir/manifest.jsonl``.
+
+    Args:
+        src: anything :func:`load_manifest` reads.
+        out_dir: where to write ``manifest.jsonl``.
+        sample_rate: the recipe's sample rate (files below it are refused); None skips the check.
+        charset: allowed transcript characters; None skips the check.
+        skip_bad: leave bad utterances out (reported) instead of raising.
+
+    Returns:
+        The manifest reloaded from ``out_dir/manifest.jsonl``, and the validation report.
+
+    Raises:
+        BadInputError: bad utterances were found and ``skip_bad`` is False.
+    """
+    loaded = load_manifest(src)
+    good, report = validate_manifest(loaded, charset=charset, sample_rate=sample_rate, skip_bad=skip_bad)
+    out = Path(out_dir) / "manifest.jsonl"
+    good.to_jsonl(out)
+    log.info("imported %s: %s", src, report.summary())
+    return load_manifest(out, split=loaded.split), report
