@@ -286,9 +286,10 @@ def train(
                 with _autocast(device, t.precision):
                     out = model(x, b.feat_lens, b.targets, b.target_lens)
                 loss = out["loss"]
-                check_finite(float(loss), "training loss", epoch, state.step)
+                loss_value = float(loss.detach())
+                check_finite(loss_value, "training loss", epoch, state.step)
                 (loss / t.grad_accum).backward()
-                loss_sum += float(loss) * len(ids)
+                loss_sum += loss_value * len(ids)
                 n_utts += len(ids)
                 audio_s += b.audio_seconds
                 if (k + 1) % t.grad_accum == 0 or k + 1 == len(batches):

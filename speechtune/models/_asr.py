@@ -1,0 +1,248 @@
+"""The ASR model: subsampling, encoder, CTC head and optional attention decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..config._schema import HEADS, ModelConfig
+from ._beam import beam_search_one
+from ._ctc import BLANK_ID, CTCHead, ctc_greedy_collapse
+from ._decoder import TransformerDecoder, attention_loss
+from ._encoders import build_encoder
+from ._layers import valid_mask
+from ._subsampling import Conv2dSubsampling
+
+
+def _check_inputs(
+    feats: torch.Tensor, feat_lens: torch.Tensor, input_dim: int
+) -> None:
+    if feats.dim() != 3 or feats.size(-1) != input_dim:
+        raise ValueError(f"feats must be [B, T, {input_dim}], got {tuple(feats.shape)}")
+    if feat_lens.shape != (feats.size(0),):
+        raise ValueError(
+            f"feat_lens must be [B]=[{feats.size(0)}], got {tuple(feat_lens.shape)}"
+        )
+
+
+class ASRModel(nn.Module):
+    """Encoder with a CTC head, optionally joined with an attention decoder.
+
+    Token ids: 0 is the CTC blank; with the ``ctc_attention`` head ``vocab_size - 1`` is
+    sos/eos. Both heads share one output size, ``vocab_size``.
+
+    Args:
+        cfg: Model hyperparameters.
+        input_dim: Feature dimension ``F``.
+        vocab_size: Output classes including blank (and sos/eos).
+    """
+
+    def __init__(self, cfg: ModelConfig, input_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        if cfg.head not in HEADS:
+            raise ValueError(f"model.head={cfg.head!r} is not known; expected one of {list(HEADS)}")
+        min_vocab = 3 if cfg.head == "ctc_attention" else 2
+        if vocab_size < min_vocab:
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small for head {cfg.head!r}: it needs >= "
+                f"{min_vocab} (blank, at least one token{', sos/eos' if min_vocab == 3 else ''})"
+            )
+        self.cfg = cfg
+        self.input_dim = input_dim
+        self.vocab_size = vocab_size
+        self.sos_eos_id = vocab_size - 1
+        self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling)
+        self.encoder = build_encoder(cfg)
+        self.ctc = CTCHead(cfg.d_model, vocab_size)
+        self.decoder: TransformerDecoder | None = None
+        if cfg.head == "ctc_attention":
+            self.decoder = TransformerDecoder(
+                vocab_size, cfg.d_model, cfg.decoder_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout
+            )
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def encode(
+        self, feats: torch.Tensor, feat_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Subsample and encode.
+
+        Args:
+            feats: ``[B, T, F]`` features.
+            feat_lens: ``[B]`` valid frames.
+
+        Returns:
+            ``(enc [B, T', d_model], enc_lens [B])``.
+        """
+        _check_inputs(feats, feat_lens, self.input_dim)
+        x, lens = self.subsampling(feats, feat_lens.to(feats.device))
+        return self.encoder(x, lens)
+
+    def _check_targets(self, targets: torch.Tensor, target_lens: torch.Tensor) -> None:
+        if targets.dim() != 2 or target_lens.shape != (targets.size(0),):
+            raise ValueError(
+                f"targets must be [B, U] with target_lens [B], got {tuple(targets.shape)} "
+                f"and {tuple(target_lens.shape)}"
+            )
+        # Valid ids exclude blank and (with an attention decoder) sos/eos.
+        high = self.sos_eos_id if self.decoder is not None else self.vocab_size
+        inside = valid_mask(target_lens.to(targets.device), targets.size(1))
+        bad = inside & ((targets < 1) | (targets >= high))
+        if bool(bad.any()):
+            b, u = (int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"target token {int(targets[b, u])} at utterance {b}, position {u} is outside "
+                f"[1, {high - 1}] (0 is the blank, {self.sos_eos_id} the sos/eos id)"
+            )
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        feat_lens: torch.Tensor,
+        targets: torch.Tensor,
+        target_lens: torch.Tensor,
+    ) -> dict[str, torch.Tensor | None]:
+        """Training losses.
+
+        Args:
+            feats: ``[B, T, F]`` features.
+            feat_lens: ``[B]`` valid frames.
+            targets: ``[B, U]`` token ids padded with -1.
+            target_lens: ``[B]`` valid tokens.
+
+        Returns:
+            ``{"loss", "ctc_loss", "att_loss"}`` scalars (``att_loss`` is ``None`` for the
+            ``ctc`` head); ``loss = w * ctc + (1 - w) * att`` with ``w = cfg.ctc_weight``.
+        """
+        self._check_targets(targets, target_lens)
+        enc, enc_lens = self.encode(feats, feat_lens)
+        targets = targets.to(enc.device)
+        target_lens = target_lens.to(enc.device)
+        ctc_loss = self.ctc.loss(enc, enc_lens, targets, target_lens)
+        if self.decoder is None:
+            return {"loss": ctc_loss, "ctc_loss": ctc_loss, "att_loss": None}
+        att_loss = attention_loss(
+            self.decoder, enc, valid_mask(enc_lens, enc.size(1)), targets, target_lens,
+            self.sos_eos_id,
+        )
+        w = self.cfg.ctc_weight
+        loss = w * ctc_loss + (1 - w) * att_loss
+        return {"loss": loss, "ctc_loss": ctc_loss, "att_loss": att_loss}
+
+    @torch.no_grad()
+    def ctc_greedy(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> list[list[int]]:
+        """Best-path CTC decoding of encoder output (repeats merged, blanks dropped)."""
+        log_probs = self.ctc.log_probs(enc)
+        if self.decoder is not None:
+            # sos/eos shares the CTC output layer but is never a CTC target; never emit it.
+            log_probs[..., self.sos_eos_id] = float("-inf")
+        return ctc_greedy_collapse(log_probs, enc_lens, blank=BLANK_ID)
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        enc: torch.Tensor,
+        enc_lens: torch.Tensor,
+        beam_size: int = 4,
+        ctc_weight: float = 0.3,
+        max_len_ratio: float = 1.0,
+    ) -> list[list[int]]:
+        """Joint CTC/attention beam search, one utterance at a time.
+
+        Args:
+            enc: ``[B, T', d_model]`` encoder output.
+            enc_lens: ``[B]`` valid encoder frames.
+            beam_size: Hypotheses kept per step (>= 1).
+            ctc_weight: Weight of CTC prefix scores in [0, 1]; 0 is pure attention.
+            max_len_ratio: Most output tokens per encoder frame.
+
+        Returns:
+            One token-id list per utterance.
+
+        Raises:
+            ValueError: The model has no attention decoder, or an argument is out of range.
+        """
+        if self.decoder is None:
+            raise ValueError(
+                f"beam search needs model.head='ctc_attention' (this model's head is "
+                f"{self.cfg.head!r}); use method='greedy'"
+            )
+        if beam_size < 1 or not 0.0 <= ctc_weight <= 1.0 or max_len_ratio <= 0:
+            raise ValueError(
+                f"need beam_size >= 1, 0 <= ctc_weight <= 1, max_len_ratio > 0; got "
+                f"{beam_size=}, {ctc_weight=}, {max_len_ratio=}"
+            )
+        log_probs = self.ctc.log_probs(enc) if ctc_weight > 0 else None
+        hyps = []
+        for b, length in enumerate(enc_lens.tolist()):
+            hyps.append(
+                beam_search_one(
+                    self.decoder,
+                    enc[b, :length],
+                    self.sos_eos_id,
+                    beam_size,
+                    max_len=max(1, int(max_len_ratio * length)),
+                    ctc_log_probs=None if log_probs is None else log_probs[b, :length],
+                    ctc_weight=ctc_weight,
+                    blank=BLANK_ID,
+                )
+            )
+        return hyps
+
+    def decode(
+        self,
+        feats: torch.Tensor,
+        feat_lens: torch.Tensor,
+        method: str = "greedy",
+        beam_size: int = 4,
+        ctc_weight: float = 0.3,
+        max_len_ratio: float = 1.0,
+    ) -> list[list[int]]:
+        """Transcribe features to token ids (in eval mode; the previous mode is restored).
+
+        Args:
+            feats: ``[B, T, F]`` features.
+            feat_lens: ``[B]`` valid frames.
+            method: ``"greedy"`` (CTC best path) or ``"beam"`` (ctc_attention head only).
+            beam_size: Beam width for ``"beam"``.
+            ctc_weight: CTC prefix-score weight for ``"beam"``.
+            max_len_ratio: Most output tokens per encoder frame for ``"beam"``.
+
+        Returns:
+            One token-id list per utterance.
+        """
+        methods: dict[str, Callable[[torch.Tensor, torch.Tensor], list[list[int]]]] = {
+            "greedy": self.ctc_greedy,
+            "beam": lambda e, n: self.beam_search(e, n, beam_size, ctc_weight, max_len_ratio),
+        }
+        if method not in methods:
+            raise ValueError(
+                f"decode method {method!r} is not known; expected one of {list(methods)}"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                enc, enc_lens = self.encode(feats, feat_lens)
+                return methods[method](enc, enc_lens)
+        finally:
+            self.train(was_training)
+
+
+def build_model(cfg: ModelConfig, input_dim: int, vocab_size: int) -> ASRModel:
+    """Build the ASR model a :class:`~speechtune.config.ModelConfig` describes.
+
+    Args:
+        cfg: Model hyperparameters.
+        input_dim: Feature dimension (e.g. ``features.n_mels``).
+        vocab_size: Output classes including blank 0 (and sos/eos = ``vocab_size - 1`` for
+            the ``ctc_attention`` head).
+
+    Returns:
+        The model, on the CPU, in training mode.
+    """
+    return ASRModel(cfg, input_dim, vocab_size)

@@ -1,0 +1,92 @@
+"""The one mapping from ``model.encoder`` names to encoder builders.
+
+Every encoder takes ``(x [B, T, d_model], lengths [B])`` after subsampling and returns
+``(out [B, T, d_model], lengths)`` with padded frames zeroed. Adding an encoder means adding
+one builder function and one entry in :data:`ENCODER_BUILDERS`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from torch import nn
+
+from ..config._schema import ModelConfig
+from ._conformer import ConformerEncoder
+from ._init import apply_deepnorm_init, deepnorm_alpha
+from ._rnn import RNNEncoder
+from ._transformer import TransformerEncoder
+
+EncoderBuilder = Callable[[ModelConfig], nn.Module]
+
+
+def _alpha(cfg: ModelConfig) -> float | None:
+    return deepnorm_alpha(cfg.num_layers) if cfg.init == "deepnorm" else None
+
+
+def _rnn_builder(cell: str, bidirectional: bool) -> EncoderBuilder:
+    def build(cfg: ModelConfig) -> nn.Module:
+        if cfg.init == "deepnorm":
+            # A tuner may pair init=deepnorm with any encoder; failing the trial would waste
+            # it, so say once that the setting has no effect here.
+            warnings.warn(
+                f"model.init='deepnorm' has no effect on the {cfg.encoder!r} encoder "
+                "(it has no residual stack); using the default initialisation",
+                stacklevel=3,
+            )
+        return RNNEncoder(cell, cfg.d_model, cfg.num_layers, cfg.dropout, bidirectional)
+
+    return build
+
+
+def _transformer(cfg: ModelConfig) -> nn.Module:
+    enc = TransformerEncoder(
+        cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout, _alpha(cfg)
+    )
+    if cfg.init == "deepnorm":
+        apply_deepnorm_init(enc, cfg.num_layers)
+    return enc
+
+
+def _conformer(cfg: ModelConfig) -> nn.Module:
+    enc = ConformerEncoder(
+        cfg.d_model,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.ff_dim,
+        cfg.conv_kernel,
+        cfg.dropout,
+        _alpha(cfg),
+    )
+    if cfg.init == "deepnorm":
+        apply_deepnorm_init(enc, cfg.num_layers)
+    return enc
+
+
+ENCODER_BUILDERS: dict[str, EncoderBuilder] = {
+    "lstm": _rnn_builder("lstm", bidirectional=False),
+    "blstm": _rnn_builder("lstm", bidirectional=True),
+    "gru": _rnn_builder("gru", bidirectional=False),
+    "bgru": _rnn_builder("gru", bidirectional=True),
+    "transformer": _transformer,
+    "conformer": _conformer,
+}
+
+_INITS = ("default", "deepnorm")
+
+
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    """Build the encoder named by ``cfg.encoder``.
+
+    Raises:
+        ValueError: Unknown encoder or init name (the message lists the valid ones).
+    """
+    if cfg.encoder not in ENCODER_BUILDERS:
+        raise ValueError(
+            f"model.encoder={cfg.encoder!r} is not a known encoder; "
+            f"expected one of {sorted(ENCODER_BUILDERS)}"
+        )
+    if cfg.init not in _INITS:
+        raise ValueError(f"model.init={cfg.init!r} is not known; expected one of {list(_INITS)}")
+    return ENCODER_BUILDERS[cfg.encoder](cfg)
