@@ -1,0 +1,55 @@
+"""Shared fixtures: a small synthetic corpus generated once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechtune.config import RunOptions, config_from_dict
+from speechtune.data import Manifest, PreparedData, split_dev, synthesize_corpus, validate_manifest
+
+# Two cores in CI: more threads than cores only adds contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    """A real espeak-ng corpus: 2 accents x 4 voices, 480 AN4-style utterances (~5 s to make)."""
+    root = tmp_path_factory.mktemp("corpus")
+    return synthesize_corpus(root, num_utterances=480, seed=7, accents=("en-us", "en-gb-scotland"), num_voices=4)
+
+
+@pytest.fixture(scope="session")
+def synth_data(synth_corpus: Manifest) -> PreparedData:
+    manifest, report = validate_manifest(synth_corpus.with_split("train"))
+    train, dev = split_dev(manifest, 0.25, seed=0)
+    return PreparedData(train=train, dev=dev, report=report)
+
+
+def tiny_config(**sections: dict) -> object:
+    """A recipe small enough to train in seconds on two CPU cores."""
+    base = {
+        "seed": 1,
+        "features": {"n_mels": 40},
+        "specaugment": {"enabled": False},
+        "model": {"encoder": "lstm", "d_model": 64, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
+        "optim": {"name": "adamw", "lr": 0.003},
+        "schedule": {"name": "constant", "warmup_steps": 10},
+        "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config_from_dict(base)
+
+
+def run_options(tmp_path: Path, name: str = "run", **kw) -> RunOptions:
+    return RunOptions(
+        output_dir=str(tmp_path / name),
+        device="cpu",
+        cache_dir=str(tmp_path.parent / "shared_cache"),
+        progress=False,
+        **kw,
+    )
