@@ -41,15 +41,16 @@ def refuse_held_out_path(path: str | Path, purpose: str) -> None:
     A manifest file carries no split label, so its name is the best evidence we have; this
     catches the common accident of pointing a training or tuning config at the test set.
     """
-    for part in Path(path).parts[-2:]:
-        stem = part.split(".")[0] if part.endswith((".jsonl", ".json", ".csv", ".tsv", ".gz")) else part
-        if _HELD_OUT.search(stem):
-            raise TestSplitError(
-                f"refusing {str(path)!r} for {purpose}: its name marks it as held-out "
-                "(test/eval/golden) data, which is for final evaluation only "
-                "(`speechtune evaluate`). Train and tune on training data; speechtune carves "
-                "the dev split from it."
-            )
+    name = Path(path).name  # the file itself, or a Kaldi data dir such as data/test
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv"):
+        name = name.removesuffix(suffix)
+    if _HELD_OUT.search(name):
+        raise TestSplitError(
+            f"refusing {str(path)!r} for {purpose}: its name marks it as held-out "
+            "(test/eval/golden) data, which is for final evaluation only "
+            "(`speechtune evaluate`). Train and tune on training data; speechtune carves "
+            "the dev split from it."
+        )
 
 
 def load_corpus(cfg: DataConfig, cache_dir: str | Path, progress: bool = False) -> Manifest:

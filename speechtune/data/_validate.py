@@ -67,8 +67,9 @@ class BadInputError(ValueError):
     def __init__(self, bad: list[BadUtterance]):
         self.bad = list(bad)
         super().__init__(
-            f"{len(self.bad)} bad utterance(s) in the manifest (pass skip_bad=True to leave them out "
-            f"and get a report):\n{_listing(self.bad)}"
+            f"{len(self.bad)} bad utterance(s) in the manifest (to leave them out and get a report: "
+            f"--skip-bad on the command line, data.skip_bad: true in a recipe, skip_bad=True in Python):\n"
+            f"{_listing(self.bad)}"
         )
 
 
