@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from speechtune.config import RunOptions, load_config
-from speechtune.train import train
-from speechtune.train._loop import resolve_device
+from speechtune.training import train
+from speechtune.training._loop import resolve_device
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .training import train
 
     cfg = load_config(args.config, args.set or ())
     result = train(cfg, _run_options(args))

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from speechtune.train._batching import BucketBatchSampler, padding_ratio
+from speechtune.training._batching import BucketBatchSampler, padding_ratio
 
 
 def _durations(n: int = 203, seed: int = 0) -> list[float]:

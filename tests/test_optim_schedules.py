@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from speechtune.config._schema import OPTIMIZERS, SCHEDULES, OptimConfig, ScheduleConfig
-from speechtune.train._optim import OPTIMIZER_PARAMS, build_optimizer, effective_batch, scale_lr
-from speechtune.train._schedules import PlateauTracker, lr_at
+from speechtune.training._optim import OPTIMIZER_PARAMS, build_optimizer, effective_batch, scale_lr
+from speechtune.training._schedules import PlateauTracker, lr_at
 
 # ---------------------------------------------------------------- optimisers
 

@@ -12,8 +12,8 @@ import torch
 from speechtune.data import PreparedData
 from speechtune.evaluate import evaluate_model, transcribe_files
 from speechtune.recognizer import Recognizer
-from speechtune.train import CallbackReporter, train
-from speechtune.train import _loop
+from speechtune.training import CallbackReporter, train
+from speechtune.training import _loop
 
 from .conftest import run_options, tiny_config
 

@@ -1,9 +1,6 @@
 """Speech data: manifests, corpus importers, the synthetic corpus, splits, validation, tokenizers."""
 
-# Imported lazily (PEP 562) so that `import speechtune.<part>` stays light and parts can be
-# used on their own (a training script that only needs the reporter does not import torch).
-from importlib import import_module as _import_module
-from typing import Any as _Any
+from .._lazy import lazy_exports
 
 _LAZY = {
     'AN4Error': '._an4',
@@ -70,13 +67,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _Any:
-    if name in _LAZY:
-        value = getattr(_import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

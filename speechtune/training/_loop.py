@@ -2,7 +2,7 @@
 
 Read it top to bottom: prepare data -> features (cached) -> tokenizer -> model -> epochs of
 (train, evaluate on dev, checkpoint, report). The loop knows nothing about tuning; it talks to
-its driver only through a :class:`~speechtune.train.Reporter`.
+its driver only through a :class:`~speechtune.training.Reporter`.
 """
 
 from __future__ import annotations
