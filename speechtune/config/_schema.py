@@ -61,6 +61,9 @@ class DataConfig:
     max_duration: float = _f(30.0, gt=0.0)
     # Skip (and report) bad utterances instead of failing on them.
     skip_bad: bool = _f(False)
+    # Characters transcripts may use (after upper-casing); null = A-Z, apostrophe and space.
+    # Every one of them gets a token, whether or not the training subset happens to use it.
+    charset: str | None = _f(None)
 
 
 @dataclass

@@ -53,6 +53,11 @@ def refuse_held_out_path(path: str | Path, purpose: str) -> None:
         )
 
 
+def corpus_charset(cfg: DataConfig) -> frozenset[str]:
+    """The characters transcripts may use: ``data.charset`` plus space, or the English default."""
+    return frozenset(cfg.charset) | {" "} if cfg.charset else DEFAULT_CHARSET
+
+
 def load_corpus(cfg: DataConfig, cache_dir: str | Path, progress: bool = False) -> Manifest:
     """Load (building or importing when needed) the training corpus named by ``cfg.corpus``."""
     cache_dir = Path(cache_dir)
@@ -101,7 +106,7 @@ def prepare_data(
     require_tunable(manifest, "training")
     manifest, report = validate_manifest(
         manifest,
-        charset=DEFAULT_CHARSET,
+        charset=corpus_charset(cfg),
         sample_rate=sample_rate,
         max_duration=cfg.max_duration,
         skip_bad=cfg.skip_bad,

@@ -21,7 +21,7 @@ from torch import nn
 from ..config import RecipeConfig, RunOptions, config_to_dict, dump_config
 from ..data import Manifest, require_tunable
 from ..data._audio import load_audio
-from ..data._prepare import PreparedData, prepare_data
+from ..data._prepare import PreparedData, corpus_charset, prepare_data
 from ..data._tokenizer import Tokenizer, build_tokenizer
 from ..data._validate import validate_manifest
 from ..features import FeatureCache, GlobalCMVN, SpecAugment
@@ -119,6 +119,15 @@ def _collate(
         tlens.to(device),
         sum(durations[i] for i in ids),
     )
+
+
+def _progress(items: list, description: str, enabled: bool):
+    """A transient rich progress bar over a training epoch (plain iteration when disabled)."""
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, transient=True)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -224,7 +233,10 @@ def train(
     if data is None:
         data = prepare_data(cfg.data, cfg.features.sample_rate, opts.cache_dir, opts.progress)
     train_set, dev_set = require_tunable(data.train, "training"), require_tunable(data.dev, "model selection")
-    tokenizer = build_tokenizer(cfg.tokenizer.kind, [u.text for u in train_set], cfg.tokenizer.vocab_size)
+    # The tokenizer covers the whole charset, not only the letters a (proxy) training subset
+    # happens to contain, so that dev text is never unwritable by accident.
+    alphabet = " ".join(sorted(corpus_charset(cfg.data) - {" "}))
+    tokenizer = build_tokenizer(cfg.tokenizer.kind, [u.text for u in train_set] + [alphabet], cfg.tokenizer.vocab_size)
     # Dev text the tokenizer cannot write is bad input too: name it rather than crash mid-epoch.
     dev_set, _ = validate_manifest(dev_set, charset=tokenizer.charset, skip_bad=cfg.data.skip_bad)
     train_feats = _features(train_set, cfg, opts, device)
@@ -277,7 +289,7 @@ def train(
             loss_sum, n_utts, gnorm_sum, n_steps, audio_s = 0.0, 0, 0.0, 0, 0.0
             optimizer.zero_grad(set_to_none=True)
             batches = list(sampler)
-            for k, idx in enumerate(batches):
+            for k, idx in enumerate(_progress(batches, f"epoch {epoch}/{t.epochs}", opts.progress)):
                 ids = [ids_train[i] for i in idx]
                 b = _collate(ids, train_feats, targets, durations, device)
                 x = recognizer.normalize(b.feats)
