@@ -96,6 +96,14 @@ def test_resume_gives_same_metrics_as_uninterrupted(synth_data: PreparedData, tm
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["epoch"], key)
 
 
+def test_resume_refuses_a_changed_config(synth_data: PreparedData, tmp_path: Path) -> None:
+    cfg = tiny_config(train={"epochs": 1})
+    train(cfg, run_options(tmp_path), data=synth_data)
+    changed = tiny_config(train={"epochs": 1}, optim={"lr": 0.01})
+    with pytest.raises(ValueError, match="optim.lr"):
+        train(changed, run_options(tmp_path, resume=True), data=synth_data)
+
+
 def test_reporter_can_stop_training(synth_data: PreparedData, tmp_path: Path) -> None:
     seen: list[tuple[int, dict]] = []
 

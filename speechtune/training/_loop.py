@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
+import yaml
 
-from ..config import RecipeConfig, RunOptions, config_to_dict, dump_config
+from ..config import RecipeConfig, RunOptions, config_from_dict, config_to_dict, dump_config, flatten
 from ..data import Manifest, require_tunable
 from ..data._audio import load_audio
 from ..data._prepare import PreparedData, corpus_charset, prepare_data
@@ -227,6 +227,8 @@ def train(
         torch.set_num_threads(opts.num_threads)
     device = resolve_device(opts.device)
     torch.manual_seed(cfg.seed)
+    if opts.resume:
+        _check_resume_config(cfg, out_dir / "config.yaml")
     dump_config(cfg, out_dir / "config.yaml")
 
     # -- data, features, tokenizer -------------------------------------------------------------
@@ -423,6 +425,21 @@ class _RunState:
             "best_epoch": self.best_epoch,
             "history": self.history,
         }
+
+
+def _check_resume_config(cfg: RecipeConfig, path: Path) -> None:
+    """Resuming with other hyperparameters would silently mix two runs: refuse, naming the keys."""
+    if not path.is_file():
+        return
+    saved = flatten(config_to_dict(config_from_dict(yaml.safe_load(path.read_text()), str(path))))
+    now = flatten(config_to_dict(cfg))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:10])
+        raise ValueError(
+            f"cannot resume {path.parent}: the config differs from the one it was started with ({diffs}). "
+            "Use a new output directory, or resume with the original config."
+        )
 
 
 def _write_json(path: Path, obj: Any) -> None:
