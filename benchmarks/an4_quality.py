@@ -7,6 +7,7 @@ split) and report dev WER, epochs and wall time. The AN4 test split is never rea
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import sys
 import time
@@ -29,6 +30,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench_an4")
     ap.add_argument("--cache-dir", default=".cache/speechtune")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     cfg = load_config(args.config, [f"data.root={args.root}", *args.set])
     device = resolve_device(args.device)
