@@ -10,9 +10,21 @@ _LAZY = {
     'Reporter': '.training',
     'TrainResult': '.training',
     'train': '.training',
+    'report': '._report_file',
+    'tune': '.tuning',
 }
 
-__all__ = ["RecipeConfig", "Reporter", "RunOptions", "TrainResult", "__version__", "load_config", "train"]
+__all__ = [
+    "RecipeConfig",
+    "Reporter",
+    "RunOptions",
+    "TrainResult",
+    "__version__",
+    "load_config",
+    "report",
+    "train",
+    "tune",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

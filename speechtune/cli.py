@@ -42,9 +42,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.ok else 2
 
 
+_TUNING_SECTIONS = {"space", "study", "objective", "presets", "recipe", "command", "constraints"}
+
+
+def _is_tuning_file(path: str) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports the problem
+    return isinstance(data, dict) and bool(_TUNING_SECTIONS & set(data))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    load_config(args.config, args.set or ())
+    """Validate a recipe or a tuning YAML and report every problem at once."""
+    if _is_tuning_file(args.config):
+        from .tuning import validate_tuning
+
+        problems = validate_tuning(args.config, args.set or ())
+        if problems:
+            print(f"error: {len(problems)} problem(s) in {args.config}:", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+            return 2
+    else:
+        load_config(args.config, args.set or ())
     print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reports import report_command
+
+    path = report_command(Path(args.run_dir))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .reports import dashboard_command
+
+    dashboard_command(args.run_dir, host=args.host, port=args.port)
     return 0
 
 
@@ -124,10 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p, "runs/train")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("validate", help="check a recipe config and report every problem")
+    from .tuning._cli import add_tune_arguments, tune_command
+
+    p = sub.add_parser("tune", help="run a hyperparameter study (Optuna) on the recipe or your own script")
+    add_tune_arguments(p)
+    p.set_defaults(fn=tune_command)
+
+    p = sub.add_parser("validate", help="check a recipe or tuning config and report every problem")
     p.add_argument("config")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("report", help="rebuild report.html, PNG plots, trials.csv and best.yaml of a study")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("dashboard", help="live view of a study (optuna-dashboard)")
+    p.add_argument("run_dir", help="a run directory or a storage URL")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, local only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(fn=cmd_dashboard)
 
     p = sub.add_parser("evaluate", help="WER/CER/latency of a trained model on a manifest")
     p.add_argument("--checkpoint", required=True, help="model.pt written by `speechtune train`")

@@ -1,0 +1,107 @@
+"""``best.yaml``: the best trial as a config that reproduces it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+import yaml
+
+from speechtune.config import ConfigError, ConfigProblem, config_from_dict, config_to_dict
+
+from ._records import objective_names, primary_seed_stats, select_best, trial_config
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.d_model": 4}`` -> ``{"model": {"d_model": 4}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([ConfigProblem(key, f"conflicts with the value of {'.'.join(parts[: i + 1])}", value)])
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _first_seed(study: optuna.Study) -> int | None:
+    # The recipe objective sets `seed` per run; the recorded history is of the first seed.
+    spec = study.user_attrs.get("spec") or {}
+    seeds = (spec.get("objective") or {}).get("seeds") if isinstance(spec, dict) else None
+    if isinstance(seeds, list) and seeds and isinstance(seeds[0], int):
+        return seeds[0]
+    return None
+
+
+def _header(study: optuna.Study, trial: optuna.trial.FrozenTrial, note: str, seeds_note: str) -> str:
+    names = objective_names(study)
+    values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, trial.values))
+    lines = [
+        f"# best trial of study {study.study_name!r}: trial {trial.number}, {values}",
+        f"# chosen as: {note}",
+    ]
+    if seeds_note:
+        lines.append(f"# {seeds_note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_best_yaml(study: optuna.Study, path: str | Path, base_recipe: dict | None = None) -> Path:
+    """Write the best trial's config to ``path``.
+
+    The best trial is the complete trial with the lowest primary objective; in a multi-objective
+    study, the Pareto-optimal trial with the lowest primary objective (the header says so).
+    For recipe objectives (``base_recipe`` given, or stored as the study's ``base_recipe``
+    attribute) the file is the COMPLETE nested recipe, validated with ``config_from_dict``, so that
+    ``speechtune train --config best.yaml`` reproduces the trial. Otherwise the flat trial config.
+
+    Args:
+        study: A loaded study following the tuning contract.
+        path: Output YAML path.
+        base_recipe: Nested base recipe dict; defaults to ``study.user_attrs["base_recipe"]``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: When no trial completed.
+        ConfigError: When base recipe + trial config is not a valid recipe.
+    """
+    choice = select_best(study)
+    if choice is None:
+        raise ValueError(f"study {study.study_name!r} has no complete trial: no best.yaml to write")
+    trial = choice.trial
+    flat = trial_config(trial)
+    if base_recipe is None:
+        base_recipe = study.user_attrs.get("base_recipe")
+    seeds_note = ""
+    seeds, std = primary_seed_stats(trial)
+    if len(seeds) > 1:
+        spread = f" (std {std:.4g})" if std is not None else ""
+        seeds_note = f"value is the mean over {len(seeds)} seeds{spread}"
+    if base_recipe is not None:
+        nested = _merge(base_recipe, unflatten(flat))
+        first_seed = _first_seed(study)
+        if "seed" not in flat and first_seed is not None:
+            nested["seed"] = first_seed
+        cfg = config_from_dict(nested, source=f"study {study.study_name!r} trial {trial.number}")
+        body = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    else:
+        body = yaml.safe_dump(flat, sort_keys=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_header(study, trial, choice.note, seeds_note) + body)
+    return path

@@ -1,0 +1,73 @@
+"""One row per trial, ready for a spreadsheet or pandas."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ._records import duration_s, objective_names, trial_config, trial_status
+
+CONFIG_PREFIX = "config."
+METRIC_PREFIX = "metrics."
+
+
+def _cell(value: Any) -> Any:
+    # Lists and dicts become their text form so that a row stays one CSV line.
+    if isinstance(value, (list, tuple, dict)):
+        return str(value)
+    return "" if value is None else value
+
+
+def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows of :func:`write_trials_csv` (useful for tables in the report).
+
+    Columns: ``number, state, status, reason, <objective names>, duration_s, objective_std``,
+    then ``config.<key>`` for every config key and ``metrics.<name>`` for every final metric.
+    """
+    names = objective_names(study)
+    rows: list[dict[str, Any]] = []
+    config_keys: dict[str, None] = {}
+    metric_keys: dict[str, None] = {}
+    for trial in study.get_trials(deepcopy=False):
+        status, reason = trial_status(trial)
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "status": status, "reason": reason}
+        for i, name in enumerate(names):
+            row[name] = trial.values[i] if trial.values else None
+        row["duration_s"] = duration_s(trial)
+        row["objective_std"] = trial.user_attrs.get("objective_std")
+        for key, value in trial_config(trial).items():
+            config_keys.setdefault(key)
+            row[CONFIG_PREFIX + key] = value
+        metrics = trial.user_attrs.get("metrics") or {}
+        for key, value in metrics.items():
+            metric_keys.setdefault(key)
+            row[METRIC_PREFIX + key] = value
+        rows.append(row)
+    columns = ["number", "state", "status", "reason", *names, "duration_s", "objective_std"]
+    columns += [CONFIG_PREFIX + k for k in sorted(config_keys)]
+    columns += [METRIC_PREFIX + k for k in sorted(metric_keys)]
+    return columns, rows
+
+
+def write_trials_csv(study: optuna.Study, path: str | Path) -> Path:
+    """Write every trial of ``study`` as one CSV row.
+
+    Args:
+        study: A loaded Optuna study following the tuning contract's trial records.
+        path: Output CSV path (parent directories are created).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns, rows = trial_rows(study)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _cell(row.get(c)) for c in columns})
+    return path

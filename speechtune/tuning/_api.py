@@ -1,0 +1,212 @@
+"""``speechtune.tune``: tune a Python function (or any objective) from Python, no YAML needed."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ._objectives import FunctionObjective, Objective
+from ._space import SearchSpace, parse_space
+from ._study import run_study
+
+
+def _as_objective(objective: Callable[..., Any] | Objective) -> Objective:
+    """Plain functions (and lambdas, methods, partials) are wrapped; objective objects are used as is."""
+    if isinstance(objective, FunctionObjective) or not callable(objective):
+        return objective  # type: ignore[return-value]
+    if inspect.isfunction(objective) or inspect.ismethod(objective) or isinstance(objective, functools.partial):
+        return FunctionObjective(objective)
+    # A callable object: an Objective (RecipeObjective, CommandObjective, a user's class).
+    return objective  # type: ignore[return-value]
+
+
+def build_spec(
+    space: SearchSpace | Mapping[str, Any],
+    *,
+    study_name: str = "speechtune",
+    n_trials: int = 20,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    seed: int = 0,
+    storage: str | None = None,
+    n_jobs: int = 1,
+    timeout_s: float | None = None,
+    oom_retry: bool = False,
+    metric: str = "wer",
+    group: str = "mean",
+    seeds: Sequence[int] = (0,),
+    extra_objectives: Sequence[str] = (),
+    constraints: Sequence[str] = (),
+    scalarize: Mapping[str, float] | None = None,
+    space_constraints: Sequence[str] = (),
+) -> Any:
+    """A :class:`~speechtune.tuning.TuningSpec` for a Python objective (``objective.kind: python``).
+
+    Args:
+        space: a :class:`SearchSpace`, or a dict in the YAML ``space:`` syntax.
+        space_constraints: constraints over the config (``"a % b == 0"``), for a dict ``space``.
+        Other arguments: the ``study:`` and ``objective:`` sections of a tuning YAML.
+
+    Returns:
+        The spec, with a ``raw`` dict describing it for the record.
+
+    Raises:
+        ConfigError: a bad ``space`` dict (every problem listed).
+    """
+    from ._spec import ObjectiveSpec, StudySpec, TuningSpec
+
+    space_record: dict[str, Any]
+    if isinstance(space, SearchSpace):
+        space_record = {name: repr(param) for name, param in space.params.items()}
+    else:
+        space_record = dict(space)
+        space = parse_space(dict(space), list(space_constraints))
+    study = StudySpec(
+        name=study_name,
+        sampler=sampler,
+        pruner=pruner,
+        n_trials=n_trials,
+        timeout_s=timeout_s,
+        seed=seed,
+        storage=storage,
+        n_jobs=n_jobs,
+        oom_retry=oom_retry,
+    )
+    objective = ObjectiveSpec(
+        kind="python",
+        metric=metric,
+        group=group,
+        seeds=list(seeds),
+        extra_objectives=list(extra_objectives),
+        constraints=list(constraints),
+        scalarize=dict(scalarize or {}),
+    )
+    raw = {
+        "space": space_record,
+        "constraints": list(space.constraints),
+        "study": {k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "seed", "storage", "n_jobs")},
+        "objective": {
+            "kind": "python",
+            "metric": metric,
+            "group": group,
+            "seeds": list(seeds),
+            "extra_objectives": list(extra_objectives),
+            "constraints": list(constraints),
+            "scalarize": dict(scalarize or {}),
+        },
+    }
+    return TuningSpec(
+        path=None,
+        base_recipe={},
+        overrides={},
+        space=space,
+        study=study,
+        objective=objective,
+        command=None,
+        raw=raw,
+    )
+
+
+def tune(
+    objective: Callable[..., Mapping[str, float]] | Objective,
+    space: SearchSpace | Mapping[str, Any],
+    *,
+    n_trials: int = 20,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    metric: str = "wer",
+    seeds: Sequence[int] = (0,),
+    direction: str = "minimize",
+    n_jobs: int = 1,
+    progress: bool = False,
+    resume: bool = False,
+    group: str = "mean",
+    extra_objectives: Sequence[str] = (),
+    constraints: Sequence[str] = (),
+    scalarize: Mapping[str, float] | None = None,
+    oom_retry: bool = False,
+    timeout_s: float | None = None,
+) -> optuna.Study:
+    """Tune a Python function (or any :class:`~speechtune.tuning.Objective`) with Optuna.
+
+    Example::
+
+        def fn(config, reporter):
+            for epoch in range(5):
+                wer = ...train one epoch with config["optim.lr"]...
+                if reporter.report(epoch, wer=wer):
+                    return None  # pruned
+            return {"wer": wer}
+
+        study = speechtune.tune(fn, {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+        print(study.best_trial.user_attrs["config"])
+
+    Args:
+        objective: ``fn(config, reporter) -> dict[str, float]`` (``config``: flat dict of dotted
+            keys; it may also take ``trial_dir`` and ``seed``), or an Objective.
+        space: a :class:`SearchSpace`, or a dict in the YAML ``space:`` syntax.
+        n_trials: complete + pruned trials to reach (failed trials are replaced).
+        sampler: tpe, gp, random, cmaes, qmc or nsga2.
+        pruner: median, percentile, sha, hyperband, wilcoxon or none.
+        seed: sampler seed (same seed, same sequence of configs).
+        run_dir: where the study database, trial dirs and reports go; None keeps the study in
+            memory and trial dirs in a temporary directory deleted afterwards (no reports).
+        storage: an Optuna storage URL (or "journal"); default SQLite in ``run_dir``.
+        study_name: the study's name (default ``speechtune``).
+        metric: the metric minimised (a key of the dict ``fn`` returns).
+        seeds: >1 seed => the mean over seeds is optimised, the std recorded.
+        direction: only ``minimize`` (a metric to maximise can be returned negated).
+        n_jobs: parallel trials (threads).
+        progress: show a live progress display.
+        resume: continue an existing study of this name in ``run_dir``/``storage``.
+        group: ``mean`` or ``worst_group`` (optimise ``worst_group_wer``).
+        extra_objectives: more metrics to minimise => a multi-objective (Pareto) study.
+        constraints: metric constraints such as ``"latency_ms <= 50"``.
+        scalarize: ``{metric: weight}`` => minimise ``metric + sum(weight * m)`` instead.
+        oom_retry: re-run an ``oom`` trial once with half the batch and twice the accumulation.
+        timeout_s: stop starting trials after this many seconds.
+
+    Returns:
+        The Optuna study; trial records are in each trial's ``user_attrs``.
+
+    Raises:
+        ValueError: an unknown sampler/pruner or a direction other than ``minimize``.
+        ConfigError: a bad ``space`` dict.
+    """
+    if direction != "minimize":
+        raise ValueError(f"direction: only 'minimize' is supported (got {direction!r}); return the negated metric instead")
+    obj = _as_objective(objective)
+    in_memory = run_dir is None and storage is None
+    spec = build_spec(
+        space,
+        study_name=study_name or "speechtune",
+        n_trials=n_trials,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        storage="memory" if in_memory else storage,
+        n_jobs=n_jobs,
+        timeout_s=timeout_s,
+        oom_retry=oom_retry,
+        metric=metric,
+        group=group,
+        seeds=seeds,
+        extra_objectives=extra_objectives,
+        constraints=constraints,
+        scalarize=scalarize,
+    )
+    if run_dir is None:
+        # Trial dirs still need a home while the study runs; reports are skipped.
+        with tempfile.TemporaryDirectory(prefix="speechtune-tune-") as tmp:
+            return run_study(spec, obj, Path(tmp), resume=resume, progress=progress, write_outputs=False)
+    return run_study(spec, obj, Path(run_dir), resume=resume, progress=progress)

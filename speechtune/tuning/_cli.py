@@ -1,0 +1,179 @@
+"""``speechtune tune``: run a study from a tuning YAML.
+
+The lead wires :func:`add_tune_arguments` and :func:`tune_command` into ``speechtune/cli.py``::
+
+    speechtune tune --config conf/tuning.yaml --n-trials 100 --backend optuna \\
+        [--run-dir runs/NAME] [--resume] [--storage URL] [--n-jobs N] [--device cuda] \\
+        [--tracking-uri URI] [--set study.x=y ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from ._objectives import Objective
+from ._study import StudyExistsError, run_study
+
+log = logging.getLogger("speechtune.tuning")
+
+BACKENDS = ("optuna",)
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``speechtune tune`` options to ``parser``."""
+    parser.add_argument("--config", required=True, help="tuning YAML (see conf/tuning.yaml)")
+    parser.add_argument("--n-trials", type=int, default=None, help="complete + pruned trials to reach (default: study.n_trials)")
+    parser.add_argument("--backend", default="optuna", choices=BACKENDS, help="default: %(default)s")
+    parser.add_argument("--run-dir", default=None, help="study outputs (default: runs/<study.name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the study; re-runs trials a killed run left")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL, or 'journal' (default: study.storage)")
+    parser.add_argument("--n-jobs", type=int, default=None, help="parallel trials in this process (default: study.n_jobs)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (recipe objective; default: %(default)s)")
+    parser.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: a local store in the run dir)")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log trials to MLflow")
+    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the tuning YAML, e.g. study.sampler=gp")
+    parser.add_argument("--quiet", action="store_true", help="no live progress display")
+
+
+# ---------------------------------------------------------------------------------------------
+# objectives by kind
+# ---------------------------------------------------------------------------------------------
+def _recipe_objective(spec: Any, args: argparse.Namespace) -> Objective:
+    from ._objectives import RecipeObjective
+
+    return RecipeObjective(spec.base_recipe, device=args.device, cache_dir=args.cache_dir)
+
+
+def _command_objective(spec: Any, args: argparse.Namespace) -> Objective:
+    from ._command import CommandObjective
+
+    cwd = spec.path.parent if getattr(spec, "path", None) is not None else None
+    return CommandObjective(spec.command, spec.base_recipe or {}, cwd=getattr(spec.command, "cwd", None) or cwd)
+
+
+def _python_objective(spec: Any, args: argparse.Namespace) -> Objective:
+    raise ValueError("objective.kind: python cannot run from the command line; use speechtune.tune() from Python for kind: python")
+
+
+OBJECTIVES: dict[str, Callable[[Any, argparse.Namespace], Objective]] = {
+    "recipe": _recipe_objective,
+    "command": _command_objective,
+    "python": _python_objective,
+}
+
+
+def build_objective(spec: Any, args: argparse.Namespace) -> Objective:
+    """The objective of ``spec.objective.kind``.
+
+    Raises:
+        ValueError: kind python (not runnable from the CLI) or an unknown kind.
+    """
+    builder = OBJECTIVES.get(spec.objective.kind)
+    if builder is None:
+        raise ValueError(f"objective.kind: unknown kind {spec.objective.kind!r}; expected one of: {', '.join(OBJECTIVES)}")
+    return builder(spec, args)
+
+
+def _tracker(spec: Any, run_dir: Path, args: argparse.Namespace) -> Any:
+    if args.no_tracking:
+        return None
+    try:
+        from ..track import StudyTracker
+    except ImportError:
+        log.info("speechtune.track is not available: trials are not logged to MLflow")
+        return None
+    # None => the tracker's own default store inside the run directory.
+    return StudyTracker(tracking_uri=args.tracking_uri, experiment=spec.study.name, run_dir=run_dir)
+
+
+def _with_storage(spec: Any, storage: str | None) -> Any:
+    if storage is None:
+        return spec
+    return dataclasses.replace(spec, study=dataclasses.replace(spec.study, storage=storage))
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def tune_command(args: argparse.Namespace) -> int:
+    """Run ``speechtune tune``; return the process exit code.
+
+    The tuning YAML is validated first (every problem listed at once, as ``speechtune validate``
+    does); a :class:`~speechtune.config.ConfigError` propagates to the CLI's error handler.
+
+    Returns:
+        0 when the study has a best trial, 1 when no trial completed, 2 when the study exists
+        and ``--resume`` was not given, 130 when interrupted (outputs of the trials so far are
+        written first).
+    """
+    from ._spec import load_tuning
+
+    spec = _with_storage(load_tuning(args.config, tuple(args.set or ())), args.storage)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ValueError(f"--n-trials must be >= 1, got {args.n_trials}")
+    if args.n_jobs is not None and args.n_jobs < 1:
+        raise ValueError(f"--n-jobs must be >= 1, got {args.n_jobs}")
+    objective = build_objective(spec, args)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.study.name
+    # Our progress view reports every trial; Optuna's own INFO lines would repeat it.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = run_study(
+            spec,
+            objective,
+            run_dir,
+            n_trials=args.n_trials,
+            resume=args.resume,
+            n_jobs=args.n_jobs,
+            tracker=_tracker(spec, run_dir, args),
+            progress=not args.quiet,
+        )
+    except StudyExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: outputs of the finished trials were written", file=sys.stderr)
+        _print_summary(optuna.load_study(study_name=spec.study.name, storage=_storage_of(spec, run_dir)), run_dir)
+        return 130
+    return _print_summary(study, run_dir)
+
+
+def _storage_of(spec: Any, run_dir: Path) -> Any:
+    from ._optuna import make_storage
+
+    return make_storage(spec.study.storage, run_dir)
+
+
+def _print_summary(study: optuna.Study, run_dir: Path) -> int:
+    """Print the best config, its WER and where the outputs are; 0 when there is a best trial."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if states.count(s)}
+    print(f"study {study.study_name!r}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        print("no trial completed: see the reasons in", run_dir / "trials.csv")
+        return 1
+    if len(study.directions) > 1:
+        front = study.best_trials
+        print(f"Pareto front: {len(front)} trials ({', '.join(str(t.number) for t in front)})")
+        best = min(front, key=lambda t: t.values[0])
+    else:
+        best = study.best_trial
+    metrics = best.user_attrs.get("metrics") or {}
+    print(f"best trial {best.number}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("wer", "cer", "worst_group_wer") and v is not None))
+    print("best config:")
+    print(yaml.safe_dump(best.user_attrs.get("config") or best.params, sort_keys=True).rstrip())
+    for name in ("best.yaml", "report.html", "trials.csv"):
+        if (run_dir / name).exists():
+            print(f"{name}: {run_dir / name}")
+    return 0
