@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README):
-#   make demo   set up .venv and train the default recipe on the built-in synthetic corpus
+#   make demo   set up .venv and run a small tuning study on the built-in synthetic corpus
 #   make test   set up .venv and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/speechtune train --config conf/synthetic.yaml --out runs/demo --threads 2
+	$(VENV)/bin/speechtune tune --config conf/tuning.yaml --run-dir runs/demo --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
