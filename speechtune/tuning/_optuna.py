@@ -187,16 +187,36 @@ def _journal(path: str) -> BaseStorage:
     return JournalStorage(JournalFileBackend(path))
 
 
+def _sqlite_fast_commits(dbapi_connection, _record) -> None:
+    """WAL + synchronous=NORMAL: a commit no longer waits for an fsync.
+
+    Optuna commits ~25 times per trial (each suggest, report and user attribute), and with
+    SQLite's default rollback journal each commit fsyncs: that was most of the per-trial
+    overhead. In WAL mode with synchronous=NORMAL a killed process loses nothing that was
+    committed; only an OS crash or power cut can drop the last transactions.
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def _rdb(url: str, heartbeat_s: int) -> BaseStorage:
+    from sqlalchemy import event
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             heartbeat_interval=heartbeat_s,
             grace_period=2 * heartbeat_s,
             heartbeat_stale_trial_callback=retry,
         )
+    if url.startswith("sqlite"):
+        event.listen(storage.engine, "connect", _sqlite_fast_commits)
+        storage.engine.dispose()  # connections opened during set-up reconnect with the pragmas
+    return storage
 
 
 def make_storage(storage: str | None, run_dir: Path, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> BaseStorage:
