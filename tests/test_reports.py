@@ -21,7 +21,7 @@ import yaml
 from .report_fixtures import BASE_RECIPE, FAILED, PRUNED, SEEDS, make_run_dir, make_study
 from speechtune.config import ConfigError, config_from_dict, load_config
 from speechtune.reports import build_report, open_study, report_command, resolve_storage, write_best_yaml
-from speechtune.reports._best import _merge, unflatten
+from speechtune.config import merge, unflatten
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -71,7 +71,7 @@ def test_best_yaml_is_the_complete_recipe_of_the_best_trial(runs: dict[str, Path
     text = path.read_text()
     assert f"trial {best.number}" in text.splitlines()[0] and "'single'" in text.splitlines()[0]
     loaded = load_config(path)
-    expected = _merge(BASE_RECIPE, unflatten(best.user_attrs["config"]))
+    expected = merge(BASE_RECIPE, unflatten(best.user_attrs["config"]))
     expected["seed"] = SEEDS[0]
     assert loaded == config_from_dict(expected)
     assert loaded.optim.lr == pytest.approx(best.params["optim.lr"])

@@ -36,17 +36,17 @@ def _write(tmp_path: Path, data: dict[str, Any], name: str = "tuning.yaml") -> P
 
 def test_shipped_tuning_yaml_loads() -> None:
     spec = load_tuning(CONF / "tuning.yaml")
-    assert spec.study == StudySpec(name="synthetic-tpe", sampler="tpe", pruner="median", n_trials=12)
+    assert spec.study == StudySpec(name="synthetic-tpe", sampler="tpe", pruner="median", n_trials=16)
     assert spec.objective == ObjectiveSpec(kind="recipe", metric="wer", seeds=[42])
     assert spec.command is None
-    assert spec.overrides == {"train.epochs": 6, "data.synthetic.num_utterances": 400}
-    assert spec.base_recipe["train"]["epochs"] == 6
-    assert spec.base_recipe["data"]["synthetic"]["num_utterances"] == 400
+    assert spec.overrides == {"train.epochs": 8, "data.synthetic.num_utterances": 600}
+    assert spec.base_recipe["train"]["epochs"] == 8
+    assert spec.base_recipe["data"]["synthetic"]["num_utterances"] == 600
     assert spec.base_recipe["model"]["ff_dim"] == 384  # from synthetic.yaml, not the defaults
     assert spec.space.params["model.d_model"] == CategoricalParam("model.d_model", (96, 144))
     assert "optim.momentum" in spec.space.params and "specaugment.time_mask_width" in spec.space.params
     assert spec.raw["space"]["model.num_layers"] == [2, 3]
-    assert spec.raw["study"]["n_trials"] == 12
+    assert spec.raw["study"]["n_trials"] == 16
     yaml.safe_dump(spec.raw)  # the record is plain data
 
 

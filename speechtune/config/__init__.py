@@ -8,7 +8,9 @@ from ._load import (
     dump_config,
     flatten,
     load_config,
+    merge,
     parse_overrides,
+    unflatten,
 )
 from ._schema import (
     DataConfig,
@@ -45,5 +47,7 @@ __all__ = [
     "dump_config",
     "flatten",
     "load_config",
+    "merge",
     "parse_overrides",
+    "unflatten",
 ]

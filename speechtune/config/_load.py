@@ -240,6 +240,27 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.d_model": 4}`` -> ``{"model": {"d_model": 4}}``.
+
+    Raises:
+        ConfigError: a key is both a value and a section (``a: 1`` and ``a.b: 2``).
+    """
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([ConfigProblem(key, f"conflicts with the value of {'.'.join(parts[: i + 1])}", value)])
+            node = child
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, Mapping):
+            raise ConfigError([ConfigProblem(key, "is a section with sub-keys; it cannot also be a value", value)])
+        node[parts[-1]] = value
+    return nested
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
     """Load a recipe YAML (or the defaults when ``path`` is None) and apply dotted overrides."""
     data: dict[str, Any] = {}

@@ -8,34 +8,9 @@ from typing import Any, Mapping
 import optuna
 import yaml
 
-from speechtune.config import ConfigError, ConfigProblem, config_from_dict, config_to_dict
+from speechtune.config import ConfigError, ConfigProblem, config_from_dict, config_to_dict, merge, unflatten
 
 from ._records import objective_names, primary_seed_stats, select_best, trial_config
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"model.d_model": 4}`` -> ``{"model": {"d_model": 4}}``."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node = nested
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError([ConfigProblem(key, f"conflicts with the value of {'.'.join(parts[: i + 1])}", value)])
-            node = child
-        node[parts[-1]] = value
-    return nested
-
-
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _first_seed(study: optuna.Study) -> int | None:
@@ -93,7 +68,7 @@ def write_best_yaml(study: optuna.Study, path: str | Path, base_recipe: dict | N
         spread = f" (std {std:.4g})" if std is not None else ""
         seeds_note = f"value is the mean over {len(seeds)} seeds{spread}"
     if base_recipe is not None:
-        nested = _merge(base_recipe, unflatten(flat))
+        nested = merge(base_recipe, unflatten(flat))
         first_seed = _first_seed(study)
         if "seed" not in flat and first_seed is not None:
             nested["seed"] = first_seed

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
-from ..config import ConfigError, config_from_dict
-from ..config._load import merge
+from ..config import ConfigError, config_from_dict, merge, unflatten
 
 if TYPE_CHECKING:  # torch is imported only when a recipe trial runs
     from ..data._prepare import PreparedData
@@ -70,27 +69,6 @@ class Objective(Protocol):
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the objectives
 # ---------------------------------------------------------------------------------------------
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"model.d_model": 4}`` -> ``{"model": {"d_model": 4}}``.
-
-    Raises:
-        ValueError: a key is both a value and a section (``a: 1`` and ``a.b: 2``).
-    """
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node = nested
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"config key {key!r} conflicts with {'.'.join(parts[: i + 1])!r}, which is a value")
-            node = child
-        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, Mapping):
-            raise ValueError(f"config key {key!r} is a section with sub-keys; it cannot also be a value")
-        node[parts[-1]] = value
-    return nested
-
-
 def merge_config(base: Mapping[str, Any] | None, config: Mapping[str, Any]) -> dict[str, Any]:
     """A nested base config with a flat trial config (dotted keys) applied over it."""
     return merge(dict(base or {}), unflatten(config))
