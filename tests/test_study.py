@@ -393,6 +393,15 @@ def test_tune_command_recipe_smoke(synth_corpus, tmp_path: Path, capsys: pytest.
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
     assert (run_dir / "spec.yaml").exists() and (run_dir / "trials.csv").exists()
+    # best.yaml is a complete recipe: training it again reproduces the best trial's figure
+    from speechtune.config import RunOptions, load_config
+    from speechtune.training import train
+
+    again = train(
+        load_config(run_dir / "best.yaml"),
+        RunOptions(output_dir=str(tmp_path / "repro"), device="cpu", cache_dir=str(tmp_path / "cache"), progress=False),
+    )
+    assert again.metrics["wer"] == pytest.approx(trial.value, abs=1e-12)
     # the same study again without --resume is refused, with a hint
     assert tune_command(args) == 2
     assert "--resume" in capsys.readouterr().err
