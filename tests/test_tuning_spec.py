@@ -252,6 +252,11 @@ def test_shipped_tuning_yaml_samples_valid_recipes() -> None:
     assert {"optim.momentum", "optim.beta1", "model.d_model", "specaugment.time_mask_width"} <= seen
 
 
+def test_shipped_an4_study_samples_valid_recipes() -> None:
+    seen = _assert_samples_build_recipes(CONF / "tuning_an4.yaml")
+    assert {"optim.lr", "model.ctc_weight", "model.d_model"} <= seen
+
+
 def test_all_presets_together(tmp_path: Path) -> None:
     path = _write(tmp_path, {"recipe": RECIPE, "presets": available_presets()})
     seen = _assert_samples_build_recipes(path, n=50)
