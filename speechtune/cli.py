@@ -80,6 +80,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_correlate(args: argparse.Namespace) -> int:
+    """Rank agreement of each cheap rung (or early epoch) with full fidelity; writes correlation.json/.png."""
+    from .reports._correlate import correlate_command, format_table
+
+    report, written = correlate_command(
+        Path(args.run_dir),
+        study_name=args.study,
+        metric=args.metric,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        threshold=args.threshold,
+    )
+    print(format_table(report))
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .reports import dashboard_command
 
@@ -177,6 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild report.html, PNG plots, trials.csv and best.yaml of a study")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser(
+        "correlate",
+        help="check whether cheap rungs (or early epochs) rank configs like full training",
+        description="Spearman/Kendall rank correlation, with bootstrap 95% CIs, of each lower rung of a "
+        "multi-fidelity study with its top rung (of each epoch with the final value, for other studies); "
+        "writes RUN_DIR/correlation.json and correlation.png and recommends the cheapest faithful rung.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--study", default=None, help="study name, when the storage holds several")
+    p.add_argument("--metric", default=None, help="value to compare (default: the study's primary objective)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument(
+        "--threshold", type=float, default=0.7,
+        help="recommend the cheapest rung whose Spearman 95%% CI lower bound reaches this (default: %(default)s)",
+    )
+    p.set_defaults(fn=cmd_correlate)
 
     p = sub.add_parser("dashboard", help="live view of a study (optuna-dashboard)")
     p.add_argument("run_dir", help="a run directory or a storage URL")

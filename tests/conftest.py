@@ -11,8 +11,9 @@ import torch
 from speechtune.config import RunOptions, config_from_dict
 from speechtune.data import Manifest, PreparedData, split_dev, synthesize_corpus, validate_manifest
 
-# Two cores in CI: more threads than cores only adds contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores in CI: more threads than cores only adds contention. SPEECHTUNE_TEST_THREADS=1 when
+# another process already keeps a core busy (two spinning OpenMP threads then slow tiny models ~20x).
+torch.set_num_threads(int(os.environ.get("SPEECHTUNE_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")

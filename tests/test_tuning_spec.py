@@ -93,7 +93,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "study": {"sampler": "bayes", "pruner": "median", "n_trails": 3, "seed": "zero"},
         "objective": {"seeds": [], "extra_objectives": ["latency_ms_per_audio_s"], "metrik": "wer"},
         "command": {"argv": ["python"]},
-        "fidelity": {},
+        "fidelty": {},
     }
     path = _write(tmp_path, bad)
     problems = validate_tuning(path)
@@ -124,7 +124,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "objective.seeds",
         "objective.metrik",
         "command",
-        "fidelity",
+        "fidelty",
     ]
     missing = [key for key in expected if key not in text]
     assert not missing, f"not reported: {missing}\n{text}"

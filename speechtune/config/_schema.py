@@ -140,6 +140,11 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = _f(20, ge=1)
+    # Horizon of the lr schedule in epochs (null = train.epochs). A run of E1 epochs with
+    # schedule_epochs=E2 follows exactly the first E1 epochs of an E2-epoch run, so it can be
+    # resumed with train.epochs=E2 and end where a straight E2-epoch run ends (multi-fidelity
+    # promotion continues a checkpoint this way).
+    schedule_epochs: int | None = _f(None, ge=1)
     batch_size: int = _f(16, ge=1)
     grad_accum: int = _f(1, ge=1)
     devices: int = _f(1, ge=1)

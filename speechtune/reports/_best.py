@@ -10,7 +10,7 @@ import yaml
 
 from speechtune.config import ConfigError, ConfigProblem, config_from_dict, config_to_dict, merge, unflatten
 
-from ._records import objective_names, primary_seed_stats, select_best, trial_config
+from ._records import objective_names, primary_seed_stats, rung_names, select_best, top_rung, trial_config
 
 
 def _first_seed(study: optuna.Study) -> int | None:
@@ -38,7 +38,8 @@ def write_best_yaml(study: optuna.Study, path: str | Path, base_recipe: dict | N
     """Write the best trial's config to ``path``.
 
     The best trial is the complete trial with the lowest primary objective; in a multi-objective
-    study, the Pareto-optimal trial with the lowest primary objective (the header says so).
+    study, the Pareto-optimal trial with the lowest primary objective (the header says so); in a
+    multi-fidelity study, only trials at the top (full-fidelity) rung are candidates.
     For recipe objectives (``base_recipe`` given, or stored as the study's ``base_recipe``
     attribute) the file is the COMPLETE nested recipe, validated with ``config_from_dict``, so that
     ``speechtune train --config best.yaml`` reproduces the trial. Otherwise the flat trial config.
@@ -57,6 +58,12 @@ def write_best_yaml(study: optuna.Study, path: str | Path, base_recipe: dict | N
     """
     choice = select_best(study)
     if choice is None:
+        top = top_rung(study)
+        if top is not None:
+            raise ValueError(
+                f"multi-fidelity study {study.study_name!r} has no complete trial at its top rung "
+                f"{rung_names(study)[top]!r}: no best.yaml to write (lower-rung values are not comparable)"
+            )
         raise ValueError(f"study {study.study_name!r} has no complete trial: no best.yaml to write")
     trial = choice.trial
     flat = trial_config(trial)

@@ -12,6 +12,8 @@ from ._records import duration_s, objective_names, trial_config, trial_status
 
 CONFIG_PREFIX = "config."
 METRIC_PREFIX = "metrics."
+# Multi-fidelity trial records (see the issue-4 contract); a column appears when any trial has it.
+FIDELITY_COLUMNS = ("rung", "rung_name", "config_id", "bracket", "parent_trial", "source", "job_cost")
 
 
 def _cell(value: Any) -> Any:
@@ -25,12 +27,15 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     """Columns and rows of :func:`write_trials_csv` (useful for tables in the report).
 
     Columns: ``number, state, status, reason, <objective names>, duration_s, objective_std``,
-    then ``config.<key>`` for every config key and ``metrics.<name>`` for every final metric.
+    then the multi-fidelity records that any trial has (``rung, rung_name, config_id, bracket,
+    parent_trial, source, job_cost``), then ``config.<key>`` for every config key and
+    ``metrics.<name>`` for every final metric.
     """
     names = objective_names(study)
     rows: list[dict[str, Any]] = []
     config_keys: dict[str, None] = {}
     metric_keys: dict[str, None] = {}
+    fidelity_keys: set[str] = set()
     for trial in study.get_trials(deepcopy=False):
         status, reason = trial_status(trial)
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "status": status, "reason": reason}
@@ -38,6 +43,10 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
             row[name] = trial.values[i] if trial.values else None
         row["duration_s"] = duration_s(trial)
         row["objective_std"] = trial.user_attrs.get("objective_std")
+        for key in FIDELITY_COLUMNS:
+            if key in trial.user_attrs:
+                fidelity_keys.add(key)
+                row[key] = trial.user_attrs[key]
         for key, value in trial_config(trial).items():
             config_keys.setdefault(key)
             row[CONFIG_PREFIX + key] = value
@@ -47,6 +56,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
             row[METRIC_PREFIX + key] = value
         rows.append(row)
     columns = ["number", "state", "status", "reason", *names, "duration_s", "objective_std"]
+    columns += [k for k in FIDELITY_COLUMNS if k in fidelity_keys]
     columns += [CONFIG_PREFIX + k for k in sorted(config_keys)]
     columns += [METRIC_PREFIX + k for k in sorted(metric_keys)]
     return columns, rows

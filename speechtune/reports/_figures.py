@@ -17,6 +17,8 @@ from ._records import (
     objective_names,
     primary_seed_stats,
     ranked_trials,
+    comparable_study,
+    comparable_trials,
     trial_status,
 )
 
@@ -43,7 +45,7 @@ def history_figure(study: optuna.Study) -> go.Figure | None:
         return None
     name = objective_names(study)[0]
     fig = _quiet(
-        optuna.visualization.plot_optimization_history, study, target=lambda t: t.values[0], target_name=name
+        optuna.visualization.plot_optimization_history, comparable_study(study), target=lambda t: t.values[0], target_name=name
     )
     fig.update_layout(title=f"Optimisation history ({name})")
     return fig
@@ -64,12 +66,12 @@ def importance_figure(importance: Importance, target_name: str) -> go.Figure | N
 
 def parallel_figure(study: optuna.Study) -> go.Figure | None:
     """Parallel coordinates of the tunable parameters against the primary objective."""
-    trials = complete_trials(study)
+    trials = comparable_trials(study)
     if len(trials) < 2 or not any(t.params for t in trials):
         return None
     name = objective_names(study)[0]
     fig = _quiet(
-        optuna.visualization.plot_parallel_coordinate, study, target=lambda t: t.values[0], target_name=name
+        optuna.visualization.plot_parallel_coordinate, comparable_study(study), target=lambda t: t.values[0], target_name=name
     )
     fig.update_layout(title=f"Parallel coordinates ({name})")
     return fig

@@ -19,7 +19,15 @@ from optuna.trial import TrialState
 
 from . import _figures, _png
 from ._importance import Importance, param_importances
-from ._records import objective_names, primary_seed_stats, ranked_trials, select_best, trial_config, trial_status
+from ._records import (
+    is_multi_fidelity,
+    objective_names,
+    primary_seed_stats,
+    ranked_trials,
+    select_best,
+    trial_config,
+    trial_status,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -28,6 +36,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-s
 th { background: #f3f3f3; }
 section { margin-bottom: 2em; }
 .note { color: #666; font-style: italic; }
+.warning { border: 2px solid #b00; background: #fff0f0; padding: 0.5em 1em; margin: 0.5em 0; }
 """
 
 
@@ -131,6 +140,10 @@ def _write_pngs(study: optuna.Study, importance: Importance, plots_dir: Path) ->
 def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` (self-contained, works offline) and ``out_dir/plots/*.png``.
 
+    A multi-fidelity study (``fidelity`` study attr) gets a "Multi-fidelity" section: rungs,
+    brackets, compute saved, how faithfully each rung ranks configs (``plots/correlation.png``),
+    and a warning when promotions relied on a rung that does not.
+
     Args:
         study: A loaded study following the tuning contract's trial records.
         out_dir: Directory to write into (created when missing).
@@ -143,7 +156,13 @@ def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     importance = param_importances(study)
     _write_pngs(study, importance, out_dir / "plots")
     title = f"speechtune study {study.study_name}"
-    body = "\n".join([_section("summary", "Summary", _summary(study)), *_plot_sections(study, importance)])
+    sections = [_section("summary", "Summary", _summary(study))]
+    if is_multi_fidelity(study):
+        # Imported here: that module renders with this one's helpers.
+        from ._fidelity_report import fidelity_section
+
+        sections.append(_section("multi-fidelity", "Multi-fidelity", fidelity_section(study, out_dir / "plots")))
+    body = "\n".join([*sections, *_plot_sections(study, importance)])
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{_esc(title)}</title>\n<style>{_STYLE}</style>\n"

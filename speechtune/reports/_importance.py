@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
-from ._records import complete_trials
+from ._records import comparable_study, comparable_trials
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,11 @@ def param_importances(study: optuna.Study) -> Importance:
     Never raises: with fewer than two complete trials, or when both evaluators fail, the
     result is empty and ``note`` says why.
     """
-    trials = complete_trials(study)
+    # Multi-fidelity: only top-rung trials (values at cheaper rungs are not comparable).
+    study = comparable_study(study)
+    trials = comparable_trials(study)
     if len(trials) < 2:
-        return Importance({}, "", f"skipped: {len(trials)} complete trial(s), importance needs at least 2")
+        return Importance({}, "", f"skipped: {len(trials)} comparable complete trial(s), importance needs at least 2")
     if not any(t.distributions for t in trials):
         return Importance({}, "", "skipped: the trials have no tunable parameters")
     errors: list[str] = []

@@ -116,10 +116,82 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def fidelity_record(study: optuna.Study) -> dict[str, Any] | None:
+    """The ``fidelity`` study attr of a multi-fidelity study, or None for an ordinary study.
+
+    Raises:
+        ValueError: When the attr is present but is not ``{"rungs": [{"name", "cost", ...}, ...]}``.
+    """
+    record = study.user_attrs.get("fidelity")
+    if record is None:
+        return None
+    rungs = record.get("rungs") if isinstance(record, dict) else None
+    if not isinstance(rungs, list) or not rungs or not all(isinstance(r, dict) and "name" in r for r in rungs):
+        raise ValueError(
+            f"study {study.study_name!r}: user attr 'fidelity' must be a dict whose 'rungs' is a non-empty "
+            f"list of {{'name', 'overrides', 'cost'}} dicts (got {record!r:.200})"
+        )
+    return record
+
+
+def is_multi_fidelity(study: optuna.Study) -> bool:
+    """True when the study was run by the multi-fidelity engine (it has a ``fidelity`` attr)."""
+    return fidelity_record(study) is not None
+
+
+def rung_names(study: optuna.Study) -> list[str]:
+    """Names of the rungs of a multi-fidelity study, cheapest first ([] for other studies)."""
+    record = fidelity_record(study)
+    return [str(r["name"]) for r in record["rungs"]] if record else []
+
+
+def top_rung(study: optuna.Study) -> int | None:
+    """Index of the full-fidelity rung of a multi-fidelity study; None for other studies."""
+    record = fidelity_record(study)
+    return len(record["rungs"]) - 1 if record else None
+
+
+def trial_rung(trial: FrozenTrial) -> int | None:
+    """The rung index a multi-fidelity trial ran at (``rung`` user attr), None when absent."""
+    rung = trial.user_attrs.get("rung")
+    return rung if isinstance(rung, int) and not isinstance(rung, bool) else None
+
+
+def comparable_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials whose values may be compared with each other.
+
+    Every complete trial of an ordinary study; only the TOP-rung trials of a multi-fidelity
+    study, because a WER measured after a short, cheap run is not a WER of the final model.
+    """
+    top = top_rung(study)
+    trials = complete_trials(study)
+    if top is None:
+        return trials
+    return [t for t in trials if trial_rung(t) == top]
+
+
+def comparable_study(study: optuna.Study) -> optuna.Study:
+    """``study`` itself, or for a multi-fidelity study an in-memory copy holding its top-rung trials.
+
+    Optuna's plots and importance evaluators take a study; mixing rungs would plot a one-epoch
+    WER beside a full-training one and call the difference "importance".
+    """
+    if top_rung(study) is None:
+        return study
+    copy = optuna.create_study(directions=study.directions, study_name=study.study_name)
+    copy.add_trials(comparable_trials(study))
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    return copy
+
+
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete trials, best primary objective first (feasible ones before infeasible)."""
+    """Comparable trials (see :func:`comparable_trials`), best primary objective first.
+
+    Feasible trials come before infeasible ones.
+    """
     sign = 1.0 if minimises(study) else -1.0
-    trials = [t for t in complete_trials(study) if primary_value(t) is not None]
+    trials = [t for t in comparable_trials(study) if primary_value(t) is not None]
     return sorted(trials, key=lambda t: (not _feasible(t), sign * primary_value(t), t.number))  # type: ignore[operator]
 
 
@@ -131,25 +203,42 @@ class BestChoice:
     note: str
 
 
+def _dominates(a: FrozenTrial, b: FrozenTrial, signs: list[float]) -> bool:
+    pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+
+def _pareto_front(trials: list[FrozenTrial], study: optuna.Study) -> list[FrozenTrial]:
+    # Optuna's study.best_trials spans every rung; a multi-fidelity front is over the top rung.
+    signs = [1.0 if minimises(study, i) else -1.0 for i in range(len(study.directions))]
+    feasible = [t for t in trials if t.values and _feasible(t)]
+    return [t for t in feasible if not any(_dominates(o, t, signs) for o in feasible if o is not t)]
+
+
 def select_best(study: optuna.Study) -> BestChoice | None:
     """Best trial: lowest primary objective among complete (feasible) trials.
 
     For a multi-objective study, the Pareto-optimal trial with the best primary objective.
-    Returns None when no trial completed.
+    For a multi-fidelity study (``fidelity`` study attr), only trials at the top rung count.
+    Returns None when no (top-rung) trial completed.
     """
     names = objective_names(study)
+    top = top_rung(study)
+    mf_note = ""
+    if top is not None:
+        mf_note = f" at the top rung {rung_names(study)[top]!r}; lower-rung values of a multi-fidelity study are not comparable"
     if is_multi_objective(study):
-        front = study.best_trials
+        front = study.best_trials if top is None else _pareto_front(comparable_trials(study), study)
         if not front:
             return None
         sign = 1.0 if minimises(study) else -1.0
         best = min(front, key=lambda t: (sign * t.values[0], t.number))
         note = (
             f"multi-objective study ({', '.join(names)}): of the {len(front)} Pareto-optimal trials, "
-            f"the one with the best {names[0]}"
+            f"the one with the best {names[0]}{mf_note}"
         )
         return BestChoice(best, note)
     ranked = [t for t in ranked_trials(study) if _feasible(t)]
     if not ranked:
         return None
-    return BestChoice(ranked[0], f"complete trial with the best {names[0]}")
+    return BestChoice(ranked[0], f"complete trial with the best {names[0]}{mf_note}")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from ..config import RecipeConfig, RunOptions, config_from_dict, config_to_dict, dump_config, flatten
+from ..config import RecipeConfig, RunOptions, TrainConfig, config_from_dict, config_to_dict, dump_config, flatten
 from ..data import Manifest, require_tunable
 from ..data._audio import load_audio
 from ..data._prepare import PreparedData, corpus_charset, prepare_data
@@ -211,7 +211,10 @@ def train(
 
     Args:
         cfg: the recipe (all hyperparameters).
-        opts: where/how to run (device, output and cache dirs, resume).
+        opts: where/how to run (device, output and cache dirs, resume). With ``opts.resume`` and
+            ``last.pt`` in the output dir, training picks up after the last saved epoch; the
+            config must equal the saved one except for a larger ``train.epochs`` (continuing a
+            finished run to more epochs; see ``train.schedule_epochs`` for an exact continuation).
         reporter: receives per-epoch metrics; returning True stops the run early.
         data: pre-built manifests (skips corpus preparation; used by tests and tuners).
 
@@ -263,7 +266,9 @@ def train(
         [u.duration for u in train_set], t.batch_size, num_buckets=t.num_buckets, bucketed=t.bucketed, seed=cfg.seed
     )
     steps_per_epoch = math.ceil(len(sampler) / t.grad_accum)
-    total_steps = steps_per_epoch * t.epochs
+    # The schedule's horizon may reach past this run (train.schedule_epochs), so that a short
+    # run can later be continued to the horizon as if it had been one run.
+    total_steps = steps_per_epoch * schedule_epochs(t)
     plateau = PlateauTracker(patience=cfg.schedule.plateau_patience)
     flatline = FlatlineDetector(t.flatline_patience, t.flatline_tol)
 
@@ -427,18 +432,48 @@ class _RunState:
         }
 
 
+def schedule_epochs(t: TrainConfig) -> int:
+    """The lr schedule's horizon in epochs: ``train.schedule_epochs``, or ``train.epochs`` when unset."""
+    return t.schedule_epochs if t.schedule_epochs is not None else t.epochs
+
+
+_EPOCH_KEYS = ("train.epochs", "train.schedule_epochs")
+
+
 def _check_resume_config(cfg: RecipeConfig, path: Path) -> None:
-    """Resuming with other hyperparameters would silently mix two runs: refuse, naming the keys."""
+    """Resuming with other hyperparameters would silently mix two runs: refuse, naming the keys.
+
+    One change is accepted: a larger ``train.epochs`` (training continues where the saved run
+    ended; multi-fidelity promotion relies on it). ``train.schedule_epochs`` may then differ as
+    long as the schedule's horizon does not; when the horizon moves (e.g. neither run set
+    ``schedule_epochs``) the continuation is allowed but is not the same as one straight run,
+    which is logged. With the epochs unchanged, a schedule horizon that moves is refused.
+    """
     if not path.is_file():
         return
-    saved = flatten(config_to_dict(config_from_dict(yaml.safe_load(path.read_text()), str(path))))
+    saved_cfg = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+    saved = flatten(config_to_dict(saved_cfg))
     now = flatten(config_to_dict(cfg))
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    changed = sorted(k for k in set(saved) | set(now) if k not in _EPOCH_KEYS and saved.get(k) != now.get(k))
+    old_e, new_e = saved_cfg.train.epochs, cfg.train.epochs
+    old_h, new_h = schedule_epochs(saved_cfg.train), schedule_epochs(cfg.train)
+    if new_e < old_e:
+        changed.append("train.epochs")
+    if new_e == old_e and old_h != new_h:
+        changed.append("train.schedule_epochs")
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:10])
         raise ValueError(
             f"cannot resume {path.parent}: the config differs from the one it was started with ({diffs}). "
+            "Only a larger train.epochs may change when continuing a run. "
             "Use a new output directory, or resume with the original config."
+        )
+    if new_e > old_e and old_h != new_h:
+        log.warning(
+            "continuing %s from %d to %d epochs with the lr schedule's horizon moved from %d to %d epochs: "
+            "the result differs from one straight %d-epoch run (set train.schedule_epochs=%d from the start "
+            "for an exact continuation)",
+            path.parent, old_e, new_e, old_h, new_h, new_e, new_e,
         )
 
 

@@ -2,6 +2,7 @@
 
 from .._lazy import lazy_exports
 from ._expr import ExprError
+from ._fidelity import Fidelity, Rung
 from ._space import (
     CategoricalParam,
     ConstraintViolation,
@@ -28,6 +29,11 @@ _LAZY = {
     'TrialReporter': '._study',
     'run_study': '._study',
     'tune': '._api',
+    'fidelity_spec': '._api',
+    'FidelitySpec': '._ladder',
+    'Job': '._multifidelity',
+    'MultiFidelitySearch': '._multifidelity',
+    'STRATEGIES': '._multifidelity',
     'add_tune_arguments': '._cli',
     'tune_command': '._cli',
 }
@@ -38,6 +44,13 @@ __all__ = [
     "ConstraintViolation",
     "DerivedParam",
     "ExprError",
+    "Fidelity",
+    "FidelitySpec",
+    "Job",
+    "MultiFidelitySearch",
+    "Rung",
+    "STRATEGIES",
+    "fidelity_spec",
     "FixedParam",
     "FloatParam",
     "IntParam",

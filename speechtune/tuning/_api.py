@@ -45,12 +45,14 @@ def build_spec(
     constraints: Sequence[str] = (),
     scalarize: Mapping[str, float] | None = None,
     space_constraints: Sequence[str] = (),
+    fidelity: Any = None,
 ) -> Any:
     """A :class:`~speechtune.tuning.TuningSpec` for a Python objective (``objective.kind: python``).
 
     Args:
         space: a :class:`SearchSpace`, or a dict in the YAML ``space:`` syntax.
         space_constraints: constraints over the config (``"a % b == 0"``), for a dict ``space``.
+        fidelity: a :class:`~speechtune.tuning.FidelitySpec` for a multi-fidelity study, or None.
         Other arguments: the ``study:`` and ``objective:`` sections of a tuning YAML.
 
     Returns:
@@ -101,6 +103,15 @@ def build_spec(
             "scalarize": dict(scalarize or {}),
         },
     }
+    if fidelity is not None:
+        raw["fidelity"] = {
+            "strategy": fidelity.strategy,
+            "eta": fidelity.eta,
+            "budget": fidelity.budget,
+            "priors": fidelity.priors,
+            "warm_start": str(fidelity.warm_start) if fidelity.warm_start else None,
+            "rungs": [r.as_dict() for r in fidelity.fidelity.rungs],
+        }
     return TuningSpec(
         path=None,
         base_recipe={},
@@ -110,6 +121,59 @@ def build_spec(
         objective=objective,
         command=None,
         raw=raw,
+        fidelity=fidelity,
+    )
+
+
+def fidelity_spec(
+    fidelity: Any,
+    *,
+    strategy: str = "speechtune",
+    eta: int | None = None,
+    budget: float | None = None,
+    priors: bool = True,
+    warm_start: str | Path | None = None,
+    warm_start_top_k: int = 3,
+) -> Any:
+    """A :class:`~speechtune.tuning.FidelitySpec` from :func:`tune`'s arguments.
+
+    Args:
+        fidelity: a :class:`~speechtune.tuning.Fidelity`; or ``{key: [budgets]}`` with one key,
+            e.g. ``{"epochs": [1, 3, 9, 27]}`` (the objective reads ``config["epochs"]``; a
+            promoted config continues, see :meth:`Fidelity.from_budgets`).
+        Other arguments: the ``fidelity:`` section of a tuning YAML.
+
+    Raises:
+        ValueError: a fidelity of another shape, or a warm start path that does not exist.
+    """
+    from ._fidelity import Fidelity
+    from ._ladder import FidelitySpec
+    from ._multifidelity import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+    if isinstance(fidelity, Mapping):
+        if len(fidelity) != 1:
+            raise ValueError(f"fidelity: give one budget key with its budgets, e.g. {{'epochs': [1, 3, 9]}} (got {dict(fidelity)!r})")
+        (key, budgets), = fidelity.items()
+        fidelity = Fidelity.from_budgets(str(key), list(budgets), eta=eta or 3)
+    if not isinstance(fidelity, Fidelity):
+        raise ValueError(f"fidelity: expected a Fidelity or {{key: [budgets]}}, got {type(fidelity).__name__}")
+    if eta is not None and eta != fidelity.eta:
+        fidelity = Fidelity(fidelity.rungs, eta=eta, resume_key=fidelity.resume_key)
+    if budget is not None and not budget > 0:
+        raise ValueError(f"budget must be > 0 full-training units (got {budget!r})")
+    warm = Path(warm_start) if warm_start else None
+    if warm is not None and not warm.exists():
+        raise ValueError(f"warm_start: {warm} does not exist (expected a previous run directory or a best.yaml)")
+    return FidelitySpec(
+        strategy=strategy,
+        eta=fidelity.eta,
+        budget=budget,
+        priors=priors,
+        warm_start=warm,
+        warm_start_top_k=warm_start_top_k,
+        fidelity=fidelity,
     )
 
 
@@ -136,6 +200,12 @@ def tune(
     scalarize: Mapping[str, float] | None = None,
     oom_retry: bool = False,
     timeout_s: float | None = None,
+    fidelity: Any = None,
+    strategy: str = "speechtune",
+    budget: float | None = None,
+    eta: int | None = None,
+    priors: bool = True,
+    warm_start: str | Path | None = None,
 ) -> optuna.Study:
     """Tune a Python function (or any :class:`~speechtune.tuning.Objective`) with Optuna.
 
@@ -150,6 +220,12 @@ def tune(
 
         study = speechtune.tune(fn, {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
         print(study.best_trial.user_attrs["config"])
+
+    Multi-fidelity: with ``fidelity={"epochs": [1, 3, 9, 27]}`` each trial is one config at one
+    budget (``config["epochs"]``); cheap budgets screen many configs, the best ``1/eta`` go up
+    (see ``strategy``), and the study stops when ``budget`` full-budget trainings are spent.
+    The best config is the best measured at the top budget. For callers who run trials
+    themselves, :class:`~speechtune.tuning.MultiFidelitySearch` is the same engine as ask/tell.
 
     Args:
         objective: ``fn(config, reporter) -> dict[str, float]`` (``config``: flat dict of dotted
@@ -175,6 +251,14 @@ def tune(
         scalarize: ``{metric: weight}`` => minimise ``metric + sum(weight * m)`` instead.
         oom_retry: re-run an ``oom`` trial once with half the batch and twice the accumulation.
         timeout_s: stop starting trials after this many seconds.
+        fidelity: None (every trial at full fidelity), ``{key: [budgets]}`` or a
+            :class:`~speechtune.tuning.Fidelity` ladder (rungs of config overrides).
+        strategy: multi-fidelity strategy: speechtune, bohb, hyperband, asha or random.
+        budget: stop after this much compute, in full-fidelity trainings (multi-fidelity).
+        eta: promotion ratio (default: the ladder's, 3).
+        priors: let the space's priors guide the search (strategy speechtune).
+        warm_start: a previous run dir or best.yaml whose best configs are tried first and
+            whose region becomes the prior.
 
     Returns:
         The Optuna study; trial records are in each trial's ``user_attrs``.
@@ -186,6 +270,11 @@ def tune(
     if direction != "minimize":
         raise ValueError(f"direction: only 'minimize' is supported (got {direction!r}); return the negated metric instead")
     obj = _as_objective(objective)
+    fspec = None
+    if fidelity is not None:
+        fspec = fidelity_spec(fidelity, strategy=strategy, eta=eta, budget=budget, priors=priors, warm_start=warm_start)
+    elif budget is not None or warm_start is not None:
+        raise ValueError("budget and warm_start need a fidelity (e.g. fidelity={'epochs': [1, 3, 9]})")
     in_memory = run_dir is None and storage is None
     spec = build_spec(
         space,
@@ -204,6 +293,7 @@ def tune(
         extra_objectives=extra_objectives,
         constraints=constraints,
         scalarize=scalarize,
+        fidelity=fspec,
     )
     if run_dir is None:
         # Trial dirs still need a home while the study runs; reports are skipped.

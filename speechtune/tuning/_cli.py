@@ -124,6 +124,7 @@ def tune_command(args: argparse.Namespace) -> int:
     if args.n_jobs is not None and args.n_jobs < 1:
         raise ValueError(f"--n-jobs must be >= 1, got {args.n_jobs}")
     objective = build_objective(spec, args)
+    spec = _scale_default_ladder(spec, args)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.study.name
     # Our progress view reports every trial; Optuna's own INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -148,6 +149,23 @@ def tune_command(args: argparse.Namespace) -> int:
     return _print_summary(study, run_dir)
 
 
+def _scale_default_ladder(spec: Any, args: argparse.Namespace) -> Any:
+    """Scale the default fidelity ladder to the corpus, once its size is known (recipe objectives)."""
+    fspec = getattr(spec, "fidelity", None)
+    if fspec is None or not fspec.default_rungs or fspec.n_train is not None or spec.objective.kind != "recipe":
+        return spec
+    from ..config import config_from_dict, flatten
+    from ..data import prepare_data
+
+    cfg = config_from_dict(spec.base_recipe, "base recipe")
+    data = prepare_data(cfg.data, cfg.features.sample_rate, args.cache_dir, False)
+    n_train = len(data.train)
+    hours = sum(u.duration for u in data.train) / 3600.0
+    scaled = fspec.with_corpus_size(flatten(spec.base_recipe), n_train, set(spec.space.params), corpus_hours=hours)
+    log.info("default fidelity ladder scaled to %d training utterances: %s", n_train, [r.as_dict() for r in scaled.fidelity.rungs])
+    return dataclasses.replace(spec, fidelity=scaled)
+
+
 def _storage_of(spec: Any, run_dir: Path) -> Any:
     from ._optuna import make_storage
 
@@ -163,12 +181,20 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     if not complete:
         print("no trial completed: see the reasons in", run_dir / "trials.csv")
         return 1
+    from ..reports._records import select_best
+
+    choice = select_best(study)
+    if choice is None:
+        print("no trial completed at the top fidelity rung: see", run_dir / "trials.csv")
+        return 1
+    best = choice.trial
     if len(study.directions) > 1:
         front = study.best_trials
         print(f"Pareto front: {len(front)} trials ({', '.join(str(t.number) for t in front)})")
-        best = min(front, key=lambda t: t.values[0])
-    else:
-        best = study.best_trial
+    if "fidelity" in study.user_attrs:
+        used = study.user_attrs.get("budget_used")
+        if used is not None:
+            print(f"compute spent: {used:.2f} full-training equivalents")
     metrics = best.user_attrs.get("metrics") or {}
     print(f"best trial {best.number}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("wer", "cer", "worst_group_wer") and v is not None))
     print("best config:")

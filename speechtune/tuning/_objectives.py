@@ -14,6 +14,7 @@ unit-tested with any reporter.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import traceback
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_chec
 from ..config import ConfigError, config_from_dict, merge, unflatten
 
 if TYPE_CHECKING:  # torch is imported only when a recipe trial runs
+    from ..config import DataConfig
     from ..data._prepare import PreparedData
     from ..training import Reporter, TrainResult
 
@@ -118,15 +120,32 @@ class StopTrackingReporter:
 # ---------------------------------------------------------------------------------------------
 # the built-in recipe
 # ---------------------------------------------------------------------------------------------
+#: Marker a study runner writes into a new trial dir (beside a copy of the parent trial's
+#: ``last.pt``, ``model.pt``, ``config.yaml`` and metrics) to make the trial continue that training.
+CONTINUE_MARKER = "continue_from.json"
+
+
 class RecipeObjective:
     """Train the built-in ASR recipe with the trial's config merged into a base recipe.
+
+    Continuation: when ``trial_dir`` already holds ``last.pt`` and :data:`CONTINUE_MARKER`, the
+    trial resumes that checkpoint instead of starting anew (the config may differ from the saved
+    one only by a larger ``train.epochs``); its history then holds every epoch, the parent's too,
+    while the reporter sees only the new ones. The marker's JSON content is returned in
+    ``extra["continued_from"]``.
+
+    With ``data`` given, ``data.train`` is taken to be the whole training split (prepared with
+    no proxy), and a trial's ``data.proxy_fraction`` / ``data.proxy_hours`` still apply: it
+    trains on the same stratified proxy subset of it that corpus preparation would have made
+    (multi-fidelity rungs vary these keys). Dev is never subsampled.
 
     Args:
         base_recipe: the nested base recipe (a tuning spec's ``base_recipe``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
         cache_dir: corpus and feature cache, shared by all trials.
         num_threads: CPU threads for torch (None leaves torch's default).
-        data: prepared manifests to reuse across trials (skips corpus preparation).
+        data: prepared manifests to reuse across trials (skips corpus preparation); its train
+            split must be the full one (see above).
     """
 
     def __init__(
@@ -159,19 +178,47 @@ class RecipeObjective:
         from ..config import RunOptions
         from ..training import train
 
+        marker = trial_dir / CONTINUE_MARKER
+        resume = marker.is_file() and (trial_dir / "last.pt").is_file()
         opts = RunOptions(
             output_dir=str(trial_dir),
             device=self.device,
             cache_dir=self.cache_dir,
             num_threads=self.num_threads,
             progress=False,
+            resume=resume,
         )
         try:
-            result = train(cfg, opts, reporter, data=self.data)
+            result = train(cfg, opts, reporter, data=_proxy_data(self.data, cfg.data))
         except Exception as exc:  # a crashing trial is recorded, never allowed to end the study
             log.exception("trial in %s failed", trial_dir)
             return error_outcome(exc, trial_dir, output_dir=str(trial_dir))
-        return outcome_from_result(result)
+        outcome = outcome_from_result(result)
+        if resume:
+            outcome.extra["continued_from"] = _read_marker(marker)
+        return outcome
+
+
+def _proxy_data(data: PreparedData | None, cfg: DataConfig) -> PreparedData | None:
+    """``data`` with the proxy subset that ``cfg`` (a DataConfig) asks for, as corpus preparation makes it."""
+    if data is None or (cfg.proxy_hours is None and cfg.proxy_fraction >= 1.0):
+        return data
+    from ..data import PreparedData, proxy_subset
+
+    if cfg.proxy_hours is not None:
+        train = proxy_subset(data.train, hours=cfg.proxy_hours, seed=cfg.split_seed)
+    else:
+        train = proxy_subset(data.train, fraction=cfg.proxy_fraction, seed=cfg.split_seed)
+    return PreparedData(train=train, dev=data.dev, report=data.report)
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    """The continuation marker's JSON object; an unreadable one is recorded, not fatal."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"unreadable": f"{type(exc).__name__}: {exc}"}
+    return content if isinstance(content, dict) else {"value": content}
 
 
 def outcome_from_result(result: TrainResult) -> TrialOutcome:

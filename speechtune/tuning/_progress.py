@@ -77,6 +77,18 @@ def _best(study: optuna.Study) -> tuple[float | None, int | None]:
     # Multi-objective studies have a front, not a best trial: show the size of the front instead.
     if len(study.directions) > 1:
         return None, None
+    if "fidelity" in study.user_attrs:
+        # Multi-fidelity: only values at the top rung are comparable.
+        top = len(study.user_attrs["fidelity"].get("rungs", [])) - 1
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("rung") == top and t.value is not None
+        ]
+        if not done:
+            return None, None
+        best = min(done, key=lambda t: (t.value, t.number))
+        return best.value, best.number
     try:
         best = study.best_trial
     except ValueError:

@@ -13,11 +13,18 @@ YAML forms understood by :func:`parse_param` (see ``conf/tuning.yaml``)::
     schedule.warmup_steps: {derive: "4 * model.d_model"}        # safe expression (see _expr)
     model.dropout: 0.1                                           # scalar => fixed
     data.synthetic.accents: {value: [en-us, en]}                 # a fixed list
+    model.conv_kernel: {type: int, low: 7, high: 31, step: 2, prior: {default: 31, width: 0.1}}
+    optim.name: {choices: [adam, adamw, sgd], prior: adamw}       # shorthand: width 0.15
+
+A ``prior`` (see :class:`Prior`) says where well-tuned recipes put a param; the sampler of the
+multi-fidelity search (:mod:`._priors`) draws from it. Optuna's own samplers ignore it, so it
+never changes what ``sample`` does on an Optuna trial.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import re
 from collections import ChainMap
@@ -39,6 +46,8 @@ from speechtune.config import ConfigError, ConfigProblem
 from . import _expr
 
 __all__ = [
+    "DEFAULT_PRIOR_WIDTH",
+    "MAX_PRIOR_WIDTH",
     "CategoricalParam",
     "ConstraintViolation",
     "DerivedParam",
@@ -46,10 +55,12 @@ __all__ = [
     "FloatParam",
     "IntParam",
     "Param",
+    "Prior",
     "SearchSpace",
     "dependency_cycle",
     "parse_param",
     "parse_space",
+    "prior_problems",
 ]
 
 When = dict[str, list[Any]]
@@ -77,6 +88,110 @@ def _optuna_choice(value: Any) -> Any:
     return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
+DEFAULT_PRIOR_WIDTH = 0.15  # the width of the shorthand ``prior: <value>``
+MAX_PRIOR_WIDTH = 10.0  # a wider prior is flat over the range: say nothing rather than that
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Belief about where good values of a param lie (a recipe default and how sure we are).
+
+    Numeric params: a normal around ``default`` with std ``width x (high - low)`` (in log space
+    when the param is log-scaled), truncated to ``[low, high]`` and snapped to the param's grid.
+    Categorical params: ``default`` gets probability ``max(1/k, 1 - width)`` of ``k`` choices,
+    the others share the rest evenly.
+
+    Args:
+        default: a value the param can take (a choice, as written in the YAML, for categoricals).
+        width: in ``(0, 10]``; small = confident.
+    """
+
+    default: Any
+    width: float = DEFAULT_PRIOR_WIDTH
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equality that keeps ``True`` apart from ``1`` (YAML choices mix bools and numbers)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. numpy arrays compare elementwise; such values are simply not equal
+        return False
+
+
+def _on_grid(value: float, low: float, step: float | None) -> bool:
+    if step is None:
+        return True
+    k = (value - low) / step
+    return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
+
+
+def prior_problems(param: Any, prior: Any, key: str | None = None) -> list[ConfigProblem]:
+    """Why ``prior`` cannot sit on ``param`` (empty when it can).
+
+    Args:
+        param: any param of a search space.
+        prior: a :class:`Prior` (anything else is a problem).
+        key: the problem key; default ``space.<name>.prior``.
+
+    Returns:
+        Problems keyed ``space.<name>.prior``: a width outside (0, 10], a default outside
+        ``[low, high]``, off the step grid or not among the choices, a prior on a fixed or
+        derived param.
+    """
+    key = key or f"space.{param.name}.prior"
+    if not isinstance(prior, Prior):
+        return [ConfigProblem(key, "must be a Prior(default, width)", prior)]
+    if not isinstance(param, _TUNABLE):
+        kind = "fixed" if isinstance(param, FixedParam) else "derived"
+        return [ConfigProblem(key, f"a prior applies only to float, int and categorical params; this one is {kind}", prior.default)]
+    problems: list[ConfigProblem] = []
+    width = prior.width
+    if not (_is_number(width) and math.isfinite(width) and 0 < width <= MAX_PRIOR_WIDTH):
+        problems.append(ConfigProblem(f"{key}.width", f"must be a number in (0, {MAX_PRIOR_WIDTH:g}]", width))
+    default = prior.default
+    if isinstance(param, CategoricalParam):
+        if not any(_same_value(c, default) for c in param.choices + param.encoded()):
+            problems.append(ConfigProblem(f"{key}.default", f"must be one of the choices {list(param.choices)}", default))
+        return problems
+    integer = isinstance(param, IntParam)
+    if not (_is_number(default) and math.isfinite(default)) or (integer and not float(default).is_integer()):
+        problems.append(ConfigProblem(f"{key}.default", f"must be {'an int' if integer else 'a number'}", default))
+    elif not param.low <= default <= param.high:
+        problems.append(ConfigProblem(f"{key}.default", f"must lie in [low, high] = [{param.low:g}, {param.high:g}]", default))
+    elif not _on_grid(default, param.low, param.step):
+        problems.append(
+            ConfigProblem(f"{key}.default", f"must lie on the grid low + k * step (low={param.low:g}, step={param.step:g})", default)
+        )
+    return problems
+
+
+def _normalise_prior(param: Any) -> None:
+    """Check a param's prior at construction, and store its default in canonical form.
+
+    Ints are stored as ``int``; a categorical default as the choice itself (so an encoded list
+    choice or ``16.0`` for the choice ``16`` both become the choice).
+    """
+    prior = param.prior
+    if prior is None:
+        return
+    problems = prior_problems(param, prior)
+    if problems:
+        raise ConfigError(problems, f"the prior of {param.name}")
+    default = prior.default
+    if isinstance(param, CategoricalParam):
+        pairs = list(zip(param.choices, param.encoded()))
+        matches = [raw for raw, _ in pairs if _same_value(raw, default)]
+        matches += [raw for raw, enc in pairs if _same_value(enc, default)]
+        default = matches[0]  # prior_problems made sure there is one
+    elif isinstance(param, IntParam):
+        default = int(default)
+    else:
+        default = float(default)
+    object.__setattr__(param, "prior", Prior(default, float(prior.width)))
+
+
 @dataclass(frozen=True)
 class FloatParam:
     """A float in ``[low, high]``, optionally log-scaled or on a ``step`` grid."""
@@ -87,9 +202,11 @@ class FloatParam:
     log: bool = False
     step: float | None = None
     when: When | None = None
+    prior: Prior | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "when", _norm_when(self.when))
+        _normalise_prior(self)
 
     def distribution(self) -> BaseDistribution:
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
@@ -108,9 +225,11 @@ class IntParam:
     step: int = 1
     log: bool = False
     when: When | None = None
+    prior: Prior | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "when", _norm_when(self.when))
+        _normalise_prior(self)
 
     def distribution(self) -> BaseDistribution:
         return IntDistribution(self.low, self.high, log=self.log, step=self.step)
@@ -129,10 +248,12 @@ class CategoricalParam:
     name: str
     choices: tuple[Any, ...]
     when: When | None = None
+    prior: Prior | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "choices", tuple(self.choices))
         object.__setattr__(self, "when", _norm_when(self.when))
+        _normalise_prior(self)
 
     def encoded(self) -> tuple[Any, ...]:
         return tuple(_optuna_choice(c) for c in self.choices)
@@ -449,13 +570,13 @@ class SearchSpace:
 # Parsing the YAML forms
 
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
-SPEC_KEYS = frozenset({"type", "low", "high", "log", "step", "choices", "value", "derive", "when"})
+SPEC_KEYS = frozenset({"type", "low", "high", "log", "step", "choices", "value", "derive", "when", "prior"})
 # A mapping with one of these keys is a param spec; any other mapping is a level of nesting.
 _PRIMARY_KEYS = frozenset({"type", "low", "high", "choices", "value", "derive"})
 _ALLOWED = {
-    "float": {"type", "low", "high", "log", "step", "when"},
-    "int": {"type", "low", "high", "log", "step", "when"},
-    "categorical": {"type", "choices", "when"},
+    "float": {"type", "low", "high", "log", "step", "when", "prior"},
+    "int": {"type", "low", "high", "log", "step", "when", "prior"},
+    "categorical": {"type", "choices", "when", "prior"},
     "fixed": {"type", "value", "when"},
     "derived": {"derive", "when"},
 }
@@ -484,6 +605,48 @@ def _parse_when(name: str, when: Any, problems: list[ConfigProblem]) -> When | N
         problems.append(ConfigProblem(f"space.{name}.when", "must be a mapping {key: value or [values]}", when))
         return None
     return {str(k): [coerce_number(x) for x in (v if isinstance(v, list) else [v])] for k, v in when.items()}
+
+
+_PRIOR_KEYS = ("default", "width")
+
+
+def _parse_prior(name: str, raw: Any, problems: list[ConfigProblem]) -> Prior | None:
+    """``prior: {default: v, width: w}`` or the shorthand ``prior: v`` (width 0.15); null = none.
+
+    Only the form is checked here; whether the default fits the param is checked by
+    :func:`prior_problems` once the param is built.
+    """
+    key = f"space.{name}.prior"
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        return Prior(coerce_number(raw), DEFAULT_PRIOR_WIDTH)
+    unknown = sorted(str(k) for k in set(raw) - set(_PRIOR_KEYS))
+    if unknown or "default" not in raw:
+        rule = f"unknown key(s) {unknown}; " if unknown else ""
+        problems.append(
+            ConfigProblem(key, f"{rule}a prior is {{default: <value>, width: <number in (0, 10]>}} or just <value>", dict(raw))
+        )
+        return None
+    return Prior(coerce_number(raw["default"]), coerce_number(raw.get("width", DEFAULT_PRIOR_WIDTH)))
+
+
+def _with_prior(param: Param | None, spec: Mapping[str, Any], problems: list[ConfigProblem]) -> Param | None:
+    """``param`` carrying the ``prior`` of its spec when both are valid.
+
+    A bad prior is reported and the param kept without it, so that keys which depend on the
+    param (``when``, ``derive``) do not draw misleading follow-up problems.
+    """
+    if param is None or spec.get("prior") is None:
+        return param
+    prior = _parse_prior(param.name, spec["prior"], problems)
+    if prior is None:
+        return param
+    found = prior_problems(param, prior)
+    if found:
+        problems.extend(found)
+        return param
+    return dataclasses.replace(param, prior=prior)  # type: ignore[type-var]
 
 
 def _number(name: str, field: str, value: Any, problems: list[ConfigProblem], integer: bool) -> Any:
@@ -579,20 +742,31 @@ def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]
     else:
         low, high = coerce_number(spec.get("low")), coerce_number(spec.get("high"))
         kind = "float" if isinstance(low, float) or isinstance(high, float) else "int"
+    if kind in ("fixed", "derived") and spec.get("prior") is not None:
+        problems.append(
+            ConfigProblem(
+                f"space.{name}.prior",
+                f"a prior applies only to float, int and categorical params; this one is {kind}",
+                spec["prior"],
+            )
+        )
+    if kind in ("fixed", "derived"):
+        spec = {k: v for k, v in spec.items() if k != "prior"}  # reported above; report any other problem too
     unknown = sorted(set(spec) - _ALLOWED[kind])
     if unknown:
         valid = ", ".join(sorted(_ALLOWED[kind]))
         problems.append(ConfigProblem(f"space.{name}", f"unknown key(s) {unknown} for a {kind} param; valid keys: {valid}", dict(spec)))
         return None, problems
     if kind in ("float", "int"):
-        return _parse_range(name, spec, kind, problems), problems
+        return _with_prior(_parse_range(name, spec, kind, problems), spec, problems), problems
     when = _parse_when(name, spec.get("when"), problems)
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             problems.append(ConfigProblem(f"space.{name}.choices", "must be a non-empty list", choices))
             return None, problems
-        return CategoricalParam(name, tuple(coerce_number(c) for c in choices), when=when), problems
+        categorical = CategoricalParam(name, tuple(coerce_number(c) for c in choices), when=when)
+        return _with_prior(categorical, spec, problems), problems
     if kind == "fixed":
         return FixedParam(name, coerce_number(spec["value"]), when=when), problems
     expr = spec["derive"]

@@ -4,6 +4,9 @@ Every problem in the file (and in the presets and base recipe it names) is colle
 anything is raised, each as a :class:`~speechtune.config.ConfigProblem` with its key, the rule
 it breaks and the value received, so a user fixes the file in one pass.
 
+The ``fidelity:`` section (multi-fidelity search: strategy, budget, rungs) is checked by
+:mod:`speechtune.tuning._ladder`, with the same problem collection.
+
 Severity: everything reported is an error (there are no warnings). In particular a ``step``
 that does not divide ``high - low`` is an error, because Optuna would silently lower ``high``.
 """
@@ -32,6 +35,7 @@ from speechtune.config import (
 from speechtune.config._load import merge
 
 from . import _expr
+from ._ladder import FidelitySpec, parse_fidelity
 from ._space import (
     CategoricalParam,
     DerivedParam,
@@ -47,6 +51,7 @@ from ._space import (
 
 __all__ = [
     "CommandSpec",
+    "FidelitySpec",
     "GROUPS",
     "OBJECTIVE_KINDS",
     "ObjectiveSpec",
@@ -64,7 +69,7 @@ SAMPLERS = ("tpe", "gp", "random", "cmaes", "qmc", "nsga2")
 PRUNERS = ("median", "percentile", "sha", "hyperband", "wilcoxon", "none")
 OBJECTIVE_KINDS = ("recipe", "command", "python")
 GROUPS = ("mean", "worst_group")
-TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command")
+TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command", "fidelity")
 # Samplers that refuse a multi-objective study (Optuna raises at the first trial).
 _SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "presets"
@@ -125,6 +130,8 @@ class TuningSpec:
     objective: ObjectiveSpec
     command: CommandSpec | None
     raw: dict[str, Any]
+    # The ``fidelity:`` section (multi-fidelity search); None: one trial per config at full fidelity.
+    fidelity: FidelitySpec | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,6 +598,26 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
         good = [c for c in constraints if isinstance(c, str) and _valid_expr(c)]
         problems.extend(_corner_problems(recipe_params, flatten(base_recipe), good, derived=not context))
 
+    fidelity = parse_fidelity(
+        raw.get("fidelity"),
+        here=here,
+        kind=objective.kind,
+        base_flat=flatten(base_recipe) if recipe_kind else dict(flat_overrides),
+        recipe_keys=recipe_keys,
+        tuned_keys=set(space_raw),
+        problems=problems,
+    )
+    if raw.get("fidelity") is not None and objective.is_multi_objective:
+        # Promotion ranks configs by one value; a Pareto front has no "best 1/eta".
+        problems.append(
+            ConfigProblem(
+                "fidelity",
+                "a multi-fidelity search ranks configs by one value: drop objective.extra_objectives or fold "
+                "them in with objective.scalarize",
+                objective.extra_objectives,
+            )
+        )
+
     if problems:
         return None, problems
     composed = dict(raw)
@@ -603,6 +630,9 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
     )
     if command is not None:
         composed["command"] = dataclasses.asdict(command)
+    if fidelity is not None and fidelity.warm_start is not None:
+        # Absolute, like the recipe, so that the record reloads from the run directory.
+        composed["fidelity"] = {**raw["fidelity"], "warm_start": str(fidelity.warm_start)}
     if isinstance(raw.get("recipe"), str):
         # Absolute, so that the recorded spec reloads from the run directory.
         composed["recipe"] = str((here / raw["recipe"]).resolve())
@@ -616,6 +646,7 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
         objective=objective,
         command=command,
         raw=composed,
+        fidelity=fidelity,
     )
     return spec, []
 

@@ -542,7 +542,14 @@ def _max_epochs(spec: Any) -> int | None:
 
 
 def open_study(
-    spec: Any, run_dir: Path, *, resume: bool = False, n_jobs: int = 1, heartbeat_s: int = DEFAULT_HEARTBEAT_S
+    spec: Any,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    n_jobs: int = 1,
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """Create the study of ``spec`` (or load it when resuming).
 
@@ -552,6 +559,7 @@ def open_study(
         resume: continue an existing study; without it an existing study with trials is an error.
         n_jobs: parallel trials (the TPE sampler uses the constant liar when > 1).
         heartbeat_s: heartbeat interval of RDB storages.
+        sampler, pruner: used instead of the ones ``spec.study`` names (multi-fidelity studies).
 
     Returns:
         The study, with its study attributes set.
@@ -575,13 +583,15 @@ def open_study(
             study_spec.sampler,
             ", ".join(CONSTRAINED_SAMPLERS),
         )
-    sampler = make_sampler(
-        study_spec.sampler,
-        seed=study_spec.seed,
-        n_jobs=n_jobs,
-        constraints_func=constraints_from_attrs(len(constraints)) if constraints else None,
-    )
-    pruner = make_pruner(study_spec.pruner, max_resource=_max_epochs(spec))
+    if sampler is None:
+        sampler = make_sampler(
+            study_spec.sampler,
+            seed=study_spec.seed,
+            n_jobs=n_jobs,
+            constraints_func=constraints_from_attrs(len(constraints)) if constraints else None,
+        )
+    if pruner is None:
+        pruner = make_pruner(study_spec.pruner, max_resource=_max_epochs(spec))
     study = optuna.create_study(
         storage=storage,
         sampler=sampler,
@@ -641,6 +651,21 @@ def run_study(
         StudyExistsError: the study already has trials and ``resume`` is False.
         KeyboardInterrupt: re-raised after the outputs of the trials so far are written.
     """
+    if getattr(spec, "fidelity", None) is not None:
+        from ._mf_study import run_mf_study
+
+        return run_mf_study(
+            spec,
+            objective,
+            run_dir,
+            n_trials=n_trials,
+            resume=resume,
+            n_jobs=n_jobs,
+            tracker=tracker,
+            progress=progress,
+            heartbeat_s=heartbeat_s,
+            write_outputs=write_outputs,
+        )
     _quiet_trial_failures()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,52 @@
+"""Search-efficiency benchmarks: multi-fidelity problems, a harness that runs search strategies
+side by side, and the anytime-regret table and plots (issue 4).
+
+    from speechtune.benchmarking import Hartmann6, run_benchmark, markdown_table
+    result = run_benchmark([Hartmann6()], ["tpe", "tpe_hyperband", "speechtune"], seeds=range(5), budget=40)
+    print(markdown_table(result))
+
+The script ``benchmarks/search_efficiency.py`` runs the full comparison.
+"""
+
+from ._harness import (
+    STRATEGIES,
+    BenchmarkResult,
+    EngineUnavailable,
+    ProblemResult,
+    Trace,
+    beats_everywhere,
+    engine_available,
+    fraction_to_reach,
+    normalised_regret,
+    run_benchmark,
+    run_strategy,
+)
+from ._problems import Branin, Hartmann3, Hartmann6, Problem, SyntheticProblem
+from ._report import markdown_table, plot_regret, write_outputs
+from ._tabular import TabularProblem
+
+SYNTHETIC_PROBLEMS = {"hartmann3": Hartmann3, "hartmann6": Hartmann6, "branin": Branin}
+
+__all__ = [
+    "STRATEGIES",
+    "SYNTHETIC_PROBLEMS",
+    "BenchmarkResult",
+    "Branin",
+    "EngineUnavailable",
+    "Hartmann3",
+    "Hartmann6",
+    "Problem",
+    "ProblemResult",
+    "SyntheticProblem",
+    "TabularProblem",
+    "Trace",
+    "beats_everywhere",
+    "engine_available",
+    "fraction_to_reach",
+    "markdown_table",
+    "normalised_regret",
+    "plot_regret",
+    "run_benchmark",
+    "run_strategy",
+    "write_outputs",
+]
