@@ -199,3 +199,39 @@ def test_recipe_study_promotes_by_continuing_from_the_checkpoint(synth_corpus, t
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(promoted.params["optim.lr"])
     assert best["train"]["epochs"] == 2
+
+
+def test_parallel_workers_promote_asynchronously(tmp_path: Path) -> None:
+    def fn(config: dict, reporter, trial_dir: Path) -> dict:
+        return {"wer": (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]}
+
+    study = speechtune.tune(
+        fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="asha", budget=4, run_dir=tmp_path / "run", pruner="none", n_jobs=2
+    )
+    trials = study.trials
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.user_attrs["job"]["number"] for t in trials) == list(range(len(trials)))
+    assert {t.user_attrs["rung"] for t in trials} == {0, 1, 2}
+    # Every promotion's parent was finished, and was among the best third of its rung when promoted.
+    for t in trials:
+        if t.user_attrs["source"] == "promotion":
+            parent = study.trials[t.user_attrs["parent_trial"]]
+            assert parent.state == TrialState.COMPLETE and parent.user_attrs["config_id"] == t.user_attrs["config_id"]
+    assert 4 <= study.user_attrs["budget_used"] < 4 + 2  # two jobs may be in flight when the budget is reached
+
+
+def test_warm_start_tries_the_previous_best_configs_first(tmp_path: Path) -> None:
+    def fn(config: dict, reporter, trial_dir: Path) -> dict:
+        return {"wer": (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]}
+
+    first = speechtune.tune(fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="hyperband", budget=4, run_dir=tmp_path / "a", pruner="none")
+    top = sorted(
+        (t for t in first.trials if t.user_attrs["rung"] == 2 and t.state == TrialState.COMPLETE), key=lambda t: t.value
+    )
+    second = speechtune.tune(
+        fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="speechtune", budget=1, run_dir=tmp_path / "b", pruner="none",
+        warm_start=tmp_path / "a", seed=5,
+    )
+    warm = [t for t in second.trials if t.user_attrs["source"] == "warm_start"]
+    assert warm and warm[0].number == 0
+    assert warm[0].params["x"] == pytest.approx(top[0].params["x"])

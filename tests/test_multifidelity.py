@@ -237,3 +237,19 @@ def test_a_misleading_prior_is_overcome() -> None:
         assert late.count("prior") <= 0.1 * len(late)
     # It ends about as well as a search without the prior.
     assert np.mean([r[0] for r in results]) < 2 * np.mean(baseline) + 1e-3
+
+
+def test_speechtune_with_several_workers_never_waits_and_never_repeats_a_job() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False, n_workers=3)
+    running = [search.ask() for _ in range(3)]
+    seen = {(j.config_id, j.rung) for j in running}
+    for _ in range(60):
+        done = running.pop(0)  # the oldest job finishes first
+        search.tell(done, _bowl(done.config, done.config["epochs"]))
+        job = search.ask()
+        assert job is not None
+        assert (job.config_id, job.rung) not in seen
+        seen.add((job.config_id, job.rung))
+        running.append(job)
+    assert {r for _, r in seen} == {0, 1, 2}
