@@ -235,3 +235,26 @@ def test_warm_start_tries_the_previous_best_configs_first(tmp_path: Path) -> Non
     warm = [t for t in second.trials if t.user_attrs["source"] == "warm_start"]
     assert warm and warm[0].number == 0
     assert warm[0].params["x"] == pytest.approx(top[0].params["x"])
+
+
+def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) -> None:
+    def fn(config: dict, reporter, trial_dir: Path) -> dict:
+        loss = (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]
+        # Like CTC early on: every config's WER is 1.0 (all blank) until the last budget.
+        wer = 1.0 if config["epochs"] < 9 else loss
+        return {"wer": wer, "dev_loss": loss}
+
+    def promoted_x(rank_metric: str | None, name: str) -> list[float]:
+        study = speechtune.tune(
+            fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="hyperband", budget=1.6, run_dir=tmp_path / name,
+            pruner="none", rank_metric=rank_metric,
+        )
+        low = [t for t in study.trials if t.user_attrs["rung"] == 0]
+        up = [t for t in study.trials if t.user_attrs["rung"] == 1]
+        best3 = sorted(low, key=lambda t: abs(t.params["x"] - 0.3))[:3]
+        return sorted(t.params["x"] for t in up), sorted(t.params["x"] for t in best3)
+
+    up, best = promoted_x("dev_loss", "loss")
+    assert up == best  # dev loss picked the three configs closest to the optimum
+    up, best = promoted_x(None, "wer")
+    assert up != best  # tied WERs promote arbitrary configs

@@ -110,6 +110,7 @@ def build_spec(
             "budget": fidelity.budget,
             "priors": fidelity.priors,
             "warm_start": str(fidelity.warm_start) if fidelity.warm_start else None,
+            "rank_metric": fidelity.rank_metric,
             "rungs": [r.as_dict() for r in fidelity.fidelity.rungs],
         }
     return TuningSpec(
@@ -134,6 +135,7 @@ def fidelity_spec(
     priors: bool = True,
     warm_start: str | Path | None = None,
     warm_start_top_k: int = 3,
+    rank_metric: str | None = None,
 ) -> Any:
     """A :class:`~speechtune.tuning.FidelitySpec` from :func:`tune`'s arguments.
 
@@ -173,6 +175,7 @@ def fidelity_spec(
         priors=priors,
         warm_start=warm,
         warm_start_top_k=warm_start_top_k,
+        rank_metric=rank_metric,
         fidelity=fidelity,
     )
 
@@ -206,6 +209,7 @@ def tune(
     eta: int | None = None,
     priors: bool = True,
     warm_start: str | Path | None = None,
+    rank_metric: str | None = None,
 ) -> optuna.Study:
     """Tune a Python function (or any :class:`~speechtune.tuning.Objective`) with Optuna.
 
@@ -259,6 +263,8 @@ def tune(
         priors: let the space's priors guide the search (strategy speechtune).
         warm_start: a previous run dir or best.yaml whose best configs are tried first and
             whose region becomes the prior.
+        rank_metric: a metric the objective returns that ranks configs at the cheaper budgets
+            (e.g. ``dev_loss``, when early WERs all sit at 1.0); default: ``metric``.
 
     Returns:
         The Optuna study; trial records are in each trial's ``user_attrs``.
@@ -272,7 +278,9 @@ def tune(
     obj = _as_objective(objective)
     fspec = None
     if fidelity is not None:
-        fspec = fidelity_spec(fidelity, strategy=strategy, eta=eta, budget=budget, priors=priors, warm_start=warm_start)
+        fspec = fidelity_spec(
+            fidelity, strategy=strategy, eta=eta, budget=budget, priors=priors, warm_start=warm_start, rank_metric=rank_metric
+        )
     elif budget is not None or warm_start is not None:
         raise ValueError("budget and warm_start need a fidelity (e.g. fidelity={'epochs': [1, 3, 9]})")
     in_memory = run_dir is None and storage is None

@@ -9,6 +9,7 @@ The section (parsed by :func:`parse_fidelity` into a :class:`FidelitySpec`)::
       priors: true                # sample from the space's priors
       warm_start: null            # a previous run dir or best.yaml (relative to the tuning YAML)
       warm_start_top_k: 3
+      rank_metric: null           # e.g. dev_loss: ranks configs at the cheaper rungs (WER ties at ~1.0 early on)
       rungs:                      # optional for the recipe (default: default_ladder), cheapest first
         - {name: low, overrides: {data.proxy_fraction: 0.05, train.epochs: 2}}
         - {name: medium, overrides: {data.proxy_fraction: 0.3, train.epochs: 4}, cost: 0.4}
@@ -258,7 +259,7 @@ def default_ladder(
 # ---------------------------------------------------------------------------------------------
 # the `fidelity:` section of a tuning YAML
 
-_SECTION_KEYS = ("strategy", "eta", "budget", "priors", "warm_start", "warm_start_top_k", "rungs")
+_SECTION_KEYS = ("strategy", "eta", "budget", "priors", "warm_start", "warm_start_top_k", "rank_metric", "rungs")
 _RUNG_KEYS = ("name", "overrides", "cost")
 
 
@@ -278,6 +279,9 @@ class FidelitySpec:
         priors: sample from the space's priors.
         warm_start: an existing previous run dir or ``best.yaml`` (absolute), or ``None``.
         warm_start_top_k: how many of the previous run's best configs seed the search.
+        rank_metric: the metric that ranks configs at the rungs below the top (None: the
+            objective). Early in CTC training the WER of every config is ~1.0 (all-blank
+            output), so a cheap rung's WER ties; its dev loss or CER still separates configs.
         fidelity: the ladder (cheapest first; costs relative to the top rung).
         default_rungs: True when the YAML gave no ``rungs`` and ``fidelity`` is
             :func:`default_ladder`'s.
@@ -291,6 +295,7 @@ class FidelitySpec:
     priors: bool = True
     warm_start: Path | None = None
     warm_start_top_k: int = 3
+    rank_metric: str | None = None
     fidelity: Fidelity = field(default_factory=_single_rung)
     default_rungs: bool = False
     n_train: int | None = None
@@ -329,6 +334,10 @@ _SECTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "priors": (lambda v: isinstance(v, bool), "must be true or false"),
     "warm_start": (lambda v: v is None or (isinstance(v, str) and bool(v)), "must be null or a path"),
     "warm_start_top_k": (lambda v: _is_int(v) and v >= 1, "must be an int >= 1"),
+    "rank_metric": (
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+        "must be null or a metric name (e.g. dev_loss or cer) that ranks configs at the cheaper rungs",
+    ),
 }
 
 

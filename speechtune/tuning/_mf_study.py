@@ -156,6 +156,7 @@ class _Driver:
         callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
         primary: str,
         recipe_epochs: bool,
+        rank_metric: str | None = None,
     ) -> None:
         self.study = study
         self.search = search
@@ -167,6 +168,7 @@ class _Driver:
         self.callbacks = list(callbacks)
         self.primary = primary
         self.recipe_epochs = recipe_epochs
+        self.rank_metric = rank_metric
         self.lock = threading.Condition()
         self.tells = 0
         self.trial_of_job: dict[int, int] = {}  # job number -> Optuna trial number that finished it
@@ -214,9 +216,26 @@ class _Driver:
         if self.retry:
             log.info("resuming: re-running %d job(s) left unfinished: %s", len(self.retry), [j.number for j in self.retry])
 
+    def _rank_value(self, job: Job, trial: FrozenTrial) -> float | None:
+        """What the search ranks this job by: the objective, or ``rank_metric`` below the top rung."""
+        if trial.state != TrialState.COMPLETE:
+            return None
+        if self.rank_metric and job.rung < self.search.fidelity.top:
+            value = (trial.user_attrs.get("metrics") or {}).get(self.rank_metric)
+            if value is None:
+                raise ValueError(
+                    f"fidelity.rank_metric: trial {trial.number} reported no {self.rank_metric!r}; "
+                    f"it reported: {', '.join(sorted(trial.user_attrs.get('metrics') or {})) or 'nothing'}"
+                )
+            return float(value)
+        return trial.value
+
     def _tell_stored(self, job: Job, trial: FrozenTrial) -> None:
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        self.search.tell(job, value, intermediate=self._intermediate(job, trial))
+        try:
+            rank = self._rank_value(job, trial)
+        except ValueError:
+            rank = None  # logged when the trial first finished
+        self.search.tell(job, rank, intermediate=self._intermediate(job, trial))
         self.trial_of_job[job.number] = trial.number
         self.tells += 1
 
@@ -229,6 +248,9 @@ class _Driver:
         if key is None or job.parent is not None:
             return out
         curve = dict(trial.intermediate_values)
+        if self.rank_metric:
+            rows = trial.user_attrs.get("history") or []
+            curve = {int(r["epoch"]): r[self.rank_metric] for r in rows if r.get(self.rank_metric) is not None}
         for rung in range(job.rung):
             if fid.continues(rung, job.rung):
                 step = fid.rungs[rung].overrides.get(key)
@@ -332,7 +354,12 @@ class _Driver:
         with self.lock:
             trial.set_user_attr("told", self.tells)
             frozen = self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-            self.search.tell(job, value, intermediate=self._intermediate(job, frozen))
+            try:
+                rank = self._rank_value(job, frozen)
+            except ValueError as exc:
+                log.error("%s; ranking this trial last", exc)
+                rank = None
+            self.search.tell(job, rank, intermediate=self._intermediate(job, frozen))
             self.trial_of_job[job.number] = trial.number
             self.tells += 1
             self.lock.notify_all()
@@ -447,6 +474,7 @@ def run_mf_study(
         callbacks=callbacks,
         primary=primary_metric(spec.objective),
         recipe_epochs=hasattr(objective, "base_recipe"),
+        rank_metric=getattr(fspec, "rank_metric", None),
     )
     try:
         driver.replay()
