@@ -242,6 +242,7 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
         loss = (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]
         # Like CTC early on: every config's WER is 1.0 (all blank) until the last budget.
         wer = 1.0 if config["epochs"] < 9 else loss
+        reporter.report(config["epochs"], wer=wer, dev_loss=loss)
         return {"wer": wer, "dev_loss": loss}
 
     def promoted_x(rank_metric: str | None, name: str) -> list[float]:
@@ -256,5 +257,9 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
 
     up, best = promoted_x("dev_loss", "loss")
     assert up == best  # dev loss picked the three configs closest to the optimum
+    # Below the top rung the pruner sees the rank metric too (trials compete on what promotes them).
+    study = optuna.load_study(study_name="speechtune", storage=f"sqlite:///{tmp_path / 'loss' / 'study.db'}")
+    low = next(t for t in study.trials if t.user_attrs["rung"] == 0)
+    assert low.intermediate_values[1] == pytest.approx(low.user_attrs["metrics"]["dev_loss"])
     up, best = promoted_x(None, "wer")
     assert up != best  # tied WERs promote arbitrary configs

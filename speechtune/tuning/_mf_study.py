@@ -455,6 +455,7 @@ def run_mf_study(
         pruner_name=spec.study.pruner,
         base_flat=base_flat,
         slots=device_slots(objective, jobs),
+        rank_metric=getattr(fspec, "rank_metric", None),
     )
     target_jobs = max_jobs
     view = StudyProgress(study, n_trials=target_jobs, n_jobs=jobs, live=progress)
@@ -521,9 +522,17 @@ def _warm_start(fspec: Any, space: Any) -> tuple[Any, list[dict[str, Any]]]:
 class _JobRunner(_TrialRunner):
     """The study's trial runner with the job's config instead of a sampled one."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rank_metric: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.configs: dict[int, dict[str, Any]] = {}
+        self.rank_metric = rank_metric
+
+    def report_metric(self, trial: optuna.Trial) -> str:
+        """Below the top rung the pruner judges the rank metric, the one promotion ranks by."""
+        fidelity = self.spec.fidelity.fidelity
+        if self.rank_metric and trial.user_attrs.get("rung", fidelity.top) < fidelity.top:
+            return self.rank_metric
+        return super().report_metric(trial)
 
     def _sample(self, trial: optuna.Trial) -> dict[str, Any]:
         super()._sample(trial)  # records the (enqueued) params on the trial

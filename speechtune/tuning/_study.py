@@ -292,7 +292,7 @@ class _TrialRunner:
         runs: list[_SeedRun] = []
         for i, seed in enumerate(seeds):
             seed_dir = trial_dir if len(seeds) == 1 else trial_dir / f"seed{seed}"
-            reporter = TrialReporter(trial, primary_metric(self.obj_spec), prune=(i == 0 and not self.multi))
+            reporter = TrialReporter(trial, self.report_metric(trial), prune=(i == 0 and not self.multi))
             outcome, config_used, notes = self._run_seed(objective, config, reporter, seed_dir, seed)
             if notes:
                 trial.set_user_attr("oom_retry", notes)
@@ -316,6 +316,10 @@ class _TrialRunner:
         reason = runs[0].outcome.reason + (f" ({trial.user_attrs['oom_retry']})" if "oom_retry" in trial.user_attrs else "")
         values = self._record(trial, runs, status="complete", reason=reason)
         return values[0] if len(values) == 1 else values
+
+    def report_metric(self, trial: Trial) -> str:
+        """The metric reported per epoch (and judged by the pruner): the primary objective."""
+        return primary_metric(self.obj_spec)
 
     def _sample(self, trial: Trial) -> dict[str, Any]:
         from ._space import ConstraintViolation
