@@ -263,3 +263,45 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
     assert low.intermediate_values[1] == pytest.approx(low.user_attrs["metrics"]["dev_loss"])
     up, best = promoted_x(None, "wer")
     assert up != best  # tied WERs promote arbitrary configs
+
+
+def test_default_ladder_is_scaled_to_the_prepared_corpus(synth_corpus, tmp_path: Path) -> None:
+    from speechtune.cli import build_parser
+    from speechtune.data import Manifest
+    from speechtune.tuning import tune_command
+
+    manifest = tmp_path / "corpus.jsonl"
+    Manifest(list(synth_corpus)[::3], split="train", root=synth_corpus.root).to_jsonl(manifest)
+    recipe = {
+        "seed": 1,
+        "data": {"corpus": "manifest", "manifest": str(manifest), "dev_fraction": 0.25},
+        "features": {"n_mels": 40},
+        "specaugment": {"enabled": False},
+        "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
+        "schedule": {"name": "constant", "warmup_steps": 2},
+        "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    tuning = {
+        "recipe": "recipe.yaml",
+        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+        "study": {"name": "ladder", "pruner": "none", "n_trials": 1, "seed": 0},
+        "objective": {"kind": "recipe", "seeds": [1]},
+        "fidelity": {"strategy": "hyperband"},
+    }
+    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    run_dir = tmp_path / "runs" / "ladder"
+    args = build_parser().parse_args(
+        ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir), "--device", "cpu",
+         "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-tracking"]
+    )
+    tune_command(args)
+    study = optuna.load_study(study_name="ladder", storage=f"sqlite:///{run_dir / 'study.db'}")
+    rungs = study.user_attrs["fidelity"]["rungs"]
+    n_train = len(list(synth_corpus)[::3]) - round(0.25 * len(list(synth_corpus)[::3]))
+    low = rungs[0]["overrides"]
+    # ~1% of ~120 utterances would be one utterance: the rung keeps at least 100 of them.
+    assert low["train.epochs"] == 1
+    assert low["data.proxy_fraction"] * n_train >= 100 - 5
+    assert rungs[-1]["overrides"] == {} and len(study.trials) == 1
+    assert study.trials[0].user_attrs["config"]["data.proxy_fraction"] == low["data.proxy_fraction"]
