@@ -305,3 +305,24 @@ def test_default_ladder_is_scaled_to_the_prepared_corpus(synth_corpus, tmp_path:
     assert low["data.proxy_fraction"] * n_train >= 100 - 5
     assert rungs[-1]["overrides"] == {} and len(study.trials) == 1
     assert study.trials[0].user_attrs["config"]["data.proxy_fraction"] == low["data.proxy_fraction"]
+
+
+def test_a_pruned_job_costs_only_the_epochs_it_ran(tmp_path: Path) -> None:
+    def fn(config: dict, reporter, trial_dir: Path) -> dict | None:
+        value = None
+        for epoch in range(1, config["epochs"] + 1):
+            value = config["x"] + 1.0 / epoch
+            if reporter.report(epoch, wer=value):
+                return None
+        return {"wer": value}
+
+    study = speechtune.tune(
+        fn, SPACE, fidelity={"epochs": [3, 27]}, eta=9, strategy="hyperband", budget=1.5, run_dir=tmp_path / "run",
+        pruner="median",
+    )
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.user_attrs["rung"] == 0]
+    assert pruned
+    for t in pruned:
+        ran = max(t.intermediate_values)
+        assert ran < 3 and t.user_attrs["job_cost"] == pytest.approx((3 / 27) * ran / 3)
+    assert study.user_attrs["budget_used"] == pytest.approx(sum(t.user_attrs["job_cost"] for t in study.trials))

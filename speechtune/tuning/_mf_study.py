@@ -235,9 +235,27 @@ class _Driver:
             rank = self._rank_value(job, trial)
         except ValueError:
             rank = None  # logged when the trial first finished
-        self.search.tell(job, rank, intermediate=self._intermediate(job, trial))
+        self.search.tell(job, rank, intermediate=self._intermediate(job, trial), cost=trial.user_attrs.get("job_cost"))
         self.trial_of_job[job.number] = trial.number
         self.tells += 1
+
+    def _used_cost(self, job: Job, state: TrialState, steps: Mapping[int, float]) -> float:
+        """The compute a finished job used: its planned cost, pro rata for the epochs a pruned job ran."""
+        fid = self.search.fidelity
+        key = fid.resume_key
+        epochs = fid.rungs[job.rung].overrides.get(key) if key else None
+        if state != TrialState.PRUNED or not isinstance(epochs, (int, float)) or not steps:
+            return job.cost
+        start = 0.0
+        if job.parent is not None:
+            parent_rung = self.search._jobs[job.parent].rung if job.parent in self.search._jobs else None
+            if parent_rung is not None and fid.continues(parent_rung, job.rung):
+                start = float(fid.rungs[parent_rung].overrides.get(key, 0.0))
+        planned = float(epochs) - start
+        if planned <= 0:
+            return job.cost
+        ran = max(steps) - start
+        return job.cost * min(1.0, max(ran, 0.0) / planned)
 
     # -- running --------------------------------------------------------------------------------
     def _intermediate(self, job: Job, trial: FrozenTrial) -> dict[int, float]:
@@ -353,13 +371,17 @@ class _Driver:
             self.runner.configs.pop(trial.number, None)
         with self.lock:
             trial.set_user_attr("told", self.tells)
+            steps = self.study._storage.get_trial(trial._trial_id).intermediate_values
+            used = self._used_cost(job, state, steps)
+            if used != job.cost:
+                trial.set_user_attr("job_cost", used)  # what it really cost: pruned after a few epochs
             frozen = self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
             try:
                 rank = self._rank_value(job, frozen)
             except ValueError as exc:
                 log.error("%s; ranking this trial last", exc)
                 rank = None
-            self.search.tell(job, rank, intermediate=self._intermediate(job, frozen))
+            self.search.tell(job, rank, intermediate=self._intermediate(job, frozen), cost=used)
             self.trial_of_job[job.number] = trial.number
             self.tells += 1
             self.lock.notify_all()

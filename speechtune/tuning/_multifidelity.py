@@ -213,7 +213,9 @@ class MultiFidelitySearch:
             self._pending.add(job.number)
         return job
 
-    def tell(self, job: Job, value: float | None, *, intermediate: Mapping[int, float] | None = None) -> None:
+    def tell(
+        self, job: Job, value: float | None, *, intermediate: Mapping[int, float] | None = None, cost: float | None = None
+    ) -> None:
         """Record a finished job.
 
         Args:
@@ -223,12 +225,14 @@ class MultiFidelitySearch:
             intermediate: values the same run measured on the way at LOWER rungs that it
                 continues through (e.g. the dev WER at the epochs of cheaper epoch rungs): free
                 observations of how the cheap rungs rank configs.
+            cost: the compute the job actually used, when less than ``job.cost`` (a job pruned
+                after a few of its epochs); default ``job.cost``.
         """
         if job.number in self._told:
             raise ValueError(f"job {job.number} was already told")
         self._pending.discard(job.number)
         self._told.add(job.number)
-        self.budget_used += job.cost
+        self.budget_used += job.cost if cost is None else min(max(float(cost), 0.0), job.cost)
         cfg = self._configs[job.config_id]
         v = float(value) if value is not None and math.isfinite(float(value)) else math.inf
         cfg.values[job.rung] = v
