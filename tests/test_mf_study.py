@@ -145,39 +145,19 @@ def test_tune_rejects_a_bad_fidelity(tmp_path: Path) -> None:
 
 
 def test_recipe_study_promotes_by_continuing_from_the_checkpoint(synth_corpus, tmp_path: Path, capsys) -> None:
-    from speechtune.data import Manifest
     from speechtune.tuning import tune_command
-    from speechtune.cli import build_parser
 
-    manifest = tmp_path / "corpus.jsonl"
-    Manifest(list(synth_corpus)[::3], split="train", root=synth_corpus.root).to_jsonl(manifest)
-    recipe = {
-        "seed": 1,
-        "data": {"corpus": "manifest", "manifest": str(manifest), "dev_fraction": 0.25},
-        "features": {"n_mels": 40},
-        "specaugment": {"enabled": False},
-        "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
-        "schedule": {"name": "warmup_cosine", "warmup_steps": 2},
-        "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
-    }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    tuning = {
-        "recipe": "recipe.yaml",
-        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
-        "study": {"name": "mf", "pruner": "none", "n_trials": 20, "seed": 0},
-        "objective": {"kind": "recipe", "seeds": [1]},
-        "fidelity": {
+    run_dir, args = _tiny_recipe_study(
+        synth_corpus,
+        tmp_path,
+        schedule={"name": "warmup_cosine", "warmup_steps": 2},
+        study={"name": "mf", "n_trials": 20},
+        fidelity={
             "strategy": "hyperband",
             "eta": 2,
             "budget": 1.5,
             "rungs": [{"name": "e1", "overrides": {"train.epochs": 1}}, {"name": "e2", "overrides": {"train.epochs": 2}}],
         },
-    }
-    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
-    run_dir = tmp_path / "runs" / "mf"
-    args = build_parser().parse_args(
-        ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir), "--device", "cpu",
-         "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-tracking"]
     )
     assert tune_command(args) == 0
     out = capsys.readouterr().out
@@ -266,34 +246,14 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
 
 
 def test_default_ladder_is_scaled_to_the_prepared_corpus(synth_corpus, tmp_path: Path) -> None:
-    from speechtune.cli import build_parser
-    from speechtune.data import Manifest
     from speechtune.tuning import tune_command
 
-    manifest = tmp_path / "corpus.jsonl"
-    Manifest(list(synth_corpus)[::3], split="train", root=synth_corpus.root).to_jsonl(manifest)
-    recipe = {
-        "seed": 1,
-        "data": {"corpus": "manifest", "manifest": str(manifest), "dev_fraction": 0.25},
-        "features": {"n_mels": 40},
-        "specaugment": {"enabled": False},
-        "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
-        "schedule": {"name": "constant", "warmup_steps": 2},
-        "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
-    }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    tuning = {
-        "recipe": "recipe.yaml",
-        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
-        "study": {"name": "ladder", "pruner": "none", "n_trials": 1, "seed": 0},
-        "objective": {"kind": "recipe", "seeds": [1]},
-        "fidelity": {"strategy": "hyperband"},
-    }
-    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
-    run_dir = tmp_path / "runs" / "ladder"
-    args = build_parser().parse_args(
-        ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir), "--device", "cpu",
-         "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-tracking"]
+    run_dir, args = _tiny_recipe_study(
+        synth_corpus,
+        tmp_path,
+        schedule={"name": "constant", "warmup_steps": 2},
+        study={"name": "ladder", "n_trials": 1},
+        fidelity={"strategy": "hyperband"},
     )
     tune_command(args)
     study = optuna.load_study(study_name="ladder", storage=f"sqlite:///{run_dir / 'study.db'}")
@@ -326,3 +286,36 @@ def test_a_pruned_job_costs_only_the_epochs_it_ran(tmp_path: Path) -> None:
         ran = max(t.intermediate_values)
         assert ran < 3 and t.user_attrs["job_cost"] == pytest.approx((3 / 27) * ran / 3)
     assert study.user_attrs["budget_used"] == pytest.approx(sum(t.user_attrs["job_cost"] for t in study.trials))
+
+
+def _tiny_recipe_study(synth_corpus, tmp_path: Path, schedule: dict, study: dict, fidelity: dict) -> tuple[Path, object]:
+    """A tuning YAML over a tiny LSTM recipe on a third of the session corpus, and its CLI args."""
+    from speechtune.cli import build_parser
+    from speechtune.data import Manifest
+
+    manifest = tmp_path / "corpus.jsonl"
+    Manifest(list(synth_corpus)[::3], split="train", root=synth_corpus.root).to_jsonl(manifest)
+    recipe = {
+        "seed": 1,
+        "data": {"corpus": "manifest", "manifest": str(manifest), "dev_fraction": 0.25},
+        "features": {"n_mels": 40},
+        "specaugment": {"enabled": False},
+        "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
+        "schedule": schedule,
+        "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    tuning = {
+        "recipe": "recipe.yaml",
+        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+        "study": {"pruner": "none", "seed": 0, **study},
+        "objective": {"kind": "recipe", "seeds": [1]},
+        "fidelity": fidelity,
+    }
+    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    run_dir = tmp_path / "runs" / study["name"]
+    args = build_parser().parse_args(
+        ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir), "--device", "cpu",
+         "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-tracking"]
+    )
+    return run_dir, args
