@@ -23,7 +23,6 @@ from speechtune.benchmarking import (
     STRATEGIES,
     SYNTHETIC_PROBLEMS,
     TabularProblem,
-    engine_available,
     markdown_table,
     run_benchmark,
     write_outputs,
@@ -65,8 +64,6 @@ def main() -> int:
     if args.seeds < 1 or args.budget <= 0:
         ap.error("--seeds must be >= 1 and --budget > 0")
     problems = [make_problem(n.strip(), args.max_budget) for n in args.problems.split(",") if n.strip()]
-    if not engine_available():
-        print("note: speechtune.tuning._multifidelity is missing: engine strategies will be skipped", file=sys.stderr)
 
     t0 = time.perf_counter()
     result = run_benchmark(problems, strategies, seeds=range(args.seeds), budget=args.budget, workers=args.workers)

@@ -18,7 +18,6 @@ from speechtune.benchmarking import (
     TabularProblem,
     Trace,
     beats_everywhere,
-    engine_available,
     fraction_to_reach,
     markdown_table,
     normalised_regret,
@@ -29,7 +28,6 @@ from speechtune.benchmarking import (
 from speechtune.benchmarking._harness import ProblemResult, summarise
 
 SYNTHETIC = (Hartmann3, Hartmann6, Branin)
-needs_engine = pytest.mark.skipif(not engine_available(), reason="speechtune.tuning._multifidelity not written yet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +238,6 @@ def test_harness_is_deterministic_per_seed() -> None:
         assert a.incumbents != c.incumbents
 
 
-@needs_engine
 @pytest.mark.parametrize("strategy", ["hyperband", "bohb", "asha", "speechtune", "speechtune_badprior"])
 def test_engine_strategies_bookkeeping_and_determinism(strategy: str) -> None:
     problem = RecordingHartmann3()

@@ -47,11 +47,9 @@ __all__ = [
     "ENGINE_STRATEGIES",
     "STRATEGIES",
     "BenchmarkResult",
-    "EngineUnavailable",
     "ProblemResult",
     "Trace",
     "beats_everywhere",
-    "engine_available",
     "fraction_to_reach",
     "normalised_regret",
     "run_benchmark",
@@ -75,19 +73,6 @@ TPE_REFERENCE = "tpe"
 PRUNER_REFERENCE = "tpe_hyperband"
 CHECK_AFTER = 0.1  # check (b) looks at budgets past this fraction of the total
 ETA = 3
-
-
-class EngineUnavailable(RuntimeError):
-    """speechtune's multi-fidelity engine (or its priors module) cannot be imported."""
-
-
-def engine_available() -> bool:
-    """Whether :mod:`speechtune.tuning._multifidelity` imports."""
-    try:
-        import speechtune.tuning._multifidelity  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
@@ -225,23 +210,15 @@ def _run_optuna_pruned(problem: Problem, pruner: optuna.pruners.BasePruner, seed
 
 
 def space_with_prior(space: SearchSpace, prior: Mapping[str, tuple[Any, float]]) -> SearchSpace:
-    """``space`` with a prior ``{param: (default, width)}`` attached (speechtune.tuning._priors).
+    """``space`` with a prior ``{param: (default, width)}`` attached (speechtune.tuning._priors)."""
+    from speechtune.tuning._priors import Prior, with_priors
 
-    Raises:
-        EngineUnavailable: the priors module does not exist (yet).
-    """
-    try:
-        from speechtune.tuning._priors import Prior, with_priors
-    except ImportError as exc:
-        raise EngineUnavailable(f"speechtune.tuning._priors cannot be imported ({exc})") from exc
     return with_priors(space, {name: Prior(default=default, width=width) for name, (default, width) in prior.items()})
 
 
 def _run_engine(problem: Problem, strategy: str, seed: int, trace: Trace, budget: float) -> None:
-    try:
-        from speechtune.tuning._multifidelity import MultiFidelitySearch
-    except ImportError as exc:
-        raise EngineUnavailable(f"speechtune.tuning._multifidelity cannot be imported ({exc})") from exc
+    from speechtune.tuning._multifidelity import MultiFidelitySearch
+
     engine_strategy, which = ENGINE_STRATEGIES[strategy]
     space = problem.space
     if which is not None:
@@ -250,13 +227,7 @@ def _run_engine(problem: Problem, strategy: str, seed: int, trace: Trace, budget
     fidelity = Fidelity.geometric("epochs", problem.max_budget, eta=ETA)
     key = fidelity.resume_key or "epochs"
     search = MultiFidelitySearch(space, fidelity, strategy=engine_strategy, seed=seed, use_priors=which is not None)
-    try:
-        _engine_loop(problem, search, fidelity, key, strategy, trace, budget)
-    except ModuleNotFoundError as exc:
-        # The engine imports its priors module lazily; until that module exists, say so plainly.
-        if (exc.name or "").startswith("speechtune"):
-            raise EngineUnavailable(f"{strategy}: the engine needs {exc.name}, which does not exist yet") from exc
-        raise
+    _engine_loop(problem, search, fidelity, key, strategy, trace, budget)
 
 
 def _engine_loop(problem: Problem, search: Any, fidelity: Fidelity, key: str, strategy: str, trace: Trace, budget: float) -> None:
@@ -293,7 +264,6 @@ def run_strategy(problem: Problem, strategy: str, seed: int, budget: float) -> T
 
     Raises:
         ValueError: unknown strategy or non-positive budget.
-        EngineUnavailable: an engine strategy and the engine (or priors module) is missing.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -360,7 +330,6 @@ class ProblemResult:
     mean: dict[str, np.ndarray] = field(default_factory=dict)
     se: dict[str, np.ndarray] = field(default_factory=dict)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -391,7 +360,6 @@ class BenchmarkResult:
                     "mean_regret": {s: v.tolist() for s, v in p.mean.items()},
                     "se_regret": {s: v.tolist() for s, v in p.se.items()},
                     "checks": p.checks,
-                    "skipped": p.skipped,
                     "traces": {s: [t.as_dict() for t in ts] for s, ts in p.traces.items()},
                 }
                 for name, p in self.problems.items()
@@ -424,12 +392,9 @@ def summarise(result: ProblemResult, fractions: np.ndarray, budget: float) -> No
         result.checks[strategy] = checks
 
 
-def _run_task(task: tuple[Problem, str, int, float]) -> Trace | str:
+def _run_task(task: tuple[Problem, str, int, float]) -> Trace:
     problem, strategy, seed, budget = task
-    try:
-        return run_strategy(problem, strategy, seed, budget)
-    except EngineUnavailable as exc:
-        return f"skipped: {exc}"
+    return run_strategy(problem, strategy, seed, budget)
 
 
 def run_benchmark(
@@ -445,8 +410,7 @@ def run_benchmark(
 
     Args:
         problems: benchmark problems (picklable when ``workers > 1``).
-        strategies: names from :data:`STRATEGIES`; engine ones are skipped (with the reason in
-            ``ProblemResult.skipped``) when the engine or priors module is missing.
+        strategies: names from :data:`STRATEGIES`.
         seeds: one run per seed; each run is deterministic, so the result does not depend on
             ``workers``.
         budget: total cost per run in full-fidelity evaluations.
@@ -470,13 +434,7 @@ def run_benchmark(
     for p in problems:
         result.problems[p.name] = ProblemResult(p.name, float(p.optimum), float(p.reference), int(p.max_budget))
     for (p, s, _, _), out in zip(tasks, outcomes):
-        pr = result.problems[p.name]
-        if isinstance(out, str):
-            pr.skipped[s] = out
-        else:
-            pr.traces.setdefault(s, []).append(out)
+        result.problems[p.name].traces.setdefault(s, []).append(out)
     for pr in result.problems.values():
-        for s in list(pr.skipped):
-            pr.traces.pop(s, None)  # a strategy runs on all seeds or is reported as skipped
         summarise(pr, fractions, float(budget))
     return result

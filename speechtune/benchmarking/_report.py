@@ -58,8 +58,6 @@ def markdown_table(result: BenchmarkResult) -> str:
             b_txt = "–" if b is None else ("yes" if b else "no")
             cells = " | ".join(_cell(float(mean[i]), float(se[i])) for i in cols)
             lines.append(f"| {strategy} | {cells} | {a_txt} | {b_txt} |")
-        for strategy, why in p.skipped.items():
-            lines.append(f"| {strategy} | " + " | ".join("–" for _ in TABLE_FRACTIONS) + f" | {why} | – |")
         if "speechtune" in p.checks:
             a = p.checks["speechtune"].get("fraction_to_tpe_final")
             ok_a = a is not None and a <= TARGET_FRACTION + 1e-9
