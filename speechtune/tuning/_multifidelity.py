@@ -58,11 +58,6 @@ TRUST_THRESHOLD = 0.5
 MIN_PAIRS = 5
 # A cheap rung ranking configs at least this faithfully is where every bracket starts.
 CONFIDENT_THRESHOLD = 0.8
-# With CALIBRATE, speechtune's first bracket runs CALIBRATION_SIZE configs at full fidelity: a
-# first look at how the cheap rungs rank configs. Off: on the synthetic benchmarks it cost more
-# (about 12% of a 40-unit budget) than the early trust information saved.
-CALIBRATE = False
-CALIBRATION_SIZE = MIN_PAIRS
 # Incumbent-neighbourhood draws: std as a fraction of each param's range (0.05 beat 0.1 and 0.2
 # on the synthetic benchmarks of benchmarks/search_efficiency.py).
 LOCAL_SCALE = 0.05
@@ -528,8 +523,6 @@ class MultiFidelitySearch:
         start = starts[len(self._brackets) % len(starts)]
         s = top - start
         n = math.ceil((top + 1) / (s + 1) * eta**s)
-        if self.strategy == "speechtune" and not self._brackets and CALIBRATE and top > 0:
-            start, s, n = top, 0, CALIBRATION_SIZE
         sizes = [max(1, int(n * eta ** (-i))) for i in range(s + 1)]
         bracket = _Bracket(index=len(self._brackets), start=start, sizes=sizes, rung=start)
         self._brackets.append(bracket)
