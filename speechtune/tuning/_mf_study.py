@@ -50,7 +50,6 @@ from ._study import (
     device_slots,
     is_multi_objective,
     open_study,
-    primary_metric,
     write_study_outputs,
 )
 
@@ -154,7 +153,6 @@ class _Driver:
         max_jobs: int | None,
         timeout_s: float | None,
         callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
-        primary: str,
         recipe_epochs: bool,
         rank_metric: str | None = None,
     ) -> None:
@@ -166,7 +164,6 @@ class _Driver:
         self.max_jobs = max_jobs
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self.callbacks = list(callbacks)
-        self.primary = primary
         self.recipe_epochs = recipe_epochs
         self.rank_metric = rank_metric
         self.lock = threading.Condition()
@@ -495,7 +492,6 @@ def run_mf_study(
         max_jobs=max_jobs,
         timeout_s=getattr(spec.study, "timeout_s", None),
         callbacks=callbacks,
-        primary=primary_metric(spec.objective),
         recipe_epochs=hasattr(objective, "base_recipe"),
         rank_metric=getattr(fspec, "rank_metric", None),
     )

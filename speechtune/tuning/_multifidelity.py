@@ -190,8 +190,6 @@ class MultiFidelitySearch:
         self._brackets: list[_Bracket] = []
         self._warm = [dict(p) for p in warm_start]
         self._probes: list[tuple[int, int]] = []  # (config_id, rung) waiting to be probed
-        # Cached from the search's own runs, rebuilt as they come in.
-        self._rung_hist: dict[int, list[float]] = {}
 
     # ------------------------------------------------------------------ public API
     def ask(self) -> Job | None:
@@ -287,9 +285,6 @@ class MultiFidelitySearch:
     # ------------------------------------------------------------------ sampling configs
     def _space_has_priors(self) -> bool:
         return any(getattr(p, "prior", None) is not None for p in self.space.params.values())
-
-    def _sample_base(self) -> Mapping[str, Any] | None:
-        return self.base
 
     def _config_from_trial(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         if self.base is None:
@@ -422,7 +417,7 @@ class MultiFidelitySearch:
             return (*self._uniform(rng), "random")
         p_random = 1.0 - p_model - p_prior - p_inc  # whatever is left (e.g. no incumbent yet) explores
         u = rng.random()
-        base = self._sample_base()
+        base = self.base
         try:
             if u < p_model and model_rung is not None:
                 return (*self._model(rng, model_rung), "model")
