@@ -44,7 +44,6 @@ measured and reported separately.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from typing import Any
 
 from speechtune.config import ConfigError, ConfigProblem, config_from_dict, flatten, unflatten
 
+from ._checks import close_matches as _did_you_mean, is_int as _is_int, is_num as _is_num
 from ._fidelity import Fidelity, Rung
 from ._multifidelity import STRATEGIES  # the engine's names are the ones the YAML accepts
 
@@ -312,19 +312,6 @@ class FidelitySpec:
             return self
         ladder = default_ladder(base_flat, n_train, tuned_keys, self.eta, corpus_hours=corpus_hours)
         return dataclasses.replace(self, fidelity=ladder, n_train=n_train)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    return f" (did you mean: {', '.join(matches)}?)" if matches else ""
 
 
 _SECTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {

@@ -79,12 +79,9 @@ def _best(study: optuna.Study) -> tuple[float | None, int | None]:
         return None, None
     if "fidelity" in study.user_attrs:
         # Multi-fidelity: only values at the top rung are comparable.
-        top = len(study.user_attrs["fidelity"].get("rungs", [])) - 1
-        done = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("rung") == top and t.value is not None
-        ]
+        from ..reports._records import comparable_trials
+
+        done = [t for t in comparable_trials(study) if t.value is not None]
         if not done:
             return None, None
         best = min(done, key=lambda t: (t.value, t.number))

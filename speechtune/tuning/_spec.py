@@ -14,7 +14,6 @@ that does not divide ``high - low`` is an error, because Optuna would silently l
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from speechtune.config import (
 from speechtune.config._load import merge
 
 from . import _expr
+from ._checks import close_matches as _close, is_int as _is_int, is_num as _is_num
 from ._ladder import FidelitySpec, parse_fidelity
 from ._space import (
     CategoricalParam,
@@ -138,14 +138,6 @@ class TuningSpec:
 # small helpers
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in flat.items():
@@ -170,11 +162,6 @@ def _flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
         else:
             out[name] = value
     return out
-
-
-def _close(key: str, valid: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    return f" (did you mean: {', '.join(matches)}?)" if matches else ""
 
 
 def _recipe_keys() -> list[str]:
