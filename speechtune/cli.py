@@ -187,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_arguments(p)
     p.set_defaults(fn=tune_command)
 
+    from .tuning._workers import add_worker_arguments, worker_command
+
+    p = sub.add_parser(
+        "worker",
+        help="join a study on PostgreSQL (or a journal file) and run its trials; start any number of them",
+    )
+    add_worker_arguments(p)
+    p.set_defaults(fn=worker_command)
+
     p = sub.add_parser("validate", help="check a recipe or tuning config and report every problem")
     p.add_argument("config")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")

@@ -333,7 +333,7 @@ def _cli_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_tune_command_validates_first_and_refuses_python_kind(tmp_path: Path) -> None:
+def test_tune_command_validates_first_and_needs_a_function_for_python_kind(tmp_path: Path) -> None:
     bad = {
         "space": {"x": {"type": "float", "low": 2, "high": 1}},
         "study": {"sampler": "bayes"},
@@ -348,7 +348,7 @@ def test_tune_command_validates_first_and_refuses_python_kind(tmp_path: Path) ->
     assert not (tmp_path / "r").exists()  # nothing ran
     python = {"space": {"x": [1, 2]}, "objective": {"kind": "python"}}
     (tmp_path / "py.yaml").write_text(yaml.safe_dump(python))
-    with pytest.raises(ValueError, match=r"use speechtune.tune\(\) from Python for kind: python"):
+    with pytest.raises(ValueError, match=r"objective.kind: python needs objective.function: MODULE:ATTR"):
         tune_command(_cli_args("--config", str(tmp_path / "py.yaml"), "--run-dir", str(tmp_path / "r")))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -147,18 +149,25 @@ class Manifest(Sequence[Utterance]):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         base = path.parent.resolve()
-        with path.open("w") as fh:
-            for u in self._utts:
-                if u.audio is None:
-                    raise ValueError(f"utterance {u.id!r} has in-memory audio only; cannot write it to a manifest")
-                d = u.to_dict()
-                abs_path = self.resolve(u)
-                assert abs_path is not None
-                try:
-                    d["audio"] = str(abs_path.resolve().relative_to(base))
-                except ValueError:
-                    d["audio"] = str(abs_path.resolve())
-                fh.write(json.dumps(d) + "\n")
+        # Written beside the target and renamed: concurrent trials (worker processes) re-import
+        # a corpus into the same cache, and a reader must never see a half-written manifest.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with tmp.open("w") as fh:
+                for u in self._utts:
+                    if u.audio is None:
+                        raise ValueError(f"utterance {u.id!r} has in-memory audio only; cannot write it to a manifest")
+                    d = u.to_dict()
+                    abs_path = self.resolve(u)
+                    assert abs_path is not None
+                    try:
+                        d["audio"] = str(abs_path.resolve().relative_to(base))
+                    except ValueError:
+                        d["audio"] = str(abs_path.resolve())
+                    fh.write(json.dumps(d) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]], split: str = "all", root: str | Path | None = None) -> "Manifest":

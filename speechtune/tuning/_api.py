@@ -210,6 +210,8 @@ def tune(
     priors: bool = True,
     warm_start: str | Path | None = None,
     rank_metric: str | None = None,
+    backend: str = "optuna",
+    ray: Any = None,
 ) -> optuna.Study:
     """Tune a Python function (or any :class:`~speechtune.tuning.Objective`) with Optuna.
 
@@ -265,6 +267,10 @@ def tune(
             whose region becomes the prior.
         rank_metric: a metric the objective returns that ranks configs at the cheaper budgets
             (e.g. ``dev_loss``, when early WERs all sit at 1.0); default: ``metric``.
+        backend: ``optuna`` (this process) or ``ray`` (Ray Tune: a local Ray, or the cluster
+            that ``ray.address`` names; see :func:`speechtune.tuning._ray.run_ray_study`).
+        ray: a :class:`~speechtune.tuning._ray_spec.RaySpec` (scheduler, resources, stoppers)
+            for ``backend="ray"``; None: its defaults.
 
     Returns:
         The Optuna study; trial records are in each trial's ``user_attrs``.
@@ -273,6 +279,8 @@ def tune(
         ValueError: an unknown sampler/pruner or a direction other than ``minimize``.
         ConfigError: a bad ``space`` dict.
     """
+    if backend not in ("optuna", "ray"):
+        raise ValueError(f"backend: expected 'optuna' or 'ray', got {backend!r}")
     if direction != "minimize":
         raise ValueError(f"direction: only 'minimize' is supported (got {direction!r}); return the negated metric instead")
     obj = _as_objective(objective)
@@ -303,8 +311,30 @@ def tune(
         scalarize=scalarize,
         fidelity=fspec,
     )
+    if backend == "ray":
+        import dataclasses
+
+        from ._ray import run_ray_study
+
+        spec = dataclasses.replace(spec, ray=ray)
+        if run_dir is None:
+            with tempfile.TemporaryDirectory(prefix="speechtune-tune-") as tmp:
+                # Ray needs a storage path for checkpoints: the study goes to SQLite in the temp dir.
+                spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, storage=None))
+                study = run_ray_study(spec, obj, Path(tmp), resume=resume, progress=progress, write_outputs=False)
+                return _in_memory_copy(study)
+        return run_ray_study(spec, obj, Path(run_dir), resume=resume, progress=progress)
     if run_dir is None:
         # Trial dirs still need a home while the study runs; reports are skipped.
         with tempfile.TemporaryDirectory(prefix="speechtune-tune-") as tmp:
             return run_study(spec, obj, Path(tmp), resume=resume, progress=progress, write_outputs=False)
     return run_study(spec, obj, Path(run_dir), resume=resume, progress=progress)
+
+
+def _in_memory_copy(study: optuna.Study) -> optuna.Study:
+    """A copy of ``study`` in memory (its SQLite file is about to be deleted with its temp dir)."""
+    copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    copy.add_trials(study.get_trials(deepcopy=False))
+    return copy

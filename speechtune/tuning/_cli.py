@@ -21,11 +21,11 @@ import optuna
 import yaml
 
 from ._objectives import Objective
-from ._study import StudyExistsError, run_study
+from ._study import StudyExistsError, log_finished_trials, run_study
 
 log = logging.getLogger("speechtune.tuning")
 
-BACKENDS = ("optuna",)
+BACKENDS = ("optuna", "ray")
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,26 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tracking", action="store_true", help="do not log trials to MLflow")
     parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the tuning YAML, e.g. study.sampler=gp")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run N worker processes on this machine (GPU packing); storage becomes a journal file unless given",
+    )
+    parser.add_argument("--gpu-slots", type=int, default=None, help="--workers: concurrent trials per GPU (default: --workers)")
+    parser.add_argument("--gpu-mem-per-trial", type=float, default=None, metavar="MB", help="--workers: GPU memory one trial needs")
+    parser.add_argument(
+        "--heartbeat-s",
+        type=int,
+        default=None,
+        help="seconds between heartbeats of a running trial; a silent trial is re-queued after twice that "
+        "(default: $SPEECHTUNE_HEARTBEAT_S or 30)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="--backend ray: the Ray cluster (auto, ray://host:port, host:port; default: ray.address, else a local Ray)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +82,17 @@ def _command_objective(spec: Any, args: argparse.Namespace) -> Objective:
 
 
 def _python_objective(spec: Any, args: argparse.Namespace) -> Objective:
-    raise ValueError("objective.kind: python cannot run from the command line; use speechtune.tune() from Python for kind: python")
+    from ._objectives import FunctionObjective
+    from ._workers import import_function
+
+    function = getattr(spec.objective, "function", None)
+    if not function:
+        raise ValueError(
+            "objective.kind: python needs objective.function: MODULE:ATTR to run from the command line "
+            "(or call speechtune.tune() from Python)"
+        )
+    here = spec.path.parent if getattr(spec, "path", None) is not None else Path.cwd()
+    return FunctionObjective(import_function(function, search_paths=(here, Path.cwd())))
 
 
 OBJECTIVES: dict[str, Callable[[Any, argparse.Namespace], Objective]] = {
@@ -123,22 +153,39 @@ def tune_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--n-trials must be >= 1, got {args.n_trials}")
     if args.n_jobs is not None and args.n_jobs < 1:
         raise ValueError(f"--n-jobs must be >= 1, got {args.n_jobs}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is not None and args.workers > 1 and args.backend == "ray":
+        raise ValueError("--workers is for the optuna backend; with --backend ray set ray.resources_per_trial (e.g. gpu: 0.25)")
     objective = build_objective(spec, args)
     spec = _scale_default_ladder(spec, args)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.study.name
     # Our progress view reports every trial; Optuna's own INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = run_study(
-            spec,
-            objective,
-            run_dir,
-            n_trials=args.n_trials,
-            resume=args.resume,
-            n_jobs=args.n_jobs,
-            tracker=_tracker(spec, run_dir, args),
-            progress=not args.quiet,
-        )
+        if getattr(args, "backend", "optuna") == "ray":
+            study = _run_ray(spec, objective, run_dir, args)
+        elif args.workers is not None and args.workers > 1:
+            study = _run_packed(spec, run_dir, args)
+        else:
+            from ._gpu import GpuMonitor
+
+            # GPU utilisation over the study (a no-op without an NVIDIA driver): how much of the
+            # GPU one-at-a-time trials leave idle is what --workers N would recover.
+            with GpuMonitor() as monitor:
+                study = run_study(
+                    spec,
+                    objective,
+                    run_dir,
+                    n_trials=args.n_trials,
+                    resume=args.resume,
+                    n_jobs=args.n_jobs,
+                    tracker=_tracker(spec, run_dir, args),
+                    progress=not args.quiet,
+                    **_heartbeat(args),
+                )
+            if monitor.available:
+                study.set_user_attr("gpu_utilization", monitor.summary())
     except StudyExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -147,6 +194,60 @@ def tune_command(args: argparse.Namespace) -> int:
         _print_summary(optuna.load_study(study_name=spec.study.name, storage=_storage_of(spec, run_dir)), run_dir)
         return 130
     return _print_summary(study, run_dir)
+
+
+def _heartbeat(args: argparse.Namespace) -> dict[str, int]:
+    return {} if args.heartbeat_s is None else {"heartbeat_s": int(args.heartbeat_s)}
+
+
+def _run_packed(spec: Any, run_dir: Path, args: argparse.Namespace) -> optuna.Study:
+    """``--workers N``: N ``speechtune worker`` processes on this machine, packed onto its GPUs."""
+    from ._local_workers import run_packed_study
+
+    # Workers neither track nor report: N processes on one MLflow store would make N parent
+    # runs (and contend for its SQLite file); this driver logs the finished study once instead.
+    extra = ["--cache-dir", args.cache_dir, "--no-report", "--quiet", "--no-tracking"]
+    if args.heartbeat_s is not None:
+        extra += ["--heartbeat-s", str(int(args.heartbeat_s))]
+    gpu_slots = args.gpu_slots if args.gpu_slots is not None else (args.workers if args.device != "cpu" else None)
+    print(f"running {args.workers} worker processes (logs in {run_dir / 'workers'})", file=sys.stderr)
+    study = run_packed_study(
+        spec,
+        run_dir,
+        int(args.workers),
+        storage=args.storage,
+        device=args.device,
+        gpu_slots=gpu_slots,
+        gpu_mem_per_trial_mb=args.gpu_mem_per_trial,
+        n_trials=args.n_trials,
+        config_path=None,
+        resume=args.resume,
+        extra_argv=extra,
+    )
+    tracker = _tracker(spec, run_dir, args)
+    if tracker is not None:
+        log_finished_trials(study, spec, tracker)
+    return study
+
+
+def _run_ray(spec: Any, objective: Objective, run_dir: Path, args: argparse.Namespace) -> optuna.Study:
+    """``--backend ray``: the same study on Ray Tune; ``--resume`` restores the interrupted Ray experiment."""
+    from ._ray import run_ray_study
+    from ._ray_spec import valid_address
+
+    address = getattr(args, "address", None)
+    if address is not None and not valid_address(address):
+        raise ValueError(f"--address: expected auto, ray://host:port or host:port, got {address!r}")
+    return run_ray_study(
+        spec,
+        objective,
+        run_dir,
+        n_trials=args.n_trials,
+        resume=args.resume,
+        address=address,
+        tracker=_tracker(spec, run_dir, args),
+        progress=not args.quiet,
+    )
 
 
 def _scale_default_ladder(spec: Any, args: argparse.Namespace) -> Any:
@@ -195,6 +296,9 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
         used = study.user_attrs.get("budget_used")
         if used is not None:
             print(f"compute spent: {used:.2f} full-training equivalents")
+    gpu = study.user_attrs.get("gpu_utilization") or {}
+    if gpu.get("available") and gpu.get("gpu_busy_fraction") is not None:
+        print(f"GPU busy {gpu['gpu_busy_fraction']:.0%} of the study's time (peak memory {gpu.get('gpu_mem_peak_mb') or 0:.0f} MiB)")
     metrics = best.user_attrs.get("metrics") or {}
     print(f"best trial {best.number}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("wer", "cer", "worst_group_wer") and v is not None))
     print("best config:")

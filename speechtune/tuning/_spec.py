@@ -36,6 +36,7 @@ from speechtune.config._load import merge
 from . import _expr
 from ._checks import close_matches as _close, is_int as _is_int, is_num as _is_num
 from ._ladder import FidelitySpec, parse_fidelity
+from ._ray_spec import RaySpec, parse_ray
 from ._space import (
     CategoricalParam,
     DerivedParam,
@@ -57,6 +58,7 @@ __all__ = [
     "ObjectiveSpec",
     "PRESET_DIR",
     "PRUNERS",
+    "RaySpec",
     "SAMPLERS",
     "StudySpec",
     "TuningSpec",
@@ -69,7 +71,7 @@ SAMPLERS = ("tpe", "gp", "random", "cmaes", "qmc", "nsga2")
 PRUNERS = ("median", "percentile", "sha", "hyperband", "wilcoxon", "none")
 OBJECTIVE_KINDS = ("recipe", "command", "python")
 GROUPS = ("mean", "worst_group")
-TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command", "fidelity")
+TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command", "fidelity", "ray")
 # Samplers that refuse a multi-objective study (Optuna raises at the first trial).
 _SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "presets"
@@ -101,6 +103,9 @@ class ObjectiveSpec:
     extra_objectives: list[str] = field(default_factory=list)
     constraints: list[str] = field(default_factory=list)
     scalarize: dict[str, float] = field(default_factory=dict)
+    #: ``MODULE:ATTR`` of the function a ``kind: python`` objective calls (so that the CLI,
+    #: ``speechtune worker`` and Ray can run it, not only :func:`speechtune.tune`).
+    function: str | None = None
 
     @property
     def is_multi_objective(self) -> bool:
@@ -132,6 +137,8 @@ class TuningSpec:
     raw: dict[str, Any]
     # The ``fidelity:`` section (multi-fidelity search); None: one trial per config at full fidelity.
     fidelity: FidelitySpec | None = None
+    # The ``ray:`` section (Ray Tune backend: scheduler, resources, stoppers); None: Ray defaults.
+    ray: RaySpec | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +239,10 @@ _OBJECTIVE_CHECKS: dict[str, _Check] = {
     "scalarize": (
         lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and _is_num(w) for k, w in v.items()),
         "must map metric names to numeric weights",
+    ),
+    "function": (
+        lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", v) is not None),
+        "must look like MODULE:ATTR, e.g. mypkg.train:objective",
     ),
 }
 
@@ -547,6 +558,8 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
             problems.append(ConfigProblem("command.argv", "is required for objective.kind: command", None))
     elif objective.kind == "command":
         problems.append(ConfigProblem("command", "objective.kind: command needs a command section with argv", None))
+    if objective.function is not None and objective.kind != "python":
+        problems.append(ConfigProblem("objective.function", "is only used with objective.kind: python", objective.function))
     if objective.is_multi_objective and study.pruner != "none":
         problems.append(
             ConfigProblem(
@@ -605,6 +618,13 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
             )
         )
 
+    ray = parse_ray(
+        raw.get("ray"),
+        problems,
+        searched={n: _kind(p) for n, p in params.items() if _kind(p)},
+        multi_objective=objective.is_multi_objective,
+    )
+
     if problems:
         return None, problems
     composed = dict(raw)
@@ -634,8 +654,14 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
         command=command,
         raw=composed,
         fidelity=fidelity,
+        ray=ray,
     )
     return spec, []
+
+
+def _kind(param: Param) -> str | None:
+    """``float``/``int``/``categorical`` for a param a sampler chooses (what PBT may perturb), else None."""
+    return {FloatParam: "float", IntParam: "int", CategoricalParam: "categorical"}.get(type(param))
 
 
 def validate_tuning(path: str | Path, overrides: Sequence[str] = ()) -> list[ConfigProblem]:

@@ -15,10 +15,13 @@ attributes, so that reports and MLflow read the storage and nothing else.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
 import re
+import shutil
+import socket
 import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +34,7 @@ import yaml
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from ._objectives import Objective, TrialOutcome
+from ._objectives import CONTINUE_MARKER, Objective, TrialOutcome
 from ._optuna import CONSTRAINED_SAMPLERS, DEFAULT_HEARTBEAT_S, make_pruner, make_sampler, make_storage
 from ._progress import StudyProgress
 
@@ -285,8 +288,13 @@ class _TrialRunner:
     def __call__(self, trial: Trial) -> float | list[float]:
         config = self._sample(trial)
         trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
+        # Read before trial_dir is overwritten: a retry inherits the dead trial's user attrs.
+        resumed_from = _resume_failed_trial(trial, trial_dir)
         trial.set_user_attr("config", _jsonable(config))
         trial.set_user_attr("trial_dir", str(trial_dir))
+        trial.set_user_attr("worker", WORKER_ID)
+        if resumed_from is not None:
+            trial.set_user_attr("resumed_from_trial", resumed_from)
         objective = self.slots(trial.number) if self.slots is not None else self.objective
         seeds = list(self.obj_spec.seeds or [0])
         runs: list[_SeedRun] = []
@@ -320,6 +328,7 @@ class _TrialRunner:
     def report_metric(self, trial: Trial) -> str:
         """The metric reported per epoch (and judged by the pruner): the primary objective."""
         return primary_metric(self.obj_spec)
+
 
     def _sample(self, trial: Trial) -> dict[str, Any]:
         from ._space import ConstraintViolation
@@ -376,6 +385,50 @@ class _TrialRunner:
             except KeyError as exc:
                 log.warning("trial %d: %s; counted as infeasible", trial.number, exc.args[0])
         return means
+
+
+#: This process, as recorded in each trial's ``worker`` user attribute: ``host:pid``.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _resume_failed_trial(trial: Trial, trial_dir: Path) -> int | None:
+    """Continue a retried trial from the checkpoint of the trial it replaces.
+
+    When a worker dies, its trial stops beating, is failed, and Optuna's retry callback enqueues
+    a copy of it (same params, the dead trial's user attrs, and the system attrs
+    ``failed_trial``/``retry_history``). For such a trial the dead trial's directory (its
+    ``trial_dir`` user attr, else ``<run_dir>/trials/<N>``) is copied into the new one, and
+    :data:`~speechtune.tuning._objectives.CONTINUE_MARKER` is written beside every ``last.pt``
+    (the recipe then continues its run). A command objective finds the copied files in its
+    output dir and can resume from its own checkpoint. A directory on another machine that this
+    one cannot see means a fresh start (logged).
+
+    Returns:
+        The number of the trial whose files were copied, or None.
+    """
+    # Optuna 5's Trial has no system_attrs; the FrozenTrial it was created from (at ask) does.
+    frozen = getattr(trial, "_cached_frozen_trial", trial)
+    system_attrs = getattr(frozen, "system_attrs", None) or {}
+    history = system_attrs.get("retry_history") or []
+    failed = history[-1] if history else system_attrs.get("failed_trial")
+    if failed is None:
+        return None
+    failed = int(failed)
+    source = trial.user_attrs.get("trial_dir")
+    source_dir = Path(source) if source else trial_dir.parent / f"{failed:04d}"
+    if not source_dir.is_dir() or source_dir.resolve() == trial_dir.resolve():
+        log.warning("trial %d retries trial %d, whose directory %s is not reachable here: starting afresh", trial.number, failed, source_dir)
+        return None
+    try:
+        shutil.copytree(source_dir, trial_dir, dirs_exist_ok=True)
+        for checkpoint in trial_dir.rglob("last.pt"):
+            (checkpoint.parent / CONTINUE_MARKER).write_text(json.dumps({"from_trial": failed, "from_dir": str(source_dir)}))
+    except OSError as exc:  # a partial copy must not stop the retry: it just starts afresh
+        log.warning("trial %d: could not copy the files of trial %d (%s): starting afresh", trial.number, failed, exc)
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        return None
+    log.info("trial %d resumes trial %d from %s", trial.number, failed, source_dir)
+    return failed
 
 
 def sample_space(space: Any, trial: optuna.trial.BaseTrial, base_flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -519,6 +572,17 @@ def _end_tracking(tracker: Tracker, study: optuna.Study) -> None:
         log.warning("could not end tracking the study: %s: %s", type(exc).__name__, exc)
 
 
+def log_finished_trials(study: optuna.Study, spec: Any, tracker: Tracker) -> None:
+    """Log a study that other processes ran (``--workers``) to ``tracker``: one parent run, a child per finished trial."""
+    if not _start_tracking(tracker, spec):
+        return
+    callback = _TrackerCallback(tracker)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=finished):
+        callback(study, trial)
+    _end_tracking(tracker, study)
+
+
 def _counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
 
@@ -630,6 +694,7 @@ def run_study(
     progress: bool = True,
     heartbeat_s: int = DEFAULT_HEARTBEAT_S,
     write_outputs: bool = True,
+    shared: bool = False,
 ) -> optuna.Study:
     """Run (or resume) the study described by ``spec`` until ``n_trials`` trials are complete or pruned.
 
@@ -647,6 +712,9 @@ def run_study(
         progress: live progress display (on a terminal; one log line per trial otherwise).
         heartbeat_s: heartbeat interval of RDB storages; a trial silent for twice that is stale.
         write_outputs: write best.yaml, trials.csv, report.html and spec.yaml at the end.
+        shared: other processes (``speechtune worker``) run trials of this study at the same
+            time: the TPE sampler then uses the constant liar, as it does for ``n_jobs`` > 1,
+            so that concurrent workers do not propose the same region.
 
     Returns:
         The Optuna study.
@@ -675,7 +743,8 @@ def run_study(
     run_dir.mkdir(parents=True, exist_ok=True)
     target = n_trials if n_trials is not None else spec.study.n_trials
     jobs = max(1, int(n_jobs if n_jobs is not None else getattr(spec.study, "n_jobs", 1) or 1))
-    study = open_study(spec, run_dir, resume=resume, n_jobs=jobs, heartbeat_s=heartbeat_s)
+    sampler_jobs = max(jobs, 2) if shared else jobs
+    study = open_study(spec, run_dir, resume=resume, n_jobs=sampler_jobs, heartbeat_s=heartbeat_s)
     _write_spec(spec, run_dir)
     runner = _TrialRunner(
         spec,
