@@ -54,3 +54,30 @@ def run_options(tmp_path: Path, name: str = "run", **kw) -> RunOptions:
         progress=False,
         **kw,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# services for the worker and fault-injection tests
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pg():  # -> Iterator[tests.pg_server.PgServer]
+    """A private PostgreSQL cluster for one test module (skips, or fails in CI, without one)."""
+    from tests.pg_server import pg_or_skip
+
+    server = pg_or_skip()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path):  # -> Iterator[tests.worker_helpers.Procs]
+    """Processes a test starts; every one (its whole process group) is killed at the end."""
+    from tests.worker_helpers import Procs
+
+    running = Procs(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()

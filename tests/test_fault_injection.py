@@ -13,13 +13,12 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
 from optuna.trial import TrialState
 
-from tests.pg_server import PgServer, pg_or_skip
+from tests.pg_server import PgServer
 from tests.worker_helpers import (
     Procs,
     command_spec,
@@ -32,23 +31,6 @@ from tests.worker_helpers import (
 
 HEARTBEAT = "1"  # s: a dead worker's trial is stale after 2 s
 
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    server = pg_or_skip()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    running = Procs(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 _DB_COUNTER = iter(range(10_000))

@@ -26,30 +26,13 @@ from speechtune.tuning._api import build_spec
 from speechtune.tuning._objectives import CONTINUE_MARKER
 from speechtune.tuning._study import open_study
 from speechtune.tuning._workers import import_function, stored_spec_file, worker_seed
-from tests.pg_server import PgServer, pg_or_skip
+from tests.pg_server import PgServer
 from tests.worker_helpers import Procs, command_spec, speechtune_argv, trials
 
 from .conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    server = pg_or_skip()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    running = Procs(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 # ---------------------------------------------------------------------------------------------

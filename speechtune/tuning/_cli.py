@@ -114,7 +114,8 @@ def build_objective(spec: Any, args: argparse.Namespace) -> Objective:
     return builder(spec, args)
 
 
-def _tracker(spec: Any, run_dir: Path, args: argparse.Namespace) -> Any:
+def make_tracker(spec: Any, run_dir: Path, args: argparse.Namespace) -> Any:
+    """The MLflow tracker of ``--tracking-uri``/``--no-tracking`` (None when tracking is off or unavailable)."""
     if args.no_tracking:
         return None
     try:
@@ -180,7 +181,7 @@ def tune_command(args: argparse.Namespace) -> int:
                     n_trials=args.n_trials,
                     resume=args.resume,
                     n_jobs=args.n_jobs,
-                    tracker=_tracker(spec, run_dir, args),
+                    tracker=make_tracker(spec, run_dir, args),
                     progress=not args.quiet,
                     **_heartbeat(args),
                 )
@@ -224,7 +225,7 @@ def _run_packed(spec: Any, run_dir: Path, args: argparse.Namespace) -> optuna.St
         resume=args.resume,
         extra_argv=extra,
     )
-    tracker = _tracker(spec, run_dir, args)
+    tracker = make_tracker(spec, run_dir, args)
     if tracker is not None:
         log_finished_trials(study, spec, tracker)
     return study
@@ -245,7 +246,7 @@ def _run_ray(spec: Any, objective: Objective, run_dir: Path, args: argparse.Name
         n_trials=args.n_trials,
         resume=args.resume,
         address=address,
-        tracker=_tracker(spec, run_dir, args),
+        tracker=make_tracker(spec, run_dir, args),
         progress=not args.quiet,
     )
 

@@ -52,7 +52,7 @@ from typing import Any
 
 from speechtune.config import ConfigError, ConfigProblem, config_from_dict, flatten, unflatten
 
-from ._checks import close_matches as _did_you_mean, is_int as _is_int, is_num as _is_num
+from ._checks import checked_entries, close_matches as _did_you_mean, is_int as _is_int, is_num as _is_num
 from ._fidelity import Fidelity, Rung
 from ._multifidelity import STRATEGIES  # the engine's names are the ones the YAML accepts
 
@@ -361,20 +361,9 @@ def parse_fidelity(
         problems.append(ConfigProblem("fidelity", "must be a mapping", section))
         return None
     found: list[ConfigProblem] = []
-    kwargs: dict[str, Any] = {}
-    valid = list(_SECTION_KEYS)
-    for key, value in section.items():
-        if key == "rungs":
-            continue
-        if key not in _SECTION_CHECKS:
-            rule = f"unknown key{_did_you_mean(str(key), valid)}; valid keys: {', '.join(valid)}"
-            found.append(ConfigProblem(f"fidelity.{key}", rule, value))
-            continue
-        ok, rule = _SECTION_CHECKS[key]
-        if not ok(value):
-            found.append(ConfigProblem(f"fidelity.{key}", rule, value))
-            continue
-        kwargs[key] = value
+    # `rungs` is checked rung by rung below.
+    others = {k: v for k, v in section.items() if k != "rungs"}
+    kwargs: dict[str, Any] = checked_entries(others, "fidelity", _SECTION_CHECKS, found, valid=list(_SECTION_KEYS))
     if kwargs.get("budget") is not None:
         kwargs["budget"] = float(kwargs["budget"])
     if kwargs.get("warm_start") is not None:

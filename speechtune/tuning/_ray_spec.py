@@ -29,7 +29,7 @@ from typing import Any
 
 from speechtune.config import ConfigProblem
 
-from ._checks import close_matches as _close, is_int as _is_int, is_num as _is_num
+from ._checks import checked_entries, close_matches as _close, is_int as _is_int, is_num as _is_num
 
 __all__ = [
     "DEFAULT_MUTATIONS",
@@ -170,20 +170,8 @@ def _fields(
     if not isinstance(data, Mapping):
         problems.append(ConfigProblem(key, "must be a mapping", data))
         return {}
-    out: dict[str, Any] = {}
-    for name, value in data.items():
-        if name not in checks:
-            valid = list(checks)
-            problems.append(
-                ConfigProblem(f"{key}.{name}", f"unknown key{_close(str(name), valid)}; valid keys: {', '.join(valid)}", value)
-            )
-            continue
-        ok, rule = checks[name]
-        if not ok(value):
-            problems.append(ConfigProblem(f"{key}.{name}", rule, value))
-            continue
-        out[name] = float(value) if name in _FLOATS and value is not None else value
-    return out
+    entries = checked_entries(data, key, checks, problems)
+    return {name: float(value) if name in _FLOATS and value is not None else value for name, value in entries.items()}
 
 
 def _mutations(

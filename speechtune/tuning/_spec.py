@@ -34,7 +34,7 @@ from speechtune.config import (
 from speechtune.config._load import merge
 
 from . import _expr
-from ._checks import close_matches as _close, is_int as _is_int, is_num as _is_num
+from ._checks import checked_entries, close_matches as _close, is_int as _is_int, is_num as _is_num
 from ._ladder import FidelitySpec, parse_fidelity
 from ._ray_spec import RaySpec, parse_ray
 from ._space import (
@@ -281,18 +281,8 @@ def _section(
     if not isinstance(data, Mapping):
         problems.append(ConfigProblem(name, "must be a mapping", data))
         data = {}
-    valid = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = dict(defaults or {})
-    for key, value in data.items():
-        if key not in checks:
-            problems.append(
-                ConfigProblem(f"{name}.{key}", f"unknown key{_close(str(key), valid)}; valid keys: {', '.join(valid)}", value)
-            )
-            continue
-        ok, rule = checks[key]
-        if not ok(value):
-            problems.append(ConfigProblem(f"{name}.{key}", rule, value))
-            continue
+    for key, value in checked_entries(data, name, checks, problems).items():
         kwargs[key] = dict(value) if isinstance(value, Mapping) else value
     if name == "study" and kwargs.get("timeout_s") is not None and _is_int(kwargs["timeout_s"]):
         kwargs["timeout_s"] = float(kwargs["timeout_s"])

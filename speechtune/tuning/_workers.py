@@ -311,17 +311,6 @@ def _maybe_slotted(objective: Objective, args: argparse.Namespace, run_dir: Path
     return SlottedObjective(objective, slots)
 
 
-def _tracker(spec: Any, run_dir: Path, args: argparse.Namespace) -> Any:
-    if args.no_tracking:
-        return None
-    try:
-        from ..track import StudyTracker
-    except ImportError:
-        log.info("speechtune.track is not available: trials are not logged to MLflow")
-        return None
-    return StudyTracker(tracking_uri=args.tracking_uri, experiment=spec.study.name, run_dir=run_dir)
-
-
 def storage_failure(exc: BaseException) -> StorageUnavailableError | None:
     """The :class:`StorageUnavailableError` behind ``exc``, if any.
 
@@ -351,6 +340,7 @@ def worker_command(args: argparse.Namespace) -> int:
         such study, a kind python study without ``--function``); 3 when the database stayed
         unreachable longer than ``--reconnect-s``.
     """
+    from ._cli import make_tracker
     from ._study import run_study
 
     problem = _check_args(args)
@@ -373,7 +363,7 @@ def worker_command(args: argparse.Namespace) -> int:
             n_trials=target,
             resume=True,  # join: trials of other workers are expected, stale ones are re-queued
             n_jobs=1,
-            tracker=_tracker(spec, run_dir, args),
+            tracker=make_tracker(spec, run_dir, args),
             progress=not args.quiet,
             heartbeat_s=args.heartbeat_s,
             write_outputs=not args.no_report,
