@@ -125,6 +125,15 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export model.pt as one TorchScript or ONNX file that `speechtune transcribe` loads."""
+    from .export import export_model
+
+    path = export_model(args.checkpoint, args.out, args.format)
+    print(f"exported {args.format}: {path}")
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data import synthesize_corpus
 
@@ -239,10 +248,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("transcribe", help="transcribe audio files")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint", required=True,
+        help="model.pt, or a model exported by `speechtune export` (file or directory; trusted sources only: "
+        "an exported TorchScript file is code)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("audio", nargs="+")
     p.set_defaults(fn=cmd_transcribe)
+
+    from .export import FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained model (front-end config and vocabulary included) as TorchScript or ONNX",
+        description="Write one self-contained file that serves greedy CTC decoding and that "
+        "`speechtune transcribe --checkpoint FILE` loads. TorchScript holds the log-mel front end in the "
+        "graph; ONNX (needs the onnx package, and onnxruntime to run) takes log-mels, whose config it stores.",
+    )
+    p.add_argument("--checkpoint", required=True, help="model.pt written by `speechtune train`")
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="artefact format")
+    p.add_argument(
+        "--out", required=True,
+        help="output directory (file named model.torchscript.pt / model.onnx) or a file path ending in .pt/.onnx",
+    )
+    p.set_defaults(fn=cmd_export)
 
     data = sub.add_parser("data", help="build or import corpora").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="generate the synthetic AN4-style corpus with espeak-ng")

@@ -101,7 +101,17 @@ def read_wave(path: str | Path, sample_rate: int) -> np.ndarray:
 def transcribe_files(
     model_path: str | Path, paths: Sequence[str | Path], device: str | torch.device = "cpu"
 ) -> list[str]:
-    """Transcribe audio files with a trained ``model.pt``."""
+    """Transcribe audio files with a trained ``model.pt`` or a model from ``speechtune export``.
+
+    An exported artefact is detected by its content and decoded greedily (what it serves); load
+    one only from a trusted source, since a TorchScript file is code. ``model.pt`` is still
+    read with ``torch.load(weights_only=True)``.
+    """
+    from .export import exported_format, load_exported
+
+    if exported_format(model_path) is not None:
+        exported = load_exported(model_path, device)
+        return exported.transcribe([read_wave(p, exported.sample_rate) for p in paths])
     rec = Recognizer.load(model_path, device)
     waves = [read_wave(p, rec.cfg.features.sample_rate) for p in paths]
     return rec.transcribe(waves)

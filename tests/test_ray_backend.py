@@ -127,6 +127,9 @@ def test_same_records_and_outputs_as_the_optuna_backend(tmp_path: Path) -> None:
         assert set(a["config"]) == set(t.params) and ("y" in t.params) == (t.params["kind"] == "b")
         assert Path(a["trial_dir"]).is_dir() and a["ray_trial_id"] in a["trial_dir"]
         assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+        # Measured inside the trainable's process and passed back with the final report.
+        assert a["cost"]["energy_source"] == "tdp-estimate" and "basis" not in a["cost"] and a["cost"]["wall_s"] > 0
+    assert study.user_attrs["cost_total"]["trials"] == 4
     assert {t.params["kind"] for t in trials} == {"a", "b"}  # both branches of the conditional space
     for name in ("study.db", "best.yaml", "trials.csv", "spec.yaml"):
         assert (tmp_path / name).is_file(), name
@@ -148,6 +151,8 @@ def test_asha_stops_bad_trials(tmp_path: Path) -> None:
     for t in pruned:
         assert t.user_attrs["status"] == "stopped" and t.user_attrs["reason"].startswith("pruned-by-asha")
         assert len(t.user_attrs["history"]) < 9
+        # Ended by the scheduler before its final report: cost estimated from Ray's wall time.
+        assert t.user_attrs["cost"]["basis"] == "ray-wall-time" and t.user_attrs["cost"]["wall_s"] > 0
     assert any(t.state == TrialState.COMPLETE and len(t.user_attrs["history"]) == 9 for t in trials)
     best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
     assert all(best.params["x"] <= t.params["x"] for t in pruned)

@@ -14,6 +14,9 @@ CONFIG_PREFIX = "config."
 METRIC_PREFIX = "metrics."
 # Multi-fidelity trial records (see the issue-4 contract); a column appears when any trial has it.
 FIDELITY_COLUMNS = ("rung", "rung_name", "config_id", "bracket", "parent_trial", "source", "job_cost")
+COST_PREFIX = "cost."
+# The trial's measured compute (its ``cost`` user attr, see speechtune.metrics.EnergyMeter).
+COST_COLUMNS = ("wall_s", "cpu_core_hours", "gpu_hours", "energy_kwh", "energy_source", "co2e_g", "money", "currency")
 
 
 def _cell(value: Any) -> Any:
@@ -28,7 +31,9 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
 
     Columns: ``number, state, status, reason, <objective names>, duration_s, objective_std``,
     then the multi-fidelity records that any trial has (``rung, rung_name, config_id, bracket,
-    parent_trial, source, job_cost``), then ``config.<key>`` for every config key and
+    parent_trial, source, job_cost``), then the trial's measured cost when any trial has one
+    (``cost.wall_s, cost.cpu_core_hours, cost.gpu_hours, cost.energy_kwh, cost.energy_source,
+    cost.co2e_g, cost.money, cost.currency``), then ``config.<key>`` for every config key and
     ``metrics.<name>`` for every final metric.
     """
     names = objective_names(study)
@@ -36,6 +41,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     config_keys: dict[str, None] = {}
     metric_keys: dict[str, None] = {}
     fidelity_keys: set[str] = set()
+    has_cost = False
     for trial in study.get_trials(deepcopy=False):
         status, reason = trial_status(trial)
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "status": status, "reason": reason}
@@ -47,6 +53,11 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
             if key in trial.user_attrs:
                 fidelity_keys.add(key)
                 row[key] = trial.user_attrs[key]
+        cost = trial.user_attrs.get("cost")
+        if isinstance(cost, dict):
+            has_cost = True
+            for key in COST_COLUMNS:
+                row[COST_PREFIX + key] = cost.get(key)
         for key, value in trial_config(trial).items():
             config_keys.setdefault(key)
             row[CONFIG_PREFIX + key] = value
@@ -57,6 +68,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
         rows.append(row)
     columns = ["number", "state", "status", "reason", *names, "duration_s", "objective_std"]
     columns += [k for k in FIDELITY_COLUMNS if k in fidelity_keys]
+    columns += [COST_PREFIX + k for k in COST_COLUMNS] if has_cost else []
     columns += [CONFIG_PREFIX + k for k in sorted(config_keys)]
     columns += [METRIC_PREFIX + k for k in sorted(metric_keys)]
     return columns, rows

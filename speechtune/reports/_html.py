@@ -157,6 +157,12 @@ def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     _write_pngs(study, importance, out_dir / "plots")
     title = f"speechtune study {study.study_name}"
     sections = [_section("summary", "Summary", _summary(study))]
+    # Imported here: that module renders with this one's helpers.
+    from ._cost_report import cost_section
+
+    cost = cost_section(study)
+    if cost is not None:
+        sections.append(_section("cost", "Cost and carbon", cost))
     if is_multi_fidelity(study):
         # Imported here: that module renders with this one's helpers.
         from ._fidelity_report import fidelity_section

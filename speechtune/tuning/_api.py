@@ -46,6 +46,7 @@ def build_spec(
     scalarize: Mapping[str, float] | None = None,
     space_constraints: Sequence[str] = (),
     fidelity: Any = None,
+    cost: Any = None,
 ) -> Any:
     """A :class:`~speechtune.tuning.TuningSpec` for a Python objective (``objective.kind: python``).
 
@@ -53,6 +54,7 @@ def build_spec(
         space: a :class:`SearchSpace`, or a dict in the YAML ``space:`` syntax.
         space_constraints: constraints over the config (``"a % b == 0"``), for a dict ``space``.
         fidelity: a :class:`~speechtune.tuning.FidelitySpec` for a multi-fidelity study, or None.
+        cost: a :class:`speechtune.metrics.CostModel` (grid intensity, prices, TDPs); None: defaults.
         Other arguments: the ``study:`` and ``objective:`` sections of a tuning YAML.
 
     Returns:
@@ -61,7 +63,9 @@ def build_spec(
     Raises:
         ConfigError: a bad ``space`` dict (every problem listed).
     """
-    from ._spec import ObjectiveSpec, StudySpec, TuningSpec
+    import dataclasses
+
+    from ._spec import CostModel, ObjectiveSpec, StudySpec, TuningSpec
 
     space_record: dict[str, Any]
     if isinstance(space, SearchSpace):
@@ -113,6 +117,8 @@ def build_spec(
             "rank_metric": fidelity.rank_metric,
             "rungs": [r.as_dict() for r in fidelity.fidelity.rungs],
         }
+    cost = cost if cost is not None else CostModel()
+    raw["cost"] = dataclasses.asdict(cost)
     return TuningSpec(
         path=None,
         base_recipe={},
@@ -123,6 +129,7 @@ def build_spec(
         command=None,
         raw=raw,
         fidelity=fidelity,
+        cost=cost,
     )
 
 
@@ -212,6 +219,7 @@ def tune(
     rank_metric: str | None = None,
     backend: str = "optuna",
     ray: Any = None,
+    cost: Any = None,
 ) -> optuna.Study:
     """Tune a Python function (or any :class:`~speechtune.tuning.Objective`) with Optuna.
 
@@ -271,6 +279,8 @@ def tune(
             that ``ray.address`` names; see :func:`speechtune.tuning._ray.run_ray_study`).
         ray: a :class:`~speechtune.tuning._ray_spec.RaySpec` (scheduler, resources, stoppers)
             for ``backend="ray"``; None: its defaults.
+        cost: a :class:`speechtune.metrics.CostModel` pricing each trial's compute (its ``cost``
+            user attr) and the study's total (``cost_total``); None: the defaults.
 
     Returns:
         The Optuna study; trial records are in each trial's ``user_attrs``.
@@ -310,6 +320,7 @@ def tune(
         constraints=constraints,
         scalarize=scalarize,
         fidelity=fspec,
+        cost=cost,
     )
     if backend == "ray":
         import dataclasses

@@ -279,6 +279,12 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if states.count(s)}
     print(f"study {study.study_name!r}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    from ..metrics._cost import format_cost, summarize_costs
+
+    # Before the best trial: what was spent matters even when nothing completed.
+    cost = study.user_attrs.get("cost_total") or summarize_costs(study.get_trials(deepcopy=False))
+    if cost.get("trials"):
+        print("compute: " + format_cost(cost["total"]))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         print("no trial completed: see the reasons in", run_dir / "trials.csv")

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from ._gpu import GpuMonitor
 from ._optuna import storage_url
-from ._study import COUNTED_STATES, _jsonable, _write_spec, open_study, write_study_outputs
+from ._study import COUNTED_STATES, _jsonable, _write_spec, open_study, record_cost_total, write_study_outputs
 
 log = logging.getLogger("speechtune.tuning")
 
@@ -299,6 +299,7 @@ def run_packed_study(
     counted = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     log.info("%d workers: %d trials complete or pruned, %d failed, in %.1f s", n_workers, counted, failed, wall)
+    record_cost_total(study)  # the workers' trials, summed once they have all finished
     write_study_outputs(study, run_dir, spec)
     bad = [i for i, c in enumerate(codes) if c != 0]
     if bad:

@@ -50,6 +50,7 @@ from ._study import (
     device_slots,
     is_multi_objective,
     open_study,
+    record_cost_total,
     write_study_outputs,
 )
 
@@ -511,6 +512,7 @@ def run_mf_study(
         study.set_user_attr("budget_used", search.budget_used)
         study.set_user_attr("rung_correlation", {str(r): [v[0] if math.isfinite(v[0]) else None, v[1]] for r, v in search.rung_correlation().items()})
     finally:
+        record_cost_total(study)
         if tracking:
             _end_tracking(tracker, study)
         if write_outputs:

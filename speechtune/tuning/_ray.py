@@ -39,6 +39,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..metrics._cost import CostModel, EnergyMeter, estimate_cost
 from ._objectives import CONTINUE_MARKER, Objective, TrialOutcome
 from ._optuna import make_sampler
 from ._ray_spec import RaySpec
@@ -57,6 +58,7 @@ from ._study import (
     objective_values,
     open_study,
     primary_metric,
+    record_cost_total,
     sample_space,
     write_study_outputs,
 )
@@ -122,6 +124,10 @@ class _Payload:
     objective_spec: Any
     run_dir: str
     checkpoint_every: int
+    #: The spec's ``cost:`` section; None: the defaults.
+    cost_model: CostModel | None = None
+    #: GPUs Ray gives each trial (``ray.resources_per_trial.gpu``): 0 makes a trial's cost CPU-only.
+    gpus_per_trial: float = 0.0
 
 
 def _split(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -215,11 +221,16 @@ def _train_trial(config: dict[str, Any], payload: _Payload) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
+    # Measured here, in the trial's own process; Ray sets CUDA_VISIBLE_DEVICES to the GPUs it
+    # gave this trial, which is what the meter sees. A trial ended by a scheduler never gets to
+    # its final report: the driver then estimates its cost from Ray's time_total_s.
+    meter = EnergyMeter(payload.cost_model, gpus=[] if not payload.gpus_per_trial else None)
+    meter.start()
     meta, cfg = _split(config)
     trial_dir = Path(payload.run_dir) / "trials" / trial_id
     if meta.get("invalid"):
         status, reason = meta["invalid"]
-        _final_report(payload, TrialOutcome(status, reason), [], {})
+        _final_report(payload, TrialOutcome(status, reason), [], {}, meter)
         return
     seeds = list(payload.objective_spec.seeds or [0])
     checkpoint = tune.get_checkpoint()
@@ -241,11 +252,12 @@ def _train_trial(config: dict[str, Any], payload: _Payload) -> None:
         outcomes.append(outcome)
         if outcome.status in FAILED_STATUSES or not outcome.ok:
             break
-    _final_report(payload, outcomes[0], outcomes, marker)
+    _final_report(payload, outcomes[0], outcomes, marker, meter)
 
 
-def _final_report(payload: _Payload, first: TrialOutcome, outcomes: list[TrialOutcome], marker: Mapping[str, Any]) -> None:
-    """The trial's last result: ``done`` (no scheduler decision on it) with the whole outcome."""
+def _final_report(payload: _Payload, first: TrialOutcome, outcomes: list[TrialOutcome], marker: Mapping[str, Any],
+                  meter: EnergyMeter | None = None) -> None:
+    """The trial's last result: ``done`` (no scheduler decision on it) with the whole outcome (and its cost)."""
     from ray import tune
 
     obj_spec = payload.objective_spec
@@ -276,6 +288,9 @@ def _final_report(payload: _Payload, first: TrialOutcome, outcomes: list[TrialOu
         "seed_values": seed_values,
         "continued_from": _jsonable(dict(marker)) if marker else None,
     }
+    if meter is not None:
+        meter.stop()
+        record["cost"] = _jsonable(meter.record().as_dict())
     value = sum(seed_values) / len(seed_values) if seed_values else math.nan
     tune.report({OBJECTIVE_KEY: value, _FINAL: True, "done": True, _OUTCOME: json.dumps(record)})
 
@@ -338,6 +353,8 @@ class _Sink:
             status, reason, metrics = record["status"], record["reason"], record["metrics"]
             if record.get("continued_from"):
                 attrs["continued_from"] = record["continued_from"]
+            if isinstance(record.get("cost"), dict):
+                attrs["cost"] = record["cost"]
             if record.get("extra", {}).get("group_wer"):
                 attrs["group_wer"] = record["extra"]["group_wer"]
             if status == "complete" and record["seed_values"]:
@@ -351,10 +368,35 @@ class _Sink:
             status, reason, metrics, state = "error", f"error: {error}", {}, TrialState.FAIL
         else:
             state, status, reason, metrics, values = self._stopped(trial_id, seen)
+        if "cost" not in attrs:
+            estimated = self._estimated_cost(last)
+            if estimated is not None:
+                attrs["cost"] = estimated
         history = [seen[e] for e in sorted(seen)]
         attrs.update(status=status, reason=reason, metrics=_jsonable(metrics), history=_jsonable(history))
         self._write(meta, cfg, state, values, attrs, history)
         self.recorded.add(trial_id)
+
+    def _estimated_cost(self, last: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A cost for a trial that never sent its measured one (ended by a scheduler, or crashed).
+
+        Ray's ``time_total_s`` x the trial's resources (``ray.resources_per_trial``), priced with
+        TDPs: an upper bound on CPU time (it assumes every reserved core was busy). Marked with
+        ``basis: ray-wall-time``.
+        """
+        wall = last.get("time_total_s")
+        if not isinstance(wall, (int, float)) or isinstance(wall, bool) or not math.isfinite(wall):
+            return None
+        res = _resources(getattr(self.spec, "ray", None) or RaySpec())
+        model = getattr(self.spec, "cost", None)
+        hours = float(wall) / 3600.0
+        record = estimate_cost(
+            model if isinstance(model, CostModel) else CostModel(),
+            wall_s=float(wall),
+            cpu_core_hours=hours * res["cpu"],
+            gpu_hours=hours * res["gpu"],
+        ).as_dict()
+        return {**record, "basis": "ray-wall-time"}
 
     def _stopped(self, trial_id: str, seen: Mapping[int, Mapping[str, Any]]) -> tuple[TrialState, str, str, dict, list[float] | None]:
         """A trial Ray ended before its objective returned: a scheduler, a stopper or the budget."""
@@ -647,7 +689,15 @@ def run_ray_study(
     started = _init_ray(ray, address or rspec.address, quiet=not progress)
     _SINKS[key] = sink
     try:
-        payload = _Payload(objective, spec.objective, str(run_dir), rspec.checkpoint_every)
+        cost = getattr(spec, "cost", None)
+        payload = _Payload(
+            objective,
+            spec.objective,
+            str(run_dir),
+            rspec.checkpoint_every,
+            cost_model=cost if isinstance(cost, CostModel) else None,
+            gpus_per_trial=_resources(rspec)["gpu"],
+        )
         trainable = tune.with_resources(tune.with_parameters(_train_trial, payload=payload), _resources(rspec))
         if restoring:
             log.info("restoring the Ray experiment in %s", exp_dir)
@@ -663,6 +713,7 @@ def run_ray_study(
             sink.sweep(results)
     finally:
         _SINKS.pop(key, None)
+        record_cost_total(study)
         if tracking:
             _end_tracking(tracker, study)  # type: ignore[arg-type]
         if write_outputs:

@@ -32,6 +32,7 @@ from speechtune.config import (
     parse_overrides,
 )
 from speechtune.config._load import merge
+from speechtune.metrics._cost import CostModel
 
 from . import _expr
 from ._checks import checked_entries, close_matches as _close, is_int as _is_int, is_num as _is_num
@@ -52,6 +53,7 @@ from ._space import (
 
 __all__ = [
     "CommandSpec",
+    "CostModel",
     "FidelitySpec",
     "GROUPS",
     "OBJECTIVE_KINDS",
@@ -71,7 +73,7 @@ SAMPLERS = ("tpe", "gp", "random", "cmaes", "qmc", "nsga2")
 PRUNERS = ("median", "percentile", "sha", "hyperband", "wilcoxon", "none")
 OBJECTIVE_KINDS = ("recipe", "command", "python")
 GROUPS = ("mean", "worst_group")
-TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command", "fidelity", "ray")
+TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command", "fidelity", "ray", "cost")
 # Samplers that refuse a multi-objective study (Optuna raises at the first trial).
 _SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "presets"
@@ -139,6 +141,8 @@ class TuningSpec:
     fidelity: FidelitySpec | None = None
     # The ``ray:`` section (Ray Tune backend: scheduler, resources, stoppers); None: Ray defaults.
     ray: RaySpec | None = None
+    # The ``cost:`` section: grid intensity, prices and TDPs for each trial's cost and CO2e.
+    cost: CostModel = field(default_factory=CostModel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +269,21 @@ _COMMAND_CHECKS: dict[str, _Check] = {
     "overrides": (lambda v: v is None or isinstance(v, str), "must be null or a template such as '--{key}={value}'"),
     "metric_regex": (_valid_regex, "must be null or a valid regular expression"),
     "timeout_s": (lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0 or null"),
+}
+
+
+def _finite(v: Any) -> bool:
+    # .inf / .nan parse as YAML floats; a cost model with them would poison every sum.
+    return _is_num(v) and v == v and abs(v) != float("inf")
+
+
+_COST_CHECKS: dict[str, _Check] = {
+    "grid_g_per_kwh": (lambda v: _finite(v) and v >= 0, "must be a number >= 0 (g CO2e per kWh)"),
+    "gpu_price_per_hour": (lambda v: _finite(v) and v >= 0, "must be a number >= 0 (price of one GPU-hour)"),
+    "cpu_price_per_hour": (lambda v: _finite(v) and v >= 0, "must be a number >= 0 (price of one CPU core-hour)"),
+    "gpu_tdp_w": (lambda v: _finite(v) and v > 0, "must be a number > 0 (watts per GPU)"),
+    "cpu_tdp_w_per_core": (lambda v: _finite(v) and v > 0, "must be a number > 0 (watts per CPU core)"),
+    "currency": (lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty string such as USD"),
 }
 
 
@@ -608,6 +627,8 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
             )
         )
 
+    cost = _section(raw, "cost", CostModel, _COST_CHECKS, problems)
+
     ray = parse_ray(
         raw.get("ray"),
         problems,
@@ -645,6 +666,7 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
         raw=composed,
         fidelity=fidelity,
         ray=ray,
+        cost=cost,
     )
     return spec, []
 

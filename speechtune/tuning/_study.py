@@ -34,6 +34,7 @@ import yaml
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ..metrics._cost import CostModel, EnergyMeter, gpus_for_device, summarize_costs
 from ._objectives import CONTINUE_MARKER, Objective, TrialOutcome
 from ._optuna import CONSTRAINED_SAMPLERS, DEFAULT_HEARTBEAT_S, make_pruner, make_sampler, make_storage
 from ._progress import StudyProgress
@@ -284,8 +285,25 @@ class _TrialRunner:
         self.obj_spec = spec.objective
         self.multi = is_multi_objective(self.obj_spec)
         self.constraints = [parse_metric_constraint(c) for c in (self.obj_spec.constraints or [])]
+        cost = getattr(spec, "cost", None)
+        self.cost_model = cost if isinstance(cost, CostModel) else CostModel()
 
     def __call__(self, trial: Trial) -> float | list[float]:
+        """Run one trial, measured: its ``cost`` user attr is written however it ends."""
+        objective = self.slots(trial.number) if self.slots is not None else self.objective
+        meter = EnergyMeter(self.cost_model, gpus=trial_gpus(objective))
+        meter.start()
+        try:
+            return self._run_trial(trial)
+        finally:
+            # Pruned and failed trials too: their compute was spent all the same.
+            meter.stop()
+            try:
+                trial.set_user_attr("cost", _jsonable(meter.record().as_dict()))
+            except Exception as exc:  # the record is a convenience; the trial's outcome matters more
+                log.warning("trial %d: could not record its cost: %s: %s", trial.number, type(exc).__name__, exc)
+
+    def _run_trial(self, trial: Trial) -> float | list[float]:
         config = self._sample(trial)
         trial_dir = self.run_dir / "trials" / f"{trial.number:04d}"
         # Read before trial_dir is overwritten: a retry inherits the dead trial's user attrs.
@@ -389,6 +407,41 @@ class _TrialRunner:
 
 #: This process, as recorded in each trial's ``worker`` user attribute: ``host:pid``.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trial_gpus(objective: Any) -> list[int] | None:
+    """The CUDA indices a trial of ``objective`` runs on, for its cost record.
+
+    The objective's ``device`` decides (``cpu`` -> none, ``cuda:k`` -> k); a packed objective
+    (:class:`~speechtune.tuning._gpu.SlottedObjective`) that is not pinned to the CPU leases a
+    GPU per trial, so it is charged for the GPUs this process sees; an objective without a
+    device (a function, a command) likewise (None).
+    """
+    inner = getattr(objective, "inner", None)
+    if not hasattr(objective, "device") and inner is not None and hasattr(inner, "device"):
+        return [] if str(inner.device) == "cpu" else None
+    device = getattr(objective, "device", None)
+    try:
+        return gpus_for_device(None if device is None else str(device))
+    except Exception as exc:  # probing the GPUs must never fail a trial
+        log.debug("could not tell the GPUs of %r: %s", device, exc)
+        return None
+
+
+def record_cost_total(study: optuna.Study) -> dict[str, Any] | None:
+    """Sum the ``cost`` of every trial (and per state) into the study's ``cost_total`` user attr.
+
+    Returns:
+        The summary (:func:`speechtune.metrics.summarize_costs`), or None when it could not be
+        stored (logged: the trials' own records stay).
+    """
+    try:
+        total = summarize_costs(study.get_trials(deepcopy=False))
+        study.set_user_attr("cost_total", _jsonable(total))
+    except Exception as exc:  # e.g. mixed currencies after a resume with another cost: section
+        log.warning("could not sum the study's cost: %s: %s", type(exc).__name__, exc)
+        return None
+    return total
 
 
 def _resume_failed_trial(trial: Trial, trial_dir: Path) -> int | None:
@@ -774,6 +827,7 @@ def run_study(
                 )
     finally:
         # Also on Ctrl-C: the trials finished so far are worth a report.
+        record_cost_total(study)
         if tracking:
             _end_tracking(tracker, study)  # type: ignore[arg-type]
         if write_outputs:
