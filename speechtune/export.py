@@ -49,7 +49,6 @@ from torch import nn
 from .data._tokenizer import Tokenizer, tokenizer_from_dict
 from .features import LogMel
 from .models import BLANK_ID, ctc_greedy_collapse
-from .models._layers import valid_mask
 from .models._subsampling import Conv2dSubsampling
 from .recognizer import Recognizer, pad_waves
 
@@ -93,15 +92,7 @@ class _AcousticGraph(nn.Module):
 
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (feats - self.mean) / self.std
-        sub = self.subsampling
-        if sub.plan:
-            y = sub.conv(x.unsqueeze(1))  # [B, C, T', F']
-            b, c, t, f = y.shape
-            y = sub.proj(y.transpose(1, 2).reshape(b, t, c * f))
-        else:
-            y = sub.proj(x)
-        lens = sub.output_lengths(frames)
-        y = y.masked_fill(~valid_mask(lens, y.size(1))[..., None], 0.0)
+        y, lens = self.subsampling.subsample(x, frames)
         enc, lens = self.encoder(y, lens)
         return self.ctc.log_probs(enc).masked_fill(self.ban, float("-inf")), lens
 

@@ -103,6 +103,11 @@ class Conv2dSubsampling(nn.Module):
                 f"utterance {idx} of the batch has {int(lengths[idx])} feature frames; "
                 f"subsampling factor {self.factor} needs at least {self.min_input_frames}"
             )
+        return self.subsample(x, lengths)
+
+    def subsample(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without the length check: a graph for export (tracing) has no
+        data-dependent branches; its caller guarantees :attr:`min_input_frames`."""
         if self.plan:
             y = self.conv(x.unsqueeze(1))  # [B, C, T', F']
             b, c, t, f = y.shape
