@@ -192,7 +192,10 @@ def tune_command(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: outputs of the finished trials were written", file=sys.stderr)
-        _print_summary(optuna.load_study(study_name=spec.study.name, storage=_storage_of(spec, run_dir)), run_dir)
+        try:
+            _print_summary(optuna.load_study(study_name=spec.study.name, storage=_storage_of(spec, run_dir, args)), run_dir)
+        except KeyError:  # interrupted before the study was created
+            pass
         return 130
     return _print_summary(study, run_dir)
 
@@ -268,9 +271,13 @@ def _scale_default_ladder(spec: Any, args: argparse.Namespace) -> Any:
     return dataclasses.replace(spec, fidelity=scaled)
 
 
-def _storage_of(spec: Any, run_dir: Path) -> Any:
+def _storage_of(spec: Any, run_dir: Path, args: argparse.Namespace) -> Any:
     from ._optuna import make_storage
 
+    if args.workers is not None and args.workers > 1:
+        from ._local_workers import packed_storage_url
+
+        return make_storage(packed_storage_url(spec.study.storage, run_dir.resolve()), run_dir)
     return make_storage(spec.study.storage, run_dir)
 
 

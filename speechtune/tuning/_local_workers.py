@@ -192,7 +192,7 @@ def launch_local_workers(
     return codes
 
 
-def _packed_storage(storage: str | None, run_dir: Path) -> str:
+def packed_storage_url(storage: str | None, run_dir: Path) -> str:
     """The storage URL of a packed study: the default SQLite file becomes a journal file."""
     url = storage_url(storage, run_dir)
     if url.startswith("sqlite"):
@@ -262,7 +262,7 @@ def run_packed_study(
         )
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    url = _packed_storage(storage if storage is not None else spec.study.storage, run_dir)
+    url = packed_storage_url(storage if storage is not None else spec.study.storage, run_dir)
     spec = _with_storage(spec, url)
     study = open_study(spec, run_dir, resume=resume, n_jobs=n_workers)
     _write_spec(spec, run_dir)
