@@ -26,13 +26,10 @@ from speechtune.tuning._objectives import CONTINUE_MARKER
 from speechtune.tuning._ray_spec import PbtSpec, PlateauSpec, RaySpec, ResourcesSpec, StopSpec
 
 
-try:
-    import ray
-    from ray import tune  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    if os.environ.get("SPEECHTUNE_REQUIRE_SERVICES") == "1":
-        raise RuntimeError(f"SPEECHTUNE_REQUIRE_SERVICES=1 but Ray Tune is not importable: {exc}") from exc
-    pytest.skip(f"Ray Tune is not importable ({exc}); pip install 'ray[tune]'", allow_module_level=True)
+from tests.services import require_ray_tune
+
+require_ray_tune()
+import ray  # noqa: E402
 
 from speechtune.tuning._ray import run_ray_study  # noqa: E402
 

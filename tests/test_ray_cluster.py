@@ -27,14 +27,11 @@ from speechtune.tuning._api import build_spec
 from speechtune.tuning._objectives import CONTINUE_MARKER
 from speechtune.tuning._ray_spec import RaySpec
 
-try:
-    import psutil
-    import ray
-    from ray import tune  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    if os.environ.get("SPEECHTUNE_REQUIRE_SERVICES") == "1":
-        raise RuntimeError(f"SPEECHTUNE_REQUIRE_SERVICES=1 but Ray Tune/psutil is not importable: {exc}") from exc
-    pytest.skip(f"Ray Tune or psutil is not importable ({exc})", allow_module_level=True)
+from tests.services import require_ray_tune
+
+require_ray_tune()
+import psutil  # noqa: E402
+import ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -15,19 +15,14 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
 
-try:
-    import ray  # noqa: F401
-    from ray import tune as _tune  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    if os.environ.get("SPEECHTUNE_REQUIRE_SERVICES") == "1":
-        raise RuntimeError(f"SPEECHTUNE_REQUIRE_SERVICES=1 but Ray Tune is not importable: {exc}") from exc
-    pytest.skip(f"Ray Tune is not importable ({exc}); pip install 'ray[tune]'", allow_module_level=True)
+from tests.services import require_ray_tune
+
+require_ray_tune()
 
 
 # ---------------------------------------------------------------------------------------------
