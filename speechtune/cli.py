@@ -205,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_arguments(p)
     p.set_defaults(fn=worker_command)
 
+    from .workflow._runner import add_workflow_arguments, workflow_command
+
+    p = sub.add_parser(
+        "workflow",
+        help="the production path: proxy data, baseline, coarse + fine search, multi-seed validation, full "
+        "training, gating on a golden set against the registry's champion, export",
+    )
+    add_workflow_arguments(p)
+    p.set_defaults(fn=workflow_command)
+
     p = sub.add_parser("validate", help="check a recipe or tuning config and report every problem")
     p.add_argument("config")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")

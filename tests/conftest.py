@@ -46,6 +46,26 @@ def tiny_config(**sections: dict) -> object:
     return config_from_dict(base)
 
 
+def learning_config() -> object:
+    """A recipe that learns the synthetic corpus (dev CER ~0.23 after 20 epochs, ~1 min on 2 cores)."""
+    return tiny_config(
+        model={"encoder": "conformer", "d_model": 96, "num_layers": 2, "num_heads": 4, "ff_dim": 256, "dropout": 0.1},
+        specaugment={"enabled": True, "time_mask_width": 10, "freq_mask_width": 8},
+        schedule={"name": "warmup_cosine", "warmup_steps": 50},
+        optim={"lr": 0.004},
+        train={"epochs": 20, "batch_size": 8},
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(synth_data: PreparedData, tmp_path_factory: pytest.TempPathFactory):  # -> TrainResult
+    """A model that has learned the synthetic corpus; shared by the training and gating tests."""
+    from speechtune.training import train
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    return train(learning_config(), run_options(tmp, "learn"), data=synth_data)
+
+
 def run_options(tmp_path: Path, name: str = "run", **kw) -> RunOptions:
     return RunOptions(
         output_dir=str(tmp_path / name),

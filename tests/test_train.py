@@ -15,7 +15,7 @@ from speechtune.recognizer import Recognizer
 from speechtune.training import CallbackReporter, train
 from speechtune.training import _loop
 
-from .conftest import run_options, tiny_config
+from .conftest import learning_config, run_options, tiny_config
 
 # Golden figure: measured for this exact config and corpus (seeded), with a tolerance for
 # platform differences in float arithmetic. A model that learns nothing sits at CER ~1.0.
@@ -23,20 +23,6 @@ GOLDEN_CER = 0.226
 CER_TOLERANCE = 0.08
 
 
-def learning_config():
-    return tiny_config(
-        model={"encoder": "conformer", "d_model": 96, "num_layers": 2, "num_heads": 4, "ff_dim": 256, "dropout": 0.1},
-        specaugment={"enabled": True, "time_mask_width": 10, "freq_mask_width": 8},
-        schedule={"name": "warmup_cosine", "warmup_steps": 50},
-        optim={"lr": 0.004},
-        train={"epochs": 20, "batch_size": 8},
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(synth_data: PreparedData, tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    return train(learning_config(), run_options(tmp, "learn"), data=synth_data)
 
 
 def test_training_reaches_golden_cer(trained) -> None:

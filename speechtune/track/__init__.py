@@ -1,5 +1,14 @@
-"""MLflow tracking of studies (a parent run per study, a nested run per trial)."""
+"""MLflow tracking of studies (a parent run per study, a nested run per trial) and the model registry."""
 
 from ._mlflow import StudyTracker, default_tracking_uri
+from ._registry import ModelRegistry, RegisteredModel, RegistryError, code_version, mask_uri
 
-__all__ = ["StudyTracker", "default_tracking_uri"]
+__all__ = [
+    "ModelRegistry",
+    "RegisteredModel",
+    "RegistryError",
+    "StudyTracker",
+    "code_version",
+    "default_tracking_uri",
+    "mask_uri",
+]

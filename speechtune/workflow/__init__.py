@@ -1,0 +1,27 @@
+"""The production workflow: proxy data, baseline, coarse and fine search, multi-seed validation,
+full training, gating on a golden set against the registry's champion, and export.
+
+``speechtune workflow --config conf/workflow.yaml`` runs it; :func:`run_workflow` is the same
+from Python.
+"""
+
+from .._lazy import lazy_exports
+
+_LAZY = {
+    "STAGES": "._config",
+    "WorkflowSpec": "._config",
+    "load_workflow": "._config",
+    "stage_index": "._config",
+    "GoldenSetAccessError": "._golden",
+    "WorkflowState": "._state",
+    "WorkflowError": "._stages",
+    "WorkflowConfigChanged": "._runner",
+    "run_workflow": "._runner",
+    "add_workflow_arguments": "._runner",
+    "workflow_command": "._runner",
+    "write_workflow_report": "._report",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

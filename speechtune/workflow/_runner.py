@@ -1,0 +1,315 @@
+"""Run the workflow's stages in order, resumably, and the ``speechtune workflow`` command.
+
+``state.json`` in the run directory records each stage. A rerun skips the stages that are
+done, picks up the one that was interrupted, and refuses to mix results of a changed workflow
+YAML unless ``--from-stage`` says where to start again. Every stage is measured (device-hours,
+energy, CO2e, money) and the report (``report.md``, ``report.html``) is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..metrics._cost import EnergyMeter, format_cost, gpus_for_device
+from ._config import STAGES, WorkflowSpec, load_workflow, spec_summary, stage_index
+from ._stages import STAGE_DIRS, STAGE_FUNCTIONS, Context, WorkflowError, check_data_unchanged, golden_paths
+from ._state import WorkflowState, now
+
+log = logging.getLogger(__name__)
+
+
+class WorkflowConfigChanged(RuntimeError):
+    """The workflow YAML (or its tuning YAML) changed since stages of this run directory finished."""
+
+
+def _load_tuning(spec: WorkflowSpec) -> Any:
+    from ..config import ConfigError, ConfigProblem
+    from ..tuning import load_tuning
+
+    tuning = load_tuning(spec.tuning)
+    problems = []
+    if tuning.objective.kind != "recipe":
+        problems.append(
+            ConfigProblem(
+                "objective.kind",
+                "the workflow trains, gates and exports the built-in recipe's model: it needs objective.kind: recipe "
+                "(tune your own script with `speechtune tune`)",
+                tuning.objective.kind,
+            )
+        )
+    if tuning.objective.is_multi_objective:
+        problems.append(
+            ConfigProblem(
+                "objective.extra_objectives",
+                "the workflow selects one winner: fold extra objectives into one value with objective.scalarize",
+                tuning.objective.extra_objectives,
+            )
+        )
+    data = tuning.base_recipe.get("data", {})
+    golden = spec.golden.synthetic
+    if golden is not None and data.get("corpus") == "synthetic" and golden.seed == data.get("synthetic", {}).get("seed"):
+        problems.append(
+            ConfigProblem(
+                "golden.synthetic.seed",
+                f"must differ from the training corpus's data.synthetic.seed ({golden.seed}): the same seed generates the "
+                "same texts and voices, so the golden set would not be held out",
+                golden.seed,
+            )
+        )
+    if problems:
+        raise ConfigError(problems, f"{spec.path} (tuning: {spec.tuning})")
+    return tuning
+
+
+def run_workflow(
+    spec: WorkflowSpec,
+    run_dir: str | Path | None = None,
+    *,
+    from_stage: str | int | None = None,
+    to_stage: str | int | None = None,
+    device: str = "auto",
+    cache_dir: str | Path = ".cache/speechtune",
+    num_threads: int | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = False,
+) -> WorkflowState:
+    """Run (or resume) the workflow's stages up to ``to_stage``.
+
+    Args:
+        spec: the validated workflow (:func:`load_workflow`).
+        run_dir: where state, stage outputs and reports go (default ``runs/<name>``).
+        from_stage: start again from this stage (name or 1-based number): it and every later
+            stage are forgotten and rerun; earlier stages must be done.
+        to_stage: stop after this stage (default: the last, export).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``.
+        cache_dir: corpus and feature cache (a synthetic golden set is generated under ``<cache_dir>/golden``).
+        num_threads: torch CPU threads (None: torch's default).
+        tracking_uri: MLflow tracking/registry URI (overrides ``gating.tracking_uri``).
+        progress: progress displays.
+
+    Returns:
+        The workflow's state after the run.
+
+    Raises:
+        WorkflowConfigChanged: the YAML changed since finished stages ran, and no ``from_stage``.
+        WorkflowError: a stage could not finish (recorded as failed in ``state.json``).
+        KeyboardInterrupt: re-raised after the running stage is recorded as interrupted.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / spec.name
+    tuning = _load_tuning(spec)
+    state = WorkflowState(run_dir)
+    digest = spec.digest()
+    done = [s for s in STAGES if state.is_done(s)]
+    start = stage_index(from_stage) if from_stage is not None else None
+    if state.data.get("config_hash") not in (None, digest) and done and start is None:
+        raise WorkflowConfigChanged(
+            f"{spec.path} (or its tuning YAML) changed since stages {', '.join(done)} of {run_dir} ran; "
+            "rerun with --from-stage STAGE to redo that stage and everything after it, or use a new --run-dir"
+        )
+    if start is not None:
+        missing = [s for s in STAGES[:start] if not state.is_done(s)]
+        if missing:
+            raise WorkflowError(
+                f"cannot start from stage {start + 1} ({STAGES[start]}): stage(s) {', '.join(missing)} have not finished in "
+                f"{run_dir}; start from {missing[0]}"
+            )
+        dropped = state.reset_from(start)
+        _set_aside(run_dir, STAGES[start:])
+        if dropped:
+            log.info("rerunning stages %s", ", ".join(dropped))
+    end = stage_index(to_stage) if to_stage is not None else len(STAGES) - 1
+    state.data.setdefault("run_uid", secrets.token_hex(4))
+    state.data.setdefault("started", now())
+    from ..track import code_version
+
+    state.data.update(
+        name=spec.name,
+        run_dir=str(run_dir.resolve()),
+        config=str(spec.path),
+        config_hash=digest,
+        spec=spec_summary(spec),
+        code_version=code_version(),
+        metric=tuning.objective.metric if tuning.objective.group == "mean" else f"{tuning.objective.group}_{tuning.objective.metric}",
+        cost_model=_cost_model_dict(tuning.cost),
+    )
+    state.save()
+    ctx = Context(
+        spec=spec,
+        tuning=tuning,
+        run_dir=run_dir,
+        state=state,
+        device=device,
+        cache_dir=Path(cache_dir),
+        num_threads=num_threads,
+        progress=progress,
+        tracking_uri=tracking_uri,
+    )
+    guard = golden_paths(ctx)
+    for i, name in enumerate(STAGES[: end + 1]):
+        if state.is_done(name):
+            log.info("stage %d %s: done (skipped)", i + 1, name)
+            continue
+        _run_stage(ctx, i, name, guard)
+    return state
+
+
+def _set_aside(run_dir: Path, stages: Sequence[str]) -> None:
+    """Rename the outputs of stages about to rerun (``fine`` -> ``fine.superseded-<time>``): kept, never reused.
+
+    A study that resumed from its old storage, or a training read back from its old record,
+    would silently return the results the user asked to redo.
+    """
+    stamp = now().replace(":", "").replace("+0000", "")
+    for stage in stages:
+        path = run_dir / STAGE_DIRS[stage]
+        if path.exists():
+            path.rename(path.with_name(f"{path.name}.superseded-{stamp}"))
+
+
+def _cost_model_dict(model: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(model)
+
+
+def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool]]) -> None:
+    from ._golden import golden_guard
+
+    state = ctx.state
+    log.info("stage %d %s: running", index + 1, name)
+    state.start(name)
+    meter = EnergyMeter(ctx.cost_model, gpus=gpus_for_device(ctx.device))
+    meter.start()
+    status, result, error = "failed", None, None
+    try:
+        # Stages before gating run with the golden set locked: any open() of it raises.
+        with golden_guard(guard if index < STAGES.index("gate") else [], name):
+            if name != "proxy":
+                check_data_unchanged(ctx)
+            result = STAGE_FUNCTIONS[name](ctx)
+        status = "done"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted (Ctrl-C); rerun the same command to continue"
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        meter.stop()
+        state.finish(name, status, meter.record(), result=result, error=error)
+        _write_report(state)
+        if status == "done":
+            log.info("stage %d %s: done (%s)", index + 1, name, format_cost(state.stage(name)["cost"]))
+
+
+def _write_report(state: WorkflowState) -> None:
+    try:
+        from ._report import write_workflow_report
+
+        write_workflow_report(state.data, state.run_dir)
+    except Exception as exc:  # a broken report must never lose a stage's result
+        log.warning("could not write the workflow report: %s: %s", type(exc).__name__, exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def add_workflow_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``speechtune workflow``."""
+    p.add_argument("--config", required=True, help="workflow YAML (see conf/workflow.yaml)")
+    p.add_argument("--run-dir", default=None, help="state, stage outputs and reports (default: runs/<name>)")
+    p.add_argument("--from-stage", default=None, help=f"redo this stage and all later ones: {', '.join(f'{i + 1}/{s}' for i, s in enumerate(STAGES))}")
+    p.add_argument("--to-stage", default=None, help="stop after this stage (default: the last)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides of the workflow YAML, e.g. coarse.n_trials=5")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: %(default)s)")
+    p.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: gating.tracking_uri, else a local SQLite store)")
+    p.add_argument("--quiet", action="store_true", help="no progress displays")
+
+
+def workflow_command(args: argparse.Namespace) -> int:
+    """Run ``speechtune workflow``; return the exit code (0 done, 1 a stage failed, 130 interrupted)."""
+    import optuna
+
+    spec = load_workflow(args.config, tuple(args.set or ()))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.name
+    try:
+        state = run_workflow(
+            spec,
+            run_dir,
+            from_stage=args.from_stage,
+            to_stage=args.to_stage,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            num_threads=args.threads,
+            tracking_uri=args.tracking_uri,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to continue ({run_dir / 'state.json'})", file=sys.stderr)
+        return 130
+    except (WorkflowError, WorkflowConfigChanged) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"report so far: {run_dir / 'report.html'}", file=sys.stderr)
+        return 1
+    print(summary(state))
+    return 0
+
+
+def summary(state: WorkflowState) -> str:
+    """A few lines for the terminal: the WER path, the gating decision, cost, and where the report is."""
+    st = state.data["stages"]
+    lines = [f"workflow {state.data.get('name')}: {state.run_dir}"]
+
+    def val(stage: str, *keys: str) -> Any:
+        node: Any = st.get(stage, {}).get("result")
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        return node
+
+    path = [
+        ("baseline (proxy dev)", val("baseline", "value")),
+        ("coarse best (proxy dev)", val("coarse", "best", "value")),
+        ("fine best (proxy dev)", val("fine", "best", "value")),
+        ("validation winner mean (proxy dev)", _winner_mean(st)),
+        ("full training (dev)", val("full", "value")),
+        ("golden", val("gate", "challenger", val("gate", "gate_metric") or "wer")),
+    ]
+    metric = state.data.get("metric", "wer")
+    for label, v in path:
+        if v is not None:
+            lines.append(f"  {metric} {label:<36} {float(v):.4f}")
+    test = val("validate", "test", "statement")
+    if test:
+        lines.append(f"  validation: {test}")
+    decision = val("gate", "decision")
+    if decision:
+        lines.append(f"  gating: {decision} (version {val('gate', 'registered_version')} of {val('gate', 'model_name')})")
+    exported = val("export", "path")
+    if exported:
+        lines.append(f"  exported: {exported}")
+    if state.data.get("cost_total"):
+        lines.append(f"  cost: {format_cost(state.data['cost_total'])}")
+    lines.append(f"  report: {state.run_dir / 'report.html'} (and report.md)")
+    return "\n".join(lines)
+
+
+def _winner_mean(stages: dict[str, Any]) -> float | None:
+    res = stages.get("validate", {}).get("result") or {}
+    for c in res.get("candidates", []):
+        if c.get("name") == res.get("winner"):
+            return c.get("mean")
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience for python -m
+    parser = argparse.ArgumentParser(prog="speechtune workflow")
+    add_workflow_arguments(parser)
+    return workflow_command(parser.parse_args(argv))

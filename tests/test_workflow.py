@@ -1,0 +1,299 @@
+"""The production workflow end to end on generated speech: eight stages, state and resume, the
+golden set kept out of every stage before gating, the registry's lineage, export and the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import soundfile
+import yaml
+
+from speechtune.config import ConfigError
+from speechtune.data import Manifest, load_manifest
+from speechtune.workflow import STAGES, GoldenSetAccessError, WorkflowConfigChanged, load_workflow, run_workflow
+
+from .workflow_helpers import split_corpus, write_workflow
+
+# ---------------------------------------------------------------------------------------------
+# a spy on file access: Python-level opens (audit hook) and libsndfile opens (soundfile)
+# ---------------------------------------------------------------------------------------------
+_opened: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _opened is not None and event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+        _opened.append(str(Path(args[0] if not isinstance(args[0], bytes) else args[0].decode()).resolve()))
+
+
+sys.addaudithook(_audit)  # cannot be removed; records only while _opened is a list
+
+
+@contextmanager
+def recording_opens() -> Iterator[list[str]]:
+    """Every file path opened while the block runs (audio read by libsndfile included)."""
+    global _opened
+    seen: list[str] = []
+    original = soundfile.SoundFile.__init__
+
+    def spy(self, file, *args, **kwargs):  # the real libsndfile open still runs
+        if isinstance(file, (str, Path)):
+            seen.append(str(Path(file).resolve()))
+        return original(self, file, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(soundfile.SoundFile, "__init__", spy)
+        _opened = seen
+        try:
+            yield seen
+        finally:
+            _opened = None
+
+
+# ---------------------------------------------------------------------------------------------
+# one workflow, run in two phases (stages 1-6, then 7-8), shared by the tests of this module
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(synth_corpus: Manifest, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    tmp = tmp_path_factory.mktemp("workflow")
+    train_manifest, golden_manifest = split_corpus(synth_corpus, tmp)
+    config = write_workflow(tmp / "conf", train_manifest, golden_manifest)
+    golden = load_manifest(golden_manifest)
+    golden_files = {str(golden_manifest.resolve())} | {str(golden.resolve(u).resolve()) for u in golden}
+    spec = load_workflow(config)
+    run_dir = tmp / "run"
+    kw = dict(device="cpu", cache_dir=tmp / "cache")
+    with recording_opens() as before:
+        run_workflow(spec, run_dir, to_stage="full", **kw)
+    with recording_opens() as during:
+        state = run_workflow(spec, run_dir, **kw)
+    return types.SimpleNamespace(
+        tmp=tmp,
+        config=config,
+        spec=spec,
+        run_dir=run_dir,
+        state=state,
+        kw=kw,
+        golden_files=golden_files,
+        opened_before=before,
+        opened_during=during,
+        registry=tmp / "conf" / "registry",
+        train_manifest=train_manifest,
+        golden_manifest=golden_manifest,
+    )
+
+
+def _stage(f: types.SimpleNamespace, name: str) -> dict:
+    return json.loads((f.run_dir / "state.json").read_text())["stages"][name]
+
+
+def test_every_stage_ran_and_recorded_its_result(finished) -> None:
+    state = json.loads((finished.run_dir / "state.json").read_text())
+    assert [state["stages"][s]["status"] for s in STAGES] == ["done"] * 8
+    proxy = state["stages"]["proxy"]["result"]
+    # 1: the proxy subset is a stratified part of the training set; dev is speaker-disjoint from it
+    assert 0 < proxy["proxy"]["utterances"] < proxy["train_full"]["utterances"]
+    assert proxy["proxy"]["groups"] == proxy["train_full"]["groups"] == ["en-gb-scotland", "en-us"]
+    assert abs(proxy["proxy"]["hours"] / proxy["train_full"]["hours"] - 0.6) < 0.05
+    train = load_manifest(proxy["manifests"]["train_full"])
+    dev = load_manifest(proxy["manifests"]["dev"])
+    assert not set(train.speakers) & set(dev.speakers)
+    for key, path in proxy["manifests"].items():
+        assert len(proxy["manifest_sha256"][key]) == 64 and Path(path).is_file()
+    # 2: the baseline trained the recipe defaults on the proxy data with the first validation seed
+    base = state["stages"]["baseline"]["result"]
+    assert base["seed"] == 1 and base["value"] is not None
+    cfg = yaml.safe_load((Path(base["run_dir"]) / "config.yaml").read_text())
+    assert cfg["data"]["proxy_fraction"] == 0.6 and cfg["optim"]["lr"] == 0.003
+    # 3: random search, 3 trials
+    coarse = state["stages"]["coarse"]["result"]
+    assert (coarse["sampler"], coarse["n_trials"], coarse["n_complete"]) == ("random", 3, 3)
+    # 4: the fine study searched a narrowed region and ran its own 2 trials beside the warm start
+    fine = state["stages"]["fine"]["result"]
+    assert fine["sampler"] == "tpe" and fine["n_complete"] == 2 + fine["warm_started"]
+    assert "optim.lr" in fine["narrowed"]
+    lo, hi = (float(x) for x in fine["narrowed"]["optim.lr"]["after"].split("]")[0].strip("[").split(","))
+    assert 1e-3 <= lo < hi <= 2e-2 and (lo, hi) != (1e-3, 2e-2)
+    # 5: the baseline and the top config, each with both seeds; the winner is the lowest mean
+    val = state["stages"]["validate"]["result"]
+    assert [c["name"] for c in val["candidates"]][0] == "baseline" and len(val["candidates"]) == 2
+    for c in val["candidates"]:
+        assert c["seeds"] == [1, 2] and len(c["values"]) == 2
+    assert val["winner"] == min(val["candidates"], key=lambda c: c["mean"])["name"]
+    assert val["test"]["statement"]
+    # 6: full data (no proxy), the full.overrides epochs, the winner's params
+    full = state["stages"]["full"]["result"]
+    cfg = yaml.safe_load((Path(full["run_dir"]) / "config.yaml").read_text())
+    assert cfg["data"]["proxy_fraction"] == 1.0 and cfg["train"]["epochs"] == 3 and full["epochs"] == 3
+    for key, value in full["params"].items():
+        section, name = key.split(".", 1)
+        assert cfg[section][name] == value
+    assert Path(full["model"]).is_file()
+
+
+def test_cost_is_recorded_per_stage_and_in_total(finished) -> None:
+    state = json.loads((finished.run_dir / "state.json").read_text())
+    per_stage = [state["stages"][s]["cost"] for s in STAGES]
+    for cost in per_stage:
+        assert cost["wall_s"] > 0 and cost["gpu_hours"] == 0.0 and cost["energy_source"] == "tdp-estimate"
+    assert per_stage[2]["cpu_core_hours"] > 0  # the coarse study trained models
+    total = state["cost_total"]
+    assert total["cpu_core_hours"] == pytest.approx(sum(c["cpu_core_hours"] for c in per_stage))
+    # the tuning YAML's cost model: 300 g/kWh, 0.05 per CPU core-hour
+    assert total["co2e_g"] == pytest.approx(total["energy_kwh"] * 300, rel=1e-6)
+    assert total["money"] == pytest.approx(total["cpu_core_hours"] * 0.05, rel=1e-6)
+
+
+def test_golden_set_is_read_by_the_gate_stage_only(finished) -> None:
+    assert not finished.golden_files & set(finished.opened_before), "a stage before gating read the golden set"
+    read = finished.golden_files & set(finished.opened_during)
+    assert str(finished.golden_manifest.resolve()) in read
+    assert len(read) == len(finished.golden_files), "the gate evaluates every golden utterance"
+
+
+def test_first_model_becomes_champion_with_lineage(finished) -> None:
+    from speechtune.track import ModelRegistry
+
+    gate = _stage(finished, "gate")["result"]
+    assert gate["promoted"] is True and gate["champion"] is None and "first champion" in gate["decision"]
+    reg = ModelRegistry(None, "asr-test", store_dir=finished.registry)
+    champion = reg.champion()
+    assert champion is not None and champion.version == gate["registered_version"] == "1"
+    assert set(champion.aliases) == {"champion", "challenger"}
+    assert champion.metrics["golden_wer"] == pytest.approx(gate["challenger"]["wer"])
+    assert "dev_wer" in champion.metrics and "workflow_cpu_core_hours" in champion.metrics
+    proxy = _stage(finished, "proxy")["result"]
+    assert champion.tags["speechtune.train_fingerprint"] == proxy["train_full"]["fingerprint"]
+    assert champion.tags["speechtune.study"].endswith("-fine")
+    local = Path(reg.client.download_artifacts(champion.run_id, "lineage.json", str(finished.tmp)))
+    lineage = json.loads(local.read_text())
+    assert lineage["data"]["manifest_sha256"] == proxy["manifest_sha256"]
+    assert lineage["data"]["golden"]["fingerprint"] == gate["golden"]["fingerprint"]
+    assert set(lineage["studies"]) == {"coarse", "fine"}
+    assert len(lineage["code_version"]["git_commit"] or "x" * 40) == 40
+    assert lineage["config"]["train"]["epochs"] == 3 and lineage["metrics"]["dev"]["wer"] == _stage(finished, "full")["result"]["dev"]["wer"]
+
+
+def test_exported_model_transcribes(finished) -> None:
+    from speechtune.evaluate import transcribe_files
+
+    export = _stage(finished, "export")["result"]
+    assert export["format"] == "torchscript" and Path(export["path"]).stat().st_size == export["bytes"] > 0
+    golden = load_manifest(finished.golden_manifest)
+    texts = transcribe_files(export["path"], [golden.resolve(golden[0])])
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def test_report_has_the_path_decision_and_cost(finished) -> None:
+    md = (finished.run_dir / "report.md").read_text()
+    html = (finished.run_dir / "report.html").read_text()
+    decision = _stage(finished, "gate")["result"]["decision"]
+    for text in (md, html):
+        assert "first champion" in text and "CO2" in text and "golden" in text
+    assert decision.split(":")[0] in md
+
+
+def test_rerun_is_idempotent(finished) -> None:
+    before = json.loads((finished.run_dir / "state.json").read_text())
+    run_workflow(finished.spec, finished.run_dir, **finished.kw)
+    after = json.loads((finished.run_dir / "state.json").read_text())
+    for s in STAGES:
+        assert after["stages"][s]["finished"] == before["stages"][s]["finished"]
+        assert after["stages"][s]["attempts"] == before["stages"][s]["attempts"]
+
+
+def test_changed_config_needs_from_stage(finished) -> None:
+    changed = load_workflow(finished.config, ["fine.n_trials=3"])
+    with pytest.raises(WorkflowConfigChanged, match="--from-stage"):
+        run_workflow(changed, finished.run_dir, **finished.kw)
+
+
+def test_from_stage_reruns_that_stage_and_later_only(finished) -> None:
+    from speechtune.track import ModelRegistry
+
+    before = json.loads((finished.run_dir / "state.json").read_text())
+    changed = load_workflow(finished.config, ["full.overrides={train.epochs: 2}"])
+    state = run_workflow(changed, finished.run_dir, from_stage="full", **finished.kw)
+    after = state.data
+    for s in STAGES[:5]:
+        assert after["stages"][s]["finished"] == before["stages"][s]["finished"], s
+    for s in STAGES[5:]:
+        assert after["stages"][s]["status"] == "done" and after["stages"][s]["started"] >= before["stages"][s]["finished"]
+    assert after["stages"]["full"]["result"]["epochs"] == 2
+    assert list(finished.run_dir.glob("full.superseded-*")), "the earlier full training is kept aside"
+    assert after["cost_superseded"]["wall_s"] > 0
+    # a retrained model is a new version, judged against the champion
+    gate = after["stages"]["gate"]["result"]
+    assert gate["registered_version"] == "2" and gate["champion"]["version"] == "1"
+    reg = ModelRegistry(None, "asr-test", store_dir=finished.registry)
+    assert reg.version_by_alias("challenger").version == "2"
+    assert reg.champion().version == ("2" if gate["promoted"] else "1")
+
+
+def test_golden_set_used_as_training_data_is_refused(finished) -> None:
+    from speechtune.data import TestSplitError
+
+    # Named as held-out data: refused by name before anything is read.
+    conf = finished.tmp / "leaky-by-name"
+    config = write_workflow(conf, finished.golden_manifest, finished.golden_manifest)
+    with pytest.raises(TestSplitError, match="held-out"):
+        run_workflow(load_workflow(config), conf / "run", **finished.kw)
+    # Under an innocent name: the guard refuses to open the golden manifest before gating.
+    innocent = finished.tmp / "set_b.jsonl"
+    innocent.write_text(finished.golden_manifest.read_text())
+    load_manifest(innocent)  # a valid manifest (its audio paths resolve from its own directory)
+    conf = finished.tmp / "leaky"
+    config = write_workflow(conf, innocent, innocent)
+    with pytest.raises(GoldenSetAccessError, match="golden set"):
+        run_workflow(load_workflow(config), conf / "run", **finished.kw)
+    state = json.loads((conf / "run" / "state.json").read_text())
+    assert state["stages"]["proxy"]["status"] == "failed" and "golden" in state["stages"]["proxy"]["error"]
+
+
+def test_leakage_finds_shared_audio(finished) -> None:
+    from speechtune.workflow._golden import leakage
+
+    golden = load_manifest(finished.golden_manifest)
+    train = load_manifest(finished.train_manifest)
+    assert leakage(golden, train).ok
+    leaked = leakage(golden, Manifest(list(train) + [golden[0]], "train", train.root))
+    assert not leaked.ok and leaked.shared_audio == [golden[0].id]
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+def test_config_errors_are_listed_together(tmp_path: Path) -> None:
+    (tmp_path / "tuning.yaml").write_text("recipe: null\n")
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "tuning": "tuning.yaml",
+                "coarse": {"n_trials": 0, "samplr": "random"},
+                "full": {"overrides": {"data.proxy_fraction": 0.5, "train.epoch": 3}},
+                "gating": {"metric": "bleu"},
+                "extra": 1,
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_workflow(path)
+    text = str(err.value)
+    for needle in ("coarse.n_trials", "coarse.samplr", "did you mean: sampler", "full.overrides.data.proxy_fraction",
+                   "full.overrides.train.epoch", "gating.metric", "golden", "extra"):
+        assert needle in text, needle
+
+
+def test_stage_names_and_numbers() -> None:
+    from speechtune.workflow import stage_index
+
+    assert stage_index("coarse") == stage_index(3) == stage_index("3") == 2
+    with pytest.raises(ValueError, match="did you mean: validate"):
+        stage_index("validat")
