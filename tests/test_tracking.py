@@ -113,6 +113,29 @@ def test_a_resumed_study_reuses_its_parent_run(logged: dict) -> None:
     assert run.data.tags["mlflow.parentRunId"] == logged["parent"] and run.data.metrics["final_wer"] == 0.5
 
 
+def test_a_trial_cost_becomes_metrics_and_a_tag(logged: dict) -> None:
+    cost = {"wall_s": 12.5, "cpu_core_hours": 0.004, "gpu_hours": 0.0035, "energy_kwh": 0.001,
+            "energy_source": "nvml", "co2e_g": 0.48, "money": 0.01, "currency": "USD"}
+    child = logged["tracker"].log_trial(98, {"optim.lr": 0.1}, [], {"wer": 0.5}, "complete", "done", cost=cost)
+    run = _client(logged["run_dir"]).get_run(child)
+    assert run.data.metrics["cost.gpu_hours"] == pytest.approx(0.0035)
+    assert run.data.metrics["cost.co2e_g"] == pytest.approx(0.48)
+    assert "cost.currency" not in run.data.metrics and run.data.tags["cost.energy_source"] == "nvml"
+
+
+def test_an_explicit_sqlite_store_keeps_artifacts_in_the_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd, run_dir = tmp_path / "cwd", tmp_path / "run"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    tracker = StudyTracker(f"sqlite:///{tmp_path / 'elsewhere.db'}", "explicit", run_dir)
+    tracker.start_study("s", {})
+    config = tmp_path / "config.yaml"
+    config.write_text("a: 1\n")
+    tracker.log_trial(0, {"optim.lr": 0.1}, [], {"wer": 0.5}, "complete", "done", config)
+    assert not (cwd / "mlruns").exists(), "artifacts must not land in the current directory"
+    assert list((run_dir / "mlruns").rglob("config.yaml"))
+
+
 def test_logging_before_start_is_an_error(logged: dict) -> None:
     # Reuses the module's store: creating a fresh MLflow database costs ~7 s of migrations.
     tracker = StudyTracker(None, EXPERIMENT, logged["run_dir"])

@@ -113,6 +113,8 @@ def test_every_stage_ran_and_recorded_its_result(finished) -> None:
     # 3: random search, 3 trials
     coarse = state["stages"]["coarse"]["result"]
     assert (coarse["sampler"], coarse["n_trials"], coarse["n_complete"]) == ("random", 3, 3)
+    # two-epoch tiny models all sit at WER 1.0: the stage says its proxy cannot rank configs
+    assert coarse["best"]["value"] >= 0.9 and "too weak to rank configs" in coarse["warnings"][0]
     # 4: the fine study searched a narrowed region and ran its own 2 trials beside the warm start
     fine = state["stages"]["fine"]["result"]
     assert fine["sampler"] == "tpe" and fine["n_complete"] == 2 + fine["warm_started"]
@@ -134,6 +136,10 @@ def test_every_stage_ran_and_recorded_its_result(finished) -> None:
         section, name = key.split(".", 1)
         assert cfg[section][name] == value
     assert Path(full["model"]).is_file()
+    # the recipe's defaults are trained the same way as a yardstick, unless they won validation
+    # (here every tiny model sits at WER 1.0 and ties go to the baseline)
+    assert full["candidate"] == val["winner"] and "tuned" not in full
+    assert ("baseline" in full) == (val["winner"] != "baseline")
 
 
 def test_cost_is_recorded_per_stage_and_in_total(finished) -> None:
@@ -195,6 +201,7 @@ def test_report_has_the_path_decision_and_cost(finished) -> None:
     decision = _stage(finished, "gate")["result"]["decision"]
     for text in (md, html):
         assert "first champion" in text and "CO2" in text and "golden" in text
+        assert "too weak to rank configs" in text
     assert decision.split(":")[0] in md
 
 
@@ -255,6 +262,46 @@ def test_golden_set_used_as_training_data_is_refused(finished) -> None:
     assert state["stages"]["proxy"]["status"] == "failed" and "golden" in state["stages"]["proxy"]["error"]
 
 
+def test_fine_stage_can_run_the_fidelity_ladder(finished) -> None:
+    conf = finished.tmp / "mf"
+    ladder = {"fidelity": {"strategy": "asha", "eta": 2, "rungs": [{"name": "low", "overrides": {"train.epochs": 1}},
+                                                                   {"name": "high", "overrides": {}}]}}
+    config = write_workflow(conf, finished.train_manifest, finished.golden_manifest, tuning_extra=ladder,
+                            fine={"multi_fidelity": True, "n_trials": 4}, coarse={"n_trials": 2})
+    state = run_workflow(load_workflow(config), conf / "run", to_stage="fine", **finished.kw).data
+    fine = state["stages"]["fine"]["result"]
+    assert fine["multi_fidelity"] is True and fine["warm_started"] == 0
+    import optuna
+
+    study = optuna.load_study(study_name=fine["study"], storage=fine["storage"])
+    rungs = {t.user_attrs.get("rung") for t in study.trials}
+    assert rungs == {0, 1}, "trials ran at both rungs of the ladder"
+    assert "fidelity" in study.user_attrs and state["stages"]["coarse"]["result"]["n_trials"] == 2
+
+
+def test_full_stage_keeps_the_baseline_when_tuning_made_it_worse(finished) -> None:
+    from speechtune.workflow import WorkflowState
+
+    conf = finished.tmp / "worse"
+    # dev loss separates these tiny models where WER (1.0 for all) cannot
+    objective = {"objective": {"kind": "recipe", "metric": "dev_loss", "seeds": [0]}}
+    config = write_workflow(conf, finished.train_manifest, finished.golden_manifest, tuning_extra=objective)
+    spec = load_workflow(config)
+    run_workflow(spec, conf / "run", to_stage="proxy", **finished.kw)
+    # Stage 6 reads only the validation winner: make it a config that cannot learn (lr 1e-6).
+    state = WorkflowState(conf / "run")
+    for name in ("baseline", "coarse", "fine"):
+        state.data["stages"][name] = {"number": STAGES.index(name) + 1, "status": "done", "result": {}}
+    winner = {"name": "coarse-0", "params": {"optim.lr": 1e-6}}
+    state.data["stages"]["validate"] = {"number": 5, "status": "done", "result": {"winner": "coarse-0", "candidates": [winner]}}
+    state.save()
+    full = run_workflow(spec, conf / "run", to_stage="full", **finished.kw).data["stages"]["full"]["result"]
+    assert full["candidate"] == "baseline" and full["params"] == {} and full["tuned"]["params"] == {"optim.lr": 1e-6}
+    assert full["value"] == full["baseline"]["value"] < full["tuned"]["value"]
+    assert full["model"].endswith("full_baseline/model.pt") and Path(full["model"]).is_file()
+    assert "did worse at full fidelity" in full["warnings"][0]
+
+
 def test_leakage_finds_shared_audio(finished) -> None:
     from speechtune.workflow._golden import leakage
 
@@ -277,7 +324,7 @@ def test_config_errors_are_listed_together(tmp_path: Path) -> None:
                 "name": "x",
                 "tuning": "tuning.yaml",
                 "coarse": {"n_trials": 0, "samplr": "random"},
-                "full": {"overrides": {"data.proxy_fraction": 0.5, "train.epoch": 3}},
+                "full": {"overrides": {"data.proxy_fraction": 0.5, "data.dev_fraction": 0.2, "train.epoch": 3}},
                 "gating": {"metric": "bleu"},
                 "extra": 1,
             }
@@ -287,8 +334,18 @@ def test_config_errors_are_listed_together(tmp_path: Path) -> None:
         load_workflow(path)
     text = str(err.value)
     for needle in ("coarse.n_trials", "coarse.samplr", "did you mean: sampler", "full.overrides.data.proxy_fraction",
+                   "full.overrides.data.dev_fraction",
                    "full.overrides.train.epoch", "gating.metric", "golden", "extra"):
         assert needle in text, needle
+
+
+def test_weak_proxy_warnings() -> None:
+    from speechtune.workflow._stages import weak_proxy_warnings
+
+    assert weak_proxy_warnings([0.3, 0.5, 0.95]) == []
+    assert "too weak" in weak_proxy_warnings([0.97, 1.0, 1.0])[0]
+    assert "within 0.001" in weak_proxy_warnings([0.41, 0.4105, 0.4101])[0]
+    assert weak_proxy_warnings([]) == []
 
 
 def test_stage_names_and_numbers() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +10,10 @@ import yaml
 
 from speechtune.data import Manifest
 
-#: A recipe small enough to train in a few seconds on two CPU cores (as tests/conftest.tiny_config).
-TINY_RECIPE: dict[str, Any] = {
-    "seed": 1,
-    "data": {"corpus": "manifest", "dev_fraction": 0.25, "split_seed": 0},
-    "features": {"n_mels": 40},
-    "specaugment": {"enabled": False},
-    "model": {"encoder": "lstm", "d_model": 64, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
-    "optim": {"name": "adamw", "lr": 0.003},
-    "schedule": {"name": "constant", "warmup_steps": 10},
-    "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
-}
+from .conftest import TINY_RECIPE as TINY
+
+#: The tests' tiny recipe (tests/conftest.py), reading a manifest corpus.
+TINY_RECIPE: dict[str, Any] = {**copy.deepcopy(TINY), "data": {"corpus": "manifest", "dev_fraction": 0.25, "split_seed": 0}}
 
 
 def split_corpus(corpus: Manifest, out: Path) -> tuple[Path, Path]:
@@ -45,6 +39,7 @@ def write_workflow(
     name: str = "wf",
     registry: Path | None = None,
     recipe: dict[str, Any] | None = None,
+    tuning_extra: dict[str, Any] | None = None,
     **sections: Any,
 ) -> Path:
     """Write recipe.yaml, tuning.yaml and workflow.yaml into ``tmp``; return the workflow YAML."""
@@ -62,6 +57,7 @@ def write_workflow(
         "objective": {"kind": "recipe", "metric": "wer", "seeds": [0]},
         "cost": {"grid_g_per_kwh": 300, "cpu_price_per_hour": 0.05},
     }
+    tuning.update(tuning_extra or {})
     (tmp / "tuning.yaml").write_text(yaml.safe_dump(tuning))
     wf: dict[str, Any] = {
         "name": name,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DataConfig
+from ..config import DataConfig, SyntheticConfig
 from ._an4 import import_an4
 from ._importers import load_manifest
 from ._manifest import Manifest, TestSplitError, require_tunable
@@ -58,22 +58,25 @@ def corpus_charset(cfg: DataConfig) -> frozenset[str]:
     return frozenset(cfg.charset) | {" "} if cfg.charset else DEFAULT_CHARSET
 
 
+def synthesize_configured(root: str | Path, s: SyntheticConfig, progress: bool = False) -> Manifest:
+    """The synthetic corpus a :class:`SyntheticConfig` describes, generated (or cached) under ``root``."""
+    return synthesize_corpus(
+        root,
+        num_utterances=s.num_utterances,
+        seed=s.seed,
+        accents=tuple(s.accents),
+        num_voices=s.num_voices,
+        noise_snr_db=s.noise_snr_db,
+        sample_rate=s.sample_rate,
+        progress=progress,
+    )
+
+
 def load_corpus(cfg: DataConfig, cache_dir: str | Path, progress: bool = False) -> Manifest:
     """Load (building or importing when needed) the training corpus named by ``cfg.corpus``."""
     cache_dir = Path(cache_dir)
     if cfg.corpus == "synthetic":
-        s = cfg.synthetic
-        root = Path(cfg.root) if cfg.root else cache_dir / "corpora"
-        manifest = synthesize_corpus(
-            root,
-            num_utterances=s.num_utterances,
-            seed=s.seed,
-            accents=tuple(s.accents),
-            num_voices=s.num_voices,
-            noise_snr_db=s.noise_snr_db,
-            sample_rate=s.sample_rate,
-            progress=progress,
-        )
+        manifest = synthesize_configured(Path(cfg.root) if cfg.root else cache_dir / "corpora", cfg.synthetic, progress)
     elif cfg.corpus == "an4":
         assert cfg.root is not None  # config validation requires it
         splits = import_an4(cfg.root, cache_dir / "corpora" / "an4", skip_bad=cfg.skip_bad)

@@ -83,7 +83,9 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str | None, experiment: str, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.local = tracking_uri is None
+        # A SQLite store (the default, or one named explicitly) has no artifact server: without an
+        # explicit location MLflow would write artifacts to ./mlruns of whatever the cwd is.
+        self.local = tracking_uri is None or tracking_uri.startswith("sqlite:")
         self.tracking_uri = tracking_uri or default_tracking_uri(self.run_dir)
         if self.local:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,7 @@ class StudyTracker:
         status: str,
         reason: str,
         config_path: str | Path | None = None,
+        cost: Mapping[str, Any] | None = None,
     ) -> str:
         """Log one finished trial as a child run of the study's run.
 
@@ -155,6 +158,8 @@ class StudyTracker:
             status: complete | stopped | diverged | flatline | oom | error.
             reason: Why the trial ended.
             config_path: The trial's config file, logged as an artifact when it exists.
+            cost: The trial's cost record (``CostRecord.as_dict()``): its numbers become metrics
+                ``cost.<field>`` (device-hours, energy, CO2e, money), its energy source a tag.
 
         Returns:
             The child run id.
@@ -173,7 +178,9 @@ class StudyTracker:
             }
             run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
             self._log_params(run_id, {_key(k): _param_value(v) for k, v in config.items()})
-            series = self._metrics(history, metrics)
+            if cost and cost.get("energy_source"):
+                self.client.set_tag(run_id, "cost.energy_source", str(cost["energy_source"]))
+            series = self._metrics(history, metrics) + self._cost_metrics(cost or {})
             for i in range(0, len(series), _METRIC_BATCH):
                 self.client.log_batch(run_id, metrics=series[i : i + _METRIC_BATCH])
             if config_path is not None and Path(config_path).is_file():
@@ -196,6 +203,11 @@ class StudyTracker:
             if number is not None:
                 out.append(Metric(_key(f"final_{key}"), number, now, 0))
         return out
+
+    @staticmethod
+    def _cost_metrics(cost: Mapping[str, Any]) -> list[Metric]:
+        now = int(time.time() * 1000)
+        return [Metric(_key(f"cost.{k}"), float(v), now, 0) for k, v in cost.items() if _numeric(v) is not None and math.isfinite(v)]
 
     def end_study(self, best_value: float | None, best_params: Mapping[str, Any] | None) -> None:
         """Record the best result on the parent run and close it.

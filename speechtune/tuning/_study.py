@@ -87,6 +87,7 @@ class Tracker(Protocol):
         status: str,
         reason: str,
         config_path: str | Path | None = None,
+        cost: Mapping[str, Any] | None = None,
     ) -> str: ...
 
     def end_study(self, best_value: float | None, best_params: Mapping[str, Any] | None) -> None: ...
@@ -590,6 +591,7 @@ class _TrackerCallback:
                 attrs.get("status", fallback),
                 attrs.get("reason", ""),
                 config_path,
+                cost=attrs.get("cost"),
             )
         except Exception as exc:  # tracking is a convenience; the study's storage is the record
             log.warning("could not log trial %d to the tracker: %s: %s", trial.number, type(exc).__name__, exc)

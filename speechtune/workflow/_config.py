@@ -98,6 +98,9 @@ class FullSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: None: the first validation seed.
     seed: int | None = None
+    #: Also train the baseline (the recipe's defaults) the same way, so the report can say what
+    #: tuning bought at full fidelity; it costs one more full training.
+    baseline: bool = True
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ _VALIDATION = {
 _FULL = {
     "overrides": (_overrides, "must be a mapping of recipe keys to values"),
     "seed": (lambda v: v is None or is_int(v), "must be an integer or null"),
+    "baseline": (lambda v: isinstance(v, bool), "must be true or false"),
 }
 _GATING = {
     "model_name": (lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty string"),
@@ -354,13 +358,21 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
 
 
 def _check_full_overrides(overrides: Mapping[str, Any], problems: list[ConfigProblem]) -> None:
-    """Recipe keys only, and not the proxy keys: stage 6 trains on all the data by definition."""
+    """Recipe keys only, and no data keys: stage 6 trains on all the data stage 1 prepared."""
     from ..config import RecipeConfig, config_to_dict, flatten
 
     keys = set(flatten(config_to_dict(RecipeConfig())))
     for key, value in overrides.items():
         if key in ("data.proxy_fraction", "data.proxy_hours"):
             problems.append(ConfigProblem(f"full.overrides.{key}", "is set by the workflow: full training uses all the training data", value))
+        elif key.startswith("data."):
+            problems.append(
+                ConfigProblem(
+                    f"full.overrides.{key}",
+                    "cannot change the data of one stage: stage 1 fixes train and dev for all of them (set it in the tuning YAML's recipe)",
+                    value,
+                )
+            )
         elif key not in keys:
             problems.append(ConfigProblem(f"full.overrides.{key}", f"unknown recipe key{close_matches(key, sorted(keys))}", value))
 

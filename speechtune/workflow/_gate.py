@@ -16,7 +16,8 @@ from typing import Any, Mapping
 from ..data import Manifest
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (manifests and models: what the registry's lineage pins down)."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -105,7 +106,7 @@ def gate_model(
     work_dir.mkdir(parents=True, exist_ok=True)
     challenger = golden_metrics(evaluate_model(model_dir / "model.pt", golden, device=device, name="golden"))
     # The model's bytes identify it: a retrained model is a new version, the same one is not.
-    model_sha = _sha256(model_dir / "model.pt")
+    model_sha = file_sha256(model_dir / "model.pt")
     existing = registry.find_version("speechtune.model_sha256", model_sha)
     champ = registry.champion()
     champion = None

@@ -538,6 +538,12 @@ def _wer_path(state: Mapping[str, Any]) -> list[_PathPoint]:
             spread=_num(winner.get("std")), detail=f"{winner_name}, {n_seeds} seeds" if winner_name else "", missing=missing("validate"),
         ),
         _PathPoint("Full-data training", "full", "full", FULL_DEV, metric, _num(_result(state, "full").get("value")), missing=missing("full")),
+        *(
+            [_PathPoint("Baseline, full-data training", "baseline (full)", "full", FULL_DEV, metric, _num(full_base.get("value")),
+                        detail="the recipe's defaults, trained like the winner", missing=missing("full"))]
+            if (full_base := _map(_result(state, "full").get("baseline")))
+            else []
+        ),
         _PathPoint(
             "Golden (challenger)", "gate", "gate", GOLDEN, gate_metric, _num(_map(gate.get("challenger")).get(gate_metric)),
             detail=champ if gate else "", missing=missing("gate"),
@@ -547,7 +553,9 @@ def _wer_path(state: Mapping[str, Any]) -> list[_PathPoint]:
 
 def _wer_path_section(state: Mapping[str, Any]) -> list[_Block]:
     points = _wer_path(state)
-    base = points[0].value
+    # Each split has its own baseline: the proxy-trained one, and (when trained) the full-data one.
+    baselines = {PROXY_DEV: points[0]}
+    baselines.update({p.split: p for p in points if p.short == "baseline (full)"})
     rows: list[list[_Cell]] = []
     for p in points:
         if p.value is None:
@@ -556,8 +564,9 @@ def _wer_path_section(state: Mapping[str, Any]) -> list[_Block]:
             value = f"{_mval(p.metric, p.value)} ± {_mdiff(p.metric, p.spread)}"
         else:
             value = _mval(p.metric, p.value)
-        same_split = p.split == PROXY_DEV and p.metric == points[0].metric and base is not None and p.value is not None
-        vs = _mdiff(p.metric, p.value - base, signed=True) if same_split and p is not points[0] else ""  # type: ignore[operator]
+        ref = baselines.get(p.split)
+        same_split = ref is not None and ref is not p and ref.value is not None and p.value is not None and p.metric == ref.metric
+        vs = _mdiff(p.metric, p.value - ref.value, signed=True) if same_split else ""  # type: ignore[operator,union-attr]
         rows.append([p.step, _b(value) if p.value is not None else value, _metric_label(p.metric), p.split, vs, p.detail])
     note = (
         "The values are measured on different data and are not one comparison: proxy dev = models trained on the "
@@ -592,6 +601,9 @@ def _stage_section(state: Mapping[str, Any], name: str) -> list[_Block]:
         blocks.append(_Para(_inline(_b("Error:")), "error"))
         blocks.append(_Pre(str(entry.get("error") or "no error message recorded")))
     result = entry.get("result")
+    # Any stage may flag results that look unreliable (e.g. a proxy too weak to rank configs).
+    for warning in (result.get("warnings") or []) if isinstance(result, Mapping) else []:
+        blocks.append(_Para(_inline(_b("Warning:"), " ", str(warning)), "alert"))
     if not isinstance(result, Mapping) or not result:
         if entry.get("status") == "done":
             blocks.append(_Para(_inline("No result recorded."), "note"))
@@ -748,7 +760,25 @@ def _full(r: Mapping[str, Any], state: Mapping[str, Any]) -> list[_Block]:
             ("model", _code(r["model"])) if r.get("model") else None,
             ("run directory", _code(r["run_dir"])) if r.get("run_dir") else None,
         )
-    ] + _dev_metrics(_map(r.get("dev")), FULL_DEV)
+    ] + _dev_metrics(_map(r.get("dev")), FULL_DEV) + _full_baseline(
+        _map(r.get("baseline")), metric, _map(r.get("tuned")).get("value", r.get("value"))
+    )
+
+
+def _full_baseline(base: Mapping[str, Any], metric: str, winner: Any) -> list[_Block]:
+    if not base:
+        return []
+    value = _num(base.get("value"))
+    if value is None:
+        line = _inline(f"The baseline trained the same way did not finish ({base.get('status', 'unknown')}): {base.get('reason', '')}")
+    else:
+        diff = _num(winner) - value if _num(winner) is not None else None  # type: ignore[operator]
+        line = _inline(
+            "The recipe's defaults trained the same way (all data, same epochs and seed): ",
+            _b(_mval(metric, value)),
+            f" {_metric_label(metric)}" + (f"; the winner is {_mdiff(metric, diff, signed=True)} against it." if diff is not None else "."),
+        )
+    return [_Para(line)] + (_dev_metrics(_map(base.get("dev")), f"{FULL_DEV} (baseline)") if base.get("dev") else [])
 
 
 def _gate(r: Mapping[str, Any], state: Mapping[str, Any]) -> list[_Block]:

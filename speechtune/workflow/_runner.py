@@ -76,6 +76,7 @@ def run_workflow(
     cache_dir: str | Path = ".cache/speechtune",
     num_threads: int | None = None,
     tracking_uri: str | None = None,
+    track_studies: bool = True,
     progress: bool = False,
 ) -> WorkflowState:
     """Run (or resume) the workflow's stages up to ``to_stage``.
@@ -90,6 +91,8 @@ def run_workflow(
         cache_dir: corpus and feature cache (a synthetic golden set is generated under ``<cache_dir>/golden``).
         num_threads: torch CPU threads (None: torch's default).
         tracking_uri: MLflow tracking/registry URI (overrides ``gating.tracking_uri``).
+        track_studies: log the coarse and fine studies to MLflow too (a parent run per study,
+            a child run per trial, in the registry's store).
         progress: progress displays.
 
     Returns:
@@ -148,6 +151,7 @@ def run_workflow(
         num_threads=num_threads,
         progress=progress,
         tracking_uri=tracking_uri,
+        track_studies=track_studies,
     )
     guard = golden_paths(ctx)
     for i, name in enumerate(STAGES[: end + 1]):
@@ -166,9 +170,10 @@ def _set_aside(run_dir: Path, stages: Sequence[str]) -> None:
     """
     stamp = now().replace(":", "").replace("+0000", "")
     for stage in stages:
-        path = run_dir / STAGE_DIRS[stage]
-        if path.exists():
-            path.rename(path.with_name(f"{path.name}.superseded-{stamp}"))
+        for name in STAGE_DIRS[stage]:
+            path = run_dir / name
+            if path.exists():
+                path.rename(path.with_name(f"{path.name}.superseded-{stamp}"))
 
 
 def _cost_model_dict(model: Any) -> dict[str, Any]:
@@ -192,6 +197,8 @@ def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool
             if name != "proxy":
                 check_data_unchanged(ctx)
             result = STAGE_FUNCTIONS[name](ctx)
+        for warning in result.get("warnings") or []:
+            log.warning("stage %d %s: %s", index + 1, name, warning)
         status = "done"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted (Ctrl-C); rerun the same command to continue"
@@ -230,6 +237,7 @@ def add_workflow_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: gating.tracking_uri, else a local SQLite store)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the coarse and fine studies to MLflow (the registry is still used)")
     p.add_argument("--quiet", action="store_true", help="no progress displays")
 
 
@@ -250,6 +258,7 @@ def workflow_command(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             num_threads=args.threads,
             tracking_uri=args.tracking_uri,
+            track_studies=not args.no_tracking,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -280,12 +289,16 @@ def summary(state: WorkflowState) -> str:
         ("fine best (proxy dev)", val("fine", "best", "value")),
         ("validation winner mean (proxy dev)", _winner_mean(st)),
         ("full training (dev)", val("full", "value")),
+        ("baseline, full training (dev)", val("full", "baseline", "value")),
         ("golden", val("gate", "challenger", val("gate", "gate_metric") or "wer")),
     ]
     metric = state.data.get("metric", "wer")
     for label, v in path:
         if v is not None:
             lines.append(f"  {metric} {label:<36} {float(v):.4f}")
+    for stage in STAGES:
+        for warning in val(stage, "warnings") or []:
+            lines.append(f"  warning ({stage}): {warning}")
     test = val("validate", "test", "statement")
     if test:
         lines.append(f"  validation: {test}")

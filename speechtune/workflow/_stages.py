@@ -9,7 +9,6 @@ Stages 1 to 6 never see the golden set (the runner guards it); stage 7 is the fi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -24,6 +23,7 @@ from ..metrics._cost import CostModel
 from ..tuning import TuningSpec
 from ..tuning._space import SearchSpace
 from ._config import WorkflowSpec
+from ._gate import file_sha256
 from ._state import WorkflowState
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Context:
     progress: bool = False
     #: Registry/tracking override from the command line (else ``gating.tracking_uri``).
     tracking_uri: str | None = None
+    #: Log the coarse and fine studies to MLflow (the registry of stage 7 is used regardless).
+    track_studies: bool = True
     _data: PreparedData | None = field(default=None, repr=False)
 
     @property
@@ -104,7 +106,9 @@ class Context:
         return RecipeObjective(recipe, device=self.device, cache_dir=self.cache_dir, num_threads=self.num_threads, data=self.data())
 
     def tracker(self, study_name: str) -> Any:
-        """MLflow tracking of a stage's study, in the registry's store (experiment = workflow name)."""
+        """MLflow tracking of a stage's study, in the registry's store (experiment = workflow name); None when off."""
+        if not self.track_studies:
+            return None
         from ..track import StudyTracker
 
         uri = self.tracking_uri or self.spec.gating.tracking_uri
@@ -129,14 +133,6 @@ def _describe(manifest: Manifest) -> dict[str, Any]:
         "groups": manifest.groups,
         "fingerprint": manifest.fingerprint(),
     }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dev_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,6 +288,7 @@ def _summarise_study(study: Any, stage_dir: Path, top_k: int) -> dict[str, Any]:
         {"trial": t.number, "value": float(t.values[0]), "params": _jsonable(trial_config(t)), "trial_dir": t.user_attrs.get("trial_dir")}
         for t in ranked[:top_k]
     ]
+    warnings = weak_proxy_warnings([float(t.values[0]) for t in ranked])
     return {
         "run_dir": str(stage_dir),
         "study": study.study_name,
@@ -302,7 +299,30 @@ def _summarise_study(study: Any, stage_dir: Path, top_k: int) -> dict[str, Any]:
         "n_failed": sum(t.state == TrialState.FAIL for t in trials),
         "best": top[0],
         "top": top,
+        "warnings": warnings,
     }
+
+
+#: A proxy whose best error rate is at least this cannot tell configs apart (CTC models that
+#: have not yet left the all-blank phase all score ~1.0).
+WEAK_PROXY_RATE = 0.9
+
+
+def weak_proxy_warnings(values: list[float]) -> list[str]:
+    """Warnings when a study's values cannot rank configs: all near chance, or all the same."""
+    if not values:
+        return []
+    best, worst = min(values), max(values)
+    out = []
+    if best >= WEAK_PROXY_RATE:
+        out.append(
+            f"every trial scored {best:.3f} or worse: the proxy (data share x epochs) is too weak to rank configs, so "
+            "the search is close to a random pick. Raise proxy.fraction or the tuning YAML's train.epochs, or check "
+            "how well the proxy ranks configs with `speechtune correlate`."
+        )
+    elif len(values) >= 3 and worst - best < 1e-3:
+        out.append(f"all {len(values)} trials scored within 0.001 of each other ({best:.4f}): the search space or proxy does not separate configs.")
+    return out
 
 
 def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None) -> Any:
@@ -469,7 +489,7 @@ def stage_full(ctx: Context) -> dict[str, Any]:
     if run["value"] is None:
         raise WorkflowError(f"full training of {winner['name']} failed ({run['status']}): {run['reason']}; see {run['run_dir']}")
     cfg = config_from_dict({**_merged(recipe, winner["params"]), "seed": seed})
-    return {
+    result = {
         "run_dir": run["run_dir"],
         "candidate": winner["name"],
         "params": winner["params"],
@@ -479,6 +499,24 @@ def stage_full(ctx: Context) -> dict[str, Any]:
         "value": run["value"],
         "model": str(Path(run["run_dir"]) / "model.pt"),
     }
+    if ctx.spec.full.baseline and winner["name"] != "baseline":
+        # What the untuned recipe reaches when trained the same way: the honest yardstick for the winner.
+        base = train_once(ctx, recipe, {}, ctx.run_dir / "full_baseline", seed)
+        result["baseline"] = {"run_dir": base["run_dir"], "status": base["status"], "reason": base["reason"],
+                              "dev": _dev_metrics(base["metrics"]), "value": base["value"]}
+        if base["value"] is not None and base["value"] < run["value"]:
+            # Selection on dev, as everywhere before the gate: the better of the two goes on.
+            tuned = {k: result[k] for k in ("run_dir", "candidate", "params", "dev", "value", "model")}
+            result.update(
+                run_dir=base["run_dir"], candidate="baseline", params={}, dev=result["baseline"]["dev"], value=base["value"],
+                model=str(Path(base["run_dir"]) / "model.pt"), tuned=tuned,
+                warnings=[
+                    f"the tuned winner ({winner['name']}, dev {ctx.state.data.get('metric', 'wer')} {run['value']:.4f}) did worse at full "
+                    f"fidelity than the recipe's defaults ({base['value']:.4f}): the baseline goes to the gate instead. The proxy ranked "
+                    "configs unlike full training; a larger proxy (more data or epochs) or `speechtune correlate` on the studies can tell why."
+                ],
+            )
+    return result
 
 
 def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -492,23 +530,15 @@ def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 def load_golden(ctx: Context) -> tuple[Manifest, str]:
     """The golden manifest (split ``golden``) and where it came from. Only stage 7 calls this."""
-    from ..data import load_manifest, synthesize_corpus
+    from ..data import load_manifest
+    from ..data._prepare import synthesize_configured
 
     g = ctx.spec.golden
     if g.manifest is not None:
         return load_manifest(g.manifest).with_split("golden"), str(g.manifest)
     s = g.synthetic
     assert s is not None
-    manifest = synthesize_corpus(
-        golden_synthetic_root(ctx),
-        num_utterances=s.num_utterances,
-        seed=s.seed,
-        accents=tuple(s.accents),
-        num_voices=s.num_voices,
-        noise_snr_db=s.noise_snr_db,
-        sample_rate=s.sample_rate,
-        progress=ctx.progress,
-    )
+    manifest = synthesize_configured(golden_synthetic_root(ctx), s, ctx.progress)
     # Another seed draws other voices, but the generator names speakers by accent and index
     # (en-us_s00): prefixed, they cannot be mistaken for the training corpus's speakers.
     renamed = [replace_utt(u, id=f"golden-{u.id}", speaker=f"golden-{u.speaker}") for u in manifest]
@@ -635,7 +665,11 @@ def stage_export(ctx: Context) -> dict[str, Any]:
 
 
 #: Stage name -> the directory (under the run directory) that holds its outputs.
-STAGE_DIRS = {"proxy": "data", **{s: s for s in ("baseline", "coarse", "fine", "validate", "full", "gate", "export")}}
+STAGE_DIRS: dict[str, tuple[str, ...]] = {
+    "proxy": ("data",),
+    **{s: (s,) for s in ("baseline", "coarse", "fine", "validate", "gate", "export")},
+    "full": ("full", "full_baseline"),
+}
 
 #: Stage name -> function, in order.
 STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
