@@ -44,7 +44,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with ThreadPoolExecutor(max_workers=4) as pool:
         children = dict(zip((t.number for t in study.trials), pool.map(log, study.trials)))
     best = study.best_trial
-    tracker.end_study(best.value, best.params)
+    tracker.end_study(best.value, best.params, cost={"gpu_hours": 0.25, "co2e_g": 12.0, "energy_source": "nvml"})
     return {"run_dir": run_dir, "study": study, "parent": parent, "children": children, "tracker": tracker}
 
 
@@ -78,6 +78,7 @@ def test_one_parent_and_a_nested_child_per_trial(logged: dict) -> None:
     assert '"log": true' in parent.data.params["space.optim.lr"]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_value"] == pytest.approx(logged["study"].best_value)
+    assert parent.data.metrics["cost.gpu_hours"] == 0.25 and parent.data.metrics["cost.co2e_g"] == 12.0
     assert parent.data.tags["best.model.num_layers"] == str(logged["study"].best_params["model.num_layers"])
 
 

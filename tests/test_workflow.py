@@ -183,6 +183,14 @@ def test_first_model_becomes_champion_with_lineage(finished) -> None:
     assert set(lineage["studies"]) == {"coarse", "fine"}
     assert len(lineage["code_version"]["git_commit"] or "x" * 40) == 40
     assert lineage["config"]["train"]["epochs"] == 3 and lineage["metrics"]["dev"]["wer"] == _stage(finished, "full")["result"]["dev"]["wer"]
+    # the two studies are in the same MLflow store: a parent run each (with the study's cost), a child per trial
+    experiment = reg.client.get_experiment_by_name("wf")
+    runs = reg.client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("speechtune.role") == "study"]
+    assert sorted(r.data.tags["speechtune.study"].rsplit("-", 1)[1] for r in parents) == ["coarse", "fine"]
+    assert all(r.data.metrics["cost.cpu_core_hours"] > 0 for r in parents)
+    children = [r for r in runs if r.data.tags.get("speechtune.role") == "trial"]
+    assert len(children) == 3 + 2 and all(r.data.metrics["cost.wall_s"] > 0 for r in children)
 
 
 def test_exported_model_transcribes(finished) -> None:

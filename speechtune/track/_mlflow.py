@@ -209,11 +209,14 @@ class StudyTracker:
         now = int(time.time() * 1000)
         return [Metric(_key(f"cost.{k}"), float(v), now, 0) for k, v in cost.items() if _numeric(v) is not None and math.isfinite(v)]
 
-    def end_study(self, best_value: float | None, best_params: Mapping[str, Any] | None) -> None:
+    def end_study(
+        self, best_value: float | None, best_params: Mapping[str, Any] | None, cost: Mapping[str, Any] | None = None
+    ) -> None:
         """Record the best result on the parent run and close it.
 
         ``best_value`` becomes metric ``best_value``; ``best_params`` become ``best.<key>`` tags
-        (tags, not params, because a resumed study may find a new best).
+        (tags, not params, because a resumed study may find a new best); ``cost``, the study's
+        total cost record, becomes metrics ``cost.<field>``.
         """
         with self._lock:
             if self.parent_run_id is None:
@@ -221,6 +224,8 @@ class StudyTracker:
             run_id = self.parent_run_id
             if best_value is not None and not math.isnan(best_value):
                 self.client.log_metric(run_id, "best_value", float(best_value))
+            if cost:
+                self.client.log_batch(run_id, metrics=self._cost_metrics(cost))
             tags = [RunTag(_key(f"best.{k}"), _param_value(v)[:5000]) for k, v in (best_params or {}).items()]
             if tags:
                 self.client.log_batch(run_id, tags=tags)

@@ -90,7 +90,9 @@ class Tracker(Protocol):
         cost: Mapping[str, Any] | None = None,
     ) -> str: ...
 
-    def end_study(self, best_value: float | None, best_params: Mapping[str, Any] | None) -> None: ...
+    def end_study(
+        self, best_value: float | None, best_params: Mapping[str, Any] | None, cost: Mapping[str, Any] | None = None
+    ) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,7 +624,9 @@ def _end_tracking(tracker: Tracker, study: optuna.Study) -> None:
         best = min(complete, key=lambda t: t.values[0])
         best_value, best_params = best.values[0], best.user_attrs.get("config") or best.params
     try:
-        tracker.end_study(best_value, best_params)
+        total = study.user_attrs.get("cost_total")
+        cost = total.get("total") if isinstance(total, Mapping) else None
+        tracker.end_study(best_value, best_params, cost=cost)
     except Exception as exc:  # see _TrackerCallback
         log.warning("could not end tracking the study: %s: %s", type(exc).__name__, exc)
 
