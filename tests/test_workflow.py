@@ -308,6 +308,8 @@ def test_full_stage_keeps_the_baseline_when_tuning_made_it_worse(finished) -> No
     assert full["value"] == full["baseline"]["value"] < full["tuned"]["value"]
     assert full["model"].endswith("full_baseline/model.pt") and Path(full["model"]).is_file()
     assert "did worse at full fidelity" in full["warnings"][0]
+    md = (conf / "run" / "report.md").read_text()
+    assert "not sent to the gate" in md and "did worse at full fidelity" in md
 
 
 def test_leakage_finds_shared_audio(finished) -> None:

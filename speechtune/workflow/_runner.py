@@ -288,7 +288,7 @@ def summary(state: WorkflowState) -> str:
         ("coarse best (proxy dev)", val("coarse", "best", "value")),
         ("fine best (proxy dev)", val("fine", "best", "value")),
         ("validation winner mean (proxy dev)", _winner_mean(st)),
-        ("full training (dev)", val("full", "value")),
+        ("full training (dev)", val("full", "tuned", "value") or val("full", "value")),
         ("baseline, full training (dev)", val("full", "baseline", "value")),
         ("golden", val("gate", "challenger", val("gate", "gate_metric") or "wer")),
     ]
