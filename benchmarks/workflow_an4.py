@@ -86,7 +86,7 @@ def write_configs(args: argparse.Namespace, train_manifest: Path, golden_manifes
         "coarse": {"n_trials": args.coarse, "sampler": "random", "pruner": "none", "top_k": 5},
         "fine": {"n_trials": args.fine, "sampler": "tpe", "pruner": "median"},
         "validation": {"top_k": args.top_k, "seeds": args.seeds},
-        "full": {"overrides": {"train.epochs": args.full_epochs}},
+        "full": {"overrides": {"train.epochs": args.full_epochs}, "baseline": not args.no_full_baseline},
         "golden": {"manifest": str(golden_manifest)},
         "gating": {"model_name": "an4-asr", "margin": 0.005, "registry_dir": str(args.out / "registry")},
         "export": {"format": "torchscript"},
@@ -138,6 +138,8 @@ def main() -> int:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--seed", type=int, default=0, help="picks the golden speakers")
+    p.add_argument("--workers", type=int, default=1, help="worker processes for the searches (GPU packing)")
+    p.add_argument("--no-full-baseline", action="store_true", help="skip training the defaults at full fidelity in stage 6")
     p.add_argument("--smoke", action="store_true", help="tiny budget (CPU check of the script)")
     args = p.parse_args()
     if args.smoke:
@@ -154,7 +156,7 @@ def main() -> int:
     train_manifest, golden_manifest, split_info = carve_golden(args.an4_dir, args.out, cache, args.golden_speakers, args.seed)
     config = write_configs(args, train_manifest, golden_manifest, args.out / "conf")
     t0 = time.perf_counter()
-    state = run_workflow(load_workflow(config), args.out / "run", device=args.device, cache_dir=cache)
+    state = run_workflow(load_workflow(config), args.out / "run", device=args.device, cache_dir=cache, workers=args.workers)
     wall = time.perf_counter() - t0
     result = {
         "benchmark": "workflow_an4",

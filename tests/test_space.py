@@ -304,3 +304,28 @@ def test_cycles_and_mismatched_names_are_refused() -> None:
         SearchSpace({"a": DerivedParam("a", "b + 1"), "b": FixedParam("b", 1, when={"a": [2]})})
     with pytest.raises(ValueError, match="holds a param named"):
         SearchSpace({"a": FixedParam("b", 1)})
+
+
+def test_param_spec_round_trips_every_preset_and_kind() -> None:
+    """A space built in code is stored as YAML and rebuilt identically (workers rebuild specs so)."""
+    from pathlib import Path
+
+    import yaml
+
+    from speechtune.tuning._space import FloatParam, IntParam, Prior, param_spec, parse_param, space_spec
+
+    presets = Path(__file__).resolve().parents[1] / "conf" / "presets"
+    spaces = [yaml.safe_load(p.read_text()).get("space", {}) for p in sorted(presets.glob("*.yaml"))]
+    assert spaces and all(spaces)
+    extra = {
+        "a.lr": FloatParam("a.lr", 1e-4, 1e-2, log=True, prior=Prior(1e-3, 0.2)),
+        "a.grid": FloatParam("a.grid", 0.1, 0.5, step=0.1, when={"a.kind": ["x", "y"]}),
+        "a.n": IntParam("a.n", 2, 10, step=2),
+    }
+    for raw in spaces:
+        space = parse_space(raw)
+        again = parse_space(yaml.safe_load(yaml.safe_dump(space_spec(space))))
+        assert again.params == space.params
+    for name, param in extra.items():
+        rebuilt, problems = parse_param(name, yaml.safe_load(yaml.safe_dump(param_spec(param))))
+        assert not problems and rebuilt == param

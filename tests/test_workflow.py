@@ -312,6 +312,51 @@ def test_full_stage_keeps_the_baseline_when_tuning_made_it_worse(finished) -> No
     assert "not sent to the gate" in md and "did worse at full fidelity" in md
 
 
+def test_packed_workers_run_the_searches(finished, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 2: the coarse and fine studies run in worker processes, on journal storage."""
+    import optuna
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two worker processes on two cores: one thread each
+
+    from speechtune.tuning._optuna import make_storage
+
+    conf = finished.tmp / "packed"
+    config = write_workflow(conf, finished.train_manifest, finished.golden_manifest, coarse={"n_trials": 3}, fine={"n_trials": 2})
+    state = run_workflow(load_workflow(config), conf / "run", to_stage="fine", workers=2, **finished.kw).data
+    for stage, own in (("coarse", 3), ("fine", 2)):
+        result = state["stages"][stage]["result"]
+        # each worker stops at the study-wide target, so two may overshoot it by one
+        assert result["storage"].startswith("journal:///")
+        assert own <= result["n_complete"] - result.get("warm_started", 0) <= own + 1
+        logs = sorted((conf / "run" / stage / "workers").glob("worker-*.log"))
+        assert len(logs) == 2, logs
+        study = optuna.load_study(study_name=result["study"], storage=make_storage(result["storage"], conf / "run" / stage))
+        workers = {t.user_attrs.get("worker") for t in study.trials if "warm_start_from" not in t.user_attrs}
+        assert len(workers) >= 1 and all(w and ":" in w for w in workers)
+    # the fine study's stored spec is the narrowed space (what a worker rebuilt and searched)
+    fine = state["stages"]["fine"]["result"]
+    study = optuna.load_study(study_name=fine["study"], storage=make_storage(fine["storage"], conf / "run" / "fine"))
+    stored = study.user_attrs["spec"]["space"]["optim.lr"]
+    lo, hi = (float(x) for x in fine["narrowed"]["optim.lr"]["after"].split("]")[0].strip("[").split(","))
+    assert stored["low"] == pytest.approx(lo, rel=1e-5) and stored["high"] == pytest.approx(hi, rel=1e-5)
+    for t in study.trials:
+        assert stored["low"] <= t.params["optim.lr"] <= stored["high"]
+
+
+def test_worker_processes_inherit_the_golden_guard(finished, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from speechtune.data._guard import guard_env
+
+    code = "from speechtune.data._guard import guard_from_env\nwith guard_from_env('worker'):\n    open(%r).read()\n" % str(finished.golden_manifest)
+    env = {**os.environ, **guard_env([(finished.golden_manifest, False)])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "GoldenSetAccessError" in proc.stderr and "golden set" in proc.stderr
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr
+
+
 def test_leakage_finds_shared_audio(finished) -> None:
     from speechtune.workflow._golden import leakage
 
@@ -356,6 +401,7 @@ def test_weak_proxy_warnings() -> None:
     assert "too weak" in weak_proxy_warnings([0.97, 1.0, 1.0])[0]
     assert "within 0.001" in weak_proxy_warnings([0.41, 0.4105, 0.4101])[0]
     assert weak_proxy_warnings([]) == []
+    assert weak_proxy_warnings([1.4, 2.0, 2.2], "dev_loss") == [], "a loss is not a rate: no near-chance test"
 
 
 def test_stage_names_and_numbers() -> None:

@@ -778,6 +778,38 @@ def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]
     return DerivedParam(name, expr, when=when), problems
 
 
+def param_spec(param: Param) -> Any:
+    """The YAML form of a param, as :func:`parse_param` reads it back (``parse_param(n, param_spec(p)) == p``).
+
+    Used to store a space built in code (e.g. the workflow's narrowed fine-search region) with
+    its study, so that a ``speechtune worker`` rebuilding the spec searches the same space.
+    """
+    out: dict[str, Any] = {}
+    if isinstance(param, FloatParam):
+        out = {"type": "float", "low": float(param.low), "high": float(param.high), "log": param.log}
+        if param.step is not None:
+            out["step"] = param.step
+    elif isinstance(param, IntParam):
+        out = {"type": "int", "low": int(param.low), "high": int(param.high), "step": int(param.step), "log": param.log}
+    elif isinstance(param, CategoricalParam):
+        out = {"type": "categorical", "choices": list(param.choices)}
+    elif isinstance(param, FixedParam):
+        out = {"value": param.value}
+    else:
+        out = {"derive": param.expr}
+    if param.when is not None:
+        out["when"] = {k: list(v) for k, v in param.when.items()}
+    prior = getattr(param, "prior", None)
+    if prior is not None:
+        out["prior"] = {"default": prior.default, "width": prior.width}
+    return out
+
+
+def space_spec(space: SearchSpace) -> dict[str, Any]:
+    """The ``space:`` section (dotted key -> :func:`param_spec`) of a search space."""
+    return {name: param_spec(param) for name, param in space.params.items()}
+
+
 def parse_space(
     space: Mapping[str, Any],
     constraints: Sequence[str] = (),

@@ -352,23 +352,27 @@ def worker_command(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Every storage this process opens (run_study opens its own) rides out outages this long.
     os.environ[RECONNECT_ENV] = repr(float(args.reconnect_s))
+    from ..data._guard import guard_from_env
+
     try:
-        spec, cwd = _load_spec(args, run_dir)
-        objective = build_worker_objective(spec, args, cwd)
-        target = args.n_trials if args.n_trials is not None else spec.study.n_trials
-        study = run_study(
-            spec,
-            objective,
-            run_dir,
-            n_trials=target,
-            resume=True,  # join: trials of other workers are expected, stale ones are re-queued
-            n_jobs=1,
-            tracker=make_tracker(spec, run_dir, args),
-            progress=not args.quiet,
-            heartbeat_s=args.heartbeat_s,
-            write_outputs=not args.no_report,
-            shared=True,
-        )
+        # A workflow's worker must not read the golden set either (the variable names it).
+        with guard_from_env(f"worker {args.study}"):
+            spec, cwd = _load_spec(args, run_dir)
+            objective = build_worker_objective(spec, args, cwd)
+            target = args.n_trials if args.n_trials is not None else spec.study.n_trials
+            study = run_study(
+                spec,
+                objective,
+                run_dir,
+                n_trials=target,
+                resume=True,  # join: trials of other workers are expected, stale ones are re-queued
+                n_jobs=1,
+                tracker=make_tracker(spec, run_dir, args),
+                progress=not args.quiet,
+                heartbeat_s=args.heartbeat_s,
+                write_outputs=not args.no_report,
+                shared=True,
+            )
     except KeyboardInterrupt:
         print("interrupted: this worker's running trial is re-queued once its heartbeat goes stale", file=sys.stderr)
         return 130

@@ -77,6 +77,8 @@ def run_workflow(
     num_threads: int | None = None,
     tracking_uri: str | None = None,
     track_studies: bool = True,
+    workers: int = 1,
+    gpu_slots: int | None = None,
     progress: bool = False,
 ) -> WorkflowState:
     """Run (or resume) the workflow's stages up to ``to_stage``.
@@ -93,6 +95,9 @@ def run_workflow(
         tracking_uri: MLflow tracking/registry URI (overrides ``gating.tracking_uri``).
         track_studies: log the coarse and fine studies to MLflow too (a parent run per study,
             a child run per trial, in the registry's store).
+        workers: ``speechtune worker`` processes for the coarse and fine studies (1: trials in
+            this process); on a GPU they pack trials onto it. They inherit the golden-set guard.
+        gpu_slots: concurrent trials per GPU with ``workers`` > 1 (default: ``workers``).
         progress: progress displays.
 
     Returns:
@@ -114,6 +119,8 @@ def run_workflow(
             f"{spec.path} (or its tuning YAML) changed since stages {', '.join(done)} of {run_dir} ran; "
             "rerun with --from-stage STAGE to redo that stage and everything after it, or use a new --run-dir"
         )
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if start is not None:
         missing = [s for s in STAGES[:start] if not state.is_done(s)]
         if missing:
@@ -152,6 +159,8 @@ def run_workflow(
         progress=progress,
         tracking_uri=tracking_uri,
         track_studies=track_studies,
+        workers=workers,
+        gpu_slots=gpu_slots,
     )
     guard = golden_paths(ctx)
     for i, name in enumerate(STAGES[: end + 1]):
@@ -237,6 +246,8 @@ def add_workflow_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: gating.tracking_uri, else a local SQLite store)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes for the coarse and fine studies (GPU packing; default: 1, in this process)")
+    p.add_argument("--gpu-slots", type=int, default=None, help="concurrent trials per GPU with --workers (default: --workers)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the coarse and fine studies to MLflow (the registry is still used)")
     p.add_argument("--quiet", action="store_true", help="no progress displays")
 
@@ -259,6 +270,8 @@ def workflow_command(args: argparse.Namespace) -> int:
             num_threads=args.threads,
             tracking_uri=args.tracking_uri,
             track_studies=not args.no_tracking,
+            workers=args.workers,
+            gpu_slots=args.gpu_slots,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from ..data import Manifest, PreparedData
 from ..data._manifest import replace_utt
 from ..metrics._cost import CostModel
 from ..tuning import TuningSpec
-from ..tuning._space import SearchSpace
+from ..tuning._space import SearchSpace, space_spec
 from ._config import WorkflowSpec
 from ._gate import file_sha256
 from ._state import WorkflowState
@@ -55,6 +55,11 @@ class Context:
     tracking_uri: str | None = None
     #: Log the coarse and fine studies to MLflow (the registry of stage 7 is used regardless).
     track_studies: bool = True
+    #: Worker processes for the coarse and fine studies (1: trials in this process). On a GPU
+    #: they pack several trials onto it (``speechtune tune --workers``).
+    workers: int = 1
+    #: Concurrent trials per GPU with ``workers`` > 1 (None: ``workers`` on a GPU).
+    gpu_slots: int | None = None
     _data: PreparedData | None = field(default=None, repr=False)
 
     @property
@@ -258,9 +263,19 @@ def _search_spec(ctx: Context, stage: str, space: SearchSpace, *, sampler: str, 
         storage=None,  # SQLite in the stage's own directory
         seed=None if ctx.tuning.study.seed is None else ctx.tuning.study.seed + seed_offset,
     )
+    if ctx.workers > 1 and fidelity is None:
+        from ..tuning._local_workers import packed_storage_url
+
+        # Several processes cannot share SQLite: the stage's study lives in a journal file.
+        study = dataclasses.replace(study, storage=packed_storage_url(None, (ctx.run_dir / stage).resolve()))
     raw = dict(ctx.tuning.raw)
     raw["study"] = {**(raw.get("study") or {}), **{k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "storage", "seed")}}
     raw["overrides"] = {**(raw.get("overrides") or {}), **ctx.proxy_overrides()}
+    # The space actually searched (presets folded in, narrowed for the fine stage), stored with the
+    # study: its records say what was searched, and worker processes rebuild the spec from it.
+    raw.pop("presets", None)
+    raw["space"] = space_spec(space)
+    raw["constraints"] = list(space.constraints)
     if fidelity is None:
         raw.pop("fidelity", None)
     return dataclasses.replace(
@@ -273,10 +288,11 @@ def _search_spec(ctx: Context, stage: str, space: SearchSpace, *, sampler: str, 
     )
 
 
-def _summarise_study(study: Any, stage_dir: Path, top_k: int) -> dict[str, Any]:
+def _summarise_study(study: Any, spec: TuningSpec, stage_dir: Path, top_k: int) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     from ..reports._records import ranked_trials, trial_config
+    from ..tuning._optuna import storage_url
 
     trials = study.get_trials(deepcopy=False)
     ranked = ranked_trials(study)
@@ -288,11 +304,12 @@ def _summarise_study(study: Any, stage_dir: Path, top_k: int) -> dict[str, Any]:
         {"trial": t.number, "value": float(t.values[0]), "params": _jsonable(trial_config(t)), "trial_dir": t.user_attrs.get("trial_dir")}
         for t in ranked[:top_k]
     ]
-    warnings = weak_proxy_warnings([float(t.values[0]) for t in ranked])
+    names = study.user_attrs.get("objective_names") or ["wer"]
+    warnings = weak_proxy_warnings([float(t.values[0]) for t in ranked], str(names[0]))
     return {
         "run_dir": str(stage_dir),
         "study": study.study_name,
-        "storage": f"sqlite:///{(stage_dir / 'study.db').resolve()}",
+        "storage": storage_url(spec.study.storage, stage_dir.resolve()),
         "n_trials": len(trials),
         "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
@@ -308,13 +325,16 @@ def _summarise_study(study: Any, stage_dir: Path, top_k: int) -> dict[str, Any]:
 WEAK_PROXY_RATE = 0.9
 
 
-def weak_proxy_warnings(values: list[float]) -> list[str]:
-    """Warnings when a study's values cannot rank configs: all near chance, or all the same."""
+def weak_proxy_warnings(values: list[float], metric: str = "wer") -> list[str]:
+    """Warnings when a study's values cannot rank configs: all near chance, or all the same.
+
+    The near-chance test applies to error rates only (a metric named ``...wer`` or ``...cer``).
+    """
     if not values:
         return []
     best, worst = min(values), max(values)
     out = []
-    if best >= WEAK_PROXY_RATE:
+    if metric.endswith(("wer", "cer")) and best >= WEAK_PROXY_RATE:
         out.append(
             f"every trial scored {best:.3f} or worse: the proxy (data share x epochs) is too weak to rank configs, so "
             "the search is close to a random pick. Raise proxy.fraction or the tuning YAML's train.epochs, or check "
@@ -328,6 +348,8 @@ def weak_proxy_warnings(values: list[float]) -> list[str]:
 def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None) -> Any:
     from ..tuning import run_study
 
+    if ctx.workers > 1 and spec.fidelity is None:
+        return _run_packed(ctx, spec, stage_dir, n_trials)
     return run_study(
         spec,
         ctx.objective(spec.base_recipe),
@@ -339,12 +361,39 @@ def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int |
     )
 
 
+def _run_packed(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None) -> Any:
+    """The stage's study run by ``ctx.workers`` ``speechtune worker`` processes on this machine."""
+    from ..tuning._local_workers import run_packed_study
+    from ..tuning._study import log_finished_trials
+    from ._golden import guard_env
+
+    # The workers neither track nor report (N processes on one MLflow store); this process logs
+    # the finished study once. They inherit the golden-set guard through the environment.
+    extra = ["--cache-dir", str(Path(ctx.cache_dir).resolve()), "--no-report", "--quiet", "--no-tracking"]
+    slots = ctx.gpu_slots if ctx.gpu_slots is not None else (ctx.workers if ctx.device != "cpu" else None)
+    study = run_packed_study(
+        spec,
+        stage_dir,
+        ctx.workers,
+        device=ctx.device,
+        gpu_slots=slots,
+        n_trials=n_trials,
+        resume=True,
+        extra_argv=extra,
+        env=guard_env(golden_paths(ctx)),
+    )
+    tracker = ctx.tracker(spec.study.name)
+    if tracker is not None:
+        log_finished_trials(study, spec, tracker)
+    return study
+
+
 def stage_coarse(ctx: Context) -> dict[str, Any]:
     """Random search (by default) over the whole space, on the proxy data."""
     c = ctx.spec.coarse
     spec = _search_spec(ctx, "coarse", ctx.tuning.space, sampler=c.sampler, pruner=c.pruner, n_trials=c.n_trials, seed_offset=0, fidelity=None)
     study = _run_search(ctx, spec, ctx.run_dir / "coarse")
-    result = _summarise_study(study, ctx.run_dir / "coarse", max(c.top_k, ctx.spec.validation.top_k))
+    result = _summarise_study(study, spec, ctx.run_dir / "coarse", max(c.top_k, ctx.spec.validation.top_k))
     result.update(sampler=c.sampler, pruner=c.pruner)
     return result
 
@@ -360,7 +409,10 @@ def _warm_start(ctx: Context, spec: TuningSpec, stage_dir: Path) -> int:
     fine = open_study(spec, stage_dir, resume=True)
     if fine.get_trials(deepcopy=False):
         return int(fine.user_attrs.get("warm_started", 0))  # added when the stage first ran
-    coarse = optuna.load_study(study_name=ctx.state.result("coarse")["study"], storage=ctx.state.result("coarse")["storage"])
+    from ..tuning._optuna import make_storage
+
+    recorded = ctx.state.result("coarse")
+    coarse = optuna.load_study(study_name=recorded["study"], storage=make_storage(recorded["storage"], ctx.run_dir / "coarse"))
     added = 0
     for t in ranked_trials(coarse):
         params = trial_config(t)
@@ -399,7 +451,7 @@ def stage_fine(ctx: Context) -> dict[str, Any]:
     added = _warm_start(ctx, spec, stage_dir) if f.warm_start and fidelity is None else 0
     # Warm-start trials count towards the study's total; the stage still runs n_trials new ones.
     study = _run_search(ctx, spec, stage_dir, n_trials=f.n_trials + added)
-    result = _summarise_study(study, stage_dir, ctx.spec.validation.top_k)
+    result = _summarise_study(study, spec, stage_dir, ctx.spec.validation.top_k)
     result.update(sampler=f.sampler, pruner=f.pruner, narrowed=changes, warm_started=added, multi_fidelity=fidelity is not None)
     return result
 
