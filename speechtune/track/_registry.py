@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from speechtune._urls import mask_url as mask_uri
 from speechtune.config import flatten
 
 from ._mlflow import _key, _param_value, default_tracking_uri
@@ -66,22 +67,6 @@ class RegisteredModel:
     aliases: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def mask_uri(uri: str) -> str:
-    """``uri`` with its password (``scheme://user:password@host``) replaced by ``***``.
-
-    For messages, logs and ``state.json``: a tracking URI may embed credentials.
-    """
-    try:
-        parts = urlsplit(uri)
-    except ValueError:  # unparseable: keep only what follows the credentials, if any
-        return uri.rsplit("@", 1)[-1]
-    if parts.password is None:
-        return uri
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

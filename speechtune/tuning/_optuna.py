@@ -38,6 +38,8 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from .._urls import mask_url
+
 ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
 
 log = logging.getLogger("speechtune.tuning")
@@ -300,16 +302,6 @@ def _open_resilient(url: str, engine_kwargs: dict[str, object], reconnect_s: flo
 # ---------------------------------------------------------------------------------------------
 class StorageUnavailableError(RuntimeError):
     """The study's database stayed unreachable longer than the reconnect bound."""
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: say nothing of its credentials
-        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -23,14 +23,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Union
 
+from .._urls import mask_url
 from ..metrics._cost import _CURRENCY_SYMBOLS, CostRecord, sum_costs
+from ._config import STAGES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["render_html", "render_markdown", "write_workflow_report"]
 
-#: The stages in order with their section titles (the same order as ``_config.STAGES``; kept
-#: here so that rendering a report needs nothing but the state and the cost helpers).
+#: The section title of each stage (:data:`~speechtune.workflow._config.STAGES`).
 STAGE_TITLES: dict[str, str] = {
     "proxy": "Proxy data",
     "baseline": "Baseline",
@@ -41,7 +42,6 @@ STAGE_TITLES: dict[str, str] = {
     "gate": "Gating on the golden set",
     "export": "Export",
 }
-STAGES = tuple(STAGE_TITLES)
 
 NOT_RUN = "not run"
 _DASH = "—"
@@ -309,11 +309,6 @@ def _params_text(params: Any) -> str:
     return ", ".join(f"{k}={_param(v)}" for k, v in sorted(params.items(), key=lambda kv: str(kv[0])))
 
 
-def _mask_url(url: Any) -> str:
-    # A storage or tracking URL may carry a password (postgresql://user:secret@host): never print it.
-    return re.sub(r"(://[^/:@\s]+:)[^@/\s]+@", r"\1***@", str(url))
-
-
 def _yes_no(x: Any) -> str:
     return "yes" if x is True else "no" if x is False else _DASH
 
@@ -467,7 +462,7 @@ def _summary(state: Mapping[str, Any], names: Sequence[str]) -> list[_Block]:
             blocks.append(_Para(_inline(_b(f"Stage {_number(name, entry)} ({name}) failed:"), " ", first[0]), "error"))
     done = sum(1 for n in names if (_entry(state, n) or {}).get("status") == "done")
     total, _ = _total(state, names)
-    path = [p for p in _wer_path(state) if p.value is not None]
+    path = [p for p in wer_path(state) if p.value is not None]
     items: list[tuple[str, _Cell] | None] = [("stages done", f"{done} of {len(names)}")]
     if path:
         last = path[-1]
@@ -509,7 +504,8 @@ def _overview(state: Mapping[str, Any], names: Sequence[str]) -> list[_Block]:
 
 
 # -- the WER path -----------------------------------------------------------------------------
-def _wer_path(state: Mapping[str, Any]) -> list[_PathPoint]:
+def wer_path(state: Mapping[str, Any]) -> list[_PathPoint]:
+    """The WER path from the baseline to the golden set: one point per step, with its data split."""
     metric = str(state.get("metric") or "wer")
 
     def missing(name: str) -> str:
@@ -560,7 +556,7 @@ def _wer_path(state: Mapping[str, Any]) -> list[_PathPoint]:
 
 
 def _wer_path_section(state: Mapping[str, Any]) -> list[_Block]:
-    points = _wer_path(state)
+    points = wer_path(state)
     # Each split has its own baseline: the proxy-trained one, and (when trained) the full-data one.
     baselines = {PROXY_DEV: points[0]}
     baselines.update({p.split: p for p in points if p.short == "baseline (full)"})
@@ -682,11 +678,15 @@ def _dev_metrics(dev: Mapping[str, Any], split: str, worst: Any = None) -> list[
     return blocks
 
 
+def _tuned_metric(r: Mapping[str, Any], metric: str, split: str) -> tuple[str, _Cell]:
+    return ("tuned metric", _inline(_b(_mval(metric, r.get("value"))), f" {_metric_label(metric)} ({split})"))
+
+
 def _baseline(r: Mapping[str, Any], state: Mapping[str, Any]) -> list[_Block]:
     metric = str(state.get("metric") or "wer")
     return [
         _facts(
-            ("tuned metric", _inline(_b(_mval(metric, r.get("value"))), f" {_metric_label(metric)} ({PROXY_DEV})")),
+            _tuned_metric(r, metric, PROXY_DEV),
             ("seed", str(r.get("seed", _DASH))),
             ("run directory", _code(r["run_dir"])) if r.get("run_dir") else None,
         )
@@ -702,7 +702,7 @@ def _search(r: Mapping[str, Any], state: Mapping[str, Any]) -> list[_Block]:
             ("trials", counts),
             ("warm start", f"{_int(r.get('warm_started'))} coarse trials added as prior evidence") if "warm_started" in r else None,
             ("sampler / pruner", f"{r.get('sampler', _DASH)} / {r.get('pruner', _DASH)}"),
-            ("study", _inline(_code(r.get("study", _DASH)), " in ", _code(_mask_url(r.get("storage", _DASH))))),
+            ("study", _inline(_code(r.get("study", _DASH)), " in ", _code(mask_url(r.get("storage", _DASH))))),
             ("run directory", _code(r["run_dir"])) if r.get("run_dir") else None,
             ("best", _inline("trial #", str(best.get("trial", _DASH)), ", ", _b(_mval(metric, best.get("value"))), f" {_metric_label(metric)} ({PROXY_DEV})")),
         )
@@ -762,7 +762,7 @@ def _full(r: Mapping[str, Any], state: Mapping[str, Any]) -> list[_Block]:
     metric = str(state.get("metric") or "wer")
     return [
         _facts(
-            ("tuned metric", _inline(_b(_mval(metric, r.get("value"))), f" {_metric_label(metric)} ({FULL_DEV})")),
+            _tuned_metric(r, metric, FULL_DEV),
             ("seed / epochs", f"{r.get('seed', _DASH)} / {r.get('epochs', _DASH)}"),
             ("parameters", _params_text(r.get("params"))),
             ("model", _code(r["model"])) if r.get("model") else None,
@@ -818,7 +818,7 @@ def _gate(r: Mapping[str, Any], state: Mapping[str, Any]) -> list[_Block]:
                     " version ",
                     _b(r.get("registered_version", _DASH)),
                     " at ",
-                    _code(_mask_url(r.get("tracking_uri", _DASH))),
+                    _code(mask_url(r.get("tracking_uri", _DASH))),
                 ),
             ),
             ("promoted", _b(_yes_no(r.get("promoted")))),

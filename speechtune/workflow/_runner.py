@@ -287,6 +287,8 @@ def workflow_command(args: argparse.Namespace) -> int:
 
 def summary(state: WorkflowState) -> str:
     """A few lines for the terminal: the WER path, the gating decision, cost, and where the report is."""
+    from ._report import wer_path
+
     st = state.data["stages"]
     lines = [f"workflow {state.data.get('name')}: {state.run_dir}"]
 
@@ -296,19 +298,10 @@ def summary(state: WorkflowState) -> str:
             node = node.get(k) if isinstance(node, dict) else None
         return node
 
-    path = [
-        ("baseline (proxy dev)", val("baseline", "value")),
-        ("coarse best (proxy dev)", val("coarse", "best", "value")),
-        ("fine best (proxy dev)", val("fine", "best", "value")),
-        ("validation winner mean (proxy dev)", _winner_mean(st)),
-        ("full training (dev)", val("full", "tuned", "value") or val("full", "value")),
-        ("baseline, full training (dev)", val("full", "baseline", "value")),
-        ("golden", val("gate", "challenger", val("gate", "gate_metric") or "wer")),
-    ]
-    metric = state.data.get("metric", "wer")
-    for label, v in path:
-        if v is not None:
-            lines.append(f"  {metric} {label:<36} {float(v):.4f}")
+    for point in wer_path(state.data):
+        if point.value is not None:
+            spread = f" ± {point.spread:.4f}" if point.spread is not None else ""
+            lines.append(f"  {point.metric} {point.step + ' (' + point.split + ')':<46} {point.value:.4f}{spread}")
     for stage in STAGES:
         for warning in val(stage, "warnings") or []:
             lines.append(f"  warning ({stage}): {warning}")
@@ -325,17 +318,3 @@ def summary(state: WorkflowState) -> str:
         lines.append(f"  cost: {format_cost(state.data['cost_total'])}")
     lines.append(f"  report: {state.run_dir / 'report.html'} (and report.md)")
     return "\n".join(lines)
-
-
-def _winner_mean(stages: dict[str, Any]) -> float | None:
-    res = stages.get("validate", {}).get("result") or {}
-    for c in res.get("candidates", []):
-        if c.get("name") == res.get("winner"):
-            return c.get("mean")
-    return None
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience for python -m
-    parser = argparse.ArgumentParser(prog="speechtune workflow")
-    add_workflow_arguments(parser)
-    return workflow_command(parser.parse_args(argv))

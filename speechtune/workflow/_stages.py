@@ -22,6 +22,7 @@ from ..data._manifest import replace_utt
 from ..metrics._cost import CostModel
 from ..tuning import TuningSpec
 from ..tuning._space import SearchSpace, space_spec
+from ..tuning._study import _jsonable
 from ._config import WorkflowSpec
 from ._gate import file_sha256
 from ._state import WorkflowState
@@ -110,7 +111,7 @@ class Context:
 
         return RecipeObjective(recipe, device=self.device, cache_dir=self.cache_dir, num_threads=self.num_threads, data=self.data())
 
-    def tracker(self, study_name: str) -> Any:
+    def tracker(self) -> Any:
         """MLflow tracking of a stage's study, in the registry's store (experiment = workflow name); None when off."""
         if not self.track_studies:
             return None
@@ -179,10 +180,6 @@ def train_once(ctx: Context, recipe: Mapping[str, Any], config: Mapping[str, Any
     out_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2))
     return result
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +353,7 @@ def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int |
         stage_dir,
         n_trials=n_trials,
         resume=True,  # a rerun continues the stage's study; the first run creates it
-        tracker=ctx.tracker(spec.study.name),
+        tracker=ctx.tracker(),
         progress=ctx.progress,
     )
 
@@ -382,7 +379,7 @@ def _run_packed(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int |
         extra_argv=extra,
         env=guard_env(golden_paths(ctx)),
     )
-    tracker = ctx.tracker(spec.study.name)
+    tracker = ctx.tracker()
     if tracker is not None:
         log_finished_trials(study, spec, tracker)
     return study
