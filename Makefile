@@ -1,11 +1,12 @@
 # The two commands a newcomer needs (see README):
 #   make demo   set up .venv and run a small tuning study on the built-in synthetic corpus
 #   make test   set up .venv and run the test suite
+# and, for contributors: make check (lint, format, types, docs), make docs (serve the docs).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test check docs bench clean
 
 # torch==2.13.0 is pinned inside requirements.txt so that it is installed in the same pip
 # command as everything else (pip then takes the local CPU wheel, not a multi-GB CUDA build).
@@ -19,13 +20,19 @@ demo: $(STAMP)
 	$(VENV)/bin/speechtune tune --config conf/tuning.yaml --run-dir runs/demo --resume
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
-
-test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check speechtune tests benchmarks
+	$(VENV)/bin/ruff format --check speechtune tests benchmarks
+	$(VENV)/bin/mypy
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .cache runs .pytest_cache
+	rm -rf $(VENV) .cache runs .pytest_cache site

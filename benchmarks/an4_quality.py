@@ -7,8 +7,8 @@ split) and report dev WER, epochs and wall time. The AN4 test split is never rea
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import sys
 import time
 from pathlib import Path

@@ -107,15 +107,17 @@ def warm_feature_cache(spec: Any, cache_dir: Path) -> dict[str, Any]:
     Mirrors the data/feature lines of :func:`speechtune.training.train` so that the cache keys
     (feature config + manifest fingerprint) are the ones the trials will ask for.
     """
-    from speechtune.config import RunOptions, config_from_dict
-    from speechtune.data import prepare_data
-    from speechtune.data._manifest import require_tunable
-    from speechtune.data._prepare import corpus_charset
-    from speechtune.data._tokenizer import build_tokenizer
-    from speechtune.data._validate import validate_manifest
-    from speechtune.training._loop import _features
-
     import torch
+
+    from speechtune.config import RunOptions, config_from_dict
+    from speechtune.data import (
+        build_tokenizer,
+        corpus_charset,
+        prepare_data,
+        require_tunable,
+        validate_manifest,
+    )
+    from speechtune.training._loop import _features
 
     t0 = time.perf_counter()
     cfg = config_from_dict({**spec.base_recipe, "seed": 42}, "benchmark recipe")
@@ -161,8 +163,9 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
 def run_mode(
     name: str, n_workers: int, args: argparse.Namespace, spec_path: Path, configs: list[dict[str, Any]], deadline: float
 ) -> dict[str, Any]:
-    from speechtune.tuning import load_tuning
-    from speechtune.tuning._local_workers import run_packed_study
+    from speechtune.reports import write_study_outputs
+    from speechtune.tuning.backends import PackedBackend, run_study
+    from speechtune.tuning.spec import load_tuning
 
     run_dir = Path(args.out) / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -178,25 +181,25 @@ def run_mode(
     error = None
     t_launch = time.time()
     try:
-        study = run_packed_study(
-            spec,
-            run_dir,
+        backend = PackedBackend(
             n_workers,
             device=args.device,
             gpu_slots=gpu_slots,
-            n_trials=len(configs),
             enqueue=configs,
             extra_argv=extra,
             timeout_s=timeout,
             monitor_interval_s=args.monitor_interval,
             env=env,
         )
+        study = run_study(
+            spec, None, run_dir, backend=backend, n_trials=len(configs), outputs=write_study_outputs, progress=False
+        )
     except RuntimeError as exc:  # a worker failed or was cut off: report what finished
         error = str(exc)
         log.error("mode %s: %s", name, exc)
         import optuna
 
-        from speechtune.tuning._optuna import make_storage, storage_url
+        from speechtune.tuning.study import make_storage, storage_url
 
         url = storage_url("journal", run_dir.resolve())
         study = optuna.load_study(study_name=spec.study.name, storage=make_storage(url, run_dir))
@@ -368,7 +371,7 @@ def main() -> int:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
 
-    from speechtune.tuning import load_tuning
+    from speechtune.tuning.spec import load_tuning
 
     spec_path = write_spec(out / "tuning.yaml", Path(args.an4_dir).resolve(), overrides, "gpu-packing", k)
     spec = load_tuning(spec_path)

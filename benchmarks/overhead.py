@@ -20,8 +20,9 @@ from pathlib import Path
 import optuna
 
 from speechtune.track import StudyTracker
-from speechtune.tuning import FunctionObjective, run_study
-from speechtune.tuning._api import build_spec
+from speechtune.tuning.backends import run_study
+from speechtune.tuning.objectives import FunctionObjective
+from speechtune.tuning.spec import build_spec
 
 SPACE = {
     "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
@@ -56,7 +57,7 @@ def main() -> int:
         spec = build_spec(SPACE, n_trials=args.trials, sampler="tpe", pruner="median", storage=storage)
         tracker = StudyTracker(None, "overhead", run_dir) if args.tracking else None
         t0 = time.perf_counter()
-        study = run_study(spec, FunctionObjective(trivial), run_dir, tracker=tracker, progress=False, write_outputs=False)
+        study = run_study(spec, FunctionObjective(trivial), run_dir, tracker=tracker, progress=False)
         total = time.perf_counter() - t0
         trials = study.trials  # read before the temporary storage goes away
     # Growth with study size: mean gap between consecutive trial completions in each window.

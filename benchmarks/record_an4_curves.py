@@ -71,10 +71,18 @@ from typing import IO, Any, Sequence
 
 import numpy as np
 
-from speechtune.config import RecipeConfig, RunOptions, config_from_dict, config_to_dict, flatten, merge, unflatten
+from speechtune.config import (
+    RecipeConfig,
+    RunOptions,
+    config_from_dict,
+    config_to_dict,
+    flatten,
+    merge,
+    unflatten,
+)
 from speechtune.data import PreparedData
-from speechtune.tuning import load_tuning
-from speechtune.tuning._space import CategoricalParam
+from speechtune.tuning.space import CategoricalParam
+from speechtune.tuning.spec import load_tuning
 
 log = logging.getLogger("record_an4_curves")
 
@@ -306,8 +314,7 @@ class CurveReporter:
 
 def count_parameters(cfg: RecipeConfig, data: PreparedData) -> int:
     """Trainable parameters of the model ``cfg`` builds (tokenizer built as the recipe does)."""
-    from speechtune.data._prepare import corpus_charset
-    from speechtune.data._tokenizer import build_tokenizer
+    from speechtune.data import build_tokenizer, corpus_charset
     from speechtune.metrics import parameter_count
     from speechtune.models import build_model
 
@@ -387,7 +394,7 @@ def build_meta(grid: Grid, data: PreparedData, device: str, threads: int, epochs
 
 def prepare(grid: Grid, data_location: str | None, epochs: int, device: str, threads: int, cache_dir: str) -> PreparedData:
     """Prepare the data once and warm the feature cache, so that no config's epoch 1 pays for it."""
-    from speechtune.data._prepare import prepare_data
+    from speechtune.data import prepare_data
     from speechtune.training._loop import _features, resolve_device
 
     cfg = grid.recipe_config(0, epochs, data_location)

@@ -1,8 +1,8 @@
 """Throughput of trivial trials with 1, 2, 4, 8 ``speechtune worker`` processes on PostgreSQL.
 
-Starts its own private PostgreSQL cluster (``tests/pg_server.py``, run as the ``postgres`` OS
+Starts its own private PostgreSQL cluster (``tests/helpers/pg_server.py``, run as the ``postgres`` OS
 user), then for each worker count a fresh database and study whose objective is a trivial Python
-function (``objective.kind: python``, ``--function tests.worker_helpers:quick_objective``), and
+function (``objective.kind: python``, ``--function tests.helpers.workers:quick_objective``), and
 runs N real worker processes to ``--trials`` complete trials. It reports
 
 * ``wall``: seconds from starting the workers to the last one exiting (process start-up and the
@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/pg_server.py and tests/worker_helpers.py, imported by path
+sys.path.insert(0, str(REPO))  # tests/helpers/pg_server.py and tests/helpers/workers.py, imported by path
 
 import optuna  # noqa: E402
 
-from tests.pg_server import PgServer  # noqa: E402
-from tests.worker_helpers import Procs, python_spec, speechtune_argv  # noqa: E402
+from tests.helpers.pg_server import PgServer  # noqa: E402
+from tests.helpers.workers import Procs, python_spec, speechtune_argv  # noqa: E402
 
 
 def run_one(pg: PgServer, n_workers: int, n_trials: int, sampler: str, work: Path) -> dict[str, float]:
@@ -48,7 +48,7 @@ def run_one(pg: PgServer, n_workers: int, n_trials: int, sampler: str, work: Pat
         workers = [
             procs.start(f"{name}-w{i}", speechtune_argv(
                 "worker", "--study", name, "--storage", url, "--config", str(cfg), "--run-dir", str(work / f"{name}-w{i}"),
-                "--function", "tests.worker_helpers:quick_objective", "--no-tracking", "--no-report", "--quiet"))
+                "--function", "tests.helpers.workers:quick_objective", "--no-tracking", "--no-report", "--quiet"))
             for i in range(n_workers)
         ]
         codes = [procs.wait(w, 1800) for w in workers]

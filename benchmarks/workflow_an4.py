@@ -148,8 +148,7 @@ def main() -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from speechtune.workflow import load_workflow, run_workflow
-    from speechtune.workflow._runner import summary
+    from speechtune.workflow import load_workflow, run_workflow, summary
 
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or args.out / "cache"

@@ -1,8 +1,8 @@
 """speechtune: find strong hyperparameters for speech models for a fraction of the compute."""
 
-from ._lazy import lazy_exports
+from speechtune._lazy import lazy_exports
+from speechtune._version import __version__
 
-__version__ = "0.1.0"
 _LAZY = {
     'RecipeConfig': '.config',
     'RunOptions': '.config',
@@ -11,7 +11,7 @@ _LAZY = {
     'TrainResult': '.training',
     'train': '.training',
     'report': '._report_file',
-    'tune': '.tuning',
+    'tune': '.api',
 }
 
 __all__ = [

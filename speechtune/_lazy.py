@@ -3,6 +3,7 @@ that only needs the reporter does not import torch, and parts can be used on the
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], A
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted(names)
+        # The module's own (eager) names too: a package may export some of each.
+        return sorted(set(vars(sys.modules[package])) | set(names))
 
     return __getattr__, __dir__

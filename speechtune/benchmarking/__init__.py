@@ -8,7 +8,7 @@ side by side, and the anytime-regret table and plots (issue 4).
 The script ``benchmarks/search_efficiency.py`` runs the full comparison.
 """
 
-from ._harness import (
+from speechtune.benchmarking._harness import (
     STRATEGIES,
     BenchmarkResult,
     ProblemResult,
@@ -19,9 +19,15 @@ from ._harness import (
     run_benchmark,
     run_strategy,
 )
-from ._problems import Branin, Hartmann3, Hartmann6, Problem, SyntheticProblem
-from ._report import markdown_table, plot_regret, write_outputs
-from ._tabular import TabularProblem
+from speechtune.benchmarking._problems import (
+    Branin,
+    Hartmann3,
+    Hartmann6,
+    Problem,
+    SyntheticProblem,
+)
+from speechtune.benchmarking._report import markdown_table, plot_regret, write_outputs
+from speechtune.benchmarking._tabular import TabularProblem
 
 SYNTHETIC_PROBLEMS = {"hartmann3": Hartmann3, "hartmann6": Hartmann6, "branin": Branin}
 

@@ -37,10 +37,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from speechtune.tuning import SearchSpace
-from speechtune.tuning._fidelity import Fidelity
-
-from ._problems import Problem
+from speechtune.benchmarking._problems import Problem
+from speechtune.tuning.search import Fidelity
+from speechtune.tuning.space import SearchSpace
 
 __all__ = [
     "BASELINE_STRATEGIES",
@@ -211,13 +210,13 @@ def _run_optuna_pruned(problem: Problem, pruner: optuna.pruners.BasePruner, seed
 
 def space_with_prior(space: SearchSpace, prior: Mapping[str, tuple[Any, float]]) -> SearchSpace:
     """``space`` with a prior ``{param: (default, width)}`` attached (speechtune.tuning._priors)."""
-    from speechtune.tuning._priors import Prior, with_priors
+    from speechtune.tuning.space import Prior, with_priors
 
     return with_priors(space, {name: Prior(default=default, width=width) for name, (default, width) in prior.items()})
 
 
 def _run_engine(problem: Problem, strategy: str, seed: int, trace: Trace, budget: float) -> None:
-    from speechtune.tuning._multifidelity import MultiFidelitySearch
+    from speechtune.tuning.search import MultiFidelitySearch
 
     engine_strategy, which = ENGINE_STRATEGIES[strategy]
     space = problem.space

@@ -46,7 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from speechtune.tuning import SearchSpace, parse_space
+from speechtune.tuning.space import SearchSpace, parse_space
 
 __all__ = [
     "Branin",

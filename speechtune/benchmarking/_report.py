@@ -9,7 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from ._harness import PRUNER_REFERENCE, TPE_REFERENCE, BenchmarkResult
+from speechtune.benchmarking._harness import (
+    PRUNER_REFERENCE,
+    TPE_REFERENCE,
+    BenchmarkResult,
+)
 
 __all__ = ["TABLE_FRACTIONS", "TARGET_FRACTION", "markdown_table", "plot_regret", "write_outputs"]
 

@@ -41,8 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from speechtune.tuning import SearchSpace, parse_space
-from speechtune.tuning._space import CategoricalParam, FloatParam, IntParam
+from speechtune.tuning.space import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SearchSpace,
+    parse_space,
+)
 
 __all__ = ["TabularProblem", "TabularRecord"]
 

@@ -1,6 +1,6 @@
 """Typed recipe configuration: schema, YAML loading, dotted overrides, validation."""
 
-from ._load import (
+from speechtune.config._load import (
     ConfigError,
     ConfigProblem,
     config_from_dict,
@@ -12,7 +12,8 @@ from ._load import (
     parse_overrides,
     unflatten,
 )
-from ._schema import (
+from speechtune.config._schema import (
+    HEADS,
     DataConfig,
     DecodeConfig,
     FeaturesConfig,
@@ -28,6 +29,7 @@ from ._schema import (
 )
 
 __all__ = [
+    "HEADS",
     "ConfigError",
     "ConfigProblem",
     "DataConfig",

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ._schema import RecipeConfig
+from speechtune.config._schema import RecipeConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[ConfigProblem]) -> 
         key = f"{prefix}{name}"
         tp = hints[name]
         value = data[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, key + ".", problems)
             continue
         ok, coerced = _type_ok(value, tp)

@@ -19,7 +19,8 @@ from typing import Any
 def _f(default: Any, **meta: Any) -> Any:
     """A dataclass field with validation metadata."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        kind = type(default)
+        return field(default_factory=lambda: kind(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 

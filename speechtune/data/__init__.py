@@ -1,8 +1,15 @@
 """Speech data: manifests, corpus importers, the synthetic corpus, splits, validation, tokenizers."""
 
-from .._lazy import lazy_exports
+from speechtune._lazy import lazy_exports
 
 _LAZY = {
+    'synthesize_configured': '._prepare',
+    'corpus_charset': '._prepare',
+    'replace_utt': '._manifest',
+    'guard_from_env': '._guard',
+    'guard_env': '._guard',
+    'golden_guard': '._guard',
+    'GoldenSetAccessError': '._guard',
     'AN4Error': '._an4',
     'AudioInfo': '._audio',
     'ManifestFormatError': '._importers',
@@ -34,37 +41,7 @@ _LAZY = {
     'validate_manifest': '._validate',
 }
 
-__all__ = [
-    "AN4Error",
-    "AudioInfo",
-    "ManifestFormatError",
-    "normalize_text",
-    "DEFAULT_CHARSET",
-    "AudioError",
-    "BadInputError",
-    "BadUtterance",
-    "Manifest",
-    "PreparedData",
-    "TestSplitError",
-    "Tokenizer",
-    "Utterance",
-    "ValidationReport",
-    "audio_info",
-    "build_tokenizer",
-    "export_lhotse",
-    "import_an4",
-    "import_corpus",
-    "load_audio",
-    "load_manifest",
-    "prepare_data",
-    "proxy_subset",
-    "refuse_held_out_path",
-    "require_tunable",
-    "split_dev",
-    "synthesize_corpus",
-    "tokenizer_from_dict",
-    "validate_manifest",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

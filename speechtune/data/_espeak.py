@@ -26,7 +26,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -160,7 +160,7 @@ def _fresh_engine() -> Iterator[_Engine]:
                 raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data path {data_path}")
             chunks: list[np.ndarray] = []
 
-            def _on_audio(wav, n, _events) -> int:  # type: ignore[no-untyped-def]
+            def _on_audio(wav: Any, n: int, _events: Any) -> int:
                 if n > 0 and wav:
                     chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
                 return 0  # 0 = carry on synthesising

@@ -284,7 +284,8 @@ def _pairs_to_utts(pairs: Iterable[tuple[Any, Any]], where: Path) -> list[Uttera
 
 
 def _load_lhotse(recordings: Path | None, supervisions: Path | None, cuts: Path | None, split: str) -> Manifest:
-    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest as lhotse_load
+    from lhotse import CutSet, RecordingSet, SupervisionSet
+    from lhotse import load_manifest as lhotse_load
 
     if cuts is not None:
         cutset = lhotse_load(cuts, manifest_cls=CutSet)

@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
@@ -91,7 +91,13 @@ class Manifest(Sequence[Utterance]):
     def __len__(self) -> int:
         return len(self._utts)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> Utterance: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Manifest: ...
+
+    def __getitem__(self, i: int | slice) -> Utterance | Manifest:
         if isinstance(i, slice):
             return Manifest(self._utts[i], self.split, self.root)
         return self._utts[i]

@@ -11,14 +11,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DataConfig, SyntheticConfig
-from ._an4 import import_an4
-from ._importers import load_manifest
-from ._manifest import Manifest, TestSplitError, require_tunable
-from ._splits import proxy_subset, split_dev
-from ._synthetic import synthesize_corpus
-from ._text import DEFAULT_CHARSET
-from ._validate import ValidationReport, validate_manifest
+from speechtune.config import DataConfig, SyntheticConfig
+from speechtune.data._an4 import import_an4
+from speechtune.data._importers import load_manifest
+from speechtune.data._manifest import Manifest, TestSplitError, require_tunable
+from speechtune.data._splits import proxy_subset, split_dev
+from speechtune.data._synthetic import synthesize_corpus
+from speechtune.data._text import DEFAULT_CHARSET
+from speechtune.data._validate import ValidationReport, validate_manifest
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from . import _espeak
-from ._manifest import Manifest, Utterance
+from speechtune.data import _espeak
+from speechtune.data._manifest import Manifest, Utterance
 
 __all__ = [
     "SyntheticSpeaker",

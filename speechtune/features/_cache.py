@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechtune.config._schema import FeaturesConfig
-from speechtune.data._manifest import Manifest, Utterance
-
-from ._logmel import LogMel
+from speechtune.config import FeaturesConfig
+from speechtune.data import Manifest, Utterance
+from speechtune.features._logmel import LogMel
 
 #: Bump when the feature computation changes, so stale cache files are never reused.
 FEATURE_VERSION = 1

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from speechtune.config._schema import FeaturesConfig
+from speechtune.config import FeaturesConfig
 
 #: Floor applied before the log, so silence gives a finite value.
 LOG_FLOOR = 1e-10

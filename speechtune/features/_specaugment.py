@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from speechtune.config._schema import SpecAugmentConfig
+from speechtune.config import SpecAugmentConfig
 
 
 def _uniform_ints(high: Tensor, u: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ Exports are lazy (see :mod:`speechtune._lazy`): the tuning engine imports the co
 paying for torch, which the latency and size metrics need.
 """
 
-from .._lazy import lazy_exports
+from speechtune._lazy import lazy_exports
 
 _LAZY = {
     "ErrorCounts": "._wer",
@@ -18,12 +18,12 @@ _LAZY = {
     "parameter_count": "._size",
     "size_on_disk": "._size",
     "COST_FIELDS": "._cost",
+    "CURRENCY_SYMBOLS": "._cost",
     "CostModel": "._cost",
     "CostRecord": "._cost",
     "EnergyMeter": "._cost",
     "estimate_cost": "._cost",
     "format_cost": "._cost",
-    "gpus_for_device": "._cost",
     "sum_costs": "._cost",
     "summarize_costs": "._cost",
 }

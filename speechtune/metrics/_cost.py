@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from speechtune.devices import load_nvml, nvml_handles
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -41,7 +43,6 @@ __all__ = [
     "EnergyMeter",
     "estimate_cost",
     "format_cost",
-    "gpus_for_device",
     "process_cpu_seconds",
     "sum_costs",
     "summarize_costs",
@@ -61,7 +62,7 @@ DEFAULT_GPU_TDP_W = 300.0
 DEFAULT_CPU_TDP_W_PER_CORE = 10.0
 
 _MJ_PER_KWH = 3.6e9  # NVML's energy counter is in millijoules
-_CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
 
 
 @dataclass(frozen=True)
@@ -185,26 +186,6 @@ def process_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def gpus_for_device(device: str | None) -> list[int] | None:
-    """The CUDA indices a trial on ``device`` uses.
-
-    ``cpu`` (or any non-CUDA device) -> ``[]``; ``cuda:k`` -> ``[k]``; ``cuda``/``auto`` ->
-    ``[0]`` when a GPU is visible (torch's default device), else ``[]``; None (an objective that
-    does not say, e.g. an external command) -> None: every GPU NVML shows this process.
-    """
-    if device is None:
-        return None
-    device = str(device)
-    if device.startswith("cuda:"):
-        try:
-            return [int(device.split(":", 1)[1])]
-        except ValueError:
-            return None
-    if device in ("cuda", "auto"):
-        from speechtune.tuning._gpu import visible_gpus
-
-        return [0] if visible_gpus() else []
-    return []
 
 
 class EnergyMeter:
@@ -274,9 +255,7 @@ class EnergyMeter:
         if nvml is None:
             return
         try:
-            from speechtune.tuning._gpu import _nvml_handles
-
-            self._handles = _nvml_handles(nvml, self.gpus)
+            self._handles = nvml_handles(nvml, self.gpus)
         except Exception as exc:  # an index this process cannot see, a GPU fallen off the bus
             self.nvml_reason = f"NVML could not open the GPUs: {type(exc).__name__}: {exc}"
             self._close_nvml(nvml)
@@ -361,9 +340,7 @@ class EnergyMeter:
                 self.nvml_reason = f"NVML unavailable: {type(exc).__name__}: {exc}"
                 return None
             return self._nvml_given
-        from speechtune.tuning._gpu import _load_nvml
-
-        nvml, reason = _load_nvml()
+        nvml, reason = load_nvml()
         if nvml is None:
             self.nvml_reason = reason
         return nvml
@@ -463,7 +440,7 @@ def format_cost(record: CostRecord | Mapping[str, Any]) -> str:
     """One line: ``0.12 GPU-h, 0.50 CPU core-h, 0.04 kWh (tdp-estimate), 19 g CO2e, $0.00``."""
     rec = record if isinstance(record, CostRecord) else CostRecord.from_dict(record)
     co2 = f"{rec.co2e_g:.0f}" if rec.co2e_g >= 1 or rec.co2e_g == 0 else f"{rec.co2e_g:.2g}"
-    symbol = _CURRENCY_SYMBOLS.get(rec.currency.upper())
+    symbol = CURRENCY_SYMBOLS.get(rec.currency.upper())
     money = f"{symbol}{rec.money:.2f}" if symbol else f"{rec.money:.2f} {rec.currency}"
     return (
         f"{_amount(rec.gpu_hours)} GPU-h, {_amount(rec.cpu_core_hours)} CPU core-h, "

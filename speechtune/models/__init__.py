@@ -5,12 +5,12 @@ Token convention: id 0 is the CTC blank; ``vocab_size - 1`` is sos/eos for the a
 decoder.
 """
 
-from ._asr import ASRModel, build_model
-from ._ctc import BLANK_ID, ctc_greedy_collapse
-from ._ctc_prefix import CTCPrefixScorer, CTCPrefixState
-from ._encoders import ENCODER_BUILDERS, build_encoder
-from ._init import deepnorm_alpha, deepnorm_beta
-from ._subsampling import Conv2dSubsampling
+from speechtune.models._asr import ASRModel, build_model
+from speechtune.models._ctc import BLANK_ID, ctc_greedy_collapse
+from speechtune.models._ctc_prefix import CTCPrefixScorer, CTCPrefixState
+from speechtune.models._encoders import ENCODER_BUILDERS, build_encoder
+from speechtune.models._init import deepnorm_alpha, deepnorm_beta
+from speechtune.models._subsampling import Conv2dSubsampling
 
 __all__ = [
     "ASRModel",

@@ -7,13 +7,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..config._schema import HEADS, ModelConfig
-from ._beam import beam_search_one
-from ._ctc import BLANK_ID, CTCHead, ctc_greedy_collapse
-from ._decoder import TransformerDecoder, attention_loss
-from ._encoders import build_encoder
-from ._layers import valid_mask
-from ._subsampling import Conv2dSubsampling
+from speechtune.config import HEADS, ModelConfig
+from speechtune.models._beam import beam_search_one
+from speechtune.models._ctc import BLANK_ID, CTCHead, ctc_greedy_collapse
+from speechtune.models._decoder import TransformerDecoder, attention_loss
+from speechtune.models._encoders import build_encoder
+from speechtune.models._layers import valid_mask
+from speechtune.models._subsampling import Conv2dSubsampling
 
 
 def _check_inputs(

@@ -24,9 +24,8 @@ import math
 
 import torch
 
-from ._ctc_prefix import CTCPrefixScorer, CTCPrefixState
-from ._decoder import TransformerDecoder
-
+from speechtune.models._ctc_prefix import CTCPrefixScorer, CTCPrefixState
+from speechtune.models._decoder import TransformerDecoder
 
 _END_M = 3
 _END_D = 10.0

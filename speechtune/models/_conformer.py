@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import FeedForward, PositionalEncoding, Residual, SelfAttention, valid_mask
+from speechtune.models._layers import (
+    FeedForward,
+    PositionalEncoding,
+    Residual,
+    SelfAttention,
+    valid_mask,
+)
 
 
 class ConvolutionModule(nn.Module):

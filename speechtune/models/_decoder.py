@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import FeedForward, MultiHeadAttention, PositionalEncoding, Residual
+from speechtune.models._layers import (
+    FeedForward,
+    MultiHeadAttention,
+    PositionalEncoding,
+    Residual,
+)
 
 IGNORE_ID = -1
 

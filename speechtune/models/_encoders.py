@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..config._schema import ModelConfig
-from ._conformer import ConformerEncoder
-from ._init import apply_deepnorm_init, deepnorm_alpha
-from ._rnn import RNNEncoder
-from ._transformer import TransformerEncoder
+from speechtune.config import ModelConfig
+from speechtune.models._conformer import ConformerEncoder
+from speechtune.models._init import apply_deepnorm_init, deepnorm_alpha
+from speechtune.models._rnn import RNNEncoder
+from speechtune.models._transformer import TransformerEncoder
 
 EncoderBuilder = Callable[[ModelConfig], nn.Module]
 

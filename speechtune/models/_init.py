@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._layers import FeedForward, MultiHeadAttention
+from speechtune.models._layers import FeedForward, MultiHeadAttention
 
 
 def deepnorm_alpha(num_layers: int) -> float:

@@ -7,7 +7,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from ._layers import valid_mask
+from speechtune.models._layers import valid_mask
 
 # (kernel, stride) of each unpadded 3x3 / 5x5 Conv2d per subsampling factor; the product of
 # strides is the factor. 6 = 2 * 3 follows ESPnet's Conv2dSubsampling6.

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import FeedForward, PositionalEncoding, Residual, SelfAttention, valid_mask
+from speechtune.models._layers import (
+    FeedForward,
+    PositionalEncoding,
+    Residual,
+    SelfAttention,
+    valid_mask,
+)
 
 
 class TransformerEncoderLayer(nn.Module):

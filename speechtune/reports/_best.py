@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 import optuna
 import yaml
 
-from speechtune.config import ConfigError, ConfigProblem, config_from_dict, config_to_dict, merge, unflatten
-
-from ._records import objective_names, primary_seed_stats, rung_names, select_best, top_rung, trial_config
+from speechtune.config import config_from_dict, config_to_dict, merge, unflatten
+from speechtune.tuning.study import (
+    objective_names,
+    primary_seed_stats,
+    rung_names,
+    select_best,
+    top_rung,
+    trial_config,
+)
 
 
 def _first_seed(study: optuna.Study) -> int | None:

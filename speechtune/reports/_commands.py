@@ -6,11 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ._best import write_best_yaml
-from ._csv import write_trials_csv
-from ._html import build_report
-from ._records import select_best
-from ._storage import open_study, resolve_storage
+from speechtune.reports._best import write_best_yaml
+from speechtune.reports._csv import write_trials_csv
+from speechtune.tuning.study import load_study, resolve_storage, select_best
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +22,10 @@ def report_command(run_dir: Path) -> Path:
     Returns:
         The path of ``report.html``.
     """
+    from speechtune.reports._html import build_report  # plotly: the `report` extra
+
     run_dir = Path(run_dir)
-    study = open_study(run_dir)
+    study = load_study(run_dir)
     write_trials_csv(study, run_dir / "trials.csv")
     report = build_report(study, run_dir)
     # best.yaml last: a config that no longer validates should not cost the user the report.

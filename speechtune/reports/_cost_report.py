@@ -13,15 +13,14 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 
-from ..metrics._cost import CostRecord, format_cost, summarize_costs
+from speechtune.metrics import CostRecord, format_cost, summarize_costs
+from speechtune.reports._html_parts import esc, figure_div, table
 
 _STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728"}
 
 
 def cost_section(study: optuna.Study) -> str | None:
     """The section's HTML, or None when no trial of ``study`` has a cost record (an older study)."""
-    from ._html import _esc, _figure_div, _table  # the report's own helpers (imported late: no cycle)
-
     trials = study.get_trials(deepcopy=False)
     measured = [t for t in trials if isinstance(t.user_attrs.get("cost"), dict)]
     if not measured:
@@ -29,8 +28,8 @@ def cost_section(study: optuna.Study) -> str | None:
     # Summed afresh rather than read from the cost_total attr: a report may be rebuilt after a resume.
     summary = summarize_costs(trials)
     total = CostRecord.from_dict(summary["total"])
-    parts = [f"<p><b>Total compute</b>: {_esc(format_cost(total))}</p>"]
-    parts.append(f'<p class="note">{_esc(_basis_note(study, total, summary["unmeasured"]))}</p>')
+    parts = [f"<p><b>Total compute</b>: {esc(format_cost(total))}</p>"]
+    parts.append(f'<p class="note">{esc(_basis_note(study, total, summary["unmeasured"]))}</p>')
     counts = Counter(t.state.name.lower() for t in measured)
     rows: list[list[Any]] = []
     for state, rec in summary["by_state"].items():
@@ -38,8 +37,8 @@ def cost_section(study: optuna.Study) -> str | None:
         rows.append([state, counts[state], r.gpu_hours, r.cpu_core_hours, r.energy_kwh, r.co2e_g, r.money])
     rows.append(["all", len(measured), total.gpu_hours, total.cpu_core_hours, total.energy_kwh, total.co2e_g, total.money])
     header = ["state", "trials", "GPU-h", "CPU core-h", "kWh", "g CO2e", f"money ({total.currency})"]
-    parts.append(_table(header, rows))
-    parts.append(_figure_div(_per_trial_figure(measured), "plot-cost"))
+    parts.append(table(header, rows))
+    parts.append(figure_div(_per_trial_figure(measured), "plot-cost"))
     return "\n".join(parts)
 
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import optuna
 
-from ._records import duration_s, objective_names, trial_config, trial_status
+from speechtune.tuning.study import (
+    duration_s,
+    objective_names,
+    trial_config,
+    trial_status,
+)
 
 CONFIG_PREFIX = "config."
 METRIC_PREFIX = "metrics."

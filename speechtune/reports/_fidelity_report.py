@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from ._correlate import (
+from speechtune.reports._correlate import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_THRESHOLD,
     MIN_PAIRS,
@@ -26,8 +26,13 @@ from ._correlate import (
     correlate_study,
     correlation_png,
 )
-from ._html import _esc, _figure_div, _table
-from ._records import duration_s, fidelity_record, primary_value, trial_rung
+from speechtune.reports._html_parts import esc, figure_div, table
+from speechtune.tuning.study import (
+    duration_s,
+    fidelity_record,
+    primary_value,
+    trial_rung,
+)
 
 WARN_SPEARMAN = 0.5  # below this, promotions on a rung are close to a coin toss
 
@@ -228,24 +233,24 @@ def _correlation_html(report: CorrelationReport, summaries: list[RungSummary]) -
             "-" if rc.mean_job_cost is None else f"{rc.mean_job_cost:.3g}", verdict,
         ])
     parts = [
-        f"<h3>Does each rung rank configs like {_esc(report.top_name)}?</h3>",
-        _table(
+        f"<h3>Does each rung rank configs like {esc(report.top_name)}?</h3>",
+        table(
             ["rung", "pairs", "Spearman [95% CI]", "Kendall [95% CI]", "mean job cost",
              f"trustworthy (CI lower bound >= {report.threshold:g})"],
             rows,
         ),
-        f"<p><b>Recommendation</b>: {_esc(report.recommendation.text)}</p>",
+        f"<p><b>Recommendation</b>: {esc(report.recommendation.text)}</p>",
     ]
     thin = [rc.name for rc in report.rungs if promoted.get(rc.rung) and not rc.enough_pairs]
     if thin:
         parts.append(
-            f'<p class="note">Promotions relied on {_esc(", ".join(thin))}, but fewer than {MIN_PAIRS} of their '
+            f'<p class="note">Promotions relied on {esc(", ".join(thin))}, but fewer than {MIN_PAIRS} of their '
             "configs reached the top rung: too few to check the ranking.</p>"
         )
-    parts += [f'<p class="note">{_esc(n)}</p>' for n in report.notes]
+    parts += [f'<p class="note">{esc(n)}</p>' for n in report.notes]
     fig = correlation_figure(report)
     if fig is not None:
-        parts.append(_figure_div(fig, "plot-rung-correlation"))
+        parts.append(figure_div(fig, "plot-rung-correlation"))
     return "\n".join(parts)
 
 
@@ -267,10 +272,10 @@ def fidelity_section(
     record = fidelity_record(study) or {}
     summaries = rung_summaries(study)
     parts = [
-        f"<p>Strategy {_esc(record.get('strategy', '?'))}, eta {_esc(record.get('eta', '?'))}, "
-        f"resume key {_esc(record.get('resume_key') or 'none')}. Compute is in full-training units "
+        f"<p>Strategy {esc(record.get('strategy', '?'))}, eta {esc(record.get('eta', '?'))}, "
+        f"resume key {esc(record.get('resume_key') or 'none')}. Compute is in full-training units "
         "(one config trained at the top rung = 1).</p>",
-        _table(
+        table(
             ["rung", "name", "cost", "trials", "configs run", "promoted", "pruned / failed", "compute spent", "wall time (s)"],
             [[s.rung, s.name, f"{s.cost:.3g}", s.trials, s.configs, s.promoted, s.pruned_failed, f"{s.compute:.3g}",
               f"{s.wall_s:.1f}"] for s in summaries],
@@ -278,7 +283,7 @@ def fidelity_section(
     ]
     header, rows = bracket_rows(study)
     if rows:
-        parts.append("<h3>Brackets</h3>" + _table(header, rows))
+        parts.append("<h3>Brackets</h3>" + table(header, rows))
     savings = compute_savings(study)
     against = "against training every config that was started at full fidelity"
     if savings.saved >= 0:
@@ -294,10 +299,10 @@ def fidelity_section(
     try:
         report = correlate_study(study, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
     except ValueError as exc:
-        parts.append(f'<p class="note">No rung correlations: {_esc(exc)}</p>')
+        parts.append(f'<p class="note">No rung correlations: {esc(exc)}</p>')
         return "\n".join(parts)
     warnings_ = rung_warnings(summaries, report)
-    boxes = [f'<div class="warning"><b>WARNING</b>: {_esc(w)}</div>' for w in warnings_]
+    boxes = [f'<div class="warning"><b>WARNING</b>: {esc(w)}</div>' for w in warnings_]
     parts[:0] = boxes  # the first thing a reader sees in the section
     parts.append(_correlation_html(report, summaries))
     if plots_dir is not None:

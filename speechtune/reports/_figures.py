@@ -9,16 +9,16 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from ._importance import Importance
-from ._records import (
+from speechtune.reports._importance import Importance
+from speechtune.tuning.study import (
+    comparable_study,
+    comparable_trials,
     complete_trials,
     is_multi_objective,
     learning_curve,
     objective_names,
     primary_seed_stats,
     ranked_trials,
-    comparable_study,
-    comparable_trials,
     trial_status,
 )
 

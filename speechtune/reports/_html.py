@@ -7,7 +7,6 @@ parameter names and values) is HTML-escaped; plotly escapes ``<`` in its figure 
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,12 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import TrialState
 
-from . import _figures, _png
-from ._importance import Importance, param_importances
-from ._records import (
+from speechtune.reports import _figures, _png
+from speechtune.reports._cost_report import cost_section
+from speechtune.reports._fidelity_report import fidelity_section
+from speechtune.reports._html_parts import esc, figure_div, table
+from speechtune.reports._importance import Importance, param_importances
+from speechtune.tuning.study import (
     is_multi_fidelity,
     objective_names,
     primary_seed_stats,
@@ -40,18 +42,6 @@ section { margin-bottom: 2em; }
 """
 
 
-def _esc(value: Any) -> str:
-    if isinstance(value, float):
-        return html.escape(f"{value:.6g}")
-    return html.escape(str(value))
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _std_cell(trial: optuna.trial.FrozenTrial) -> Any:
     seeds, std = primary_seed_stats(trial)
     return std if len(seeds) > 1 and std is not None else ""
@@ -69,7 +59,7 @@ def _summary(study: optuna.Study) -> str:
         ["running / waiting", states[TrialState.RUNNING] + states[TrialState.WAITING]],
     ]
     directions = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions))
-    parts = [f"<p>Objectives: {_esc(directions)}</p>"]
+    parts = [f"<p>Objectives: {esc(directions)}</p>"]
     choice = select_best(study)
     if choice is None:
         parts.append('<p class="note">No trial completed yet: no best trial.</p>')
@@ -77,27 +67,23 @@ def _summary(study: optuna.Study) -> str:
         best = choice.trial
         values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, best.values))
         parts.append(
-            f"<p><b>Best trial #{best.number}</b>: {_esc(values)} <span class=\"note\">({_esc(choice.note)})</span></p>"
+            f"<p><b>Best trial #{best.number}</b>: {esc(values)} <span class=\"note\">({esc(choice.note)})</span></p>"
         )
         config = trial_config(best)
-        parts.append(_table(["key", "value"], [[k, config[k]] for k in sorted(config)]))
-    parts.append(_table(["count", "trials"], counts))
+        parts.append(table(["key", "value"], [[k, config[k]] for k in sorted(config)]))
+    parts.append(table(["count", "trials"], counts))
     reasons = Counter((t.state.name, *trial_status(t)) for t in trials)
     rows = [[state, status, reason, n] for (state, status, reason), n in sorted(reasons.items())]
-    parts.append("<h3>Why trials ended</h3>" + _table(["state", "status", "reason", "trials"], rows))
+    parts.append("<h3>Why trials ended</h3>" + table(["state", "status", "reason", "trials"], rows))
     top = ranked_trials(study)[:10]
     if top:
         rows = [[t.number, *t.values, _std_cell(t)] for t in top]
-        parts.append("<h3>Top trials</h3>" + _table(["trial", *names, "std over seeds"], rows))
+        parts.append("<h3>Top trials</h3>" + table(["trial", *names, "std over seeds"], rows))
     return "\n".join(parts)
 
 
-def _figure_div(fig: go.Figure, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
-
-
 def _section(section_id: str, title: str, body: str) -> str:
-    return f'<section id="{section_id}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
+    return f'<section id="{section_id}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
 
 
 def _plot_sections(study: optuna.Study, importance: Importance) -> list[str]:
@@ -119,9 +105,9 @@ def _plot_sections(study: optuna.Study, importance: Importance) -> list[str]:
     sections = []
     for key, title, fig, why_missing in builders:
         if fig is not None:
-            sections.append(_section(key, title, _figure_div(fig, f"plot-{key}")))
+            sections.append(_section(key, title, figure_div(fig, f"plot-{key}")))
         elif why_missing:
-            sections.append(_section(key, title, f'<p class="note">{_esc(why_missing)}</p>'))
+            sections.append(_section(key, title, f'<p class="note">{esc(why_missing)}</p>'))
     return sections
 
 
@@ -158,22 +144,20 @@ def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     title = f"speechtune study {study.study_name}"
     sections = [_section("summary", "Summary", _summary(study))]
     # Imported here: that module renders with this one's helpers.
-    from ._cost_report import cost_section
 
     cost = cost_section(study)
     if cost is not None:
         sections.append(_section("cost", "Cost and carbon", cost))
     if is_multi_fidelity(study):
         # Imported here: that module renders with this one's helpers.
-        from ._fidelity_report import fidelity_section
 
         sections.append(_section("multi-fidelity", "Multi-fidelity", fidelity_section(study, out_dir / "plots")))
     body = "\n".join([*sections, *_plot_sections(study, importance)])
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{_esc(title)}</title>\n<style>{_STYLE}</style>\n"
+        f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n"
         f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
-        f"</head>\n<body>\n<h1>{_esc(title)}</h1>\n{body}\n</body>\n</html>\n"
+        f"</head>\n<body>\n<h1>{esc(title)}</h1>\n{body}\n</body>\n</html>\n"
     )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
-from ._records import comparable_study, comparable_trials
+from speechtune.tuning.study import comparable_study, comparable_trials
 
 
 @dataclass(frozen=True)

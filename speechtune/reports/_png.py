@@ -14,8 +14,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
-from ._importance import Importance
-from ._records import complete_trials, is_multi_objective, learning_curve, minimises, objective_names
+from speechtune.reports._importance import Importance
+from speechtune.tuning.study import (
+    complete_trials,
+    is_multi_objective,
+    learning_curve,
+    minimises,
+    objective_names,
+)
 
 _LINESTYLE = {TrialState.COMPLETE: "-", TrialState.PRUNED: "--", TrialState.FAIL: ":"}
 _END_MARKER = {TrialState.COMPLETE: "o", TrialState.PRUNED: "x", TrialState.FAIL: "v"}

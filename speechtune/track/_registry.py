@@ -26,9 +26,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from speechtune._urls import mask_url as mask_uri
+from speechtune._version import __version__
 from speechtune.config import flatten
-
-from ._mlflow import _key, _param_value, default_tracking_uri
+from speechtune.track._mlflow import _key, _param_value, default_tracking_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -88,10 +88,8 @@ def code_version() -> dict[str, Any]:
         ``git_dirty`` counts changes to tracked files only (untracked scratch files do not
         change what runs).
     """
-    import speechtune
-
-    package_dir = Path(speechtune.__file__).resolve().parent
-    out: dict[str, Any] = {"package": speechtune.__version__, "git_commit": None, "git_dirty": None}
+    package_dir = Path(__file__).resolve().parents[1]
+    out: dict[str, Any] = {"package": __version__, "git_commit": None, "git_dirty": None}
     # An installed copy can sit inside some unrelated repository (a venv within a checkout):
     # only trust git when the package's own file is tracked there.
     if _git(["ls-files", "--error-unmatch", "__init__.py"], package_dir) is None:
@@ -188,7 +186,10 @@ class ModelRegistry:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return self.client.get_experiment_by_name(name).experiment_id  # created concurrently
+            existing = self.client.get_experiment_by_name(name)  # created concurrently
+            if existing is None:
+                raise
+            return str(existing.experiment_id)
 
     # -- reading -------------------------------------------------------------------------
     def _alias_map(self) -> dict[str, tuple[str, ...]]:

@@ -1,6 +1,6 @@
 """The training recipe: loop, optimisers, LR schedules, batching, checkpoints, diagnostics."""
 
-from .._lazy import lazy_exports
+from speechtune._lazy import lazy_exports
 
 _LAZY = {
     'BucketBatchSampler': '._batching',
@@ -23,26 +23,7 @@ _LAZY = {
     'lr_at': '._schedules',
 }
 
-__all__ = [
-    "COMPLETE",
-    "DIVERGED",
-    "FLATLINE",
-    "OOM",
-    "STOPPED",
-    "OPTIMIZER_PARAMS",
-    "BucketBatchSampler",
-    "PlateauTracker",
-    "CallbackReporter",
-    "NullReporter",
-    "Reporter",
-    "TrainResult",
-    "build_optimizer",
-    "effective_batch",
-    "evaluate_dev",
-    "lr_at",
-    "scale_lr",
-    "train",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -18,22 +18,48 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from ..config import RecipeConfig, RunOptions, TrainConfig, config_from_dict, config_to_dict, dump_config, flatten
-from ..data import Manifest, require_tunable
-from ..data._audio import load_audio
-from ..data._prepare import PreparedData, corpus_charset, prepare_data
-from ..data._tokenizer import Tokenizer, build_tokenizer
-from ..data._validate import validate_manifest
-from ..features import FeatureCache, GlobalCMVN, SpecAugment
-from ..metrics import error_counts, group_wer, parameter_count, worst_group
-from ..models import build_model
-from ..recognizer import Recognizer
-from ._batching import BucketBatchSampler
-from ._checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
-from ._diagnostics import COMPLETE, OOM, STOPPED, FlatlineDetector, RunEnded, check_finite, is_oom
-from ._optim import build_optimizer, effective_batch, scale_lr
-from ._reporter import NullReporter, Reporter
-from ._schedules import PlateauTracker, lr_at
+from speechtune.config import (
+    RecipeConfig,
+    RunOptions,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    flatten,
+)
+from speechtune.data import (
+    Manifest,
+    PreparedData,
+    build_tokenizer,
+    corpus_charset,
+    load_audio,
+    prepare_data,
+    require_tunable,
+    validate_manifest,
+)
+from speechtune.features import FeatureCache, GlobalCMVN, SpecAugment
+from speechtune.inference import Recognizer
+from speechtune.metrics import error_counts, group_wer, parameter_count, worst_group
+from speechtune.models import build_model
+from speechtune.training._batching import BucketBatchSampler
+from speechtune.training._checkpoint import (
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
+from speechtune.training._diagnostics import (
+    COMPLETE,
+    OOM,
+    STOPPED,
+    FlatlineDetector,
+    RunEnded,
+    check_finite,
+    is_oom,
+)
+from speechtune.training._optim import build_optimizer, effective_batch, scale_lr
+from speechtune.training._reporter import NullReporter, Reporter
+from speechtune.training._schedules import PlateauTracker, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +135,8 @@ def _collate(
         x[k, : v.shape[0]] = v
     tlens = torch.tensor([len(v) for v in t])
     y = torch.full((len(t), max(1, int(tlens.max()))), -1, dtype=torch.long)
-    for k, v in enumerate(t):
-        y[k, : len(v)] = torch.tensor(v, dtype=torch.long)
+    for k, tokens in enumerate(t):
+        y[k, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     nb = device.type == "cuda"
     return _Batch(
         x.to(device, non_blocking=nb),
@@ -160,7 +186,7 @@ def evaluate_dev(
     model.eval()
     decode = cfg.decode
     if not full_decode:
-        from ..config import DecodeConfig
+        from speechtune.config import DecodeConfig
 
         if cfg.model.head == "ctc" or cfg.model.ctc_weight > 0:
             decode = DecodeConfig(method="greedy")
@@ -396,7 +422,7 @@ def final_metrics(
     state: "_RunState",
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint with the configured decoder; write ``metrics.json`` beside it."""
-    from ..evaluate import measure_decoding_latency
+    from speechtune.inference import measure_decoding_latency
 
     best = Recognizer.load(model_path, device)
     dev = evaluate_dev(best, dev_set, dev_feats, targets, cfg, device, full_decode=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from speechtune.config._schema import OptimConfig
+from speechtune.config import OptimConfig
 
 __all__ = [
     "OPTIMIZER_PARAMS",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from speechtune.config._schema import ScheduleConfig
+from speechtune.config import ScheduleConfig
 
 __all__ = ["PlateauTracker", "lr_at"]
 

@@ -1,95 +1,43 @@
-"""The tuning engine: search spaces, objectives, studies (Optuna), fidelity, trial records."""
+"""The tuning engine: search spaces, the tuning YAML, objectives, studies and their backends.
 
-from .._lazy import lazy_exports
-from ._expr import ExprError
-from ._fidelity import Fidelity, Rung
-from ._space import (
-    CategoricalParam,
-    ConstraintViolation,
-    DerivedParam,
-    FixedParam,
-    FloatParam,
-    IntParam,
-    SearchSpace,
-    parse_space,
+Subpackages, lowest first (a lower one never imports a higher one):
+
+* :mod:`~speechtune.tuning.space`: the search-space model (params, conditions, priors).
+* :mod:`~speechtune.tuning.search`: fidelity ladders and the multi-fidelity ask/tell engine.
+* :mod:`~speechtune.tuning.spec`: the tuning YAML as a typed :class:`TuningSpec`.
+* :mod:`~speechtune.tuning.objectives`: the recipe, Python-function and command objectives.
+* :mod:`~speechtune.tuning.study`: one study over Optuna storage: lifecycle, trials, records.
+* :mod:`~speechtune.tuning.backends`: where trials run: this process, worker processes,
+  workers on a shared database, Ray Tune.
+"""
+
+from speechtune.tuning.backends import run_study
+from speechtune.tuning.objectives import (
+    CommandObjective,
+    FunctionObjective,
+    Objective,
+    RecipeObjective,
+    TrialOutcome,
 )
-from ._spec import CommandSpec, ObjectiveSpec, StudySpec, TuningSpec, load_tuning, validate_tuning
-
-# name -> private module; exported lazily so that `import speechtune.tuning` stays light
-_LAZY = {
-    'CommandObjective': '._command',
-    'FunctionObjective': '._objectives',
-    'Objective': '._objectives',
-    'RecipeObjective': '._objectives',
-    'TrialOutcome': '._objectives',
-    'make_pruner': '._optuna',
-    'make_sampler': '._optuna',
-    'make_storage': '._optuna',
-    'StudyExistsError': '._study',
-    'TrialReporter': '._study',
-    'run_study': '._study',
-    'tune': '._api',
-    'fidelity_spec': '._api',
-    'FidelitySpec': '._ladder',
-    'Job': '._multifidelity',
-    'MultiFidelitySearch': '._multifidelity',
-    'STRATEGIES': '._multifidelity',
-    'RaySpec': '._ray_spec',
-    'run_ray_study': '._ray',
-    'run_packed_study': '._local_workers',
-    'GpuMonitor': '._gpu',
-    'GpuSlots': '._gpu',
-    'add_worker_arguments': '._workers',
-    'worker_command': '._workers',
-    'add_tune_arguments': '._cli',
-    'tune_command': '._cli',
-}
+from speechtune.tuning.search import Fidelity, MultiFidelitySearch, Rung
+from speechtune.tuning.space import SearchSpace, parse_space
+from speechtune.tuning.spec import TuningSpec, load_tuning, validate_tuning
+from speechtune.tuning.study import StudyExistsError
 
 __all__ = [
-    "CategoricalParam",
-    "CommandSpec",
-    "ConstraintViolation",
-    "DerivedParam",
-    "ExprError",
+    "CommandObjective",
     "Fidelity",
-    "FidelitySpec",
-    "Job",
+    "FunctionObjective",
     "MultiFidelitySearch",
+    "Objective",
+    "RecipeObjective",
     "Rung",
-    "STRATEGIES",
-    "fidelity_spec",
-    "FixedParam",
-    "FloatParam",
-    "IntParam",
-    "ObjectiveSpec",
     "SearchSpace",
-    "StudySpec",
+    "StudyExistsError",
+    "TrialOutcome",
     "TuningSpec",
     "load_tuning",
     "parse_space",
-    "validate_tuning",
-    "CommandObjective",
-    "FunctionObjective",
-    "Objective",
-    "RecipeObjective",
-    "TrialOutcome",
-    "StudyExistsError",
-    "TrialReporter",
-    "GpuMonitor",
-    "GpuSlots",
-    "RaySpec",
-    "add_worker_arguments",
-    "run_packed_study",
-    "run_ray_study",
-    "worker_command",
-    "add_tune_arguments",
-    "make_pruner",
-    "make_sampler",
-    "make_storage",
     "run_study",
-    "tune",
-    "tune_command",
+    "validate_tuning",
 ]
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

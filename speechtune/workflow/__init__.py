@@ -5,7 +5,7 @@ full training, gating on a golden set against the registry's champion, and expor
 from Python.
 """
 
-from .._lazy import lazy_exports
+from speechtune._lazy import lazy_exports
 
 _LAZY = {
     "STAGES": "._config",
@@ -14,11 +14,10 @@ _LAZY = {
     "stage_index": "._config",
     "GoldenSetAccessError": "._golden",
     "WorkflowState": "._state",
-    "WorkflowError": "._stages",
     "WorkflowConfigChanged": "._runner",
     "run_workflow": "._runner",
-    "add_workflow_arguments": "._runner",
-    "workflow_command": "._runner",
+    "WorkflowError": "._stages",
+    "summary": "._runner",
     "write_workflow_report": "._report",
 }
 

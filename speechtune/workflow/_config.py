@@ -28,9 +28,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..config import ConfigError, ConfigProblem, merge, parse_overrides
-from ..config._schema import SyntheticConfig
-from ..tuning._checks import checked_entries, close_matches, is_int, is_num
+from speechtune.config import (
+    ConfigError,
+    ConfigProblem,
+    SyntheticConfig,
+    merge,
+    parse_overrides,
+)
+from speechtune.tuning.spec import checked_entries, close_matches, is_int, is_num
 
 #: The stages in the order they run; ``--from-stage`` takes a name or its number (1-based).
 STAGES = ("proxy", "baseline", "coarse", "fine", "validate", "full", "gate", "export")
@@ -259,7 +264,7 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
         else:
             good[k] = v
     try:
-        from ..config import config_from_dict
+        from speechtune.config import config_from_dict
 
         cfg = config_from_dict({"data": {"corpus": "synthetic", "synthetic": good}})
     except ConfigError as exc:
@@ -359,7 +364,7 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
 
 def _check_full_overrides(overrides: Mapping[str, Any], problems: list[ConfigProblem]) -> None:
     """Recipe keys only, and no data keys: stage 6 trains on all the data stage 1 prepared."""
-    from ..config import RecipeConfig, config_to_dict, flatten
+    from speechtune.config import RecipeConfig, config_to_dict, flatten
 
     keys = set(flatten(config_to_dict(RecipeConfig())))
     for key, value in overrides.items():

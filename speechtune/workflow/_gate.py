@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..data import Manifest
+from speechtune.data import Manifest
 
 
 def file_sha256(path: Path) -> str:
@@ -99,8 +99,8 @@ def gate_model(
         ``decision`` and the masked ``tracking_uri``. A model already registered (same bytes)
         is not registered again: a rerun after an interruption finds its version.
     """
-    from ..evaluate import evaluate_model
-    from ..track import mask_uri
+    from speechtune.inference import evaluate_model
+    from speechtune.track import mask_uri
 
     model_dir, work_dir = Path(model_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data import Manifest
-from ..data._guard import GoldenSetAccessError, golden_guard, guard_env
+from speechtune.data import GoldenSetAccessError, Manifest, golden_guard, guard_env
 
 __all__ = ["GoldenSetAccessError", "Leakage", "golden_guard", "guard_env", "leakage"]
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution
 
-from speechtune.tuning._space import (
+from speechtune.tuning.space import (
     CategoricalParam,
     DerivedParam,
     FixedParam,
@@ -45,9 +45,9 @@ from speechtune.tuning._space import (
     IntParam,
     Param,
     SearchSpace,
-    _optuna_choice,
-    _same_value,
+    optuna_choice,
     prior_problems,
+    same_value,
 )
 
 __all__ = [
@@ -304,7 +304,7 @@ def _narrow_choices(param: CategoricalParam, values: Sequence[Any]) -> Param:
 def _choice_index(param: CategoricalParam, value: Any) -> int | None:
     """Index of the choice ``value`` stands for: the choice itself first, then its encoded form."""
     for i, raw in enumerate(param.choices):
-        if _same_value(raw, value):
+        if same_value(raw, value):
             return i
     for i, enc in enumerate(param.encoded()):
         if type(enc) is type(value) and enc == value:
@@ -343,4 +343,4 @@ def _choice_text(value: Any) -> str:
         return _fmt(value)
     if isinstance(value, int):
         return str(value)
-    return str(_optuna_choice(value))  # lists and mappings: their YAML text
+    return str(optuna_choice(value))  # lists and mappings: their YAML text

@@ -8,17 +8,28 @@ energy, CO2e, money) and the report (``report.md``, ``report.html``) is rewritte
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..metrics._cost import EnergyMeter, format_cost, gpus_for_device
-from ._config import STAGES, WorkflowSpec, load_workflow, spec_summary, stage_index
-from ._stages import STAGE_DIRS, STAGE_FUNCTIONS, Context, WorkflowError, check_data_unchanged, golden_paths
-from ._state import WorkflowState, now
+from speechtune.devices import gpus_for_device
+from speechtune.metrics import EnergyMeter, format_cost
+from speechtune.workflow._config import (
+    STAGES,
+    WorkflowSpec,
+    spec_summary,
+    stage_index,
+)
+from speechtune.workflow._stages import (
+    STAGE_DIRS,
+    STAGE_FUNCTIONS,
+    Context,
+    WorkflowError,
+    check_data_unchanged,
+    golden_paths,
+)
+from speechtune.workflow._state import WorkflowState, now
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +39,8 @@ class WorkflowConfigChanged(RuntimeError):
 
 
 def _load_tuning(spec: WorkflowSpec) -> Any:
-    from ..config import ConfigError, ConfigProblem
-    from ..tuning import load_tuning
+    from speechtune.config import ConfigError, ConfigProblem
+    from speechtune.tuning.spec import load_tuning
 
     tuning = load_tuning(spec.tuning)
     problems = []
@@ -135,7 +146,7 @@ def run_workflow(
     end = stage_index(to_stage) if to_stage is not None else len(STAGES) - 1
     state.data.setdefault("run_uid", secrets.token_hex(4))
     state.data.setdefault("started", now())
-    from ..track import code_version
+    from speechtune.track import code_version
 
     state.data.update(
         name=spec.name,
@@ -192,7 +203,7 @@ def _cost_model_dict(model: Any) -> dict[str, Any]:
 
 
 def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool]]) -> None:
-    from ._golden import golden_guard
+    from speechtune.workflow._golden import golden_guard
 
     state = ctx.state
     log.info("stage %d %s: running", index + 1, name)
@@ -225,7 +236,7 @@ def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool
 
 def _write_report(state: WorkflowState) -> None:
     try:
-        from ._report import write_workflow_report
+        from speechtune.workflow._report import write_workflow_report
 
         write_workflow_report(state.data, state.run_dir)
     except Exception as exc:  # a broken report must never lose a stage's result
@@ -235,59 +246,9 @@ def _write_report(state: WorkflowState) -> None:
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def add_workflow_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``speechtune workflow``."""
-    p.add_argument("--config", required=True, help="workflow YAML (see conf/workflow.yaml)")
-    p.add_argument("--run-dir", default=None, help="state, stage outputs and reports (default: runs/<name>)")
-    p.add_argument("--from-stage", default=None, help=f"redo this stage and all later ones: {', '.join(f'{i + 1}/{s}' for i, s in enumerate(STAGES))}")
-    p.add_argument("--to-stage", default=None, help="stop after this stage (default: the last)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides of the workflow YAML, e.g. coarse.n_trials=5")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: %(default)s)")
-    p.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: gating.tracking_uri, else a local SQLite store)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes for the coarse and fine studies (GPU packing; default: 1, in this process)")
-    p.add_argument("--gpu-slots", type=int, default=None, help="concurrent trials per GPU with --workers (default: --workers)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log the coarse and fine studies to MLflow (the registry is still used)")
-    p.add_argument("--quiet", action="store_true", help="no progress displays")
-
-
-def workflow_command(args: argparse.Namespace) -> int:
-    """Run ``speechtune workflow``; return the exit code (0 done, 1 a stage failed, 130 interrupted)."""
-    import optuna
-
-    spec = load_workflow(args.config, tuple(args.set or ()))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.name
-    try:
-        state = run_workflow(
-            spec,
-            run_dir,
-            from_stage=args.from_stage,
-            to_stage=args.to_stage,
-            device=args.device,
-            cache_dir=args.cache_dir,
-            num_threads=args.threads,
-            tracking_uri=args.tracking_uri,
-            track_studies=not args.no_tracking,
-            workers=args.workers,
-            gpu_slots=args.gpu_slots,
-            progress=not args.quiet,
-        )
-    except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to continue ({run_dir / 'state.json'})", file=sys.stderr)
-        return 130
-    except (WorkflowError, WorkflowConfigChanged) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"report so far: {run_dir / 'report.html'}", file=sys.stderr)
-        return 1
-    print(summary(state))
-    return 0
-
-
 def summary(state: WorkflowState) -> str:
     """A few lines for the terminal: the WER path, the gating decision, cost, and where the report is."""
-    from ._report import wer_path
+    from speechtune.workflow._report import wer_path
 
     st = state.data["stages"]
     lines = [f"workflow {state.data.get('name')}: {state.run_dir}"]

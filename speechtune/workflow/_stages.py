@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..config import config_from_dict, config_to_dict, flatten
-from ..data import Manifest, PreparedData
-from ..data._manifest import replace_utt
-from ..metrics._cost import CostModel
-from ..tuning import TuningSpec
-from ..tuning._space import SearchSpace, space_spec
-from ..tuning._study import _jsonable
-from ._config import WorkflowSpec
-from ._gate import file_sha256
-from ._state import WorkflowState
+from speechtune._jsonable import _jsonable
+from speechtune.config import config_from_dict, config_to_dict, flatten
+from speechtune.data import Manifest, PreparedData, replace_utt
+from speechtune.metrics import CostModel
+from speechtune.tuning.space import SearchSpace, space_spec
+from speechtune.tuning.spec import TuningSpec
+from speechtune.workflow._config import WorkflowSpec
+from speechtune.workflow._gate import file_sha256
+from speechtune.workflow._state import WorkflowState
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +80,13 @@ class Context:
 
     def proxy_recipe(self) -> dict[str, Any]:
         """The tuning YAML's base recipe (its overrides applied) on the proxy subset."""
-        from ..tuning._objectives import merge_config
+        from speechtune.tuning.objectives import merge_config
 
         return merge_config(self.tuning.base_recipe, self.proxy_overrides())
 
     def full_recipe(self) -> dict[str, Any]:
         """The base recipe at the top fidelity on all the training data, with ``full.overrides``."""
-        from ..tuning._objectives import merge_config
+        from speechtune.tuning.objectives import merge_config
 
         top: dict[str, Any] = {}
         fidelity = getattr(self.tuning, "fidelity", None)
@@ -100,14 +99,14 @@ class Context:
     def data(self) -> PreparedData:
         """Train (all of it) and dev, prepared once per process (corpus caches make it cheap)."""
         if self._data is None:
-            from ..data import prepare_data
+            from speechtune.data import prepare_data
 
             cfg = config_from_dict(self.full_recipe(), "the workflow's recipe")
             self._data = prepare_data(cfg.data, cfg.features.sample_rate, self.cache_dir, self.progress)
         return self._data
 
     def objective(self, recipe: Mapping[str, Any]) -> Any:
-        from ..tuning._objectives import RecipeObjective
+        from speechtune.tuning.objectives import RecipeObjective
 
         return RecipeObjective(recipe, device=self.device, cache_dir=self.cache_dir, num_threads=self.num_threads, data=self.data())
 
@@ -115,17 +114,17 @@ class Context:
         """MLflow tracking of a stage's study, in the registry's store (experiment = workflow name); None when off."""
         if not self.track_studies:
             return None
-        from ..track import StudyTracker
+        from speechtune.track import StudyTracker
 
         uri = self.tracking_uri or self.spec.gating.tracking_uri
         return StudyTracker(uri, self.spec.name, self.spec.gating.registry_dir)
 
     def value(self, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> float:
         """The tuned objective (e.g. dev WER, or worst-group WER) of one run's final metrics."""
-        from ..tuning._study import complete_metrics, objective_values
+        from speechtune.tuning.study import complete_metrics
 
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return objective_values(self.tuning.objective, complete_metrics(numeric, extra or metrics))[0]
+        return self.tuning.objective.values(complete_metrics(numeric, extra or metrics))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,8 +151,8 @@ def train_once(ctx: Context, recipe: Mapping[str, Any], config: Mapping[str, Any
     ``{"status", "reason", "metrics", "value", "seed", "run_dir"}`` (``value`` None when the
     run failed).
     """
-    from ..tuning._objectives import CONTINUE_MARKER
-    from ..training._reporter import NullReporter
+    from speechtune.training import NullReporter
+    from speechtune.tuning.objectives import CONTINUE_MARKER
 
     out_dir = Path(out_dir)
     done = out_dir / RUN_RECORD
@@ -187,7 +186,7 @@ def train_once(ctx: Context, recipe: Mapping[str, Any], config: Mapping[str, Any
 # ---------------------------------------------------------------------------------------------
 def stage_proxy(ctx: Context) -> dict[str, Any]:
     """Carve dev (speaker-disjoint) and the stratified proxy subset; write the three manifests."""
-    from ..data import proxy_subset
+    from speechtune.data import proxy_subset
 
     data = ctx.data()
     p = ctx.spec.proxy
@@ -261,7 +260,7 @@ def _search_spec(ctx: Context, stage: str, space: SearchSpace, *, sampler: str, 
         seed=None if ctx.tuning.study.seed is None else ctx.tuning.study.seed + seed_offset,
     )
     if ctx.workers > 1 and fidelity is None:
-        from ..tuning._local_workers import packed_storage_url
+        from speechtune.tuning.backends import packed_storage_url
 
         # Several processes cannot share SQLite: the stage's study lives in a journal file.
         study = dataclasses.replace(study, storage=packed_storage_url(None, (ctx.run_dir / stage).resolve()))
@@ -288,8 +287,7 @@ def _search_spec(ctx: Context, stage: str, space: SearchSpace, *, sampler: str, 
 def _summarise_study(study: Any, spec: TuningSpec, stage_dir: Path, top_k: int) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    from ..reports._records import ranked_trials, trial_config
-    from ..tuning._optuna import storage_url
+    from speechtune.tuning.study import ranked_trials, storage_url, trial_config
 
     trials = study.get_trials(deepcopy=False)
     ranked = ranked_trials(study)
@@ -343,46 +341,34 @@ def weak_proxy_warnings(values: list[float], metric: str = "wer") -> list[str]:
 
 
 def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None) -> Any:
-    from ..tuning import run_study
+    """The stage's study: in this process, or in ``ctx.workers`` worker processes on this machine."""
+    from speechtune.reports import write_study_outputs
+    from speechtune.tuning.backends import PackedBackend, run_study
+    from speechtune.workflow._golden import guard_env
 
+    backend = None
+    objective = None
     if ctx.workers > 1 and spec.fidelity is None:
-        return _run_packed(ctx, spec, stage_dir, n_trials)
+        # The workers neither track nor report (N processes on one MLflow store); this process
+        # logs the finished study once. They inherit the golden-set guard through the environment.
+        extra = ["--cache-dir", str(Path(ctx.cache_dir).resolve()), "--no-report", "--quiet", "--no-tracking"]
+        slots = ctx.gpu_slots if ctx.gpu_slots is not None else (ctx.workers if ctx.device != "cpu" else None)
+        backend = PackedBackend(
+            ctx.workers, device=ctx.device, gpu_slots=slots, extra_argv=extra, env=guard_env(golden_paths(ctx))
+        )
+    else:
+        objective = ctx.objective(spec.base_recipe)
     return run_study(
         spec,
-        ctx.objective(spec.base_recipe),
+        objective,
         stage_dir,
+        backend=backend,
         n_trials=n_trials,
         resume=True,  # a rerun continues the stage's study; the first run creates it
         tracker=ctx.tracker(),
+        outputs=write_study_outputs,
         progress=ctx.progress,
     )
-
-
-def _run_packed(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None) -> Any:
-    """The stage's study run by ``ctx.workers`` ``speechtune worker`` processes on this machine."""
-    from ..tuning._local_workers import run_packed_study
-    from ..tuning._study import log_finished_trials
-    from ._golden import guard_env
-
-    # The workers neither track nor report (N processes on one MLflow store); this process logs
-    # the finished study once. They inherit the golden-set guard through the environment.
-    extra = ["--cache-dir", str(Path(ctx.cache_dir).resolve()), "--no-report", "--quiet", "--no-tracking"]
-    slots = ctx.gpu_slots if ctx.gpu_slots is not None else (ctx.workers if ctx.device != "cpu" else None)
-    study = run_packed_study(
-        spec,
-        stage_dir,
-        ctx.workers,
-        device=ctx.device,
-        gpu_slots=slots,
-        n_trials=n_trials,
-        resume=True,
-        extra_argv=extra,
-        env=guard_env(golden_paths(ctx)),
-    )
-    tracker = ctx.tracker()
-    if tracker is not None:
-        log_finished_trials(study, spec, tracker)
-    return study
 
 
 def stage_coarse(ctx: Context) -> dict[str, Any]:
@@ -399,14 +385,13 @@ def _warm_start(ctx: Context, spec: TuningSpec, stage_dir: Path) -> int:
     """Add the coarse trials inside the fine region to the (new) fine study as finished evidence."""
     import optuna
 
-    from ..reports._records import ranked_trials, trial_config
-    from ..tuning._study import open_study
-    from ._narrow import distributions_for, encode_params, in_space
+    from speechtune.tuning.study import open_study, ranked_trials, trial_config
+    from speechtune.workflow._narrow import distributions_for, encode_params, in_space
 
     fine = open_study(spec, stage_dir, resume=True)
     if fine.get_trials(deepcopy=False):
         return int(fine.user_attrs.get("warm_started", 0))  # added when the stage first ran
-    from ..tuning._optuna import make_storage
+    from speechtune.tuning.study import make_storage
 
     recorded = ctx.state.result("coarse")
     coarse = optuna.load_study(study_name=recorded["study"], storage=make_storage(recorded["storage"], ctx.run_dir / "coarse"))
@@ -434,7 +419,7 @@ def _warm_start(ctx: Context, spec: TuningSpec, stage_dir: Path) -> int:
 
 def stage_fine(ctx: Context) -> dict[str, Any]:
     """Bayesian optimisation in the region around the coarse top-k (bounds shrunk, log scales kept)."""
-    from ._narrow import narrow_space
+    from speechtune.workflow._narrow import narrow_space
 
     f = ctx.spec.fine
     coarse = ctx.state.result("coarse")
@@ -479,7 +464,7 @@ def _candidates(ctx: Context) -> list[tuple[str, dict[str, Any]]]:
 
 def stage_validate(ctx: Context) -> dict[str, Any]:
     """The top-k configs and the baseline, each trained with every validation seed (fresh seeds)."""
-    from ._stats import mean_std, seed_noise_test
+    from speechtune.workflow._stats import mean_std, seed_noise_test
 
     v = ctx.spec.validation
     recipe = ctx.proxy_recipe()
@@ -569,7 +554,7 @@ def stage_full(ctx: Context) -> dict[str, Any]:
 
 
 def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    from ..tuning._objectives import merge_config
+    from speechtune.tuning.objectives import merge_config
 
     return merge_config(recipe, params)
 
@@ -579,8 +564,7 @@ def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 def load_golden(ctx: Context) -> tuple[Manifest, str]:
     """The golden manifest (split ``golden``) and where it came from. Only stage 7 calls this."""
-    from ..data import load_manifest
-    from ..data._prepare import synthesize_configured
+    from speechtune.data import load_manifest, synthesize_configured
 
     g = ctx.spec.golden
     if g.manifest is not None:
@@ -608,14 +592,14 @@ def golden_paths(ctx: Context) -> list[tuple[Path, bool]]:
 
 
 def registry(ctx: Context) -> Any:
-    from ..track import ModelRegistry
+    from speechtune.track import ModelRegistry
 
     uri = ctx.tracking_uri or ctx.spec.gating.tracking_uri
     return ModelRegistry(uri, ctx.spec.gating.model_name, store_dir=ctx.spec.gating.registry_dir)
 
 
 def _lineage(ctx: Context, golden: Mapping[str, Any]) -> dict[str, Any]:
-    from ..track import code_version
+    from speechtune.track import code_version
 
     st = ctx.state
     proxy = st.result("proxy")
@@ -640,8 +624,8 @@ def _lineage(ctx: Context, golden: Mapping[str, Any]) -> dict[str, Any]:
 
 def stage_gate(ctx: Context) -> dict[str, Any]:
     """Golden-set evaluation, registry, and promotion by margin."""
-    from ._gate import gate_model
-    from ._golden import leakage
+    from speechtune.workflow._gate import gate_model
+    from speechtune.workflow._golden import leakage
 
     g = ctx.spec.gating
     full = ctx.state.result("full")
@@ -696,7 +680,7 @@ def _eval_device(device: str) -> str:
 
 def stage_export(ctx: Context) -> dict[str, Any]:
     """The final model with its front end as TorchScript or ONNX, attached to the registered version."""
-    from ..export import export_model
+    from speechtune.inference import export_model
 
     fmt = ctx.spec.export_format
     if fmt == "none":

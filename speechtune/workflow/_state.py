@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..metrics._cost import CostRecord, sum_costs
-from ._config import STAGES
+from speechtune.metrics import CostRecord, sum_costs
+from speechtune.workflow._config import STAGES
 
 STATE_FILE = "state.json"
 

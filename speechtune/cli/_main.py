@@ -1,0 +1,82 @@
+"""The ``speechtune`` command: the parser (one module per subcommand) and the error handling.
+
+Building the parser imports no subcommand's dependencies (torch, Optuna, MLflow...): each
+subcommand's :func:`run` imports what it needs, so ``speechtune --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from types import ModuleType
+
+from speechtune._version import __version__
+from speechtune.cli import (
+    correlate,
+    dashboard,
+    data,
+    evaluate,
+    export,
+    report,
+    train,
+    transcribe,
+    tune,
+    validate,
+    worker,
+    workflow,
+)
+
+log = logging.getLogger("speechtune")
+
+#: ``speechtune <name>`` -> the module that implements it (``HELP``, ``add_arguments``, ``run``).
+SUBCOMMANDS: dict[str, ModuleType] = {
+    "train": train,
+    "tune": tune,
+    "worker": worker,
+    "workflow": workflow,
+    "validate": validate,
+    "report": report,
+    "correlate": correlate,
+    "dashboard": dashboard,
+    "evaluate": evaluate,
+    "transcribe": transcribe,
+    "export": export,
+    "data": data,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``speechtune`` argument parser."""
+    parser = argparse.ArgumentParser(prog="speechtune", description="Find strong hyperparameters for speech models.")
+    parser.add_argument("--version", action="version", version=f"speechtune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", None))
+        module.add_arguments(p)
+        p.set_defaults(fn=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``speechtune`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except Exception as exc:
+        from speechtune.config import ConfigError
+
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError, ImportError)):
+            # Bad input (manifests, audio, test-split refusals) ends with its message, not a traceback.
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,48 @@
+"""``speechtune validate``: check a recipe or a tuning YAML and report every problem at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "check a recipe or tuning config and report every problem"
+
+#: Top-level sections that make a YAML a tuning file rather than a recipe.
+TUNING_SECTIONS = {"space", "study", "objective", "presets", "recipe", "command", "constraints"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``speechtune validate``."""
+    p.add_argument("config")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+
+
+def is_tuning_file(path: str) -> bool:
+    """True when ``path`` holds a tuning YAML (it has one of :data:`TUNING_SECTIONS`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports the problem
+    return isinstance(data, dict) and bool(TUNING_SECTIONS & set(data))
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when the file is valid; 2 (every problem listed) when it is not."""
+    if is_tuning_file(args.config):
+        from speechtune.tuning.spec import validate_tuning
+
+        problems = validate_tuning(args.config, args.set or ())
+        if problems:
+            print(f"error: {len(problems)} problem(s) in {args.config}:", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+            return 2
+    else:
+        from speechtune.config import load_config
+
+        load_config(args.config, args.set or ())
+    print(f"{args.config}: OK")
+    return 0

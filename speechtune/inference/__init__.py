@@ -1,0 +1,25 @@
+"""Using a trained model: load and decode (Recognizer), evaluate on a manifest, export to TorchScript/ONNX.
+
+Exports are lazy: these modules import torch, and ``speechtune.inference.FORMATS`` is needed
+by the command line without it.
+"""
+
+from speechtune._lazy import lazy_exports
+from speechtune.inference._formats import FORMATS
+
+_LAZY = {
+    "Recognizer": "._recognizer",
+    "pad_waves": "._recognizer",
+    "evaluate_model": "._evaluate",
+    "measure_decoding_latency": "._evaluate",
+    "read_wave": "._evaluate",
+    "transcribe_files": "._evaluate",
+    "ExportedRecognizer": "._export",
+    "export_model": "._export",
+    "exported_format": "._export",
+    "load_exported": "._export",
+}
+
+__all__ = ["FORMATS", *sorted(_LAZY)]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,0 +1,136 @@
+"""A trained speech recogniser: front end + normalisation + model + tokenizer, saved as one file.
+
+This is what ``speechtune train`` produces (``model.pt``) and what ``evaluate`` and
+``transcribe`` load. The file holds tensors and plain values only, so it loads with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechtune.config import (
+    DecodeConfig,
+    RecipeConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from speechtune.data import Tokenizer, tokenizer_from_dict
+from speechtune.features import GlobalCMVN, LogMel
+from speechtune.models import ASRModel, build_model
+
+FORMAT_VERSION = 1
+
+
+def pad_waves(waves: Sequence[np.ndarray], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack mono waveforms into a zero-padded batch on ``device``."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    batch = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    return batch.to(device), lengths.to(device)
+
+
+class Recognizer(nn.Module):
+    """Waveforms in, transcripts out.
+
+    Args:
+        cfg: the recipe config the model was trained with.
+        tokenizer: maps token ids to text.
+        cmvn: global mean/variance normalisation fitted on the training features (or None).
+        model: the acoustic model.
+    """
+
+    def __init__(self, cfg: RecipeConfig, tokenizer: Tokenizer, cmvn: GlobalCMVN | None, model: ASRModel):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.frontend = LogMel.from_config(cfg.features)
+        self.cmvn = cmvn
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.cmvn(feats) if self.cmvn is not None else feats
+
+    @torch.no_grad()
+    def decode_features(
+        self, feats: torch.Tensor, lengths: torch.Tensor, decode: DecodeConfig | None = None
+    ) -> list[str]:
+        """Decode a padded batch of (un-normalised) log-mel features into text."""
+        d = decode or self.cfg.decode
+        ids = self.model.decode(
+            self.normalize(feats),
+            lengths,
+            method=d.method,
+            beam_size=d.beam_size,
+            ctc_weight=d.ctc_weight,
+            max_len_ratio=d.max_len_ratio,
+        )
+        return [self.tokenizer.decode(x) for x in ids]
+
+    @torch.no_grad()
+    def transcribe(
+        self, waves: Sequence[np.ndarray], decode: DecodeConfig | None = None, batch_size: int = 16
+    ) -> list[str]:
+        """Transcribe mono float32 waveforms sampled at ``cfg.features.sample_rate``."""
+        was_training = self.training
+        self.eval()
+        out: list[str] = []
+        try:
+            # Sort by length so batches pad little; restore the caller's order at the end.
+            order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+            texts: dict[int, str] = {}
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                wav, lens = pad_waves([waves[i] for i in idx], self.device)
+                feats, flens = self.frontend(wav, lens)
+                for i, t in zip(idx, self.decode_features(feats, flens, decode)):
+                    texts[i] = t
+            out = [texts[i] for i in range(len(waves))]
+        finally:
+            self.train(was_training)
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": config_to_dict(self.cfg),
+            "tokenizer": self.tokenizer.to_dict(),
+            "model": self.model.state_dict(),
+            "cmvn": self.cmvn.state_dict() if self.cmvn is not None else None,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], device: torch.device | str = "cpu") -> "Recognizer":
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported model file format {payload.get('format_version')!r}; expected {FORMAT_VERSION}"
+            )
+        cfg = config_from_dict(payload["config"])
+        tokenizer = tokenizer_from_dict(payload["tokenizer"])
+        model = build_model(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
+        model.load_state_dict(payload["model"])
+        cmvn = None
+        if payload.get("cmvn") is not None:
+            cmvn = GlobalCMVN(cfg.features.n_mels)
+            cmvn.load_state_dict(payload["cmvn"])
+        return cls(cfg, tokenizer, cmvn, model).to(device).eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Recognizer":
+        """Load a ``model.pt`` written by ``speechtune train`` (safe: weights_only)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return cls.from_payload(payload, device)

@@ -1,0 +1,91 @@
+"""The local backend: trials in this process with Optuna's ``study.optimize`` (threads for ``n_jobs``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial
+
+from speechtune.tuning.backends._base import needs_objective
+from speechtune.tuning.objectives import Objective
+from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study import (
+    COUNTED_STATES,
+    DEFAULT_HEARTBEAT_S,
+    FailureGuard,
+    OpenOptions,
+    StudyProgress,
+    StudySession,
+    TrialFailed,
+    TrialRunner,
+    device_slots,
+    quiet_trial_failures,
+)
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """Trials in this process, ``n_jobs`` at a time (threads).
+
+    Args:
+        n_jobs: parallel trials; default ``study.n_jobs``. With CUDA GPUs trial k runs on
+            ``cuda:(k % n_gpus)``; on the CPU each trial gets its share of the cores.
+        heartbeat_s: heartbeat interval of RDB storages; a trial silent for twice that is stale.
+        shared: other processes (``speechtune worker``) run trials of this study at the same
+            time: the TPE sampler then uses the constant liar, as it does for ``n_jobs`` > 1,
+            so that concurrent workers do not propose the same region.
+        monitor_gpus: record GPU utilisation over the study (how much one-at-a-time trials
+            leave idle is what ``--workers N`` would recover).
+    """
+
+    n_jobs: int | None = None
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S
+    shared: bool = False
+    monitor_gpus: bool = False
+
+    def jobs(self, spec: TuningSpec) -> int:
+        """Trials run at once for ``spec``."""
+        return max(1, int(self.n_jobs if self.n_jobs is not None else spec.study.n_jobs or 1))
+
+    def open_options(self, spec: TuningSpec, run_dir: Path) -> OpenOptions:
+        """See :meth:`Backend.open_options`; a ``fidelity:`` spec needs the multi-fidelity backend."""
+        if spec.fidelity is not None:
+            raise ValueError("a fidelity: section is run by the multi-fidelity backend (MultiFidelityBackend)")
+        jobs = self.jobs(spec)
+        return OpenOptions(
+            n_jobs=max(jobs, 2) if self.shared else jobs,
+            heartbeat_s=self.heartbeat_s,
+            monitor_gpus=self.monitor_gpus,
+        )
+
+    def run(self, session: StudySession, objective: Objective | None, *, n_trials: int | None, progress: bool) -> None:
+        """See :meth:`Backend.run`."""
+        quiet_trial_failures()
+        spec, study = session.spec, session.study
+        target = session.target(n_trials)
+        jobs = self.jobs(spec)
+        objective = needs_objective(objective)
+        runner = TrialRunner(spec, objective, session.run_dir, slots=device_slots(objective, jobs))
+        view = StudyProgress(study, n_trials=target, n_jobs=jobs, live=progress)
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+            FailureGuard(max(10, target or 10)),
+            view,
+            session.trial_finished,
+        ]
+        if target is not None:
+            callbacks.insert(0, MaxTrialsCallback(int(target), states=COUNTED_STATES))
+        if target is not None and session.counted() >= target:
+            return
+        with view:
+            study.optimize(
+                runner,
+                n_trials=None,
+                timeout=spec.study.timeout_s,
+                n_jobs=jobs,
+                catch=(TrialFailed,),
+                callbacks=callbacks,
+            )

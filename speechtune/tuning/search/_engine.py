@@ -1,0 +1,580 @@
+"""Multi-fidelity search with an ask/tell interface: Hyperband, ASHA, BOHB and speechtune's strategy.
+
+The engine is storage-free and deterministic: ``ask()`` returns a :class:`Job` (a config at a
+fidelity rung), the caller runs it however it likes and ``tell()`` s the value. Same seed, same
+sequence of jobs (when used sequentially). :mod:`speechtune.tuning._mf_study` runs it as an
+Optuna study (one Optuna trial per job) so that it is stored, resumable and reported.
+
+Strategies
+----------
+``random``
+    Random configs at full fidelity (a baseline).
+``hyperband``
+    Synchronous successive halving in Hyperband's brackets (Li et al., 2018), random configs.
+``asha``
+    Asynchronous successive halving (Li et al., 2020): promote a config as soon as it is in the
+    top ``1/eta`` of its rung, otherwise start a new one at the lowest rung. For parallel workers.
+``bohb``
+    Hyperband whose new configs come from a TPE model fitted on the highest rung with enough
+    observations (Falkner et al., 2018), one third random.
+``speechtune``
+    Hyperband brackets (ASHA promotion with several workers) whose new configs mix the TPE model
+    (fitted per rung, the highest *trusted* rung with enough observations), the space's priors
+    (PriorBand-style, Mallik et al., 2023: weighted by how well the prior has ranked the configs
+    seen so far, so a misleading prior fades), the incumbent's neighbourhood and random draws.
+    It measures how faithfully each cheap rung ranks configs like the full-fidelity rung
+    (Spearman over configs seen at both; full-fidelity configs are "probed" at the cheap rungs
+    while that is unknown) and stops starting brackets at, or modelling from, a rung that ranks
+    poorly: on real learning curves the first epoch often ranks configs almost at random.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from speechtune.tuning.search._fidelity import Fidelity
+from speechtune.tuning.space import ConstraintViolation, SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+STRATEGIES = ("random", "hyperband", "asha", "bohb", "speechtune")
+
+
+_MODEL_STRATEGIES = ("bohb", "speechtune")
+
+
+# A cheap rung whose Spearman correlation with the top rung is below this ranks configs too
+# unfaithfully to decide promotions or to feed the model.
+TRUST_THRESHOLD = 0.5
+
+
+# Configs seen at both a rung and the top before its correlation is believed.
+MIN_PAIRS = 5
+
+
+# A cheap rung ranking configs at least this faithfully is where every bracket starts.
+CONFIDENT_THRESHOLD = 0.8
+
+
+# Incumbent-neighbourhood draws: std as a fraction of each param's range (0.05 beat 0.1 and 0.2
+# on the synthetic benchmarks of benchmarks/search_efficiency.py).
+LOCAL_SCALE = 0.05
+
+
+_MAX_SAMPLE_TRIES = 50
+
+
+@dataclass(frozen=True)
+class Job:
+    """One config to evaluate at one fidelity rung.
+
+    Attributes:
+        number: ask order (0, 1, 2, ...).
+        config_id: the config's id, kept across rungs.
+        rung: index into ``fidelity.rungs``.
+        params: raw values of the tunable params (Optuna names and values).
+        config: the full flat config: sampled and derived values, then the rung's overrides.
+        bracket: the Hyperband bracket (-1 for probes and bracket-free strategies).
+        parent: number of the job this one continues from (same config, lower rung), or None.
+        cost: compute of this job in full-training units.
+        source: how the config was chosen: random, model, prior, incumbent, warm_start,
+            promotion or probe.
+    """
+
+    number: int
+    config_id: int
+    rung: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+    bracket: int
+    parent: int | None
+    cost: float
+    source: str
+
+
+@dataclass
+class _Config:
+    config_id: int
+    params: dict[str, Any]
+    config: dict[str, Any]  # without rung overrides
+    source: str
+    values: dict[int, float] = field(default_factory=dict)  # rung -> value (inf: failed)
+    last_job: dict[int, int] = field(default_factory=dict)  # rung -> job number that measured it
+    promoted_from: set[int] = field(default_factory=set)  # rungs it has been promoted from
+
+
+@dataclass
+class _Bracket:
+    index: int
+    start: int
+    sizes: list[int]  # configs per rung, from start to top
+    members: dict[int, list[int]] = field(default_factory=dict)  # rung -> config ids issued there
+    queue: list[int] = field(default_factory=list)  # config ids waiting for promotion to `rung`
+    rung: int = 0
+
+    def size_at(self, rung: int) -> int:
+        return self.sizes[rung - self.start]
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Silence Optuna's INFO lines ("A new study created in memory...") for throwaway studies."""
+    logger = logging.getLogger("optuna")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return 0.0
+    rho = spearmanr(a, b).statistic
+    return float(rho) if math.isfinite(rho) else 0.0
+
+
+class MultiFidelitySearch:
+    """Ask/tell multi-fidelity search over a :class:`SearchSpace` and a :class:`Fidelity` ladder.
+
+    Example::
+
+        search = MultiFidelitySearch(space, Fidelity.from_budgets("epochs", [1, 3, 9]), seed=0)
+        while search.budget_used < 20:
+            job = search.ask()
+            search.tell(job, train_and_score(job.config))   # job.config["epochs"] is the budget
+        config, value = search.best()
+
+    Args:
+        space: the search space (priors on its params are used by ``speechtune``).
+        fidelity: the rungs, cheapest first.
+        strategy: one of :data:`STRATEGIES`.
+        seed: same seed, same decisions.
+        use_priors: let the space's priors guide new configs (``speechtune`` only).
+        warm_start: params of configs to try first (e.g. the top configs of a previous study).
+        base: flat values for names outside the space (conditions and derived values read them).
+        n_workers: jobs run at once; above 1 the bracket strategies promote asynchronously.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        fidelity: Fidelity,
+        *,
+        strategy: str = "speechtune",
+        seed: int = 0,
+        use_priors: bool = True,
+        warm_start: Sequence[Mapping[str, Any]] = (),
+        base: Mapping[str, Any] | None = None,
+        n_workers: int = 1,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+        self.space = space
+        self.fidelity = fidelity
+        self.strategy = strategy
+        self.seed = int(seed)
+        self.base = dict(base) if base is not None else None
+        self.n_workers = max(1, int(n_workers))
+        self.use_priors = bool(use_priors) and strategy == "speechtune" and self._space_has_priors()
+        self.asynchronous = strategy == "asha" or (strategy == "speechtune" and self.n_workers > 1)
+        self.budget_used = 0.0
+        self._configs: dict[int, _Config] = {}
+        self._jobs: dict[int, Job] = {}
+        self._pending: set[int] = set()
+        self._told: set[int] = set()
+        self._n_asked = 0
+        self._brackets: list[_Bracket] = []
+        self._warm = [dict(p) for p in warm_start]
+        self._probes: list[tuple[int, int]] = []  # (config_id, rung) waiting to be probed
+
+    # ------------------------------------------------------------------ public API
+    def ask(self) -> Job | None:
+        """The next job, or None when a synchronous bracket waits for running jobs."""
+        rng = np.random.default_rng([self.seed, self._n_asked])
+        job: Job | None
+        if self.strategy == "random":
+            job = self._new_job(rng, self.fidelity.top, bracket=-1)
+        else:
+            job = self._next_probe()
+            if job is None:
+                job = self._ask_async(rng) if self.asynchronous else self._ask_sync(rng)
+        if job is not None:
+            self._pending.add(job.number)
+        return job
+
+    def tell(
+        self, job: Job, value: float | None, *, intermediate: Mapping[int, float] | None = None, cost: float | None = None
+    ) -> None:
+        """Record a finished job.
+
+        Args:
+            job: a job from :meth:`ask` (or one rebuilt with :meth:`restore` when resuming).
+            value: the objective at the job's rung; None or NaN for a failed or pruned job,
+                which ranks last and is never promoted.
+            intermediate: values the same run measured on the way at LOWER rungs that it
+                continues through (e.g. the dev WER at the epochs of cheaper epoch rungs): free
+                observations of how the cheap rungs rank configs.
+            cost: the compute the job actually used, when less than ``job.cost`` (a job pruned
+                after a few of its epochs); default ``job.cost``.
+        """
+        if job.number in self._told:
+            raise ValueError(f"job {job.number} was already told")
+        self._pending.discard(job.number)
+        self._told.add(job.number)
+        self.budget_used += job.cost if cost is None else min(max(float(cost), 0.0), job.cost)
+        cfg = self._configs[job.config_id]
+        v = float(value) if value is not None and math.isfinite(float(value)) else math.inf
+        cfg.values[job.rung] = v
+        cfg.last_job[job.rung] = job.number
+        for rung, iv in (intermediate or {}).items():
+            rung = int(rung)
+            if rung < job.rung and rung not in cfg.values and iv is not None and math.isfinite(float(iv)):
+                cfg.values[rung] = float(iv)
+        if self.strategy == "speechtune" and job.rung == self.fidelity.top:
+            self._queue_probes(cfg)
+
+    def best(self) -> tuple[dict[str, Any], float] | None:
+        """The best config measured at the top rung (its config without rung overrides) and its value."""
+        top = self.fidelity.top
+        scored = [(c.values[top], c.config_id) for c in self._configs.values() if math.isfinite(c.values.get(top, math.inf))]
+        if not scored:
+            return None
+        value, cid = min(scored)
+        return dict(self._configs[cid].config), value
+
+    def rung_correlation(self) -> dict[int, tuple[float, int]]:
+        """Spearman correlation of each lower rung with the top rung, and the number of pairs."""
+        top = self.fidelity.top
+        out: dict[int, tuple[float, int]] = {}
+        for rung in range(top):
+            pairs = [
+                (c.values[rung], c.values[top])
+                for c in self._configs.values()
+                if math.isfinite(c.values.get(rung, math.inf)) and math.isfinite(c.values.get(top, math.inf))
+            ]
+            out[rung] = (_spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else math.nan, len(pairs))
+        return out
+
+    def trusted(self, rung: int) -> bool:
+        """Whether ``rung`` is believed to rank configs like the top rung (unknown counts as trusted)."""
+        if rung >= self.fidelity.top or self.strategy != "speechtune":
+            return True
+        rho, n = self.rung_correlation().get(rung, (math.nan, 0))
+        return n < MIN_PAIRS or rho >= TRUST_THRESHOLD
+
+    @property
+    def pending(self) -> list[Job]:
+        """Jobs asked and not yet told."""
+        return [self._jobs[n] for n in sorted(self._pending)]
+
+    def restore(self, job: Job) -> None:
+        """Re-register a job asked by an earlier process (resuming a stored study) before telling it."""
+        if job.number in self._jobs:
+            return
+        self._jobs[job.number] = job
+        if job.config_id not in self._configs:
+            base_config = {k: v for k, v in job.config.items() if k not in self.fidelity.rungs[job.rung].overrides}
+            self._configs[job.config_id] = _Config(job.config_id, dict(job.params), base_config, job.source)
+        self._n_asked = max(self._n_asked, job.number + 1)
+        self._pending.add(job.number)
+
+    # ------------------------------------------------------------------ sampling configs
+    def _space_has_priors(self) -> bool:
+        return any(getattr(p, "prior", None) is not None for p in self.space.params.values())
+
+    def _config_from_trial(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        if self.base is None:
+            return self.space.sample(trial)
+        return self.space.sample(trial, base=self.base)
+
+    def _draw(self, rng: np.random.Generator, sampler: optuna.samplers.BaseSampler, history: Sequence[_Config] = (), rung: int | None = None, enqueue: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Sample (params, config) with an Optuna sampler on a throwaway study holding ``history``."""
+        with warnings.catch_warnings(), _optuna_quiet():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.create_study(sampler=sampler)
+            if history and rung is not None:
+                study.add_trials(self._frozen(history, rung))
+            for _ in range(_MAX_SAMPLE_TRIES):
+                if enqueue is not None:
+                    study.enqueue_trial(dict(enqueue), skip_if_exists=False)
+                trial = study.ask()
+                try:
+                    config = self._config_from_trial(trial)
+                except ConstraintViolation:
+                    study.tell(trial, state=TrialState.FAIL)
+                    enqueue = None
+                    continue
+                return dict(trial.params), config
+        raise ConstraintViolation(f"no config satisfying the space's constraints in {_MAX_SAMPLE_TRIES} draws")
+
+    def _frozen(self, history: Sequence[_Config], rung: int) -> list[optuna.trial.FrozenTrial]:
+        dists = self.space.distributions()
+        finite = [c.values[rung] for c in history if math.isfinite(c.values[rung])]
+        worst = (max(finite) + (max(finite) - min(finite) + 1.0)) if finite else 1.0
+        trials = []
+        for c in history:
+            params = {k: v for k, v in c.params.items() if k in dists}
+            value = c.values[rung] if math.isfinite(c.values[rung]) else worst
+            trials.append(
+                optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=value)
+            )
+        return trials
+
+    def _uniform(self, rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self._draw(rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))))
+
+    def _model_rung(self) -> int | None:
+        """The highest (trusted) rung with enough observations to fit a model on."""
+        n_min = max(len(self.space.tunable_names()) + 1, 5)
+        for rung in range(self.fidelity.top, -1, -1):
+            if self.strategy == "speechtune" and not self.trusted(rung):
+                continue
+            seen = [c for c in self._configs.values() if rung in c.values]
+            if len([c for c in seen if math.isfinite(c.values[rung])]) >= n_min:
+                return rung
+        return None
+
+    def _model(self, rng: np.random.Generator, rung: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        history = [c for c in self._configs.values() if rung in c.values]
+        with warnings.catch_warnings():
+            # multivariate/group TPE is flagged experimental: noise to users.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=int(rng.integers(2**31)), n_startup_trials=0, multivariate=True, group=True
+            )
+        return self._draw(rng, sampler, history, rung)
+
+    def _incumbent(self) -> _Config | None:
+        """The best config at the highest rung that has a finite value."""
+        for rung in range(self.fidelity.top, -1, -1):
+            scored = [(c.values[rung], c.config_id) for c in self._configs.values() if math.isfinite(c.values.get(rung, math.inf))]
+            if scored and (rung == self.fidelity.top or self.trusted(rung)):
+                return self._configs[min(scored)[1]]
+        return None
+
+    def _prior_score(self) -> float:
+        """How well the prior ranks the configs seen so far: an AUC in [0, 1] (0.5: no better than chance).
+
+        At the highest rung with at least 6 finite values, the probability that a config from the
+        better half has a higher prior density than one from the worse half. 1.0 before there is
+        evidence: a prior is trusted until the data say otherwise (PriorBand starts the same way).
+        """
+        from speechtune.tuning.space import prior_log_density
+
+        for rung in range(self.fidelity.top, -1, -1):
+            if not self.trusted(rung):
+                continue
+            scored = sorted(
+                (c.values[rung], c.config_id) for c in self._configs.values() if math.isfinite(c.values.get(rung, math.inf))
+            )
+            if len(scored) < 6:
+                continue
+            half = len(scored) // 2
+            dens = {cid: prior_log_density(self.space, self._configs[cid].params) for _, cid in scored}
+            good = [dens[cid] for _, cid in scored[:half]]
+            bad = [dens[cid] for _, cid in scored[-half:]]
+            wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
+            return wins / (len(good) * len(bad))
+        return 1.0
+
+    def _propose(self, rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """A new config: (params, config, source)."""
+        if self._warm:
+            params = self._warm.pop(0)
+            p, config = self._draw(rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))), enqueue=params)
+            return p, config, "warm_start"
+        if self.strategy not in _MODEL_STRATEGIES:
+            return (*self._uniform(rng), "random")
+        model_rung = self._model_rung()
+        if self.strategy == "bohb":
+            if model_rung is None or rng.random() < 1 / 3:
+                return (*self._uniform(rng), "random")
+            return (*self._model(rng, model_rung), "model")
+        return self._propose_speechtune(rng, model_rung)
+
+    def _propose_speechtune(self, rng: np.random.Generator, model_rung: int | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+        from speechtune.tuning.space import sample_near, sample_prior
+
+        incumbent = self._incumbent()
+        n_obs = 0 if model_rung is None else sum(1 for c in self._configs.values() if math.isfinite(c.values.get(model_rung, math.inf)))
+        p_random = 0.2 if model_rung is None else 0.1
+        rest = 1.0 - p_random
+        # The prior and the incumbent's neighbourhood lead early; the model takes over as evidence grows.
+        w_local = 1.0 if model_rung is None else 10.0 / (10.0 + n_obs)
+        p_model = 0.0 if model_rung is None else rest * (1.0 - w_local)
+        local = rest - p_model
+        if self.use_priors:
+            q = max(0.0, 2.0 * self._prior_score() - 1.0)  # 0 for a prior that ranks at chance or worse
+            p_prior = local * q if incumbent is not None else local * max(q, 0.25)
+        else:
+            p_prior = 0.0
+        p_inc = local - p_prior if incumbent is not None else 0.0
+        if model_rung is None and incumbent is None and not self.use_priors:
+            return (*self._uniform(rng), "random")
+        p_random = 1.0 - p_model - p_prior - p_inc  # whatever is left (e.g. no incumbent yet) explores
+        u = rng.random()
+        base = self.base
+        try:
+            if u < p_model and model_rung is not None:
+                return (*self._model(rng, model_rung), "model")
+            u -= p_model
+            if u < p_prior:
+                return (*sample_prior(self.space, rng, base), "prior")
+            u -= p_prior
+            if u < p_inc and incumbent is not None:
+                return (*sample_near(self.space, incumbent.params, rng, LOCAL_SCALE, base), "incumbent")
+        except ConstraintViolation:
+            log.debug("prior/local draw broke a constraint; drawing uniformly instead")
+        return (*self._uniform(rng), "random")
+
+    # ------------------------------------------------------------------ jobs
+    def _register(self, params: dict[str, Any], config: dict[str, Any], source: str) -> _Config:
+        cid = len(self._configs)
+        cfg = _Config(cid, params, config, source)
+        self._configs[cid] = cfg
+        return cfg
+
+    def _make_job(self, cfg: _Config, rung: int, bracket: int, source: str, parent_rung: int | None) -> Job:
+        parent = cfg.last_job.get(parent_rung) if parent_rung is not None else None
+        if parent is not None and not self.fidelity.continues(parent_rung, rung):  # type: ignore[arg-type]
+            parent = None  # a restart: the job does not build on the lower rung's run
+        cost = self.fidelity.job_cost(rung, parent_rung if parent is not None else None)
+        job = Job(
+            number=self._n_asked,
+            config_id=cfg.config_id,
+            rung=rung,
+            params=dict(cfg.params),
+            config={**cfg.config, **self.fidelity.rungs[rung].overrides},
+            bracket=bracket,
+            parent=parent,
+            cost=cost,
+            source=source,
+        )
+        self._n_asked += 1
+        self._jobs[job.number] = job
+        return job
+
+    def _new_job(self, rng: np.random.Generator, rung: int, bracket: int) -> Job:
+        params, config, source = self._propose(rng)
+        cfg = self._register(params, config, source)
+        return self._make_job(cfg, rung, bracket, source, None)
+
+    def _promote(self, cid: int, from_rung: int, to_rung: int, bracket: int) -> Job:
+        cfg = self._configs[cid]
+        cfg.promoted_from.add(from_rung)
+        return self._make_job(cfg, to_rung, bracket, "promotion", from_rung)
+
+    # -- probes: full-fidelity configs measured at cheap rungs whose faithfulness is unknown
+    def _queue_probes(self, cfg: _Config) -> None:
+        corr = self.rung_correlation()
+        for rung in range(self.fidelity.top):
+            if rung in cfg.values or corr[rung][1] >= MIN_PAIRS + 3:
+                continue
+            if self.fidelity.continues(rung, self.fidelity.top):
+                # A run to the top passes through this rung: its caller passes the value on the
+                # way as `intermediate` (the study driver does), so a probe would pay twice.
+                continue
+            if any(c == cfg.config_id and r == rung for c, r in self._probes):
+                continue
+            self._probes.append((cfg.config_id, rung))
+
+    def _next_probe(self) -> Job | None:
+        while self._probes:
+            cid, rung = self._probes.pop(0)
+            cfg = self._configs[cid]
+            if rung in cfg.values or any(j.config_id == cid and j.rung == rung for j in self.pending):
+                continue
+            return self._make_job(cfg, rung, -1, "probe", None)
+        return None
+
+    # -- synchronous successive halving in Hyperband brackets
+    def _bracket_starts(self) -> list[int]:
+        """Starting rungs of the brackets to cycle through, most aggressive first.
+
+        Hyperband hedges over every rung because it cannot know how faithfully a cheap rung
+        ranks configs. ``speechtune`` measures it: a rung known to rank poorly is never a
+        starting rung, and once the cheapest faithful rung is known with confidence, brackets
+        start there (hedging buys nothing then and costs most of Hyperband's budget).
+        """
+        top = self.fidelity.top
+        if self.strategy != "speechtune":
+            return list(range(top + 1))
+        corr = self.rung_correlation()
+        for rung in range(top):
+            rho, n = corr[rung]
+            if n >= MIN_PAIRS and rho >= CONFIDENT_THRESHOLD:
+                return [rung]
+        starts = [r for r in range(top + 1) if self.trusted(r)]
+        return starts or [top]
+
+    def _open_bracket(self) -> _Bracket:
+        top, eta = self.fidelity.top, self.fidelity.eta
+        starts = self._bracket_starts()
+        # Cycle through the starting rungs in Hyperband order across brackets.
+        start = starts[len(self._brackets) % len(starts)]
+        s = top - start
+        n = math.ceil((top + 1) / (s + 1) * eta**s)
+        sizes = [max(1, int(n * eta ** (-i))) for i in range(s + 1)]
+        bracket = _Bracket(index=len(self._brackets), start=start, sizes=sizes, rung=start)
+        self._brackets.append(bracket)
+        return bracket
+
+    def _ask_sync(self, rng: np.random.Generator) -> Job | None:
+        for _ in range(1000):
+            bracket = self._brackets[-1] if self._brackets else self._open_bracket()
+            rung = bracket.rung
+            issued = bracket.members.setdefault(rung, [])
+            if len(issued) < bracket.size_at(rung):
+                if rung == bracket.start:
+                    job = self._new_job(rng, rung, bracket.index)
+                else:
+                    job = self._promote(bracket.queue.pop(0), rung - 1, rung, bracket.index)
+                issued.append(job.config_id)
+                return job
+            if any(self._configs[c].values.get(rung) is None for c in issued):
+                return None  # wait for this rung to finish before promoting
+            if rung == self.fidelity.top:
+                self._open_bracket()
+                continue
+            ranked = sorted(issued, key=lambda c: (self._configs[c].values[rung], c))
+            k = bracket.size_at(rung + 1)
+            bracket.queue = [c for c in ranked[:k] if math.isfinite(self._configs[c].values[rung])]
+            # Failed configs are not promoted; the next rung is then smaller.
+            bracket.sizes[rung + 1 - bracket.start] = len(bracket.queue) or 0
+            bracket.rung = rung + 1
+            if not bracket.queue:
+                self._open_bracket()
+        raise RuntimeError("multi-fidelity search: no job could be scheduled (internal error)")
+
+    # -- asynchronous successive halving
+    def _ask_async(self, rng: np.random.Generator) -> Job:
+        top, eta = self.fidelity.top, self.fidelity.eta
+        starts = self._bracket_starts()
+        lowest = starts[0]
+        for rung in range(top - 1, lowest - 1, -1):
+            done = [c for c in self._configs.values() if rung in c.values and c.last_job.get(rung) in self._told]
+            k = len(done) // eta
+            if k == 0:
+                continue
+            ranked = sorted(done, key=lambda c: (c.values[rung], c.config_id))[:k]
+            for cfg in ranked:
+                if rung not in cfg.promoted_from and math.isfinite(cfg.values[rung]) and (rung + 1) not in cfg.values:
+                    if any(j.config_id == cfg.config_id for j in self.pending):
+                        continue
+                    return self._promote(cfg.config_id, rung, rung + 1, -1)
+        return self._new_job(rng, lowest, -1)

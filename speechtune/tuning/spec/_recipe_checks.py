@@ -1,0 +1,148 @@
+"""Checks of a search space against its context: recipe keys, overrides, conditions, constraints.
+
+:func:`_corner_problems` builds the recipe at each choice and bound of every param, so a value
+the recipe would reject (an even conformer kernel, a head count that does not divide d_model)
+is reported before a study starts, not as a failed trial hours into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from speechtune.config import (
+    ConfigError,
+    ConfigProblem,
+    config_from_dict,
+)
+from speechtune.tuning.space import (
+    CategoricalParam,
+    DerivedParam,
+    ExprError,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    Param,
+    SearchSpace,
+    dependency_cycle,
+    expression_names,
+)
+from speechtune.tuning.spec._checks import (
+    close_matches as _close,
+)
+from speechtune.tuning.spec._compose import _unflatten
+
+
+def _corners(param: Param) -> list[Any]:
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if isinstance(param, (FloatParam, IntParam)):
+        return [param.low, param.high]
+    if isinstance(param, FixedParam):
+        return [param.value]
+    return []
+
+
+def _recipe_rejects(flat: Mapping[str, Any], key: str) -> list[str]:
+    """The recipe's own rules that ``flat`` breaks at ``key``."""
+    try:
+        config_from_dict(_unflatten(flat))
+    except ConfigError as exc:
+        return [p.rule for p in exc.problems if p.key == key]
+    return []
+
+
+def _corner_problems(
+    params: Mapping[str, Param], base: Mapping[str, Any], constraints: Sequence[str], derived: bool = True
+) -> list[ConfigProblem]:
+    """Build the recipe at each choice and bound of each param; report the recipe's objections.
+
+    A divisibility rule is not reported for a key that a constraint names: the sampler repairs
+    ``a % b == 0`` constraints, so such a corner never reaches the recipe.
+    """
+    constrained = set().union(*(expression_names(c) for c in constraints)) if constraints else set()
+    problems: list[ConfigProblem] = []
+    for name, param in params.items():
+        # Put the param's condition in place: rules such as "conv_kernel must be odd" only
+        # apply when the condition (encoder == conformer) holds.
+        cond = {k: v[0] for k, v in (param.when or {}).items() if k in base and v}
+        for value in _corners(param):
+            for rule in dict.fromkeys(_recipe_rejects({**base, **cond, name: value}, name)):
+                if name in constrained and "divisible" in rule:
+                    continue
+                problems.append(ConfigProblem(f"space.{name}", f"value {value!r} is rejected by the recipe: {rule}", value))
+    if not derived:
+        return problems
+    # Derived values at a reference point (first choice / low bound of every param).
+    point = dict(base)
+    for name, param in params.items():
+        if isinstance(param, DerivedParam):
+            continue
+        corners = _corners(param)
+        if corners:
+            point[name] = corners[0]
+    space = SearchSpace({n: p for n, p in params.items()}, [], point)
+    for name in space.order:
+        param = params[name]
+        if not isinstance(param, DerivedParam):
+            continue
+        try:
+            point[name] = param.suggest(None, point)  # type: ignore[arg-type]
+        except ExprError as exc:
+            problems.append(ConfigProblem(f"space.{name}.derive", str(exc), param.expr))
+            continue
+        for rule in _recipe_rejects(point, name):
+            problems.append(
+                ConfigProblem(f"space.{name}", f"derived value {point[name]!r} is rejected by the recipe: {rule}", param.expr)
+            )
+    return problems
+
+
+def _space_problems(
+    params: Mapping[str, Param],
+    constraints: Sequence[str],
+    overrides: Mapping[str, Any],
+    recipe_keys: Sequence[str] | None,
+) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    readable = set(params) | set(overrides) | set(recipe_keys or ())
+    if recipe_keys is not None:
+        for name in params:
+            if name not in recipe_keys:
+                problems.append(ConfigProblem(f"space.{name}", f"unknown recipe key{_close(name, recipe_keys)}", name))
+    for name in params:
+        if name in overrides:
+            problems.append(
+                ConfigProblem(
+                    f"space.{name}",
+                    "is both fixed in overrides and searched in space; remove one (pin a preset key with a scalar in space)",
+                    overrides[name],
+                )
+            )
+    for name, param in params.items():
+        for key in param.when or {}:
+            if key not in params and key not in overrides:
+                problems.append(
+                    ConfigProblem(f"space.{name}.when", f"refers to {key!r}, which is in neither space nor overrides", key)
+                )
+        if isinstance(param, DerivedParam):
+            unknown = sorted(expression_names(param.expr) - readable)
+            if unknown:
+                problems.append(ConfigProblem(f"space.{name}.derive", f"unknown name(s) {unknown}", param.expr))
+    for i, c in enumerate(constraints):
+        if not isinstance(c, str):
+            problems.append(ConfigProblem(f"constraints[{i}]", "must be an expression string", c))
+            continue
+        try:
+            unknown = sorted(expression_names(c) - readable)
+        except ExprError as exc:
+            problems.append(ConfigProblem(f"constraints[{i}]", str(exc), c))
+            continue
+        if unknown:
+            problems.append(ConfigProblem(f"constraints[{i}]", f"unknown name(s) {unknown}", c))
+    cycle = dependency_cycle(params)
+    if cycle:
+        problems.append(
+            ConfigProblem(f"space.{cycle[0]}", f"dependency cycle among when/derive: {' -> '.join(cycle)}", cycle)
+        )
+    return problems

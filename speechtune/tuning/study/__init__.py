@@ -1,0 +1,120 @@
+"""One study over Optuna storage: opening and resuming it, its trials, their records, its cost.
+
+Every trial's record (config, metrics, history, per-seed values, cost, rung...) lives in the
+trial's user attributes, so reports and trackers read the storage and nothing else; the
+readers of that contract are in :mod:`._records`.
+"""
+
+from speechtune.tuning.study._load import load_study, resolve_storage
+from speechtune.tuning.study._open import (
+    StudyExistsError,
+    open_study,
+    record_cost_total,
+)
+from speechtune.tuning.study._progress import StudyProgress
+from speechtune.tuning.study._records import (
+    comparable_study,
+    comparable_trials,
+    complete_trials,
+    duration_s,
+    fidelity_record,
+    is_multi_fidelity,
+    is_multi_objective,
+    learning_curve,
+    minimises,
+    objective_names,
+    primary_seed_stats,
+    primary_value,
+    ranked_trials,
+    rung_names,
+    select_best,
+    top_rung,
+    trial_config,
+    trial_rung,
+    trial_status,
+)
+from speechtune.tuning.study._samplers import make_pruner, make_sampler
+from speechtune.tuning.study._session import (
+    FailureGuard,
+    OpenOptions,
+    StudyOutputs,
+    StudySession,
+    Tracker,
+)
+from speechtune.tuning.study._storage import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_RECONNECT_S,
+    RECONNECT_ENV,
+    StorageUnavailableError,
+    make_storage,
+    reconnect_bound,
+    storage_url,
+)
+from speechtune.tuning.study._trial import (
+    COUNTED_STATES,
+    FAILED_STATUSES,
+    WORKER_ID,
+    TrialFailed,
+    TrialReporter,
+    TrialRunner,
+    call_objective,
+    device_slots,
+    quiet_trial_failures,
+    sample_space,
+)
+from speechtune.tuning.study._values import complete_metrics
+from speechtune.tuning.study._warm_start import load_warm_start
+
+__all__ = [
+    "COUNTED_STATES",
+    "DEFAULT_HEARTBEAT_S",
+    "DEFAULT_RECONNECT_S",
+    "FAILED_STATUSES",
+    "RECONNECT_ENV",
+    "WORKER_ID",
+    "FailureGuard",
+    "OpenOptions",
+    "StorageUnavailableError",
+    "StudyExistsError",
+    "StudyOutputs",
+    "StudyProgress",
+    "StudySession",
+    "Tracker",
+    "TrialFailed",
+    "TrialReporter",
+    "TrialRunner",
+    "call_objective",
+    "comparable_study",
+    "comparable_trials",
+    "complete_metrics",
+    "complete_trials",
+    "device_slots",
+    "duration_s",
+    "fidelity_record",
+    "is_multi_fidelity",
+    "is_multi_objective",
+    "learning_curve",
+    "load_study",
+    "load_warm_start",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "minimises",
+    "objective_names",
+    "open_study",
+    "primary_seed_stats",
+    "primary_value",
+    "quiet_trial_failures",
+    "ranked_trials",
+    "reconnect_bound",
+    "record_cost_total",
+    "resolve_storage",
+    "rung_names",
+    "sample_space",
+    "select_best",
+    "storage_url",
+    "top_rung",
+    "trial_config",
+    "trial_rung",
+    "trial_status",
+]

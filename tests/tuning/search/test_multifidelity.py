@@ -1,0 +1,253 @@
+"""The ask/tell multi-fidelity engine: brackets, promotion, rung trust, priors, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from speechtune.tuning.search import Fidelity, MultiFidelitySearch, Rung
+from speechtune.tuning.space import parse_space
+
+SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}, "y": {"type": "float", "low": 0.0, "high": 1.0}}
+
+
+def _bowl(config: dict, budget: float, max_budget: float = 9.0, bias: float = 0.3) -> float:
+    """A quadratic bowl with its minimum at (0.7, 0.2); low budgets add a smooth bias (ranks mostly right)."""
+    x, y = config["x"], config["y"]
+    gap = 1.0 - budget / max_budget
+    return (x - 0.7) ** 2 + (y - 0.2) ** 2 + bias * gap * (x + 0.5) * 0.2 + 0.5 * gap
+
+
+def _run(search: MultiFidelitySearch, fn, budget: float) -> list:
+    jobs = []
+    while search.budget_used < budget:
+        job = search.ask()
+        assert job is not None, "a sequential search never waits"
+        search.tell(job, fn(job.config, job.config["epochs"]))
+        jobs.append(job)
+    return jobs
+
+
+def test_hyperband_first_bracket_is_successive_halving() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], eta=3)
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="hyperband", seed=0)
+    jobs = _run(search, _bowl, 2.2)
+    first = [j for j in jobs if j.bracket == 0]
+    by_rung = [sum(1 for j in first if j.rung == r) for r in range(3)]
+    assert by_rung == [9, 3, 1]
+    # The 3 promoted configs are the best 3 of rung 0.
+    low = sorted((search._configs[j.config_id].values[0], j.config_id) for j in first if j.rung == 0)
+    promoted = {j.config_id for j in first if j.rung == 1}
+    assert promoted == {cid for _, cid in low[:3]}
+    # Promotions continue from the lower rung: they pay only the extra epochs.
+    for j in first:
+        if j.rung == 1:
+            assert j.source == "promotion" and j.parent is not None
+            assert j.cost == pytest.approx(3 / 9 - 1 / 9)
+        if j.rung == 0:
+            assert j.cost == pytest.approx(1 / 9) and j.parent is None
+    assert all(j.config["epochs"] == [1, 3, 9][j.rung] for j in jobs)
+
+
+def test_restart_when_rungs_change_more_than_epochs() -> None:
+    fid = Fidelity(
+        (
+            Rung("low", {"data.fraction": 0.1, "epochs": 1}, 0.01),
+            Rung("high", {"epochs": 9}, 1.0),
+        ),
+        eta=3,
+        resume_key="epochs",
+    )
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="hyperband", seed=0)
+    jobs = _run(search, lambda c, b: _bowl(c, b), 1.5)
+    promoted = [j for j in jobs if j.rung == 1 and j.source == "promotion"]
+    assert promoted and all(j.parent is None and j.cost == pytest.approx(1.0) for j in promoted)
+    assert all("data.fraction" not in j.config for j in promoted)
+
+
+def test_same_seed_same_jobs_and_other_seed_differs() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+
+    def trace(strategy: str, seed: int) -> list:
+        s = MultiFidelitySearch(parse_space(SPACE), fid, strategy=strategy, seed=seed)
+        return [(j.config_id, j.rung, round(j.params["x"], 12)) for j in _run(s, _bowl, 6.0)]
+
+    for strategy in ("hyperband", "asha", "bohb", "speechtune"):
+        assert trace(strategy, 3) == trace(strategy, 3), strategy
+        assert trace(strategy, 3) != trace(strategy, 4), strategy
+
+
+def test_synchronous_bracket_waits_for_its_rung() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="hyperband", seed=0)
+    jobs = [search.ask() for _ in range(9)]
+    assert all(j is not None and j.rung == 0 for j in jobs)
+    assert search.ask() is None  # promotion needs all nine results
+    for j in jobs[:8]:
+        search.tell(j, _bowl(j.config, 1))
+    assert search.ask() is None
+    search.tell(jobs[8], _bowl(jobs[8].config, 1))
+    nxt = search.ask()
+    assert nxt is not None and nxt.rung == 1 and nxt.source == "promotion"
+
+
+def test_asha_promotes_without_waiting_and_never_promotes_failures() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="asha", seed=0, n_workers=4)
+    running = [search.ask() for _ in range(4)]
+    assert all(j.rung == 0 for j in running)
+    # Three results at rung 0: the best of them (1/eta) can go up although one job still runs.
+    search.tell(running[0], None)  # failed
+    search.tell(running[1], 0.5)
+    search.tell(running[2], 0.9)
+    up = search.ask()
+    assert up.rung == 1 and up.config_id == running[1].config_id
+    failed = running[0].config_id
+    for _ in range(30):
+        j = search.ask()
+        assert not (j.config_id == failed and j.rung > 0)
+        search.tell(j, _bowl(j.config, j.config["epochs"]))
+
+
+def test_best_is_measured_at_the_top_rung_only() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="hyperband", seed=0)
+    # Low rungs report much smaller values than the top: best() must ignore them.
+    jobs = _run(search, lambda c, b: _bowl(c, b) - (10.0 if b < 9 else 0.0), 3.0)
+    best_config, best_value = search.best()
+    top_values = [search._configs[j.config_id].values[2] for j in jobs if j.rung == 2]
+    assert best_value == min(top_values) and best_value > -1
+
+
+def _noise_rung(config: dict, budget: float) -> float:
+    """Rung 0 (budget 1) ranks configs badly (noise, and backwards); rung 1 (budget 3) faithfully.
+
+    As on real learning curves where configs that look best after one epoch (a high learning
+    rate, say) end worst.
+    """
+    if budget == 1:
+        noise = np.random.default_rng([int(config["x"] * 1e9), int(config["y"] * 1e9)]).random()
+        return 0.5 * noise - _bowl(config, 9)
+    return _bowl(config, budget)
+
+
+def test_speechtune_learns_that_a_rung_ranks_badly_and_stops_relying_on_it() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], resume=False)
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False)
+    jobs = _run(search, _noise_rung, 25.0)
+    corr = search.rung_correlation()
+    assert corr[0][1] >= 5 and corr[0][0] < 0.5
+    assert corr[1][0] > 0.5
+    assert not search.trusted(0) and search.trusted(1)
+    # Probes measured full-fidelity configs at the cheap rungs.
+    assert any(j.source == "probe" for j in jobs)
+    # Once rung 0 is distrusted, new brackets start at rung 1 or above.
+    first_distrust = next(i for i in range(len(jobs)) if jobs[i].source == "probe")
+    late = [j for j in jobs[first_distrust + 30:] if j.source not in ("probe", "promotion")]
+    assert late and all(j.rung >= 1 for j in late)
+
+
+def test_hyperband_keeps_using_a_misleading_rung() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], resume=False)
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="hyperband", seed=0)
+    jobs = _run(search, _noise_rung, 25.0)
+    assert sum(1 for j in jobs if j.rung == 0) > 20  # plain Hyperband has no notion of trust
+    assert search.trusted(0)
+
+
+def test_intermediate_values_give_free_rank_pairs() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="random", seed=0)
+    for _ in range(8):
+        j = search.ask()
+        assert j.rung == 2
+        search.tell(j, _bowl(j.config, 9), intermediate={0: _bowl(j.config, 1), 1: _bowl(j.config, 3)})
+    corr = search.rung_correlation()
+    assert corr[0][1] == 8 and corr[1][1] == 8 and corr[1][0] > 0.9
+
+
+def test_bohb_and_speechtune_use_the_model_once_a_rung_has_enough_results() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    for strategy in ("bohb", "speechtune"):
+        search = MultiFidelitySearch(parse_space(SPACE), fid, strategy=strategy, seed=1, use_priors=False)
+        jobs = _run(search, _bowl, 10.0)
+        sources = [j.source for j in jobs]
+        assert "model" in sources, strategy
+        assert "model" not in sources[:5], strategy  # not before a rung has enough observations
+
+
+def _regret_after(strategy: str, seed: int, budget: float, space: dict) -> float:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(space), fid, strategy=strategy, seed=seed, use_priors=True)
+    _run(search, _bowl, budget)
+    return search.best()[1] - _bowl({"x": 0.7, "y": 0.2}, 9)
+
+
+def test_model_based_search_beats_random_brackets() -> None:
+    seeds = range(6)
+    hb = np.mean([_regret_after("hyperband", s, 12.0, SPACE) for s in seeds])
+    st = np.mean([_regret_after("speechtune", s, 12.0, SPACE) for s in seeds])
+    assert st < hb
+
+
+def test_ask_with_unknown_strategy_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'bayes'.*speechtune"):
+        MultiFidelitySearch(parse_space(SPACE), Fidelity.from_budgets("epochs", [1, 3]), strategy="bayes")
+
+
+def test_telling_a_job_twice_is_an_error() -> None:
+    search = MultiFidelitySearch(parse_space(SPACE), Fidelity.from_budgets("epochs", [1, 3]), strategy="asha")
+    job = search.ask()
+    search.tell(job, 1.0)
+    with pytest.raises(ValueError, match="already told"):
+        search.tell(job, 1.0)
+    assert math.isclose(search.budget_used, job.cost)
+
+
+def _with_prior(default: tuple[float, float], width: float):
+    from speechtune.tuning.space import Prior, with_priors
+
+    return with_priors(parse_space(SPACE), {"x": Prior(default[0], width), "y": Prior(default[1], width)})
+
+
+def _regret(space, seed: int, budget: float, use_priors: bool = True) -> tuple[float, MultiFidelitySearch, list]:
+    search = MultiFidelitySearch(space, Fidelity.from_budgets("epochs", [1, 3, 9]), strategy="speechtune", seed=seed, use_priors=use_priors)
+    jobs = _run(search, _bowl, budget)
+    return search.best()[1] - _bowl({"x": 0.7, "y": 0.2}, 9), search, jobs
+
+
+def test_a_good_prior_finds_good_configs_sooner() -> None:
+    good = _with_prior((0.68, 0.22), 0.1)
+    with_prior = np.mean([_regret(good, s, 4.0)[0] for s in range(6)])
+    without = np.mean([_regret(good, s, 4.0, use_priors=False)[0] for s in range(6)])
+    assert with_prior < 0.5 * without
+
+
+def test_a_misleading_prior_is_overcome() -> None:
+    wrong = _with_prior((0.02, 0.98), 0.05)  # confidently in the worst corner
+    results = [_regret(wrong, s, 20.0) for s in range(4)]
+    baseline = [_regret(parse_space(SPACE), s, 20.0)[0] for s in range(4)]
+    for regret, search, jobs in results:
+        assert search._prior_score() < 0.5  # the data say the prior ranks configs backwards
+        late = [j.source for j in jobs[len(jobs) // 2:] if j.source not in ("promotion", "probe")]
+        assert late.count("prior") <= 0.1 * len(late)
+    # It ends about as well as a search without the prior.
+    assert np.mean([r[0] for r in results]) < 2 * np.mean(baseline) + 1e-3
+
+
+def test_speechtune_with_several_workers_never_waits_and_never_repeats_a_job() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False, n_workers=3)
+    running = [search.ask() for _ in range(3)]
+    seen = {(j.config_id, j.rung) for j in running}
+    for _ in range(60):
+        done = running.pop(0)  # the oldest job finishes first
+        search.tell(done, _bowl(done.config, done.config["epochs"]))
+        job = search.ask()
+        assert job is not None
+        assert (job.config_id, job.rung) not in seen
+        seen.add((job.config_id, job.rung))
+        running.append(job)
+    assert {r for _, r in seen} == {0, 1, 2}
