@@ -187,7 +187,7 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     import yaml
 
     from speechtune.metrics import format_cost, summarize_costs
-    from speechtune.tuning.study import select_best
+    from speechtune.tuning.study import TrialRecord, select_best
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if states.count(s)}
@@ -216,11 +216,13 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     if gpu.get("available") and gpu.get("gpu_busy_fraction") is not None:
         peak = gpu.get("gpu_mem_peak_mb") or 0
         print(f"GPU busy {gpu['gpu_busy_fraction']:.0%} of the study's time (peak memory {peak:.0f} MiB)")
-    metrics = best.user_attrs.get("metrics") or {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("wer", "cer", "worst_group_wer") and v is not None)
+    record = TrialRecord.from_trial(best)
+    shown = ", ".join(
+        f"{k} {v:.4f}" for k, v in record.metrics.items() if k in ("wer", "cer", "worst_group_wer") and v is not None
+    )
     print(f"best trial {best.number}: {shown}")
     print("best config:")
-    print(yaml.safe_dump(best.user_attrs.get("config") or best.params, sort_keys=True).rstrip())
+    print(yaml.safe_dump(record.config, sort_keys=True).rstrip())
     for name in ("best.yaml", "report.html", "trials.csv"):
         if (run_dir / name).exists():
             print(f"{name}: {run_dir / name}")

@@ -8,12 +8,7 @@ from typing import Any
 
 import optuna
 
-from speechtune.tuning.study import (
-    duration_s,
-    objective_names,
-    trial_config,
-    trial_status,
-)
+from speechtune.tuning.study import TrialRecord, objective_names
 
 CONFIG_PREFIX = "config."
 METRIC_PREFIX = "metrics."
@@ -48,26 +43,24 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     fidelity_keys: set[str] = set()
     has_cost = False
     for trial in study.get_trials(deepcopy=False):
-        status, reason = trial_status(trial)
-        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "status": status, "reason": reason}
+        rec = TrialRecord.from_trial(trial)
+        row: dict[str, Any] = {"number": rec.number, "state": rec.state.name, "status": rec.status, "reason": rec.reason}
         for i, name in enumerate(names):
-            row[name] = trial.values[i] if trial.values else None
-        row["duration_s"] = duration_s(trial)
-        row["objective_std"] = trial.user_attrs.get("objective_std")
+            row[name] = rec.values[i] if rec.values else None
+        row["duration_s"] = rec.duration_s
+        row["objective_std"] = trial.user_attrs.get("objective_std")  # as stored (a list when multi-objective)
         for key in FIDELITY_COLUMNS:
             if key in trial.user_attrs:
                 fidelity_keys.add(key)
                 row[key] = trial.user_attrs[key]
-        cost = trial.user_attrs.get("cost")
-        if isinstance(cost, dict):
+        if rec.cost is not None:
             has_cost = True
             for key in COST_COLUMNS:
-                row[COST_PREFIX + key] = cost.get(key)
-        for key, value in trial_config(trial).items():
+                row[COST_PREFIX + key] = rec.cost.get(key)
+        for key, value in rec.config.items():
             config_keys.setdefault(key)
             row[CONFIG_PREFIX + key] = value
-        metrics = trial.user_attrs.get("metrics") or {}
-        for key, value in metrics.items():
+        for key, value in rec.metrics.items():
             metric_keys.setdefault(key)
             row[METRIC_PREFIX + key] = value
         rows.append(row)

@@ -13,6 +13,7 @@ from speechtune.tuning.study._open import (
 )
 from speechtune.tuning.study._progress import StudyProgress
 from speechtune.tuning.study._records import (
+    TrialRecord,
     comparable_study,
     comparable_trials,
     complete_trials,
@@ -81,6 +82,7 @@ __all__ = [
     "StudySession",
     "Tracker",
     "TrialFailed",
+    "TrialRecord",
     "TrialReporter",
     "TrialRunner",
     "call_objective",

@@ -1,13 +1,121 @@
-"""Read the trial records the study engine leaves in Optuna storage (see the tuning contract)."""
+"""The trial records a study leaves in Optuna storage, read back as typed :class:`TrialRecord` s.
+
+Every backend writes the same record into each trial's user attributes (the tuning contract):
+the config, per-epoch history, final metrics, per-seed values, status and reason, cost, and for
+multi-fidelity studies the job (rung, config id, bracket, parent, job cost). Reports, trackers
+and the command line read it through this module and nothing else.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+_FALLBACK_STATUS = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "stopped",
+    TrialState.FAIL: "error",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the study engine recorded it (read with :meth:`from_trial`).
+
+    Attributes:
+        number: the trial's number in its study.
+        state: Optuna's state (COMPLETE, PRUNED, FAIL, RUNNING, WAITING).
+        status: ``complete``, ``stopped``, ``diverged``, ``flatline``, ``oom``, ``error`` (or
+            the state's name for trials without a record).
+        reason: why it ended, in a sentence.
+        values: the objective value(s); empty when it has none.
+        config: the flat trial config (fixed and derived keys included).
+        metrics: the final metrics (mean over seeds).
+        history: per-epoch rows of the first seed (``epoch`` plus metrics).
+        seed_values: the primary objective per seed.
+        objective_std: the primary objective's standard deviation over seeds.
+        cost: the measured compute (:class:`speechtune.metrics.CostRecord` as a dict).
+        trial_dir: where the trial's files are.
+        duration_s: wall time from start to end.
+        rung, rung_name, config_id, bracket, parent_trial, job_cost, source: the job of a
+            multi-fidelity study (None for other studies).
+    """
+
+    number: int
+    state: TrialState
+    status: str
+    reason: str
+    values: tuple[float, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: tuple[dict[str, Any], ...] = ()
+    seed_values: tuple[float, ...] = ()
+    objective_std: float | None = None
+    cost: dict[str, Any] | None = None
+    trial_dir: str | None = None
+    duration_s: float | None = None
+    rung: int | None = None
+    rung_name: str | None = None
+    config_id: int | None = None
+    bracket: int | None = None
+    parent_trial: int | None = None
+    job_cost: float | None = None
+    source: str | None = None
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+        """The record of ``trial`` (what a trial without one has: its state, params, values)."""
+        attrs = trial.user_attrs
+        seeds, std = primary_seed_stats(trial)
+        cost = attrs.get("cost")
+        rung_name = attrs.get("rung_name")
+        source = attrs.get("source")
+        return cls(
+            number=trial.number,
+            state=trial.state,
+            status=str(attrs.get("status", _FALLBACK_STATUS[trial.state])),
+            reason=str(attrs.get("reason", "")),
+            values=tuple(float(v) for v in trial.values or ()),
+            config=trial_config(trial),
+            metrics=_mapping(attrs.get("metrics")),
+            history=tuple(dict(r) for r in attrs.get("history") or () if isinstance(r, Mapping)),
+            seed_values=tuple(seeds),
+            objective_std=std,
+            cost=dict(cost) if isinstance(cost, Mapping) else None,
+            trial_dir=str(attrs["trial_dir"]) if attrs.get("trial_dir") else None,
+            duration_s=duration_s(trial),
+            rung=trial_rung(trial),
+            rung_name=str(rung_name) if rung_name is not None else None,
+            config_id=_int_or_none(attrs.get("config_id")),
+            bracket=_int_or_none(attrs.get("bracket")),
+            parent_trial=_int_or_none(attrs.get("parent_trial")),
+            job_cost=_float_or_none(attrs.get("job_cost")),
+            source=str(source) if source is not None else None,
+        )
+
+    @property
+    def value(self) -> float | None:
+        """The primary objective, or None when the trial has no value."""
+        return self.values[0] if self.values else None
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -42,14 +150,7 @@ def primary_value(trial: FrozenTrial) -> float | None:
 
 def trial_status(trial: FrozenTrial) -> tuple[str, str]:
     """``(status, reason)`` from user attrs, falling back to the Optuna state."""
-    fallback = {
-        TrialState.COMPLETE: "complete",
-        TrialState.PRUNED: "stopped",
-        TrialState.FAIL: "error",
-        TrialState.RUNNING: "running",
-        TrialState.WAITING: "waiting",
-    }[trial.state]
-    status = str(trial.user_attrs.get("status", fallback))
+    status = str(trial.user_attrs.get("status", _FALLBACK_STATUS[trial.state]))
     reason = str(trial.user_attrs.get("reason", ""))
     return status, reason
 

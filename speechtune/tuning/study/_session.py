@@ -36,6 +36,7 @@ from speechtune._jsonable import _jsonable
 from speechtune.devices import GpuMonitor
 from speechtune.tuning.spec import TuningSpec
 from speechtune.tuning.study._open import open_study, record_cost_total
+from speechtune.tuning.study._records import TrialRecord
 from speechtune.tuning.study._storage import DEFAULT_HEARTBEAT_S
 from speechtune.tuning.study._trial import COUNTED_STATES
 
@@ -219,19 +220,17 @@ class StudySession:
             if trial.number in self._logged:
                 return
             self._logged.add(trial.number)
-        attrs = trial.user_attrs
-        trial_dir = Path(attrs["trial_dir"]) if "trial_dir" in attrs else None
-        fallback = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "stopped"}.get(trial.state, "error")
+        rec = TrialRecord.from_trial(trial)
         try:
             self.tracker.log_trial(
-                trial.number,
-                attrs.get("config") or trial.params,
-                attrs.get("history") or [],
-                attrs.get("metrics") or {},
-                attrs.get("status", fallback),
-                attrs.get("reason", ""),
-                _first_config_file(trial_dir),
-                cost=attrs.get("cost"),
+                rec.number,
+                rec.config,
+                list(rec.history),
+                rec.metrics,
+                rec.status,
+                rec.reason,
+                _first_config_file(Path(rec.trial_dir) if rec.trial_dir else None),
+                cost=rec.cost,
             )
         except Exception as exc:  # tracking is a convenience; the study's storage is the record
             log.warning("could not log trial %d to the tracker: %s: %s", trial.number, type(exc).__name__, exc)
