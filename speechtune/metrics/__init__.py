@@ -18,6 +18,7 @@ _LAZY = {
     "parameter_count": "._size",
     "size_on_disk": "._size",
     "COST_FIELDS": "._cost",
+    "CURRENCY_SYMBOLS": "._cost",
     "CostModel": "._cost",
     "CostRecord": "._cost",
     "EnergyMeter": "._cost",

@@ -30,12 +30,14 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "COST_FIELDS",
+    "CURRENCY_SYMBOLS",
     "CostModel",
     "CostRecord",
     "EnergyMeter",
@@ -61,7 +63,8 @@ DEFAULT_GPU_TDP_W = 300.0
 DEFAULT_CPU_TDP_W_PER_CORE = 10.0
 
 _MJ_PER_KWH = 3.6e9  # NVML's energy counter is in millijoules
-_CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+#: Currency codes written as a symbol before the amount (others follow it as a code: 1.20 CHF).
+CURRENCY_SYMBOLS: Mapping[str, str] = MappingProxyType({"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"})
 
 
 @dataclass(frozen=True)
@@ -463,7 +466,7 @@ def format_cost(record: CostRecord | Mapping[str, Any]) -> str:
     """One line: ``0.12 GPU-h, 0.50 CPU core-h, 0.04 kWh (tdp-estimate), 19 g CO2e, $0.00``."""
     rec = record if isinstance(record, CostRecord) else CostRecord.from_dict(record)
     co2 = f"{rec.co2e_g:.0f}" if rec.co2e_g >= 1 or rec.co2e_g == 0 else f"{rec.co2e_g:.2g}"
-    symbol = _CURRENCY_SYMBOLS.get(rec.currency.upper())
+    symbol = CURRENCY_SYMBOLS.get(rec.currency.upper())
     money = f"{symbol}{rec.money:.2f}" if symbol else f"{rec.money:.2f} {rec.currency}"
     return (
         f"{_amount(rec.gpu_hours)} GPU-h, {_amount(rec.cpu_core_hours)} CPU core-h, "

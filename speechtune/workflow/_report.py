@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .._urls import mask_url
-from ..metrics._cost import _CURRENCY_SYMBOLS, CostRecord, sum_costs
+from ..metrics import CURRENCY_SYMBOLS, CostRecord, sum_costs
 from ._config import STAGES
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def _money(x: Any, currency: str) -> str:
     if v is None:
         return _DASH
     amount = _small(v) if 0 < abs(v) < 0.01 else f"{v:,.2f}"
-    symbol = _CURRENCY_SYMBOLS.get(currency.upper())
+    symbol = CURRENCY_SYMBOLS.get(currency.upper())
     return f"{symbol}{amount}" if symbol else f"{amount} {currency}"
 
 
