@@ -22,6 +22,6 @@ _LAZY = {
     "write_workflow_report": "._report",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
