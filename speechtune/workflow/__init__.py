@@ -21,6 +21,7 @@ _LAZY = {
     "run_workflow": "._runner",
     "add_workflow_arguments": "._runner",
     "workflow_command": "._runner",
+    "wer_path": "._report",
     "write_workflow_report": "._report",
 }
 

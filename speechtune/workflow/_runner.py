@@ -233,7 +233,7 @@ def _write_report(state: WorkflowState) -> None:
     try:
         from ._report import write_workflow_report
 
-        write_workflow_report(state.record.to_json(), state.run_dir)
+        write_workflow_report(state.record, state.run_dir)
     except Exception as exc:  # noqa: BLE001 -- a broken report must never lose a stage's result
         log.warning("could not write the workflow report: %s: %s", type(exc).__name__, exc)
 
@@ -322,7 +322,7 @@ def summary(state: WorkflowState) -> str:
 
     rec = state.record
     lines = [f"workflow {rec.name}: {state.run_dir}"]
-    for point in wer_path(rec.to_json()):
+    for point in wer_path(rec):
         if point.value is not None:
             spread = f" ± {point.spread:.4f}" if point.spread is not None else ""
             lines.append(f"  {point.metric} {point.step + ' (' + point.split + ')':<46} {point.value:.4f}{spread}")
