@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 from speechtune.devices import load_nvml, nvml_handles
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "COST_FIELDS",
+    "CURRENCY_SYMBOLS",
     "CostModel",
     "CostRecord",
     "EnergyMeter",
@@ -62,7 +64,8 @@ DEFAULT_GPU_TDP_W = 300.0
 DEFAULT_CPU_TDP_W_PER_CORE = 10.0
 
 _MJ_PER_KWH = 3.6e9  # NVML's energy counter is in millijoules
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+#: Currency codes written as a symbol before the amount (others follow it as a code: 1.20 CHF).
+CURRENCY_SYMBOLS: Mapping[str, str] = MappingProxyType({"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"})
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,17 @@ _LAZY = {
     "load_workflow": "._config",
     "stage_index": "._config",
     "GoldenSetAccessError": "._golden",
+    "StageRecord": "._state",
+    "WorkflowRecord": "._state",
     "WorkflowState": "._state",
+    "WorkflowError": "._context",
     "WorkflowConfigChanged": "._runner",
     "run_workflow": "._runner",
-    "WorkflowError": "._stages",
     "summary": "._runner",
+    "wer_path": "._report",
     "write_workflow_report": "._report",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

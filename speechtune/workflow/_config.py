@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -151,7 +152,10 @@ class WorkflowSpec:
     raw: dict[str, Any]
 
     def digest(self) -> str:
-        """Hash of everything that decides the stages' results (the raw YAML after overrides, and the tuning YAML's text)."""
+        """Hash of everything that decides the stages' results.
+
+        That is the raw YAML after overrides, and the tuning YAML's text.
+        """
         h = hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode())
         try:
             h.update(self.tuning.read_bytes())
@@ -237,14 +241,22 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
         return GoldenSpec()
     unknown = [k for k in sec if k not in ("manifest", "synthetic")]
     for k in unknown:
-        problems.append(ConfigProblem(f"golden.{k}", f"unknown key{close_matches(str(k), ['manifest', 'synthetic'])}; valid keys: manifest, synthetic", sec[k]))
+        problems.append(
+            ConfigProblem(
+                f"golden.{k}",
+                f"unknown key{close_matches(str(k), ['manifest', 'synthetic'])}; valid keys: manifest, synthetic",
+                sec[k],
+            )
+        )
     if ("manifest" in sec) == ("synthetic" in sec):
         problems.append(ConfigProblem("golden", "give exactly one of manifest or synthetic", dict(sec)))
         return GoldenSpec()
     if "manifest" in sec:
         value = sec["manifest"]
         if not isinstance(value, str) or not value:
-            problems.append(ConfigProblem("golden.manifest", "must be a path to a manifest (JSONL/CSV/Kaldi dir/lhotse)", value))
+            problems.append(
+                ConfigProblem("golden.manifest", "must be a path to a manifest (JSONL/CSV/Kaldi dir/lhotse)", value)
+            )
             return GoldenSpec()
         path = Path(value).expanduser()
         path = path if path.is_absolute() else (here / path)
@@ -260,7 +272,13 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
     good = {}
     for k, v in synth.items():
         if k not in valid:
-            problems.append(ConfigProblem(f"golden.synthetic.{k}", f"unknown key{close_matches(str(k), valid)}; valid keys: {', '.join(valid)}", v))
+            problems.append(
+                ConfigProblem(
+                    f"golden.synthetic.{k}",
+                    f"unknown key{close_matches(str(k), valid)}; valid keys: {', '.join(valid)}",
+                    v,
+                )
+            )
         else:
             good[k] = v
     try:
@@ -315,7 +333,13 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
     here = path.parent
     for key in raw:
         if key not in SECTIONS:
-            problems.append(ConfigProblem(str(key), f"unknown section{close_matches(str(key), SECTIONS)}; valid sections: {', '.join(SECTIONS)}", raw[key]))
+            problems.append(
+                ConfigProblem(
+                    str(key),
+                    f"unknown section{close_matches(str(key), SECTIONS)}; valid sections: {', '.join(SECTIONS)}",
+                    raw[key],
+                )
+            )
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name.strip() or "/" in name:
         problems.append(ConfigProblem("name", "must be a non-empty name without '/'", name))
@@ -323,7 +347,11 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
     tuning_entry = raw.get("tuning")
     tuning = here / "tuning.yaml"
     if not isinstance(tuning_entry, str) or not tuning_entry:
-        problems.append(ConfigProblem("tuning", "is required: the path of a tuning YAML (recipe, presets, space, objective)", tuning_entry))
+        problems.append(
+            ConfigProblem(
+                "tuning", "is required: the path of a tuning YAML (recipe, presets, space, objective)", tuning_entry
+            )
+        )
     else:
         tuning = (here / Path(tuning_entry).expanduser()).resolve()
         if not tuning.is_file():
@@ -333,7 +361,13 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
     if "hours" in proxy and proxy["hours"] is not None:
         proxy.setdefault("fraction", None)
         if proxy["fraction"] is not None:
-            problems.append(ConfigProblem("proxy", "give fraction or hours, not both", {"fraction": proxy["fraction"], "hours": proxy["hours"]}))
+            problems.append(
+                ConfigProblem(
+                    "proxy",
+                    "give fraction or hours, not both",
+                    {"fraction": proxy["fraction"], "hours": proxy["hours"]},
+                )
+            )
     coarse = checked_entries(_section(raw, "coarse", problems), "coarse", _COARSE, problems)
     fine = checked_entries(_section(raw, "fine", problems), "fine", _FINE, problems)
     validation = checked_entries(_section(raw, "validation", problems), "validation", _VALIDATION, problems)
@@ -353,7 +387,9 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
         proxy=ProxySpec(**proxy),
         coarse=SearchStageSpec(**{"n_trials": 20, "sampler": "random", "pruner": "none", **coarse}),
         fine=SearchStageSpec(**{"n_trials": 30, "sampler": "tpe", "pruner": "median", **fine}),
-        validation=ValidationSpec(**{**validation, **({"seeds": tuple(validation["seeds"])} if "seeds" in validation else {})}),
+        validation=ValidationSpec(
+            **{**validation, **({"seeds": tuple(validation["seeds"])} if "seeds" in validation else {})}
+        ),
         full=FullSpec(**full),
         golden=golden,
         gating=GatingSpec(**gating, registry_dir=registry_dir),
@@ -369,17 +405,24 @@ def _check_full_overrides(overrides: Mapping[str, Any], problems: list[ConfigPro
     keys = set(flatten(config_to_dict(RecipeConfig())))
     for key, value in overrides.items():
         if key in ("data.proxy_fraction", "data.proxy_hours"):
-            problems.append(ConfigProblem(f"full.overrides.{key}", "is set by the workflow: full training uses all the training data", value))
+            problems.append(
+                ConfigProblem(
+                    f"full.overrides.{key}", "is set by the workflow: full training uses all the training data", value
+                )
+            )
         elif key.startswith("data."):
             problems.append(
                 ConfigProblem(
                     f"full.overrides.{key}",
-                    "cannot change the data of one stage: stage 1 fixes train and dev for all of them (set it in the tuning YAML's recipe)",
+                    "cannot change the data of one stage: stage 1 fixes train and dev for all of them "
+                    "(set it in the tuning YAML's recipe)",
                     value,
                 )
             )
         elif key not in keys:
-            problems.append(ConfigProblem(f"full.overrides.{key}", f"unknown recipe key{close_matches(key, sorted(keys))}", value))
+            problems.append(
+                ConfigProblem(f"full.overrides.{key}", f"unknown recipe key{close_matches(key, sorted(keys))}", value)
+            )
 
 
 def spec_summary(spec: WorkflowSpec) -> dict[str, Any]:

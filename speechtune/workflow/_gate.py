@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from speechtune.data import Manifest
 
@@ -27,14 +28,21 @@ def file_sha256(path: Path) -> str:
 
 def golden_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     """The part of an evaluation kept for gating: WER, CER, worst and per-group WER, size of the set."""
-    return {k: result[k] for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "utterances") if k in result}
+    return {
+        k: result[k] for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "utterances") if k in result
+    }
 
 
-def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, metric: str, margin: float) -> tuple[bool, str]:
+def decide(
+    challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, metric: str, margin: float
+) -> tuple[bool, str]:
     """Promote or not, and the sentence that says why (lower ``metric`` is better)."""
     new = float(challenger[metric])
     if champion is None:
-        return True, f"no champion was registered: the challenger ({metric} {new:.4f} on golden) becomes the first champion."
+        return (
+            True,
+            f"no champion was registered: the challenger ({metric} {new:.4f} on golden) becomes the first champion.",
+        )
     old = float(champion[metric])
     gain = old - new
     version = champion.get("version")
@@ -51,7 +59,10 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, me
 
 
 def registry_metrics(dev: Mapping[str, Any], golden: Mapping[str, Any], cost: Mapping[str, Any]) -> dict[str, float]:
-    """Flat MLflow metrics of a registered model: dev and golden (overall, worst and per group) and the workflow's cost."""
+    """Flat MLflow metrics of a registered model.
+
+    Dev and golden metrics (overall, worst and per group), and the workflow's cost.
+    """
     out: dict[str, float] = {}
     for prefix, metrics in (("dev", dev), ("golden", golden)):
         for k in ("wer", "cer", "worst_group_wer"):
@@ -116,7 +127,10 @@ def gate_model(
     else:
         if champ is not None:
             champ_dir = registry.download(champ, work_dir / f"champion-v{champ.version}")
-            champion = {"version": champ.version, **golden_metrics(evaluate_model(champ_dir / "model.pt", golden, device=device, name="golden"))}
+            champion = {
+                "version": champ.version,
+                **golden_metrics(evaluate_model(champ_dir / "model.pt", golden, device=device, name="golden")),
+            }
         promote, decision = decide(challenger, champion, metric, margin)
     if existing is None:
         version = registry.register(
@@ -133,7 +147,9 @@ def gate_model(
     registry.set_alias("challenger", version.version)
     if promote:
         registry.set_alias("champion", version.version)
-    (work_dir / "decision.json").write_text(json.dumps({"version": version.version, "promoted": promote, "decision": decision}, indent=2))
+    (work_dir / "decision.json").write_text(
+        json.dumps({"version": version.version, "promoted": promote, "decision": decision}, indent=2)
+    )
     return {
         "challenger": challenger,
         "champion": champion,

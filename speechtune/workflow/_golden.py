@@ -14,10 +14,30 @@ The golden set decides whether a model reaches production, so nothing that shape
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from speechtune.data import GoldenSetAccessError, Manifest, golden_guard, guard_env
+from speechtune.data import (
+    GoldenSetAccessError,
+    Manifest,
+    golden_guard,
+    guard_env,
+    replace_utt,
+)
 
-__all__ = ["GoldenSetAccessError", "Leakage", "golden_guard", "guard_env", "leakage"]
+if TYPE_CHECKING:
+    from speechtune.workflow._context import Context
+
+__all__ = [
+    "GoldenSetAccessError",
+    "Leakage",
+    "golden_guard",
+    "golden_paths",
+    "golden_synthetic_root",
+    "guard_env",
+    "leakage",
+    "load_golden",
+]
 
 
 @dataclass(frozen=True)
@@ -39,3 +59,32 @@ def leakage(golden: Manifest, *seen: Manifest) -> Leakage:
     shared = sorted(u.id for u in golden if u.audio is not None and str(golden.resolve(u)) in seen_paths)
     speakers = sorted({u.speaker for u in golden} & seen_speakers)
     return Leakage(shared_audio=shared, shared_speakers=speakers)
+
+
+def load_golden(ctx: Context) -> tuple[Manifest, str]:
+    """The golden manifest (split ``golden``) and where it came from. Only stage 7 calls this."""
+    from speechtune.data import load_manifest, synthesize_configured
+
+    g = ctx.spec.golden
+    if g.manifest is not None:
+        return load_manifest(g.manifest).with_split("golden"), str(g.manifest)
+    s = g.synthetic
+    assert s is not None
+    manifest = synthesize_configured(golden_synthetic_root(ctx), s, ctx.progress)
+    # Another seed draws other voices, but the generator names speakers by accent and index
+    # (en-us_s00): prefixed, they cannot be mistaken for the training corpus's speakers.
+    renamed = [replace_utt(u, id=f"golden-{u.id}", speaker=f"golden-{u.speaker}") for u in manifest]
+    return Manifest(renamed, "golden", manifest.root), f"synthetic corpus {manifest.root}"
+
+
+def golden_synthetic_root(ctx: Context) -> Path:
+    """Where a synthetic golden corpus is generated: its own cache directory, never the training one."""
+    return Path(ctx.cache_dir) / "golden"
+
+
+def golden_paths(ctx: Context) -> list[tuple[Path, bool]]:
+    """What the guard refuses before gating: the golden manifest, or the golden corpus directory."""
+    g = ctx.spec.golden
+    if g.manifest is not None:
+        return [(g.manifest, g.manifest.is_dir())]
+    return [(golden_synthetic_root(ctx), True)]

@@ -231,6 +231,8 @@ def _snap_outward(param: FloatParam | IntParam, low: float, high: float, vmin: f
     Float grids are computed in decimal arithmetic, as Optuna checks them (``0.1 + 2 * 0.1`` must
     come out as ``0.3``, or Optuna would call the range indivisible by the step and move ``high``).
     """
+    origin: float  # an int on an integer grid
+    step: float
     if isinstance(param, IntParam):
         origin, step = param.low, param.step
 
@@ -260,7 +262,8 @@ def _snap_outward(param: FloatParam | IntParam, low: float, high: float, vmin: f
 
 def _checked_number(name: str, value: Any, *, integer: bool) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: {value!r} is not a number")
+        # One error type for every bad value in a space (callers catch ValueError).
+        raise ValueError(f"{name}: {value!r} is not a number")  # noqa: TRY004
     if not math.isfinite(value):
         raise ValueError(f"{name}: {value!r} is not a finite number")
     if integer and not float(value).is_integer():
@@ -330,7 +333,7 @@ def _bounds(param: Param) -> Any:
     return None
 
 
-def _fmt(x: float | int) -> str:
+def _fmt(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:.6g}"
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from speechtune.devices import gpus_for_device
 from speechtune.metrics import EnergyMeter, format_cost
@@ -21,15 +22,20 @@ from speechtune.workflow._config import (
     spec_summary,
     stage_index,
 )
+from speechtune.workflow._context import Context, WorkflowError
+from speechtune.workflow._golden import golden_paths
+from speechtune.workflow._results import (
+    ExportResult,
+    GateResult,
+    StageResult,
+    ValidateResult,
+)
 from speechtune.workflow._stages import (
     STAGE_DIRS,
     STAGE_FUNCTIONS,
-    Context,
-    WorkflowError,
     check_data_unchanged,
-    golden_paths,
 )
-from speechtune.workflow._state import WorkflowState, now
+from speechtune.workflow._state import CodeVersion, WorkflowState, now
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +69,16 @@ def _load_tuning(spec: WorkflowSpec) -> Any:
         )
     data = tuning.base_recipe.get("data", {})
     golden = spec.golden.synthetic
-    if golden is not None and data.get("corpus") == "synthetic" and golden.seed == data.get("synthetic", {}).get("seed"):
+    if (
+        golden is not None
+        and data.get("corpus") == "synthetic"
+        and golden.seed == data.get("synthetic", {}).get("seed")
+    ):
         problems.append(
             ConfigProblem(
                 "golden.synthetic.seed",
-                f"must differ from the training corpus's data.synthetic.seed ({golden.seed}): the same seed generates the "
-                "same texts and voices, so the golden set would not be held out",
+                f"must differ from the training corpus's data.synthetic.seed ({golden.seed}): "
+                "the same seed generates the same texts and voices, so the golden set would not be held out",
                 golden.seed,
             )
         )
@@ -125,7 +135,7 @@ def run_workflow(
     digest = spec.digest()
     done = [s for s in STAGES if state.is_done(s)]
     start = stage_index(from_stage) if from_stage is not None else None
-    if state.data.get("config_hash") not in (None, digest) and done and start is None:
+    if state.record.config_hash not in (None, digest) and done and start is None:
         raise WorkflowConfigChanged(
             f"{spec.path} (or its tuning YAML) changed since stages {', '.join(done)} of {run_dir} ran; "
             "rerun with --from-stage STAGE to redo that stage and everything after it, or use a new --run-dir"
@@ -136,7 +146,8 @@ def run_workflow(
         missing = [s for s in STAGES[:start] if not state.is_done(s)]
         if missing:
             raise WorkflowError(
-                f"cannot start from stage {start + 1} ({STAGES[start]}): stage(s) {', '.join(missing)} have not finished in "
+                f"cannot start from stage {start + 1} ({STAGES[start]}): "
+                f"stage(s) {', '.join(missing)} have not finished in "
                 f"{run_dir}; start from {missing[0]}"
             )
         dropped = state.reset_from(start)
@@ -144,19 +155,20 @@ def run_workflow(
         if dropped:
             log.info("rerunning stages %s", ", ".join(dropped))
     end = stage_index(to_stage) if to_stage is not None else len(STAGES) - 1
-    state.data.setdefault("run_uid", secrets.token_hex(4))
-    state.data.setdefault("started", now())
     from speechtune.track import code_version
 
-    state.data.update(
+    objective = tuning.objective
+    state.update(
+        run_uid=state.record.run_uid or secrets.token_hex(4),
+        started=state.record.started or now(),
         name=spec.name,
         run_dir=str(run_dir.resolve()),
         config=str(spec.path),
         config_hash=digest,
         spec=spec_summary(spec),
-        code_version=code_version(),
-        metric=tuning.objective.metric if tuning.objective.group == "mean" else f"{tuning.objective.group}_{tuning.objective.metric}",
-        cost_model=_cost_model_dict(tuning.cost),
+        code_version=CodeVersion.from_dict(code_version()),
+        metric=objective.metric if objective.group == "mean" else f"{objective.group}_{objective.metric}",
+        cost_model=tuning.cost,
     )
     state.save()
     ctx = Context(
@@ -196,12 +208,6 @@ def _set_aside(run_dir: Path, stages: Sequence[str]) -> None:
                 path.rename(path.with_name(f"{path.name}.superseded-{stamp}"))
 
 
-def _cost_model_dict(model: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(model)
-
-
 def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool]]) -> None:
     from speechtune.workflow._golden import golden_guard
 
@@ -210,14 +216,15 @@ def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool
     state.start(name)
     meter = EnergyMeter(ctx.cost_model, gpus=gpus_for_device(ctx.device))
     meter.start()
-    status, result, error = "failed", None, None
+    status, error = "failed", None
+    result: StageResult | None = None
     try:
         # Stages before gating run with the golden set locked: any open() of it raises.
         with golden_guard(guard if index < STAGES.index("gate") else [], name):
             if name != "proxy":
                 check_data_unchanged(ctx)
             result = STAGE_FUNCTIONS[name](ctx)
-        for warning in result.get("warnings") or []:
+        for warning in result.stage_warnings():
             log.warning("stage %d %s: %s", index + 1, name, warning)
         status = "done"
     except KeyboardInterrupt:
@@ -230,16 +237,17 @@ def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool
         meter.stop()
         state.finish(name, status, meter.record(), result=result, error=error)
         _write_report(state)
-        if status == "done":
-            log.info("stage %d %s: done (%s)", index + 1, name, format_cost(state.stage(name)["cost"]))
+        entry = state.stage(name)
+        if status == "done" and entry is not None and entry.cost is not None:
+            log.info("stage %d %s: done (%s)", index + 1, name, format_cost(entry.cost))
 
 
 def _write_report(state: WorkflowState) -> None:
     try:
         from speechtune.workflow._report import write_workflow_report
 
-        write_workflow_report(state.data, state.run_dir)
-    except Exception as exc:  # a broken report must never lose a stage's result
+        write_workflow_report(state.record, state.run_dir)
+    except Exception as exc:  # noqa: BLE001 -- a broken report must never lose a stage's result
         log.warning("could not write the workflow report: %s: %s", type(exc).__name__, exc)
 
 
@@ -250,32 +258,26 @@ def summary(state: WorkflowState) -> str:
     """A few lines for the terminal: the WER path, the gating decision, cost, and where the report is."""
     from speechtune.workflow._report import wer_path
 
-    st = state.data["stages"]
-    lines = [f"workflow {state.data.get('name')}: {state.run_dir}"]
-
-    def val(stage: str, *keys: str) -> Any:
-        node: Any = st.get(stage, {}).get("result")
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        return node
-
-    for point in wer_path(state.data):
+    rec = state.record
+    lines = [f"workflow {rec.name}: {state.run_dir}"]
+    for point in wer_path(rec):
         if point.value is not None:
             spread = f" ± {point.spread:.4f}" if point.spread is not None else ""
             lines.append(f"  {point.metric} {point.step + ' (' + point.split + ')':<46} {point.value:.4f}{spread}")
     for stage in STAGES:
-        for warning in val(stage, "warnings") or []:
-            lines.append(f"  warning ({stage}): {warning}")
-    test = val("validate", "test", "statement")
-    if test:
-        lines.append(f"  validation: {test}")
-    decision = val("gate", "decision")
-    if decision:
-        lines.append(f"  gating: {decision} (version {val('gate', 'registered_version')} of {val('gate', 'model_name')})")
-    exported = val("export", "path")
-    if exported:
-        lines.append(f"  exported: {exported}")
-    if state.data.get("cost_total"):
-        lines.append(f"  cost: {format_cost(state.data['cost_total'])}")
+        entry = rec.stage(stage)
+        if entry is not None and isinstance(entry.result, StageResult):
+            lines += [f"  warning ({stage}): {warning}" for warning in entry.result.stage_warnings()]
+    validate = rec.result_of("validate", ValidateResult)
+    if validate is not None and validate.test is not None and validate.test.statement:
+        lines.append(f"  validation: {validate.test.statement}")
+    gate = rec.result_of("gate", GateResult)
+    if gate is not None and gate.decision:
+        lines.append(f"  gating: {gate.decision} (version {gate.registered_version} of {gate.model_name})")
+    export = rec.result_of("export", ExportResult)
+    if export is not None and export.path:
+        lines.append(f"  exported: {export.path}")
+    if rec.cost_total is not None:
+        lines.append(f"  cost: {format_cost(rec.cost_total)}")
     lines.append(f"  report: {state.run_dir / 'report.html'} (and report.md)")
     return "\n".join(lines)

@@ -116,34 +116,43 @@ def seed_noise_test(
     b_mean, b_std = mean_std(base)
     nc, nb = len(cand), len(base)
     diff = c_mean - b_mean
-    c_text, b_text = f"{candidate_name} {_num(c_mean)} ± {_num(c_std)}", f"{baseline_name} {_num(b_mean)} ± {_num(b_std)}"
+    c_text, b_text = (
+        f"{candidate_name} {_num(c_mean)} ± {_num(c_std)}",
+        f"{baseline_name} {_num(b_mean)} ± {_num(b_std)}",
+    )
     if nc == nb:
         summary = f"{c_text} vs {b_text} ({nc} {_seeds(nc)}{' each' if nc > 1 else ''})"
     else:
         summary = f"{c_text} ({nc} {_seeds(nc)}) vs {b_text} ({nb} {_seeds(nb)})"
     direction = "equal means" if diff == 0 else f"{'lower' if diff < 0 else 'higher'} by {_num(abs(diff))}"
-    common = dict(
-        alpha=float(alpha), candidate_mean=c_mean, candidate_std=c_std, baseline_mean=b_mean,
-        baseline_std=b_std, n_candidate=nc, n_baseline=nb,
-    )
+    common: dict[str, Any] = {
+        "alpha": float(alpha),
+        "candidate_mean": c_mean,
+        "candidate_std": c_std,
+        "baseline_mean": b_mean,
+        "baseline_std": b_std,
+        "n_candidate": nc,
+        "n_baseline": nb,
+    }
     if nc < 2 or nb < 2:
         short = " and ".join(n for n, k in ((candidate_name, nc), (baseline_name, nb)) if k < 2)
         statement = (
             f"{summary}: {direction}, but {short} has a single seed, so seed noise cannot be estimated "
             f"and no test is possible: not shown to beat the {baseline_name} beyond seed noise."
         )
-        return SeedTest(METHOD_NONE, None, None, significant=False, statement=statement, **common)  # type: ignore[arg-type]
+        return SeedTest(METHOD_NONE, None, None, significant=False, statement=statement, **common)
     if c_std == 0 and b_std == 0:
         significant = diff < 0
         verdict = (
-            f"beats the {baseline_name} beyond seed noise (the seeds show none)" if significant
+            f"beats the {baseline_name} beyond seed noise (the seeds show none)"
+            if significant
             else f"does not beat the {baseline_name}"
         )
         statement = (
             f"{summary}: {direction}; every seed gave the same value in both groups, so no t-test is "
             f"possible and the means decide: {verdict}."
         )
-        return SeedTest(METHOD_MEANS, None, None, significant=significant, statement=statement, **common)  # type: ignore[arg-type]
+        return SeedTest(METHOD_MEANS, None, None, significant=significant, statement=statement, **common)
     with warnings.catch_warnings():
         # One group whose seeds agree exactly: scipy's variance of it is ~1e-33, not 0, and it
         # warns of precision loss; against the other group's spread that rounding is immaterial.
@@ -152,11 +161,12 @@ def seed_noise_test(
     t, p, df = float(result.statistic), float(result.pvalue), float(result.df)
     significant = p < alpha
     verdict = (
-        f"p = {_p(p)} < {alpha:g}: beats the {baseline_name} beyond seed noise" if significant
+        f"p = {_p(p)} < {alpha:g}: beats the {baseline_name} beyond seed noise"
+        if significant
         else f"p = {_p(p)} >= {alpha:g}: does not beat the {baseline_name} beyond seed noise"
     )
     statement = f"{summary}: {direction}, Welch's one-sided t-test t = {t:.3g}, df = {df:.3g}, {verdict}."
-    return SeedTest(METHOD_WELCH, t, p, significant=significant, statement=statement, df=df, **common)  # type: ignore[arg-type]
+    return SeedTest(METHOD_WELCH, t, p, significant=significant, statement=statement, df=df, **common)
 
 
 def _checked(name: str, values: Sequence[float]) -> list[float]:
@@ -167,7 +177,8 @@ def _checked(name: str, values: Sequence[float]) -> list[float]:
     out = []
     for i, v in enumerate(xs):
         if isinstance(v, bool):
-            raise ValueError(f"{name}[{i}] = {v!r} is not a number")
+            # The same error as any other non-number below (callers catch ValueError).
+            raise ValueError(f"{name}[{i}] = {v!r} is not a number")  # noqa: TRY004
         try:
             f = float(v)
         except (TypeError, ValueError):

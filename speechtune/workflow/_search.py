@@ -1,0 +1,245 @@
+"""Stages 3 and 4 of the workflow: the coarse search over the whole space, then the fine search
+around its best configs (both on the proxy data, each a resumable study in its own directory)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from speechtune._jsonable import _jsonable
+from speechtune.config import flatten
+from speechtune.tuning.space import SearchSpace, space_spec
+from speechtune.tuning.spec import TuningSpec
+from speechtune.workflow._context import Context, WorkflowError
+from speechtune.workflow._golden import golden_paths
+from speechtune.workflow._results import Narrowing, SearchResult, TrialSummary
+
+#: A proxy whose best error rate is at least this cannot tell configs apart (CTC models that
+#: have not yet left the all-blank phase all score ~1.0).
+WEAK_PROXY_RATE = 0.9
+
+
+def weak_proxy_warnings(values: list[float], metric: str = "wer") -> list[str]:
+    """Warnings when a study's values cannot rank configs: all near chance, or all the same.
+
+    The near-chance test applies to error rates only (a metric named ``...wer`` or ``...cer``).
+    """
+    if not values:
+        return []
+    best, worst = min(values), max(values)
+    out = []
+    if metric.endswith(("wer", "cer")) and best >= WEAK_PROXY_RATE:
+        out.append(
+            f"every trial scored {best:.3f} or worse: the proxy (data share x epochs) is too weak to rank configs, so "
+            "the search is close to a random pick. Raise proxy.fraction or the tuning YAML's train.epochs, or check "
+            "how well the proxy ranks configs with `speechtune correlate`."
+        )
+    elif len(values) >= 3 and worst - best < 1e-3:
+        out.append(
+            f"all {len(values)} trials scored within 0.001 of each other ({best:.4f}): "
+            "the search space or proxy does not separate configs."
+        )
+    return out
+
+
+def stage_coarse(ctx: Context) -> SearchResult:
+    """Random search (by default) over the whole space, on the proxy data."""
+    c = ctx.spec.coarse
+    spec = _search_spec(
+        ctx,
+        "coarse",
+        ctx.tuning.space,
+        sampler=c.sampler,
+        pruner=c.pruner,
+        n_trials=c.n_trials,
+        seed_offset=0,
+        fidelity=None,
+    )
+    study = _run_search(ctx, spec, ctx.run_dir / "coarse")
+    result = _summarise_study(study, spec, ctx.run_dir / "coarse", max(c.top_k, ctx.spec.validation.top_k))
+    return dataclasses.replace(result, sampler=c.sampler, pruner=c.pruner)
+
+
+def stage_fine(ctx: Context) -> SearchResult:
+    """Bayesian optimisation in the region around the coarse top-k (bounds shrunk, log scales kept)."""
+    from speechtune.workflow._narrow import narrow_space
+
+    f = ctx.spec.fine
+    coarse = ctx.state.result("coarse", SearchResult)
+    space, changes = narrow_space(
+        ctx.tuning.space, [t.params for t in coarse.top[: ctx.spec.coarse.top_k]], expand=f.expand
+    )
+    fidelity = ctx.tuning.fidelity if f.multi_fidelity else None
+    if f.multi_fidelity and fidelity is None:
+        raise WorkflowError(f"fine.multi_fidelity is true but {ctx.spec.tuning} has no fidelity: section")
+    spec = _search_spec(
+        ctx, "fine", space, sampler=f.sampler, pruner=f.pruner, n_trials=f.n_trials, seed_offset=1, fidelity=fidelity
+    )
+    stage_dir = ctx.run_dir / "fine"
+    added = _warm_start(ctx, spec, stage_dir, coarse) if f.warm_start and fidelity is None else 0
+    # Warm-start trials count towards the study's total; the stage still runs n_trials new ones.
+    study = _run_search(ctx, spec, stage_dir, n_trials=f.n_trials + added)
+    result = _summarise_study(study, spec, stage_dir, ctx.spec.validation.top_k)
+    return dataclasses.replace(
+        result,
+        sampler=f.sampler,
+        pruner=f.pruner,
+        narrowed={k: Narrowing.from_dict(v) for k, v in changes.items()},
+        warm_started=added,
+        multi_fidelity=fidelity is not None,
+    )
+
+
+def _search_spec(
+    ctx: Context,
+    stage: str,
+    space: SearchSpace,
+    *,
+    sampler: str,
+    pruner: str,
+    n_trials: int,
+    seed_offset: int,
+    fidelity: Any,
+) -> TuningSpec:
+    base = ctx.proxy_recipe()
+    study = dataclasses.replace(
+        ctx.tuning.study,
+        name=f"{ctx.spec.name}-{ctx.run_uid}-{stage}",
+        sampler=sampler,
+        pruner=pruner,
+        n_trials=n_trials,
+        storage=None,  # SQLite in the stage's own directory
+        seed=None if ctx.tuning.study.seed is None else ctx.tuning.study.seed + seed_offset,
+    )
+    if ctx.workers > 1 and fidelity is None:
+        from speechtune.tuning.backends import packed_storage_url
+
+        # Several processes cannot share SQLite: the stage's study lives in a journal file.
+        study = dataclasses.replace(study, storage=packed_storage_url(None, (ctx.run_dir / stage).resolve()))
+    raw = dict(ctx.tuning.raw)
+    searched = {k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "storage", "seed")}
+    raw["study"] = {**(raw.get("study") or {}), **searched}
+    raw["overrides"] = {**(raw.get("overrides") or {}), **ctx.proxy_overrides()}
+    # The space actually searched (presets folded in, narrowed for the fine stage), stored with the
+    # study: its records say what was searched, and worker processes rebuild the spec from it.
+    raw.pop("presets", None)
+    raw["space"] = space_spec(space)
+    raw["constraints"] = list(space.constraints)
+    if fidelity is None:
+        raw.pop("fidelity", None)
+    return dataclasses.replace(
+        ctx.tuning,
+        base_recipe=base,
+        space=SearchSpace(space.params, space.constraints, base=flatten(base)),
+        study=study,
+        fidelity=fidelity,
+        raw=raw,
+    )
+
+
+def _summarise_study(study: Any, spec: TuningSpec, stage_dir: Path, top_k: int) -> SearchResult:
+    from optuna.trial import TrialState
+
+    from speechtune.tuning.study import ranked_trials, storage_url, trial_config
+
+    trials = study.get_trials(deepcopy=False)
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise WorkflowError(
+            f"no trial of study {study.study_name!r} completed ({len(trials)} ran); "
+            f"see {stage_dir}/trials.csv and report.html"
+        )
+    top = tuple(
+        TrialSummary(
+            trial=t.number,
+            value=float(t.values[0]),
+            params=_jsonable(trial_config(t)),
+            trial_dir=t.user_attrs.get("trial_dir"),
+        )
+        for t in ranked[:top_k]
+    )
+    names = study.user_attrs.get("objective_names") or ["wer"]
+    return SearchResult(
+        run_dir=str(stage_dir),
+        study=study.study_name,
+        storage=storage_url(spec.study.storage, stage_dir.resolve()),
+        n_trials=len(trials),
+        n_complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        best=top[0],
+        top=top,
+        warnings=tuple(weak_proxy_warnings([float(t.values[0]) for t in ranked], str(names[0]))),
+    )
+
+
+def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None) -> Any:
+    """The stage's study: in this process, or in ``ctx.workers`` worker processes on this machine."""
+    from speechtune.reports import write_study_outputs
+    from speechtune.tuning.backends import PackedBackend, run_study
+    from speechtune.workflow._golden import guard_env
+
+    backend = None
+    objective = None
+    if ctx.workers > 1 and spec.fidelity is None:
+        # The workers neither track nor report (N processes on one MLflow store); this process
+        # logs the finished study once. They inherit the golden-set guard through the environment.
+        extra = ["--cache-dir", str(Path(ctx.cache_dir).resolve()), "--no-report", "--quiet", "--no-tracking"]
+        slots = ctx.gpu_slots if ctx.gpu_slots is not None else (ctx.workers if ctx.device != "cpu" else None)
+        backend = PackedBackend(
+            ctx.workers, device=ctx.device, gpu_slots=slots, extra_argv=extra, env=guard_env(golden_paths(ctx))
+        )
+    else:
+        objective = ctx.objective(spec.base_recipe)
+    return run_study(
+        spec,
+        objective,
+        stage_dir,
+        backend=backend,
+        n_trials=n_trials,
+        resume=True,  # a rerun continues the stage's study; the first run creates it
+        tracker=ctx.tracker(),
+        outputs=write_study_outputs,
+        progress=ctx.progress,
+    )
+
+
+def _warm_start(ctx: Context, spec: TuningSpec, stage_dir: Path, coarse_result: SearchResult) -> int:
+    """Add the coarse trials inside the fine region to the (new) fine study as finished evidence."""
+    import optuna
+
+    from speechtune.tuning.study import (
+        make_storage,
+        open_study,
+        ranked_trials,
+        trial_config,
+    )
+    from speechtune.workflow._narrow import distributions_for, encode_params, in_space
+
+    fine = open_study(spec, stage_dir, resume=True)
+    if fine.get_trials(deepcopy=False):
+        return int(fine.user_attrs.get("warm_started", 0))  # added when the stage first ran
+    storage = make_storage(coarse_result.storage, ctx.run_dir / "coarse")
+    coarse = optuna.load_study(study_name=coarse_result.study, storage=storage)
+    added = 0
+    for t in ranked_trials(coarse):
+        params = trial_config(t)
+        tunable = {k: v for k, v in params.items() if k in spec.space.tunable_names()}
+        if not in_space(spec.space, tunable):
+            continue
+        kept = ("config", "metrics", "group_wer", "history", "trial_dir")
+        attrs: dict[str, Any] = {k: t.user_attrs[k] for k in kept if k in t.user_attrs}
+        attrs.update(status="complete", reason=f"warm start: coarse trial {t.number}", warm_start_from=t.number)
+        fine.add_trial(
+            optuna.trial.create_trial(
+                params=encode_params(spec.space, tunable),
+                distributions=distributions_for(spec.space, tunable),
+                values=list(t.values),
+                user_attrs=_jsonable(attrs),
+                intermediate_values=dict(t.intermediate_values),
+            )
+        )
+        added += 1
+    fine.set_user_attr("warm_started", added)
+    return added
