@@ -21,7 +21,9 @@ from speechtune.training._loop import resolve_device
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--root", default="../shared/data/an4", help="local AN4 distribution")
     ap.add_argument("--config", default="conf/an4.yaml")
     ap.add_argument("--device", default="auto")
@@ -34,7 +36,9 @@ def main() -> int:
 
     cfg = load_config(args.config, [f"data.root={args.root}", *args.set])
     device = resolve_device(args.device)
-    opts = RunOptions(output_dir=args.out, device=str(device), cache_dir=args.cache_dir, num_threads=args.threads)
+    opts = RunOptions(
+        output_dir=args.out, device=str(device), cache_dir=args.cache_dir, num_threads=args.threads
+    )
     t0 = time.perf_counter()
     result = train(cfg, opts)
     wall = time.perf_counter() - t0
@@ -50,10 +54,14 @@ def main() -> int:
         "group_wer": m.get("group_wer"),
         "wall_seconds_total": wall,
         "train_seconds": sum(r["epoch_seconds"] for r in result.history),
-        "audio_seconds_per_second": [round(r["audio_seconds_per_second"], 1) for r in result.history][-3:],
+        "audio_seconds_per_second": [
+            round(r["audio_seconds_per_second"], 1) for r in result.history
+        ][-3:],
         "wer_curve": [round(r["wer"], 4) for r in result.history],
         "num_parameters": m.get("num_parameters"),
-        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
         "overrides": args.set,
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)

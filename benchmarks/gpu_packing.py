@@ -122,12 +122,22 @@ def warm_feature_cache(spec: Any, cache_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = config_from_dict({**spec.base_recipe, "seed": 42}, "benchmark recipe")
     data = prepare_data(cfg.data, cfg.features.sample_rate, str(cache_dir), False)
-    train_set, dev_set = require_tunable(data.train, "training"), require_tunable(data.dev, "model selection")
+    train_set, dev_set = (
+        require_tunable(data.train, "training"),
+        require_tunable(data.dev, "model selection"),
+    )
     alphabet = " ".join(sorted(corpus_charset(cfg.data) - {" "}))
-    tokenizer = build_tokenizer(cfg.tokenizer.kind, [u.text for u in train_set] + [alphabet], cfg.tokenizer.vocab_size)
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.kind, [u.text for u in train_set] + [alphabet], cfg.tokenizer.vocab_size
+    )
     dev_set, _ = validate_manifest(dev_set, charset=tokenizer.charset, skip_bad=cfg.data.skip_bad)
-    opts = RunOptions(output_dir=str(cache_dir / "warm"), device="cpu", cache_dir=str(cache_dir), progress=False)
-    feats = {name: _features(m, cfg, opts, torch.device("cpu")) for name, m in (("train", train_set), ("dev", dev_set))}
+    opts = RunOptions(
+        output_dir=str(cache_dir / "warm"), device="cpu", cache_dir=str(cache_dir), progress=False
+    )
+    feats = {
+        name: _features(m, cfg, opts, torch.device("cpu"))
+        for name, m in (("train", train_set), ("dev", dev_set))
+    }
     return {
         "seconds": round(time.perf_counter() - t0, 2),
         "train_utts": len(feats["train"]),
@@ -161,7 +171,12 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
 
 
 def run_mode(
-    name: str, n_workers: int, args: argparse.Namespace, spec_path: Path, configs: list[dict[str, Any]], deadline: float
+    name: str,
+    n_workers: int,
+    args: argparse.Namespace,
+    spec_path: Path,
+    configs: list[dict[str, Any]],
+    deadline: float,
 ) -> dict[str, Any]:
     from speechtune.reports import write_study_outputs
     from speechtune.tuning.backends import PackedBackend, run_study
@@ -175,9 +190,17 @@ def run_mode(
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     extra = ["--cache-dir", str(args.cache_dir), "--no-tracking", "--no-report", "--quiet"]
-    gpu_slots = n_workers if args.device != "cpu" else None  # N slots: the slots never limit N workers
+    gpu_slots = (
+        n_workers if args.device != "cpu" else None
+    )  # N slots: the slots never limit N workers
     timeout = max(10.0, deadline - time.monotonic())
-    log.info("mode %s: %d worker(s), %d configs, time left %.0f s", name, n_workers, len(configs), timeout)
+    log.info(
+        "mode %s: %d worker(s), %d configs, time left %.0f s",
+        name,
+        n_workers,
+        len(configs),
+        timeout,
+    )
     error = None
     t_launch = time.time()
     try:
@@ -192,7 +215,13 @@ def run_mode(
             env=env,
         )
         study = run_study(
-            spec, None, run_dir, backend=backend, n_trials=len(configs), outputs=write_study_outputs, progress=False
+            spec,
+            None,
+            run_dir,
+            backend=backend,
+            n_trials=len(configs),
+            outputs=write_study_outputs,
+            progress=False,
         )
     except RuntimeError as exc:  # a worker failed or was cut off: report what finished
         error = str(exc)
@@ -219,14 +248,18 @@ def run_mode(
         "wall_s": round(wall, 2),
         "trials_per_hour": round(3600 * len(done) / wall, 1) if wall > 0 else None,
         "trial_span_s": round(span[1] - span[0], 2) if span else None,
-        "trials_per_hour_in_span": round(3600 * len(done) / (span[1] - span[0]), 1) if span and span[1] > span[0] else None,
+        "trials_per_hour_in_span": round(3600 * len(done) / (span[1] - span[0]), 1)
+        if span and span[1] > span[0]
+        else None,
         "trial_seconds_median": round(statistics.median(trial_s), 2) if trial_s else None,
         "gpu_available": gpu.get("available"),
         "gpu_reason": gpu.get("reason"),
         "gpu_busy_fraction": gpu.get("gpu_busy_fraction"),
         "gpu_busy_fraction_in_span": busy_span,
         "gpu_mem_peak_mb": gpu.get("gpu_mem_peak_mb"),
-        "trial_gpu_mem_peak_mb": max((r["gpu_mem_peak_mb"] for r in done if r.get("gpu_mem_peak_mb")), default=None),
+        "trial_gpu_mem_peak_mb": max(
+            (r["gpu_mem_peak_mb"] for r in done if r.get("gpu_mem_peak_mb")), default=None
+        ),
         "gpu": gpu,
         "error": error,
         "trials": rows,
@@ -271,7 +304,11 @@ def agreement(modes: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dic
     for mode in by_mode:
         if mode == base:
             continue
-        pairs = [(r[base], r[mode]) for r in per_config if r.get(base) is not None and r.get(mode) is not None]
+        pairs = [
+            (r[base], r[mode])
+            for r in per_config
+            if r.get(base) is not None and r.get(mode) is not None
+        ]
         diffs = [abs(a - b) for a, b in pairs]
         # The best config among those both modes ran (a cheaper baseline runs only the first few).
         both = [r for r in per_config if r.get(base) is not None and r.get(mode) is not None]
@@ -314,11 +351,18 @@ def _spearman(pairs: list[tuple[float, float]]) -> float | None:
 
 def print_table(modes: list[dict[str, Any]], agree: dict[str, Any]) -> None:
     base = next((m for m in modes if m["mode"] == "sequential"), None)
-    head = f"{'mode':<12}{'workers':>8}{'done':>6}{'wall s':>9}{'trials/h':>10}{'speed-up':>10}{'in-span/h':>11}{'speed-up':>10}{'busy':>7}{'busy span':>11}{'mem MiB':>9}{'WER diff':>10}"
+    head = (
+        f"{'mode':<12}{'workers':>8}{'done':>6}{'wall s':>9}{'trials/h':>10}{'speed-up':>10}"
+        f"{'in-span/h':>11}{'speed-up':>10}{'busy':>7}{'busy span':>11}{'mem MiB':>9}{'WER diff':>10}"
+    )
     print(head)
     print("-" * len(head))
     for m in modes:
-        su = m["trials_per_hour"] / base["trials_per_hour"] if base and base["trials_per_hour"] and m["trials_per_hour"] else None
+        su = (
+            m["trials_per_hour"] / base["trials_per_hour"]
+            if base and base["trials_per_hour"] and m["trials_per_hour"]
+            else None
+        )
         su2 = (
             m["trials_per_hour_in_span"] / base["trials_per_hour_in_span"]
             if base and base["trials_per_hour_in_span"] and m["trials_per_hour_in_span"]
@@ -338,11 +382,21 @@ def _f(value: float | None, digits: int, suffix: str = "") -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--an4-dir", default=str(ROOT.parent / "shared" / "data" / "an4"), help="local AN4 distribution")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--an4-dir",
+        default=str(ROOT.parent / "shared" / "data" / "an4"),
+        help="local AN4 distribution",
+    )
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu (workers' --device)")
-    ap.add_argument("--workers", type=int, nargs="+", default=[4, 8], help="packed worker counts to compare")
-    ap.add_argument("--configs", type=int, default=None, help="K configs per mode (default 16; smoke 4)")
+    ap.add_argument(
+        "--workers", type=int, nargs="+", default=[4, 8], help="packed worker counts to compare"
+    )
+    ap.add_argument(
+        "--configs", type=int, default=None, help="K configs per mode (default 16; smoke 4)"
+    )
     ap.add_argument(
         "--sequential-configs",
         type=int,
@@ -350,14 +404,31 @@ def main() -> int:
         help="run only the first N of the K configs one at a time (default K): a cheaper baseline; "
         "trials/hour and the WER agreement use what each mode ran",
     )
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides (sizes of a trial)")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more recipe overrides (sizes of a trial)",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny settings for a CPU check")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting work after this long (all modes)")
-    ap.add_argument("--monitor-interval", type=float, default=0.25, help="GPU sampling interval (s)")
-    ap.add_argument("--cache-dir", default=None, help="feature cache shared by all modes (default <out>/cache)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=540.0,
+        help="stop starting work after this long (all modes)",
+    )
+    ap.add_argument(
+        "--monitor-interval", type=float, default=0.25, help="GPU sampling interval (s)"
+    )
+    ap.add_argument(
+        "--cache-dir", default=None, help="feature cache shared by all modes (default <out>/cache)"
+    )
     ap.add_argument("--out", default="runs/bench_gpu_packing")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     t_start = time.monotonic()
     deadline = t_start + args.budget_s
     out = Path(args.out).resolve()
@@ -373,7 +444,9 @@ def main() -> int:
 
     from speechtune.tuning.spec import load_tuning
 
-    spec_path = write_spec(out / "tuning.yaml", Path(args.an4_dir).resolve(), overrides, "gpu-packing", k)
+    spec_path = write_spec(
+        out / "tuning.yaml", Path(args.an4_dir).resolve(), overrides, "gpu-packing", k
+    )
     spec = load_tuning(spec_path)
     warm = warm_feature_cache(spec, args.cache_dir)
     log.info("features cached in %.1f s: %s", warm["seconds"], warm)
@@ -398,7 +471,11 @@ def main() -> int:
             log.error("budget spent: mode %s not run", name)
             record.setdefault("not_run", []).append(name)
             continue
-        mode_configs = configs[: args.sequential_configs] if name == "sequential" and args.sequential_configs else configs
+        mode_configs = (
+            configs[: args.sequential_configs]
+            if name == "sequential" and args.sequential_configs
+            else configs
+        )
         modes.append(run_mode(name, n, args, spec_path, mode_configs, deadline))
         record["modes"] = modes
         record["agreement"] = agreement(modes, configs)
@@ -408,9 +485,15 @@ def main() -> int:
     print()
     print_table(modes, record.get("agreement", {"vs_sequential": {}}))
     print(f"\nper-config dev WER: {json.dumps(record.get('agreement', {}).get('per_config', []))}")
-    print(f"agreement vs sequential: {json.dumps(record.get('agreement', {}).get('vs_sequential', {}))}")
+    print(
+        f"agreement vs sequential: {json.dumps(record.get('agreement', {}).get('vs_sequential', {}))}"
+    )
     print(f"wrote {out / 'gpu_packing.json'} ({record['total_s']} s)")
-    ok = modes and all(m["completed"] >= m["k_configs"] and m["error"] is None for m in modes) and not record.get("not_run")
+    ok = (
+        modes
+        and all(m["completed"] >= m["k_configs"] and m["error"] is None for m in modes)
+        and not record.get("not_run")
+    )
     return 0 if ok else 1
 
 

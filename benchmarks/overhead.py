@@ -44,20 +44,28 @@ def trivial(config: dict, reporter) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--storage", default="sqlite", choices=["sqlite", "journal", "memory"])
-    ap.add_argument("--tracking", action="store_true", help="also log every trial to a local MLflow store")
+    ap.add_argument(
+        "--tracking", action="store_true", help="also log every trial to a local MLflow store"
+    )
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         storage = {"sqlite": None, "journal": "journal", "memory": "memory"}[args.storage]
-        spec = build_spec(SPACE, n_trials=args.trials, sampler="tpe", pruner="median", storage=storage)
+        spec = build_spec(
+            SPACE, n_trials=args.trials, sampler="tpe", pruner="median", storage=storage
+        )
         tracker = StudyTracker(None, "overhead", run_dir) if args.tracking else None
         t0 = time.perf_counter()
-        study = run_study(spec, FunctionObjective(trivial), run_dir, tracker=tracker, progress=False)
+        study = run_study(
+            spec, FunctionObjective(trivial), run_dir, tracker=tracker, progress=False
+        )
         total = time.perf_counter() - t0
         trials = study.trials  # read before the temporary storage goes away
     # Growth with study size: mean gap between consecutive trial completions in each window.

@@ -65,9 +65,10 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -126,12 +127,16 @@ class Grid:
             values[key] = options[digit]
         return {k: values[k] for k in self.keys}
 
-    def recipe_config(self, config_id: int, epochs: int, data_location: str | None) -> RecipeConfig:
+    def recipe_config(
+        self, config_id: int, epochs: int, data_location: str | None
+    ) -> RecipeConfig:
         """The complete recipe of a config: base recipe, its params, ``train.epochs`` and the data path."""
         flat = {**self.params(config_id), "train.epochs": epochs}
         if data_location is not None:
             flat[_location_key(self.base_recipe)] = data_location
-        return config_from_dict(merge(self.base_recipe, unflatten(flat)), f"grid config {config_id}")
+        return config_from_dict(
+            merge(self.base_recipe, unflatten(flat)), f"grid config {config_id}"
+        )
 
     def space_dict(self) -> dict[str, list[Any]]:
         """The space as written: key -> list of choices."""
@@ -140,7 +145,9 @@ class Grid:
 
 def _location_key(base_recipe: dict[str, Any]) -> str:
     """The recipe key that says where the corpus is (a manifest file, or a corpus directory)."""
-    return "data.manifest" if base_recipe.get("data", {}).get("corpus") == "manifest" else "data.root"
+    return (
+        "data.manifest" if base_recipe.get("data", {}).get("corpus") == "manifest" else "data.root"
+    )
 
 
 def load_grid(space_path: str | Path) -> Grid:
@@ -160,14 +167,22 @@ def load_grid(space_path: str | Path) -> Grid:
     spec = load_tuning(space_path)
     problems = []
     if spec.space.constraints:
-        problems.append(f"constraints {spec.space.constraints}: a grid must be a plain product of lists")
+        problems.append(
+            f"constraints {spec.space.constraints}: a grid must be a plain product of lists"
+        )
     for name, param in spec.space.params.items():
         if not isinstance(param, CategoricalParam):
-            problems.append(f"space.{name}: expected a list of choices (a grid), got {type(param).__name__}")
+            problems.append(
+                f"space.{name}: expected a list of choices (a grid), got {type(param).__name__}"
+            )
         elif param.when:
-            problems.append(f"space.{name}: conditional params ('when') do not make a product grid")
+            problems.append(
+                f"space.{name}: conditional params ('when') do not make a product grid"
+            )
         if name.startswith("data."):
-            problems.append(f"space.{name}: data keys cannot be searched (the data are prepared once)")
+            problems.append(
+                f"space.{name}: data keys cannot be searched (the data are prepared once)"
+            )
     if not spec.space.params:
         problems.append("space: is empty; expected at least one list of choices")
     if problems:
@@ -204,7 +219,9 @@ class RecordingLocked(RuntimeError):
     """Another recorder process is appending to the output file."""
 
 
-def read_recording(path: Path, repair: bool = False) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
+def read_recording(
+    path: Path, repair: bool = False
+) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
     """The meta and the config records of a recording (``None, {}`` for a missing or empty file).
 
     Args:
@@ -230,10 +247,14 @@ def read_recording(path: Path, repair: bool = False) -> tuple[dict[str, Any] | N
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg}); expected a recorder record") from exc
+            raise ValueError(
+                f"{path}:{number}: not a JSON line ({exc.msg}); expected a recorder record"
+            ) from exc
         if number == 1:
             if not isinstance(obj, dict) or "meta" not in obj:
-                raise ValueError(f"{path}:1: expected the meta record {{\"meta\": ...}}, got {line[:80]!r}")
+                raise ValueError(
+                    f'{path}:1: expected the meta record {{"meta": ...}}, got {line[:80]!r}'
+                )
             meta = obj["meta"]
         elif not isinstance(obj, dict) or not isinstance(obj.get("config_id"), int):
             raise ValueError(f"{path}:{number}: expected a config record with an int 'config_id'")
@@ -301,7 +322,10 @@ class CurveReporter:
 
     def report(self, epoch: int, **metrics: float) -> bool:
         now, cpu_now = time.perf_counter(), time.process_time()
-        row: dict[str, Any] = {"epoch": epoch, **{k: _json_safe(float(metrics[k])) for k in EPOCH_FIELDS if k in metrics}}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            **{k: _json_safe(float(metrics[k])) for k in EPOCH_FIELDS if k in metrics},
+        }
         row["time_s"] = round(now - self._mark, 3)
         row["train_s"] = round(float(metrics.get("epoch_seconds", float("nan"))), 3)
         # CPU seconds of this process over the same interval: on a shared machine wall time
@@ -319,7 +343,9 @@ def count_parameters(cfg: RecipeConfig, data: PreparedData) -> int:
     from speechtune.models import build_model
 
     alphabet = " ".join(sorted(corpus_charset(cfg.data) - {" "}))
-    tokenizer = build_tokenizer(cfg.tokenizer.kind, [u.text for u in data.train] + [alphabet], cfg.tokenizer.vocab_size)
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.kind, [u.text for u in data.train] + [alphabet], cfg.tokenizer.vocab_size
+    )
     return parameter_count(build_model(cfg.model, cfg.features.n_mels, tokenizer.vocab_size))
 
 
@@ -331,15 +357,28 @@ def train_config(
 
     reporter = CurveReporter()
     with tempfile.TemporaryDirectory(prefix="an4curves-") as out_dir:
-        opts = RunOptions(output_dir=out_dir, device=device, cache_dir=cache_dir, num_threads=threads, progress=False)
+        opts = RunOptions(
+            output_dir=out_dir,
+            device=device,
+            cache_dir=cache_dir,
+            num_threads=threads,
+            progress=False,
+        )
         reporter.start()
         try:
             result = train(cfg, opts, reporter, data=data)
-        except Exception as exc:  # a crashing config is a recorded outcome, not the end of the recording
+        except (
+            Exception
+        ) as exc:  # a crashing config is a recorded outcome, not the end of the recording
             log.exception("config crashed")
             return "error", f"error: {type(exc).__name__}: {exc}", reporter.rows, None
     num_params = result.metrics.get("num_parameters")
-    return result.status, result.reason, reporter.rows, int(num_params) if num_params is not None else None
+    return (
+        result.status,
+        result.reason,
+        reporter.rows,
+        int(num_params) if num_params is not None else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +404,9 @@ def device_name(device: str) -> str:
     return f"cpu: {model}"
 
 
-def build_meta(grid: Grid, data: PreparedData, device: str, threads: int, epochs: int, seed: int) -> dict[str, Any]:
+def build_meta(
+    grid: Grid, data: PreparedData, device: str, threads: int, epochs: int, seed: int
+) -> dict[str, Any]:
     """The first line of a recording: everything that must match for two runs to share a file."""
     import torch
 
@@ -379,7 +420,7 @@ def build_meta(grid: Grid, data: PreparedData, device: str, threads: int, epochs
         "metric": "wer",
         "space": grid.space_dict(),
         "base_overrides": dict(grid.overrides),
-        "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         # Beyond the fields replay code needs: what makes a resumed run the same experiment.
         "seed": seed,
         "grid_size": grid.size,
@@ -392,7 +433,9 @@ def build_meta(grid: Grid, data: PreparedData, device: str, threads: int, epochs
     }
 
 
-def prepare(grid: Grid, data_location: str | None, epochs: int, device: str, threads: int, cache_dir: str) -> PreparedData:
+def prepare(
+    grid: Grid, data_location: str | None, epochs: int, device: str, threads: int, cache_dir: str
+) -> PreparedData:
     """Prepare the data once and warm the feature cache, so that no config's epoch 1 pays for it."""
     from speechtune.data import prepare_data
     from speechtune.training._loop import _features, resolve_device
@@ -473,14 +516,24 @@ def record(
         todo = [i for i in draw_config_ids(grid.size, n_configs, seed) if i not in done]
         log.info(
             "grid of %d configs; %d drawn, %d already in %s, %d to train (%d epochs each) on %s",
-            grid.size, min(n_configs, grid.size), min(n_configs, grid.size) - len(todo), out, len(todo), epochs,
+            grid.size,
+            min(n_configs, grid.size),
+            min(n_configs, grid.size) - len(todo),
+            out,
+            len(todo),
+            epochs,
             meta["device"],
         )
         recorded = 0
         for k, config_id in enumerate(todo, start=1):
             elapsed = time.perf_counter() - t_start
             if time_limit_s is not None and elapsed >= time_limit_s:
-                log.info("time limit %.0f s reached after %.0f s: %d configs left unstarted", time_limit_s, elapsed, len(todo) - k + 1)
+                log.info(
+                    "time limit %.0f s reached after %.0f s: %d configs left unstarted",
+                    time_limit_s,
+                    elapsed,
+                    len(todo) - k + 1,
+                )
                 break
             cfg = grid.recipe_config(config_id, epochs, data_location)
             params = grid.params(config_id)
@@ -489,13 +542,29 @@ def record(
                 num_params = count_parameters(cfg, data)
             _append_line(
                 fh,
-                {"config_id": config_id, "params": params, "num_params": num_params, "status": status, "reason": reason, "epochs": rows},
+                {
+                    "config_id": config_id,
+                    "params": params,
+                    "num_params": num_params,
+                    "status": status,
+                    "reason": reason,
+                    "epochs": rows,
+                },
             )
             recorded += 1
-            curve = " ".join(f"{r['wer']:.3f}" if r.get("wer") is not None else "nan" for r in rows)
+            curve = " ".join(
+                f"{r['wer']:.3f}" if r.get("wer") is not None else "nan" for r in rows
+            )
             log.info(
                 "[%d/%d] config %d %s: %s, %d params, %.0f s, WER by epoch: %s",
-                k, len(todo), config_id, params, status, num_params, sum(r["time_s"] for r in rows), curve,
+                k,
+                len(todo),
+                config_id,
+                params,
+                status,
+                num_params,
+                sum(r["time_s"] for r in rows),
+                curve,
             )
     log.info("recorded %d configs in %.0f s", recorded, time.perf_counter() - t_start)
     return recorded
@@ -503,23 +572,43 @@ def record(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--space", default="benchmarks/an4_curves_space.yaml", help="grid space YAML")
-    ap.add_argument("--data", default=None, help="the corpus: AN4 directory (data.root) or manifest (data.manifest)")
-    ap.add_argument("--out", default="benchmarks/data/an4_curves.jsonl", help="JSONL recording (appended)")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="the corpus: AN4 directory (data.root) or manifest (data.manifest)",
+    )
+    ap.add_argument(
+        "--out", default="benchmarks/data/an4_curves.jsonl", help="JSONL recording (appended)"
+    )
     ap.add_argument("--n-configs", type=int, required=True, help="configs to draw from the grid")
     ap.add_argument("--epochs", type=int, required=True, help="epochs per config")
     ap.add_argument("--seed", type=int, default=0, help="seed of the config draw")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    ap.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ..."
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--time-limit-s", type=float, default=None, help="start no config after this many seconds")
+    ap.add_argument(
+        "--time-limit-s", type=float, default=None, help="start no config after this many seconds"
+    )
     ap.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         record(
-            args.space, args.out, args.n_configs, args.epochs, seed=args.seed, device=args.device,
-            threads=args.threads, data_location=args.data, time_limit_s=args.time_limit_s, cache_dir=args.cache_dir,
+            args.space,
+            args.out,
+            args.n_configs,
+            args.epochs,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+            data_location=args.data,
+            time_limit_s=args.time_limit_s,
+            cache_dir=args.cache_dir,
         )
     except (RecordingMismatch, RecordingLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -46,14 +46,36 @@ def make_problem(name: str, max_budget: int) -> object:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--problems", default="hartmann3,hartmann6,branin", help="comma-separated (default: %(default)s)")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated (default: all)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--problems",
+        default="hartmann3,hartmann6,branin",
+        help="comma-separated (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="comma-separated (default: all)"
+    )
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default: %(default)s)")
-    ap.add_argument("--budget", type=float, default=40.0, help="total budget in full-fidelity evaluations (default: %(default)s)")
-    ap.add_argument("--max-budget", type=int, default=27, help="epochs of a full evaluation, synthetic problems (default: %(default)s)")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
-    ap.add_argument("--out", default="runs/bench_search", help="output folder (default: %(default)s)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=40.0,
+        help="total budget in full-fidelity evaluations (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--max-budget",
+        type=int,
+        default=27,
+        help="epochs of a full evaluation, synthetic problems (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=2, help="worker processes (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--out", default="runs/bench_search", help="output folder (default: %(default)s)"
+    )
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = ap.parse_args()
 
@@ -63,10 +85,14 @@ def main() -> int:
         ap.error(f"--strategies: unknown {unknown}; valid: {', '.join(STRATEGIES)}")
     if args.seeds < 1 or args.budget <= 0:
         ap.error("--seeds must be >= 1 and --budget > 0")
-    problems = [make_problem(n.strip(), args.max_budget) for n in args.problems.split(",") if n.strip()]
+    problems = [
+        make_problem(n.strip(), args.max_budget) for n in args.problems.split(",") if n.strip()
+    ]
 
     t0 = time.perf_counter()
-    result = run_benchmark(problems, strategies, seeds=range(args.seeds), budget=args.budget, workers=args.workers)
+    result = run_benchmark(
+        problems, strategies, seeds=range(args.seeds), budget=args.budget, workers=args.workers
+    )
     elapsed = time.perf_counter() - t0
     paths = write_outputs(result, args.out, plots=not args.no_plots)
     print(markdown_table(result))

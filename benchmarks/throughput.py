@@ -26,7 +26,9 @@ from speechtune.training._loop import resolve_device
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="conf/synthetic.yaml")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="auto")
@@ -35,9 +37,13 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench_throughput")
     args = ap.parse_args()
 
-    cfg = load_config(args.config, [*args.set, f"train.epochs={args.epochs}", "train.flatline_patience=0"])
+    cfg = load_config(
+        args.config, [*args.set, f"train.epochs={args.epochs}", "train.flatline_patience=0"]
+    )
     device = resolve_device(args.device)
-    opts = RunOptions(output_dir=args.out, device=str(device), num_threads=args.threads, progress=False)
+    opts = RunOptions(
+        output_dir=args.out, device=str(device), num_threads=args.threads, progress=False
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -48,15 +54,21 @@ def main() -> int:
         "config": args.config,
         "overrides": args.set,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "epochs": len(result.history),
         "status": result.status,
-        "audio_seconds_per_second": statistics.median(r["audio_seconds_per_second"] for r in steady),
+        "audio_seconds_per_second": statistics.median(
+            r["audio_seconds_per_second"] for r in steady
+        ),
         "utterances_per_second": statistics.median(r["utterances_per_second"] for r in steady),
         "epoch_seconds": statistics.median(r["epoch_seconds"] for r in steady),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
         "wall_seconds": wall,
         "dev_wer": result.metrics.get("wer"),
     }

@@ -14,7 +14,8 @@ Trivial trials measure the coordination cost (sampler + storage round trips), no
 real trials lasting minutes, N workers give N times the throughput long before the database
 matters. Usage:
 
-    python benchmarks/workers_scaling.py [--trials 200] [--workers 1 2 4 8] [--sampler random] [--out runs/workers_scaling.json]
+    python benchmarks/workers_scaling.py [--trials 200] [--workers 1 2 4 8] [--sampler random] \\
+        [--out runs/workers_scaling.json]
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/helpers/pg_server.py and tests/helpers/workers.py, imported by path
+sys.path.insert(
+    0, str(REPO)
+)  # tests/helpers/pg_server.py and tests/helpers/workers.py, imported by path
 
 import optuna  # noqa: E402
 
@@ -37,7 +40,9 @@ from tests.helpers.pg_server import PgServer  # noqa: E402
 from tests.helpers.workers import Procs, python_spec, speechtune_argv  # noqa: E402
 
 
-def run_one(pg: PgServer, n_workers: int, n_trials: int, sampler: str, work: Path) -> dict[str, float]:
+def run_one(
+    pg: PgServer, n_workers: int, n_trials: int, sampler: str, work: Path
+) -> dict[str, float]:
     """One study to ``n_trials`` with ``n_workers`` worker processes; its timings."""
     name = f"scale{n_workers}"
     url = pg.create_database(f"{name}_{int(time.time() * 1000) % 10**9}")
@@ -46,19 +51,40 @@ def run_one(pg: PgServer, n_workers: int, n_trials: int, sampler: str, work: Pat
     try:
         t0 = time.perf_counter()
         workers = [
-            procs.start(f"{name}-w{i}", speechtune_argv(
-                "worker", "--study", name, "--storage", url, "--config", str(cfg), "--run-dir", str(work / f"{name}-w{i}"),
-                "--function", "tests.helpers.workers:quick_objective", "--no-tracking", "--no-report", "--quiet"))
+            procs.start(
+                f"{name}-w{i}",
+                speechtune_argv(
+                    "worker",
+                    "--study",
+                    name,
+                    "--storage",
+                    url,
+                    "--config",
+                    str(cfg),
+                    "--run-dir",
+                    str(work / f"{name}-w{i}"),
+                    "--function",
+                    "tests.helpers.workers:quick_objective",
+                    "--no-tracking",
+                    "--no-report",
+                    "--quiet",
+                ),
+            )
             for i in range(n_workers)
         ]
         codes = [procs.wait(w, 1800) for w in workers]
         wall = time.perf_counter() - t0
         if any(codes):
-            raise RuntimeError(f"worker exit codes {codes}; log: {procs.log(workers[codes.index(next(c for c in codes if c))])[-2000:]}")
+            raise RuntimeError(
+                f"worker exit codes {codes}; "
+                f"log: {procs.log(workers[codes.index(next(c for c in codes if c))])[-2000:]}"
+            )
     finally:
         procs.close()
     storage = optuna.storages.RDBStorage(url)
-    done = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = optuna.load_study(study_name=name, storage=storage).get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+    )
     storage.engine.dispose()
     first = min(t.datetime_start for t in done)
     last = max(t.datetime_complete for t in done)
@@ -74,11 +100,21 @@ def run_one(pg: PgServer, n_workers: int, n_trials: int, sampler: str, work: Pat
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=200, help="complete trials per study (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--trials", type=int, default=200, help="complete trials per study (default: %(default)s)"
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--sampler", default="random", help="random (coordination cost only) or tpe (default: %(default)s)")
-    ap.add_argument("--out", default="runs/workers_scaling.json", help="JSON results (default: %(default)s)")
+    ap.add_argument(
+        "--sampler",
+        default="random",
+        help="random (coordination cost only) or tpe (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--out", default="runs/workers_scaling.json", help="JSON results (default: %(default)s)"
+    )
     args = ap.parse_args()
 
     rows = []
@@ -86,11 +122,19 @@ def main() -> int:
         for n in args.workers:
             rows.append(run_one(pg, n, args.trials, args.sampler, Path(tmp)))
             r = rows[-1]
-            print(f"{n} workers: {r['trials']} trials, wall {r['wall_s']} s, steady {r['steady_trials_per_s']} trials/s", flush=True)
+            print(
+                f"{n} workers: {r['trials']} trials, wall {r['wall_s']} s, steady {r['steady_trials_per_s']} trials/s",
+                flush=True,
+            )
     print()
-    print(f"{'workers':>7} {'trials':>6} {'wall s':>7} {'trials/s (wall)':>15} {'trials/s (steady)':>17}")
+    print(
+        f"{'workers':>7} {'trials':>6} {'wall s':>7} {'trials/s (wall)':>15} {'trials/s (steady)':>17}"
+    )
     for r in rows:
-        print(f"{r['workers']:>7} {r['trials']:>6} {r['wall_s']:>7} {r['wall_trials_per_s']:>15} {r['steady_trials_per_s']:>17}")
+        print(
+            f"{r['workers']:>7} {r['trials']:>6} {r['wall_s']:>7} "
+            f"{r['wall_trials_per_s']:>15} {r['steady_trials_per_s']:>17}"
+        )
     result = {
         "benchmark": "workers_scaling",
         "storage": "postgresql (private cluster, fsync off)",

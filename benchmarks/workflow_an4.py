@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # an uninstalled checkout (the GPU machine) works too
 
 
-def carve_golden(an4_dir: Path, out: Path, cache: Path, n_speakers: int, seed: int) -> tuple[Path, Path, dict[str, Any]]:
+def carve_golden(
+    an4_dir: Path, out: Path, cache: Path, n_speakers: int, seed: int
+) -> tuple[Path, Path, dict[str, Any]]:
     """Write ``train.jsonl`` and ``held/set.jsonl`` (golden): whole speakers, balanced by group."""
     from speechtune.data import Manifest, import_an4
 
@@ -60,7 +62,9 @@ def carve_golden(an4_dir: Path, out: Path, cache: Path, n_speakers: int, seed: i
     return paths[0], paths[1], info
 
 
-def write_configs(args: argparse.Namespace, train_manifest: Path, golden_manifest: Path, conf: Path) -> Path:
+def write_configs(
+    args: argparse.Namespace, train_manifest: Path, golden_manifest: Path, conf: Path
+) -> Path:
     """A tuning YAML (conf/tuning_an4.yaml's space, on the carved training manifest) and the workflow YAML."""
     conf.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "conf" / "tuning_an4.yaml").read_text())
@@ -86,9 +90,16 @@ def write_configs(args: argparse.Namespace, train_manifest: Path, golden_manifes
         "coarse": {"n_trials": args.coarse, "sampler": "random", "pruner": "none", "top_k": 5},
         "fine": {"n_trials": args.fine, "sampler": "tpe", "pruner": "median"},
         "validation": {"top_k": args.top_k, "seeds": args.seeds},
-        "full": {"overrides": {"train.epochs": args.full_epochs}, "baseline": not args.no_full_baseline},
+        "full": {
+            "overrides": {"train.epochs": args.full_epochs},
+            "baseline": not args.no_full_baseline,
+        },
         "golden": {"manifest": str(golden_manifest)},
-        "gating": {"model_name": "an4-asr", "margin": 0.005, "registry_dir": str(args.out / "registry")},
+        "gating": {
+            "model_name": "an4-asr",
+            "margin": 0.005,
+            "registry_dir": str(args.out / "registry"),
+        },
         "export": {"format": "torchscript"},
     }
     path = conf / "workflow.yaml"
@@ -115,16 +126,28 @@ def digest(state: dict[str, Any]) -> dict[str, Any]:
             "full_dev": res("full").get("value"),
             "golden": (res("gate").get("challenger") or {}).get("wer"),
         },
-        "validation": {"winner": val.get("winner"), "candidates": [{k: c[k] for k in ("name", "values", "mean", "std")} for c in val.get("candidates", [])], "test": val.get("test")},
+        "validation": {
+            "winner": val.get("winner"),
+            "candidates": [
+                {k: c[k] for k in ("name", "values", "mean", "std")}
+                for c in val.get("candidates", [])
+            ],
+            "test": val.get("test"),
+        },
         "gate": {k: res("gate").get(k) for k in ("promoted", "decision", "registered_version")},
         "narrowed": res("fine").get("narrowed"),
-        "stages": {name: {"status": rec.get("status"), "cost": rec.get("cost")} for name, rec in st.items()},
+        "stages": {
+            name: {"status": rec.get("status"), "cost": rec.get("cost")}
+            for name, rec in st.items()
+        },
         "cost_total": state.get("cost_total"),
     }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--an4-dir", type=Path, default=ROOT.parent / "shared" / "data" / "an4")
     p.add_argument("--out", type=Path, default=Path("runs/bench_workflow_an4"))
     p.add_argument("--device", default="auto")
@@ -138,12 +161,26 @@ def main() -> int:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--seed", type=int, default=0, help="picks the golden speakers")
-    p.add_argument("--workers", type=int, default=1, help="worker processes for the searches (GPU packing)")
-    p.add_argument("--no-full-baseline", action="store_true", help="skip training the defaults at full fidelity in stage 6")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes for the searches (GPU packing)"
+    )
+    p.add_argument(
+        "--no-full-baseline",
+        action="store_true",
+        help="skip training the defaults at full fidelity in stage 6",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny budget (CPU check of the script)")
     args = p.parse_args()
     if args.smoke:
-        args.coarse, args.fine, args.epochs, args.full_epochs, args.top_k, args.seeds, args.proxy = 2, 2, 1, 1, 1, [1, 2], 0.1
+        (
+            args.coarse,
+            args.fine,
+            args.epochs,
+            args.full_epochs,
+            args.top_k,
+            args.seeds,
+            args.proxy,
+        ) = 2, 2, 1, 1, 1, [1, 2], 0.1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import optuna
 
@@ -152,10 +189,18 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or args.out / "cache"
-    train_manifest, golden_manifest, split_info = carve_golden(args.an4_dir, args.out, cache, args.golden_speakers, args.seed)
+    train_manifest, golden_manifest, split_info = carve_golden(
+        args.an4_dir, args.out, cache, args.golden_speakers, args.seed
+    )
     config = write_configs(args, train_manifest, golden_manifest, args.out / "conf")
     t0 = time.perf_counter()
-    state = run_workflow(load_workflow(config), args.out / "run", device=args.device, cache_dir=cache, workers=args.workers)
+    state = run_workflow(
+        load_workflow(config),
+        args.out / "run",
+        device=args.device,
+        cache_dir=cache,
+        workers=args.workers,
+    )
     wall = time.perf_counter() - t0
     result = {
         "benchmark": "workflow_an4",

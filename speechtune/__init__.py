@@ -4,14 +4,14 @@ from speechtune._lazy import lazy_exports
 from speechtune._version import __version__
 
 _LAZY = {
-    'RecipeConfig': '.config',
-    'RunOptions': '.config',
-    'load_config': '.config',
-    'Reporter': '.training',
-    'TrainResult': '.training',
-    'train': '.training',
-    'report': '._report_file',
-    'tune': '.api',
+    "RecipeConfig": ".config",
+    "RunOptions": ".config",
+    "load_config": ".config",
+    "Reporter": ".training",
+    "TrainResult": ".training",
+    "train": ".training",
+    "report": "._report_file",
+    "tune": ".api",
 }
 
 __all__ = [

@@ -39,7 +39,9 @@ def _check_epoch(epoch: object) -> int | None:
     if epoch is None:
         return None
     if isinstance(epoch, bool) or not isinstance(epoch, int):
-        raise TypeError(f"speechtune.report: epoch must be an int or None, got {type(epoch).__name__} {epoch!r}")
+        raise TypeError(
+            f"speechtune.report: epoch must be an int or None, got {type(epoch).__name__} {epoch!r}"
+        )
     return epoch
 
 
@@ -75,7 +77,9 @@ def report(epoch: int | None = None, *, final: bool = False, **metrics: float) -
     if not isinstance(final, bool):
         raise TypeError(f"speechtune.report: final must be True or False, got {final!r}")
     if not metrics:
-        raise ValueError("speechtune.report: give at least one metric, e.g. report(epoch=1, wer=0.3)")
+        raise ValueError(
+            "speechtune.report: give at least one metric, e.g. report(epoch=1, wer=0.3)"
+        )
     for key, value in metrics.items():
         row[key] = _check_metric(key, value)
     if final:
@@ -84,7 +88,8 @@ def report(epoch: int | None = None, *, final: bool = False, **metrics: float) -
     if not path:
         if not _warned:
             print(
-                f"speechtune.report: {REPORT_FILE_ENV} is not set (not run by a speechtune tuner); metrics are not recorded",
+                f"speechtune.report: {REPORT_FILE_ENV} is not set (not run by a speechtune tuner); "
+                "metrics are not recorded",
                 file=sys.stderr,
             )
             _warned = True

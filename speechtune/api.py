@@ -26,7 +26,11 @@ def _as_objective(objective: Callable[..., Any] | Objective) -> Objective:
     """Plain functions (and lambdas, methods, partials) are wrapped; objective objects are used as is."""
     if isinstance(objective, FunctionObjective) or not callable(objective):
         return objective
-    if inspect.isfunction(objective) or inspect.ismethod(objective) or isinstance(objective, functools.partial):
+    if (
+        inspect.isfunction(objective)
+        or inspect.ismethod(objective)
+        or isinstance(objective, functools.partial)
+    ):
         return FunctionObjective(objective)
     # A callable object: an Objective (RecipeObjective, CommandObjective, a user's class).
     return objective
@@ -137,15 +141,25 @@ def tune(
     if backend not in ("optuna", "ray"):
         raise ValueError(f"backend: expected 'optuna' or 'ray', got {backend!r}")
     if direction != "minimize":
-        raise ValueError(f"direction: only 'minimize' is supported (got {direction!r}); return the negated metric instead")
+        raise ValueError(
+            f"direction: only 'minimize' is supported (got {direction!r}); return the negated metric instead"
+        )
     obj = _as_objective(objective)
     fspec = None
     if fidelity is not None:
         fspec = fidelity_spec(
-            fidelity, strategy=strategy, eta=eta, budget=budget, priors=priors, warm_start=warm_start, rank_metric=rank_metric
+            fidelity,
+            strategy=strategy,
+            eta=eta,
+            budget=budget,
+            priors=priors,
+            warm_start=warm_start,
+            rank_metric=rank_metric,
         )
     elif budget is not None or warm_start is not None:
-        raise ValueError("budget and warm_start need a fidelity (e.g. fidelity={'epochs': [1, 3, 9]})")
+        raise ValueError(
+            "budget and warm_start need a fidelity (e.g. fidelity={'epochs': [1, 3, 9]})"
+        )
     in_memory = run_dir is None and storage is None
     spec = build_spec(
         space,
@@ -178,8 +192,18 @@ def tune(
                 return run_study(spec, obj, tmp, resume=resume, progress=progress)
             # Ray needs a storage path for checkpoints: the study goes to SQLite in the temp dir.
             spec = _default_storage(spec)
-            return _in_memory_copy(run_study(spec, obj, tmp, backend=runner, resume=resume, progress=progress))
-    return run_study(spec, obj, run_dir, backend=runner, resume=resume, progress=progress, outputs=write_study_outputs)
+            return _in_memory_copy(
+                run_study(spec, obj, tmp, backend=runner, resume=resume, progress=progress)
+            )
+    return run_study(
+        spec,
+        obj,
+        run_dir,
+        backend=runner,
+        resume=resume,
+        progress=progress,
+        outputs=write_study_outputs,
+    )
 
 
 def _default_storage(spec: TuningSpec) -> TuningSpec:

@@ -26,7 +26,9 @@ torch.set_num_threads(int(os.environ.get("SPEECHTUNE_TEST_THREADS", min(2, os.cp
 def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     """A real espeak-ng corpus: 2 accents x 4 voices, 480 AN4-style utterances (~5 s to make)."""
     root = tmp_path_factory.mktemp("corpus")
-    return synthesize_corpus(root, num_utterances=480, seed=7, accents=("en-us", "en-gb-scotland"), num_voices=4)
+    return synthesize_corpus(
+        root, num_utterances=480, seed=7, accents=("en-us", "en-gb-scotland"), num_voices=4
+    )
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,11 @@ def _resolve(module: str, node: ast.Import | ast.ImportFrom) -> list[str]:
     else:
         base = node.module or ""
         if node.level:
-            package = module.split(".") if MODULES[module].name == "__init__.py" else module.split(".")[:-1]
+            package = (
+                module.split(".")
+                if MODULES[module].name == "__init__.py"
+                else module.split(".")[:-1]
+            )
             package = package[: len(package) - node.level + 1]
             base = ".".join(package + ([node.module] if node.module else []))
         targets = [f"{base}.{alias.name}" for alias in node.names]
@@ -209,7 +213,9 @@ def test_private_modules_stay_inside_their_package() -> None:
 
 def test_modules_stay_small() -> None:
     sizes = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
-    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}, f"split these by concept (max {MAX_LINES} lines)"
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}, (
+        f"split these by concept (max {MAX_LINES} lines)"
+    )
 
 
 def test_the_layer_checks_see_violations() -> None:

@@ -112,9 +112,13 @@ class Trace:
         idx = np.searchsorted(costs, np.asarray(budgets, dtype=float) + 1e-9, side="right") - 1
         return np.where(idx >= 0, inc[np.clip(idx, 0, None)] if len(inc) else math.inf, math.inf)
 
-    def regret_at(self, budgets: Sequence[float] | np.ndarray, optimum: float, reference: float) -> np.ndarray:
+    def regret_at(
+        self, budgets: Sequence[float] | np.ndarray, optimum: float, reference: float
+    ) -> np.ndarray:
         """Normalised regret at each budget (1.0 before any full-budget evaluation)."""
-        return np.array([normalised_regret(v, optimum, reference) for v in self.incumbent_at(budgets)])
+        return np.array(
+            [normalised_regret(v, optimum, reference) for v in self.incumbent_at(budgets)]
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record."""
@@ -136,7 +140,9 @@ def normalised_regret(incumbent: float, optimum: float, reference: float) -> flo
         return 1.0
     span = reference - optimum
     if not span > 0:
-        raise ValueError(f"regret: reference ({reference}) must be worse than the optimum ({optimum})")
+        raise ValueError(
+            f"regret: reference ({reference}) must be worse than the optimum ({optimum})"
+        )
     return (float(incumbent) - optimum) / span
 
 
@@ -164,7 +170,9 @@ def _study_name(trace: Trace) -> str:
     return f"{trace.problem}-{trace.strategy}-seed{trace.seed}"
 
 
-def _run_optuna_full(problem: Problem, sampler: optuna.samplers.BaseSampler, trace: Trace, budget: float) -> None:
+def _run_optuna_full(
+    problem: Problem, sampler: optuna.samplers.BaseSampler, trace: Trace, budget: float
+) -> None:
     """One trial = one full-budget evaluation, cost 1 each."""
     study = optuna.create_study(sampler=sampler, study_name=_study_name(trace))
     n = 0
@@ -177,9 +185,13 @@ def _run_optuna_full(problem: Problem, sampler: optuna.samplers.BaseSampler, tra
         trace.record(n, value, full=True)
 
 
-def _run_optuna_pruned(problem: Problem, pruner: optuna.pruners.BasePruner, seed: int, trace: Trace, budget: float) -> None:
+def _run_optuna_pruned(
+    problem: Problem, pruner: optuna.pruners.BasePruner, seed: int, trace: Trace, budget: float
+) -> None:
     """TPE + a pruner: report every epoch, stop when pruned; cost = epochs run / max_budget."""
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, study_name=_study_name(trace))
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, study_name=_study_name(trace)
+    )
     top = problem.max_budget
     epochs = 0  # counted in whole epochs so that the cumulative cost does not drift
     pruned = 0
@@ -212,7 +224,10 @@ def space_with_prior(space: SearchSpace, prior: Mapping[str, tuple[Any, float]])
     """``space`` with a prior ``{param: (default, width)}`` attached (speechtune.tuning._priors)."""
     from speechtune.tuning.space import Prior, with_priors
 
-    return with_priors(space, {name: Prior(default=default, width=width) for name, (default, width) in prior.items()})
+    return with_priors(
+        space,
+        {name: Prior(default=default, width=width) for name, (default, width) in prior.items()},
+    )
 
 
 def _run_engine(problem: Problem, strategy: str, seed: int, trace: Trace, budget: float) -> None:
@@ -221,15 +236,27 @@ def _run_engine(problem: Problem, strategy: str, seed: int, trace: Trace, budget
     engine_strategy, which = ENGINE_STRATEGIES[strategy]
     space = problem.space
     if which is not None:
-        space = space_with_prior(space, problem.prior_good if which == "good" else problem.prior_bad)
+        space = space_with_prior(
+            space, problem.prior_good if which == "good" else problem.prior_bad
+        )
     trace.info["prior"] = which
     fidelity = Fidelity.geometric("epochs", problem.max_budget, eta=ETA)
     key = fidelity.resume_key or "epochs"
-    search = MultiFidelitySearch(space, fidelity, strategy=engine_strategy, seed=seed, use_priors=which is not None)
+    search = MultiFidelitySearch(
+        space, fidelity, strategy=engine_strategy, seed=seed, use_priors=which is not None
+    )
     _engine_loop(problem, search, fidelity, key, strategy, trace, budget)
 
 
-def _engine_loop(problem: Problem, search: Any, fidelity: Fidelity, key: str, strategy: str, trace: Trace, budget: float) -> None:
+def _engine_loop(
+    problem: Problem,
+    search: Any,
+    fidelity: Fidelity,
+    key: str,
+    strategy: str,
+    trace: Trace,
+    budget: float,
+) -> None:
     top = fidelity.top
     sources: dict[str, int] = {}
     while search.budget_used < budget - 1e-9:
@@ -244,7 +271,9 @@ def _engine_loop(problem: Problem, search: Any, fidelity: Fidelity, key: str, st
         if job.parent is None:
             for rung in range(job.rung):
                 if fidelity.continues(rung, job.rung):
-                    intermediate[rung] = problem.evaluate(job.config, fidelity.rungs[rung].overrides[key])
+                    intermediate[rung] = problem.evaluate(
+                        job.config, fidelity.rungs[rung].overrides[key]
+                    )
         search.tell(job, value, intermediate=intermediate)
         trace.record(search.budget_used, value, full=job.rung == top)
         sources[job.source] = sources.get(job.source, 0) + 1
@@ -265,7 +294,9 @@ def run_strategy(problem: Problem, strategy: str, seed: int, budget: float) -> T
         ValueError: unknown strategy or non-positive budget.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
+        )
     if not budget > 0:
         raise ValueError(f"budget must be > 0 full evaluations (got {budget!r})")
     trace = Trace(problem.name, strategy, int(seed), float(budget))
@@ -278,7 +309,9 @@ def run_strategy(problem: Problem, strategy: str, seed: int, budget: float) -> T
         elif strategy == "tpe_median":
             _run_optuna_pruned(problem, optuna.pruners.MedianPruner(), seed, trace, budget)
         elif strategy == "tpe_hyperband":
-            pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=top, reduction_factor=ETA)
+            pruner = optuna.pruners.HyperbandPruner(
+                min_resource=1, max_resource=top, reduction_factor=ETA
+            )
             _run_optuna_pruned(problem, pruner, seed, trace, budget)
         else:
             _run_engine(problem, strategy, seed, trace, budget)
@@ -289,7 +322,11 @@ def run_strategy(problem: Problem, strategy: str, seed: int, budget: float) -> T
 # Scoring
 
 
-def fraction_to_reach(fractions: Sequence[float] | np.ndarray, mean_regret: Sequence[float] | np.ndarray, target: float) -> float | None:
+def fraction_to_reach(
+    fractions: Sequence[float] | np.ndarray,
+    mean_regret: Sequence[float] | np.ndarray,
+    target: float,
+) -> float | None:
     """The first budget fraction at which ``mean_regret`` is at or below ``target`` (None: never)."""
     for f, r in zip(fractions, mean_regret):
         if r <= target + 1e-12:
@@ -376,16 +413,24 @@ def summarise(result: ProblemResult, fractions: np.ndarray, budget: float) -> No
     """
     budgets = fractions * budget
     for strategy, traces in result.traces.items():
-        regrets = np.array([t.regret_at(budgets, result.optimum, result.reference) for t in traces])
+        regrets = np.array(
+            [t.regret_at(budgets, result.optimum, result.reference) for t in traces]
+        )
         result.mean[strategy] = regrets.mean(axis=0)
         n = len(traces)
-        result.se[strategy] = regrets.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.zeros(len(budgets))
+        result.se[strategy] = (
+            regrets.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.zeros(len(budgets))
+        )
     target = result.mean[TPE_REFERENCE][-1] if TPE_REFERENCE in result.mean else None
     for strategy, mean in result.mean.items():
         checks: dict[str, Any] = {"final_regret": float(mean[-1])}
-        checks["fraction_to_tpe_final"] = None if target is None else fraction_to_reach(fractions, mean, float(target))
+        checks["fraction_to_tpe_final"] = (
+            None if target is None else fraction_to_reach(fractions, mean, float(target))
+        )
         if PRUNER_REFERENCE in result.mean and strategy != PRUNER_REFERENCE:
-            checks["beats_tpe_hyperband"] = beats_everywhere(fractions, mean, result.mean[PRUNER_REFERENCE])
+            checks["beats_tpe_hyperband"] = beats_everywhere(
+                fractions, mean, result.mean[PRUNER_REFERENCE]
+            )
         else:
             checks["beats_tpe_hyperband"] = None
         result.checks[strategy] = checks
@@ -418,12 +463,16 @@ def run_benchmark(
     """
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; valid strategies: {', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"unknown strategies {unknown}; valid strategies: {', '.join(STRATEGIES)}"
+        )
     names = [p.name for p in problems]
     if len(set(names)) != len(names):
         raise ValueError(f"problem names must be unique (got {names})")
     fractions = np.arange(1, grid_points + 1) / grid_points
-    tasks = [(p, s, int(seed), float(budget)) for p in problems for s in strategies for seed in seeds]
+    tasks = [
+        (p, s, int(seed), float(budget)) for p in problems for s in strategies for seed in seeds
+    ]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             outcomes = list(pool.map(_run_task, tasks, chunksize=1))
@@ -431,7 +480,9 @@ def run_benchmark(
         outcomes = [_run_task(t) for t in tasks]
     result = BenchmarkResult(float(budget), [int(s) for s in seeds], fractions)
     for p in problems:
-        result.problems[p.name] = ProblemResult(p.name, float(p.optimum), float(p.reference), int(p.max_budget))
+        result.problems[p.name] = ProblemResult(
+            p.name, float(p.optimum), float(p.reference), int(p.max_budget)
+        )
     for (p, s, _, _), out in zip(tasks, outcomes):
         result.problems[p.name].traces.setdefault(s, []).append(out)
     for pr in result.problems.values():

@@ -31,8 +31,9 @@ where
   budget so the known global optimum is exact.
 
 ``prior_good`` sits near the global argmin; ``prior_bad`` sits at ``c``, a poor region at full
-budget whose cheap budgets look no worse than average (the slow-starter term is zero there). Priors are ``{param: (default, width)}`` with the width in
-units of the param's range (the contract of speechtune.tuning._priors).
+budget whose cheap budgets look no worse than average (the slow-starter term is zero there).
+Priors are ``{param: (default, width)}`` with the width in units of the param's range (the
+contract of :class:`speechtune.tuning.space.Prior`).
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ class SyntheticProblem:
         self.seed = int(seed)
         self.names = tuple(f"x{i}" for i in range(len(self.lower)))
         self.space: SearchSpace = parse_space(
-            {n: {"type": "float", "low": lo, "high": hi} for n, lo, hi in zip(self.names, self.lower, self.upper)}
+            {
+                n: {"type": "float", "low": lo, "high": hi}
+                for n, lo, hi in zip(self.names, self.lower, self.upper)
+            }
         )
         self._lo = np.asarray(self.lower, dtype=float)
         self._span = np.asarray(self.upper, dtype=float) - self._lo
@@ -166,7 +170,9 @@ class SyntheticProblem:
     def _noise(self, x: np.ndarray, budget: float) -> float:
         # A digest of the exact float bits, not Python's hash(): the value must be the same in
         # every process (the harness runs seeds in worker processes).
-        digest = hashlib.blake2b(struct.pack(f"<{len(x) + 1}d", *x, budget), digest_size=8).digest()
+        digest = hashlib.blake2b(
+            struct.pack(f"<{len(x) + 1}d", *x, budget), digest_size=8
+        ).digest()
         rng = np.random.default_rng([self.seed, int.from_bytes(digest, "little")])
         return float(rng.standard_normal())
 
@@ -222,7 +228,9 @@ class Hartmann3(SyntheticProblem):
     noise_scale = 0.1
     good_default = (0.15, 0.5, 0.8)
     A = np.array([[3.0, 10, 30], [0.1, 10, 35], [3.0, 10, 30], [0.1, 10, 35]])
-    P = 1e-4 * np.array([[3689, 1170, 2673], [4699, 4387, 7470], [1091, 8732, 5547], [381, 5743, 8828]])
+    P = 1e-4 * np.array(
+        [[3689, 1170, 2673], [4699, 4387, 7470], [1091, 8732, 5547], [381, 5743, 8828]]
+    )
 
     def base_values(self, x: np.ndarray, z: float) -> np.ndarray:
         return _hartmann(x, self.A, self.P, _ALPHA - _ALPHA_SHIFT * (1.0 - z))

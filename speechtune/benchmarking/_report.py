@@ -40,7 +40,8 @@ def markdown_table(result: BenchmarkResult) -> str:
         f"# Search efficiency: normalised regret (mean ± s.e. over {len(result.seeds)} seeds), "
         f"budget {result.budget:g} full-fidelity evaluations",
         "",
-        "Regret = (best full-budget value - optimum) / (mean of random configs - optimum); 1.0 before any full evaluation.",
+        "Regret = (best full-budget value - optimum) / (mean of random configs - optimum); "
+        "1.0 before any full evaluation.",
         f"(a) = budget fraction at which the mean regret first reaches {TPE_REFERENCE}'s final mean regret "
         f"(target for speechtune: <= {TARGET_FRACTION:.2f}); (b) = mean regret below {PRUNER_REFERENCE}'s at every "
         "grid budget past 10%.",
@@ -50,7 +51,9 @@ def markdown_table(result: BenchmarkResult) -> str:
             "",
             f"## {name} (optimum {p.optimum:.6g}, random mean {p.reference:.6g}, max budget {p.max_budget})",
             "",
-            "| strategy | " + " | ".join(f"{int(f * 100)}%" for f in TABLE_FRACTIONS) + " | (a) reach TPE final | (b) beats tpe_hyperband |",
+            "| strategy | "
+            + " | ".join(f"{int(f * 100)}%" for f in TABLE_FRACTIONS)
+            + " | (a) reach TPE final | (b) beats tpe_hyperband |",
             "|---|" + "---:|" * len(TABLE_FRACTIONS) + "---:|---:|",
         ]
         for strategy, mean in p.mean.items():
@@ -91,11 +94,23 @@ def plot_regret(result: BenchmarkResult, out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for strategy, mean in p.mean.items():
             se = p.se[strategy]
-            style = "-" if strategy.startswith("speechtune") else ("--" if strategy.startswith("tpe") or strategy == "random" else "-.")
+            style = (
+                "-"
+                if strategy.startswith("speechtune")
+                else ("--" if strategy.startswith("tpe") or strategy == "random" else "-.")
+            )
             width = 2.2 if strategy == "speechtune" else 1.3
             color = "black" if strategy == "speechtune" else None
-            (line,) = ax.plot(x, np.maximum(mean, REGRET_FLOOR), style, lw=width, color=color, label=strategy)
-            ax.fill_between(x, np.maximum(mean - se, REGRET_FLOOR), np.maximum(mean + se, REGRET_FLOOR), color=line.get_color(), alpha=0.15)
+            (line,) = ax.plot(
+                x, np.maximum(mean, REGRET_FLOOR), style, lw=width, color=color, label=strategy
+            )
+            ax.fill_between(
+                x,
+                np.maximum(mean - se, REGRET_FLOOR),
+                np.maximum(mean + se, REGRET_FLOOR),
+                color=line.get_color(),
+                alpha=0.15,
+            )
         ax.set_yscale("log")
         ax.set_xlabel("budget (full-fidelity evaluations)")
         ax.set_ylabel("normalised regret")
@@ -120,13 +135,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_outputs(result: BenchmarkResult, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+def write_outputs(
+    result: BenchmarkResult, out_dir: str | Path, plots: bool = True
+) -> dict[str, Path]:
     """Write into ``out_dir``: results.json (grid, mean/s.e. regret per strategy, checks),
     traces.jsonl (one anytime trace per run), results.md (the table) and, with ``plots``,
     regret_<problem>.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "traces": out / "traces.jsonl", "table": out / "results.md"}
+    paths = {
+        "json": out / "results.json",
+        "traces": out / "traces.jsonl",
+        "table": out / "results.md",
+    }
     record = _jsonable(result.as_dict())
     with paths["traces"].open("w") as fh:
         for problem in record["problems"].values():

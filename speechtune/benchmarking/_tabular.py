@@ -55,7 +55,14 @@ __all__ = ["TabularProblem", "TabularRecord"]
 class TabularRecord:
     """One recorded config: its params and its filled curve (epochs 1..E)."""
 
-    def __init__(self, config_id: int, params: dict[str, Any], curve: np.ndarray, times: np.ndarray, status: str) -> None:
+    def __init__(
+        self,
+        config_id: int,
+        params: dict[str, Any],
+        curve: np.ndarray,
+        times: np.ndarray,
+        status: str,
+    ) -> None:
         self.config_id = config_id
         self.params = params
         self.curve = curve  # curve[e - 1] = value after epoch e
@@ -80,7 +87,13 @@ class TabularProblem:
     Build it with :meth:`load`; ``evaluate(config, budget)`` is then a table lookup.
     """
 
-    def __init__(self, name: str, meta: Mapping[str, Any], records: list[TabularRecord], source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        name: str,
+        meta: Mapping[str, Any],
+        records: list[TabularRecord],
+        source: str = "<memory>",
+    ) -> None:
         if not records:
             raise ValueError(f"{source}: the table has no config records")
         self.name = name
@@ -92,7 +105,9 @@ class TabularProblem:
         self.worst: float = float(meta.get("worst", 1.0))
         self.space: SearchSpace = parse_space(meta["space"])
         self.names: list[str] = self.space.tunable_names()
-        self._positions = np.array([self._encode(r.params) for r in self.records])  # (N, d), NaN = absent
+        self._positions = np.array(
+            [self._encode(r.params) for r in self.records]
+        )  # (N, d), NaN = absent
         self._ids = np.array([r.config_id for r in self.records])
         self._cache: dict[tuple[Any, ...], TabularRecord] = {}
 
@@ -125,7 +140,7 @@ class TabularProblem:
             raise ValueError(f"{path}: empty file (expected a meta line and config lines)")
         meta = rows[0].get("meta") if isinstance(rows[0], dict) else None
         if not isinstance(meta, dict):
-            raise ValueError(f"{path}:1: the first line must be {{\"meta\": {{...}}}}")
+            raise ValueError(f'{path}:1: the first line must be {{"meta": {{...}}}}')
         for key in ("epochs", "space"):
             if key not in meta:
                 raise ValueError(f"{path}:1: meta lacks {key!r}")
@@ -145,11 +160,22 @@ class TabularProblem:
                 raise ValueError(f"{path}:{i}: config_id must be a unique int (got {cid!r})")
             seen.add(cid)
             curve, times = cls._fill(row, epochs, metric, worst, f"{path}:{i}")
-            records.append(TabularRecord(cid, dict(row["params"]), curve, times, str(row.get("status", "complete"))))
-        return cls(name or str(meta.get("name") or meta.get("corpus") or path.stem), meta, records, str(path))
+            records.append(
+                TabularRecord(
+                    cid, dict(row["params"]), curve, times, str(row.get("status", "complete"))
+                )
+            )
+        return cls(
+            name or str(meta.get("name") or meta.get("corpus") or path.stem),
+            meta,
+            records,
+            str(path),
+        )
 
     @staticmethod
-    def _fill(row: Mapping[str, Any], epochs: int, metric: str, worst: float, where: str) -> tuple[np.ndarray, np.ndarray]:
+    def _fill(
+        row: Mapping[str, Any], epochs: int, metric: str, worst: float, where: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The curve over epochs 1..E under the replay rules of the module docstring."""
         recorded: dict[int, float] = {}
         times = np.zeros(epochs)
@@ -158,7 +184,11 @@ class TabularProblem:
             if not isinstance(e, int) or not 1 <= e <= epochs:
                 raise ValueError(f"{where}: epoch must be an int in [1, {epochs}] (got {e!r})")
             value = entry.get(metric)
-            recorded[e] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+            recorded[e] = (
+                float(value)
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else math.nan
+            )
             t = entry.get("time_s")
             if isinstance(t, (int, float)) and math.isfinite(t):
                 times[e - 1] = float(t)
@@ -195,7 +225,14 @@ class TabularProblem:
             v = params[name]
             if isinstance(p, CategoricalParam):
                 k = len(p.choices)
-                idx = next((i for i, (raw, enc) in enumerate(zip(p.choices, p.encoded())) if v == raw or v == enc), None)
+                idx = next(
+                    (
+                        i
+                        for i, (raw, enc) in enumerate(zip(p.choices, p.encoded()))
+                        if v == raw or v == enc
+                    ),
+                    None,
+                )
                 out.append(math.nan if idx is None else (idx / (k - 1) if k > 1 else 0.0))
             elif isinstance(p, (FloatParam, IntParam)):
                 lo, hi, x = float(p.low), float(p.high), float(v)
@@ -222,11 +259,17 @@ class TabularProblem:
         return hit
 
     def _epoch(self, budget: Any) -> int:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{self.name}: budget must be a number of epochs in [1, {self.max_budget}] (got {budget!r})")
+        if isinstance(budget, bool) or not isinstance(
+            budget, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(
+                f"{self.name}: budget must be a number of epochs in [1, {self.max_budget}] (got {budget!r})"
+            )
         e = int(round(float(budget)))
         if not 1 <= e <= self.max_budget:
-            raise ValueError(f"{self.name}: budget must be in [1, {self.max_budget}] epochs (got {budget!r})")
+            raise ValueError(
+                f"{self.name}: budget must be in [1, {self.max_budget}] epochs (got {budget!r})"
+            )
         return e
 
     def evaluate(self, config: Mapping[str, Any], budget: float) -> float:
@@ -274,4 +317,7 @@ class TabularProblem:
         return self._prior_from(self.records[int(np.argmax(self.finals))])
 
     def __repr__(self) -> str:
-        return f"TabularProblem({self.name!r}, configs={len(self.records)}, epochs={self.max_budget}, metric={self.metric!r})"
+        return (
+            f"TabularProblem({self.name!r}, configs={len(self.records)}, "
+            f"epochs={self.max_budget}, metric={self.metric!r})"
+        )

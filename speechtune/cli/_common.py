@@ -21,8 +21,14 @@ DEFAULT_CACHE_DIR = ".cache/speechtune"
 def add_run_arguments(p: argparse.ArgumentParser, out_default: str) -> None:
     """``--out``, ``--device``, ``--cache-dir``, ``--threads``, ``--quiet`` of a training command."""
     p.add_argument("--out", default=out_default, help="output directory (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="corpus and feature cache (default: %(default)s)")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE_DIR,
+        help="corpus and feature cache (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -43,7 +49,11 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
     """``--tracking-uri`` and ``--no-tracking``."""
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: a local store in the run dir)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: a local store in the run dir)",
+    )
     p.add_argument("--no-tracking", action="store_true", help="do not log trials to MLflow")
 
 
@@ -57,4 +67,6 @@ def make_tracker(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> T
         log.info("speechtune.track is not available: trials are not logged to MLflow")
         return None
     # None => the tracker's own default store inside the run directory.
-    return StudyTracker(tracking_uri=args.tracking_uri, experiment=spec.study.name, run_dir=run_dir)
+    return StudyTracker(
+        tracking_uri=args.tracking_uri, experiment=spec.study.name, run_dir=run_dir
+    )

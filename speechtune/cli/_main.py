@@ -50,12 +50,16 @@ SUBCOMMANDS: dict[str, ModuleType] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``speechtune`` argument parser."""
-    parser = argparse.ArgumentParser(prog="speechtune", description="Find strong hyperparameters for speech models.")
+    parser = argparse.ArgumentParser(
+        prog="speechtune", description="Find strong hyperparameters for speech models."
+    )
     parser.add_argument("--version", action="version", version=f"speechtune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", None))
+        p = sub.add_parser(
+            name, help=module.HELP, description=getattr(module, "DESCRIPTION", None)
+        )
         module.add_arguments(p)
         p.set_defaults(fn=module.run)
     return parser
@@ -63,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``speechtune`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

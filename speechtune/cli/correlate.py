@@ -17,11 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune correlate``."""
     p.add_argument("run_dir")
     p.add_argument("--study", default=None, help="study name, when the storage holds several")
-    p.add_argument("--metric", default=None, help="value to compare (default: the study's primary objective)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument(
+        "--metric", default=None, help="value to compare (default: the study's primary objective)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument(
-        "--threshold", type=float, default=0.7,
+        "--threshold",
+        type=float,
+        default=0.7,
         help="recommend the cheapest rung whose Spearman 95%% CI lower bound reaches this (default: %(default)s)",
     )
 

@@ -10,7 +10,9 @@ HELP = "live view of a study (optuna-dashboard)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune dashboard``."""
     p.add_argument("run_dir", help="a run directory or a storage URL")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, local only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default: %(default)s, local only)"
+    )
     p.add_argument("--port", type=int, default=8080)
 
 

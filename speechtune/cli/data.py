@@ -15,14 +15,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default=".cache/speechtune/corpora")
     s.add_argument("--num-utterances", type=int, default=600)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--accents", default="en-us,en,en-gb-scotland,en-029", help="comma-separated espeak-ng accents")
+    s.add_argument(
+        "--accents",
+        default="en-us,en,en-gb-scotland,en-029",
+        help="comma-separated espeak-ng accents",
+    )
     s.add_argument("--num-voices", type=int, default=8)
     s.add_argument("--noise-snr-db", type=float, default=None)
     s.add_argument("--sample-rate", type=int, default=16000)
     s.set_defaults(fn=synth)
 
     s = data.add_parser("an4", help="import CMU AN4 from a local directory or a URL")
-    s.add_argument("--source", required=True, help="directory of the AN4 distribution, or a .tar.gz URL")
+    s.add_argument(
+        "--source", required=True, help="directory of the AN4 distribution, or a .tar.gz URL"
+    )
     s.add_argument("--out", default=".cache/speechtune/corpora/an4")
     s.add_argument("--skip-bad", action="store_true")
     s.set_defaults(fn=an4)
@@ -49,7 +55,9 @@ def synth(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate,
         progress=True,
     )
-    print(f"{len(m)} utterances, {m.hours * 60:.1f} min, {len(m.speakers)} speakers, groups {m.groups}")
+    print(
+        f"{len(m)} utterances, {m.hours * 60:.1f} min, {len(m.speakers)} speakers, groups {m.groups}"
+    )
     print(f"manifest: {m.root / 'manifest.jsonl' if m.root else args.out}")
     return 0
 
@@ -60,7 +68,10 @@ def an4(args: argparse.Namespace) -> int:
 
     splits = import_an4(args.source, Path(args.out), skip_bad=args.skip_bad)
     for name, m in splits.items():
-        print(f"{name}: {len(m)} utterances, {m.hours:.2f} h, {len(m.speakers)} speakers -> {Path(args.out) / (name + '.jsonl')}")
+        print(
+            f"{name}: {len(m)} utterances, {m.hours:.2f} h, {len(m.speakers)} speakers "
+            f"-> {Path(args.out) / (name + '.jsonl')}"
+        )
     return 0
 
 
@@ -68,8 +79,12 @@ def import_(args: argparse.Namespace) -> int:
     """``speechtune data import``."""
     from speechtune.data import import_corpus
 
-    manifest, report = import_corpus(args.manifest, Path(args.out), sample_rate=args.sample_rate, skip_bad=args.skip_bad)
-    print(f"imported {len(manifest)} utterances ({manifest.hours:.3f} h) -> {Path(args.out) / 'manifest.jsonl'}")
+    manifest, report = import_corpus(
+        args.manifest, Path(args.out), sample_rate=args.sample_rate, skip_bad=args.skip_bad
+    )
+    print(
+        f"imported {len(manifest)} utterances ({manifest.hours:.3f} h) -> {Path(args.out) / 'manifest.jsonl'}"
+    )
     if report.skipped:
         print(report.summary())
     return 0

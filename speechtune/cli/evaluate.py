@@ -1,4 +1,7 @@
-"""``speechtune evaluate``: WER/CER/latency of a trained model on a manifest (the only command that reads a test split)."""
+"""``speechtune evaluate``: WER/CER/latency of a trained model on a manifest.
+
+The only command that may read a test split.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from speechtune.inference import evaluate_model
 
     manifest = load_manifest(args.data, split=args.split)
-    result = evaluate_model(args.checkpoint, manifest, device=args.device, name=args.name, skip_bad=args.skip_bad)
+    result = evaluate_model(
+        args.checkpoint, manifest, device=args.device, name=args.name, skip_bad=args.skip_bad
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "skipped"}, indent=2))
     return 0

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model.pt written by `speechtune train`")
     p.add_argument("--format", required=True, choices=list(FORMATS), help="artefact format")
     p.add_argument(
-        "--out", required=True,
+        "--out",
+        required=True,
         help="output directory (file named model.torchscript.pt / model.onnx) or a file path ending in .pt/.onnx",
     )
 

@@ -13,7 +13,9 @@ HELP = "train the ASR recipe from a config"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune train``."""
     p.add_argument("--config", default=None, help="recipe YAML (default: built-in defaults)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. model.num_layers=6")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. model.num_layers=6"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     add_run_arguments(p, "runs/train")
 

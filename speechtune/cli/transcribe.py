@@ -10,7 +10,8 @@ HELP = "transcribe audio files"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune transcribe``."""
     p.add_argument(
-        "--checkpoint", required=True,
+        "--checkpoint",
+        required=True,
         help="model.pt, or a model exported by `speechtune export` (file or directory; trusted sources only: "
         "an exported TorchScript file is code)",
     )

@@ -36,16 +36,49 @@ BACKENDS = ("optuna", "ray")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``speechtune tune``."""
     parser.add_argument("--config", required=True, help="tuning YAML (see conf/tuning.yaml)")
-    parser.add_argument("--n-trials", type=int, default=None, help="complete + pruned trials to reach (default: study.n_trials)")
-    parser.add_argument("--backend", default="optuna", choices=BACKENDS, help="default: %(default)s")
-    parser.add_argument("--run-dir", default=None, help="study outputs (default: runs/<study.name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the study; re-runs trials a killed run left")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL, or 'journal' (default: study.storage)")
-    parser.add_argument("--n-jobs", type=int, default=None, help="parallel trials in this process (default: study.n_jobs)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (recipe objective; default: %(default)s)")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="corpus and feature cache (default: %(default)s)")
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="complete + pruned trials to reach (default: study.n_trials)",
+    )
+    parser.add_argument(
+        "--backend", default="optuna", choices=BACKENDS, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--run-dir", default=None, help="study outputs (default: runs/<study.name>)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the study; re-runs trials a killed run left",
+    )
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL, or 'journal' (default: study.storage)"
+    )
+    parser.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="parallel trials in this process (default: study.n_jobs)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda, cuda:1 ... (recipe objective; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE_DIR,
+        help="corpus and feature cache (default: %(default)s)",
+    )
     add_tracking_arguments(parser)
-    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the tuning YAML, e.g. study.sampler=gp")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of the tuning YAML, e.g. study.sampler=gp",
+    )
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
     parser.add_argument(
         "--workers",
@@ -53,8 +86,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run N worker processes on this machine (GPU packing); storage becomes a journal file unless given",
     )
-    parser.add_argument("--gpu-slots", type=int, default=None, help="--workers: concurrent trials per GPU (default: --workers)")
-    parser.add_argument("--gpu-mem-per-trial", type=float, default=None, metavar="MB", help="--workers: GPU memory one trial needs")
+    parser.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=None,
+        help="--workers: concurrent trials per GPU (default: --workers)",
+    )
+    parser.add_argument(
+        "--gpu-mem-per-trial",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="--workers: GPU memory one trial needs",
+    )
     parser.add_argument(
         "--heartbeat-s",
         type=int,
@@ -65,15 +109,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         default=None,
-        help="--backend ray: the Ray cluster (auto, ray://host:port, host:port; default: ray.address, else a local Ray)",
+        help="--backend ray: the Ray cluster (auto, ray://host:port, host:port; "
+        "default: ray.address, else a local Ray)",
     )
 
 
 def _check(args: argparse.Namespace) -> None:
     checks = [
-        (args.n_trials is not None and args.n_trials < 1, f"--n-trials must be >= 1, got {args.n_trials}"),
+        (
+            args.n_trials is not None and args.n_trials < 1,
+            f"--n-trials must be >= 1, got {args.n_trials}",
+        ),
         (args.n_jobs is not None and args.n_jobs < 1, f"--n-jobs must be >= 1, got {args.n_jobs}"),
-        (args.workers is not None and args.workers < 1, f"--workers must be >= 1, got {args.workers}"),
+        (
+            args.workers is not None and args.workers < 1,
+            f"--workers must be >= 1, got {args.workers}",
+        ),
         (
             args.workers is not None and args.workers > 1 and args.backend == "ray",
             "--workers is for the optuna backend; with --backend ray set ray.resources_per_trial (e.g. gpu: 0.25)",
@@ -95,7 +146,9 @@ def _backend(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> Backe
         from speechtune.tuning.spec import valid_address
 
         if args.address is not None and not valid_address(args.address):
-            raise ValueError(f"--address: expected auto, ray://host:port or host:port, got {args.address!r}")
+            raise ValueError(
+                f"--address: expected auto, ray://host:port or host:port, got {args.address!r}"
+            )
         return RayBackend(address=args.address)
     if args.workers is not None and args.workers > 1:
         # Workers neither track nor report: N processes on one MLflow store would make N parent
@@ -103,8 +156,15 @@ def _backend(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> Backe
         extra = ["--cache-dir", args.cache_dir, "--no-report", "--quiet", "--no-tracking"]
         if args.heartbeat_s is not None:
             extra += ["--heartbeat-s", str(int(args.heartbeat_s))]
-        gpu_slots = args.gpu_slots if args.gpu_slots is not None else (args.workers if args.device != "cpu" else None)
-        print(f"running {args.workers} worker processes (logs in {run_dir / 'workers'})", file=sys.stderr)
+        gpu_slots = (
+            args.gpu_slots
+            if args.gpu_slots is not None
+            else (args.workers if args.device != "cpu" else None)
+        )
+        print(
+            f"running {args.workers} worker processes (logs in {run_dir / 'workers'})",
+            file=sys.stderr,
+        )
         return PackedBackend(
             int(args.workers),
             storage=args.storage,
@@ -141,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     packed = args.workers is not None and args.workers > 1 and args.backend != "ray"
     # Packed workers build their own objective from the spec stored with the study.
-    objective = None if packed else build_objective(spec, device=args.device, cache_dir=args.cache_dir)
+    objective = (
+        None if packed else build_objective(spec, device=args.device, cache_dir=args.cache_dir)
+    )
     spec = scale_default_ladder(spec, args.cache_dir)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.study.name
     # Our progress view reports every trial; Optuna's own INFO lines would repeat it.
@@ -215,10 +277,14 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     gpu = study.user_attrs.get("gpu_utilization") or {}
     if gpu.get("available") and gpu.get("gpu_busy_fraction") is not None:
         peak = gpu.get("gpu_mem_peak_mb") or 0
-        print(f"GPU busy {gpu['gpu_busy_fraction']:.0%} of the study's time (peak memory {peak:.0f} MiB)")
+        print(
+            f"GPU busy {gpu['gpu_busy_fraction']:.0%} of the study's time (peak memory {peak:.0f} MiB)"
+        )
     record = TrialRecord.from_trial(best)
     shown = ", ".join(
-        f"{k} {v:.4f}" for k, v in record.metrics.items() if k in ("wer", "cer", "worst_group_wer") and v is not None
+        f"{k} {v:.4f}"
+        for k, v in record.metrics.items()
+        if k in ("wer", "cer", "worst_group_wer") and v is not None
     )
     print(f"best trial {best.number}: {shown}")
     print("best config:")

@@ -17,7 +17,9 @@ from speechtune.cli._common import (
     make_tracker,
 )
 
-HELP = "join a study on PostgreSQL (or a journal file) and run its trials; start any number of them"
+HELP = (
+    "join a study on PostgreSQL (or a journal file) and run its trials; start any number of them"
+)
 
 #: Exit codes of ``speechtune worker``.
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3
@@ -29,31 +31,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``speechtune worker``."""
     parser.add_argument("--study", required=True, help="name of the study to join")
     parser.add_argument(
-        "--storage", required=True,
+        "--storage",
+        required=True,
         help="shared study storage: postgresql+psycopg://user@host:port/db or journal:///path.log (not SQLite)",
     )
-    parser.add_argument("--config", default=None, help="tuning YAML; creates the study if missing (default: the spec stored with the study)")
-    parser.add_argument("--run-dir", default=None, help="this worker's trial outputs (default: runs/<study>)")
     parser.add_argument(
-        "--n-trials", type=int, default=None,
+        "--config",
+        default=None,
+        help="tuning YAML; creates the study if missing (default: the spec stored with the study)",
+    )
+    parser.add_argument(
+        "--run-dir", default=None, help="this worker's trial outputs (default: runs/<study>)"
+    )
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
         help="study-wide complete + pruned trials to reach (default: study.n_trials); may overshoot by workers-1",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (recipe objective; default: %(default)s)")
-    parser.add_argument("--gpu-slots", type=int, default=None, help="concurrent trials per GPU (GPU packing; cuda/auto only)")
-    parser.add_argument("--gpu-mem-per-trial", type=float, default=None, metavar="MB", help="GPU memory one trial needs (skips fuller GPUs)")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="corpus and feature cache (default: %(default)s)")
     parser.add_argument(
-        "--heartbeat-s", type=int, default=None,
-        help=f"seconds between heartbeats of a running trial; a trial silent for twice that is re-queued {HEARTBEAT_HELP}",
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda, cuda:1 ... (recipe objective; default: %(default)s)",
     )
     parser.add_argument(
-        "--reconnect-s", type=float, default=None,
+        "--gpu-slots",
+        type=int,
+        default=None,
+        help="concurrent trials per GPU (GPU packing; cuda/auto only)",
+    )
+    parser.add_argument(
+        "--gpu-mem-per-trial",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="GPU memory one trial needs (skips fuller GPUs)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE_DIR,
+        help="corpus and feature cache (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=int,
+        default=None,
+        help="seconds between heartbeats of a running trial; a trial silent for twice that is "
+        f"re-queued {HEARTBEAT_HELP}",
+    )
+    parser.add_argument(
+        "--reconnect-s",
+        type=float,
+        default=None,
         help="how long a storage call retries through a database outage before the worker stops "
         "(default: $SPEECHTUNE_RECONNECT_S or 60)",
     )
-    parser.add_argument("--function", default=None, metavar="MODULE:ATTR", help="the Python function of an objective.kind: python study")
+    parser.add_argument(
+        "--function",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="the Python function of an objective.kind: python study",
+    )
     add_tracking_arguments(parser)
-    parser.add_argument("--no-report", action="store_true", help="do not write trials.csv, best.yaml and report.html at the end")
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write trials.csv, best.yaml and report.html at the end",
+    )
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
 
 
@@ -74,10 +118,16 @@ def _check_args(args: argparse.Namespace) -> str | None:
     if args.heartbeat_s is None:
         args.heartbeat_s = DEFAULT_HEARTBEAT_S
     checks: list[tuple[bool, str]] = [
-        (args.n_trials is not None and args.n_trials < 1, f"--n-trials must be >= 1, got {args.n_trials}"),
+        (
+            args.n_trials is not None and args.n_trials < 1,
+            f"--n-trials must be >= 1, got {args.n_trials}",
+        ),
         (args.heartbeat_s < 1, f"--heartbeat-s must be >= 1, got {args.heartbeat_s}"),
         (args.reconnect_s < 0, f"--reconnect-s must be >= 0, got {args.reconnect_s}"),
-        (args.gpu_slots is not None and args.gpu_slots < 1, f"--gpu-slots must be >= 1, got {args.gpu_slots}"),
+        (
+            args.gpu_slots is not None and args.gpu_slots < 1,
+            f"--gpu-slots must be >= 1, got {args.gpu_slots}",
+        ),
         (
             args.gpu_mem_per_trial is not None and args.gpu_mem_per_trial <= 0,
             f"--gpu-mem-per-trial must be > 0 MB, got {args.gpu_mem_per_trial}",
@@ -151,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
     except KeyboardInterrupt:
-        print("interrupted: this worker's running trial is re-queued once its heartbeat goes stale", file=sys.stderr)
+        print(
+            "interrupted: this worker's running trial is re-queued once its heartbeat goes stale",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:
         lost = storage_failure(exc)
@@ -165,8 +218,13 @@ def run(args: argparse.Namespace) -> int:
     from speechtune.tuning.study import COUNTED_STATES
 
     counted = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
-    print(f"worker {args.study!r}: the study has {counted} complete or pruned trials (target {target})")
+    print(
+        f"worker {args.study!r}: the study has {counted} complete or pruned trials (target {target})"
+    )
     if target is not None and counted < target and spec.study.timeout_s is None:
-        print("error: this worker stopped before the study reached its target (see the failed trials' reasons)", file=sys.stderr)
+        print(
+            "error: this worker stopped before the study reached its target (see the failed trials' reasons)",
+            file=sys.stderr,
+        )
         return EXIT_UNFINISHED
     return EXIT_OK

@@ -17,24 +17,51 @@ HELP = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune workflow``."""
     p.add_argument("--config", required=True, help="workflow YAML (see conf/workflow.yaml)")
-    p.add_argument("--run-dir", default=None, help="state, stage outputs and reports (default: runs/<name>)")
-    p.add_argument("--from-stage", default=None, help="redo this stage and all later ones: its name or number (1 proxy ... 8 export)")
+    p.add_argument(
+        "--run-dir", default=None, help="state, stage outputs and reports (default: runs/<name>)"
+    )
+    p.add_argument(
+        "--from-stage",
+        default=None,
+        help="redo this stage and all later ones: its name or number (1 proxy ... 8 export)",
+    )
     p.add_argument("--to-stage", default=None, help="stop after this stage (default: the last)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides of the workflow YAML, e.g. coarse.n_trials=5")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: %(default)s)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="corpus and feature cache (default: %(default)s)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides of the workflow YAML, e.g. coarse.n_trials=5",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE_DIR,
+        help="corpus and feature cache (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
-        "--tracking-uri", default=None,
+        "--tracking-uri",
+        default=None,
         help="MLflow tracking/registry URI (default: gating.tracking_uri, else a local SQLite store)",
     )
     p.add_argument(
-        "--workers", type=int, default=1,
+        "--workers",
+        type=int,
+        default=1,
         help="worker processes for the coarse and fine studies (GPU packing; default: 1, in this process)",
     )
-    p.add_argument("--gpu-slots", type=int, default=None, help="concurrent trials per GPU with --workers (default: --workers)")
     p.add_argument(
-        "--no-tracking", action="store_true",
+        "--gpu-slots",
+        type=int,
+        default=None,
+        help="concurrent trials per GPU with --workers (default: --workers)",
+    )
+    p.add_argument(
+        "--no-tracking",
+        action="store_true",
         help="do not log the coarse and fine studies to MLflow (the registry is still used)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress displays")
@@ -71,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to continue ({run_dir / 'state.json'})", file=sys.stderr)
+        print(
+            f"interrupted: rerun the same command to continue ({run_dir / 'state.json'})",
+            file=sys.stderr,
+        )
         return 130
     except (WorkflowError, WorkflowConfigChanged) as exc:
         print(f"error: {exc}", file=sys.stderr)

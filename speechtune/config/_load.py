@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -114,7 +115,9 @@ def _build(cls: type, data: Any, prefix: str, problems: list[ConfigProblem]) -> 
         if key not in fields:
             valid = ", ".join(sorted(fields))
             problems.append(
-                ConfigProblem(f"{prefix}{key}", f"unknown key; valid keys here: {valid}", data[key])
+                ConfigProblem(
+                    f"{prefix}{key}", f"unknown key; valid keys here: {valid}", data[key]
+                )
             )
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
@@ -163,29 +166,57 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
     m, fe = cfg.model, cfg.features
     if m.encoder in ("transformer", "conformer") and m.d_model % m.num_heads:
         out.append(
-            ConfigProblem("model.d_model", f"must be divisible by model.num_heads={m.num_heads}", m.d_model)
+            ConfigProblem(
+                "model.d_model", f"must be divisible by model.num_heads={m.num_heads}", m.d_model
+            )
         )
     if m.head == "ctc_attention" and m.d_model % m.num_heads:
         out.append(
-            ConfigProblem("model.num_heads", "must divide model.d_model for the attention decoder", m.num_heads)
+            ConfigProblem(
+                "model.num_heads",
+                "must divide model.d_model for the attention decoder",
+                m.num_heads,
+            )
         )
     if m.encoder == "conformer" and m.conv_kernel % 2 == 0:
-        out.append(ConfigProblem("model.conv_kernel", "must be odd (same-length depthwise conv)", m.conv_kernel))
+        out.append(
+            ConfigProblem(
+                "model.conv_kernel", "must be odd (same-length depthwise conv)", m.conv_kernel
+            )
+        )
     if fe.hop_ms > fe.window_ms:
-        out.append(ConfigProblem("features.hop_ms", f"must be <= features.window_ms={fe.window_ms}", fe.hop_ms))
+        out.append(
+            ConfigProblem(
+                "features.hop_ms", f"must be <= features.window_ms={fe.window_ms}", fe.hop_ms
+            )
+        )
     nyquist = fe.sample_rate / 2
     if fe.f_max is not None and not (fe.f_min < fe.f_max <= nyquist):
         out.append(
-            ConfigProblem("features.f_max", f"must be in (features.f_min, {nyquist:g}] for sample_rate {fe.sample_rate}", fe.f_max)
+            ConfigProblem(
+                "features.f_max",
+                f"must be in (features.f_min, {nyquist:g}] for sample_rate {fe.sample_rate}",
+                fe.f_max,
+            )
         )
     if cfg.data.corpus in ("an4",) and not cfg.data.root:
-        out.append(ConfigProblem("data.root", "is required for corpus 'an4' (directory of the AN4 distribution)", None))
+        out.append(
+            ConfigProblem(
+                "data.root",
+                "is required for corpus 'an4' (directory of the AN4 distribution)",
+                None,
+            )
+        )
     if cfg.data.corpus == "manifest" and not cfg.data.manifest:
         out.append(ConfigProblem("data.manifest", "is required for corpus 'manifest'", None))
     if cfg.decode.method == "beam" and m.head != "ctc_attention" and cfg.decode.beam_size > 1:
         # CTC prefix beam search without an LM gains little; we decode CTC greedily.
         out.append(
-            ConfigProblem("decode.method", "beam search needs model.head=ctc_attention; use greedy for ctc", "beam")
+            ConfigProblem(
+                "decode.method",
+                "beam search needs model.head=ctc_attention; use greedy for ctc",
+                "beam",
+            )
         )
     if cfg.data.proxy_hours is not None and cfg.data.proxy_hours <= 0:
         out.append(ConfigProblem("data.proxy_hours", "must be > 0", cfg.data.proxy_hours))
@@ -253,10 +284,22 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError([ConfigProblem(key, f"conflicts with the value of {'.'.join(parts[: i + 1])}", value)])
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            key, f"conflicts with the value of {'.'.join(parts[: i + 1])}", value
+                        )
+                    ]
+                )
             node = child
         if isinstance(node.get(parts[-1]), dict) and not isinstance(value, Mapping):
-            raise ConfigError([ConfigProblem(key, "is a section with sub-keys; it cannot also be a value", value)])
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        key, "is a section with sub-keys; it cannot also be a value", value
+                    )
+                ]
+            )
         node[parts[-1]] = value
     return nested
 
@@ -270,13 +313,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError([ConfigProblem(str(path), "cannot read config file", str(exc))]) from exc
+            raise ConfigError(
+                [ConfigProblem(str(path), "cannot read config file", str(exc))]
+            ) from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError([ConfigProblem(str(path), "is not valid YAML", str(exc))]) from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError([ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)])
+            raise ConfigError(
+                [ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)]
+            )
         data = loaded or {}
     if overrides:
         data = merge(data, parse_overrides(overrides))

@@ -44,7 +44,7 @@ def _download_and_extract(url: str, out_dir: Path) -> Path:
     # Download beside the target and rename, so a file: URL pointing at the target survives.
     partial = out_dir / f"{name}.part"
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, partial.open("wb") as fh:  # noqa: S310 (scheme checked)
+        with urllib.request.urlopen(url, timeout=60) as resp, partial.open("wb") as fh:
             shutil.copyfileobj(resp, fh)
         partial.replace(archive)
     except (urllib.error.URLError, OSError) as exc:
@@ -65,11 +65,17 @@ def _download_and_extract(url: str, out_dir: Path) -> Path:
 
 def _find_root(base: Path) -> Path:
     """The directory holding ``etc/`` and ``wav/`` (``base``, ``base/an4`` or a single subdir)."""
-    candidates = [base, base / "an4", *sorted(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []
+    candidates = (
+        [base, base / "an4", *sorted(p for p in base.iterdir() if p.is_dir())]
+        if base.is_dir()
+        else []
+    )
     for c in candidates:
         if (c / "etc").is_dir() and (c / "wav").is_dir():
             return c
-    raise AN4Error(f"{base}: not an AN4 tree (expected etc/an4_train.transcription and wav/, maybe under an4/)")
+    raise AN4Error(
+        f"{base}: not an AN4 tree (expected etc/an4_train.transcription and wav/, maybe under an4/)"
+    )
 
 
 # -- parsing --------------------------------------------------------------------------------
@@ -119,7 +125,10 @@ def _read_split(root: Path, split: str) -> Manifest:
     by_id = {uid: words for uid, words in trans if uid is not None}
     if len(by_id) < len(trans):  # lines without an "(id)": pair with the fileids in order
         if len(trans) != len(fileids):
-            raise AN4Error(f"{trans_path}: lines lack '(id)' and their count ({len(trans)}) differs from {fileids_path} ({len(fileids)})")
+            raise AN4Error(
+                f"{trans_path}: lines lack '(id)' and their count ({len(trans)}) differs from "
+                f"{fileids_path} ({len(fileids)})"
+            )
         by_id = {Path(f).name: words for f, (_, words) in zip(fileids, trans)}
     utts, problems = [], []
     for fileid in fileids:
@@ -128,21 +137,31 @@ def _read_split(root: Path, split: str) -> Manifest:
             problems.append(f"{uid}: no transcription in {trans_path.name}")
             continue
         # A missing file keeps its expected path so that validation reports (or skips) it.
-        audio = _find_audio(root / "wav", fileid) or root / "wav" / f"{fileid}{AUDIO_EXTENSIONS[0]}"
+        audio = (
+            _find_audio(root / "wav", fileid) or root / "wav" / f"{fileid}{AUDIO_EXTENSIONS[0]}"
+        )
         speaker = _speaker_of(fileid)
         try:
             duration = audio_info(audio).duration
         except AudioError:
             duration = 0.0  # reported by validation below
-        utts.append(Utterance(uid, str(audio.resolve()), duration, by_id[uid], speaker, _speaker_group(speaker)))
+        utts.append(
+            Utterance(
+                uid, str(audio.resolve()), duration, by_id[uid], speaker, _speaker_group(speaker)
+            )
+        )
     if problems:
-        listing = "\n  ".join(problems[:50]) + (f"\n  and {len(problems) - 50} more" if len(problems) > 50 else "")
+        listing = "\n  ".join(problems[:50]) + (
+            f"\n  and {len(problems) - 50} more" if len(problems) > 50 else ""
+        )
         raise AN4Error(f"AN4 {split} split under {root} is incomplete:\n  {listing}")
     return Manifest(utts, split, root)
 
 
 # -- entry point ----------------------------------------------------------------------------
-def import_an4(source: str | Path, out_dir: Path, *, skip_bad: bool = False) -> dict[str, Manifest]:
+def import_an4(
+    source: str | Path, out_dir: Path, *, skip_bad: bool = False
+) -> dict[str, Manifest]:
     """Import CMU AN4 from a local directory or a ``.tar.gz`` URL.
 
     Speakers are the fileid directories (e.g. ``fash``); the group is ``female``/``male``
@@ -170,10 +189,14 @@ def import_an4(source: str | Path, out_dir: Path, *, skip_bad: bool = False) -> 
     root = _find_root(base)
     result: dict[str, Manifest] = {}
     for split in ("train", "test"):
-        present = all((root / "etc" / f"an4_{split}.{k}").is_file() for k in ("fileids", "transcription"))
+        present = all(
+            (root / "etc" / f"an4_{split}.{k}").is_file() for k in ("fileids", "transcription")
+        )
         if not present:
             if split == "train":
-                raise AN4Error(f"{root}: AN4 train split missing (need etc/an4_train.fileids and etc/an4_train.transcription)")
+                raise AN4Error(
+                    f"{root}: AN4 train split missing (need etc/an4_train.fileids and etc/an4_train.transcription)"
+                )
             log.warning("%s: no AN4 test split (etc/an4_test.*); importing train only", root)
             continue
         manifest, report = validate_manifest(_read_split(root, split), skip_bad=skip_bad)

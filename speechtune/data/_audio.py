@@ -70,15 +70,26 @@ def audio_info(path: str | Path) -> AudioInfo:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"cannot read audio header of {path}: {exc}") from exc
-    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels), float(info.frames) / info.samplerate)
+    return AudioInfo(
+        int(info.samplerate),
+        int(info.frames),
+        int(info.channels),
+        float(info.frames) / info.samplerate,
+    )
 
 
 def _read_file(path: Path) -> tuple[np.ndarray, int]:
     """Decode a file to (frames, channels) float32 and its sample rate."""
     if is_raw(path):
         data, rate = sf.read(
-            str(path), dtype="float32", always_2d=True, format="RAW", subtype="PCM_16",
-            endian="BIG", samplerate=RAW_SAMPLE_RATE, channels=1,
+            str(path),
+            dtype="float32",
+            always_2d=True,
+            format="RAW",
+            subtype="PCM_16",
+            endian="BIG",
+            samplerate=RAW_SAMPLE_RATE,
+            channels=1,
         )
     else:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)

@@ -23,10 +23,11 @@ import ctypes.util
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,9 @@ KEEP_SILENCE_S = 0.05
 #: Amplitude (of full scale) below which a sample counts as silence when trimming.
 _SILENCE_THRESHOLD = 0.01
 
-_CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_CALLBACK_TYPE = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
 
 
 class EspeakUnavailableError(ImportError):
@@ -89,7 +92,7 @@ class _Engine:
 
 _LOCK = threading.RLock()
 # POSIX has dlclose; Windows has FreeLibrary.
-_unload = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")
+_unload = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")  # noqa: B009 (Windows only)
 _PRIVATE_LIB: Path | None = None
 
 
@@ -132,7 +135,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.espeak_Synth.restype = ctypes.c_int
     lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
     lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
-    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+    lib.espeak_TextToPhonemes.argtypes = [
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_ng_SetRandSeed.restype = None
@@ -150,14 +157,21 @@ def _fresh_engine() -> Iterator[_Engine]:
         try:
             lib = ctypes.CDLL(str(private))
         except OSError as exc:
-            raise EspeakUnavailableError(f"could not load libespeak-ng from {lib_path}: {exc}") from exc
+            raise EspeakUnavailableError(
+                f"could not load libespeak-ng from {lib_path}: {exc}"
+            ) from exc
         try:
             _declare(lib)
             rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, _BUFLENGTH_MS, str(data_path).encode(), _INITIALIZE_DONT_EXIT
+                _AUDIO_OUTPUT_SYNCHRONOUS,
+                _BUFLENGTH_MS,
+                str(data_path).encode(),
+                _INITIALIZE_DONT_EXIT,
             )
             if rate <= 0:
-                raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data path {data_path}")
+                raise RuntimeError(
+                    f"espeak_Initialize failed (returned {rate}) with data path {data_path}"
+                )
             chunks: list[np.ndarray] = []
 
             def _on_audio(wav: Any, n: int, _events: Any) -> int:
@@ -301,7 +315,11 @@ def synthesize(
             the variants) or a value out of range.
         RuntimeError: when espeak-ng reports a synthesis error or produces no audio.
     """
-    for name, value, lo, hi in (("rate", rate, 80, 450), ("pitch", pitch, 0, 100), ("pitch_range", pitch_range, 0, 100)):
+    for name, value, lo, hi in (
+        ("rate", rate, 80, 450),
+        ("pitch", pitch, 0, 100),
+        ("pitch_range", pitch_range, 0, 100),
+    ):
         if not lo <= value <= hi:
             raise ValueError(f"espeak {name} must be in [{lo}, {hi}], got {value!r}")
     if not text.strip():
@@ -321,7 +339,9 @@ def synthesize(
         buf = ctypes.create_string_buffer(data, len(data))
         rc = eng.lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if rc != _EE_OK:
-            raise RuntimeError(f"espeak_Synth failed with error {rc} for text {text!r} and voice {voice!r}")
+            raise RuntimeError(
+                f"espeak_Synth failed with error {rc} for text {text!r} and voice {voice!r}"
+            )
         pcm = np.concatenate(eng.chunks) if eng.chunks else np.zeros(0, np.int16)
         eng.chunks.clear()
         sample_rate = eng.sample_rate

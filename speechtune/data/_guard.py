@@ -96,6 +96,8 @@ def guard_from_env(stage: str) -> Iterator[None]:
     try:
         entries = [(Path(p), bool(d)) for p, d in json.loads(raw)]
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{GUARD_ENV} must be a JSON list of [path, is_dir] pairs, got {raw!r}") from exc
+        raise ValueError(
+            f"{GUARD_ENV} must be a JSON list of [path, is_dir] pairs, got {raw!r}"
+        ) from exc
     with golden_guard(entries, stage):
         yield

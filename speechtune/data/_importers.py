@@ -20,8 +20,9 @@ import csv
 import gzip
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from speechtune.data._audio import AudioError, audio_info, is_raw
 from speechtune.data._manifest import Manifest, Utterance
@@ -62,7 +63,9 @@ def _record_to_utt(record: dict[str, Any], root: Path, where: str) -> Utterance:
     """One record (from JSONL/CSV) as an Utterance; ``where`` names it in errors."""
     missing = [k for k in _REQUIRED_COLUMNS if record.get(k) is None]
     if missing:
-        raise ManifestFormatError(f"{where}: missing required field(s) {missing}; got fields {sorted(record)}")
+        raise ManifestFormatError(
+            f"{where}: missing required field(s) {missing}; got fields {sorted(record)}"
+        )
     audio = str(record["audio"])
     try:
         duration = _optional_float(record.get("duration"))
@@ -129,7 +132,10 @@ def _load_csv(path: Path, split: str) -> Manifest:
                 f"{path}: header row lacks column(s) {missing}; expected id, audio, duration, text, "
                 f"speaker, group (duration, speaker, group optional); got {columns}"
             )
-        utts = [_record_to_utt(row, path.parent, f"{path} line {i + 2}") for i, row in enumerate(reader)]
+        utts = [
+            _record_to_utt(row, path.parent, f"{path} line {i + 2}")
+            for i, row in enumerate(reader)
+        ]
     return _make_manifest(utts, split, path.parent, path)
 
 
@@ -142,7 +148,9 @@ def _read_kaldi_map(path: Path, allow_empty_value: bool = False) -> dict[str, st
             continue
         parts = line.strip().split(maxsplit=1)
         if len(parts) < 2 and not allow_empty_value:
-            raise ManifestFormatError(f"{path} line {lineno}: expected '<key> <value>', got {line!r}")
+            raise ManifestFormatError(
+                f"{path} line {lineno}: expected '<key> <value>', got {line!r}"
+            )
         out[parts[0]] = parts[1] if len(parts) > 1 else ""
     return out
 
@@ -181,15 +189,26 @@ def _load_kaldi(data_dir: Path, split: str) -> Manifest:
         )
     for name in ("wav.scp", "text", "utt2spk"):
         if not (data_dir / name).is_file():
-            raise ManifestFormatError(f"{data_dir}: Kaldi data directory lacks {name!r} (needs wav.scp, text, utt2spk)")
+            raise ManifestFormatError(
+                f"{data_dir}: Kaldi data directory lacks {name!r} (needs wav.scp, text, utt2spk)"
+            )
     wavs = _read_kaldi_map(data_dir / "wav.scp")
     texts = _read_kaldi_map(data_dir / "text", allow_empty_value=True)
     spk = _read_kaldi_map(data_dir / "utt2spk")
-    groups, genders, durs = (_read_optional_map(data_dir / n) for n in ("utt2group", "spk2gender", "utt2dur"))
-    problems = [f"{u}: no entry in {f}" for f, m in (("text", texts), ("utt2spk", spk)) for u in wavs if u not in m]
+    groups, genders, durs = (
+        _read_optional_map(data_dir / n) for n in ("utt2group", "spk2gender", "utt2dur")
+    )
+    problems = [
+        f"{u}: no entry in {f}"
+        for f, m in (("text", texts), ("utt2spk", spk))
+        for u in wavs
+        if u not in m
+    ]
     problems += [f"{u}: in text but not in wav.scp" for u in texts if u not in wavs]
     if problems:
-        listing = "\n  ".join(problems[:50]) + (f"\n  and {len(problems) - 50} more" if len(problems) > 50 else "")
+        listing = "\n  ".join(problems[:50]) + (
+            f"\n  and {len(problems) - 50} more" if len(problems) > 50 else ""
+        )
         raise ManifestFormatError(f"{data_dir}: inconsistent Kaldi data directory:\n  {listing}")
     utts = []
     for uid, entry in wavs.items():
@@ -237,7 +256,9 @@ def _sibling(path: Path, kind: str, other: str) -> Path:
         return candidate
     found = _lhotse_files_in(path.parent)
     if other not in found:
-        raise ManifestFormatError(f"{path}: lhotse {kind} manifest found, but no {other} manifest beside it")
+        raise ManifestFormatError(
+            f"{path}: lhotse {kind} manifest found, but no {other} manifest beside it"
+        )
     return found[other]
 
 
@@ -283,7 +304,9 @@ def _pairs_to_utts(pairs: Iterable[tuple[Any, Any]], where: Path) -> list[Uttera
     return [_utt_from_lhotse(rec, sup, where) for rec, sup in pairs]
 
 
-def _load_lhotse(recordings: Path | None, supervisions: Path | None, cuts: Path | None, split: str) -> Manifest:
+def _load_lhotse(
+    recordings: Path | None, supervisions: Path | None, cuts: Path | None, split: str
+) -> Manifest:
     from lhotse import CutSet, RecordingSet, SupervisionSet
     from lhotse import load_manifest as lhotse_load
 
@@ -292,9 +315,13 @@ def _load_lhotse(recordings: Path | None, supervisions: Path | None, cuts: Path 
         pairs = []
         for cut in cutset:
             if cut.recording is None or len(cut.supervisions) != 1:
-                raise ManifestFormatError(f"{cuts}: cut {cut.id!r} needs a recording and exactly one supervision")
+                raise ManifestFormatError(
+                    f"{cuts}: cut {cut.id!r} needs a recording and exactly one supervision"
+                )
             if cut.start > _OFFSET_TOLERANCE_S:
-                raise ManifestFormatError(f"{cuts}: cut {cut.id!r} starts {cut.start:.2f} s into its recording")
+                raise ManifestFormatError(
+                    f"{cuts}: cut {cut.id!r} starts {cut.start:.2f} s into its recording"
+                )
             pairs.append((cut.recording, cut.supervisions[0]))
         utts, where = _pairs_to_utts(pairs, cuts), cuts
     elif recordings is not None and supervisions is not None:
@@ -303,8 +330,13 @@ def _load_lhotse(recordings: Path | None, supervisions: Path | None, cuts: Path 
         sups = list(lhotse_load(supervisions, manifest_cls=SupervisionSet))
         missing = sorted({s.recording_id for s in sups if s.recording_id not in recs})
         if missing:
-            raise ManifestFormatError(f"{supervisions}: supervisions refer to recordings not in {recordings}: {missing[:10]}")
-        utts, where = _pairs_to_utts([(recs[s.recording_id], s) for s in sups], supervisions), supervisions
+            raise ManifestFormatError(
+                f"{supervisions}: supervisions refer to recordings not in {recordings}: {missing[:10]}"
+            )
+        utts, where = (
+            _pairs_to_utts([(recs[s.recording_id], s) for s in sups], supervisions),
+            supervisions,
+        )
     else:
         raise ManifestFormatError("lhotse import needs recordings and supervisions, or cuts")
     return _make_manifest(utts, split, where.parent, where)
@@ -389,20 +421,33 @@ def export_lhotse(manifest: Manifest, out_dir: str | Path) -> tuple[Path, Path]:
         if path is None:
             raise AudioError(f"utterance {utt.id!r} has in-memory audio only; lhotse needs a file")
         if is_raw(path):
-            raise AudioError(f"utterance {utt.id!r}: lhotse cannot read headerless raw audio {path}; convert it first")
+            raise AudioError(
+                f"utterance {utt.id!r}: lhotse cannot read headerless raw audio {path}; convert it first"
+            )
         try:
             info = audio_info(path)
         except AudioError as exc:
             raise AudioError(f"utterance {utt.id!r}: {exc}") from exc
         channels = list(range(info.channels))
         recordings.append(
-            Recording(utt.id, [AudioSource("file", channels, str(path.resolve()))], info.sample_rate, info.num_frames, info.duration)
+            Recording(
+                utt.id,
+                [AudioSource("file", channels, str(path.resolve()))],
+                info.sample_rate,
+                info.num_frames,
+                info.duration,
+            )
         )
         supervisions.append(
             SupervisionSegment(
-                id=utt.id, recording_id=utt.id, start=0.0, duration=utt.duration,
+                id=utt.id,
+                recording_id=utt.id,
+                start=0.0,
+                duration=utt.duration,
                 channel=channels[0] if len(channels) == 1 else channels,
-                text=utt.text, speaker=utt.speaker, custom={"group": utt.group},
+                text=utt.text,
+                speaker=utt.speaker,
+                custom={"group": utt.group},
             )
         )
     out = Path(out_dir)
@@ -437,7 +482,9 @@ def import_corpus(
         BadInputError: bad utterances were found and ``skip_bad`` is False.
     """
     loaded = load_manifest(src)
-    good, report = validate_manifest(loaded, charset=charset, sample_rate=sample_rate, skip_bad=skip_bad)
+    good, report = validate_manifest(
+        loaded, charset=charset, sample_rate=sample_rate, skip_bad=skip_bad
+    )
     out = Path(out_dir) / "manifest.jsonl"
     good.to_jsonl(out)
     log.info("imported %s: %s", src, report.summary())

@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -77,7 +78,9 @@ class Manifest(Sequence[Utterance]):
         root: directory that relative audio paths are resolved against.
     """
 
-    def __init__(self, utterances: Iterable[Utterance], split: str = "all", root: str | Path | None = None):
+    def __init__(
+        self, utterances: Iterable[Utterance], split: str = "all", root: str | Path | None = None
+    ):
         self._utts = tuple(utterances)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -124,10 +127,10 @@ class Manifest(Sequence[Utterance]):
     def by_id(self) -> dict[str, Utterance]:
         return {u.id: u for u in self._utts}
 
-    def filter(self, pred: Callable[[Utterance], bool]) -> "Manifest":
+    def filter(self, pred: Callable[[Utterance], bool]) -> Manifest:
         return Manifest([u for u in self._utts if pred(u)], self.split, self.root)
 
-    def with_split(self, split: str) -> "Manifest":
+    def with_split(self, split: str) -> Manifest:
         return Manifest(self._utts, split, self.root)
 
     def resolve(self, utt: Utterance) -> Path | None:
@@ -144,7 +147,11 @@ class Manifest(Sequence[Utterance]):
         h = hashlib.sha256()
         for u in self._utts:
             path = self.resolve(u)
-            h.update(json.dumps([u.id, str(path) if path else None, round(u.duration, 4), u.text]).encode())
+            h.update(
+                json.dumps(
+                    [u.id, str(path) if path else None, round(u.duration, 4), u.text]
+                ).encode()
+            )
             if u.samples is not None:
                 h.update(np.ascontiguousarray(u.samples).tobytes())
         return h.hexdigest()[:16]
@@ -162,7 +169,9 @@ class Manifest(Sequence[Utterance]):
             with tmp.open("w") as fh:
                 for u in self._utts:
                     if u.audio is None:
-                        raise ValueError(f"utterance {u.id!r} has in-memory audio only; cannot write it to a manifest")
+                        raise ValueError(
+                            f"utterance {u.id!r} has in-memory audio only; cannot write it to a manifest"
+                        )
                     d = u.to_dict()
                     abs_path = self.resolve(u)
                     assert abs_path is not None
@@ -176,7 +185,9 @@ class Manifest(Sequence[Utterance]):
             tmp.unlink(missing_ok=True)
 
     @classmethod
-    def from_records(cls, records: Iterable[dict[str, Any]], split: str = "all", root: str | Path | None = None) -> "Manifest":
+    def from_records(
+        cls, records: Iterable[dict[str, Any]], split: str = "all", root: str | Path | None = None
+    ) -> Manifest:
         utts = []
         for r in records:
             utts.append(
@@ -192,9 +203,11 @@ class Manifest(Sequence[Utterance]):
             )
         return cls(utts, split, root)
 
-    def replace(self, **changes: Any) -> "Manifest":
+    def replace(self, **changes: Any) -> Manifest:
         """Copy with a different split/root."""
-        return Manifest(self._utts, changes.get("split", self.split), changes.get("root", self.root))
+        return Manifest(
+            self._utts, changes.get("split", self.split), changes.get("root", self.root)
+        )
 
 
 def replace_utt(utt: Utterance, **changes: Any) -> Utterance:

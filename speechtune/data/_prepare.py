@@ -58,7 +58,9 @@ def corpus_charset(cfg: DataConfig) -> frozenset[str]:
     return frozenset(cfg.charset) | {" "} if cfg.charset else DEFAULT_CHARSET
 
 
-def synthesize_configured(root: str | Path, s: SyntheticConfig, progress: bool = False) -> Manifest:
+def synthesize_configured(
+    root: str | Path, s: SyntheticConfig, progress: bool = False
+) -> Manifest:
     """The synthetic corpus a :class:`SyntheticConfig` describes, generated (or cached) under ``root``."""
     return synthesize_corpus(
         root,
@@ -76,7 +78,9 @@ def load_corpus(cfg: DataConfig, cache_dir: str | Path, progress: bool = False) 
     """Load (building or importing when needed) the training corpus named by ``cfg.corpus``."""
     cache_dir = Path(cache_dir)
     if cfg.corpus == "synthetic":
-        manifest = synthesize_configured(Path(cfg.root) if cfg.root else cache_dir / "corpora", cfg.synthetic, progress)
+        manifest = synthesize_configured(
+            Path(cfg.root) if cfg.root else cache_dir / "corpora", cfg.synthetic, progress
+        )
     elif cfg.corpus == "an4":
         assert cfg.root is not None  # config validation requires it
         splits = import_an4(cfg.root, cache_dir / "corpora" / "an4", skip_bad=cfg.skip_bad)

@@ -23,7 +23,9 @@ def _speaker_groups(manifest: Manifest) -> dict[str, list[str]]:
     return dict(sorted(groups.items()))
 
 
-def _pick_dev_speakers(speakers: list[str], n_utts: Counter[str], target: float, rng: np.random.Generator) -> list[str]:
+def _pick_dev_speakers(
+    speakers: list[str], n_utts: Counter[str], target: float, rng: np.random.Generator
+) -> list[str]:
     """Speakers of one group whose utterance count best approaches ``target``.
 
     At least one speaker goes to dev and at least one stays in train when the group has
@@ -117,7 +119,9 @@ def proxy_subset(
     """
     require_tunable(manifest, "a proxy subset")
     if (fraction is None) == (hours is None):
-        raise ValueError(f"give exactly one of fraction or hours, got fraction={fraction}, hours={hours}")
+        raise ValueError(
+            f"give exactly one of fraction or hours, got fraction={fraction}, hours={hours}"
+        )
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if hours is not None and hours <= 0:
@@ -126,11 +130,18 @@ def proxy_subset(
     budget = fraction * total if fraction is not None else 3600.0 * (hours or 0.0)
     if budget >= total:
         return manifest[:]
-    chosen = _fill_budget(_strata(manifest, np.random.default_rng(seed)), budget, total, np.random.default_rng(seed + 1))
+    chosen = _fill_budget(
+        _strata(manifest, np.random.default_rng(seed)),
+        budget,
+        total,
+        np.random.default_rng(seed + 1),
+    )
     return manifest.filter(lambda u: u.id in chosen)
 
 
-def _fill_budget(strata: list[list[Utterance]], budget: float, total: float, rng: np.random.Generator) -> set[str]:
+def _fill_budget(
+    strata: list[list[Utterance]], budget: float, total: float, rng: np.random.Generator
+) -> set[str]:
     share = budget / total
     targets = [share * sum(u.duration for u in s) for s in strata]
     taken = [0.0] * len(strata)

@@ -19,9 +19,9 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -45,7 +45,18 @@ _CORPUS_VERSION = 2
 _LETTERS = tuple(chr(c) for c in range(ord("A"), ord("Z") + 1))
 _DIGITS = ("ZERO", "OH", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
 _ONES = ("", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
-_TEENS = ("TEN", "ELEVEN", "TWELVE", "THIRTEEN", "FOURTEEN", "FIFTEEN", "SIXTEEN", "SEVENTEEN", "EIGHTEEN", "NINETEEN")
+_TEENS = (
+    "TEN",
+    "ELEVEN",
+    "TWELVE",
+    "THIRTEEN",
+    "FOURTEEN",
+    "FIFTEEN",
+    "SIXTEEN",
+    "SEVENTEEN",
+    "EIGHTEEN",
+    "NINETEEN",
+)
 _TENS = ("", "", "TWENTY", "THIRTY", "FORTY", "FIFTY", "SIXTY", "SEVENTY", "EIGHTY", "NINETY")
 _COMMANDS = ("ERASE", "RUBOUT", "ENTER", "STOP", "YES", "NO", "GO", "REPEAT", "HELP", "START")
 #: Commands that AN4 follows with the item they act on ("ENTER SIX TWO", "RUBOUT G M").
@@ -66,7 +77,6 @@ _VARIANTS = (
 )  # fmt: skip
 _RATE_WPM = (130, 200)
 _PITCH = (30, 70)
-
 
 
 # -- text ------------------------------------------------------------------------------------
@@ -212,7 +222,9 @@ def draw_speakers(
             if (variant, rate, pitch) in seen:
                 continue
             seen.add((variant, rate, pitch))
-            speakers.append(SyntheticSpeaker(f"{accent}_s{len(seen) - 1:02d}", accent, variant, rate, pitch))
+            speakers.append(
+                SyntheticSpeaker(f"{accent}_s{len(seen) - 1:02d}", accent, variant, rate, pitch)
+            )
     return speakers
 
 
@@ -283,9 +295,13 @@ def _validate(params: _Params) -> None:
     if dups:
         errors.append(f"accents must be distinct, got {dups} more than once")
     if not isinstance(params.sample_rate, int) or not 8000 <= params.sample_rate <= 48000:
-        errors.append(f"sample_rate must be an integer in [8000, 48000] Hz, got {params.sample_rate!r}")
+        errors.append(
+            f"sample_rate must be an integer in [8000, 48000] Hz, got {params.sample_rate!r}"
+        )
     if params.noise_snr_db is not None and not math.isfinite(params.noise_snr_db):
-        errors.append(f"noise_snr_db must be a finite number of dB or None, got {params.noise_snr_db!r}")
+        errors.append(
+            f"noise_snr_db must be a finite number of dB or None, got {params.noise_snr_db!r}"
+        )
     if errors:
         raise ValueError("invalid synthetic corpus parameters:\n  " + "\n  ".join(errors))
 
@@ -294,7 +310,9 @@ def _validate_accents(accents: Iterable[str]) -> None:
     valid = _espeak.english_accents()
     unknown = [a for a in accents if a not in valid]
     if unknown:
-        raise ValueError(f"unknown accent(s) {unknown}: the English accents in the installed espeak-ng data are {valid}")
+        raise ValueError(
+            f"unknown accent(s) {unknown}: the English accents in the installed espeak-ng data are {valid}"
+        )
 
 
 def _load(corpus_dir: Path) -> Manifest:
@@ -322,7 +340,9 @@ def _synthesize_one(
         samples = add_noise(samples, params.noise_snr_db, rng)
     samples = np.clip(samples, -1.0, 1.0)
     utt_id = f"{speaker.id}_{index:05d}"
-    sf.write(wav_dir / f"{utt_id}.wav", samples, params.sample_rate, subtype="PCM_16", format="WAV")
+    sf.write(
+        wav_dir / f"{utt_id}.wav", samples, params.sample_rate, subtype="PCM_16", format="WAV"
+    )
     return Utterance(
         id=utt_id,
         audio=f"wav/{utt_id}.wav",
@@ -347,7 +367,9 @@ def _generate(params: _Params, tmp_dir: Path, progress: bool) -> None:
 
         indices = track(indices, description="synthesising", total=params.num_utterances)
     # Round-robin over speakers spreads the utterances evenly (sizes differ by at most one).
-    utts = [_synthesize_one(i, texts[i], speakers[i % len(speakers)], params, wav_dir) for i in indices]
+    utts = [
+        _synthesize_one(i, texts[i], speakers[i % len(speakers)], params, wav_dir) for i in indices
+    ]
     Manifest(utts, split="all", root=tmp_dir).to_jsonl(tmp_dir / "manifest.jsonl")
     meta = {"params": asdict(params), "speakers": [asdict(s) for s in speakers]}
     (tmp_dir / "params.json").write_text(json.dumps(meta, indent=2) + "\n")

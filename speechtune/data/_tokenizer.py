@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import io
 import warnings
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 BLANK = "<blank>"
 SOS_EOS = "<sos/eos>"
@@ -105,7 +106,7 @@ class CharTokenizer(_IdLayout):
         self._to_id = {c: i + 1 for i, c in enumerate(chars)}
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 64) -> "CharTokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = 64) -> CharTokenizer:
         """The sorted characters of ``texts`` (``vocab_size`` is ignored: the texts decide it)."""
         chars = sorted({c for t in texts for c in t})
         if not chars:
@@ -132,7 +133,7 @@ class CharTokenizer(_IdLayout):
         return {"kind": "char", "chars": list(self.chars)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CharTokenizer":
+    def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
         return cls(d["chars"])
 
 
@@ -161,7 +162,7 @@ class BpeTokenizer(_IdLayout):
         self._charset = frozenset(chars)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 64) -> "BpeTokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = 64) -> BpeTokenizer:
         """Train a BPE model in memory, deterministically.
 
         Args:
@@ -241,12 +242,15 @@ class BpeTokenizer(_IdLayout):
         return {"kind": "bpe", "model": base64.b64encode(self.model).decode("ascii")}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BpeTokenizer":
+    def from_dict(cls, d: dict[str, Any]) -> BpeTokenizer:
         return cls(base64.b64decode(d["model"]))
 
 
 # One explicit mapping from the config's ``tokenizer.kind`` to its class.
-_KINDS: dict[str, type[CharTokenizer] | type[BpeTokenizer]] = {"char": CharTokenizer, "bpe": BpeTokenizer}
+_KINDS: dict[str, type[CharTokenizer] | type[BpeTokenizer]] = {
+    "char": CharTokenizer,
+    "bpe": BpeTokenizer,
+}
 
 
 def _lookup(kind: Any) -> type[CharTokenizer] | type[BpeTokenizer]:

@@ -103,10 +103,20 @@ def _audio_problems(
     if info.num_frames <= 0:
         problems.append(("zero-length audio", f"header of {path} says 0 frames"))
     if utt.sample_rate is not None and int(utt.sample_rate) != info.sample_rate:
-        problems.append(("sample-rate mismatch", f"declared {utt.sample_rate} Hz, file {path} is {info.sample_rate} Hz"))
+        problems.append(
+            (
+                "sample-rate mismatch",
+                f"declared {utt.sample_rate} Hz, file {path} is {info.sample_rate} Hz",
+            )
+        )
     # Upsampling invents no information; a raw file's rate is assumed, not read, so it is exempt.
     if sample_rate is not None and info.sample_rate < sample_rate and not is_raw(path):
-        problems.append(("sample rate too low", f"file {path} is {info.sample_rate} Hz, the recipe needs {sample_rate} Hz"))
+        problems.append(
+            (
+                "sample rate too low",
+                f"file {path} is {info.sample_rate} Hz, the recipe needs {sample_rate} Hz",
+            )
+        )
     return problems, info
 
 
@@ -138,7 +148,9 @@ def check_utterance(
     problems += _text_problems(normalize_text(utt.text), charset)
     if not problems:
         return None
-    return BadUtterance(utt.id, ", ".join(p for p, _ in problems), "; ".join(d for _, d in problems))
+    return BadUtterance(
+        utt.id, ", ".join(p for p, _ in problems), "; ".join(d for _, d in problems)
+    )
 
 
 def validate_manifest(
@@ -172,7 +184,9 @@ def validate_manifest(
     good: list[Utterance] = []
     bad: list[BadUtterance] = []
     for utt in manifest:
-        problem = check_utterance(manifest, utt, charset=charset, sample_rate=sample_rate, max_duration=max_duration)
+        problem = check_utterance(
+            manifest, utt, charset=charset, sample_rate=sample_rate, max_duration=max_duration
+        )
         if problem is None:
             good.append(replace_utt(utt, text=normalize_text(utt.text)))
         else:

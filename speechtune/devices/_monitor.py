@@ -38,7 +38,9 @@ class GpuMonitor:
         >>> mon.summary()["gpu_busy_fraction"]
     """
 
-    def __init__(self, interval_s: float = 0.5, gpus: Sequence[int] | None = None, *, _nvml: Any = None) -> None:
+    def __init__(
+        self, interval_s: float = 0.5, gpus: Sequence[int] | None = None, *, _nvml: Any = None
+    ) -> None:
         if not interval_s > 0:
             raise ValueError(f"GpuMonitor interval_s must be > 0, got {interval_s!r}")
         self.interval_s = float(interval_s)
@@ -99,7 +101,9 @@ class GpuMonitor:
         self._util = {k: [] for k in self._handles}
         self._mem = {k: [] for k in self._handles}
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="speechtune-gpu-monitor", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="speechtune-gpu-monitor", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -169,7 +173,9 @@ class GpuMonitor:
             per_gpu = {
                 str(k): {
                     "name": self._names.get(k, "?"),
-                    "busy_fraction": statistics.fmean(self._util[k]) / 100.0 if self._util.get(k) else None,
+                    "busy_fraction": statistics.fmean(self._util[k]) / 100.0
+                    if self._util.get(k)
+                    else None,
                     "mem_peak_mb": max(self._mem[k]) if self._mem.get(k) else None,
                     "mem_total_mb": self._total_mb.get(k),
                     "samples": len(self._util.get(k, [])),

@@ -62,10 +62,14 @@ def nvml_handles(nvml: Any, gpus: Sequence[int] | None) -> dict[int, Any]:
     handles: dict[int, Any] = {}
     for k in wanted:
         if k < 0 or k >= len(ids):
-            raise ValueError(f"gpus: CUDA device {k} does not exist (this process sees {len(ids)} GPUs)")
+            raise ValueError(
+                f"gpus: CUDA device {k} does not exist (this process sees {len(ids)} GPUs)"
+            )
         ident = ids[k]
         handles[k] = (
-            nvml.nvmlDeviceGetHandleByIndex(ident) if isinstance(ident, int) else nvml.nvmlDeviceGetHandleByUUID(ident)
+            nvml.nvmlDeviceGetHandleByIndex(ident)
+            if isinstance(ident, int)
+            else nvml.nvmlDeviceGetHandleByUUID(ident)
         )
     return handles
 
@@ -85,7 +89,6 @@ def shutdown_nvml(nvml: Any) -> None:
         nvml.nvmlShutdown()
     except Exception:  # best effort
         pass
-
 
 
 def gpu_free_mb(gpu: int) -> float | None:

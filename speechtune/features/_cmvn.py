@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ class GlobalCMVN(nn.Module):
         return bool(self.count.item() > 0)
 
     @classmethod
-    def fit(cls, feats: Iterable[Tensor]) -> "GlobalCMVN":
+    def fit(cls, feats: Iterable[Tensor]) -> GlobalCMVN:
         """Statistics over all frames of ``feats``.
 
         Each utterance's mean and sum of squared deviations are computed in float64 and merged
@@ -63,7 +63,9 @@ class GlobalCMVN(nn.Module):
         for i, x in enumerate(feats):
             if x.dim() != 2 or (mean is not None and x.shape[1] != mean.shape[0]):
                 expected = f"[F, {mean.shape[0]}]" if mean is not None else "[F, n_mels]"
-                raise ValueError(f"GlobalCMVN.fit: feature {i} has shape {tuple(x.shape)}, expected {expected}")
+                raise ValueError(
+                    f"GlobalCMVN.fit: feature {i} has shape {tuple(x.shape)}, expected {expected}"
+                )
             if x.shape[0] == 0:
                 continue
             x = x.detach().to(device="cpu", dtype=torch.float64)
@@ -94,7 +96,11 @@ class GlobalCMVN(nn.Module):
             ValueError: when the last dimension is not ``n_mels``.
         """
         if not self.fitted:
-            raise RuntimeError("GlobalCMVN is not fitted: call GlobalCMVN.fit(train_feats) or load a state_dict")
+            raise RuntimeError(
+                "GlobalCMVN is not fitted: call GlobalCMVN.fit(train_feats) or load a state_dict"
+            )
         if x.shape[-1] != self.n_mels:
-            raise ValueError(f"GlobalCMVN expects [..., {self.n_mels}] features, got {tuple(x.shape)}")
+            raise ValueError(
+                f"GlobalCMVN expects [..., {self.n_mels}] features, got {tuple(x.shape)}"
+            )
         return (x - self.mean) / self.std

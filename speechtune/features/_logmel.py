@@ -41,7 +41,9 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return hz
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
+) -> np.ndarray:
     """Slaney-scale, Slaney-normalised triangular filters (as ``librosa.filters.mel`` defaults).
 
     Args:
@@ -65,7 +67,9 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
             f"f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}"
         )
     fft_freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
-    mel_edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([f_min]))[0], _hz_to_mel(np.array([f_max]))[0], n_mels + 2))
+    mel_edges = _mel_to_hz(
+        np.linspace(_hz_to_mel(np.array([f_min]))[0], _hz_to_mel(np.array([f_max]))[0], n_mels + 2)
+    )
     fdiff = np.diff(mel_edges)
     ramps = mel_edges[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
@@ -138,7 +142,7 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(self.win_length, periodic=True))
 
     @classmethod
-    def from_config(cls, cfg: FeaturesConfig) -> "LogMel":
+    def from_config(cls, cfg: FeaturesConfig) -> LogMel:
         """Build from the recipe's ``features`` section."""
         return cls(cfg.sample_rate, cfg.window_ms, cfg.hop_ms, cfg.n_mels, cfg.f_min, cfg.f_max)
 
@@ -160,7 +164,9 @@ class LogMel(nn.Module):
             raise ValueError(f"LogMel expects waves of shape [B, T], got {tuple(waves.shape)}")
         lengths = lengths.to(device=waves.device, dtype=torch.long)
         if lengths.shape != waves.shape[:1]:
-            raise ValueError(f"lengths must have shape [{waves.shape[0]}], got {tuple(lengths.shape)}")
+            raise ValueError(
+                f"lengths must have shape [{waves.shape[0]}], got {tuple(lengths.shape)}"
+            )
         pad = self.n_fft // 2
         idx = _reflect_indices(lengths, waves.shape[1], pad)
         padded = torch.gather(waves.float(), 1, idx)

@@ -43,7 +43,9 @@ class SpecAugment(nn.Module):
         num_freq_masks: frequency masks per utterance.
     """
 
-    def __init__(self, time_mask_width: int, freq_mask_width: int, num_time_masks: int, num_freq_masks: int) -> None:
+    def __init__(
+        self, time_mask_width: int, freq_mask_width: int, num_time_masks: int, num_freq_masks: int
+    ) -> None:
         super().__init__()
         for name, value in (
             ("time_mask_width", time_mask_width),
@@ -59,11 +61,13 @@ class SpecAugment(nn.Module):
         self.num_freq_masks = int(num_freq_masks)
 
     @classmethod
-    def from_config(cls, cfg: SpecAugmentConfig) -> "SpecAugment | None":
+    def from_config(cls, cfg: SpecAugmentConfig) -> SpecAugment | None:
         """Build from the recipe's ``specaugment`` section; None when it is disabled."""
         if not cfg.enabled:
             return None
-        return cls(cfg.time_mask_width, cfg.freq_mask_width, cfg.num_time_masks, cfg.num_freq_masks)
+        return cls(
+            cfg.time_mask_width, cfg.freq_mask_width, cfg.num_time_masks, cfg.num_freq_masks
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -71,7 +75,9 @@ class SpecAugment(nn.Module):
             f"num_time_masks={self.num_time_masks}, num_freq_masks={self.num_freq_masks}"
         )
 
-    def forward(self, feats: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, feats: Tensor, lengths: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Mask a padded batch.
 
         Args:
@@ -86,14 +92,20 @@ class SpecAugment(nn.Module):
         if not self.training or (self.num_time_masks == 0 and self.num_freq_masks == 0):
             return feats
         if feats.dim() != 3:
-            raise ValueError(f"SpecAugment expects feats of shape [B, T, F], got {tuple(feats.shape)}")
+            raise ValueError(
+                f"SpecAugment expects feats of shape [B, T, F], got {tuple(feats.shape)}"
+            )
         batch, num_frames, num_bins = feats.shape
         device = feats.device
         lengths = lengths.to(device=device, dtype=torch.long).clamp(0, num_frames)
         rand_device = generator.device if generator is not None else device
         # One draw for every mask of the batch, in a fixed order, so a seed fixes all masks.
         u = torch.rand(
-            self.num_time_masks + self.num_freq_masks, batch, 2, generator=generator, device=rand_device
+            self.num_time_masks + self.num_freq_masks,
+            batch,
+            2,
+            generator=generator,
+            device=rand_device,
         ).to(device)
         valid = torch.arange(num_frames, device=device)[None, :] < lengths[:, None]
         mask = torch.zeros(batch, num_frames, num_bins, dtype=torch.bool, device=device)

@@ -39,8 +39,9 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,9 @@ class _AcousticGraph(nn.Module):
         self.ban: torch.Tensor
         self.register_buffer("ban", ban)
 
-    def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: torch.Tensor, frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = (feats - self.mean) / self.std
         y, lens = self.subsampling.subsample(x, frames)
         enc, lens = self.encoder(y, lens)
@@ -106,13 +109,17 @@ class _WaveformGraph(nn.Module):
         self.frontend = rec.frontend
         self.acoustic = _AcousticGraph(rec)
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         feats, frames = self.frontend(waves, lengths)
         return self.acoustic(feats, frames)
 
 
 @torch.no_grad()
-def _eager_log_probs(rec: Recognizer, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _eager_log_probs(
+    rec: Recognizer, waves: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference: what ``Recognizer`` computes before greedy collapse (its own code path)."""
     feats, frames = rec.frontend(waves, lengths)
     enc, enc_lens = rec.model.encode(rec.normalize(feats), frames)
@@ -192,7 +199,9 @@ def _resolve(path: Path) -> Path:
     if path.is_dir():
         fmt = exported_format(path)
         if fmt is None:
-            raise FileNotFoundError(f"no exported model ({' or '.join(FORMATS.values())}) in {path}")
+            raise FileNotFoundError(
+                f"no exported model ({' or '.join(FORMATS.values())}) in {path}"
+            )
         return path / FORMATS[fmt]
     return path
 
@@ -221,7 +230,9 @@ class ExportedRecognizer:
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
         if torch.device(device).type != "cpu":
-            raise ValueError(f"exported models run on the CPU; got device={device!r} (use model.pt for {device})")
+            raise ValueError(
+                f"exported models run on the CPU; got device={device!r} (use model.pt for {device})"
+            )
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"exported model not found: {path}")
@@ -237,10 +248,14 @@ class ExportedRecognizer:
                 # torch 2.13 marks torch.jit as deprecated; it is still the one runtime that
                 # loads a traced graph without the model's Python code.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
+                module = torch.jit.load(
+                    str(self.path), map_location="cpu", _extra_files=extra
+                ).eval()
             self.metadata: dict[str, Any] = json.loads(extra[_TS_EXTRA])
 
-            def run_ts(waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def run_ts(
+                waves: torch.Tensor, lengths: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
                 with torch.no_grad():
                     return module(waves, lengths)
 
@@ -252,10 +267,16 @@ class ExportedRecognizer:
             if METADATA_KEY not in meta:
                 raise ValueError(f"{self.path} is an ONNX model without speechtune metadata")
             self.metadata = json.loads(meta[METADATA_KEY])
-            frontend = LogMel(**{k: self.metadata["features"][k] for k in
-                                 ("sample_rate", "window_ms", "hop_ms", "n_mels", "f_min", "f_max")})
+            frontend = LogMel(
+                **{
+                    k: self.metadata["features"][k]
+                    for k in ("sample_rate", "window_ms", "hop_ms", "n_mels", "f_min", "f_max")
+                }
+            )
 
-            def run_onnx(waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def run_onnx(
+                waves: torch.Tensor, lengths: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
                 with torch.no_grad():
                     feats, frames = frontend(waves, lengths)
                 lp, lens = session.run(None, {"feats": feats.numpy(), "frames": frames.numpy()})
@@ -271,7 +292,9 @@ class ExportedRecognizer:
         self.min_samples: int = int(self.metadata["min_samples"])
         self.tokenizer = tokenizer_from_dict(self.metadata["tokenizer"])
 
-    def log_probs(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_probs(
+        self, waves: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """CTC log-probs ``[B, T', V]`` and valid frames ``[B]`` of a zero-padded batch."""
         short = (lengths < self.min_samples).nonzero()
         if len(short):
@@ -303,7 +326,9 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
 
 
 # -- exporting -------------------------------------------------------------------------------
-def _probe_batches(sample_rate: int, min_samples: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+def _probe_batches(
+    sample_rate: int, min_samples: int
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Seeded noise: one batch to trace with, and batches of other sizes and lengths to verify."""
     rng = np.random.default_rng(0)
 
@@ -312,7 +337,12 @@ def _probe_batches(sample_rate: int, min_samples: int) -> tuple[list[np.ndarray]
         return (0.1 * rng.standard_normal(n)).astype(np.float32)
 
     trace = [noise(1.0), noise(0.63)]
-    verify = [[noise(0.37)], [noise(1.71), noise(0.5), noise(0.91)], [noise(0.0)], [noise(0.8), noise(0.8)]]
+    verify = [
+        [noise(0.37)],
+        [noise(1.71), noise(0.5), noise(0.91)],
+        [noise(0.0)],
+        [noise(0.8), noise(0.8)],
+    ]
     return trace, verify
 
 
@@ -328,7 +358,13 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def _export_torchscript(graph: _WaveformGraph, waves: torch.Tensor, lengths: torch.Tensor, meta: dict[str, Any], target: Path) -> None:
+def _export_torchscript(
+    graph: _WaveformGraph,
+    waves: torch.Tensor,
+    lengths: torch.Tensor,
+    meta: dict[str, Any],
+    target: Path,
+) -> None:
     with warnings.catch_warnings():
         # Tracing warns about the input checks (shape asserts, RNN packing) it freezes; the
         # verification after export is what proves dynamic lengths and batch sizes work.
@@ -337,10 +373,19 @@ def _export_torchscript(graph: _WaveformGraph, waves: torch.Tensor, lengths: tor
             traced = torch.jit.trace(graph, (waves, lengths), check_trace=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see ExportedRecognizer.__init__
-        _atomic_write(target, lambda p: torch.jit.save(traced, str(p), _extra_files={_TS_EXTRA: json.dumps(meta)}))
+        _atomic_write(
+            target,
+            lambda p: torch.jit.save(traced, str(p), _extra_files={_TS_EXTRA: json.dumps(meta)}),
+        )
 
 
-def _export_onnx(graph: _WaveformGraph, waves: torch.Tensor, lengths: torch.Tensor, meta: dict[str, Any], target: Path) -> None:
+def _export_onnx(
+    graph: _WaveformGraph,
+    waves: torch.Tensor,
+    lengths: torch.Tensor,
+    meta: dict[str, Any],
+    target: Path,
+) -> None:
     onnx = _require("onnx")
     with torch.no_grad():
         feats, frames = graph.frontend(waves, lengths)
@@ -394,7 +439,9 @@ def _verify(rec: Recognizer, target: Path, batches: list[list[np.ndarray]]) -> N
             )
 
 
-def export_model(checkpoint: str | Path, out: str | Path, format: str = "torchscript", *, verify: bool = True) -> Path:
+def export_model(
+    checkpoint: str | Path, out: str | Path, format: str = "torchscript", *, verify: bool = True
+) -> Path:
     """Export ``model.pt`` as one self-contained artefact (graph + front-end config + vocabulary).
 
     Args:
@@ -418,9 +465,13 @@ def export_model(checkpoint: str | Path, out: str | Path, format: str = "torchsc
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint} (expected a model.pt written by `speechtune train`)")
+        raise FileNotFoundError(
+            f"checkpoint not found: {checkpoint} (expected a model.pt written by `speechtune train`)"
+        )
     if exported_format(checkpoint) is not None:
-        raise ValueError(f"{checkpoint} is already an exported model; export the model.pt it came from")
+        raise ValueError(
+            f"{checkpoint} is already an exported model; export the model.pt it came from"
+        )
     if format == "onnx":
         _require("onnx")  # fail before any work when the package is missing
     rec = Recognizer.load(checkpoint, "cpu")
@@ -449,8 +500,11 @@ def export_model(checkpoint: str | Path, out: str | Path, format: str = "torchsc
         _export_onnx(graph, waves, lengths, meta, target)
     if verify:
         if format == "onnx" and importlib.util.find_spec("onnxruntime") is None:
-            warnings.warn("onnxruntime is not installed: the ONNX export was not verified", UserWarning, stacklevel=2)
+            warnings.warn(
+                "onnxruntime is not installed: the ONNX export was not verified",
+                UserWarning,
+                stacklevel=2,
+            )
         else:
             _verify(rec, target, verify_batches)
     return target
-

@@ -7,8 +7,9 @@ This is what ``speechtune train`` produces (``model.pt``) and what ``evaluate`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from speechtune.models import ASRModel, build_model
 FORMAT_VERSION = 1
 
 
-def pad_waves(waves: Sequence[np.ndarray], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_waves(
+    waves: Sequence[np.ndarray], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack mono waveforms into a zero-padded batch on ``device``."""
     lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
     batch = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
@@ -46,7 +49,9 @@ class Recognizer(nn.Module):
         model: the acoustic model.
     """
 
-    def __init__(self, cfg: RecipeConfig, tokenizer: Tokenizer, cmvn: GlobalCMVN | None, model: ASRModel):
+    def __init__(
+        self, cfg: RecipeConfig, tokenizer: Tokenizer, cmvn: GlobalCMVN | None, model: ASRModel
+    ):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -111,7 +116,9 @@ class Recognizer(nn.Module):
         }
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any], device: torch.device | str = "cpu") -> "Recognizer":
+    def from_payload(
+        cls, payload: dict[str, Any], device: torch.device | str = "cpu"
+    ) -> Recognizer:
         if payload.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"unsupported model file format {payload.get('format_version')!r}; expected {FORMAT_VERSION}"
@@ -127,7 +134,7 @@ class Recognizer(nn.Module):
         return cls(cfg, tokenizer, cmvn, model).to(device).eval()
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Recognizer":
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Recognizer:
         """Load a ``model.pt`` written by ``speechtune train`` (safe: weights_only)."""
         path = Path(path)
         if not path.is_file():

@@ -65,7 +65,9 @@ DEFAULT_CPU_TDP_W_PER_CORE = 10.0
 
 _MJ_PER_KWH = 3.6e9  # NVML's energy counter is in millijoules
 #: Currency codes written as a symbol before the amount (others follow it as a code: 1.20 CHF).
-CURRENCY_SYMBOLS: Mapping[str, str] = MappingProxyType({"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"})
+CURRENCY_SYMBOLS: Mapping[str, str] = MappingProxyType(
+    {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+)
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,20 @@ class CostModel:
             if f.name == "currency":
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"CostModel.{f.name} must be a finite number >= 0, got {value!r}")
-            object.__setattr__(self, f.name, float(value))  # YAML ints become floats: one type downstream
+            object.__setattr__(
+                self, f.name, float(value)
+            )  # YAML ints become floats: one type downstream
         if not isinstance(self.currency, str) or not self.currency.strip():
-            raise ValueError(f"CostModel.currency must be a non-empty string, got {self.currency!r}")
+            raise ValueError(
+                f"CostModel.currency must be a non-empty string, got {self.currency!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,16 @@ class CostRecord:
 
 
 #: The fields of a record in display order (trials.csv columns ``cost.<field>``).
-COST_FIELDS = ("wall_s", "cpu_core_hours", "gpu_hours", "energy_kwh", "energy_source", "co2e_g", "money", "currency")
+COST_FIELDS = (
+    "wall_s",
+    "cpu_core_hours",
+    "gpu_hours",
+    "energy_kwh",
+    "energy_source",
+    "co2e_g",
+    "money",
+    "currency",
+)
 
 
 def estimate_cost(
@@ -187,8 +207,6 @@ def process_cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 
 
 class EnergyMeter:
@@ -271,13 +289,18 @@ class EnergyMeter:
             return
         self._nvml, self.nvml_reason = nvml, ""
         try:
-            self._energy0 = {k: float(nvml.nvmlDeviceGetTotalEnergyConsumption(h)) for k, h in self._handles.items()}
+            self._energy0 = {
+                k: float(nvml.nvmlDeviceGetTotalEnergyConsumption(h))
+                for k, h in self._handles.items()
+            }
         except Exception:  # pre-Volta GPUs have no energy counter: sample the power draw instead
             self._energy0 = {}
             self._power_mw = {k: [] for k in self._handles}
             self._sample_power()
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="speechtune-energy-meter", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="speechtune-energy-meter", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
@@ -293,7 +316,8 @@ class EnergyMeter:
         try:
             if self._energy0:
                 total_mj = sum(
-                    float(nvml.nvmlDeviceGetTotalEnergyConsumption(h)) - self._energy0[k] for k, h in self._handles.items()
+                    float(nvml.nvmlDeviceGetTotalEnergyConsumption(h)) - self._energy0[k]
+                    for k, h in self._handles.items()
                 )
                 self._gpu_kwh = max(total_mj, 0.0) / _MJ_PER_KWH
             else:
@@ -303,7 +327,9 @@ class EnergyMeter:
                 self._sample_power()
                 hours = (self._t1 - self._t0) / 3600.0
                 # Mean power per GPU x time, summed over GPUs (watts from milliwatts).
-                self._gpu_kwh = sum(_mean(s) / 1000.0 for s in self._power_mw.values() if s) * hours / 1000.0
+                self._gpu_kwh = (
+                    sum(_mean(s) / 1000.0 for s in self._power_mw.values() if s) * hours / 1000.0
+                )
                 if not any(self._power_mw.values()):
                     self._gpu_kwh, self.nvml_reason = None, "NVML gave no power reading"
         except Exception as exc:  # a reading failing at the end: fall back to the estimate
@@ -378,10 +404,21 @@ def _mean(values: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------
 # sums
 # ---------------------------------------------------------------------------------------------
-_SUMMED = ("wall_s", "cpu_core_hours", "gpu_hours", "energy_kwh", "co2e_g", "money", "gpu_energy_kwh", "cpu_energy_kwh")
+_SUMMED = (
+    "wall_s",
+    "cpu_core_hours",
+    "gpu_hours",
+    "energy_kwh",
+    "co2e_g",
+    "money",
+    "gpu_energy_kwh",
+    "cpu_energy_kwh",
+)
 
 
-def sum_costs(records: Iterable[CostRecord | Mapping[str, Any]], currency: str | None = None) -> CostRecord:
+def sum_costs(
+    records: Iterable[CostRecord | Mapping[str, Any]], currency: str | None = None
+) -> CostRecord:
     """Add records up (the trials of a study, the studies of a workflow stage, the stages of a run).
 
     ``energy_source`` of the sum is the records' common source, or ``mixed``.
@@ -396,16 +433,24 @@ def sum_costs(records: Iterable[CostRecord | Mapping[str, Any]], currency: str |
         data = rec.as_dict() if isinstance(rec, CostRecord) else dict(rec)
         for key in _SUMMED:
             value = data.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 totals[key] += float(value)
         if data.get("energy_source"):
             sources.add(str(data["energy_source"]))
         if data.get("currency"):
             currencies.add(str(data["currency"]))
     if len(currencies) > 1:
-        raise ValueError(f"cannot add costs in different currencies: {', '.join(sorted(currencies))}")
+        raise ValueError(
+            f"cannot add costs in different currencies: {', '.join(sorted(currencies))}"
+        )
     source = next(iter(sources)) if len(sources) == 1 else ("mixed" if sources else "tdp-estimate")
-    return CostRecord(**totals, energy_source=source, currency=next(iter(currencies), currency or "USD"))
+    return CostRecord(
+        **totals, energy_source=source, currency=next(iter(currencies), currency or "USD")
+    )
 
 
 def summarize_costs(trials: Iterable[Any]) -> dict[str, Any]:

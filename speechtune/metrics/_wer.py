@@ -146,9 +146,7 @@ def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return _rate(refs, hyps, "char")
 
 
-def group_wer(
-    refs: Sequence[str], hyps: Sequence[str], groups: Sequence[str]
-) -> dict[str, float]:
+def group_wer(refs: Sequence[str], hyps: Sequence[str], groups: Sequence[str]) -> dict[str, float]:
     """Corpus WER of each group (accent, speaker, noise condition...).
 
     Args:

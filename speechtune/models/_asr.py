@@ -16,15 +16,11 @@ from speechtune.models._layers import valid_mask
 from speechtune.models._subsampling import Conv2dSubsampling
 
 
-def _check_inputs(
-    feats: torch.Tensor, feat_lens: torch.Tensor, input_dim: int
-) -> None:
+def _check_inputs(feats: torch.Tensor, feat_lens: torch.Tensor, input_dim: int) -> None:
     if feats.dim() != 3 or feats.size(-1) != input_dim:
         raise ValueError(f"feats must be [B, T, {input_dim}], got {tuple(feats.shape)}")
     if feat_lens.shape != (feats.size(0),):
-        raise ValueError(
-            f"feat_lens must be [B]=[{feats.size(0)}], got {tuple(feat_lens.shape)}"
-        )
+        raise ValueError(f"feat_lens must be [B]=[{feats.size(0)}], got {tuple(feat_lens.shape)}")
 
 
 class ASRModel(nn.Module):
@@ -42,7 +38,9 @@ class ASRModel(nn.Module):
     def __init__(self, cfg: ModelConfig, input_dim: int, vocab_size: int) -> None:
         super().__init__()
         if cfg.head not in HEADS:
-            raise ValueError(f"model.head={cfg.head!r} is not known; expected one of {list(HEADS)}")
+            raise ValueError(
+                f"model.head={cfg.head!r} is not known; expected one of {list(HEADS)}"
+            )
         min_vocab = 3 if cfg.head == "ctc_attention" else 2
         if vocab_size < min_vocab:
             raise ValueError(
@@ -126,7 +124,11 @@ class ASRModel(nn.Module):
         if self.decoder is None:
             return {"loss": ctc_loss, "ctc_loss": ctc_loss, "att_loss": None}
         att_loss = attention_loss(
-            self.decoder, enc, valid_mask(enc_lens, enc.size(1)), targets, target_lens,
+            self.decoder,
+            enc,
+            valid_mask(enc_lens, enc.size(1)),
+            targets,
+            target_lens,
             self.sos_eos_id,
         )
         w = self.cfg.ctc_weight

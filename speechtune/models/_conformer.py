@@ -73,10 +73,12 @@ class ConformerBlock(nn.Module):
             return FeedForward(d_model, ff_dim, dropout, nn.SiLU())
 
         self.ff1 = Residual(d_model, ff(), dropout, scale=0.5, deepnorm_alpha=alpha)
-        self.attn = Residual(d_model, SelfAttention(d_model, num_heads, dropout), dropout,
-                             deepnorm_alpha=alpha)
-        self.conv = Residual(d_model, ConvolutionModule(d_model, kernel), dropout,
-                             deepnorm_alpha=alpha)
+        self.attn = Residual(
+            d_model, SelfAttention(d_model, num_heads, dropout), dropout, deepnorm_alpha=alpha
+        )
+        self.conv = Residual(
+            d_model, ConvolutionModule(d_model, kernel), dropout, deepnorm_alpha=alpha
+        )
         self.ff2 = Residual(d_model, ff(), dropout, scale=0.5, deepnorm_alpha=alpha)
         self.final_norm = nn.LayerNorm(d_model)
 

@@ -36,8 +36,14 @@ class CTCPrefixState:
     last: torch.Tensor
     length: int
 
-    def select(self, hyp_idx: torch.Tensor, cand_idx: torch.Tensor, r_new: torch.Tensor,
-               psi_new: torch.Tensor, tokens: torch.Tensor) -> CTCPrefixState:
+    def select(
+        self,
+        hyp_idx: torch.Tensor,
+        cand_idx: torch.Tensor,
+        r_new: torch.Tensor,
+        psi_new: torch.Tensor,
+        tokens: torch.Tensor,
+    ) -> CTCPrefixState:
         """The states of chosen extensions ``(hyp_idx[i], cand_idx[i])`` from a scoring step."""
         return CTCPrefixState(
             r=r_new[:, :, hyp_idx, cand_idx],

@@ -105,7 +105,9 @@ class Conv2dSubsampling(nn.Module):
             )
         return self.subsample(x, lengths)
 
-    def subsample(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def subsample(
+        self, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` without the length check: a graph for export (tracing) has no
         data-dependent branches; its caller guarantees :attr:`min_input_frames`."""
         if self.plan:

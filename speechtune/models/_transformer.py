@@ -21,10 +21,15 @@ class TransformerEncoderLayer(nn.Module):
         self, d_model: int, num_heads: int, ff_dim: int, dropout: float, alpha: float | None
     ) -> None:
         super().__init__()
-        self.attn = Residual(d_model, SelfAttention(d_model, num_heads, dropout), dropout,
-                             deepnorm_alpha=alpha)
-        self.ff = Residual(d_model, FeedForward(d_model, ff_dim, dropout, nn.ReLU()), dropout,
-                           deepnorm_alpha=alpha)
+        self.attn = Residual(
+            d_model, SelfAttention(d_model, num_heads, dropout), dropout, deepnorm_alpha=alpha
+        )
+        self.ff = Residual(
+            d_model,
+            FeedForward(d_model, ff_dim, dropout, nn.ReLU()),
+            dropout,
+            deepnorm_alpha=alpha,
+        )
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self.ff(self.attn(x, valid))

@@ -27,7 +27,9 @@ def _first_seed(study: optuna.Study) -> int | None:
     return None
 
 
-def _header(study: optuna.Study, trial: optuna.trial.FrozenTrial, note: str, seeds_note: str) -> str:
+def _header(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, note: str, seeds_note: str
+) -> str:
     names = objective_names(study)
     values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, trial.values))
     lines = [
@@ -39,7 +41,9 @@ def _header(study: optuna.Study, trial: optuna.trial.FrozenTrial, note: str, see
     return "\n".join(lines) + "\n"
 
 
-def write_best_yaml(study: optuna.Study, path: str | Path, base_recipe: dict | None = None) -> Path:
+def write_best_yaml(
+    study: optuna.Study, path: str | Path, base_recipe: dict | None = None
+) -> Path:
     """Write the best trial's config to ``path``.
 
     The best trial is the complete trial with the lowest primary objective; in a multi-objective
@@ -69,7 +73,9 @@ def write_best_yaml(study: optuna.Study, path: str | Path, base_recipe: dict | N
                 f"multi-fidelity study {study.study_name!r} has no complete trial at its top rung "
                 f"{rung_names(study)[top]!r}: no best.yaml to write (lower-rung values are not comparable)"
             )
-        raise ValueError(f"study {study.study_name!r} has no complete trial: no best.yaml to write")
+        raise ValueError(
+            f"study {study.study_name!r} has no complete trial: no best.yaml to write"
+        )
     trial = choice.trial
     flat = trial_config(trial)
     if base_recipe is None:

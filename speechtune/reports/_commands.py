@@ -47,5 +47,7 @@ def dashboard_command(run_dir_or_storage: str, host: str = "127.0.0.1", port: in
     import optuna_dashboard  # imported here: only this command needs the web server
 
     storage = resolve_storage(run_dir_or_storage)
-    print(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    print(
+        f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True
+    )
     optuna_dashboard.run_server(storage, host=host, port=port)

@@ -47,8 +47,6 @@ from speechtune.tuning.study import (
 MIN_PAIRS = 5  # below this a rank correlation (and its bootstrap) says next to nothing
 
 
-
-
 DEFAULT_THRESHOLD = 0.7
 
 
@@ -70,7 +68,9 @@ class RungCorrelation:
 
     rung: int  # rung index; the epoch number in epoch mode
     name: str
-    cost: float | None  # nominal cost relative to full training (rung cost / top cost, or epoch / last epoch)
+    cost: (
+        float | None
+    )  # nominal cost relative to full training (rung cost / top cost, or epoch / last epoch)
     mean_job_cost: float | None  # mean ``job_cost`` of the rung's trials (multi-fidelity only)
     pairs: tuple[Pair, ...]
     stats: RankCorrelation
@@ -187,7 +187,9 @@ class _Measurements:
     job_costs: list[list[float]]
 
 
-def _fidelity_measurements(study: optuna.Study, record: dict[str, Any], metric: str, primary: str) -> _Measurements:
+def _fidelity_measurements(
+    study: optuna.Study, record: dict[str, Any], metric: str, primary: str
+) -> _Measurements:
     rungs = record["rungs"]
     top_cost = _number(rungs[-1].get("cost")) or 1.0
     names = [str(r["name"]) for r in rungs]
@@ -222,7 +224,9 @@ def _curve(trial: FrozenTrial, metric: str, primary: str) -> dict[int, float]:
     return {step: v for step, v in points.items() if v is not None}
 
 
-def _final_value(trial: FrozenTrial, curve: dict[int, float], metric: str, primary: str) -> float | None:
+def _final_value(
+    trial: FrozenTrial, curve: dict[int, float], metric: str, primary: str
+) -> float | None:
     value = _trial_value(trial, metric, primary)
     if value is None and metric != primary and curve:
         value = curve[max(curve)]  # a history-only metric: its value after the last epoch
@@ -268,7 +272,13 @@ def _epoch_measurements(study: optuna.Study, metric: str, primary: str) -> _Meas
     )
 
 
-def recommend(rungs: tuple[RungCorrelation, ...], threshold: float, *, mode: str = "fidelity", top_name: str = "top") -> Recommendation:
+def recommend(
+    rungs: tuple[RungCorrelation, ...],
+    threshold: float,
+    *,
+    mode: str = "fidelity",
+    top_name: str = "top",
+) -> Recommendation:
     """The cheapest rung whose Spearman 95% lower bound is at least ``threshold``.
 
     Rungs are taken cheapest first. When none qualifies and some had fewer than
@@ -286,7 +296,10 @@ def recommend(rungs: tuple[RungCorrelation, ...], threshold: float, *, mode: str
         )
         cheaper_thin = [t.name for t in thin if t.rung < rc.rung]
         if epochs:
-            text = f"{rc.name} already ranks configs like the final value ({evidence}): a pruner may act from {rc.name} on"
+            text = (
+                f"{rc.name} already ranks configs like the final value ({evidence}): "
+                f"a pruner may act from {rc.name} on"
+            )
         else:
             cost = f", cost {rc.cost:.3g} of full training" if rc.cost is not None else ""
             text = f"use rung {rc.name!r}{cost}, as the proxy for {top_name!r} ({evidence})"
@@ -309,13 +322,16 @@ def recommend(rungs: tuple[RungCorrelation, ...], threshold: float, *, mode: str
             )
         else:
             text = (
-                f"too few configs measured at both a lower rung and the top rung {top_name!r} ({detail} pairs; at least "
-                f"{MIN_PAIRS} needed): collect more top-rung results before trusting a cheap rung{failed}"
+                f"too few configs measured at both a lower rung and the top rung {top_name!r} "
+                f"({detail} pairs; at least {MIN_PAIRS} needed): collect more top-rung results "
+                f"before trusting a cheap rung{failed}"
             )
         return Recommendation("collect_more", None, None, text)
     if not rungs:
         what = "no epoch before the last" if epochs else "no lower rung"
-        return Recommendation("none", None, None, f"{what} has values to compare: nothing to recommend")
+        return Recommendation(
+            "none", None, None, f"{what} has values to compare: nothing to recommend"
+        )
     if epochs:
         text = (
             f"no early epoch ranks configs like the final value (Spearman 95% lower bound >= {threshold:g}): "
@@ -358,7 +374,9 @@ def correlate_study(
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0 (got {seed!r})")
     if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold: expected a Spearman correlation in [-1, 1] (got {threshold!r})")
+        raise ValueError(
+            f"threshold: expected a Spearman correlation in [-1, 1] (got {threshold!r})"
+        )
     primary = objective_names(study)[0]
     metric = metric or primary
     record = fidelity_record(study)
@@ -390,11 +408,21 @@ def correlate_study(
         rung_id = m.ids[index]
         rng = np.random.default_rng([seed, rung_id])
         stats = rank_correlation(
-            np.array([p.lower for p in pairs]), np.array([p.top for p in pairs]), n_bootstrap=n_bootstrap, rng=rng
+            np.array([p.lower for p in pairs]),
+            np.array([p.top for p in pairs]),
+            n_bootstrap=n_bootstrap,
+            rng=rng,
         )
         jobs = m.job_costs[index]
         results.append(
-            RungCorrelation(rung_id, m.names[index], m.costs[index], float(np.mean(jobs)) if jobs else None, pairs, stats)
+            RungCorrelation(
+                rung_id,
+                m.names[index],
+                m.costs[index],
+                float(np.mean(jobs)) if jobs else None,
+                pairs,
+                stats,
+            )
         )
     rungs = tuple(results)
     return CorrelationReport(
@@ -428,15 +456,21 @@ def format_correlation_table(report: CorrelationReport) -> str:
         f"({report.n_top} configs; {CI_LEVEL:.0%} bootstrap CI over {report.n_bootstrap} resamples)",
     ]
     width = max([4, *(len(rc.name) for rc in report.rungs)])
-    header = f"{'rung':<{width}}  {'n':>4}  {'cost':>6}  {'mean job':>8}  {'Spearman [95% CI]':<24}  {'Kendall [95% CI]':<24}  ok"
+    header = (
+        f"{'rung':<{width}}  {'n':>4}  {'cost':>6}  {'mean job':>8}  "
+        f"{'Spearman [95% CI]':<24}  {'Kendall [95% CI]':<24}  ok"
+    )
     lines += [header, "-" * len(header)]
     for rc in report.rungs:
         cost = f"{rc.cost:.3g}" if rc.cost is not None else "-"
         job = f"{rc.mean_job_cost:.3g}" if rc.mean_job_cost is not None else "-"
-        ok = "yes" if rc.trustworthy(report.threshold) else ("few" if not rc.enough_pairs else "no")
+        ok = (
+            "yes" if rc.trustworthy(report.threshold) else ("few" if not rc.enough_pairs else "no")
+        )
         lines.append(
             f"{rc.name:<{width}}  {rc.n_pairs:>4}  {cost:>6}  {job:>8}  "
-            f"{_fmt(rc.stats.spearman, rc.stats.spearman_ci):<24}  {_fmt(rc.stats.kendall, rc.stats.kendall_ci):<24}  {ok}"
+            f"{_fmt(rc.stats.spearman, rc.stats.spearman_ci):<24}  "
+            f"{_fmt(rc.stats.kendall, rc.stats.kendall_ci):<24}  {ok}"
         )
     if not report.rungs:
         lines.append("(no lower rung)")
@@ -475,7 +509,11 @@ def correlation_png(report: CorrelationReport, path: str | Path) -> Path | None:
         color = "tab:green" if rc.trustworthy(report.threshold) else "tab:red"
         ax.scatter([p.lower for p in rc.pairs], [p.top for p in rc.pairs], s=16, color=color)
         rho = "n/a" if rc.stats.spearman is None else f"{rc.stats.spearman:.2f}"
-        ax.set(title=f"{rc.name} (n={rc.n_pairs}, Spearman {rho})", xlabel=f"{report.metric} at {rc.name}", ylabel=top_label)
+        ax.set(
+            title=f"{rc.name} (n={rc.n_pairs}, Spearman {rho})",
+            xlabel=f"{report.metric} at {rc.name}",
+            ylabel=top_label,
+        )
     fig.suptitle(f"{report.study}: rank agreement with {report.top_name}")
     fig.tight_layout()
     path = Path(path)
@@ -507,7 +545,9 @@ def correlate_command(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     study = load_study(run_dir, study_name)
-    report = correlate_study(study, metric=metric, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
+    report = correlate_study(
+        study, metric=metric, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold
+    )
     written = {"json": write_correlation_json(report, run_dir / "correlation.json")}
     png = correlation_png(report, run_dir / "correlation.png")
     if png is not None:

@@ -34,9 +34,29 @@ def cost_section(study: optuna.Study) -> str | None:
     rows: list[list[Any]] = []
     for state, rec in summary["by_state"].items():
         r = CostRecord.from_dict(rec)
-        rows.append([state, counts[state], r.gpu_hours, r.cpu_core_hours, r.energy_kwh, r.co2e_g, r.money])
-    rows.append(["all", len(measured), total.gpu_hours, total.cpu_core_hours, total.energy_kwh, total.co2e_g, total.money])
-    header = ["state", "trials", "GPU-h", "CPU core-h", "kWh", "g CO2e", f"money ({total.currency})"]
+        rows.append(
+            [state, counts[state], r.gpu_hours, r.cpu_core_hours, r.energy_kwh, r.co2e_g, r.money]
+        )
+    rows.append(
+        [
+            "all",
+            len(measured),
+            total.gpu_hours,
+            total.cpu_core_hours,
+            total.energy_kwh,
+            total.co2e_g,
+            total.money,
+        ]
+    )
+    header = [
+        "state",
+        "trials",
+        "GPU-h",
+        "CPU core-h",
+        "kWh",
+        "g CO2e",
+        f"money ({total.currency})",
+    ]
     parts.append(table(header, rows))
     parts.append(figure_div(_per_trial_figure(measured), "plot-cost"))
     return "\n".join(parts)
@@ -50,7 +70,11 @@ def _basis_note(study: optuna.Study, total: CostRecord, unmeasured: int) -> str:
         "tdp-estimate": "energy estimated from TDPs (no NVML reading)",
         "mixed": "GPU energy measured by NVML for some trials, estimated from TDPs for others",
     }.get(total.energy_source, total.energy_source)
-    grid_text = f"grid {grid:g} g CO2e/kWh (cost.grid_g_per_kwh)" if isinstance(grid, (int, float)) else "the default grid intensity (cost.grid_g_per_kwh)"
+    grid_text = (
+        f"grid {grid:g} g CO2e/kWh (cost.grid_g_per_kwh)"
+        if isinstance(grid, (int, float))
+        else "the default grid intensity (cost.grid_g_per_kwh)"
+    )
     note = f"{how}; CO2e at {grid_text}; memory, storage and data-centre overhead not counted."
     if unmeasured:
         note += f" {unmeasured} trial(s) without a cost record are not included."
@@ -77,6 +101,10 @@ def _per_trial_figure(trials: list[optuna.trial.FrozenTrial]) -> go.Figure:
             )
         )
     fig.update_layout(
-        xaxis_title="trial", yaxis_title="g CO2e", barmode="stack", height=320, margin={"t": 20, "b": 40}
+        xaxis_title="trial",
+        yaxis_title="g CO2e",
+        barmode="stack",
+        height=320,
+        margin={"t": 20, "b": 40},
     )
     return fig

@@ -13,10 +13,27 @@ from speechtune.tuning.study import TrialRecord, objective_names
 CONFIG_PREFIX = "config."
 METRIC_PREFIX = "metrics."
 # Multi-fidelity trial records (see the issue-4 contract); a column appears when any trial has it.
-FIDELITY_COLUMNS = ("rung", "rung_name", "config_id", "bracket", "parent_trial", "source", "job_cost")
+FIDELITY_COLUMNS = (
+    "rung",
+    "rung_name",
+    "config_id",
+    "bracket",
+    "parent_trial",
+    "source",
+    "job_cost",
+)
 COST_PREFIX = "cost."
 # The trial's measured compute (its ``cost`` user attr, see speechtune.metrics.EnergyMeter).
-COST_COLUMNS = ("wall_s", "cpu_core_hours", "gpu_hours", "energy_kwh", "energy_source", "co2e_g", "money", "currency")
+COST_COLUMNS = (
+    "wall_s",
+    "cpu_core_hours",
+    "gpu_hours",
+    "energy_kwh",
+    "energy_source",
+    "co2e_g",
+    "money",
+    "currency",
+)
 
 
 def _cell(value: Any) -> Any:
@@ -44,11 +61,18 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     has_cost = False
     for trial in study.get_trials(deepcopy=False):
         rec = TrialRecord.from_trial(trial)
-        row: dict[str, Any] = {"number": rec.number, "state": rec.state.name, "status": rec.status, "reason": rec.reason}
+        row: dict[str, Any] = {
+            "number": rec.number,
+            "state": rec.state.name,
+            "status": rec.status,
+            "reason": rec.reason,
+        }
         for i, name in enumerate(names):
             row[name] = rec.values[i] if rec.values else None
         row["duration_s"] = rec.duration_s
-        row["objective_std"] = trial.user_attrs.get("objective_std")  # as stored (a list when multi-objective)
+        row["objective_std"] = trial.user_attrs.get(
+            "objective_std"
+        )  # as stored (a list when multi-objective)
         for key in FIDELITY_COLUMNS:
             if key in trial.user_attrs:
                 fidelity_keys.add(key)

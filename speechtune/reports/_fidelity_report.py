@@ -80,13 +80,21 @@ class Savings:
 
 def _started(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     # Waiting trials were enqueued but never ran: they spent nothing.
-    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING and trial_rung(t) is not None]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and trial_rung(t) is not None
+    ]
 
 
 def _costs(study: optuna.Study) -> tuple[list[str], list[float], float]:
     rungs = fidelity_record(study)["rungs"]  # type: ignore[index]
     top_cost = float(rungs[-1].get("cost") or 1.0)
-    return [str(r["name"]) for r in rungs], [float(r.get("cost") or 0.0) / top_cost for r in rungs], top_cost
+    return (
+        [str(r["name"]) for r in rungs],
+        [float(r.get("cost") or 0.0) / top_cost for r in rungs],
+        top_cost,
+    )
 
 
 def _job_cost(trial: optuna.trial.FrozenTrial, nominal: list[float], top_cost: float) -> float:
@@ -148,7 +156,10 @@ def bracket_rows(study: optuna.Study) -> tuple[list[str], list[list[str]]]:
     header = ["bracket", *(f"{n}: configs / budget" for n in names), "total budget"]
     rows = []
     for b in sorted(brackets):
-        cells = [f"{len(configs[b, r])} / {budget[b, r]:.3g}" if (b, r) in budget else "-" for r in range(len(names))]
+        cells = [
+            f"{len(configs[b, r])} / {budget[b, r]:.3g}" if (b, r) in budget else "-"
+            for r in range(len(names))
+        ]
         rows.append([str(b), *cells, f"{sum(budget[b, r] for r in range(len(names))):.3g}"])
     return header, rows
 
@@ -157,7 +168,9 @@ def compute_savings(study: optuna.Study) -> Savings:
     """Spent compute against ``distinct configs x top cost`` (every started config at full fidelity)."""
     names, nominal, top_cost = _costs(study)
     trials = [t for t in _started(study) if trial_rung(t) < len(names)]  # type: ignore[operator]
-    ids = {t.user_attrs["config_id"] for t in trials if isinstance(t.user_attrs.get("config_id"), int)}
+    ids = {
+        t.user_attrs["config_id"] for t in trials if isinstance(t.user_attrs.get("config_id"), int)
+    }
     spent = sum(_job_cost(t, nominal, top_cost) for t in trials)
     full = float(len(ids))  # the top rung is one full-training unit
     return Savings(len(ids), spent, full, full - spent)
@@ -192,7 +205,9 @@ def correlation_figure(report: CorrelationReport) -> go.Figure | None:
     panels = [rc for rc in report.rungs if rc.pairs]
     if not panels:
         return None
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[_panel_title(rc) for rc in panels])
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[_panel_title(rc) for rc in panels]
+    )
     for k, rc in enumerate(panels, start=1):
         fig.add_trace(
             go.Scatter(
@@ -207,7 +222,9 @@ def correlation_figure(report: CorrelationReport) -> go.Figure | None:
         )
         fig.update_xaxes(title_text=f"{report.metric} at {rc.name}", row=1, col=k)
     fig.update_yaxes(title_text=f"{report.metric} at {report.top_name}", row=1, col=1)
-    fig.update_layout(title=f"Rank agreement of each rung with {report.top_name}", showlegend=False)
+    fig.update_layout(
+        title=f"Rank agreement of each rung with {report.top_name}", showlegend=False
+    )
     return fig
 
 
@@ -226,17 +243,32 @@ def _correlation_html(report: CorrelationReport, summaries: list[RungSummary]) -
     promoted = {s.rung: s.promoted for s in summaries}
     rows = []
     for rc in report.rungs:
-        verdict = "yes" if rc.trustworthy(report.threshold) else ("too few pairs" if not rc.enough_pairs else "no")
-        rows.append([
-            rc.name, rc.n_pairs, _ci_cell(rc.stats.spearman, rc.stats.spearman_ci),
-            _ci_cell(rc.stats.kendall, rc.stats.kendall_ci),
-            "-" if rc.mean_job_cost is None else f"{rc.mean_job_cost:.3g}", verdict,
-        ])
+        verdict = (
+            "yes"
+            if rc.trustworthy(report.threshold)
+            else ("too few pairs" if not rc.enough_pairs else "no")
+        )
+        rows.append(
+            [
+                rc.name,
+                rc.n_pairs,
+                _ci_cell(rc.stats.spearman, rc.stats.spearman_ci),
+                _ci_cell(rc.stats.kendall, rc.stats.kendall_ci),
+                "-" if rc.mean_job_cost is None else f"{rc.mean_job_cost:.3g}",
+                verdict,
+            ]
+        )
     parts = [
         f"<h3>Does each rung rank configs like {esc(report.top_name)}?</h3>",
         table(
-            ["rung", "pairs", "Spearman [95% CI]", "Kendall [95% CI]", "mean job cost",
-             f"trustworthy (CI lower bound >= {report.threshold:g})"],
+            [
+                "rung",
+                "pairs",
+                "Spearman [95% CI]",
+                "Kendall [95% CI]",
+                "mean job cost",
+                f"trustworthy (CI lower bound >= {report.threshold:g})",
+            ],
             rows,
         ),
         f"<p><b>Recommendation</b>: {esc(report.recommendation.text)}</p>",
@@ -276,9 +308,31 @@ def fidelity_section(
         f"resume key {esc(record.get('resume_key') or 'none')}. Compute is in full-training units "
         "(one config trained at the top rung = 1).</p>",
         table(
-            ["rung", "name", "cost", "trials", "configs run", "promoted", "pruned / failed", "compute spent", "wall time (s)"],
-            [[s.rung, s.name, f"{s.cost:.3g}", s.trials, s.configs, s.promoted, s.pruned_failed, f"{s.compute:.3g}",
-              f"{s.wall_s:.1f}"] for s in summaries],
+            [
+                "rung",
+                "name",
+                "cost",
+                "trials",
+                "configs run",
+                "promoted",
+                "pruned / failed",
+                "compute spent",
+                "wall time (s)",
+            ],
+            [
+                [
+                    s.rung,
+                    s.name,
+                    f"{s.cost:.3g}",
+                    s.trials,
+                    s.configs,
+                    s.promoted,
+                    s.pruned_failed,
+                    f"{s.compute:.3g}",
+                    f"{s.wall_s:.1f}",
+                ]
+                for s in summaries
+            ],
         ),
     ]
     header, rows = bracket_rows(study)
@@ -293,7 +347,8 @@ def fidelity_section(
         )
     else:  # e.g. every config was run at every rung without resuming
         parts.append(
-            f"<p><b>Compute saved</b>: none: spent {savings.spent:.3g} full-training units on {savings.configs} configs, "
+            f"<p><b>Compute saved</b>: none: spent {savings.spent:.3g} full-training units "
+            f"on {savings.configs} configs, "
             f"{-savings.saved:.3g} more than {savings.full:.3g}, {against}.</p>"
         )
     try:

@@ -45,7 +45,10 @@ def history_figure(study: optuna.Study) -> go.Figure | None:
         return None
     name = objective_names(study)[0]
     fig = _quiet(
-        optuna.visualization.plot_optimization_history, comparable_study(study), target=lambda t: t.values[0], target_name=name
+        optuna.visualization.plot_optimization_history,
+        comparable_study(study),
+        target=lambda t: t.values[0],
+        target_name=name,
     )
     fig.update_layout(title=f"Optimisation history ({name})")
     return fig
@@ -71,7 +74,10 @@ def parallel_figure(study: optuna.Study) -> go.Figure | None:
         return None
     name = objective_names(study)[0]
     fig = _quiet(
-        optuna.visualization.plot_parallel_coordinate, comparable_study(study), target=lambda t: t.values[0], target_name=name
+        optuna.visualization.plot_parallel_coordinate,
+        comparable_study(study),
+        target=lambda t: t.values[0],
+        target_name=name,
     )
     fig.update_layout(title=f"Parallel coordinates ({name})")
     return fig
@@ -137,9 +143,14 @@ def group_wer_figure(study: optuna.Study, top_k: int = TOP_K) -> go.Figure | Non
     fig = go.Figure()
     for trial in trials:
         groups = trial.user_attrs["group_wer"]
-        fig.add_trace(go.Bar(x=list(groups), y=list(groups.values()), name=f"trial {trial.number}"))
+        fig.add_trace(
+            go.Bar(x=list(groups), y=list(groups.values()), name=f"trial {trial.number}")
+        )
     fig.update_layout(
-        title=f"WER per group of the {len(trials)} best trials", barmode="group", xaxis_title="group", yaxis_title="WER"
+        title=f"WER per group of the {len(trials)} best trials",
+        barmode="group",
+        xaxis_title="group",
+        yaxis_title="WER",
     )
     return fig
 
@@ -159,6 +170,8 @@ def seeds_figure(study: optuna.Study, top_k: int = 10) -> go.Figure | None:
         means.append(mean)
         stds.append(float(std))
         labels.append(f"trial {trial.number} ({len(seeds)} seeds)")
-    fig = go.Figure(go.Scatter(x=labels, y=means, mode="markers", error_y={"type": "data", "array": stds}))
+    fig = go.Figure(
+        go.Scatter(x=labels, y=means, mode="markers", error_y={"type": "data", "array": stds})
+    )
     fig.update_layout(title=f"{name} over seeds: mean +/- std", yaxis_title=name)
     return fig

@@ -67,14 +67,16 @@ def _summary(study: optuna.Study) -> str:
         best = choice.trial
         values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, best.values))
         parts.append(
-            f"<p><b>Best trial #{best.number}</b>: {esc(values)} <span class=\"note\">({esc(choice.note)})</span></p>"
+            f'<p><b>Best trial #{best.number}</b>: {esc(values)} <span class="note">({esc(choice.note)})</span></p>'
         )
         config = trial_config(best)
         parts.append(table(["key", "value"], [[k, config[k]] for k in sorted(config)]))
     parts.append(table(["count", "trials"], counts))
     reasons = Counter((t.state.name, *trial_status(t)) for t in trials)
     rows = [[state, status, reason, n] for (state, status, reason), n in sorted(reasons.items())]
-    parts.append("<h3>Why trials ended</h3>" + table(["state", "status", "reason", "trials"], rows))
+    parts.append(
+        "<h3>Why trials ended</h3>" + table(["state", "status", "reason", "trials"], rows)
+    )
     top = ranked_trials(study)[:10]
     if top:
         rows = [[t.number, *t.values, _std_cell(t)] for t in top]
@@ -89,15 +91,30 @@ def _section(section_id: str, title: str, body: str) -> str:
 def _plot_sections(study: optuna.Study, importance: Importance) -> list[str]:
     primary = objective_names(study)[0]
     builders: list[tuple[str, str, go.Figure | None, str]] = [
-        ("history", "Optimisation history", _figures.history_figure(study), "no complete trial yet"),
+        (
+            "history",
+            "Optimisation history",
+            _figures.history_figure(study),
+            "no complete trial yet",
+        ),
         (
             "importance",
             "Parameter importance",
             _figures.importance_figure(importance, primary),
             importance.note,
         ),
-        ("parallel", "Parallel coordinates", _figures.parallel_figure(study), "needs two complete trials with parameters"),
-        ("learning-curves", "Learning curves", _figures.learning_curves_figure(study), "no trial reported per-epoch values"),
+        (
+            "parallel",
+            "Parallel coordinates",
+            _figures.parallel_figure(study),
+            "needs two complete trials with parameters",
+        ),
+        (
+            "learning-curves",
+            "Learning curves",
+            _figures.learning_curves_figure(study),
+            "no trial reported per-epoch values",
+        ),
         ("pareto", "Pareto front", _figures.pareto_figure(study), ""),
         ("group-wer", "WER per group of the best trials", _figures.group_wer_figure(study), ""),
         ("seeds", "Seeds: mean +/- std", _figures.seeds_figure(study), ""),
@@ -151,10 +168,14 @@ def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     if is_multi_fidelity(study):
         # Imported here: that module renders with this one's helpers.
 
-        sections.append(_section("multi-fidelity", "Multi-fidelity", fidelity_section(study, out_dir / "plots")))
+        sections.append(
+            _section(
+                "multi-fidelity", "Multi-fidelity", fidelity_section(study, out_dir / "plots")
+            )
+        )
     body = "\n".join([*sections, *_plot_sections(study, importance)])
     page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n"
         f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
         f"</head>\n<body>\n<h1>{esc(title)}</h1>\n{body}\n</body>\n</html>\n"

@@ -24,4 +24,6 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def figure_div(fig: go.Figure, div_id: str) -> str:
     """A plotly figure as a ``<div>`` drawn by the one plotly.js copy in the page's head."""
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False}
+    )

@@ -30,11 +30,18 @@ def param_importances(study: optuna.Study) -> Importance:
     study = comparable_study(study)
     trials = comparable_trials(study)
     if len(trials) < 2:
-        return Importance({}, "", f"skipped: {len(trials)} comparable complete trial(s), importance needs at least 2")
+        return Importance(
+            {},
+            "",
+            f"skipped: {len(trials)} comparable complete trial(s), importance needs at least 2",
+        )
     if not any(t.distributions for t in trials):
         return Importance({}, "", "skipped: the trials have no tunable parameters")
     errors: list[str] = []
-    for method, evaluator in (("PED-ANOVA", PedAnovaImportanceEvaluator), ("fANOVA", FanovaImportanceEvaluator)):
+    for method, evaluator in (
+        ("PED-ANOVA", PedAnovaImportanceEvaluator),
+        ("fANOVA", FanovaImportanceEvaluator),
+    ):
         try:
             with warnings.catch_warnings():
                 # Both evaluators are flagged experimental; that warning is noise in a report.
@@ -42,7 +49,7 @@ def param_importances(study: optuna.Study) -> Importance:
                 values = optuna.importance.get_param_importances(
                     study, evaluator=evaluator(), target=lambda t: t.values[0]
                 )
-        except Exception as exc:  # noqa: BLE001 - a report must survive any evaluator failure
+        except Exception as exc:
             errors.append(f"{method}: {type(exc).__name__}: {exc}")
             continue
         if values:

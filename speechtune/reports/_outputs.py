@@ -27,7 +27,9 @@ def write_study_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
         The paths written, by name (``trials_csv``, ``best_yaml``, ``report_html``).
     """
     run_dir = Path(run_dir)
-    jobs: list[tuple[str, Callable[[], Any]]] = [("trials_csv", lambda: write_trials_csv(study, run_dir / "trials.csv"))]
+    jobs: list[tuple[str, Callable[[], Any]]] = [
+        ("trials_csv", lambda: write_trials_csv(study, run_dir / "trials.csv"))
+    ]
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         jobs.append(("best_yaml", lambda: write_best_yaml(study, run_dir / "best.yaml")))
     try:

@@ -59,13 +59,19 @@ def importance_png(importance: Importance, target_name: str, path: Path) -> Path
     fig = Figure(figsize=(7, 0.5 * len(items) + 1.5))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items])
-    ax.set(title=f"Parameter importance for {target_name} ({importance.method})", xlabel="importance")
+    ax.set(
+        title=f"Parameter importance for {target_name} ({importance.method})", xlabel="importance"
+    )
     return _save(fig, path)
 
 
 def learning_curves_png(study: optuna.Study, path: Path) -> Path | None:
     name = objective_names(study)[0]
-    curves = [(t, *learning_curve(t, name)) for t in study.get_trials(deepcopy=False) if t.state in _LINESTYLE]
+    curves = [
+        (t, *learning_curve(t, name))
+        for t in study.get_trials(deepcopy=False)
+        if t.state in _LINESTYLE
+    ]
     curves = [c for c in curves if c[1]]
     if not curves:
         return None
@@ -90,8 +96,19 @@ def pareto_png(study: optuna.Study, path: Path) -> Path | None:
     ax = fig.add_subplot()
     others = [t for t in trials if t.number not in front]
     best = sorted((t for t in trials if t.number in front), key=lambda t: t.values[0])
-    ax.scatter([t.values[0] for t in others], [t.values[1] for t in others], c="lightgray", label="dominated")
-    ax.plot([t.values[0] for t in best], [t.values[1] for t in best], "o-", color="tab:red", label="Pareto front")
+    ax.scatter(
+        [t.values[0] for t in others],
+        [t.values[1] for t in others],
+        c="lightgray",
+        label="dominated",
+    )
+    ax.plot(
+        [t.values[0] for t in best],
+        [t.values[1] for t in best],
+        "o-",
+        color="tab:red",
+        label="Pareto front",
+    )
     ax.set(title="Pareto front", xlabel=names[0], ylabel=names[1])
     ax.legend()
     return _save(fig, path)

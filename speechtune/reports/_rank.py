@@ -98,7 +98,9 @@ class RankCorrelation:
     kendall_ci: tuple[float, float] | None
 
 
-def rank_correlation(lower: np.ndarray, top: np.ndarray, *, n_bootstrap: int, rng: np.random.Generator) -> RankCorrelation:
+def rank_correlation(
+    lower: np.ndarray, top: np.ndarray, *, n_bootstrap: int, rng: np.random.Generator
+) -> RankCorrelation:
     """Spearman and Kendall correlation of ``lower`` with ``top`` and bootstrap 95% intervals.
 
     The bootstrap resamples pairs (configs) with replacement ``n_bootstrap`` times; intervals
@@ -114,7 +116,9 @@ def rank_correlation(lower: np.ndarray, top: np.ndarray, *, n_bootstrap: int, rn
     lower = np.asarray(lower, dtype=float)
     top = np.asarray(top, dtype=float)
     if lower.shape != top.shape or lower.ndim != 1:
-        raise ValueError(f"rank_correlation: lower and top must be 1-d and of equal length (got {lower.shape}, {top.shape})")
+        raise ValueError(
+            f"rank_correlation: lower and top must be 1-d and of equal length (got {lower.shape}, {top.shape})"
+        )
     n = int(lower.size)
     if n < MIN_PAIRS_TO_COMPUTE:
         return RankCorrelation(n, None, None, None, None)

@@ -16,8 +16,9 @@ import math
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -109,7 +110,9 @@ class StudyTracker:
             self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
     def _existing_parent(self, name: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'")
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'"
+        )
         for run in runs:
             if run.data.tags.get(STUDY_TAG) == name:
                 return run.info.run_id
@@ -176,7 +179,9 @@ class StudyTracker:
                 "status": status,
                 "reason": reason[:5000],
             }
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{number}", tags=tags
+            ).info.run_id
             self._log_params(run_id, {_key(k): _param_value(v) for k, v in config.items()})
             if cost and cost.get("energy_source"):
                 self.client.set_tag(run_id, "cost.energy_source", str(cost["energy_source"]))
@@ -207,10 +212,17 @@ class StudyTracker:
     @staticmethod
     def _cost_metrics(cost: Mapping[str, Any]) -> list[Metric]:
         now = int(time.time() * 1000)
-        return [Metric(_key(f"cost.{k}"), float(v), now, 0) for k, v in cost.items() if _numeric(v) is not None and math.isfinite(v)]
+        return [
+            Metric(_key(f"cost.{k}"), float(v), now, 0)
+            for k, v in cost.items()
+            if _numeric(v) is not None and math.isfinite(v)
+        ]
 
     def end_study(
-        self, best_value: float | None, best_params: Mapping[str, Any] | None, cost: Mapping[str, Any] | None = None
+        self,
+        best_value: float | None,
+        best_params: Mapping[str, Any] | None,
+        cost: Mapping[str, Any] | None = None,
     ) -> None:
         """Record the best result on the parent run and close it.
 
@@ -226,7 +238,10 @@ class StudyTracker:
                 self.client.log_metric(run_id, "best_value", float(best_value))
             if cost:
                 self.client.log_batch(run_id, metrics=self._cost_metrics(cost))
-            tags = [RunTag(_key(f"best.{k}"), _param_value(v)[:5000]) for k, v in (best_params or {}).items()]
+            tags = [
+                RunTag(_key(f"best.{k}"), _param_value(v)[:5000])
+                for k, v in (best_params or {}).items()
+            ]
             if tags:
                 self.client.log_batch(run_id, tags=tags)
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))

@@ -16,9 +16,10 @@ import json
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from mlflow.entities import Metric, Param
@@ -72,7 +73,12 @@ class RegisteredModel:
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
         done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=False
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):  # git missing, hung, cwd gone
         return None
@@ -115,7 +121,9 @@ def _probe(uri: str) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
     except OSError as exc:
-        raise RegistryError(f"cannot reach the MLflow tracking server {mask_uri(uri)}: {exc}") from exc
+        raise RegistryError(
+            f"cannot reach the MLflow tracking server {mask_uri(uri)}: {exc}"
+        ) from exc
 
 
 def _not_found(exc: MlflowException) -> bool:
@@ -151,7 +159,9 @@ class ModelRegistry:
         experiment: str = "speechtune-registry",
     ) -> None:
         if tracking_uri is None and store_dir is None:
-            raise RegistryError("ModelRegistry needs a tracking_uri or a store_dir for a local store")
+            raise RegistryError(
+                "ModelRegistry needs a tracking_uri or a store_dir for a local store"
+            )
         if not model_name or any(c in model_name for c in "'`\""):
             raise RegistryError(f"invalid registered model name {model_name!r} (empty or quoted)")
         self.model_name = model_name
@@ -171,7 +181,9 @@ class ModelRegistry:
             masked = mask_uri(tracking_uri)
             # Driver messages may quote the URI, credentials included.
             detail = str(exc).replace(tracking_uri, masked)
-            raise RegistryError(f"cannot open the MLflow store {masked}: {type(exc).__name__}: {detail}") from exc
+            raise RegistryError(
+                f"cannot open the MLflow store {masked}: {type(exc).__name__}: {detail}"
+            ) from exc
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -206,11 +218,15 @@ class ModelRegistry:
             out.setdefault(str(version), []).append(alias)
         return {version: tuple(sorted(names)) for version, names in out.items()}
 
-    def _model(self, version: Any, aliases: Mapping[str, tuple[str, ...]] | None = None) -> RegisteredModel:
+    def _model(
+        self, version: Any, aliases: Mapping[str, tuple[str, ...]] | None = None
+    ) -> RegisteredModel:
         if aliases is None:
             aliases = self._alias_map()
         try:
-            metrics = dict(self.client.get_run(version.run_id).data.metrics) if version.run_id else {}
+            metrics = (
+                dict(self.client.get_run(version.run_id).data.metrics) if version.run_id else {}
+            )
         except MlflowException as exc:
             if not _not_found(exc):
                 raise
@@ -270,7 +286,9 @@ class ModelRegistry:
     def versions(self) -> list[RegisteredModel]:
         """All versions of the model, oldest first (empty when it is not registered yet)."""
         aliases = self._alias_map()
-        return [self._model(v, aliases) for v in sorted(self._versions(), key=lambda v: int(v.version))]
+        return [
+            self._model(v, aliases) for v in sorted(self._versions(), key=lambda v: int(v.version))
+        ]
 
     # -- writing -------------------------------------------------------------------------
     def register(
@@ -323,7 +341,9 @@ class ModelRegistry:
             ]
             if values:
                 self.client.log_batch(run_id, metrics=values)
-            self.client.log_text(run_id, json.dumps(lineage, indent=2, sort_keys=True, default=str), LINEAGE_FILE)
+            self.client.log_text(
+                run_id, json.dumps(lineage, indent=2, sort_keys=True, default=str), LINEAGE_FILE
+            )
             self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
@@ -334,7 +354,11 @@ class ModelRegistry:
         # for readers that do not resolve run URIs.
         source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
         version = self.client.create_model_version(
-            self.model_name, source=source, run_id=run_id, tags=run_tags, description=description or None
+            self.model_name,
+            source=source,
+            run_id=run_id,
+            tags=run_tags,
+            description=description or None,
         )
         self._await_ready(str(version.version))
         return self._model(self.client.get_model_version(self.model_name, str(version.version)))
@@ -359,7 +383,9 @@ class ModelRegistry:
             if status == "READY":
                 return
             if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
-                raise RegistryError(f"model version {self.model_name}/{version} did not become ready: {status}")
+                raise RegistryError(
+                    f"model version {self.model_name}/{version} did not become ready: {status}"
+                )
             time.sleep(1.0)
 
     def set_alias(self, alias: str, version: str) -> None:
@@ -370,18 +396,26 @@ class ModelRegistry:
         """Download the version's files into ``dst``; returns the directory that holds ``model.pt``."""
         dst = Path(dst)
         dst.mkdir(parents=True, exist_ok=True)
-        run_root = self.client.get_run(model.run_id).info.artifact_uri.rstrip("/") if model.run_id else ""
+        run_root = (
+            self.client.get_run(model.run_id).info.artifact_uri.rstrip("/") if model.run_id else ""
+        )
         if run_root and model.source.startswith(run_root + "/"):
             # Through the client: works for proxied server artifacts (mlflow-artifacts:/) too.
-            local = self.client.download_artifacts(model.run_id, model.source[len(run_root) + 1 :], str(dst))
+            local = self.client.download_artifacts(
+                model.run_id, model.source[len(run_root) + 1 :], str(dst)
+            )
         else:  # a version registered by someone else, from elsewhere
             from mlflow.artifacts import download_artifacts
 
             uri = self.client.get_model_version_download_uri(model.name, model.version)
-            local = download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=self.tracking_uri)
+            local = download_artifacts(
+                artifact_uri=uri, dst_path=str(dst), tracking_uri=self.tracking_uri
+            )
         path = Path(local)
         if not (path / "model.pt").is_file():
-            raise RegistryError(f"model version {model.name}/{model.version} ({model.source}) has no model.pt")
+            raise RegistryError(
+                f"model version {model.name}/{model.version} ({model.source}) has no model.pt"
+            )
         return path
 
     def attach(self, model: RegisteredModel, path: Path, artifact_path: str = "export") -> str:

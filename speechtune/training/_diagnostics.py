@@ -66,7 +66,15 @@ class FlatlineDetector:
         self._last = train_loss
 
     def state_dict(self) -> dict:
-        return {"last": self._last, "flat_epochs": self._flat_epochs, "history": list(self.history)}
+        return {
+            "last": self._last,
+            "flat_epochs": self._flat_epochs,
+            "history": list(self.history),
+        }
 
     def load_state_dict(self, d: dict) -> None:
-        self._last, self._flat_epochs, self.history = d["last"], d["flat_epochs"], list(d["history"])
+        self._last, self._flat_epochs, self.history = (
+            d["last"],
+            d["flat_epochs"],
+            list(d["history"]),
+        )

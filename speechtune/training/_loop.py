@@ -11,9 +11,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -193,7 +194,9 @@ def evaluate_dev(
         else:
             decode = DecodeConfig(method="beam", beam_size=1, ctc_weight=0.0)
     durations = {u.id: u.duration for u in manifest}
-    sampler = BucketBatchSampler([u.duration for u in manifest], cfg.train.batch_size, shuffle=False)
+    sampler = BucketBatchSampler(
+        [u.duration for u in manifest], cfg.train.batch_size, shuffle=False
+    )
     ids_all = [u.id for u in manifest]
     total_loss, n = 0.0, 0
     hyps: dict[str, str] = {}
@@ -263,11 +266,16 @@ def train(
     # -- data, features, tokenizer -------------------------------------------------------------
     if data is None:
         data = prepare_data(cfg.data, cfg.features.sample_rate, opts.cache_dir, opts.progress)
-    train_set, dev_set = require_tunable(data.train, "training"), require_tunable(data.dev, "model selection")
+    train_set, dev_set = (
+        require_tunable(data.train, "training"),
+        require_tunable(data.dev, "model selection"),
+    )
     # The tokenizer covers the whole charset, not only the letters a (proxy) training subset
     # happens to contain, so that dev text is never unwritable by accident.
     alphabet = " ".join(sorted(corpus_charset(cfg.data) - {" "}))
-    tokenizer = build_tokenizer(cfg.tokenizer.kind, [u.text for u in train_set] + [alphabet], cfg.tokenizer.vocab_size)
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.kind, [u.text for u in train_set] + [alphabet], cfg.tokenizer.vocab_size
+    )
     # Dev text the tokenizer cannot write is bad input too: name it rather than crash mid-epoch.
     dev_set, _ = validate_manifest(dev_set, charset=tokenizer.charset, skip_bad=cfg.data.skip_bad)
     train_feats = _features(train_set, cfg, opts, device)
@@ -289,7 +297,11 @@ def train(
     ids_train = [u.id for u in train_set]
     durations = {u.id: u.duration for m in (train_set, dev_set) for u in m}
     sampler = BucketBatchSampler(
-        [u.duration for u in train_set], t.batch_size, num_buckets=t.num_buckets, bucketed=t.bucketed, seed=cfg.seed
+        [u.duration for u in train_set],
+        t.batch_size,
+        num_buckets=t.num_buckets,
+        bucketed=t.bucketed,
+        seed=cfg.seed,
     )
     steps_per_epoch = math.ceil(len(sampler) / t.grad_accum)
     # The schedule's horizon may reach past this run (train.schedule_epochs), so that a short
@@ -322,7 +334,9 @@ def train(
             loss_sum, n_utts, gnorm_sum, n_steps, audio_s = 0.0, 0, 0.0, 0, 0.0
             optimizer.zero_grad(set_to_none=True)
             batches = list(sampler)
-            for k, idx in enumerate(_progress(batches, f"epoch {epoch}/{t.epochs}", opts.progress)):
+            for k, idx in enumerate(
+                _progress(batches, f"epoch {epoch}/{t.epochs}", opts.progress)
+            ):
                 ids = [ids_train[i] for i in idx]
                 b = _collate(ids, train_feats, targets, durations, device)
                 x = recognizer.normalize(b.feats)
@@ -338,7 +352,14 @@ def train(
                 n_utts += len(ids)
                 audio_s += b.audio_seconds
                 if (k + 1) % t.grad_accum == 0 or k + 1 == len(batches):
-                    lr = lr_at(state.step, cfg.schedule, peak_lr, total_steps, cfg.model.d_model, plateau.reductions)
+                    lr = lr_at(
+                        state.step,
+                        cfg.schedule,
+                        peak_lr,
+                        total_steps,
+                        cfg.model.d_model,
+                        plateau.reductions,
+                    )
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
@@ -351,7 +372,9 @@ def train(
                     state.step += 1
             train_time = time.perf_counter() - t0
             train_loss = loss_sum / max(n_utts, 1)
-            dev = evaluate_dev(recognizer, dev_set, dev_feats, targets, cfg, device, full_decode=False)
+            dev = evaluate_dev(
+                recognizer, dev_set, dev_feats, targets, cfg, device, full_decode=False
+            )
             if cfg.schedule.name == "plateau":
                 plateau.update(dev["dev_loss"])
             row = {
@@ -389,7 +412,14 @@ def train(
             if opts.progress:
                 log.info(
                     "epoch %d/%d  train_loss %.3f  dev_loss %.3f  WER %.3f  CER %.3f  lr %.2e  (%.1fs)",
-                    epoch, t.epochs, train_loss, dev["dev_loss"], dev["wer"], dev["cer"], row["lr"], train_time,
+                    epoch,
+                    t.epochs,
+                    train_loss,
+                    dev["dev_loss"],
+                    dev["wer"],
+                    dev["cer"],
+                    row["lr"],
+                    train_time,
                 )
             # Diagnostics before the reporter: a flat run ends with its own reason.
             flatline.update(train_loss, epoch)
@@ -401,14 +431,19 @@ def train(
     except Exception as exc:  # out-of-memory is an outcome, anything else is a bug to surface
         if not is_oom(exc):
             raise
-        status, reason = OOM, f"oom: out of memory at epoch {state.epoch + 1} ({type(exc).__name__}: {exc})"
+        status, reason = (
+            OOM,
+            f"oom: out of memory at epoch {state.epoch + 1} ({type(exc).__name__}: {exc})",
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     result = TrainResult(status=status, reason=reason, history=state.history, output_dir=out_dir)
     if model_path.is_file():
         result.metrics = final_metrics(model_path, dev_set, dev_feats, targets, cfg, device, state)
-    _write_json(out_dir / "result.json", {"status": status, "reason": reason, "metrics": result.metrics})
+    _write_json(
+        out_dir / "result.json", {"status": status, "reason": reason, "metrics": result.metrics}
+    )
     return result
 
 
@@ -419,7 +454,7 @@ def final_metrics(
     targets: dict[str, list[int]],
     cfg: RecipeConfig,
     device: torch.device,
-    state: "_RunState",
+    state: _RunState,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint with the configured decoder; write ``metrics.json`` beside it."""
     from speechtune.inference import measure_decoding_latency
@@ -430,7 +465,10 @@ def final_metrics(
         "split": "dev",
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
-        **{k: dev[k] for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "dev_loss")},
+        **{
+            k: dev[k]
+            for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "dev_loss")
+        },
         "num_parameters": parameter_count(best.model),
         "model_bytes": model_path.stat().st_size,
         **measure_decoding_latency(best, dev_set, max_utterances=32),
@@ -480,7 +518,9 @@ def _check_resume_config(cfg: RecipeConfig, path: Path) -> None:
     saved_cfg = config_from_dict(yaml.safe_load(path.read_text()), str(path))
     saved = flatten(config_to_dict(saved_cfg))
     now = flatten(config_to_dict(cfg))
-    changed = sorted(k for k in set(saved) | set(now) if k not in _EPOCH_KEYS and saved.get(k) != now.get(k))
+    changed = sorted(
+        k for k in set(saved) | set(now) if k not in _EPOCH_KEYS and saved.get(k) != now.get(k)
+    )
     old_e, new_e = saved_cfg.train.epochs, cfg.train.epochs
     old_h, new_h = schedule_epochs(saved_cfg.train), schedule_epochs(cfg.train)
     if new_e < old_e:
@@ -499,7 +539,13 @@ def _check_resume_config(cfg: RecipeConfig, path: Path) -> None:
             "continuing %s from %d to %d epochs with the lr schedule's horizon moved from %d to %d epochs: "
             "the result differs from one straight %d-epoch run (set train.schedule_epochs=%d from the start "
             "for an exact continuation)",
-            path.parent, old_e, new_e, old_h, new_h, new_e, new_e,
+            path.parent,
+            old_e,
+            new_e,
+            old_h,
+            new_h,
+            new_e,
+            new_e,
         )
 
 

@@ -104,9 +104,7 @@ def build_optimizer(params: Params, cfg: OptimConfig, lr: float) -> torch.optim.
     """
     builder = _BUILDERS.get(cfg.name)
     if builder is None:
-        raise ValueError(
-            f"optim.name must be one of {sorted(_BUILDERS)}, but got {cfg.name!r}."
-        )
+        raise ValueError(f"optim.name must be one of {sorted(_BUILDERS)}, but got {cfg.name!r}.")
     if not lr > 0.0:
         raise ValueError(f"learning rate must be > 0, but got lr={lr}.")
     return builder(params, cfg, lr)

@@ -84,9 +84,13 @@ def para(*parts: Cell, kind: str = "") -> Para:
     return Para(inline(*parts), kind)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Cell]], numeric: Sequence[int] = ()) -> Table:
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[Cell]], numeric: Sequence[int] = ()
+) -> Table:
     """A table; ``numeric`` columns are right-aligned."""
-    return Table(tuple(header), tuple(tuple(inline(c) for c in row) for row in rows), frozenset(numeric))
+    return Table(
+        tuple(header), tuple(tuple(inline(c) for c in row) for row in rows), frozenset(numeric)
+    )
 
 
 def facts(*items: tuple[str, Cell] | None) -> Facts:

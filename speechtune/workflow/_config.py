@@ -40,7 +40,18 @@ from speechtune.tuning.spec import checked_entries, close_matches, is_int, is_nu
 
 #: The stages in the order they run; ``--from-stage`` takes a name or its number (1-based).
 STAGES = ("proxy", "baseline", "coarse", "fine", "validate", "full", "gate", "export")
-SECTIONS = ("name", "tuning", "proxy", "coarse", "fine", "validation", "full", "golden", "gating", "export")
+SECTIONS = (
+    "name",
+    "tuning",
+    "proxy",
+    "coarse",
+    "fine",
+    "validation",
+    "full",
+    "golden",
+    "gating",
+    "export",
+)
 _SAMPLERS = ("random", "tpe", "gp", "cmaes", "qmc")
 _PRUNERS = ("none", "median", "percentile", "sha", "hyperband", "wilcoxon")
 _GATE_METRICS = ("wer", "cer", "worst_group_wer")
@@ -176,7 +187,9 @@ def stage_index(stage: str | int) -> int:
     if text in STAGES:
         return STAGES.index(text)
     listing = ", ".join(f"{i + 1} {s}" for i, s in enumerate(STAGES))
-    raise ValueError(f"unknown stage {stage!r}{close_matches(text, STAGES)}; the stages are: {listing}")
+    raise ValueError(
+        f"unknown stage {stage!r}{close_matches(text, STAGES)}; the stages are: {listing}"
+    )
 
 
 def _section(raw: Mapping[str, Any], key: str, problems: list[ConfigProblem]) -> dict[str, Any]:
@@ -191,7 +204,10 @@ def _section(raw: Mapping[str, Any], key: str, problems: list[ConfigProblem]) ->
 
 _PROXY = {
     "fraction": (lambda v: v is None or _fraction(v), "must be a number in (0, 1] or null"),
-    "hours": (lambda v: v is None or (is_num(v) and v > 0), "must be a positive number of hours or null"),
+    "hours": (
+        lambda v: v is None or (is_num(v) and v > 0),
+        "must be a positive number of hours or null",
+    ),
 }
 _COARSE = {
     "n_trials": (_pos_int, "must be an integer >= 1"),
@@ -208,7 +224,12 @@ _FINE = {
 _VALIDATION = {
     "top_k": (_pos_int, "must be an integer >= 1"),
     "seeds": (
-        lambda v: isinstance(v, list) and len(v) >= 1 and all(is_int(s) for s in v) and len(set(v)) == len(v),
+        lambda v: (
+            isinstance(v, list)
+            and len(v) >= 1
+            and all(is_int(s) for s in v)
+            and len(set(v)) == len(v)
+        ),
         "must be a list of distinct integers",
     ),
     "alpha": (lambda v: is_num(v) and 0 < v < 1, "must be a number in (0, 1)"),
@@ -222,10 +243,15 @@ _GATING = {
     "model_name": (lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty string"),
     "metric": (lambda v: v in _GATE_METRICS, f"must be one of {', '.join(_GATE_METRICS)}"),
     "margin": (lambda v: is_num(v) and v >= 0, "must be a number >= 0 (absolute WER)"),
-    "tracking_uri": (lambda v: v is None or (isinstance(v, str) and v != ""), "must be an MLflow tracking URI or null"),
+    "tracking_uri": (
+        lambda v: v is None or (isinstance(v, str) and v != ""),
+        "must be an MLflow tracking URI or null",
+    ),
     "registry_dir": (lambda v: isinstance(v, str) and v != "", "must be a directory path"),
 }
-_EXPORT = {"format": (lambda v: v in _EXPORT_FORMATS, f"must be one of {', '.join(_EXPORT_FORMATS)}")}
+_EXPORT = {
+    "format": (lambda v: v in _EXPORT_FORMATS, f"must be one of {', '.join(_EXPORT_FORMATS)}")
+}
 
 
 def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -> GoldenSpec:
@@ -249,13 +275,19 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
             )
         )
     if ("manifest" in sec) == ("synthetic" in sec):
-        problems.append(ConfigProblem("golden", "give exactly one of manifest or synthetic", dict(sec)))
+        problems.append(
+            ConfigProblem("golden", "give exactly one of manifest or synthetic", dict(sec))
+        )
         return GoldenSpec()
     if "manifest" in sec:
         value = sec["manifest"]
         if not isinstance(value, str) or not value:
             problems.append(
-                ConfigProblem("golden.manifest", "must be a path to a manifest (JSONL/CSV/Kaldi dir/lhotse)", value)
+                ConfigProblem(
+                    "golden.manifest",
+                    "must be a path to a manifest (JSONL/CSV/Kaldi dir/lhotse)",
+                    value,
+                )
             )
             return GoldenSpec()
         path = Path(value).expanduser()
@@ -266,9 +298,11 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
         return GoldenSpec(manifest=path.resolve())
     synth = sec["synthetic"]
     if not isinstance(synth, Mapping):
-        problems.append(ConfigProblem("golden.synthetic", "must be a mapping of synthetic-corpus keys", synth))
+        problems.append(
+            ConfigProblem("golden.synthetic", "must be a mapping of synthetic-corpus keys", synth)
+        )
         return GoldenSpec()
-    valid = [f for f in SyntheticConfig.__dataclass_fields__]
+    valid = list(SyntheticConfig.__dataclass_fields__)
     good = {}
     for k, v in synth.items():
         if k not in valid:
@@ -286,7 +320,10 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
 
         cfg = config_from_dict({"data": {"corpus": "synthetic", "synthetic": good}})
     except ConfigError as exc:
-        problems.extend(ConfigProblem(f"golden.{p.key.removeprefix('data.')}", p.rule, p.value) for p in exc.problems)
+        problems.extend(
+            ConfigProblem(f"golden.{p.key.removeprefix('data.')}", p.rule, p.value)
+            for p in exc.problems
+        )
         return GoldenSpec()
     return GoldenSpec(synthetic=cfg.data.synthetic)
 
@@ -295,7 +332,9 @@ def _read(path: Path, problems: list[ConfigProblem]) -> dict[str, Any] | None:
     try:
         text = path.read_text()
     except OSError as exc:
-        problems.append(ConfigProblem(str(path), f"cannot read the workflow YAML: {exc.strerror or exc}", None))
+        problems.append(
+            ConfigProblem(str(path), f"cannot read the workflow YAML: {exc.strerror or exc}", None)
+        )
         return None
     try:
         data = yaml.safe_load(text)
@@ -349,7 +388,9 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
     if not isinstance(tuning_entry, str) or not tuning_entry:
         problems.append(
             ConfigProblem(
-                "tuning", "is required: the path of a tuning YAML (recipe, presets, space, objective)", tuning_entry
+                "tuning",
+                "is required: the path of a tuning YAML (recipe, presets, space, objective)",
+                tuning_entry,
             )
         )
     else:
@@ -370,7 +411,9 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
             )
     coarse = checked_entries(_section(raw, "coarse", problems), "coarse", _COARSE, problems)
     fine = checked_entries(_section(raw, "fine", problems), "fine", _FINE, problems)
-    validation = checked_entries(_section(raw, "validation", problems), "validation", _VALIDATION, problems)
+    validation = checked_entries(
+        _section(raw, "validation", problems), "validation", _VALIDATION, problems
+    )
     full = checked_entries(_section(raw, "full", problems), "full", _FULL, problems)
     gating = checked_entries(_section(raw, "gating", problems), "gating", _GATING, problems)
     export = checked_entries(_section(raw, "export", problems), "export", _EXPORT, problems)
@@ -385,10 +428,15 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
         name=name,
         tuning=tuning,
         proxy=ProxySpec(**proxy),
-        coarse=SearchStageSpec(**{"n_trials": 20, "sampler": "random", "pruner": "none", **coarse}),
+        coarse=SearchStageSpec(
+            **{"n_trials": 20, "sampler": "random", "pruner": "none", **coarse}
+        ),
         fine=SearchStageSpec(**{"n_trials": 30, "sampler": "tpe", "pruner": "median", **fine}),
         validation=ValidationSpec(
-            **{**validation, **({"seeds": tuple(validation["seeds"])} if "seeds" in validation else {})}
+            **{
+                **validation,
+                **({"seeds": tuple(validation["seeds"])} if "seeds" in validation else {}),
+            }
         ),
         full=FullSpec(**full),
         golden=golden,
@@ -407,7 +455,9 @@ def _check_full_overrides(overrides: Mapping[str, Any], problems: list[ConfigPro
         if key in ("data.proxy_fraction", "data.proxy_hours"):
             problems.append(
                 ConfigProblem(
-                    f"full.overrides.{key}", "is set by the workflow: full training uses all the training data", value
+                    f"full.overrides.{key}",
+                    "is set by the workflow: full training uses all the training data",
+                    value,
                 )
             )
         elif key.startswith("data."):
@@ -421,7 +471,11 @@ def _check_full_overrides(overrides: Mapping[str, Any], problems: list[ConfigPro
             )
         elif key not in keys:
             problems.append(
-                ConfigProblem(f"full.overrides.{key}", f"unknown recipe key{close_matches(key, sorted(keys))}", value)
+                ConfigProblem(
+                    f"full.overrides.{key}",
+                    f"unknown recipe key{close_matches(key, sorted(keys))}",
+                    value,
+                )
             )
 
 

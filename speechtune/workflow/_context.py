@@ -86,7 +86,12 @@ class Context:
         fidelity = getattr(self.tuning, "fidelity", None)
         if fidelity is not None:
             top = dict(fidelity.fidelity.rungs[-1].overrides)
-        overrides = {**top, **self.spec.full.overrides, "data.proxy_fraction": 1.0, "data.proxy_hours": None}
+        overrides = {
+            **top,
+            **self.spec.full.overrides,
+            "data.proxy_fraction": 1.0,
+            "data.proxy_hours": None,
+        }
         return merge_config(self.tuning.base_recipe, overrides)
 
     # -- data ----------------------------------------------------------------------------------
@@ -96,7 +101,9 @@ class Context:
             from speechtune.data import prepare_data
 
             cfg = config_from_dict(self.full_recipe(), "the workflow's recipe")
-            self._data = prepare_data(cfg.data, cfg.features.sample_rate, self.cache_dir, self.progress)
+            self._data = prepare_data(
+                cfg.data, cfg.features.sample_rate, self.cache_dir, self.progress
+            )
         return self._data
 
     def objective(self, recipe: Mapping[str, Any]) -> Any:
@@ -104,7 +111,11 @@ class Context:
         from speechtune.tuning.objectives import RecipeObjective
 
         return RecipeObjective(
-            recipe, device=self.device, cache_dir=self.cache_dir, num_threads=self.num_threads, data=self.data()
+            recipe,
+            device=self.device,
+            cache_dir=self.cache_dir,
+            num_threads=self.num_threads,
+            data=self.data(),
         )
 
     def tracker(self) -> Any:
@@ -120,7 +131,11 @@ class Context:
         """The tuned objective (e.g. dev WER, or worst-group WER) of one run's final metrics."""
         from speechtune.tuning.study import complete_metrics
 
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         return self.tuning.objective.values(complete_metrics(numeric, extra or metrics))[0]
 
 
@@ -145,7 +160,9 @@ def train_once(
     if done.is_file():
         return RunRecord.from_dict(json.loads(done.read_text()))
     if (out_dir / "last.pt").is_file():
-        (out_dir / CONTINUE_MARKER).write_text(json.dumps({"reason": "workflow resumed an interrupted training"}))
+        (out_dir / CONTINUE_MARKER).write_text(
+            json.dumps({"reason": "workflow resumed an interrupted training"})
+        )
     outcome = ctx.objective(recipe)(dict(config), NullReporter(), out_dir, seed)
     value = None
     if outcome.ok:
@@ -153,7 +170,10 @@ def train_once(
             value = ctx.value(outcome.metrics, outcome.extra)
         except KeyError as exc:
             log.warning("run in %s: %s", out_dir, exc)
-    metrics = {**outcome.metrics, **{k: outcome.extra[k] for k in ("group_wer", "worst_group") if k in outcome.extra}}
+    metrics = {
+        **outcome.metrics,
+        **{k: outcome.extra[k] for k in ("group_wer", "worst_group") if k in outcome.extra},
+    }
     run = RunRecord(
         status=outcome.status,
         reason=outcome.reason,

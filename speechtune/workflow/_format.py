@@ -54,7 +54,12 @@ def is_rate(metric: str) -> bool:
 
 def metric_label(metric: Any) -> str:
     """A metric's name for readers (``worst_group_wer`` -> ``worst-group WER``)."""
-    labels = {"wer": "WER", "cer": "CER", "worst_group_wer": "worst-group WER", "worst_group_cer": "worst-group CER"}
+    labels = {
+        "wer": "WER",
+        "cer": "CER",
+        "worst_group_wer": "worst-group WER",
+        "worst_group_cer": "worst-group CER",
+    }
     return labels.get(str(metric), str(metric))
 
 
@@ -180,7 +185,9 @@ def params_text(params: Any) -> str:
     """A config as ``key=value, ...`` sorted by key (a dash for none)."""
     if not isinstance(params, Mapping) or not params:
         return DASH
-    return ", ".join(f"{k}={param(v)}" for k, v in sorted(params.items(), key=lambda kv: str(kv[0])))
+    return ", ".join(
+        f"{k}={param(v)}" for k, v in sorted(params.items(), key=lambda kv: str(kv[0]))
+    )
 
 
 def yes_no(x: Any) -> str:

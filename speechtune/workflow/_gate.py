@@ -29,7 +29,9 @@ def file_sha256(path: Path) -> str:
 def golden_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     """The part of an evaluation kept for gating: WER, CER, worst and per-group WER, size of the set."""
     return {
-        k: result[k] for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "utterances") if k in result
+        k: result[k]
+        for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "utterances")
+        if k in result
     }
 
 
@@ -58,7 +60,9 @@ def decide(
     )
 
 
-def registry_metrics(dev: Mapping[str, Any], golden: Mapping[str, Any], cost: Mapping[str, Any]) -> dict[str, float]:
+def registry_metrics(
+    dev: Mapping[str, Any], golden: Mapping[str, Any], cost: Mapping[str, Any]
+) -> dict[str, float]:
     """Flat MLflow metrics of a registered model.
 
     Dev and golden metrics (overall, worst and per group), and the workflow's cost.
@@ -115,7 +119,9 @@ def gate_model(
 
     model_dir, work_dir = Path(model_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    challenger = golden_metrics(evaluate_model(model_dir / "model.pt", golden, device=device, name="golden"))
+    challenger = golden_metrics(
+        evaluate_model(model_dir / "model.pt", golden, device=device, name="golden")
+    )
     # The model's bytes identify it: a retrained model is a new version, the same one is not.
     model_sha = file_sha256(model_dir / "model.pt")
     existing = registry.find_version("speechtune.model_sha256", model_sha)
@@ -123,13 +129,18 @@ def gate_model(
     champion = None
     if champ is not None and existing is not None and champ.version == existing.version:
         champion = {"version": champ.version, **challenger}
-        promote, decision = True, f"this model is already the champion (version {champ.version}): nothing to change."
+        promote, decision = (
+            True,
+            f"this model is already the champion (version {champ.version}): nothing to change.",
+        )
     else:
         if champ is not None:
             champ_dir = registry.download(champ, work_dir / f"champion-v{champ.version}")
             champion = {
                 "version": champ.version,
-                **golden_metrics(evaluate_model(champ_dir / "model.pt", golden, device=device, name="golden")),
+                **golden_metrics(
+                    evaluate_model(champ_dir / "model.pt", golden, device=device, name="golden")
+                ),
             }
         promote, decision = decide(challenger, champion, metric, margin)
     if existing is None:
@@ -137,7 +148,11 @@ def gate_model(
             model_dir,
             params=params,
             metrics=registry_metrics(dev, challenger, cost),
-            tags={**tags, "speechtune.model_sha256": model_sha, "speechtune.decision": decision[:4900]},
+            tags={
+                **tags,
+                "speechtune.model_sha256": model_sha,
+                "speechtune.decision": decision[:4900],
+            },
             lineage={**lineage, "golden_metrics": challenger, "decision": decision},
             run_name=run_name,
             description=decision,
@@ -148,7 +163,9 @@ def gate_model(
     if promote:
         registry.set_alias("champion", version.version)
     (work_dir / "decision.json").write_text(
-        json.dumps({"version": version.version, "promoted": promote, "decision": decision}, indent=2)
+        json.dumps(
+            {"version": version.version, "promoted": promote, "decision": decision}, indent=2
+        )
     )
     return {
         "challenger": challenger,

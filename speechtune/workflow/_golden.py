@@ -56,7 +56,9 @@ def leakage(golden: Manifest, *seen: Manifest) -> Leakage:
     """Golden utterances whose audio file is also in ``seen`` (train/dev), and speakers in both."""
     seen_paths = {str(m.resolve(u)) for m in seen for u in m if u.audio is not None}
     seen_speakers = {u.speaker for m in seen for u in m}
-    shared = sorted(u.id for u in golden if u.audio is not None and str(golden.resolve(u)) in seen_paths)
+    shared = sorted(
+        u.id for u in golden if u.audio is not None and str(golden.resolve(u)) in seen_paths
+    )
     speakers = sorted({u.speaker for u in golden} & seen_speakers)
     return Leakage(shared_audio=shared, shared_speakers=speakers)
 
@@ -73,7 +75,9 @@ def load_golden(ctx: Context) -> tuple[Manifest, str]:
     manifest = synthesize_configured(golden_synthetic_root(ctx), s, ctx.progress)
     # Another seed draws other voices, but the generator names speakers by accent and index
     # (en-us_s00): prefixed, they cannot be mistaken for the training corpus's speakers.
-    renamed = [replace_utt(u, id=f"golden-{u.id}", speaker=f"golden-{u.speaker}") for u in manifest]
+    renamed = [
+        replace_utt(u, id=f"golden-{u.id}", speaker=f"golden-{u.speaker}") for u in manifest
+    ]
     return Manifest(renamed, "golden", manifest.root), f"synthetic corpus {manifest.root}"
 
 

@@ -154,7 +154,9 @@ def in_space(space: SearchSpace, params: Mapping[str, Any]) -> bool:
     return True
 
 
-def distributions_for(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, BaseDistribution]:
+def distributions_for(
+    space: SearchSpace, params: Mapping[str, Any]
+) -> dict[str, BaseDistribution]:
     """The Optuna distributions of exactly the tunable params of ``space`` present in ``params``.
 
     Pairs with :func:`encode_params` (same keys, same order) for :func:`optuna.trial.create_trial`.
@@ -181,7 +183,9 @@ def encode_params(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, An
         if isinstance(param, CategoricalParam):
             index = _choice_index(param, value)
             if index is None:
-                raise ValueError(f"{name}: {value!r} is not one of the choices {list(param.choices)}")
+                raise ValueError(
+                    f"{name}: {value!r} is not one of the choices {list(param.choices)}"
+                )
             encoded[name] = param.encoded()[index]
         elif isinstance(param, IntParam):
             encoded[name] = int(_checked_number(name, value, integer=True))
@@ -194,14 +198,18 @@ def encode_params(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, An
 # numeric params
 
 
-def _narrow_range(param: FloatParam | IntParam, values: Sequence[Any], expand: float, min_width: float) -> Param:
+def _narrow_range(
+    param: FloatParam | IntParam, values: Sequence[Any], expand: float, min_width: float
+) -> Param:
     integer = isinstance(param, IntParam)
     nums = [_checked_number(param.name, v, integer=integer) for v in values]
     for v in nums:
         # A small relative tolerance: a value read back from a store may have lost its last bit.
         tol = 1e-9 * max(1.0, abs(param.low), abs(param.high))
         if not param.low - tol <= v <= param.high + tol:
-            raise ValueError(f"{param.name}: top value {v!r} lies outside the original range {describe_param(param)}")
+            raise ValueError(
+                f"{param.name}: top value {v!r} lies outside the original range {describe_param(param)}"
+            )
     vmin, vmax = max(min(nums), param.low), min(max(nums), param.high)
     fwd, back = (math.log, math.exp) if param.log else (float, float)
     lo0, hi0 = fwd(param.low), fwd(param.high)
@@ -225,7 +233,9 @@ def _narrow_range(param: FloatParam | IntParam, values: Sequence[Any], expand: f
     return _with_prior_if_valid(new, param.prior)
 
 
-def _snap_outward(param: FloatParam | IntParam, low: float, high: float, vmin: float, vmax: float) -> tuple[Any, Any]:
+def _snap_outward(
+    param: FloatParam | IntParam, low: float, high: float, vmin: float, vmax: float
+) -> tuple[Any, Any]:
     """``[low, high]`` widened to grid points ``param.low + k * step`` inside the original range.
 
     Float grids are computed in decimal arithmetic, as Optuna checks them (``0.1 + 2 * 0.1`` must
@@ -263,7 +273,7 @@ def _snap_outward(param: FloatParam | IntParam, low: float, high: float, vmin: f
 def _checked_number(name: str, value: Any, *, integer: bool) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         # One error type for every bad value in a space (callers catch ValueError).
-        raise ValueError(f"{name}: {value!r} is not a number")  # noqa: TRY004
+        raise ValueError(f"{name}: {value!r} is not a number")
     if not math.isfinite(value):
         raise ValueError(f"{name}: {value!r} is not a finite number")
     if integer and not float(value).is_integer():
@@ -297,7 +307,9 @@ def _narrow_choices(param: CategoricalParam, values: Sequence[Any]) -> Param:
     for value in values:
         index = _choice_index(param, value)
         if index is None:
-            raise ValueError(f"{param.name}: top value {value!r} is not one of the choices {list(param.choices)}")
+            raise ValueError(
+                f"{param.name}: top value {value!r} is not one of the choices {list(param.choices)}"
+            )
         seen.add(index)
     choices = tuple(c for i, c in enumerate(param.choices) if i in seen)
     new = dataclasses.replace(param, choices=choices, prior=None)

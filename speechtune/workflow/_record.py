@@ -155,7 +155,13 @@ def _fields(cls: type[Record]) -> tuple[_Field, ...]:
             continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         out.append(
-            _Field(f.name, f.metadata.get(_KEY, f.name), hints[f.name], bool(f.metadata.get(_OPTIONAL)), required)
+            _Field(
+                f.name,
+                f.metadata.get(_KEY, f.name),
+                hints[f.name],
+                bool(f.metadata.get(_OPTIONAL)),
+                required,
+            )
         )
     _FIELDS[cls] = tuple(out)
     return _FIELDS[cls]

@@ -29,7 +29,14 @@ from speechtune.workflow._view import build_view
 from speechtune.workflow._wer_path import PathPoint
 from speechtune.workflow._wer_path import wer_path as _record_wer_path
 
-__all__ = ["STAGES", "PathPoint", "render_html", "render_markdown", "wer_path", "write_workflow_report"]
+__all__ = [
+    "STAGES",
+    "PathPoint",
+    "render_html",
+    "render_markdown",
+    "wer_path",
+    "write_workflow_report",
+]
 
 
 def _as_record(state: WorkflowRecord | Mapping[str, Any]) -> WorkflowRecord:
@@ -76,7 +83,9 @@ def render_html(state: WorkflowRecord | Mapping[str, Any]) -> str:
     return _template("report.html.j2").render(view=build_view(_as_record(state)))
 
 
-def write_workflow_report(state: WorkflowRecord | Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_workflow_report(
+    state: WorkflowRecord | Mapping[str, Any], out_dir: Path
+) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` for a workflow state into ``out_dir``.
 
     Args:
@@ -112,7 +121,9 @@ def _md_text(text: Any) -> str:
     # "[0.1, 0.5]" is no link without "](", an underscore inside a word (worst_group_wer) is never
     # emphasis in GFM, and line starts are always ours ("- ", "| ", "> "), so # and > are safe.
     text = re.sub(r"([\\`*|])", r"\\\1", re.sub(r"\s+", " ", str(text))).replace("](", "]\\(")
-    text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text)  # only a "<" that could open a tag ("p < 0.05" stays)
+    text = re.sub(
+        r"<(?=[A-Za-z/!?])", r"\\<", text
+    )  # only a "<" that could open a tag ("p < 0.05" stays)
     return re.sub(r"(?<!\w)_|_(?!\w)", r"\\_", text)
 
 
@@ -134,18 +145,27 @@ def _md_inline(content: Inline, in_table: bool = False) -> str:
 
 
 def _md_table(t: Table) -> Markup:
-    cells = [[_md_text(h) for h in t.header]] + [[_md_inline(c, True) for c in row] for row in t.rows]
+    cells = [[_md_text(h) for h in t.header]] + [
+        [_md_inline(c, True) for c in row] for row in t.rows
+    ]
     n = len(t.header)
     cells = [(row + [""] * n)[:n] for row in cells]
     widths = [max(3, *(len(row[i]) for row in cells)) for i in range(n)]
 
     def line(row: list[str]) -> str:
         padded = (
-            c.rjust(w) if i in t.numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.rjust(w) if i in t.numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         return "| " + " | ".join(padded) + " |"
 
-    rule = "| " + " | ".join(("-" * (w - 1) + ":") if i in t.numeric else "-" * w for i, w in enumerate(widths)) + " |"
+    rule = (
+        "| "
+        + " | ".join(
+            ("-" * (w - 1) + ":") if i in t.numeric else "-" * w for i, w in enumerate(widths)
+        )
+        + " |"
+    )
     return Markup("\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]]))
 
 
@@ -190,7 +210,9 @@ def _environment(escape: Callable[[str], str]) -> jinja2.Environment:
 
 _HTML_ENV = _environment(lambda text: html.escape(text, quote=True))
 _MD_ENV = _environment(_md_text)
-_MD_ENV.filters.update(md_inline=lambda c: Markup(_md_inline(c)), md_table=_md_table, md_pre=_md_pre)
+_MD_ENV.filters.update(
+    md_inline=lambda c: Markup(_md_inline(c)), md_table=_md_table, md_pre=_md_pre
+)
 
 
 def _template(name: str) -> jinja2.Template:

@@ -50,7 +50,12 @@ class Metrics(Record):
 
     def value(self, metric: str) -> float | None:
         """The value of ``metric`` (``wer``, ``cer``, ``worst_group_wer``, ...), None when absent."""
-        known = {"wer": self.wer, "cer": self.cer, "worst_group_wer": self.worst_group_wer, "dev_loss": self.dev_loss}
+        known = {
+            "wer": self.wer,
+            "cer": self.cer,
+            "worst_group_wer": self.worst_group_wer,
+            "dev_loss": self.dev_loss,
+        }
         value = known.get(metric, self.extra.get(metric))
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

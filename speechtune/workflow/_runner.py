@@ -167,7 +167,9 @@ def run_workflow(
         config_hash=digest,
         spec=spec_summary(spec),
         code_version=CodeVersion.from_dict(code_version()),
-        metric=objective.metric if objective.group == "mean" else f"{objective.group}_{objective.metric}",
+        metric=objective.metric
+        if objective.group == "mean"
+        else f"{objective.group}_{objective.metric}",
         cost_model=tuning.cost,
     )
     state.save()
@@ -247,7 +249,7 @@ def _write_report(state: WorkflowState) -> None:
         from speechtune.workflow._report import write_workflow_report
 
         write_workflow_report(state.record, state.run_dir)
-    except Exception as exc:  # noqa: BLE001 -- a broken report must never lose a stage's result
+    except Exception as exc:
         log.warning("could not write the workflow report: %s: %s", type(exc).__name__, exc)
 
 
@@ -263,17 +265,23 @@ def summary(state: WorkflowState) -> str:
     for point in wer_path(rec):
         if point.value is not None:
             spread = f" ± {point.spread:.4f}" if point.spread is not None else ""
-            lines.append(f"  {point.metric} {point.step + ' (' + point.split + ')':<46} {point.value:.4f}{spread}")
+            lines.append(
+                f"  {point.metric} {point.step + ' (' + point.split + ')':<46} {point.value:.4f}{spread}"
+            )
     for stage in STAGES:
         entry = rec.stage(stage)
         if entry is not None and isinstance(entry.result, StageResult):
-            lines += [f"  warning ({stage}): {warning}" for warning in entry.result.stage_warnings()]
+            lines += [
+                f"  warning ({stage}): {warning}" for warning in entry.result.stage_warnings()
+            ]
     validate = rec.result_of("validate", ValidateResult)
     if validate is not None and validate.test is not None and validate.test.statement:
         lines.append(f"  validation: {validate.test.statement}")
     gate = rec.result_of("gate", GateResult)
     if gate is not None and gate.decision:
-        lines.append(f"  gating: {gate.decision} (version {gate.registered_version} of {gate.model_name})")
+        lines.append(
+            f"  gating: {gate.decision} (version {gate.registered_version} of {gate.model_name})"
+        )
     export = rec.result_of("export", ExportResult)
     if export is not None and export.path:
         lines.append(f"  exported: {export.path}")

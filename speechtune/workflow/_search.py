@@ -57,7 +57,9 @@ def stage_coarse(ctx: Context) -> SearchResult:
         fidelity=None,
     )
     study = _run_search(ctx, spec, ctx.run_dir / "coarse")
-    result = _summarise_study(study, spec, ctx.run_dir / "coarse", max(c.top_k, ctx.spec.validation.top_k))
+    result = _summarise_study(
+        study, spec, ctx.run_dir / "coarse", max(c.top_k, ctx.spec.validation.top_k)
+    )
     return dataclasses.replace(result, sampler=c.sampler, pruner=c.pruner)
 
 
@@ -72,9 +74,18 @@ def stage_fine(ctx: Context) -> SearchResult:
     )
     fidelity = ctx.tuning.fidelity if f.multi_fidelity else None
     if f.multi_fidelity and fidelity is None:
-        raise WorkflowError(f"fine.multi_fidelity is true but {ctx.spec.tuning} has no fidelity: section")
+        raise WorkflowError(
+            f"fine.multi_fidelity is true but {ctx.spec.tuning} has no fidelity: section"
+        )
     spec = _search_spec(
-        ctx, "fine", space, sampler=f.sampler, pruner=f.pruner, n_trials=f.n_trials, seed_offset=1, fidelity=fidelity
+        ctx,
+        "fine",
+        space,
+        sampler=f.sampler,
+        pruner=f.pruner,
+        n_trials=f.n_trials,
+        seed_offset=1,
+        fidelity=fidelity,
     )
     stage_dir = ctx.run_dir / "fine"
     added = _warm_start(ctx, spec, stage_dir, coarse) if f.warm_start and fidelity is None else 0
@@ -116,9 +127,13 @@ def _search_spec(
         from speechtune.tuning.backends import packed_storage_url
 
         # Several processes cannot share SQLite: the stage's study lives in a journal file.
-        study = dataclasses.replace(study, storage=packed_storage_url(None, (ctx.run_dir / stage).resolve()))
+        study = dataclasses.replace(
+            study, storage=packed_storage_url(None, (ctx.run_dir / stage).resolve())
+        )
     raw = dict(ctx.tuning.raw)
-    searched = {k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "storage", "seed")}
+    searched = {
+        k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "storage", "seed")
+    }
     raw["study"] = {**(raw.get("study") or {}), **searched}
     raw["overrides"] = {**(raw.get("overrides") or {}), **ctx.proxy_overrides()}
     # The space actually searched (presets folded in, narrowed for the fine stage), stored with the
@@ -174,7 +189,9 @@ def _summarise_study(study: Any, spec: TuningSpec, stage_dir: Path, top_k: int) 
     )
 
 
-def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None) -> Any:
+def _run_search(
+    ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None
+) -> Any:
     """The stage's study: in this process, or in ``ctx.workers`` worker processes on this machine."""
     from speechtune.reports import write_study_outputs
     from speechtune.tuning.backends import PackedBackend, run_study
@@ -185,10 +202,24 @@ def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int |
     if ctx.workers > 1 and spec.fidelity is None:
         # The workers neither track nor report (N processes on one MLflow store); this process
         # logs the finished study once. They inherit the golden-set guard through the environment.
-        extra = ["--cache-dir", str(Path(ctx.cache_dir).resolve()), "--no-report", "--quiet", "--no-tracking"]
-        slots = ctx.gpu_slots if ctx.gpu_slots is not None else (ctx.workers if ctx.device != "cpu" else None)
+        extra = [
+            "--cache-dir",
+            str(Path(ctx.cache_dir).resolve()),
+            "--no-report",
+            "--quiet",
+            "--no-tracking",
+        ]
+        slots = (
+            ctx.gpu_slots
+            if ctx.gpu_slots is not None
+            else (ctx.workers if ctx.device != "cpu" else None)
+        )
         backend = PackedBackend(
-            ctx.workers, device=ctx.device, gpu_slots=slots, extra_argv=extra, env=guard_env(golden_paths(ctx))
+            ctx.workers,
+            device=ctx.device,
+            gpu_slots=slots,
+            extra_argv=extra,
+            env=guard_env(golden_paths(ctx)),
         )
     else:
         objective = ctx.objective(spec.base_recipe)
@@ -205,7 +236,9 @@ def _run_search(ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int |
     )
 
 
-def _warm_start(ctx: Context, spec: TuningSpec, stage_dir: Path, coarse_result: SearchResult) -> int:
+def _warm_start(
+    ctx: Context, spec: TuningSpec, stage_dir: Path, coarse_result: SearchResult
+) -> int:
     """Add the coarse trials inside the fine region to the (new) fine study as finished evidence."""
     import optuna
 
@@ -230,7 +263,11 @@ def _warm_start(ctx: Context, spec: TuningSpec, stage_dir: Path, coarse_result: 
             continue
         kept = ("config", "metrics", "group_wer", "history", "trial_dir")
         attrs: dict[str, Any] = {k: t.user_attrs[k] for k in kept if k in t.user_attrs}
-        attrs.update(status="complete", reason=f"warm start: coarse trial {t.number}", warm_start_from=t.number)
+        attrs.update(
+            status="complete",
+            reason=f"warm start: coarse trial {t.number}",
+            warm_start_from=t.number,
+        )
         fine.add_trial(
             optuna.trial.create_trial(
                 params=encode_params(spec.space, tunable),

@@ -83,7 +83,11 @@ def stage_proxy(ctx: Context) -> ProxyResult:
             f"the proxy subset is empty (proxy: {dataclasses.asdict(p)}); raise proxy.fraction or proxy.hours"
         )
     out = ctx.run_dir / "data"
-    paths = {"train_full": out / "train_full.jsonl", "proxy": out / "train_proxy.jsonl", "dev": out / "dev.jsonl"}
+    paths = {
+        "train_full": out / "train_full.jsonl",
+        "proxy": out / "train_proxy.jsonl",
+        "dev": out / "dev.jsonl",
+    }
     for key, manifest in (("train_full", data.train), ("proxy", proxy), ("dev", data.dev)):
         manifest.to_jsonl(paths[key])
     return ProxyResult(
@@ -103,7 +107,10 @@ def check_data_unchanged(ctx: Context) -> None:
     """A resumed workflow must see the data stage 1 recorded (same train and dev utterances)."""
     recorded = ctx.state.result("proxy", ProxyResult)
     data = ctx.data()
-    for key, manifest, summary in (("train_full", data.train, recorded.train_full), ("dev", data.dev, recorded.dev)):
+    for key, manifest, summary in (
+        ("train_full", data.train, recorded.train_full),
+        ("dev", data.dev, recorded.dev),
+    ):
         if manifest.fingerprint() != summary.fingerprint:
             raise WorkflowError(
                 f"the {key} data changed since stage 1 ran (fingerprint {manifest.fingerprint()} != "
@@ -165,9 +172,17 @@ def stage_validate(ctx: Context) -> ValidateResult:
         runs = []
         for seed in v.seeds:
             if name == "baseline" and seed == baseline.seed:
-                runs.append(RunRecord.from_dict(json.loads((Path(baseline.run_dir) / RUN_RECORD).read_text())))
+                runs.append(
+                    RunRecord.from_dict(
+                        json.loads((Path(baseline.run_dir) / RUN_RECORD).read_text())
+                    )
+                )
                 continue
-            runs.append(train_once(ctx, recipe, params, ctx.run_dir / "validate" / name / f"seed{seed}", seed))
+            runs.append(
+                train_once(
+                    ctx, recipe, params, ctx.run_dir / "validate" / name / f"seed{seed}", seed
+                )
+            )
         values = [r.value for r in runs if r.value is not None]
         mean, std = mean_std(values) if values else (None, None)
         candidates.append(
@@ -176,7 +191,11 @@ def stage_validate(ctx: Context) -> ValidateResult:
                 params=params,
                 values=tuple(values),
                 seeds=tuple(r.seed for r in runs if r.value is not None),
-                failed=tuple(FailedRun(seed=r.seed, status=r.status, reason=r.reason) for r in runs if r.value is None),
+                failed=tuple(
+                    FailedRun(seed=r.seed, status=r.status, reason=r.reason)
+                    for r in runs
+                    if r.value is None
+                ),
                 mean=mean,
                 std=std,
             )
@@ -184,7 +203,8 @@ def stage_validate(ctx: Context) -> ValidateResult:
     ranked = [(c.mean, c) for c in candidates if c.mean is not None]
     if not ranked:
         raise WorkflowError(
-            "no validation run trained (every candidate failed with every seed); see " + str(ctx.run_dir / "validate")
+            "no validation run trained (every candidate failed with every seed); see "
+            + str(ctx.run_dir / "validate")
         )
     # The winner by mean over seeds; ties go to the candidate listed first (baseline, then search order).
     winner = min(ranked, key=lambda scored: scored[0])[1]
@@ -201,9 +221,15 @@ def stage_validate(ctx: Context) -> ValidateResult:
             ),
         )
     else:
-        test = SeedTestResult.from_dict(seed_noise_test(winner.values, base.values, alpha=v.alpha).as_dict())
+        test = SeedTestResult.from_dict(
+            seed_noise_test(winner.values, base.values, alpha=v.alpha).as_dict()
+        )
     return ValidateResult(
-        seeds=tuple(v.seeds), alpha=v.alpha, candidates=tuple(candidates), winner=winner.name, test=test
+        seeds=tuple(v.seeds),
+        alpha=v.alpha,
+        candidates=tuple(candidates),
+        winner=winner.name,
+        test=test,
     )
 
 
@@ -222,7 +248,9 @@ def stage_full(ctx: Context) -> FullResult:
     recipe = ctx.full_recipe()
     run = train_once(ctx, recipe, winner.params, ctx.run_dir / "full", seed)
     if run.value is None:
-        raise WorkflowError(f"full training of {winner.name} failed ({run.status}): {run.reason}; see {run.run_dir}")
+        raise WorkflowError(
+            f"full training of {winner.name} failed ({run.status}): {run.reason}; see {run.run_dir}"
+        )
     cfg = config_from_dict({**_merged(recipe, winner.params), "seed": seed})
     result = FullResult(
         run_dir=run.run_dir,
@@ -239,7 +267,11 @@ def stage_full(ctx: Context) -> FullResult:
     # What the untuned recipe reaches when trained the same way: the honest yardstick for the winner.
     base = train_once(ctx, recipe, {}, ctx.run_dir / "full_baseline", seed)
     baseline = FullBaseline(
-        run_dir=base.run_dir, status=base.status, reason=base.reason, dev=dev_metrics(base.metrics), value=base.value
+        run_dir=base.run_dir,
+        status=base.status,
+        reason=base.reason,
+        dev=dev_metrics(base.metrics),
+        value=base.value,
     )
     result = dataclasses.replace(result, baseline=baseline)
     if base.value is None or base.value >= run.value:
@@ -306,12 +338,16 @@ def _lineage(ctx: Context, golden: GoldenInfo) -> dict[str, Any]:
     cost = st.record.cost_total
     return {
         "workflow": workflow,
-        "config": config_to_dict(config_from_dict({**_merged(ctx.full_recipe(), full.params), "seed": full.seed})),
+        "config": config_to_dict(
+            config_from_dict({**_merged(ctx.full_recipe(), full.params), "seed": full.seed})
+        ),
         "params": dict(full.params),
         "data": {
             "manifests": dict(proxy.manifests),
             "manifest_sha256": dict(proxy.manifest_sha256),
-            "fingerprints": {k: getattr(proxy, k).fingerprint for k in ("train_full", "proxy", "dev")},
+            "fingerprints": {
+                k: getattr(proxy, k).fingerprint for k in ("train_full", "proxy", "dev")
+            },
             "golden": golden.to_dict(),
         },
         "studies": {s: {"name": r.study, "storage": r.storage} for s, r in studies.items()},
@@ -372,7 +408,12 @@ def stage_gate(ctx: Context) -> GateResult:
         lineage=lineage,
         run_name=f"{ctx.spec.name}-{ctx.run_uid}",
     )
-    head = {"golden": golden_info.to_dict(), "gate_metric": g.metric, "margin": g.margin, "model_name": g.model_name}
+    head = {
+        "golden": golden_info.to_dict(),
+        "gate_metric": g.metric,
+        "margin": g.margin,
+        "model_name": g.model_name,
+    }
     return GateResult.from_dict({**head, **outcome})
 
 
@@ -400,7 +441,11 @@ def stage_export(ctx: Context) -> ExportResult:
     uri = reg.attach(version, path) if version is not None else None
     # registry_uri is recorded as null when no version was registered to attach the export to.
     return ExportResult(
-        format=fmt, path=str(path), size=path.stat().st_size, registry_uri=uri, nulls=frozenset({"registry_uri"})
+        format=fmt,
+        path=str(path),
+        size=path.stat().st_size,
+        registry_uri=uri,
+        nulls=frozenset({"registry_uri"}),
     )
 
 

@@ -115,7 +115,9 @@ class WorkflowRecord(Record):
                 parsed[str(name)] = StageRecord.from_dict(entry, str(name))
             except RecordError as exc:
                 raise exc.within(f"stages.{name}") from None
-        return replace(cls.from_dict({k: v for k, v in data.items() if k != "stages"}), stages=parsed)
+        return replace(
+            cls.from_dict({k: v for k, v in data.items() if k != "stages"}), stages=parsed
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The ``state.json`` object (what :meth:`from_json` read, key for key)."""
@@ -191,7 +193,9 @@ class WorkflowState:
         rec = self.record
         costs = [s.cost for s in rec.stages.values() if s.cost is not None]
         currency = rec.cost_model.currency if rec.cost_model is not None else None
-        self.record = rec = replace(rec, updated=now(), cost_total=sum_costs(costs, currency=currency))
+        self.record = rec = replace(
+            rec, updated=now(), cost_total=sum_costs(costs, currency=currency)
+        )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(rec.to_json(), indent=2, default=str))
@@ -235,7 +239,9 @@ class WorkflowState:
         """Mark ``name`` running (keeping the cost of earlier, interrupted attempts)."""
         self._take_in_edits()
         entry = self.record.stage(name) or StageRecord(status="running")
-        resumed = entry.status in ("running", "interrupted", "failed") and entry.started is not None
+        resumed = (
+            entry.status in ("running", "interrupted", "failed") and entry.started is not None
+        )
         entry = replace(
             entry,
             number=STAGES.index(name) + 1,
@@ -249,12 +255,21 @@ class WorkflowState:
         self.save()
 
     def finish(
-        self, name: str, status: str, cost: CostRecord, result: StageResult | None = None, error: str | None = None
+        self,
+        name: str,
+        status: str,
+        cost: CostRecord,
+        result: StageResult | None = None,
+        error: str | None = None,
     ) -> None:
         """Record how an attempt of ``name`` ended; its cost adds to the earlier attempts'."""
         self._take_in_edits()
-        entry = self.record.stage(name) or StageRecord(number=STAGES.index(name) + 1, status=status)
-        total = sum_costs([entry.cost, cost] if entry.cost is not None else [cost], currency=cost.currency)
+        entry = self.record.stage(name) or StageRecord(
+            number=STAGES.index(name) + 1, status=status
+        )
+        total = sum_costs(
+            [entry.cost, cost] if entry.cost is not None else [cost], currency=cost.currency
+        )
         entry = replace(
             entry,
             cost=total,
@@ -275,7 +290,11 @@ class WorkflowState:
         spent = [c for c in (stages[s].cost for s in dropped) if c is not None]
         if spent:
             earlier = self.record.cost_superseded
-            self.record = replace(self.record, cost_superseded=sum_costs(([earlier] if earlier else []) + spent))
-        self.record = replace(self.record, stages={k: v for k, v in stages.items() if k not in dropped})
+            self.record = replace(
+                self.record, cost_superseded=sum_costs(([earlier] if earlier else []) + spent)
+            )
+        self.record = replace(
+            self.record, stages={k: v for k, v in stages.items() if k not in dropped}
+        )
         self.save()
         return dropped

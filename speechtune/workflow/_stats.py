@@ -19,7 +19,14 @@ from typing import Any
 
 from scipy import stats
 
-__all__ = ["METHOD_MEANS", "METHOD_NONE", "METHOD_WELCH", "SeedTest", "mean_std", "seed_noise_test"]
+__all__ = [
+    "METHOD_MEANS",
+    "METHOD_NONE",
+    "METHOD_WELCH",
+    "SeedTest",
+    "mean_std",
+    "seed_noise_test",
+]
 
 METHOD_WELCH = "welch_t_one_sided"  # scipy.stats.ttest_ind(equal_var=False, alternative="less")
 METHOD_MEANS = "means_zero_variance"  # both groups identical across seeds: the means decide
@@ -124,7 +131,9 @@ def seed_noise_test(
         summary = f"{c_text} vs {b_text} ({nc} {_seeds(nc)}{' each' if nc > 1 else ''})"
     else:
         summary = f"{c_text} ({nc} {_seeds(nc)}) vs {b_text} ({nb} {_seeds(nb)})"
-    direction = "equal means" if diff == 0 else f"{'lower' if diff < 0 else 'higher'} by {_num(abs(diff))}"
+    direction = (
+        "equal means" if diff == 0 else f"{'lower' if diff < 0 else 'higher'} by {_num(abs(diff))}"
+    )
     common: dict[str, Any] = {
         "alpha": float(alpha),
         "candidate_mean": c_mean,
@@ -152,11 +161,15 @@ def seed_noise_test(
             f"{summary}: {direction}; every seed gave the same value in both groups, so no t-test is "
             f"possible and the means decide: {verdict}."
         )
-        return SeedTest(METHOD_MEANS, None, None, significant=significant, statement=statement, **common)
+        return SeedTest(
+            METHOD_MEANS, None, None, significant=significant, statement=statement, **common
+        )
     with warnings.catch_warnings():
         # One group whose seeds agree exactly: scipy's variance of it is ~1e-33, not 0, and it
         # warns of precision loss; against the other group's spread that rounding is immaterial.
-        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        warnings.filterwarnings(
+            "ignore", message="Precision loss occurred", category=RuntimeWarning
+        )
         result = stats.ttest_ind(cand, base, equal_var=False, alternative="less")
     t, p, df = float(result.statistic), float(result.pvalue), float(result.df)
     significant = p < alpha
@@ -165,8 +178,12 @@ def seed_noise_test(
         if significant
         else f"p = {_p(p)} >= {alpha:g}: does not beat the {baseline_name} beyond seed noise"
     )
-    statement = f"{summary}: {direction}, Welch's one-sided t-test t = {t:.3g}, df = {df:.3g}, {verdict}."
-    return SeedTest(METHOD_WELCH, t, p, significant=significant, statement=statement, df=df, **common)
+    statement = (
+        f"{summary}: {direction}, Welch's one-sided t-test t = {t:.3g}, df = {df:.3g}, {verdict}."
+    )
+    return SeedTest(
+        METHOD_WELCH, t, p, significant=significant, statement=statement, df=df, **common
+    )
 
 
 def _checked(name: str, values: Sequence[float]) -> list[float]:
@@ -178,7 +195,7 @@ def _checked(name: str, values: Sequence[float]) -> list[float]:
     for i, v in enumerate(xs):
         if isinstance(v, bool):
             # The same error as any other non-number below (callers catch ValueError).
-            raise ValueError(f"{name}[{i}] = {v!r} is not a number")  # noqa: TRY004
+            raise ValueError(f"{name}[{i}] = {v!r} is not a number")
         try:
             f = float(v)
         except (TypeError, ValueError):

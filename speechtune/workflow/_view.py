@@ -151,7 +151,8 @@ def _wall_s(entry: StageRecord | None) -> float | None:
         return entry.cost.wall_s
     try:  # no cost record (a stage still running): the time from its start, when known
         return (
-            datetime.fromisoformat(str(entry.finished)) - datetime.fromisoformat(str(entry.started))
+            datetime.fromisoformat(str(entry.finished))
+            - datetime.fromisoformat(str(entry.started))
         ).total_seconds()
     except (TypeError, ValueError):
         return None
@@ -160,12 +161,18 @@ def _wall_s(entry: StageRecord | None) -> float | None:
 def _currency(record: WorkflowRecord) -> str:
     if record.cost_model is not None:
         return record.cost_model.currency
-    return record.cost_total.currency if record.cost_total is not None and record.cost_total.currency else "USD"
+    return (
+        record.cost_total.currency
+        if record.cost_total is not None and record.cost_total.currency
+        else "USD"
+    )
 
 
 def _total(record: WorkflowRecord, names: Sequence[str]) -> tuple[CostRecord, str]:
     """The sum of the stages' costs (the per-stage table adds up to it), and a note when needed."""
-    records = [c for c in (record.stages[n].cost for n in names if n in record.stages) if c is not None]
+    records = [
+        c for c in (record.stages[n].cost for n in names if n in record.stages) if c is not None
+    ]
     try:
         total = sum_costs(records, currency=_currency(record))
         note = ""
@@ -204,7 +211,9 @@ def _header(record: WorkflowRecord) -> Facts:
     )
 
 
-def _summary(record: WorkflowRecord, names: Sequence[str], total: CostRecord, points: list[PathPoint]) -> list[Block]:
+def _summary(
+    record: WorkflowRecord, names: Sequence[str], total: CostRecord, points: list[PathPoint]
+) -> list[Block]:
     blocks: list[Block] = []
     gate_entry = record.stage("gate")
     gate = record.result_of("gate", GateResult)
@@ -213,13 +222,27 @@ def _summary(record: WorkflowRecord, names: Sequence[str], total: CostRecord, po
         if gate.decision:
             blocks.append(para(b("Decision:"), " ", gate.decision))
     else:
-        blocks.append(para(b("Not gated yet"), f" (stage 7, gate: {_status(gate_entry)}): no model was promoted."))
+        blocks.append(
+            para(
+                b("Not gated yet"),
+                f" (stage 7, gate: {_status(gate_entry)}): no model was promoted.",
+            )
+        )
     for name in names:
         entry = record.stage(name)
         if entry is not None and entry.status == "failed":
             first = (entry.error or "no error message recorded").strip().splitlines() or [""]
-            blocks.append(para(b(f"Stage {_number(name, entry)} ({name}) failed:"), " ", first[0], kind="error"))
-    done = sum(1 for n in names if record.stages.get(n) is not None and record.stages[n].status == "done")
+            blocks.append(
+                para(
+                    b(f"Stage {_number(name, entry)} ({name}) failed:"),
+                    " ",
+                    first[0],
+                    kind="error",
+                )
+            )
+    done = sum(
+        1 for n in names if record.stages.get(n) is not None and record.stages[n].status == "done"
+    )
     path = [p for p in points if p.value is not None]
     latest = None
     if path:
@@ -228,7 +251,11 @@ def _summary(record: WorkflowRecord, names: Sequence[str], total: CostRecord, po
             "latest on the WER path",
             f"{last.step}: {mval(last.metric, last.value)} {metric_label(last.metric)} ({last.split})",
         )
-    blocks.append(facts(("stages done", f"{done} of {len(names)}"), latest, ("total compute", cost_line(total))))
+    blocks.append(
+        facts(
+            ("stages done", f"{done} of {len(names)}"), latest, ("total compute", cost_line(total))
+        )
+    )
     return blocks
 
 
@@ -242,10 +269,22 @@ def _overview(record: WorkflowRecord, names: Sequence[str], total: CostRecord) -
             cells += [DASH] * 5
         else:
             energy = f"{hours(c.energy_kwh)} ({c.energy_source})"
-            cells += [hours(c.gpu_hours), hours(c.cpu_core_hours), energy, co2(c.co2e_g), money(c.money, c.currency)]
+            cells += [
+                hours(c.gpu_hours),
+                hours(c.cpu_core_hours),
+                energy,
+                co2(c.co2e_g),
+                money(c.money, c.currency),
+            ]
         rows.append(cells)
     energy = f"{hours(total.energy_kwh)} ({total.energy_source})"
-    sums = [duration(total.wall_s), hours(total.gpu_hours), hours(total.cpu_core_hours), energy, co2(total.co2e_g)]
+    sums = [
+        duration(total.wall_s),
+        hours(total.gpu_hours),
+        hours(total.cpu_core_hours),
+        energy,
+        co2(total.co2e_g),
+    ]
     rows.append(["", b("total"), "", *(b(s) for s in sums), b(_total_money(total))])
     header = [
         "#",
@@ -285,7 +324,11 @@ def _path_table(points: list[PathPoint]) -> Table:
         ):
             vs = mdiff(p.metric, p.value - ref.value, signed=True)
         rows.append([p.step, value, metric_label(p.metric), p.split, vs, p.detail])
-    return table(["step", "value", "metric", "data split", "vs baseline (same split)", "detail"], rows, numeric=(1, 4))
+    return table(
+        ["step", "value", "metric", "data split", "vs baseline (same split)", "detail"],
+        rows,
+        numeric=(1, 4),
+    )
 
 
 def _stage_view(record: WorkflowRecord, name: str) -> StageView:
@@ -299,13 +342,27 @@ def _stage_view(record: WorkflowRecord, name: str) -> StageView:
         ("finished", when(entry.finished)),
         ("cost", cost_line(entry.cost) if entry.cost is not None else "not measured"),
     )
-    error = (entry.error or "no error message recorded") if entry.status == "failed" or entry.error else None
+    error = (
+        (entry.error or "no error message recorded")
+        if entry.status == "failed" or entry.error
+        else None
+    )
     result = entry.result
     if isinstance(result, StageResult):
-        return StageView(heading, status, error, result.stage_warnings(), tuple(stage_body(result, record.metric_name)))
+        return StageView(
+            heading,
+            status,
+            error,
+            result.stage_warnings(),
+            tuple(stage_body(result, record.metric_name)),
+        )
     body: list[Block] = []
     warnings: tuple[str, ...] = ()
-    if not isinstance(result, RawResult) or not isinstance(result.data, Mapping) or not result.data:
+    if (
+        not isinstance(result, RawResult)
+        or not isinstance(result.data, Mapping)
+        or not result.data
+    ):
         if entry.status == "done":
             body.append(para("No result recorded.", kind="note"))
     else:
@@ -313,13 +370,19 @@ def _stage_view(record: WorkflowRecord, name: str) -> StageView:
         found = result.data.get("warnings")
         warnings = tuple(str(w) for w in found) if isinstance(found, list) else ()
         if name in RESULT_TYPES:
-            body.append(para(f"The result of this stage could not be read ({result.problem}).", kind="error"))
+            body.append(
+                para(
+                    f"The result of this stage could not be read ({result.problem}).", kind="error"
+                )
+            )
         else:
             body.append(Pre(params_text(result.data)))
     return StageView(heading, status, error, warnings, tuple(body))
 
 
-def _cost_section(record: WorkflowRecord, names: Sequence[str], total: CostRecord, note: str) -> list[Block]:
+def _cost_section(
+    record: WorkflowRecord, names: Sequence[str], total: CostRecord, note: str
+) -> list[Block]:
     rows: list[list[Cell]] = []
     for name in names:
         entry = record.stage(name)
@@ -352,9 +415,20 @@ def _cost_section(record: WorkflowRecord, names: Sequence[str], total: CostRecor
     ]
     rows.append([b("total"), *(b(t) for t in totals)])
     device_hours = (
-        f"{hours(total.gpu_hours)} GPU-h, {hours(total.cpu_core_hours)} CPU core-h ({duration(total.wall_s)} wall)"
+        f"{hours(total.gpu_hours)} GPU-h, {hours(total.cpu_core_hours)} CPU core-h "
+        f"({duration(total.wall_s)} wall)"
     )
-    header = ["stage", "GPU-h", "CPU core-h", "GPU kWh", "CPU kWh", "energy source", "CO2e", "share of CO2e", "money"]
+    header = [
+        "stage",
+        "GPU-h",
+        "CPU core-h",
+        "GPU kWh",
+        "CPU kWh",
+        "energy source",
+        "CO2e",
+        "share of CO2e",
+        "money",
+    ]
     blocks: list[Block] = [
         facts(
             ("device-hours", device_hours),
@@ -367,7 +441,10 @@ def _cost_section(record: WorkflowRecord, names: Sequence[str], total: CostRecor
     if record.cost_superseded is not None:
         spent = cost_line(record.cost_superseded)
         blocks.append(
-            para(f"Not in the totals: {spent} spent on stage runs that were later reset and run again.", kind="note")
+            para(
+                f"Not in the totals: {spent} spent on stage runs that were later reset and run again.",
+                kind="note",
+            )
         )
     if note:
         blocks.append(para(note, kind="alert"))
@@ -383,7 +460,11 @@ def _cost_model(record: WorkflowRecord, total: CostRecord) -> list[Block]:
         "mixed": "GPU energy measured by NVML for some stages or trials, estimated from TDPs for others",
     }.get(total.energy_source, total.energy_source)
     if model is None:
-        items: list[tuple[str, Cell]] = [("grid intensity", DASH), ("GPU price", DASH), ("CPU price", DASH)]
+        items: list[tuple[str, Cell]] = [
+            ("grid intensity", DASH),
+            ("GPU price", DASH),
+            ("CPU price", DASH),
+        ]
     else:
         items = [
             ("grid intensity", f"{model.grid_g_per_kwh:g} g CO2e/kWh"),

@@ -67,12 +67,29 @@ def stage_body(result: StageResult, metric: str) -> list[Block]:
 def promotion(gate: GateResult) -> Para:
     """The gate's verdict as a call-out (in the summary and in the gate's section)."""
     model, version = gate.model_name or "the model", gate.registered_version
-    reg = inline("version ", b(version), " of ", code(model)) if version is not None else inline(code(model))
+    reg = (
+        inline("version ", b(version), " of ", code(model))
+        if version is not None
+        else inline(code(model))
+    )
     if gate.promoted is True:
-        return para(b("Promoted: YES."), " The challenger, ", reg, ", is the new champion.", kind="ok")
+        return para(
+            b("Promoted: YES."), " The challenger, ", reg, ", is the new champion.", kind="ok"
+        )
     champion = gate.champion
-    stays = f" The champion (version {champion.version}) stays." if champion and champion.version is not None else ""
-    return para(b("Promoted: NO."), " The challenger, ", reg, ", was registered but not promoted.", stays, kind="alert")
+    stays = (
+        f" The champion (version {champion.version}) stays."
+        if champion and champion.version is not None
+        else ""
+    )
+    return para(
+        b("Promoted: NO."),
+        " The challenger, ",
+        reg,
+        ", was registered but not promoted.",
+        stays,
+        kind="alert",
+    )
 
 
 def _proxy(r: ProxyResult) -> list[Block]:
@@ -84,7 +101,11 @@ def _proxy(r: ProxyResult) -> list[Block]:
     else:
         selection = "the whole training set"
     rows: list[list[Cell]] = []
-    for d, label in ((r.train_full, "full training set"), (r.proxy, "proxy training set"), (r.dev, "dev set")):
+    for d, label in (
+        (r.train_full, "full training set"),
+        (r.proxy, "proxy training set"),
+        (r.dev, "dev set"),
+    ):
         groups = list(d.groups)
         shown = ", ".join(groups[:8]) + (f", … (+{len(groups) - 8})" if len(groups) > 8 else "")
         hrs = num(d.hours)
@@ -102,7 +123,11 @@ def _proxy(r: ProxyResult) -> list[Block]:
     seed = DASH if r.seed is None else r.seed
     return [
         facts(("proxy subset", f"{selection}, stratified, seed {seed}")),
-        table(["set", "utterances", "hours", "speakers", "groups", "fingerprint"], rows, numeric=(1, 2, 3)),
+        table(
+            ["set", "utterances", "hours", "speakers", "groups", "fingerprint"],
+            rows,
+            numeric=(1, 2, 3),
+        ),
         facts(*((f"manifest {k}", code(v)) for k, v in r.manifests.items())),
     ]
 
@@ -123,7 +148,9 @@ def _dev_metrics(dev: Metrics, split: str) -> list[Block]:
         )
     ]
     if groups:
-        rows: list[list[Cell]] = [[b(f"{g} (worst)") if g == worst else g, pct(v)] for g, v in sorted(groups.items())]
+        rows: list[list[Cell]] = [
+            [b(f"{g} (worst)") if g == worst else g, pct(v)] for g, v in sorted(groups.items())
+        ]
         blocks.append(table(["group", "WER"], rows, numeric=(1,)))
     return blocks
 
@@ -151,7 +178,11 @@ def _search(r: SearchResult, metric: str) -> list[Block]:
     )
     warm = f"{integer(r.warm_started)} coarse trials added as prior evidence"
     best_line = inline(
-        "trial #", str(best.trial), ", ", b(mval(metric, best.value)), f" {metric_label(metric)} ({PROXY_DEV})"
+        "trial #",
+        str(best.trial),
+        ", ",
+        b(mval(metric, best.value)),
+        f" {metric_label(metric)} ({PROXY_DEV})",
     )
     blocks: list[Block] = [
         facts(
@@ -173,7 +204,10 @@ def _search(r: SearchResult, metric: str) -> list[Block]:
             table(["parameter", "before", "after"], rows),
         ]
     if r.top:
-        rows = [[str(i), f"#{t.trial}", mval(metric, t.value), params_text(t.params)] for i, t in enumerate(r.top, 1)]
+        rows = [
+            [str(i), f"#{t.trial}", mval(metric, t.value), params_text(t.params)]
+            for i, t in enumerate(r.top, 1)
+        ]
         blocks += [
             para("Top configurations:"),
             table(["rank", "trial", metric_label(metric), "parameters"], rows, numeric=(0, 2)),
@@ -200,7 +234,11 @@ def _validate(r: ValidateResult, metric: str) -> list[Block]:
             ("alpha", DASH if alpha is None else str(alpha)),
             ("winner", b(r.winner)),
         ),
-        table(["candidate", *seed_cols, "mean ± std", "parameters"], rows, numeric=tuple(range(1, width + 2))),
+        table(
+            ["candidate", *seed_cols, "mean ± std", "parameters"],
+            rows,
+            numeric=tuple(range(1, width + 2)),
+        ),
     ]
     if test is not None:
         stat, p = num(test.statistic), num(test.p_value)
@@ -211,7 +249,10 @@ def _validate(r: ValidateResult, metric: str) -> list[Block]:
                 ("method", test.method),
                 ("statistic", DASH if stat is None else f"{stat:.3g}"),
                 ("p-value", DASH if p is None else f"{p:.3g}"),
-                ("significant", f"{yes_no(test.significant)} at alpha {DASH if test_alpha is None else test_alpha}"),
+                (
+                    "significant",
+                    f"{yes_no(test.significant)} at alpha {DASH if test_alpha is None else test_alpha}",
+                ),
             )
         )
     return blocks
@@ -242,7 +283,11 @@ def _full_baseline(base: FullBaseline | None, metric: str, winner: float | None)
         )
     else:
         diff = winner - value if num(winner) is not None and winner is not None else None
-        against = f"; the winner is {mdiff(metric, diff, signed=True)} against it." if diff is not None else "."
+        against = (
+            f"; the winner is {mdiff(metric, diff, signed=True)} against it."
+            if diff is not None
+            else "."
+        )
         line = inline(
             "The recipe's defaults trained the same way (all data, same epochs and seed): ",
             b(mval(metric, value)),
@@ -277,7 +322,10 @@ def _gate(r: GateResult) -> list[Block]:
     )
     blocks.append(
         facts(
-            ("golden set", golden_line), ("rule", rule), ("registered", registered), ("promoted", b(yes_no(r.promoted)))
+            ("golden set", golden_line),
+            ("rule", rule),
+            ("registered", registered),
+            ("promoted", b(yes_no(r.promoted))),
         )
     )
     champ_head = f"champion (v{champ.version})" if champ else "champion"
@@ -289,18 +337,38 @@ def _gate(r: GateResult) -> list[Block]:
         ca, cb = pct(mine), pct(theirs) if champ else "none"
         if key == "worst_group_wer":
             ca += f" ({ch.worst_group})" if ch.worst_group is not None else ""
-            cb += f" ({champ.worst_group})" if champ is not None and champ.worst_group is not None else ""
+            cb += (
+                f" ({champ.worst_group})"
+                if champ is not None and champ.worst_group is not None
+                else ""
+            )
         rows.append([b(label) if key == metric else label, ca, cb, pp(diff, signed=True)])
-    blocks.append(table(["golden", "challenger", champ_head, "challenger − champion"], rows, numeric=(1, 2, 3)))
+    blocks.append(
+        table(
+            ["golden", "challenger", champ_head, "challenger − champion"], rows, numeric=(1, 2, 3)
+        )
+    )
     if not champ:
-        blocks.append(para("There was no champion: this is the first model registered under this name.", kind="note"))
+        blocks.append(
+            para(
+                "There was no champion: this is the first model registered under this name.",
+                kind="note",
+            )
+        )
     groups_a = ch.group_wer or {}
     groups_b = (champ.group_wer if champ else None) or {}
     rows = []
     for g in sorted(set(groups_a) | set(groups_b)):
         a, c = num(groups_a.get(g)), num(groups_b.get(g))
         name: Cell = b(f"{g} (challenger's worst)") if g == ch.worst_group else g
-        rows.append([name, pct(a), pct(c), pp(a - c, signed=True) if a is not None and c is not None else DASH])
+        rows.append(
+            [
+                name,
+                pct(a),
+                pct(c),
+                pp(a - c, signed=True) if a is not None and c is not None else DASH,
+            ]
+        )
     if rows:
         head = ["group", "challenger WER", f"{champ_head} WER", "challenger − champion"]
         blocks.append(table(head, rows, numeric=(1, 2, 3)))

@@ -66,7 +66,14 @@ def wer_path(record: WorkflowRecord) -> list[PathPoint]:
             return PathPoint(label, name, name, PROXY_DEV, metric, None, missing=missing(name))
         best = result.best
         return PathPoint(
-            label, name, name, PROXY_DEV, metric, num(best.value), detail=f"trial #{best.trial}", missing=missing(name)
+            label,
+            name,
+            name,
+            PROXY_DEV,
+            metric,
+            num(best.value),
+            detail=f"trial #{best.trial}",
+            missing=missing(name),
         )
 
     baseline = record.result_of("baseline", BaselineResult)
@@ -74,7 +81,9 @@ def wer_path(record: WorkflowRecord) -> list[PathPoint]:
     winner = validate.winner_candidate() if validate is not None else None
     full = record.result_of("full", FullResult)
     gate = record.result_of("gate", GateResult)
-    winner_detail = f"{validate.winner}, {len(winner.values) if winner else 0} seeds" if validate else ""
+    winner_detail = (
+        f"{validate.winner}, {len(winner.values) if winner else 0} seeds" if validate else ""
+    )
     points = [
         PathPoint(
             "Baseline",
@@ -102,14 +111,27 @@ def wer_path(record: WorkflowRecord) -> list[PathPoint]:
     # The tuned winner at full fidelity; when the baseline beat it there, "tuned" holds its record.
     tuned = full.tuned if full is not None else None
     value = tuned.value if tuned is not None else full.value if full is not None else None
-    detail = f"{tuned.candidate or ''}: worse than the baseline, not sent to the gate" if tuned is not None else ""
+    detail = (
+        f"{tuned.candidate or ''}: worse than the baseline, not sent to the gate"
+        if tuned is not None
+        else ""
+    )
     points.append(
         PathPoint(
-            "Full-data training", "full", "full", FULL_DEV, metric, num(value), detail=detail, missing=missing("full")
+            "Full-data training",
+            "full",
+            "full",
+            FULL_DEV,
+            metric,
+            num(value),
+            detail=detail,
+            missing=missing("full"),
         )
     )
     if full is not None and full.baseline is not None:
-        detail = "the recipe's defaults, trained like the winner" + ("; sent to the gate" if tuned is not None else "")
+        detail = "the recipe's defaults, trained like the winner" + (
+            "; sent to the gate" if tuned is not None else ""
+        )
         points.append(
             PathPoint(
                 "Baseline, full-data training",
@@ -123,10 +145,18 @@ def wer_path(record: WorkflowRecord) -> list[PathPoint]:
             )
         )
     if gate is None:
-        points.append(PathPoint("Golden (challenger)", "gate", "gate", GOLDEN, "wer", None, missing=missing("gate")))
+        points.append(
+            PathPoint(
+                "Golden (challenger)", "gate", "gate", GOLDEN, "wer", None, missing=missing("gate")
+            )
+        )
         return points
     champion, gm = gate.champion, gate.gate_metric
-    champ = f"champion v{champion.version}: {mval(gm, champion.value(gm))}" if champion is not None else "no champion"
+    champ = (
+        f"champion v{champion.version}: {mval(gm, champion.value(gm))}"
+        if champion is not None
+        else "no champion"
+    )
     points.append(
         PathPoint(
             "Golden (challenger)",
@@ -224,7 +254,9 @@ def wer_chart(points: Sequence[PathPoint]) -> Chart | None:
 
     metric = points[0].metric
     ticks = tuple(
-        ChartTick(f"{y(v):.1f}", f"{y(v) + 4:.1f}", f"{100 * v:.4g}%" if is_rate(metric) else f"{v:.4g}")
+        ChartTick(
+            f"{y(v):.1f}", f"{y(v) + 4:.1f}", f"{100 * v:.4g}%" if is_rate(metric) else f"{v:.4g}"
+        )
         for v in (step * i for i in range(n_ticks + 1))
     )
     slots = []
@@ -250,7 +282,9 @@ def wer_chart(points: Sequence[PathPoint]) -> Chart | None:
             )
         colour = "#b00" if p.missing == "failed" else "#999"
         slots.append(ChartSlot(f"{cx:.1f}", p.short, p.split, bar, p.missing, colour))
-    legend = tuple((left + 110 * i, colour, split) for i, (split, colour) in enumerate(SPLIT_COLOURS.items()))
+    legend = tuple(
+        (left + 110 * i, colour, split) for i, (split, colour) in enumerate(SPLIT_COLOURS.items())
+    )
     return Chart(
         width=width,
         height=height,

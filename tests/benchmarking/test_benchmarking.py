@@ -43,11 +43,15 @@ SYNTHETIC = (Hartmann3, Hartmann6, Branin)
         (Branin, [(-math.pi, 12.275), (math.pi, 2.275), (9.42478, 2.475)], 0.397887),
     ],
 )
-def test_known_optimum_at_full_budget(cls: type, argmins: list[tuple[float, ...]], optimum: float) -> None:
+def test_known_optimum_at_full_budget(
+    cls: type, argmins: list[tuple[float, ...]], optimum: float
+) -> None:
     problem = cls()
     assert problem.optimum == pytest.approx(optimum, abs=1e-5)
     for x in argmins:
-        assert problem.evaluate(problem.config(x), problem.max_budget) == pytest.approx(optimum, abs=1e-5)
+        assert problem.evaluate(problem.config(x), problem.max_budget) == pytest.approx(
+            optimum, abs=1e-5
+        )
     # No random config beats the known optimum at full budget.
     x = problem.sample_uniform(5000, np.random.default_rng(0))
     assert problem.values(x, problem.max_budget).min() >= optimum - 1e-5
@@ -79,7 +83,10 @@ def test_low_budgets_rank_configs_imperfectly(cls: type) -> None:
     problem = cls()
     x = problem.sample_uniform(400, np.random.default_rng(1))
     full = problem.values(x, problem.max_budget)
-    rho = {b: spearmanr([problem.evaluate(problem.config(p), b) for p in x], full).statistic for b in (1, 3, 9)}
+    rho = {
+        b: spearmanr([problem.evaluate(problem.config(p), b) for p in x], full).statistic
+        for b in (1, 3, 9)
+    }
     # Like real training: one epoch ranks configs poorly but not at random, later epochs better.
     assert 0.2 <= rho[1] <= 0.8, rho
     assert rho[1] < rho[3] < rho[9], rho
@@ -93,7 +100,12 @@ def test_priors_point_where_they_claim(cls: type) -> None:
     bad = {k: v for k, (v, _) in problem.prior_bad.items()}
     assert set(good) == set(bad) == set(problem.space.tunable_names())
     span = problem.reference - problem.optimum
-    assert normalised_regret(problem.evaluate(good, problem.max_budget), problem.optimum, problem.reference) < 0.15
+    assert (
+        normalised_regret(
+            problem.evaluate(good, problem.max_budget), problem.optimum, problem.reference
+        )
+        < 0.15
+    )
     assert problem.evaluate(bad, problem.max_budget) > problem.optimum + 0.8 * span
     # The bad prior's region is not penalised at the cheapest budget: it looks better than average there.
     cheap = problem.values(problem.sample_uniform(2000, np.random.default_rng(2)), 1)
@@ -105,19 +117,51 @@ def test_priors_point_where_they_claim(cls: type) -> None:
 
 
 def _write_table(path: Path) -> Path:
-    meta = {"meta": {"corpus": "toy", "device": "cpu", "epochs": 4, "metric": "wer",
-                     "space": {"model.d_model": [64, 128, 256], "optim.lr": [0.001, 0.003, 0.01]}}}
-    def rec(cid: int, d: int, lr: float, wers: list[float | None], status: str = "complete", **extra: object) -> dict:
-        epochs = [{"epoch": i + 1, "wer": w, "cer": 0.5 * w if w is not None else None, "dev_loss": 1.0, "time_s": 10.0 + i}
-                  for i, w in enumerate(wers)]
-        return {"config_id": cid, "params": {"model.d_model": d, "optim.lr": lr}, "num_params": d * 1000,
-                "status": status, "epochs": epochs, **extra}
+    meta = {
+        "meta": {
+            "corpus": "toy",
+            "device": "cpu",
+            "epochs": 4,
+            "metric": "wer",
+            "space": {"model.d_model": [64, 128, 256], "optim.lr": [0.001, 0.003, 0.01]},
+        }
+    }
+
+    def rec(
+        cid: int,
+        d: int,
+        lr: float,
+        wers: list[float | None],
+        status: str = "complete",
+        **extra: object,
+    ) -> dict:
+        epochs = [
+            {
+                "epoch": i + 1,
+                "wer": w,
+                "cer": 0.5 * w if w is not None else None,
+                "dev_loss": 1.0,
+                "time_s": 10.0 + i,
+            }
+            for i, w in enumerate(wers)
+        ]
+        return {
+            "config_id": cid,
+            "params": {"model.d_model": d, "optim.lr": lr},
+            "num_params": d * 1000,
+            "status": status,
+            "epochs": epochs,
+            **extra,
+        }
+
     rows = [
         meta,
         rec(0, 64, 0.001, [0.9, 0.7, 0.6, 0.55]),
         rec(1, 128, 0.003, [0.8, 0.5, 0.4, 0.30]),
         rec(2, 256, 0.001, [0.95, 0.6, 0.45, 0.35]),
-        rec(3, 256, 0.003, [0.7, 0.55], status="failed"),  # stopped after 2 epochs (e.g. out of memory)
+        rec(
+            3, 256, 0.003, [0.7, 0.55], status="failed"
+        ),  # stopped after 2 epochs (e.g. out of memory)
         rec(4, 64, 0.01, [0.9, 0.8, None], status="failed"),  # diverged at epoch 3 (NaN WER)
         rec(5, 128, 0.01, [], status="failed"),  # crashed before the first epoch
         rec(7, 128, 0.001, [0.85, 0.6, 0.5, 0.42]),
@@ -136,12 +180,19 @@ def test_tabular_replays_recorded_curves(tmp_path: Path) -> None:
     # Failed after 2 epochs: the last recorded value stands.
     assert table.evaluate({"model.d_model": 256, "optim.lr": 0.003}, 4) == 0.55
     # Diverged at epoch 3: worst (1.0) from there on, recorded values before.
-    assert [table.evaluate({"model.d_model": 64, "optim.lr": 0.01}, b) for b in (1, 2, 3, 4)] == [0.9, 0.8, 1.0, 1.0]
+    assert [table.evaluate({"model.d_model": 64, "optim.lr": 0.01}, b) for b in (1, 2, 3, 4)] == [
+        0.9,
+        0.8,
+        1.0,
+        1.0,
+    ]
     assert table.evaluate({"model.d_model": 128, "optim.lr": 0.01}, 1) == 1.0  # no epochs at all
     assert table.optimum == 0.30
     finals = [0.55, 0.30, 0.35, 0.55, 1.0, 1.0, 0.40, 0.42]
     assert table.reference == pytest.approx(np.mean(finals))
-    assert table.elapsed({"model.d_model": 128, "optim.lr": 0.003}, 3) == pytest.approx(10 + 11 + 12)
+    assert table.elapsed({"model.d_model": 128, "optim.lr": 0.003}, 3) == pytest.approx(
+        10 + 11 + 12
+    )
     assert table.prior_good == {"model.d_model": (128, 0.3), "optim.lr": (0.003, 0.3)}
     with pytest.raises(ValueError, match=r"budget must be in \[1, 4\]"):
         table.evaluate({"model.d_model": 128, "optim.lr": 0.003}, 5)
@@ -158,19 +209,45 @@ def test_tabular_nearest_config_fallback(tmp_path: Path) -> None:
     assert table.evaluate({"model.d_model": 128, "optim.lr": 0.003}, 4) == 0.55
     # Off-grid and absent values: positions are compared, an absent param counts as distance 1.
     assert table.lookup({"model.d_model": 256, "optim.lr": 0.001}).config_id == 2  # exact
-    assert table.lookup({"model.d_model": 64}).config_id == 0  # absent lr: nearest on d_model, lowest id
+    assert (
+        table.lookup({"model.d_model": 64}).config_id == 0
+    )  # absent lr: nearest on d_model, lowest id
 
 
 def test_tabular_recorder_conventions(tmp_path: Path) -> None:
     """The AN4 recorder writes status "diverged", nulls for non-finite numbers, and appends while it trains."""
     path = _write_table(tmp_path / "curves.jsonl")
-    extra = {"config_id": 8, "params": {"model.d_model": 256, "optim.lr": 0.01}, "num_params": 1, "status": "diverged",
-             "reason": "loss is nan", "epochs": [{"epoch": 1, "wer": 0.9, "time_s": 1.0}, {"epoch": 2, "wer": 0.85, "time_s": 1.0}]}
+    extra = {
+        "config_id": 8,
+        "params": {"model.d_model": 256, "optim.lr": 0.01},
+        "num_params": 1,
+        "status": "diverged",
+        "reason": "loss is nan",
+        "epochs": [
+            {"epoch": 1, "wer": 0.9, "time_s": 1.0},
+            {"epoch": 2, "wer": 0.85, "time_s": 1.0},
+        ],
+    }
     torn = '{"config_id": 9, "params": {"model.d_mo'
     path.write_text(path.read_text() + json.dumps(extra) + "\n" + torn)
     table = TabularProblem.load(path)
-    assert [r.config_id for r in table.records] == [0, 1, 2, 3, 4, 5, 6, 7, 8]  # the torn line is not read
-    assert [table.evaluate({"model.d_model": 256, "optim.lr": 0.01}, b) for b in (1, 2, 3, 4)] == [0.9, 0.85, 1.0, 1.0]
+    assert [r.config_id for r in table.records] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+    ]  # the torn line is not read
+    assert [table.evaluate({"model.d_model": 256, "optim.lr": 0.01}, b) for b in (1, 2, 3, 4)] == [
+        0.9,
+        0.85,
+        1.0,
+        1.0,
+    ]
 
 
 def test_tabular_rejects_bad_files(tmp_path: Path) -> None:
@@ -178,10 +255,17 @@ def test_tabular_rejects_bad_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"meta": {"space": {"a": [1, 2]}}}) + "\n")
     with pytest.raises(ValueError, match="meta lacks 'epochs'"):
         TabularProblem.load(bad)
-    bad.write_text(json.dumps({"meta": {"epochs": 2, "space": {"a": [1, 2]}}}) + "\n{oops\n")  # terminated: an error
+    bad.write_text(
+        json.dumps({"meta": {"epochs": 2, "space": {"a": [1, 2]}}}) + "\n{oops\n"
+    )  # terminated: an error
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         TabularProblem.load(bad)
-    bad.write_text(json.dumps({"meta": {"epochs": 2, "space": {"a": [1, 2]}}}) + "\n" + json.dumps({"params": {"a": 1}}) + "\n")
+    bad.write_text(
+        json.dumps({"meta": {"epochs": 2, "space": {"a": [1, 2]}}})
+        + "\n"
+        + json.dumps({"params": {"a": 1}})
+        + "\n"
+    )
     with pytest.raises(ValueError, match="lacks 'config_id'"):
         TabularProblem.load(bad)
 
@@ -226,7 +310,9 @@ def test_optuna_baselines_bookkeeping(strategy: str) -> None:
     first_full = next(c for c, v in zip(trace.costs, trace.incumbents) if math.isfinite(v))
     r = trace.regret_at([first_full - 1e-3, trace.costs[-1]], problem.optimum, problem.reference)
     assert r[0] == 1.0
-    assert r[1] == pytest.approx((min(full_values) - problem.optimum) / (problem.reference - problem.optimum))
+    assert r[1] == pytest.approx(
+        (min(full_values) - problem.optimum) / (problem.reference - problem.optimum)
+    )
 
 
 def test_harness_is_deterministic_per_seed() -> None:
@@ -239,7 +325,9 @@ def test_harness_is_deterministic_per_seed() -> None:
         assert a.incumbents != c.incumbents
 
 
-@pytest.mark.parametrize("strategy", ["hyperband", "bohb", "asha", "speechtune", "speechtune_badprior"])
+@pytest.mark.parametrize(
+    "strategy", ["hyperband", "bohb", "asha", "speechtune", "speechtune_badprior"]
+)
 def test_engine_strategies_bookkeeping_and_determinism(strategy: str) -> None:
     problem = RecordingHartmann3()
     trace = run_strategy(problem, strategy, seed=1, budget=4)
@@ -272,7 +360,16 @@ def _trace(strategy: str, points: list[tuple[float, float | None, bool]], seed: 
 
 
 def test_trace_regret_bookkeeping() -> None:
-    t = _trace("x", [(0.5, 5.0, False), (1.0, 8.0, True), (2.0, 1.0, False), (3.0, 4.0, True), (4.0, 6.0, True)])
+    t = _trace(
+        "x",
+        [
+            (0.5, 5.0, False),
+            (1.0, 8.0, True),
+            (2.0, 1.0, False),
+            (3.0, 4.0, True),
+            (4.0, 6.0, True),
+        ],
+    )
     # Only full-budget values count; the low-budget 1.0 never becomes the incumbent.
     assert t.incumbents == [math.inf, 8.0, 8.0, 4.0, 4.0]
     assert t.n_full == 3
@@ -290,7 +387,9 @@ def test_fraction_to_reach_and_beats_everywhere() -> None:
     b = [0.8, 0.6, 0.5, 0.4, 0.3]
     assert beats_everywhere(fr, [0.9, 0.5, 0.4, 0.3, 0.2], b)  # worse at 10% does not count
     assert not beats_everywhere(fr, [0.5, 0.5, 0.5, 0.3, 0.2], b)  # a tie at 30% is not below
-    assert beats_everywhere(fr, [0.9, 0.5, 0.4, 0.0, 0.0], [0.8, 0.6, 0.5, 0.0, 0.0])  # both found the optimum
+    assert beats_everywhere(
+        fr, [0.9, 0.5, 0.4, 0.0, 0.0], [0.8, 0.6, 0.5, 0.0, 0.0]
+    )  # both found the optimum
     assert not beats_everywhere(fr[:1], [0.0], [1.0])  # nothing past 10% to compare
 
 
@@ -299,14 +398,18 @@ def test_summarise_runs_both_target_checks() -> None:
     # TPE ends at regret 0.4 (two seeds: 4 and 4); speechtune gets there by cost 2 (20%);
     # tpe_hyperband is better than speechtune at 50%.
     res.traces["tpe"] = [_trace("tpe", [(1, 9.0, True), (10, 4.0, True)], s) for s in (0, 1)]
-    res.traces["tpe_hyperband"] = [_trace("tpe_hyperband", [(1, 6.0, True), (5, 1.0, True)], s) for s in (0, 1)]
+    res.traces["tpe_hyperband"] = [
+        _trace("tpe_hyperband", [(1, 6.0, True), (5, 1.0, True)], s) for s in (0, 1)
+    ]
     res.traces["speechtune"] = [
         _trace("speechtune", [(2, 4.0, True), (8, 0.5, True)], 0),
         _trace("speechtune", [(2, 4.0, True), (8, 1.5, True)], 1),
     ]
     fractions = np.arange(1, 11) / 10
     summarise(res, fractions, budget=10.0)
-    assert res.mean["speechtune"].tolist() == pytest.approx([1.0, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.1, 0.1, 0.1])
+    assert res.mean["speechtune"].tolist() == pytest.approx(
+        [1.0, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.1, 0.1, 0.1]
+    )
     assert res.se["speechtune"][-1] == pytest.approx(np.std([0.05, 0.15], ddof=1) / math.sqrt(2))
     assert res.checks["speechtune"]["fraction_to_tpe_final"] == pytest.approx(0.2)
     assert res.checks["tpe"]["fraction_to_tpe_final"] == pytest.approx(1.0)
@@ -316,16 +419,34 @@ def test_summarise_runs_both_target_checks() -> None:
 
 def test_run_benchmark_outputs_and_workers(tmp_path: Path) -> None:
     problems = [Branin()]
-    serial = run_benchmark(problems, ["random", "tpe_hyperband"], seeds=[0, 1], budget=2, grid_points=20)
-    parallel = run_benchmark(problems, ["random", "tpe_hyperband"], seeds=[0, 1], budget=2, grid_points=20, workers=2)
+    serial = run_benchmark(
+        problems, ["random", "tpe_hyperband"], seeds=[0, 1], budget=2, grid_points=20
+    )
+    parallel = run_benchmark(
+        problems, ["random", "tpe_hyperband"], seeds=[0, 1], budget=2, grid_points=20, workers=2
+    )
     for s in ("random", "tpe_hyperband"):
-        assert serial.problems["branin"].mean[s].tolist() == parallel.problems["branin"].mean[s].tolist()
+        assert (
+            serial.problems["branin"].mean[s].tolist()
+            == parallel.problems["branin"].mean[s].tolist()
+        )
     paths = write_outputs(serial, tmp_path / "out")
     saved = json.loads(paths["json"].read_text())
-    assert saved["problems"]["branin"]["mean_regret"]["random"] == serial.problems["branin"].mean["random"].tolist()
+    assert (
+        saved["problems"]["branin"]["mean_regret"]["random"]
+        == serial.problems["branin"].mean["random"].tolist()
+    )
     traces = [json.loads(line) for line in paths["traces"].read_text().splitlines()]
-    assert sorted((t["strategy"], t["seed"]) for t in traces) == [("random", 0), ("random", 1), ("tpe_hyperband", 0), ("tpe_hyperband", 1)]
-    assert traces[0]["costs"] == serial.problems["branin"].traces[traces[0]["strategy"]][traces[0]["seed"]].costs
+    assert sorted((t["strategy"], t["seed"]) for t in traces) == [
+        ("random", 0),
+        ("random", 1),
+        ("tpe_hyperband", 0),
+        ("tpe_hyperband", 1),
+    ]
+    assert (
+        traces[0]["costs"]
+        == serial.problems["branin"].traces[traces[0]["strategy"]][traces[0]["seed"]].costs
+    )
     table = markdown_table(serial)
     assert "| tpe_hyperband |" in table and "## branin" in table
     assert paths["regret_branin"].stat().st_size > 1000

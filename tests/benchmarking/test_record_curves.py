@@ -41,10 +41,23 @@ rec = _load_recorder()
 _TINY_RECIPE = {
     "seed": 1,
     # --data replaces the manifest path (a missing file here: the recorder must not read it).
-    "data": {"corpus": "manifest", "manifest": "/nonexistent/placeholder.jsonl", "dev_fraction": 0.15, "split_seed": 0, "proxy_fraction": 0.2},
+    "data": {
+        "corpus": "manifest",
+        "manifest": "/nonexistent/placeholder.jsonl",
+        "dev_fraction": 0.15,
+        "split_seed": 0,
+        "proxy_fraction": 0.2,
+    },
     "features": {"n_mels": 40},
     "specaugment": {"enabled": False},
-    "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4, "head": "ctc"},
+    "model": {
+        "encoder": "lstm",
+        "d_model": 32,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "subsampling": 4,
+        "head": "ctc",
+    },
     "optim": {"name": "adamw", "lr": 0.003},
     "schedule": {"name": "constant", "warmup_steps": 5},
     "train": {"epochs": 1, "batch_size": 16},
@@ -56,7 +69,13 @@ def _write_space(folder: Path, space: dict, overrides: dict | None = None) -> Pa
     (folder / "tiny_recipe.yaml").write_text(yaml.safe_dump(_TINY_RECIPE))
     path = folder / "space.yaml"
     path.write_text(
-        yaml.safe_dump({"recipe": "tiny_recipe.yaml", "overrides": overrides or {"train.flatline_patience": 0}, "space": space})
+        yaml.safe_dump(
+            {
+                "recipe": "tiny_recipe.yaml",
+                "overrides": overrides or {"train.flatline_patience": 0},
+                "space": space,
+            }
+        )
     )
     return path
 
@@ -71,13 +90,34 @@ def corpus_manifest(synth_corpus: Manifest, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def tiny_space(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 2 x 2 = 4 configs; the lr spans a factor of 10 so the curves differ.
-    return _write_space(tmp_path_factory.mktemp("space"), {"optim.lr": [0.001, 0.01], "model.d_model": [32, 48]})
+    return _write_space(
+        tmp_path_factory.mktemp("space"), {"optim.lr": [0.001, 0.01], "model.d_model": [32, 48]}
+    )
 
 
-def _argv(space: Path, manifest: Path, out: Path, cache: Path, n: int, epochs: int = 2, *extra: str) -> list[str]:
+def _argv(
+    space: Path, manifest: Path, out: Path, cache: Path, n: int, epochs: int = 2, *extra: str
+) -> list[str]:
     return [
-        "--space", str(space), "--data", str(manifest), "--out", str(out), "--n-configs", str(n),
-        "--epochs", str(epochs), "--seed", "0", "--device", "cpu", "--threads", "1", "--cache-dir", str(cache), *extra,
+        "--space",
+        str(space),
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--n-configs",
+        str(n),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(cache),
+        *extra,
     ]
 
 
@@ -95,7 +135,11 @@ def test_shipped_space_is_a_grid_of_a_few_hundred_complete_recipes() -> None:
     # Every corner of the grid is a recipe the schema accepts (config_from_dict raises otherwise).
     for config_id in (0, grid.size // 3, grid.size - 1):
         cfg = grid.recipe_config(config_id, epochs=7, data_location="/somewhere/an4")
-        assert cfg.train.epochs == 7 and cfg.data.root == "/somewhere/an4" and cfg.data.corpus == "an4"
+        assert (
+            cfg.train.epochs == 7
+            and cfg.data.root == "/somewhere/an4"
+            and cfg.data.corpus == "an4"
+        )
         assert cfg.optim.lr == grid.params(config_id)["optim.lr"]
 
 
@@ -118,7 +162,11 @@ def test_draw_is_seeded_distinct_and_extends_as_a_prefix() -> None:
 
 def test_non_grid_spaces_are_refused_naming_the_key(tmp_path: Path) -> None:
     path = _write_space(
-        tmp_path, {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}, "data.dev_fraction": [0.1, 0.2]}
+        tmp_path,
+        {
+            "optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+            "data.dev_fraction": [0.1, 0.2],
+        },
     )
     with pytest.raises(ValueError) as err:
         rec.load_grid(path)
@@ -129,14 +177,21 @@ def test_non_grid_spaces_are_refused_naming_the_key(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # recording end to end
 # ---------------------------------------------------------------------------------------------
-def test_record_format_resume_and_refusals(tiny_space: Path, corpus_manifest: Path, tmp_path: Path) -> None:
+def test_record_format_resume_and_refusals(
+    tiny_space: Path, corpus_manifest: Path, tmp_path: Path
+) -> None:
     out, cache = tmp_path / "curves.jsonl", tmp_path / "cache"
     assert rec.main(_argv(tiny_space, corpus_manifest, out, cache, n=2)) == 0
 
     lines = _lines(out)
     assert len(lines) == 3
     meta = lines[0]["meta"]
-    assert meta["corpus"] == "manifest" and meta["metric"] == "wer" and meta["epochs"] == 2 and meta["threads"] == 1
+    assert (
+        meta["corpus"] == "manifest"
+        and meta["metric"] == "wer"
+        and meta["epochs"] == 2
+        and meta["threads"] == 1
+    )
     assert meta["device"].startswith("cpu") and isinstance(meta["torch"], str) and meta["recorded"]
     assert meta["space"] == {"optim.lr": [0.001, 0.01], "model.d_model": [32, 48]}
     assert meta["base_overrides"] == {"train.flatline_patience": 0}
@@ -153,7 +208,9 @@ def test_record_format_resume_and_refusals(tiny_space: Path, corpus_manifest: Pa
         assert r["num_params"] == rec.count_parameters(cfg, data) > 0
         assert [e["epoch"] for e in r["epochs"]] == [1, 2]
         for e in r["epochs"]:
-            assert 0.0 <= e["cer"] and 0.0 <= e["wer"] and e["dev_loss"] > 0 and e["train_loss"] > 0
+            assert (
+                0.0 <= e["cer"] and 0.0 <= e["wer"] and e["dev_loss"] > 0 and e["train_loss"] > 0
+            )
             assert e["time_s"] >= e["train_s"] > 0  # time_s adds dev decoding to training
             assert e["cpu_s"] > 0
     # Different configs learn differently: the recording is not one curve copied.
@@ -163,7 +220,20 @@ def test_record_format_resume_and_refusals(tiny_space: Path, corpus_manifest: Pa
     before = out.read_bytes()
     assert rec.main(_argv(tiny_space, corpus_manifest, out, cache, n=2)) == 0
     assert out.read_bytes() == before
-    assert rec.record(tiny_space, out, 3, 2, seed=0, device="cpu", threads=1, data_location=str(corpus_manifest), cache_dir=str(cache)) == 1
+    assert (
+        rec.record(
+            tiny_space,
+            out,
+            3,
+            2,
+            seed=0,
+            device="cpu",
+            threads=1,
+            data_location=str(corpus_manifest),
+            cache_dir=str(cache),
+        )
+        == 1
+    )
     assert out.read_bytes().startswith(before)
     assert [r["config_id"] for r in _lines(out)[1:]] == rec.draw_config_ids(grid.size, 3, seed=0)
 
@@ -171,9 +241,29 @@ def test_record_format_resume_and_refusals(tiny_space: Path, corpus_manifest: Pa
     grown = out.read_bytes()
     assert rec.main(_argv(tiny_space, corpus_manifest, out, cache, n=3, epochs=1)) == 2
     with pytest.raises(rec.RecordingMismatch, match=r"epochs: 2 != 1"):
-        rec.record(tiny_space, out, 3, 1, seed=0, device="cpu", threads=1, data_location=str(corpus_manifest), cache_dir=str(cache))
+        rec.record(
+            tiny_space,
+            out,
+            3,
+            1,
+            seed=0,
+            device="cpu",
+            threads=1,
+            data_location=str(corpus_manifest),
+            cache_dir=str(cache),
+        )
     with pytest.raises(rec.RecordingMismatch, match=r"seed: 0 != 5"):
-        rec.record(tiny_space, out, 3, 2, seed=5, device="cpu", threads=1, data_location=str(corpus_manifest), cache_dir=str(cache))
+        rec.record(
+            tiny_space,
+            out,
+            3,
+            2,
+            seed=5,
+            device="cpu",
+            threads=1,
+            data_location=str(corpus_manifest),
+            cache_dir=str(cache),
+        )
     assert out.read_bytes() == grown
 
     # A run killed mid-write leaves an unterminated line: it is dropped, the rest is kept.
@@ -183,28 +273,51 @@ def test_record_format_resume_and_refusals(tiny_space: Path, corpus_manifest: Pa
     assert out.read_bytes() == grown
 
 
-def test_time_limit_leaves_a_valid_file_with_the_meta_only(tiny_space: Path, corpus_manifest: Path, tmp_path: Path) -> None:
+def test_time_limit_leaves_a_valid_file_with_the_meta_only(
+    tiny_space: Path, corpus_manifest: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "limited.jsonl"
-    assert rec.main(_argv(tiny_space, corpus_manifest, out, tmp_path / "cache", 4, 2, "--time-limit-s", "0")) == 0
+    assert (
+        rec.main(
+            _argv(
+                tiny_space, corpus_manifest, out, tmp_path / "cache", 4, 2, "--time-limit-s", "0"
+            )
+        )
+        == 0
+    )
     lines = _lines(out)
     assert len(lines) == 1 and lines[0]["meta"]["epochs"] == 2
     meta, records = rec.read_recording(out)
     assert meta == lines[0]["meta"] and records == {}
 
 
-def test_a_second_recorder_on_the_same_file_is_refused(tiny_space: Path, corpus_manifest: Path, tmp_path: Path) -> None:
+def test_a_second_recorder_on_the_same_file_is_refused(
+    tiny_space: Path, corpus_manifest: Path, tmp_path: Path
+) -> None:
     import fcntl
 
     out = tmp_path / "locked.jsonl"
     with out.open("a") as holder:
-        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # stands in for a running recorder
+        fcntl.flock(
+            holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB
+        )  # stands in for a running recorder
         assert rec.main(_argv(tiny_space, corpus_manifest, out, tmp_path / "cache", 1)) == 2
         with pytest.raises(rec.RecordingLocked, match="another recorder"):
-            rec.record(tiny_space, out, 1, 2, device="cpu", data_location=str(corpus_manifest), cache_dir=str(tmp_path / "cache"))
+            rec.record(
+                tiny_space,
+                out,
+                1,
+                2,
+                device="cpu",
+                data_location=str(corpus_manifest),
+                cache_dir=str(tmp_path / "cache"),
+            )
     assert out.read_text() == ""
 
 
-def test_a_diverging_config_is_recorded_with_its_status(corpus_manifest: Path, tmp_path: Path) -> None:
+def test_a_diverging_config_is_recorded_with_its_status(
+    corpus_manifest: Path, tmp_path: Path
+) -> None:
     # SGD at lr 1e5 without clipping: the gradient norm is NaN within the first epoch.
     space = _write_space(
         tmp_path / "space",
@@ -220,8 +333,16 @@ def test_a_diverging_config_is_recorded_with_its_status(corpus_manifest: Path, t
 
 
 def test_meta_comparison_tolerates_recipe_keys_added_at_their_default() -> None:
-    meta = {"epochs": 10, "recorded": "2026-01-01", "base_recipe": {"optim.lr": 0.002, "train.grad_clip": 5.0}}
-    later = {**meta, "recorded": "2026-02-01", "base_recipe": {**meta["base_recipe"], "train.schedule_epochs": None}}
+    meta = {
+        "epochs": 10,
+        "recorded": "2026-01-01",
+        "base_recipe": {"optim.lr": 0.002, "train.grad_clip": 5.0},
+    }
+    later = {
+        **meta,
+        "recorded": "2026-02-01",
+        "base_recipe": {**meta["base_recipe"], "train.schedule_epochs": None},
+    }
     assert rec.meta_differences(meta, later) == []
     changed = {**meta, "base_recipe": {**meta["base_recipe"], "train.schedule_epochs": 20}}
     assert rec.meta_differences(meta, changed) == ["base_recipe.train.schedule_epochs: None != 20"]

@@ -9,9 +9,17 @@ import sys
 def test_top_level_names_resolve_to_the_api() -> None:
     import speechtune.training  # importing the subpackage must not shadow the function
 
-    assert callable(speechtune.train) and speechtune.train.__module__ == "speechtune.training._loop"
+    assert (
+        callable(speechtune.train) and speechtune.train.__module__ == "speechtune.training._loop"
+    )
     assert speechtune.load_config().model.encoder == "conformer"
-    assert set(speechtune.__all__) >= {"train", "load_config", "Reporter", "RunOptions", "TrainResult"}
+    assert set(speechtune.__all__) >= {
+        "train",
+        "load_config",
+        "Reporter",
+        "RunOptions",
+        "TrainResult",
+    }
 
 
 def test_reporter_protocol_imports_without_torch() -> None:

@@ -20,7 +20,15 @@ def _write_corpus(tmp_path: Path, synth_corpus: Manifest, n: int = 6) -> Path:
     """A JSONL manifest of real synthetic utterances plus one empty transcript and one corrupt file."""
     rows = [u.to_dict() | {"audio": str(synth_corpus.resolve(u))} for u in list(synth_corpus)[:n]]
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF....not audio at all")
-    rows.append({"id": "bad_corrupt", "audio": "corrupt.wav", "duration": 1.0, "text": "YES", "speaker": "x"})
+    rows.append(
+        {
+            "id": "bad_corrupt",
+            "audio": "corrupt.wav",
+            "duration": 1.0,
+            "text": "YES",
+            "speaker": "x",
+        }
+    )
     good = rows[0]
     rows.append({**good, "id": "bad_empty_text", "text": "   "})
     path = tmp_path / "corpus.jsonl"
@@ -38,7 +46,9 @@ def test_data_import_names_bad_utterances(tmp_path: Path, synth_corpus: Manifest
     assert main(["data", "import", str(src), "--out", str(tmp_path / "out"), "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert "imported 6 utterances" in out
-    assert "bad_corrupt" in out and "bad_empty_text" in out  # skipped ones are listed, never silent
+    assert (
+        "bad_corrupt" in out and "bad_empty_text" in out
+    )  # skipped ones are listed, never silent
     lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 6
 
@@ -54,9 +64,15 @@ def test_training_refuses_held_out_manifest(tmp_path: Path, synth_corpus: Manife
 def test_prepare_data_proxy_subset_keeps_dev(tmp_path: Path, synth_corpus: Manifest) -> None:
     path = tmp_path / "train.jsonl"
     synth_corpus.to_jsonl(path)
-    full = prepare_data(config_from_dict({"data": {"corpus": "manifest", "manifest": str(path)}}).data, 16000, tmp_path)
+    full = prepare_data(
+        config_from_dict({"data": {"corpus": "manifest", "manifest": str(path)}}).data,
+        16000,
+        tmp_path,
+    )
     proxy = prepare_data(
-        config_from_dict({"data": {"corpus": "manifest", "manifest": str(path), "proxy_fraction": 0.25}}).data,
+        config_from_dict(
+            {"data": {"corpus": "manifest", "manifest": str(path), "proxy_fraction": 0.25}}
+        ).data,
         16000,
         tmp_path,
     )
@@ -66,7 +82,9 @@ def test_prepare_data_proxy_subset_keeps_dev(tmp_path: Path, synth_corpus: Manif
     assert not set(u.speaker for u in full.train) & set(u.speaker for u in full.dev)
 
 
-def test_train_evaluate_transcribe_from_the_command_line(tmp_path: Path, synth_corpus: Manifest, capsys) -> None:
+def test_train_evaluate_transcribe_from_the_command_line(
+    tmp_path: Path, synth_corpus: Manifest, capsys
+) -> None:
     manifest_path = tmp_path / "corpus" / "train.jsonl"
     synth_corpus.to_jsonl(manifest_path)
     recipe = {
@@ -79,8 +97,20 @@ def test_train_evaluate_transcribe_from_the_command_line(tmp_path: Path, synth_c
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
     rc = main(
-        ["train", "--config", str(tmp_path / "recipe.yaml"), "--set", "train.epochs=2", "--out", str(out),
-         "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+        [
+            "train",
+            "--config",
+            str(tmp_path / "recipe.yaml"),
+            "--set",
+            "train.epochs=2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ]
     )
     assert rc == 0
     printed = capsys.readouterr().out
@@ -90,15 +120,39 @@ def test_train_evaluate_transcribe_from_the_command_line(tmp_path: Path, synth_c
     # evaluate on a manifest of real utterances
     rng = np.random.default_rng(0)
     sf.write(tmp_path / "tone.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 8000)
-    eval_rows = [u.to_dict() | {"audio": str(synth_corpus.resolve(u))} for u in list(synth_corpus)[:4]]
+    eval_rows = [
+        u.to_dict() | {"audio": str(synth_corpus.resolve(u))} for u in list(synth_corpus)[:4]
+    ]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
-    assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data", str(tmp_path / "eval.jsonl"), "--name", "mini"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "model.pt"),
+                "--data",
+                str(tmp_path / "eval.jsonl"),
+                "--name",
+                "mini",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "eval_mini.json").read_text())
     assert result["utterances"] == 4 and 0.0 <= result["cer"] and result["split"] == "test"
-    assert {"group_wer", "worst_group_wer", "latency_ms_per_audio_s", "rtf", "num_parameters"} <= set(result)
+    assert {
+        "group_wer",
+        "worst_group_wer",
+        "latency_ms_per_audio_s",
+        "rtf",
+        "num_parameters",
+    } <= set(result)
 
     capsys.readouterr()
-    assert main(["transcribe", "--checkpoint", str(out / "model.pt"), str(tmp_path / "tone.wav")]) == 0
+    assert (
+        main(["transcribe", "--checkpoint", str(out / "model.pt"), str(tmp_path / "tone.wav")])
+        == 0
+    )
     assert str(tmp_path / "tone.wav") in capsys.readouterr().out
 
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from speechtune.config import ConfigError
 from speechtune.tuning.spec import load_tuning
 from tests.helpers.paths import REPO
-from tests.helpers.workers import REPO, speechtune_argv
+from tests.helpers.workers import speechtune_argv
 
 FUNCTION = textwrap.dedent(
     """
@@ -51,7 +51,9 @@ def test_function_must_look_like_module_attr_and_needs_kind_python(tmp_path: Pat
     assert "is only used with objective.kind: python" in str(err.value)
 
 
-def test_cli_runs_a_function_beside_the_yaml_and_a_worker_joins_from_the_stored_spec(tmp_path: Path) -> None:
+def test_cli_runs_a_function_beside_the_yaml_and_a_worker_joins_from_the_stored_spec(
+    tmp_path: Path,
+) -> None:
     config = _spec(tmp_path, function="my_objective:objective")
     storage = f"journal:///{tmp_path / 'study.log'}"
     run = subprocess.run(
@@ -66,7 +68,12 @@ def test_cli_runs_a_function_beside_the_yaml_and_a_worker_joins_from_the_stored_
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
-    study = optuna.load_study(study_name="fn", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log"))))
+    study = optuna.load_study(
+        study_name="fn",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log"))
+        ),
+    )
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert len(done) == 5
     for t in done:

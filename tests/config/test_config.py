@@ -36,7 +36,9 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
 
 
 def test_overrides_are_typed_yaml_scalars() -> None:
-    nested = parse_overrides(["model.encoder=lstm", "train.grad_clip=null", "data.synthetic.accents=[en-us, en]"])
+    nested = parse_overrides(
+        ["model.encoder=lstm", "train.grad_clip=null", "data.synthetic.accents=[en-us, en]"]
+    )
     assert nested == {
         "model": {"encoder": "lstm"},
         "train": {"grad_clip": None},
@@ -56,7 +58,13 @@ def test_every_problem_is_reported_at_once() -> None:
             }
         )
     problems = {p.key: p for p in info.value.problems}
-    assert set(problems) == {"model.encoder", "model.d_model", "model.layers", "train.epochs", "optimizer"}
+    assert set(problems) == {
+        "model.encoder",
+        "model.d_model",
+        "model.layers",
+        "train.epochs",
+        "optimizer",
+    }
     # an unknown key lists the valid ones
     assert "num_layers" in problems["model.layers"].rule
     assert "conformer" in problems["model.encoder"].rule
@@ -67,7 +75,12 @@ def test_cross_field_rules() -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(
             {
-                "model": {"encoder": "conformer", "d_model": 100, "num_heads": 3, "conv_kernel": 16},
+                "model": {
+                    "encoder": "conformer",
+                    "d_model": 100,
+                    "num_heads": 3,
+                    "conv_kernel": 16,
+                },
                 "features": {"window_ms": 10, "hop_ms": 20},
                 "data": {"corpus": "an4"},
             }

@@ -22,7 +22,9 @@ from tests.helpers.paths import SHARED
 REAL_AN4 = SHARED / "data" / "an4"
 
 
-@pytest.mark.skipif(not (REAL_AN4 / "etc" / "an4_train.fileids").is_file(), reason="real AN4 copy not present")
+@pytest.mark.skipif(
+    not (REAL_AN4 / "etc" / "an4_train.fileids").is_file(), reason="real AN4 copy not present"
+)
 def test_real_an4_train_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         out = import_an4(REAL_AN4, tmp_path)
@@ -37,7 +39,11 @@ def test_real_an4_train_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
 
 
 def _sig(seconds: float, seed: int) -> np.ndarray:
-    return (0.3 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))).clip(-1, 1).astype(np.float32)
+    return (
+        (0.3 * np.random.default_rng(seed).standard_normal(int(16000 * seconds)))
+        .clip(-1, 1)
+        .astype(np.float32)
+    )
 
 
 # (split dir, speaker, utt, seconds, format, words as in the transcription file)
@@ -56,8 +62,12 @@ def _fake_an4(base: Path, *, splits: tuple[str, ...] = ("train", "test")) -> Pat
     (root / "etc").mkdir(parents=True)
     for split in splits:
         rows = [r for r in FAKE if r[0] == split]
-        (root / "etc" / f"an4_{split}.fileids").write_text("".join(f"{d}/{s}/{u}\n" for _, d, s, u, *_ in rows))
-        (root / "etc" / f"an4_{split}.transcription").write_text("".join(f"{w} ({u})\n" for _, _, _, u, _, _, w in rows))
+        (root / "etc" / f"an4_{split}.fileids").write_text(
+            "".join(f"{d}/{s}/{u}\n" for _, d, s, u, *_ in rows)
+        )
+        (root / "etc" / f"an4_{split}.transcription").write_text(
+            "".join(f"{w} ({u})\n" for _, _, _, u, _, _, w in rows)
+        )
         for i, (_, d, s, u, secs, fmt, _) in enumerate(rows):
             path = root / "wav" / d / s / f"{u}.{fmt}"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +135,9 @@ def test_bad_audio_reported_or_skipped(tmp_path: Path) -> None:
 def test_missing_audio_file_named(tmp_path: Path) -> None:
     src = _fake_an4(tmp_path / "src", splits=("train",))
     (src / "an4" / "wav" / "an4_clstk" / "fash" / "cen1-fash-b.wav").unlink()
-    with pytest.raises(BadInputError, match=r"cen1-fash-b: missing audio.*file not found: .*cen1-fash-b"):
+    with pytest.raises(
+        BadInputError, match=r"cen1-fash-b: missing audio.*file not found: .*cen1-fash-b"
+    ):
         import_an4(src, tmp_path / "out")
     assert len(import_an4(src, tmp_path / "out", skip_bad=True)["train"]) == 3
 
@@ -133,6 +145,8 @@ def test_missing_audio_file_named(tmp_path: Path) -> None:
 def test_transcription_without_entry_is_an_error(tmp_path: Path) -> None:
     src = _fake_an4(tmp_path / "src", splits=("train",))
     trans = src / "an4" / "etc" / "an4_train.transcription"
-    trans.write_text("".join(ln + "\n" for ln in trans.read_text().splitlines() if "an1-mgah-b" not in ln))
+    trans.write_text(
+        "".join(ln + "\n" for ln in trans.read_text().splitlines() if "an1-mgah-b" not in ln)
+    )
     with pytest.raises(AN4Error, match="an1-mgah-b: no transcription"):
         import_an4(src, tmp_path / "out")

@@ -48,7 +48,14 @@ def corpus(tmp_path: Path) -> Path:
 
 
 RECORDS = [
-    {"id": "u0", "audio": "audio/u0.wav", "duration": 0.5, "text": "HELLO", "speaker": "s0", "group": "female"},
+    {
+        "id": "u0",
+        "audio": "audio/u0.wav",
+        "duration": 0.5,
+        "text": "HELLO",
+        "speaker": "s0",
+        "group": "female",
+    },
     {"id": "u1", "audio": "audio/u1.wav", "text": "GOOD  day", "speaker": "s1", "group": "male"},
     {"id": "u2", "audio": "audio/u2.wav", "duration": 1.0, "text": "YES", "speaker": "s1"},
 ]
@@ -76,7 +83,9 @@ def test_json_array_import(corpus: Path) -> None:
     _check_records(load_manifest(path))
 
 
-def test_relative_paths_resolve_against_manifest_dir(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_manifest_dir(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sub = corpus / "lists"
     sub.mkdir()
     (sub / "m.jsonl").write_text(json.dumps({**RECORDS[0], "audio": "../audio/u0.wav"}) + "\n")
@@ -104,7 +113,9 @@ def test_csv_without_required_column_names_it(corpus: Path) -> None:
 
 def test_jsonl_missing_field_names_line(corpus: Path) -> None:
     path = corpus / "m.jsonl"
-    path.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps({"id": "x", "audio": "a.wav"}) + "\n")
+    path.write_text(
+        json.dumps(RECORDS[0]) + "\n" + json.dumps({"id": "x", "audio": "a.wav"}) + "\n"
+    )
     with pytest.raises(ManifestFormatError, match=r"line 2.*text"):
         load_manifest(path)
 
@@ -129,7 +140,12 @@ def test_kaldi_import_with_spk2gender(corpus: Path) -> None:
 
 
 def test_kaldi_utt2group_and_utt2dur_win(corpus: Path) -> None:
-    d = _kaldi_dir(corpus, spk2gender="s0 f\ns1 m\n", utt2group="u0 a\nu1 b\nu2 c\n", utt2dur="u0 9.0\nu1 0.75\nu2 1.0\n")
+    d = _kaldi_dir(
+        corpus,
+        spk2gender="s0 f\ns1 m\n",
+        utt2group="u0 a\nu1 b\nu2 c\n",
+        utt2dur="u0 9.0\nu1 0.75\nu2 1.0\n",
+    )
     m = load_manifest(d)
     assert [u.group for u in m] == ["a", "b", "c"]
     assert m[0].duration == 9.0
@@ -148,7 +164,9 @@ def test_kaldi_refuses_pipes_and_segments(corpus: Path) -> None:
 def test_kaldi_inconsistent_files_listed(corpus: Path) -> None:
     d = _kaldi_dir(corpus)
     (d / "text").write_text("u0 HELLO\nu2 YES\nu9 STRAY\n")
-    with pytest.raises(ManifestFormatError, match=r"(?s)u1: no entry in text.*u9: in text but not in wav.scp"):
+    with pytest.raises(
+        ManifestFormatError, match=r"(?s)u1: no entry in text.*u9: in text but not in wav.scp"
+    ):
         load_manifest(d)
 
 
@@ -159,7 +177,9 @@ def _jsonl_manifest(corpus: Path) -> Manifest:
 
 
 def _same(a: Manifest, b: Manifest) -> None:
-    assert [(u.id, u.text, u.speaker, u.group) for u in a] == [(u.id, u.text, u.speaker, u.group) for u in b]
+    assert [(u.id, u.text, u.speaker, u.group) for u in a] == [
+        (u.id, u.text, u.speaker, u.group) for u in b
+    ]
     assert [u.duration for u in a] == pytest.approx([u.duration for u in b])
     assert [a.resolve(u).resolve() for u in a] == [b.resolve(u).resolve() for u in b]
 
@@ -178,7 +198,10 @@ def test_lhotse_files_readable_by_lhotse(corpus: Path) -> None:
     from lhotse import CutSet, RecordingSet, SupervisionSet
 
     rec_path, sup_path = export_lhotse(_jsonl_manifest(corpus), corpus / "lhotse")
-    recs, sups = RecordingSet.from_file(rec_path).to_eager(), SupervisionSet.from_file(sup_path).to_eager()
+    recs, sups = (
+        RecordingSet.from_file(rec_path).to_eager(),
+        SupervisionSet.from_file(sup_path).to_eager(),
+    )
     assert recs["u1"].load_audio().shape == (1, 12000)
     assert sups["u0"].custom == {"group": "female"} and sups["u0"].speaker == "s0"
     cuts_path = corpus / "cuts" / "cuts.jsonl.gz"
@@ -229,7 +252,9 @@ def test_import_corpus_bad_input(corpus: Path) -> None:
 
 # -- audio ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("file_rate, want_rate", [(8000, 16000), (44100, 16000), (16000, 16000)])
-def test_load_audio_resamples_and_keeps_frequency(tmp_path: Path, file_rate: int, want_rate: int) -> None:
+def test_load_audio_resamples_and_keeps_frequency(
+    tmp_path: Path, file_rate: int, want_rate: int
+) -> None:
     path = _write(tmp_path / "s.flac", seconds=1.0, rate=file_rate, freq=440.0)
     m = Manifest([Utterance("s", str(path), 1.0, "A", "x")])
     x = load_audio(m, m[0], want_rate)
@@ -260,7 +285,9 @@ def test_raw_big_endian(tmp_path: Path) -> None:
     assert (info.sample_rate, info.num_frames, info.channels) == (16000, 4000, 1)
     assert info.duration == pytest.approx(0.25)
     m = Manifest([Utterance("r", "a.raw", 0.25, "A", "x")], root=tmp_path)
-    np.testing.assert_allclose(load_audio(m, m[0], 16000), sig.astype(np.float32) / 32768, atol=1e-6)
+    np.testing.assert_allclose(
+        load_audio(m, m[0], 16000), sig.astype(np.float32) / 32768, atol=1e-6
+    )
 
 
 def test_load_audio_errors_name_utterance_and_path(tmp_path: Path) -> None:

@@ -19,7 +19,16 @@ def _corpus(seed: int = 0) -> Manifest:
         for s in range(n_spk):
             spk = f"{group}_{s}"
             for k in range(int(rng.integers(5, 26))):
-                utts.append(Utterance(f"{spk}_{k}", f"{spk}_{k}.wav", float(rng.uniform(1.0, 6.0)), "A", spk, group))
+                utts.append(
+                    Utterance(
+                        f"{spk}_{k}",
+                        f"{spk}_{k}.wav",
+                        float(rng.uniform(1.0, 6.0)),
+                        "A",
+                        spk,
+                        group,
+                    )
+                )
     return Manifest(utts, "train")
 
 
@@ -77,7 +86,9 @@ def test_proxy_subset_fraction_and_strata() -> None:
     assert sub.speakers == m.speakers  # every speaker contributes
     # each group contributes in proportion to its share of the audio
     for g in m.groups:
-        share = _seconds(sub.filter(lambda u: u.group == g)) / _seconds(m.filter(lambda u: u.group == g))
+        share = _seconds(sub.filter(lambda u: u.group == g)) / _seconds(
+            m.filter(lambda u: u.group == g)
+        )
         assert 0.2 <= share <= 0.45, (g, share)
     ids = [u.id for u in sub]
     assert ids == [u.id for u in m if u.id in set(ids)]  # original order kept

@@ -26,13 +26,19 @@ def _wav(path: Path, seconds: float = 0.25, rate: int = 16000) -> str:
     return path.name
 
 
-def _utt(uid: str, audio: str | None, text: str = "HELLO", duration: float = 0.25, **kw) -> Utterance:
+def _utt(
+    uid: str, audio: str | None, text: str = "HELLO", duration: float = 0.25, **kw
+) -> Utterance:
     return Utterance(uid, audio, duration, text, "spk", **kw)
 
 
 def test_normalize_text_and_charset() -> None:
     assert normalize_text("  it's\tgood \n day ") == "IT'S GOOD DAY"
-    assert set("AZ' ") <= DEFAULT_CHARSET and "a" not in DEFAULT_CHARSET and "1" not in DEFAULT_CHARSET
+    assert (
+        set("AZ' ") <= DEFAULT_CHARSET
+        and "a" not in DEFAULT_CHARSET
+        and "1" not in DEFAULT_CHARSET
+    )
 
 
 def test_clean_manifest_passes_and_texts_normalised(tmp_path: Path) -> None:
@@ -63,10 +69,16 @@ def _bad_cases(tmp_path: Path) -> tuple[list[Utterance], dict[str, str]]:
         _utt("long", good, duration=99.0),
     ]
     expected = {
-        "missing": "missing audio", "noaudio": "missing audio", "corrupt": "unreadable audio",
-        "zerolen": "zero-length audio", "zerodur": "zero duration", "notext": "empty transcript",
-        "chars": "characters outside charset", "declared": "sample-rate mismatch",
-        "lowrate": "sample rate too low", "long": "too long",
+        "missing": "missing audio",
+        "noaudio": "missing audio",
+        "corrupt": "unreadable audio",
+        "zerolen": "zero-length audio",
+        "zerodur": "zero duration",
+        "notext": "empty transcript",
+        "chars": "characters outside charset",
+        "declared": "sample-rate mismatch",
+        "lowrate": "sample rate too low",
+        "long": "too long",
     }
     return utts, expected
 
@@ -88,7 +100,9 @@ def test_every_bad_kind_is_named_in_the_error(tmp_path: Path) -> None:
 
 def test_skip_bad_returns_rest_and_reports(tmp_path: Path) -> None:
     utts, expected = _bad_cases(tmp_path)
-    good, report = validate_manifest(Manifest(utts, root=tmp_path), sample_rate=16000, max_duration=30.0, skip_bad=True)
+    good, report = validate_manifest(
+        Manifest(utts, root=tmp_path), sample_rate=16000, max_duration=30.0, skip_bad=True
+    )
     assert [u.id for u in good] == ["ok"]
     assert report.kept == 1 and len(report.skipped) == len(expected)
     assert sorted(report.skipped_ids) == sorted(expected)

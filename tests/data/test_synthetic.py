@@ -13,7 +13,7 @@ import soundfile as sf
 
 pytest.importorskip("espeakng_loader", reason="the synthetic corpus needs the `synth` extra")
 
-from speechtune.data import _espeak, _synthetic, synthesize_corpus  # noqa: E402
+from speechtune.data import _espeak, _synthetic, synthesize_corpus
 from speechtune.data._synthetic import (
     add_noise,
     an4_style_text,
@@ -121,7 +121,9 @@ def test_cached_second_call_does_not_synthesise(corpus, corpus_root: Path) -> No
     assert [p.name for p in corpus_root.iterdir()] == [corpus.root.name]
 
 
-def test_interrupted_generation_leaves_no_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_generation_leaves_no_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = _synthetic._synthesize_one
     calls = {"n": 0}
 
@@ -142,7 +144,9 @@ def test_interrupted_generation_leaves_no_corpus(tmp_path: Path, monkeypatch: py
 def test_add_noise_hits_the_requested_snr() -> None:
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
-    clean = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
+    clean = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(
+        np.float32
+    )
     for snr in (0.0, 10.0, 25.0):
         noisy = add_noise(clean, snr, rng)
         noise = noisy.astype(np.float64) - clean
@@ -187,7 +191,10 @@ def test_an4_style_texts_cover_the_kinds() -> None:
     texts = [an4_style_text(rng) for _ in range(300)]
     assert texts == [an4_style_text(r) for r in [np.random.default_rng(0)] for _ in range(300)]
     assert any(all(len(w) == 1 for w in t.split()) for t in texts)  # spelled letters
-    assert any(t.split()[0] in {"ENTER", "ERASE", "RUBOUT", "REPEAT"} and len(t.split()) > 1 for t in texts)
+    assert any(
+        t.split()[0] in {"ENTER", "ERASE", "RUBOUT", "REPEAT"} and len(t.split()) > 1
+        for t in texts
+    )
     assert any("HUNDRED" in t or "TY" in t for t in texts)
     assert any(t in {"STOP", "YES", "NO", "GO", "HELP", "START"} for t in texts)
     assert _synthetic._number_words(712) == ["SEVEN", "HUNDRED", "TWELVE"]

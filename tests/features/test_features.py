@@ -39,14 +39,27 @@ def _audio(sr: int, seconds: float, seed: int) -> np.ndarray:
         (8000, 32.0, 12.0, 23, 60.0, 3800.0),
     ],
 )
-def test_logmel_matches_librosa(sr: int, window_ms: float, hop_ms: float, n_mels: int, f_min: float, f_max: float | None) -> None:
+def test_logmel_matches_librosa(
+    sr: int, window_ms: float, hop_ms: float, n_mels: int, f_min: float, f_max: float | None
+) -> None:
     wave = _audio(sr, 1.23, seed=sr + n_mels)
     front = LogMel(sr, window_ms, hop_ms, n_mels, f_min, f_max)
     feats, frames = front(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
     ref = librosa.feature.melspectrogram(
-        y=wave, sr=sr, n_fft=front.n_fft, hop_length=front.hop_length, win_length=front.win_length,
-        window="hann", center=True, pad_mode="reflect", power=2.0, n_mels=n_mels, fmin=f_min,
-        fmax=f_max, htk=False, norm="slaney",
+        y=wave,
+        sr=sr,
+        n_fft=front.n_fft,
+        hop_length=front.hop_length,
+        win_length=front.win_length,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=n_mels,
+        fmin=f_min,
+        fmax=f_max,
+        htk=False,
+        norm="slaney",
     ).T
     assert front.n_fft >= front.win_length and front.n_fft & (front.n_fft - 1) == 0
     assert front.n_fft < 2 * front.win_length
@@ -95,7 +108,9 @@ def test_logmel_from_config_and_bad_window() -> None:
 def test_cmvn_fit_matches_numpy_and_normalises() -> None:
     gen = torch.Generator().manual_seed(0)
     # A large offset makes naive sum-of-squares accumulation in float32 lose the variance.
-    feats = [1000.0 + torch.randn(n, 6, generator=gen) * torch.arange(1, 7) for n in (50, 1, 200, 0, 31)]
+    feats = [
+        1000.0 + torch.randn(n, 6, generator=gen) * torch.arange(1, 7) for n in (50, 1, 200, 0, 31)
+    ]
     cmvn = GlobalCMVN.fit(feats)
     allx = torch.cat(feats).double().numpy()
     np.testing.assert_allclose(cmvn.mean.numpy(), allx.mean(0), rtol=1e-6)
@@ -128,7 +143,15 @@ def _corpus(tmp_path: Path, sr: int, n: int) -> Manifest:
         wave = _audio(sr, 0.3 + 0.05 * i, seed=i)
         path = tmp_path / f"u{i}.flac"
         sf.write(path, wave, sr)
-        utts.append(Utterance(id=f"u{i}", audio=path.name, duration=wave.size / sr, text="A B", speaker=f"s{i % 2}"))
+        utts.append(
+            Utterance(
+                id=f"u{i}",
+                audio=path.name,
+                duration=wave.size / sr,
+                text="A B",
+                speaker=f"s{i % 2}",
+            )
+        )
     return Manifest(utts, split="train", root=tmp_path)
 
 
@@ -180,7 +203,9 @@ def test_cache_computes_once_then_hits_memory_and_disk(tmp_path: Path) -> None:
     assert load.calls == 0
     for key, value in feats.items():
         assert torch.equal(from_disk[key], value)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"feats-{cache_key(manifest, cfg)}.pt"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        f"feats-{cache_key(manifest, cfg)}.pt"
+    ]
 
 
 def test_cache_key_depends_on_features_and_manifest(tmp_path: Path) -> None:
@@ -188,7 +213,13 @@ def test_cache_key_depends_on_features_and_manifest(tmp_path: Path) -> None:
     cfg = FeaturesConfig(sample_rate=8000, n_mels=23)
     base = cache_key(manifest, cfg)
     assert cache_key(manifest, dataclasses.replace(cfg, normalize=not cfg.normalize)) == base
-    for change in ({"n_mels": 24}, {"hop_ms": 12.5}, {"window_ms": 20.0}, {"f_min": 20.0}, {"f_max": 3000.0}):
+    for change in (
+        {"n_mels": 24},
+        {"hop_ms": 12.5},
+        {"window_ms": 20.0},
+        {"f_min": 20.0},
+        {"f_max": 3000.0},
+    ):
         assert cache_key(manifest, dataclasses.replace(cfg, **change)) != base, change
     assert cache_key(manifest[:2], cfg) != base
 

@@ -10,7 +10,10 @@ from speechtune.features import SpecAugment
 
 def _batch(lengths: list[int], n_bins: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     # Strictly positive features so a 0.0 can only come from a mask.
-    feats = torch.rand(len(lengths), max(lengths), n_bins, generator=torch.Generator().manual_seed(3)) + 1.0
+    feats = (
+        torch.rand(len(lengths), max(lengths), n_bins, generator=torch.Generator().manual_seed(3))
+        + 1.0
+    )
     return feats, torch.tensor(lengths)
 
 
@@ -92,4 +95,8 @@ def test_global_rng_path_and_from_config() -> None:
     assert out.shape == feats.shape and bool((out == 0).any())
     assert SpecAugment.from_config(SpecAugmentConfig(enabled=False)) is None
     aug = SpecAugment.from_config(SpecAugmentConfig(time_mask_width=9, num_freq_masks=1))
-    assert aug is not None and (aug.time_mask_width, aug.num_freq_masks, aug.num_time_masks) == (9, 1, 2)
+    assert aug is not None and (aug.time_mask_width, aug.num_freq_masks, aug.num_time_masks) == (
+        9,
+        1,
+        2,
+    )

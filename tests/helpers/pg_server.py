@@ -40,9 +40,13 @@ def find_pg_bin() -> Path:
     Raises:
         PgUnavailable: no server binaries, or no ``postgres`` OS user to run them as.
     """
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: _version(p), reverse=True)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: _version(p), reverse=True
+    )
     if not candidates:
-        raise PgUnavailable("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); apt-get install postgresql")
+        raise PgUnavailable(
+            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); apt-get install postgresql"
+        )
     if shutil.which("runuser") is None:
         raise PgUnavailable("runuser is missing: cannot start PostgreSQL as the postgres user")
     try:
@@ -89,7 +93,7 @@ class PgServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    def start_new(cls, bin_dir: Path | None = None, *, timeout_s: float = 60.0) -> "PgServer":
+    def start_new(cls, bin_dir: Path | None = None, *, timeout_s: float = 60.0) -> PgServer:
         """initdb + start a new cluster; on any failure everything started is removed again."""
         server = cls(bin_dir, timeout_s=timeout_s)
         try:
@@ -100,18 +104,31 @@ class PgServer:
             raise
         return server
 
-    def _as_pg(self, *argv: str, timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+    def _as_pg(
+        self, *argv: str, timeout_s: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = ["runuser", "-u", PG_USER, "--", *argv]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s or self.timeout_s, cwd=self.root)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s or self.timeout_s, cwd=self.root
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         return proc
 
     def initdb(self) -> None:
         """Create the cluster: trust auth (tests only), no fsync (a throw-away cluster)."""
         self._as_pg(
-            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", PG_USER, "--auth=trust",
-            "--no-sync", "--encoding=UTF8", "--locale=C",
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C",
         )
         conf = self.data_dir / "postgresql.conf"
         with open(conf, "a", encoding="utf-8") as fh:
@@ -129,8 +146,15 @@ class PgServer:
     def start(self) -> None:
         """Start the server and wait (bounded) until it accepts connections."""
         self._as_pg(
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
-            "-t", str(int(self.timeout_s)), "start",
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            str(int(self.timeout_s)),
+            "start",
         )
         self.running = True
         self.wait_ready()
@@ -148,14 +172,26 @@ class PgServer:
             except psycopg.Error as exc:
                 last = exc
                 time.sleep(0.1)
-        raise TimeoutError(f"PostgreSQL on port {self.port} not ready after {self.timeout_s:g} s: {last}; log: {self.log_tail()}")
+        raise TimeoutError(
+            f"PostgreSQL on port {self.port} not ready after {self.timeout_s:g} s: {last}; log: {self.log_tail()}"
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast`` ends sessions and checkpoints; ``immediate`` is a crash)."""
         if not self.running:
             return
         try:
-            self._as_pg(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(int(self.timeout_s)), "stop")
+            self._as_pg(
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(int(self.timeout_s)),
+                "stop",
+            )
         except (RuntimeError, subprocess.TimeoutExpired):
             self._kill_postmaster()
         self.running = False
@@ -192,7 +228,7 @@ class PgServer:
             self._kill_postmaster()
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "PgServer":
+    def __enter__(self) -> PgServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,7 +31,14 @@ def tiny_config(**sections: dict[str, Any]) -> RecipeConfig:
 def learning_config() -> RecipeConfig:
     """A recipe that learns the synthetic corpus (dev CER ~0.23 after 20 epochs, ~1 min on 2 cores)."""
     return tiny_config(
-        model={"encoder": "conformer", "d_model": 96, "num_layers": 2, "num_heads": 4, "ff_dim": 256, "dropout": 0.1},
+        model={
+            "encoder": "conformer",
+            "d_model": 96,
+            "num_layers": 2,
+            "num_heads": 4,
+            "ff_dim": 256,
+            "dropout": 0.1,
+        },
         specaugment={"enabled": True, "time_mask_width": 10, "freq_mask_width": 8},
         schedule={"name": "warmup_cosine", "warmup_steps": 50},
         optim={"lr": 0.004},

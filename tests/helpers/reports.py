@@ -40,12 +40,30 @@ def _spec(name: str, extra: list[str]) -> dict[str, Any]:
             "model.num_layers": [1, 2, 3],
             "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
             "model.encoder": ["lstm", "conformer"],
-            "model.conv_kernel": {"type": "int", "low": 7, "high": 15, "step": 2, "when": {"model.encoder": "conformer"}},
+            "model.conv_kernel": {
+                "type": "int",
+                "low": 7,
+                "high": 15,
+                "step": 2,
+                "when": {"model.encoder": "conformer"},
+            },
             "schedule.warmup_steps": {"derive": "4 * model.d_model"},
             "model.dropout": 0.1,
         },
-        "study": {"name": name, "sampler": "random", "pruner": "median", "n_trials": 12, "seed": 0},
-        "objective": {"kind": "recipe", "metric": "wer", "group": "mean", "seeds": SEEDS, "extra_objectives": extra},
+        "study": {
+            "name": name,
+            "sampler": "random",
+            "pruner": "median",
+            "n_trials": 12,
+            "seed": 0,
+        },
+        "objective": {
+            "kind": "recipe",
+            "metric": "wer",
+            "group": "mean",
+            "seeds": SEEDS,
+            "extra_objectives": extra,
+        },
     }
 
 
@@ -76,7 +94,9 @@ def _curve(final: float) -> list[float]:
     return [final + (1.0 - final) * 0.5 ** (epoch * 1.5) for epoch in range(1, EPOCHS + 1)]
 
 
-def _record(trial: optuna.Trial, config: dict[str, Any], curve: list[float], status: str, reason: str) -> None:
+def _record(
+    trial: optuna.Trial, config: dict[str, Any], curve: list[float], status: str, reason: str
+) -> None:
     history = [{"epoch": e, "wer": w, "loss": 2.0 * w} for e, w in enumerate(curve, start=1)]
     trial.set_user_attr("status", status)
     trial.set_user_attr("reason", reason)
@@ -93,7 +113,13 @@ def _report(trial: optuna.Trial, curve: list[float], multi: bool) -> None:
             trial.report(value, step=epoch)
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, config: dict[str, Any], rng: np.random.Generator, multi: bool) -> None:
+def _finish(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    config: dict[str, Any],
+    rng: np.random.Generator,
+    multi: bool,
+) -> None:
     final = _final_wer(config, rng)
     curve = _curve(final)
     number = trial.number
@@ -112,7 +138,11 @@ def _finish(study: optuna.Study, trial: optuna.Trial, config: dict[str, Any], rn
     seed_values = [final, final + float(rng.normal(0, 0.01))]
     mean = float(np.mean(seed_values))
     group_wer = {g: mean * (1.0 + 0.2 * i) for i, g in enumerate(GROUPS)}
-    latency = 5.0 + 6.0 * config["model.num_layers"] + (4.0 if config["model.encoder"] == "conformer" else 0.0)
+    latency = (
+        5.0
+        + 6.0 * config["model.num_layers"]
+        + (4.0 if config["model.encoder"] == "conformer" else 0.0)
+    )
     metrics = {
         "wer": mean,
         "cer": mean / 2,
@@ -162,7 +192,10 @@ def make_study(
     # the same as if the study had run against `storage` directly.
     memory = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
-        storage=memory, study_name=name, directions=directions, sampler=optuna.samplers.RandomSampler(seed=seed)
+        storage=memory,
+        study_name=name,
+        directions=directions,
+        sampler=optuna.samplers.RandomSampler(seed=seed),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

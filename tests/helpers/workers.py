@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import yaml
@@ -21,15 +22,35 @@ from tests.helpers.paths import REPO, SCRIPTS
 
 
 def command_spec(
-    path: Path, *, name: str, storage: str | None = None, n_trials: int = 6, epochs: int = 3, sleep_s: float = 0.3,
+    path: Path,
+    *,
+    name: str,
+    storage: str | None = None,
+    n_trials: int = 6,
+    epochs: int = 3,
+    sleep_s: float = 0.3,
     sampler: str = "random",
 ) -> Path:
     """Write a tiny ``objective.kind: command`` tuning YAML running ``ckpt_epochs.py``; return its path."""
     spec: dict[str, Any] = {
         "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "study": {"name": name, "sampler": sampler, "pruner": "none", "n_trials": n_trials, "seed": 0},
+        "study": {
+            "name": name,
+            "sampler": sampler,
+            "pruner": "none",
+            "n_trials": n_trials,
+            "seed": 0,
+        },
         "objective": {"kind": "command", "metric": "wer", "seeds": [0]},
-        "command": {"argv": [sys.executable, str(SCRIPTS / "ckpt_epochs.py"), "{config}", str(epochs), str(sleep_s)]},
+        "command": {
+            "argv": [
+                sys.executable,
+                str(SCRIPTS / "ckpt_epochs.py"),
+                "{config}",
+                str(epochs),
+                str(sleep_s),
+            ]
+        },
     }
     if storage is not None:
         spec["study"]["storage"] = storage
@@ -39,7 +60,12 @@ def command_spec(
 
 def speechtune_argv(*args: str) -> list[str]:
     """argv running the ``speechtune`` CLI of this interpreter (works without the console script)."""
-    return [sys.executable, "-c", "import sys; from speechtune.cli import main; sys.exit(main())", *args]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from speechtune.cli import main; sys.exit(main())",
+        *args,
+    ]
 
 
 class Procs:
@@ -49,13 +75,31 @@ class Procs:
         self.log_dir = log_dir
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv`` with stdout+stderr to ``<log_dir>/<name>.log``."""
         log = self.log_dir / f"{name}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPEECHTUNE_TEST_THREADS": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "SPEECHTUNE_TEST_THREADS": "1",
+            **(env or {}),
+        }
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=full_env, cwd=cwd or REPO, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=cwd or REPO,
+                start_new_session=True,
+            )
         self.procs.append((proc, log))
         return proc
 
@@ -69,7 +113,9 @@ class Procs:
         try:
             return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"process {proc.args!r} still running after {timeout_s} s; output:\n{self.log(proc)[-4000:]}") from None
+            raise AssertionError(
+                f"process {proc.args!r} still running after {timeout_s} s; output:\n{self.log(proc)[-4000:]}"
+            ) from None
 
     @staticmethod
     def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -97,7 +143,9 @@ def kill_process_only(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -108,16 +156,22 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def wait_until_stale(url: str, study_name: str, heartbeat_s: float, timeout_s: float = 60.0) -> list[int]:
+def wait_until_stale(
+    url: str, study_name: str, heartbeat_s: float, timeout_s: float = 60.0
+) -> list[int]:
     """Poll until a trial of the study has missed its heartbeats (two intervals): a dead process's trial.
 
     Reads with Optuna's own staleness rule (``RDBStorage._get_stale_trial_ids``), without
     failing the trial: that is the job of the process under test.
     """
-    storage = optuna.storages.RDBStorage(url, heartbeat_interval=int(heartbeat_s), grace_period=int(2 * heartbeat_s))
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=int(heartbeat_s), grace_period=int(2 * heartbeat_s)
+    )
     study_id = storage.get_study_id_from_name(study_name)
     try:
-        return wait_for(lambda: storage._get_stale_trial_ids(study_id), timeout_s, "a trial to go stale", 0.1)
+        return wait_for(
+            lambda: storage._get_stale_trial_ids(study_id), timeout_s, "a trial to go stale", 0.1
+        )
     finally:
         storage.remove_session()
         storage.engine.dispose()
@@ -155,7 +209,13 @@ def python_spec(path: Path, *, name: str, n_trials: int, sampler: str = "random"
     """A tuning YAML of ``objective.kind: python`` (workers get the function with ``--function``)."""
     spec = {
         "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "study": {"name": name, "sampler": sampler, "pruner": "none", "n_trials": n_trials, "seed": 0},
+        "study": {
+            "name": name,
+            "sampler": sampler,
+            "pruner": "none",
+            "n_trials": n_trials,
+            "seed": 0,
+        },
         "objective": {"kind": "python", "metric": "wer", "seeds": [0]},
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -12,7 +12,10 @@ from speechtune.data import Manifest
 from tests.helpers.recipes import TINY_RECIPE as TINY
 
 #: The tests' tiny recipe (tests/conftest.py), reading a manifest corpus.
-TINY_RECIPE: dict[str, Any] = {**copy.deepcopy(TINY), "data": {"corpus": "manifest", "dev_fraction": 0.25, "split_seed": 0}}
+TINY_RECIPE: dict[str, Any] = {
+    **copy.deepcopy(TINY),
+    "data": {"corpus": "manifest", "dev_fraction": 0.25, "split_seed": 0},
+}
 
 
 def split_corpus(corpus: Manifest, out: Path) -> tuple[Path, Path]:
@@ -20,7 +23,11 @@ def split_corpus(corpus: Manifest, out: Path) -> tuple[Path, Path]:
 
     The golden utterances are a slice of the held-out speakers (few, so that gating is quick).
     """
-    held = {spk for group in corpus.groups for spk in sorted({u.speaker for u in corpus if u.group == group})[:1]}
+    held = {
+        spk
+        for group in corpus.groups
+        for spk in sorted({u.speaker for u in corpus if u.group == group})[:1]
+    }
     train = corpus.filter(lambda u: u.speaker not in held)
     golden_utts = [u for u in corpus if u.speaker in held]
     golden = Manifest(golden_utts[:12] + golden_utts[-12:], "all", corpus.root)
@@ -75,7 +82,11 @@ def write_workflow(
         "export": {"format": "torchscript"},
     }
     for key, value in sections.items():
-        wf[key] = {**wf.get(key, {}), **value} if isinstance(value, dict) and isinstance(wf.get(key), dict) else value
+        wf[key] = (
+            {**wf.get(key, {}), **value}
+            if isinstance(value, dict) and isinstance(wf.get(key), dict)
+            else value
+        )
     path = tmp / "workflow.yaml"
     path.write_text(yaml.safe_dump(wf))
     return path

@@ -37,9 +37,13 @@ from speechtune.models import build_model
 from speechtune.training import train
 from tests.helpers.recipes import run_options, tiny_config
 
-HAVE_ONNX = importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
+HAVE_ONNX = (
+    importlib.util.find_spec("onnx") is not None
+    and importlib.util.find_spec("onnxruntime") is not None
+)
 needs_onnx = pytest.mark.skipif(
-    not HAVE_ONNX, reason="onnx and onnxruntime are not installed (optional: pip install onnx onnxruntime)"
+    not HAVE_ONNX,
+    reason="onnx and onnxruntime are not installed (optional: pip install onnx onnxruntime)",
 )
 ALL_FORMATS = ["torchscript", pytest.param("onnx", marks=needs_onnx)]
 
@@ -82,8 +86,15 @@ def _untrained_checkpoint(tmp_path: Path, encoder: str, **model: object) -> Path
     cfg = config_from_dict(
         {
             "features": {"n_mels": 40},
-            "model": {"encoder": encoder, "d_model": 32, "num_layers": 2, "num_heads": 4, "ff_dim": 64,
-                      "conv_kernel": 7, **model},
+            "model": {
+                "encoder": encoder,
+                "d_model": 32,
+                "num_layers": 2,
+                "num_heads": 4,
+                "ff_dim": 64,
+                "conv_kernel": 7,
+                **model,
+            },
         }
     )
     torch.manual_seed(0)
@@ -96,7 +107,9 @@ def _untrained_checkpoint(tmp_path: Path, encoder: str, **model: object) -> Path
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
-def test_trained_model_export_matches_eager(trained_model: Path, real_waves: list[np.ndarray], tmp_path: Path, fmt: str) -> None:
+def test_trained_model_export_matches_eager(
+    trained_model: Path, real_waves: list[np.ndarray], tmp_path: Path, fmt: str
+) -> None:
     path = export_model(trained_model, tmp_path / "export", fmt)
     assert path == tmp_path / "export" / FORMATS[fmt] and exported_format(path) == fmt
     rec = Recognizer.load(trained_model)
@@ -106,7 +119,9 @@ def test_trained_model_export_matches_eager(trained_model: Path, real_waves: lis
     # strong one, and test_every_encoder_exports compares non-empty transcripts.
     assert exported.transcribe(real_waves) == rec.transcribe(real_waves)
     # batch size 1 too (sorting and padding must not change a transcript)
-    assert exported.transcribe(real_waves, batch_size=1) == rec.transcribe(real_waves, batch_size=1)
+    assert exported.transcribe(real_waves, batch_size=1) == rec.transcribe(
+        real_waves, batch_size=1
+    )
     meta = exported.metadata
     assert meta["runtime"] == fmt and meta["decoding"] == "ctc_greedy"
     assert meta["graph_input"] == ("waveform" if fmt == "torchscript" else "log_mel")
@@ -115,12 +130,19 @@ def test_trained_model_export_matches_eager(trained_model: Path, real_waves: lis
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
-def test_cli_export_then_transcribe(trained_model: Path, synth_corpus: Manifest, tmp_path: Path, capsys, fmt: str) -> None:
+def test_cli_export_then_transcribe(
+    trained_model: Path, synth_corpus: Manifest, tmp_path: Path, capsys, fmt: str
+) -> None:
     wavs = [str(synth_corpus.resolve(u)) for u in list(synth_corpus)[:3]]
     assert main(["transcribe", "--checkpoint", str(trained_model), *wavs]) == 0
     eager_out = capsys.readouterr().out
     out_dir = tmp_path / "export"
-    assert main(["export", "--checkpoint", str(trained_model), "--format", fmt, "--out", str(out_dir)]) == 0
+    assert (
+        main(
+            ["export", "--checkpoint", str(trained_model), "--format", fmt, "--out", str(out_dir)]
+        )
+        == 0
+    )
     artefact = out_dir / FORMATS[fmt]
     assert str(artefact) in capsys.readouterr().out
     # the file, and its directory, transcribe exactly like model.pt
@@ -142,14 +164,18 @@ def test_cli_export_then_transcribe(trained_model: Path, synth_corpus: Manifest,
         ("conformer", {"head": "ctc_attention", "decoder_layers": 1}),
     ],
 )
-def test_every_encoder_exports(tmp_path: Path, real_waves: list[np.ndarray], encoder: str, extra: dict, fmt: str) -> None:
+def test_every_encoder_exports(
+    tmp_path: Path, real_waves: list[np.ndarray], encoder: str, extra: dict, fmt: str
+) -> None:
     checkpoint = _untrained_checkpoint(tmp_path, encoder, **extra)
     path = export_model(checkpoint, tmp_path / "out", fmt)
     rec = Recognizer.load(checkpoint)
     _assert_log_probs_match(rec, path, real_waves)
     texts = load_exported(path).transcribe(real_waves)
     assert texts == rec.transcribe(real_waves)
-    assert all(t.strip() for t in texts)  # random weights emit tokens: the comparison is not vacuous
+    assert all(
+        t.strip() for t in texts
+    )  # random weights emit tokens: the comparison is not vacuous
 
 
 def test_every_recipe_encoder_is_covered() -> None:
@@ -160,8 +186,12 @@ def test_every_recipe_encoder_is_covered() -> None:
 
 def test_without_cmvn_and_file_path_out(tmp_path: Path, real_waves: list[np.ndarray]) -> None:
     cfg_path = tmp_path / "gru.pt"
-    cfg = config_from_dict({"features": {"n_mels": 40, "normalize": False},
-                            "model": {"encoder": "gru", "d_model": 32, "num_layers": 1}})
+    cfg = config_from_dict(
+        {
+            "features": {"n_mels": 40, "normalize": False},
+            "model": {"encoder": "gru", "d_model": 32, "num_layers": 1},
+        }
+    )
     tok = CharTokenizer(list("AB "))
     torch.manual_seed(1)
     rec = Recognizer(cfg, tok, None, build_model(cfg.model, 40, tok.vocab_size)).eval()
@@ -182,7 +212,17 @@ def test_bad_format_names_the_valid_ones(trained_model: Path, tmp_path: Path, ca
     with pytest.raises(ValueError, match="torchscript, onnx"):
         export_model(trained_model, tmp_path, "tflite")
     with pytest.raises(SystemExit):
-        main(["export", "--checkpoint", str(trained_model), "--format", "tflite", "--out", str(tmp_path)])
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(trained_model),
+                "--format",
+                "tflite",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     err = capsys.readouterr().err
     assert "'torchscript'" in err and "'onnx'" in err
 
@@ -191,7 +231,20 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nope" / "model.pt"
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         export_model(missing, tmp_path / "out", "torchscript")
-    assert main(["export", "--checkpoint", str(missing), "--format", "torchscript", "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(missing),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     with pytest.raises(FileNotFoundError, match="exported model not found"):

@@ -130,7 +130,9 @@ def test_meter_stop_is_idempotent_and_record_reads_while_running() -> None:
 class FakeNvml:
     """Just the NVML calls the meter makes; energy in mJ, power in mW, like the real library."""
 
-    def __init__(self, n: int = 1, energy_mj: list[float] | None = None, power_mw: float | None = None) -> None:
+    def __init__(
+        self, n: int = 1, energy_mj: list[float] | None = None, power_mw: float | None = None
+    ) -> None:
         self.n = n
         self.energy = list(energy_mj or [])
         self.power_mw = power_mw
@@ -194,7 +196,9 @@ def test_nvml_failing_to_init_is_the_no_driver_path() -> None:
 
     with EnergyMeter(gpus=None, _nvml=Broken()) as meter:
         pass
-    assert meter.record().energy_source == "tdp-estimate" and "DriverNotLoaded" in meter.nvml_reason
+    assert (
+        meter.record().energy_source == "tdp-estimate" and "DriverNotLoaded" in meter.nvml_reason
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +206,12 @@ def test_nvml_failing_to_init_is_the_no_driver_path() -> None:
 # ---------------------------------------------------------------------------------------------
 def test_tdp_estimate_co2_and_money_arithmetic() -> None:
     model = CostModel(
-        grid_g_per_kwh=500.0, gpu_price_per_hour=2.0, cpu_price_per_hour=0.05, gpu_tdp_w=400.0, cpu_tdp_w_per_core=5.0, currency="EUR"
+        grid_g_per_kwh=500.0,
+        gpu_price_per_hour=2.0,
+        cpu_price_per_hour=0.05,
+        gpu_tdp_w=400.0,
+        cpu_tdp_w_per_core=5.0,
+        currency="EUR",
     )
     rec = estimate_cost(model, wall_s=7200.0, cpu_core_hours=4.0, gpu_hours=2.0)
     assert rec.cpu_energy_kwh == pytest.approx(0.02)  # 4 core-h x 5 W
@@ -211,14 +220,23 @@ def test_tdp_estimate_co2_and_money_arithmetic() -> None:
     assert rec.co2e_g == pytest.approx(410.0)
     assert rec.money == pytest.approx(4.2)  # 2 x 2.0 + 4 x 0.05
     assert (rec.energy_source, rec.currency) == ("tdp-estimate", "EUR")
-    measured = estimate_cost(model, wall_s=7200.0, cpu_core_hours=4.0, gpu_hours=2.0, gpu_energy_kwh=0.5)
+    measured = estimate_cost(
+        model, wall_s=7200.0, cpu_core_hours=4.0, gpu_hours=2.0, gpu_energy_kwh=0.5
+    )
     assert measured.energy_source == "nvml" and measured.energy_kwh == pytest.approx(0.52)
-    assert format_cost(rec) == "2.00 GPU-h, 4.00 CPU core-h, 0.82 kWh (tdp-estimate), 410 g CO2e, €4.20"
+    assert (
+        format_cost(rec)
+        == "2.00 GPU-h, 4.00 CPU core-h, 0.82 kWh (tdp-estimate), 410 g CO2e, €4.20"
+    )
 
 
 def test_defaults_are_the_documented_ones() -> None:
     model = CostModel()
-    assert (model.grid_g_per_kwh, model.gpu_price_per_hour, model.cpu_price_per_hour) == (480.0, 0.0, 0.0)
+    assert (model.grid_g_per_kwh, model.gpu_price_per_hour, model.cpu_price_per_hour) == (
+        480.0,
+        0.0,
+        0.0,
+    )
     assert (model.gpu_tdp_w, model.cpu_tdp_w_per_core, model.currency) == (300.0, 10.0, "USD")
     with pytest.raises(ValueError, match="grid_g_per_kwh"):
         CostModel(grid_g_per_kwh=-1)
@@ -239,13 +257,21 @@ def test_sum_and_summarize() -> None:
     assert sum_costs([a, a]).energy_source == "tdp-estimate"
     assert sum_costs([]) == CostRecord()
     with pytest.raises(ValueError, match="EUR, USD"):
-        sum_costs([a, estimate_cost(CostModel(currency="EUR"), wall_s=1, cpu_core_hours=0, gpu_hours=0)])
+        sum_costs(
+            [a, estimate_cost(CostModel(currency="EUR"), wall_s=1, cpu_core_hours=0, gpu_hours=0)]
+        )
 
     class T:  # the two attributes summarize_costs reads of a FrozenTrial
         def __init__(self, state: TrialState, cost: Any) -> None:
             self.state, self.user_attrs = state, ({"cost": cost} if cost is not None else {})
 
-    summary = summarize_costs([T(TrialState.COMPLETE, a.as_dict()), T(TrialState.FAIL, b.as_dict()), T(TrialState.COMPLETE, None)])
+    summary = summarize_costs(
+        [
+            T(TrialState.COMPLETE, a.as_dict()),
+            T(TrialState.FAIL, b.as_dict()),
+            T(TrialState.COMPLETE, None),
+        ]
+    )
     assert summary["trials"] == 2 and summary["unmeasured"] == 1
     assert set(summary["by_state"]) == {"complete", "fail"}
     assert summary["by_state"]["fail"]["money"] == pytest.approx(1.5)
@@ -254,7 +280,10 @@ def test_sum_and_summarize() -> None:
 
 def test_format_small_values_and_unknown_currency() -> None:
     rec = CostRecord(cpu_core_hours=0.0004, energy_kwh=0.000004, co2e_g=0.0019, currency="CHF")
-    assert format_cost(rec) == "0.00 GPU-h, 0.0004 CPU core-h, 4e-06 kWh (tdp-estimate), 0.0019 g CO2e, 0.00 CHF"
+    assert (
+        format_cost(rec)
+        == "0.00 GPU-h, 0.0004 CPU core-h, 4e-06 kWh (tdp-estimate), 0.0019 g CO2e, 0.00 CHF"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +302,9 @@ def _tuning(tmp_path: Path, cost: Any) -> Path:
 
 
 def test_cost_section_loads_with_defaults(tmp_path: Path) -> None:
-    spec = load_tuning(_tuning(tmp_path, {"grid_g_per_kwh": 120, "gpu_price_per_hour": 2.5, "currency": "EUR"}))
+    spec = load_tuning(
+        _tuning(tmp_path, {"grid_g_per_kwh": 120, "gpu_price_per_hour": 2.5, "currency": "EUR"})
+    )
     assert spec.cost == CostModel(grid_g_per_kwh=120.0, gpu_price_per_hour=2.5, currency="EUR")
     assert isinstance(spec.cost.grid_g_per_kwh, float)
     (tmp_path / "b").mkdir()
@@ -282,13 +313,33 @@ def test_cost_section_loads_with_defaults(tmp_path: Path) -> None:
 
 def test_cost_section_errors_name_the_key(tmp_path: Path) -> None:
     problems = validate_tuning(
-        _tuning(tmp_path, {"grid_g_per_kwh": -5, "gpu_price": 1.0, "gpu_tdp_w": 0, "cpu_tdp_w_per_core": "ten", "currency": ""})
+        _tuning(
+            tmp_path,
+            {
+                "grid_g_per_kwh": -5,
+                "gpu_price": 1.0,
+                "gpu_tdp_w": 0,
+                "cpu_tdp_w_per_core": "ten",
+                "currency": "",
+            },
+        )
     )
     by_key = {p.key: p for p in problems}
-    assert set(by_key) == {"cost.grid_g_per_kwh", "cost.gpu_price", "cost.gpu_tdp_w", "cost.cpu_tdp_w_per_core", "cost.currency"}
+    assert set(by_key) == {
+        "cost.grid_g_per_kwh",
+        "cost.gpu_price",
+        "cost.gpu_tdp_w",
+        "cost.cpu_tdp_w_per_core",
+        "cost.currency",
+    }
     assert "did you mean: gpu_price_per_hour" in by_key["cost.gpu_price"].rule
-    assert ">= 0" in by_key["cost.grid_g_per_kwh"].rule and by_key["cost.grid_g_per_kwh"].value == -5
-    assert validate_tuning(_tuning(tmp_path, {"grid_g_per_kwh": float("inf")}))[0].key == "cost.grid_g_per_kwh"
+    assert (
+        ">= 0" in by_key["cost.grid_g_per_kwh"].rule and by_key["cost.grid_g_per_kwh"].value == -5
+    )
+    assert (
+        validate_tuning(_tuning(tmp_path, {"grid_g_per_kwh": float("inf")}))[0].key
+        == "cost.grid_g_per_kwh"
+    )
     assert validate_tuning(_tuning(tmp_path, [1, 2]))[0].key == "cost"
     (tmp_path / "c").mkdir()
     path = _tuning(tmp_path / "c", None)
@@ -323,10 +374,17 @@ def _scripted() -> Any:
     return fn
 
 
-def test_study_records_cost_per_trial_total_csv_report_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_study_records_cost_per_trial_total_csv_report_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = CostModel(grid_g_per_kwh=1000.0, cpu_price_per_hour=36.0, currency="USD")
     study = speechtune.tune(
-        _scripted(), {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=5, pruner="median", run_dir=tmp_path, cost=model
+        _scripted(),
+        {"x": {"type": "float", "low": 0, "high": 1}},
+        n_trials=5,
+        pruner="median",
+        run_dir=tmp_path,
+        cost=model,
     )
     states = [t.state for t in study.trials]
     C, P, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
@@ -334,7 +392,9 @@ def test_study_records_cost_per_trial_total_csv_report_and_summary(tmp_path: Pat
     for trial in study.trials:
         cost = trial.user_attrs["cost"]
         assert set(COST_FIELDS) <= set(cost)
-        assert cost["cpu_core_hours"] * 3600 >= 0.02 * 0.9  # every trial burnt 20 ms, the failed one too
+        assert (
+            cost["cpu_core_hours"] * 3600 >= 0.02 * 0.9
+        )  # every trial burnt 20 ms, the failed one too
         assert cost["gpu_hours"] == 0.0 and cost["energy_source"] == "tdp-estimate"
         assert cost["co2e_g"] == pytest.approx(cost["energy_kwh"] * 1000.0)
         assert cost["money"] == pytest.approx(cost["cpu_core_hours"] * 36.0)
@@ -342,14 +402,20 @@ def test_study_records_cost_per_trial_total_csv_report_and_summary(tmp_path: Pat
     total = study.user_attrs["cost_total"]
     assert total["trials"] == 6 and total["unmeasured"] == 0
     assert set(total["by_state"]) == {"complete", "pruned", "fail"}
-    assert total["total"]["cpu_core_hours"] == pytest.approx(sum(t.user_attrs["cost"]["cpu_core_hours"] for t in study.trials))
-    assert total["by_state"]["fail"]["wall_s"] == pytest.approx(study.trials[3].user_attrs["cost"]["wall_s"])
+    assert total["total"]["cpu_core_hours"] == pytest.approx(
+        sum(t.user_attrs["cost"]["cpu_core_hours"] for t in study.trials)
+    )
+    assert total["by_state"]["fail"]["wall_s"] == pytest.approx(
+        study.trials[3].user_attrs["cost"]["wall_s"]
+    )
     assert study.user_attrs["spec"]["cost"]["grid_g_per_kwh"] == 1000.0
 
     with (tmp_path / "trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6
-    assert all(float(r["cost.co2e_g"]) > 0 and r["cost.energy_source"] == "tdp-estimate" for r in rows)
+    assert all(
+        float(r["cost.co2e_g"]) > 0 and r["cost.energy_source"] == "tdp-estimate" for r in rows
+    )
     assert rows[3]["state"] == "FAIL" and float(rows[3]["cost.cpu_core_hours"]) > 0
 
     html = (tmp_path / "report.html").read_text()
@@ -360,7 +426,12 @@ def test_study_records_cost_per_trial_total_csv_report_and_summary(tmp_path: Pat
     assert _print_summary(study, tmp_path) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("compute: "))
     assert line == "compute: " + format_cost(total["total"])
-    assert "GPU-h" in line and "CPU core-h" in line and "(tdp-estimate)" in line and "g CO2e, $" in line
+    assert (
+        "GPU-h" in line
+        and "CPU core-h" in line
+        and "(tdp-estimate)" in line
+        and "g CO2e, $" in line
+    )
 
 
 def test_multi_fidelity_study_records_cost(tmp_path: Path) -> None:
@@ -371,7 +442,12 @@ def test_multi_fidelity_study_records_cost(tmp_path: Path) -> None:
         return {"wer": config["x"] + 1.0 / config["epochs"]}
 
     study = speechtune.tune(
-        fn, {"x": {"type": "float", "low": 0, "high": 1}}, fidelity={"epochs": [1, 3]}, budget=2.0, pruner="none", run_dir=tmp_path
+        fn,
+        {"x": {"type": "float", "low": 0, "high": 1}},
+        fidelity={"epochs": [1, 3]},
+        budget=2.0,
+        pruner="none",
+        run_dir=tmp_path,
     )
     assert study.trials and all("cost" in t.user_attrs for t in study.trials)
     assert study.user_attrs["cost_total"]["trials"] == len(study.trials)
@@ -383,7 +459,9 @@ def test_ray_sink_estimates_cost_of_a_trial_ended_without_its_report(tmp_path: P
     from speechtune.tuning.backends.ray._sink import _Sink
     from speechtune.tuning.spec import RaySpec
 
-    spec = build_spec({"x": {"type": "float", "low": 0, "high": 1}}, cost=CostModel(cpu_tdp_w_per_core=5.0))
+    spec = build_spec(
+        {"x": {"type": "float", "low": 0, "high": 1}}, cost=CostModel(cpu_tdp_w_per_core=5.0)
+    )
     study = optuna.create_study()
     sink = _Sink(study, spec, tmp_path, "asha", None, None)
     sink.finish("t1", {"x": 0.5}, {"time_total_s": 7200.0, "epoch": 1}, None)

@@ -64,8 +64,9 @@ def test_ctc_prefix_score_matches_brute_force() -> None:
             assert math.exp(psi[0, k].item()) == pytest.approx(prefix_prob(ext), abs=1e-6)
             checked += 1
             if len(ext) < t_len:
-                new = state.select(torch.tensor([0]), torch.tensor([k]), r, psi,
-                                   torch.tensor([tok]))
+                new = state.select(
+                    torch.tensor([0]), torch.tensor([k]), r, psi, torch.tensor([tok])
+                )
                 frontier.append((ext, new))
     assert checked == 2 + 4 + 8 + 16
     # The prefix score of a blank extension is impossible by construction.
@@ -76,8 +77,16 @@ def test_ctc_prefix_score_matches_brute_force() -> None:
 def tiny_attention_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        encoder="transformer", d_model=32, num_layers=1, num_heads=2, ff_dim=64,
-        dropout=0.0, subsampling=2, head="ctc_attention", decoder_layers=1, ctc_weight=0.5,
+        encoder="transformer",
+        d_model=32,
+        num_layers=1,
+        num_heads=2,
+        ff_dim=64,
+        dropout=0.0,
+        subsampling=2,
+        head="ctc_attention",
+        decoder_layers=1,
+        ctc_weight=0.5,
     )
     return build_model(cfg, FEATS, VOCAB)
 

@@ -22,8 +22,15 @@ FEATS, VOCAB = 12, 10
 
 def tiny_cfg(**over: object) -> ModelConfig:
     base = ModelConfig(
-        encoder="conformer", d_model=16, num_layers=2, num_heads=2, ff_dim=32, conv_kernel=5,
-        dropout=0.1, subsampling=4, head="ctc",
+        encoder="conformer",
+        d_model=16,
+        num_layers=2,
+        num_heads=2,
+        ff_dim=32,
+        conv_kernel=5,
+        dropout=0.1,
+        subsampling=4,
+        head="ctc",
     )
     return dataclasses.replace(base, **over)
 
@@ -46,7 +53,7 @@ def test_forward_backward(encoder: str, head: str) -> None:
     expected = model.subsampling.output_lengths(lens)
     assert enc.shape == (3, int(expected.max()), 16)
     assert torch.equal(enc_lens, expected)
-    assert torch.all(enc[1, enc_lens[1]:] == 0)
+    assert torch.all(enc[1, enc_lens[1] :] == 0)
 
     out = model(feats, lens, targets, tlens)
     assert set(out) == {"loss", "ctc_loss", "att_loss"}
@@ -89,9 +96,7 @@ def test_padding_invariance_conformer_even_kernel() -> None:
     torch.testing.assert_close(both[0, : int(lens[0])], alone[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(
-    ("factor", "expected"), [(1, 100), (2, 49), (4, 24), (6, 15), (8, 11)]
-)
+@pytest.mark.parametrize(("factor", "expected"), [(1, 100), (2, 49), (4, 24), (6, 15), (8, 11)])
 def test_subsampling_lengths(factor: int, expected: int) -> None:
     torch.manual_seed(0)
     feats = 20  # factor 8 needs at least 15 feature bins
@@ -109,7 +114,7 @@ def test_subsampling_lengths(factor: int, expected: int) -> None:
         y2, l2 = sub(padded, torch.tensor([n]))
         assert y1.size(1) == int(l1) == int(l2)
         torch.testing.assert_close(y2[0, : int(l2)], y1[0])
-        assert torch.all(y2[0, int(l2):] == 0)
+        assert torch.all(y2[0, int(l2) :] == 0)
     with pytest.raises(ValueError, match="needs at least"):
         sub(torch.randn(1, 100, feats), torch.tensor([sub.min_input_frames - 1]))
     with pytest.raises(ValueError, match="feature bins"):
@@ -131,7 +136,7 @@ def test_deepnorm_init_scales_and_trains(encoder: str) -> None:
     assert attn_n.out_proj.weight.std().item() == pytest.approx(beta * xavier_std, rel=0.15)
     assert attn_n.q_proj.weight.std().item() == pytest.approx(xavier_std, rel=0.15)
     assert attn_n.v_proj.weight.std() < 0.7 * attn_d.v_proj.weight.std()
-    assert deep.encoder.layers[0].attn.alpha == pytest.approx(12 ** 0.25)
+    assert deep.encoder.layers[0].attn.alpha == pytest.approx(12**0.25)
 
     feats, lens, targets, tlens = batch(torch.Generator().manual_seed(3), [40, 32], [4, 3])
     opt = torch.optim.Adam(deep.parameters(), lr=1e-3)
@@ -152,7 +157,9 @@ def test_deepnorm_is_a_noop_with_warning_for_rnns() -> None:
 @pytest.mark.parametrize("encoder", ["blstm", "conformer"])
 def test_overfits_two_sequences(encoder: str) -> None:
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(encoder=encoder, d_model=32, ff_dim=64, dropout=0.0), FEATS, VOCAB)
+    model = build_model(
+        tiny_cfg(encoder=encoder, d_model=32, ff_dim=64, dropout=0.0), FEATS, VOCAB
+    )
     feats, lens, targets, tlens = batch(torch.Generator().manual_seed(4), [48, 40], [5, 4])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None

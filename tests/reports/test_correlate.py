@@ -66,14 +66,25 @@ class _Builder:
                 "strategy": "hyperband",
                 "eta": 3,
                 "resume_key": None,
-                "rungs": [{"name": n, "overrides": {"train.epochs": e}, "cost": c} for n, c, e in rung_defs],
+                "rungs": [
+                    {"name": n, "overrides": {"train.epochs": e}, "cost": c}
+                    for n, c, e in rung_defs
+                ],
             },
         )
         self.last_number: dict[int, int] = {}  # config_id -> number of its latest trial
         self.clock = T0
         self.count = 0  # trial numbers are given in add order
 
-    def add(self, config_id: int, rung: int, bracket: int, lr: float, value: float | None, state: TrialState = TrialState.COMPLETE) -> None:
+    def add(
+        self,
+        config_id: int,
+        rung: int,
+        bracket: int,
+        lr: float,
+        value: float | None,
+        state: TrialState = TrialState.COMPLETE,
+    ) -> None:
         name, cost, epochs = self.rungs[rung]
         trial = optuna.trial.create_trial(
             state=state,
@@ -82,7 +93,11 @@ class _Builder:
             distributions={"optim.lr": LR},
             user_attrs={
                 "config": {"optim.lr": lr, "train.epochs": epochs},
-                "status": {TrialState.COMPLETE: "complete", TrialState.FAIL: "diverged", TrialState.PRUNED: "stopped"}[state],
+                "status": {
+                    TrialState.COMPLETE: "complete",
+                    TrialState.FAIL: "diverged",
+                    TrialState.PRUNED: "stopped",
+                }[state],
                 "reason": "",
                 "rung": rung,
                 "rung_name": name,
@@ -110,7 +125,14 @@ class _Builder:
         return optuna.load_study(study_name=name, storage=storage)
 
 
-def make_mf_study(storage: str | BaseStorage | None, name: str = "mf", *, seed: int = 0, tiny_faithful: bool = False, top_configs: int = 12) -> optuna.Study:
+def make_mf_study(
+    storage: str | BaseStorage | None,
+    name: str = "mf",
+    *,
+    seed: int = 0,
+    tiny_faithful: bool = False,
+    top_configs: int = 12,
+) -> optuna.Study:
     """A finished Hyperband-like study with two brackets.
 
     Bracket 0: 36 configs at ``tiny`` (2 fail, 1 is pruned), the best 24 by their tiny value go to
@@ -125,11 +147,19 @@ def make_mf_study(storage: str | BaseStorage | None, name: str = "mf", *, seed: 
     truth = {c: float(0.1 + 0.5 * rng.random()) for c in range(44)}
     small = {c: 0.5 * truth[c] + float(rng.normal(0, 0.005)) for c in range(44)}
     tiny = {
-        c: (truth[c] + 0.3 + float(rng.normal(0, 0.002))) if tiny_faithful else float(rng.uniform(0.3, 0.9))
+        c: (truth[c] + 0.3 + float(rng.normal(0, 0.002)))
+        if tiny_faithful
+        else float(rng.uniform(0.3, 0.9))
         for c in range(36)
     }
     for c in range(36):
-        state = TrialState.FAIL if c in FAILED else TrialState.PRUNED if c in PRUNED else TrialState.COMPLETE
+        state = (
+            TrialState.FAIL
+            if c in FAILED
+            else TrialState.PRUNED
+            if c in PRUNED
+            else TrialState.COMPLETE
+        )
         b.add(c, 0, 0, lr[c], tiny[c], state)
     finished = [c for c in range(36) if c not in FAILED + PRUNED]
     to_small = sorted(finished, key=lambda c: tiny[c])[:24]
@@ -221,7 +251,9 @@ def test_rank_correlation_intervals_are_seeded_and_need_three_pairs() -> None:
 # --------------------------------------------------------------------------- multi-fidelity
 
 
-def test_rung_correlations_and_recommendation_on_a_multi_fidelity_study(mf_run: Path, faithful: optuna.Study) -> None:
+def test_rung_correlations_and_recommendation_on_a_multi_fidelity_study(
+    mf_run: Path, faithful: optuna.Study
+) -> None:
     study = load_study(mf_run)
     report = correlate_study(study, n_bootstrap=500, seed=0)
     assert report.mode == "fidelity" and report.metric == "wer" and report.top_name == "full"
@@ -235,14 +267,19 @@ def test_rung_correlations_and_recommendation_on_a_multi_fidelity_study(mf_run: 
         assert lo <= rc.stats.spearman <= hi
     tiny, small = report.rungs
     assert tiny.n_pairs == 12 and small.n_pairs == 20
-    assert small.stats.spearman > 0.9 and small.stats.spearman_ci[0] >= 0.7 and small.trustworthy(0.7)
+    assert (
+        small.stats.spearman > 0.9 and small.stats.spearman_ci[0] >= 0.7 and small.trustworthy(0.7)
+    )
     # Pure noise: the interval straddles 0 and the rung is not trusted.
     assert tiny.stats.spearman_ci[0] < 0 < tiny.stats.spearman_ci[1] and not tiny.trustworthy(0.7)
     assert tiny.cost == pytest.approx(1 / 9) and tiny.mean_job_cost == pytest.approx(1 / 9)
     assert report.recommendation.kind == "rung" and report.recommendation.name == "small"
     # Same seed, same intervals; the seed matters.
     assert correlate_study(study, n_bootstrap=500, seed=0) == report
-    assert correlate_study(study, n_bootstrap=500, seed=1).rungs[1].stats.spearman_ci != small.stats.spearman_ci
+    assert (
+        correlate_study(study, n_bootstrap=500, seed=1).rungs[1].stats.spearman_ci
+        != small.stats.spearman_ci
+    )
     # With a faithful tiny rung the cheapest rung wins.
     assert correlate_study(faithful, n_bootstrap=300).recommendation.name == "tiny"
 
@@ -259,14 +296,21 @@ def test_too_few_top_rung_configs_recommends_collecting_more(tmp_path: Path) -> 
     report = correlate_study(study, n_bootstrap=100)
     assert all(rc.n_pairs == 3 and not rc.enough_pairs for rc in report.rungs)
     assert report.recommendation.kind == "collect_more" and report.recommendation.name is None
-    assert "collect more" in report.recommendation.text and f"at least {MIN_PAIRS}" in report.recommendation.text
+    assert (
+        "collect more" in report.recommendation.text
+        and f"at least {MIN_PAIRS}" in report.recommendation.text
+    )
 
 
-def test_correlate_cli_writes_json_and_png_and_prints_the_table(mf_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_correlate_cli_writes_json_and_png_and_prints_the_table(
+    mf_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["correlate", str(mf_run), "--bootstrap", "300", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "rank correlation with rung 'full'" in out and "recommendation: use rung 'small'" in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(("tiny ", "small "))}
+    lines = {
+        line.split()[0]: line for line in out.splitlines() if line.startswith(("tiny ", "small "))
+    }
     assert lines["small"].rstrip().endswith("yes") and lines["tiny"].rstrip().endswith("no")
     data = json.loads((mf_run / "correlation.json").read_text())
     assert data["mode"] == "fidelity" and data["bootstrap"] == 300 and data["seed"] == 2
@@ -288,12 +332,23 @@ def test_report_of_a_multi_fidelity_study(mf_run: Path) -> None:
     # The warning names the noise rung that promotions relied on and the trustworthy one.
     (box,) = [part for part in page.split('<div class="warning">')[1:]]
     box = box.split("</div>")[0]
-    assert "WARNING" in box and "rung &#x27;tiny&#x27;" in box and "use rung &#x27;small&#x27;" in box
+    assert (
+        "WARNING" in box and "rung &#x27;tiny&#x27;" in box and "use rung &#x27;small&#x27;" in box
+    )
     assert "&#x27;small&#x27; (" not in box.split("Recommendation")[0]  # only tiny is flagged
     # Rung table: configs run, promoted, pruned/failed, compute, wall time.
-    assert "<tr><td>0</td><td>tiny</td><td>0.111</td><td>36</td><td>36</td><td>24</td><td>3</td><td>4</td><td>360.0</td></tr>" in page
-    assert "<tr><td>1</td><td>small</td><td>0.333</td><td>32</td><td>32</td><td>20</td><td>0</td><td>10.7</td><td>960.0</td></tr>" in page
-    assert "<tr><td>2</td><td>full</td><td>1</td><td>20</td><td>20</td><td>0</td><td>0</td><td>20</td><td>1800.0</td></tr>" in page
+    assert (
+        "<tr><td>0</td><td>tiny</td><td>0.111</td><td>36</td><td>36</td><td>24</td><td>3</td><td>4</td><td>360.0</td></tr>"
+        in page
+    )
+    assert (
+        "<tr><td>1</td><td>small</td><td>0.333</td><td>32</td><td>32</td><td>20</td><td>0</td><td>10.7</td><td>960.0</td></tr>"
+        in page
+    )
+    assert (
+        "<tr><td>2</td><td>full</td><td>1</td><td>20</td><td>20</td><td>0</td><td>0</td><td>20</td><td>1800.0</td></tr>"
+        in page
+    )
     # Brackets: bracket 1 started at the small rung.
     assert "<tr><td>0</td><td>36 / 4</td><td>24 / 8</td><td>12 / 12</td><td>24</td></tr>" in page
     assert "<tr><td>1</td><td>-</td><td>8 / 2.67</td><td>8 / 8</td><td>10.7</td></tr>" in page
@@ -319,7 +374,9 @@ def test_best_trial_is_chosen_at_the_top_rung_only(mf_run: Path) -> None:
     page = (mf_run / "report.html").read_text()
     assert f"<b>Best trial #{best.number}</b>" in page
     top_rows = page.split("<h3>Top trials</h3>")[1].split("</table>")[0]
-    assert f"<td>{overall.number}</td>" not in top_rows  # lower-rung values are not ranked with the top's
+    assert (
+        f"<td>{overall.number}</td>" not in top_rows
+    )  # lower-rung values are not ranked with the top's
 
 
 def test_trials_csv_has_the_fidelity_columns(mf_run: Path) -> None:
@@ -329,13 +386,20 @@ def test_trials_csv_has_the_fidelity_columns(mf_run: Path) -> None:
     for key in ["rung", "rung_name", "config_id", "bracket", "parent_trial", "source", "job_cost"]:
         assert key in rows[0], key
     last = rows[-1]
-    assert last["rung"] == "2" and last["rung_name"] == "full" and last["bracket"] == "1" and float(last["job_cost"]) == 1.0
+    assert (
+        last["rung"] == "2"
+        and last["rung_name"] == "full"
+        and last["bracket"] == "1"
+        and float(last["job_cost"]) == 1.0
+    )
     # Its parent is the same config's run at the small rung.
     parent = rows[int(last["parent_trial"])]
     assert parent["config_id"] == last["config_id"] and parent["rung"] == "1"
 
 
-def test_no_warning_when_promotions_relied_on_faithful_rungs(mf_run: Path, faithful: optuna.Study) -> None:
+def test_no_warning_when_promotions_relied_on_faithful_rungs(
+    mf_run: Path, faithful: optuna.Study
+) -> None:
     report = correlate_study(faithful, n_bootstrap=300)
     summaries = rung_summaries(faithful)
     assert [s.promoted for s in summaries] == [24, 20, 0]
@@ -355,7 +419,12 @@ def _epoch_study(storage: str, seed: int = 0) -> optuna.Study:
     study = optuna.create_study(storage=memory, study_name="epochs")
     for number in range(16):
         final = float(0.1 + 0.5 * rng.random())
-        curve = {1: float(rng.uniform(0.5, 1.0)), 2: final + 0.2 + float(rng.normal(0, 0.01)), 3: final + 0.05, 4: final}
+        curve = {
+            1: float(rng.uniform(0.5, 1.0)),
+            2: final + 0.2 + float(rng.normal(0, 0.01)),
+            3: final + 0.05,
+            4: final,
+        }
         pruned = number in (3, 7)
         study.add_trial(
             optuna.trial.create_trial(
@@ -378,9 +447,14 @@ def test_epoch_mode_on_a_study_without_fidelity(tmp_path: Path) -> None:
     assert [rc.name for rc in report.rungs] == ["epoch 1", "epoch 2", "epoch 3"]
     assert [rc.n_pairs for rc in report.rungs] == [14, 14, 14]  # complete trials only
     assert [rc.cost for rc in report.rungs] == pytest.approx([0.25, 0.5, 0.75])
-    assert report.rungs[1].stats.spearman > 0.9 and report.rungs[2].stats.spearman == pytest.approx(1.0)
+    assert report.rungs[1].stats.spearman > 0.9 and report.rungs[
+        2
+    ].stats.spearman == pytest.approx(1.0)
     assert not report.rungs[0].trustworthy(0.7)
-    assert report.recommendation.name == "epoch 2" and "pruner may act from epoch 2" in report.recommendation.text
+    assert (
+        report.recommendation.name == "epoch 2"
+        and "pruner may act from epoch 2" in report.recommendation.text
+    )
     # Its trials.csv has no multi-fidelity columns.
     with write_trials_csv(study, tmp_path / "t.csv").open(newline="") as fh:
         header = next(csv.reader(fh))
@@ -393,12 +467,16 @@ def test_epoch_mode_reads_the_history_attr_of_a_multi_objective_study(tmp_path: 
     study = make_study(f"sqlite:///{tmp_path / 's.db'}", "mo", multi=True)
     report = correlate_study(study, n_bootstrap=200)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert report.mode == "epochs" and report.metric == "wer" and report.n_top == len(complete) == 8
+    assert (
+        report.mode == "epochs" and report.metric == "wer" and report.n_top == len(complete) == 8
+    )
     assert [rc.name for rc in report.rungs] == ["epoch 1", "epoch 2", "epoch 3"]
     assert all(rc.stats.spearman > 0.9 for rc in report.rungs)
     # Another metric from the history rows: loss, final value from its last epoch.
     loss = correlate_study(study, metric="loss", n_bootstrap=0)
-    assert loss.metric == "loss" and loss.rungs[0].pairs[0].top == pytest.approx(2 * complete[0].user_attrs["history"][-1]["wer"])
+    assert loss.metric == "loss" and loss.rungs[0].pairs[0].top == pytest.approx(
+        2 * complete[0].user_attrs["history"][-1]["wer"]
+    )
 
 
 # --------------------------------------------------------------------------- errors
@@ -440,4 +518,3 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "threshold: expected a Spearman correlation in [-1, 1]" in capsys.readouterr().err
     assert main(["correlate", str(low), "--study", "other"]) == 1
     assert "the storage holds: low" in capsys.readouterr().err
-

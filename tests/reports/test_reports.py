@@ -37,7 +37,9 @@ from tests.helpers.reports import (
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SINGLE_PLOTS = ["history", "importance", "parallel", "learning-curves", "group-wer", "seeds"]
 
@@ -46,7 +48,10 @@ SINGLE_PLOTS = ["history", "importance", "parallel", "learning-curves", "group-w
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two run dirs (single- and two-objective), each with its report rebuilt once."""
     root = tmp_path_factory.mktemp("runs")
-    out = {"single": make_run_dir(root, "single"), "multi": make_run_dir(root, "multi", multi=True)}
+    out = {
+        "single": make_run_dir(root, "single"),
+        "multi": make_run_dir(root, "multi", multi=True),
+    }
     for run_dir in out.values():
         report_command(run_dir)
     return out
@@ -60,18 +65,36 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 def test_trials_csv_has_one_row_per_trial_with_records(runs: dict[str, Path]) -> None:
     rows = _csv_rows(runs["single"] / "trials.csv")
     assert [int(r["number"]) for r in rows] == list(range(12))
-    for key in ["number", "state", "status", "reason", "wer", "duration_s", "objective_std",
-                "config.optim.lr", "config.model.num_layers", "config.model.dropout",
-                "config.schedule.warmup_steps", "metrics.wer", "metrics.worst_group_wer"]:
+    for key in [
+        "number",
+        "state",
+        "status",
+        "reason",
+        "wer",
+        "duration_s",
+        "objective_std",
+        "config.optim.lr",
+        "config.model.num_layers",
+        "config.model.dropout",
+        "config.schedule.warmup_steps",
+        "metrics.wer",
+        "metrics.worst_group_wer",
+    ]:
         assert key in rows[0], key
     pruned = [int(r["number"]) for r in rows if r["state"] == "PRUNED"]
     assert pruned == sorted(PRUNED)
-    assert all(rows[n]["reason"] == "pruned-by-median" and rows[n]["status"] == "stopped" for n in pruned)
+    assert all(
+        rows[n]["reason"] == "pruned-by-median" and rows[n]["status"] == "stopped" for n in pruned
+    )
     (failed,) = [r for r in rows if r["state"] == "FAIL"]
-    assert int(failed["number"]) in FAILED and failed["status"] == "diverged" and failed["wer"] == ""
+    assert (
+        int(failed["number"]) in FAILED and failed["status"] == "diverged" and failed["wer"] == ""
+    )
     # The conditional key is blank exactly where the encoder is not a conformer.
     for row in rows:
-        assert (row["config.model.conv_kernel"] != "") == (row["config.model.encoder"] == "conformer")
+        assert (row["config.model.conv_kernel"] != "") == (
+            row["config.model.encoder"] == "conformer"
+        )
     multi_rows = _csv_rows(runs["multi"] / "trials.csv")
     assert "latency_ms_per_audio_s" in multi_rows[0] and len(multi_rows) == 12
 
@@ -90,19 +113,30 @@ def test_best_yaml_is_the_complete_recipe_of_the_best_trial(runs: dict[str, Path
     assert loaded.optim.lr == pytest.approx(best.params["optim.lr"])
 
 
-def test_best_yaml_of_a_multi_objective_study_picks_the_pareto_trial(runs: dict[str, Path]) -> None:
+def test_best_yaml_of_a_multi_objective_study_picks_the_pareto_trial(
+    runs: dict[str, Path],
+) -> None:
     study = load_study(runs["multi"])
     front = study.best_trials
     assert len(front) >= 2, "the fixture should have a real trade-off"
     chosen = min(front, key=lambda t: t.values[0])
-    header = [line for line in (runs["multi"] / "best.yaml").read_text().splitlines() if line.startswith("#")]
+    header = [
+        line
+        for line in (runs["multi"] / "best.yaml").read_text().splitlines()
+        if line.startswith("#")
+    ]
     assert f"trial {chosen.number}" in header[0]
     assert "Pareto" in " ".join(header)
     assert "mean over 2 seeds" in " ".join(header)  # seed_values holds objective vectors here
-    assert load_config(runs["multi"] / "best.yaml").model.num_layers == chosen.params["model.num_layers"]
+    assert (
+        load_config(runs["multi"] / "best.yaml").model.num_layers
+        == chosen.params["model.num_layers"]
+    )
 
 
-def test_best_yaml_without_a_recipe_is_the_flat_config_and_bad_recipes_are_refused(tmp_path: Path) -> None:
+def test_best_yaml_without_a_recipe_is_the_flat_config_and_bad_recipes_are_refused(
+    tmp_path: Path,
+) -> None:
     study = make_study(f"sqlite:///{tmp_path / 's.db'}", "cmd", n_trials=3, recipe=False)
     path = write_best_yaml(study, tmp_path / "best.yaml")
     flat = yaml.safe_load(path.read_text())
@@ -148,11 +182,15 @@ def test_report_escapes_user_text_and_explains_skipped_importance(tmp_path: Path
 
 
 def test_storage_resolution(runs: dict[str, Path], tmp_path: Path) -> None:
-    assert resolve_storage(runs["single"]) == f"sqlite:///{(runs['single'] / 'study.db').resolve()}"
+    assert (
+        resolve_storage(runs["single"]) == f"sqlite:///{(runs['single'] / 'study.db').resolve()}"
+    )
     assert resolve_storage("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
     journal_path = tmp_path / "journal.log"
     journal = resolve_storage(f"journal://{journal_path}")
-    optuna.create_study(storage=journal, study_name="j").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    optuna.create_study(storage=journal, study_name="j").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
     assert len(load_study(tmp_path).trials) == 2
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         resolve_storage(tmp_path / "missing")
@@ -165,13 +203,17 @@ def test_dashboard_serves_the_study_on_loopback(runs: dict[str, Path]) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     code = f"from speechtune.reports import dashboard_command; dashboard_command({str(runs['single'])!r}, port={port})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         body = b""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/studies", timeout=2
+                ) as resp:
                     body = resp.read()
                 break
             except OSError:
@@ -186,11 +228,24 @@ def test_dashboard_serves_the_study_on_loopback(runs: dict[str, Path]) -> None:
 def test_report_renders_in_headless_chromium(runs: dict[str, Path], tmp_path: Path) -> None:
     report = runs["multi"] / "report.html"
     argv = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", report.resolve().as_uri(),
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        report.resolve().as_uri(),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)}
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Uncaught" not in done.stderr, [l for l in done.stderr.splitlines() if "Uncaught" in l]
     # Plotly replaces each empty figure div with its rendered container and SVG.

@@ -37,10 +37,18 @@ def _model_dir(root: Path, seed: int) -> Path:
 def _register(registry: ModelRegistry, model_dir: Path, seed: int, wer: float) -> RegisteredModel:
     return registry.register(
         model_dir,
-        params={"model": {"d_model": 64, "encoder": "lstm"}, "optim.lr": 0.003, "text": "x" * 7000},
+        params={
+            "model": {"d_model": 64, "encoder": "lstm"},
+            "optim.lr": 0.003,
+            "text": "x" * 7000,
+        },
         metrics={"golden_wer": wer, "golden_cer": wer / 2, "not_a_number": "n/a"},  # type: ignore[dict-item]
         tags={RUN_TAG: f"wf-{seed}", "speechtune.workflow": "synthetic"},
-        lineage={"data": {"train_fingerprint": f"fp{seed}"}, "study": "fine", "code": code_version()},
+        lineage={
+            "data": {"train_fingerprint": f"fp{seed}"},
+            "study": "fine",
+            "code": code_version(),
+        },
         run_name=f"gate-{seed}",
         description=f"seed {seed}",
     )
@@ -114,7 +122,10 @@ def test_aliases_move(store: dict) -> None:
     assert set(champion.aliases) == {"champion", "challenger"}
     challenger = registry.version_by_alias("challenger")
     assert challenger is not None and challenger.version == "2"
-    assert {v.version: v.aliases for v in registry.versions()} == {"1": (), "2": ("challenger", "champion")}
+    assert {v.version: v.aliases for v in registry.versions()} == {
+        "1": (),
+        "2": ("challenger", "champion"),
+    }
     assert champion.metrics["golden_wer"] == pytest.approx(0.20)
 
 
@@ -139,11 +150,18 @@ def test_reopened_registry_sees_the_same_versions(store: dict) -> None:
 
 def test_download_returns_the_same_bytes(store: dict, tmp_path: Path) -> None:
     registry = store["registry"]
-    for model, original in ((store["first"], store["first_dir"]), (store["second"], store["second_dir"])):
+    for model, original in (
+        (store["first"], store["first_dir"]),
+        (store["second"], store["second_dir"]),
+    ):
         local = registry.download(model, tmp_path / model.version)
         assert (local / "model.pt").read_bytes() == (original / "model.pt").read_bytes()
         assert (local / "config.yaml").read_text() == (original / "config.yaml").read_text()
-        assert sorted(p.name for p in local.iterdir()) == ["config.yaml", "metrics.json", "model.pt"]
+        assert sorted(p.name for p in local.iterdir()) == [
+            "config.yaml",
+            "metrics.json",
+            "model.pt",
+        ]
 
 
 def test_run_holds_params_metrics_tags_and_lineage(store: dict, tmp_path: Path) -> None:
@@ -159,7 +177,9 @@ def test_run_holds_params_metrics_tags_and_lineage(store: dict, tmp_path: Path) 
     assert len(params["text"]) == 6000  # truncated, as StudyTracker does
     assert run.data.metrics == {"golden_wer": 0.25, "golden_cer": 0.125}
     assert run.data.tags[RUN_TAG] == "wf-1"
-    lineage = json.loads(Path(client.download_artifacts(run.info.run_id, "lineage.json", str(tmp_path))).read_text())
+    lineage = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "lineage.json", str(tmp_path))).read_text()
+    )
     assert lineage["data"] == {"train_fingerprint": "fp1"}
     assert lineage["code"]["package"] == code_version()["package"]
     version = client.get_model_version(MODEL, "1")
@@ -178,7 +198,9 @@ def test_attach_file_and_directory(store: dict, tmp_path: Path) -> None:
     assert registry.champion().tags[EXPORT_TAG] == uri  # type: ignore[union-attr]
     client = MlflowClient(tracking_uri=registry.tracking_uri)
     assert client.get_run(second.run_id).data.tags[EXPORT_TAG] == uri
-    fetched = Path(client.download_artifacts(second.run_id, "export/model.ts", str(tmp_path / "dl")))
+    fetched = Path(
+        client.download_artifacts(second.run_id, "export/model.ts", str(tmp_path / "dl"))
+    )
     assert fetched.read_bytes() == b"torchscript bytes"
 
     bundle = tmp_path / "onnx"
@@ -266,4 +288,8 @@ def test_code_version_without_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     # No git on PATH: the package version still comes back, the git fields are unknown.
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert code_version() == {"package": speechtune.__version__, "git_commit": None, "git_dirty": None}
+    assert code_version() == {
+        "package": speechtune.__version__,
+        "git_commit": None,
+        "git_dirty": None,
+    }

@@ -43,8 +43,16 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with ThreadPoolExecutor(max_workers=4) as pool:
         children = dict(zip((t.number for t in study.trials), pool.map(log, study.trials)))
     best = study.best_trial
-    tracker.end_study(best.value, best.params, cost={"gpu_hours": 0.25, "co2e_g": 12.0, "energy_source": "nvml"})
-    return {"run_dir": run_dir, "study": study, "parent": parent, "children": children, "tracker": tracker}
+    tracker.end_study(
+        best.value, best.params, cost={"gpu_hours": 0.25, "co2e_g": 12.0, "energy_source": "nvml"}
+    )
+    return {
+        "run_dir": run_dir,
+        "study": study,
+        "parent": parent,
+        "children": children,
+        "tracker": tracker,
+    }
 
 
 def _client(run_dir: Path) -> MlflowClient:
@@ -59,7 +67,9 @@ def test_store_lives_in_the_run_dir(logged: dict) -> None:
     run_dir = logged["run_dir"]
     assert logged["tracker"].tracking_uri.startswith("sqlite:///")
     assert (run_dir / "mlflow.db").is_file()
-    assert list((run_dir / "mlruns").rglob("config.yaml")), "artifacts belong under <run_dir>/mlruns"
+    assert list((run_dir / "mlruns").rglob("config.yaml")), (
+        "artifacts belong under <run_dir>/mlruns"
+    )
 
 
 def test_one_parent_and_a_nested_child_per_trial(logged: dict) -> None:
@@ -77,8 +87,13 @@ def test_one_parent_and_a_nested_child_per_trial(logged: dict) -> None:
     assert '"log": true' in parent.data.params["space.optim.lr"]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_value"] == pytest.approx(logged["study"].best_value)
-    assert parent.data.metrics["cost.gpu_hours"] == 0.25 and parent.data.metrics["cost.co2e_g"] == 12.0
-    assert parent.data.tags["best.model.num_layers"] == str(logged["study"].best_params["model.num_layers"])
+    assert (
+        parent.data.metrics["cost.gpu_hours"] == 0.25
+        and parent.data.metrics["cost.co2e_g"] == 12.0
+    )
+    assert parent.data.tags["best.model.num_layers"] == str(
+        logged["study"].best_params["model.num_layers"]
+    )
 
 
 def test_child_runs_carry_params_metrics_tags_and_artifact(logged: dict) -> None:
@@ -95,9 +110,13 @@ def test_child_runs_carry_params_metrics_tags_and_artifact(logged: dict) -> None
         history = client.get_metric_history(run.info.run_id, "wer")
         history = sorted(history, key=lambda m: m.step)
         assert [m.step for m in history] == [row["epoch"] for row in trial.user_attrs["history"]]
-        assert [m.value for m in history] == pytest.approx([row["wer"] for row in trial.user_attrs["history"]])
+        assert [m.value for m in history] == pytest.approx(
+            [row["wer"] for row in trial.user_attrs["history"]]
+        )
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert run.data.metrics["final_wer"] == pytest.approx(trial.user_attrs["metrics"]["wer"])
+            assert run.data.metrics["final_wer"] == pytest.approx(
+                trial.user_attrs["metrics"]["wer"]
+            )
             assert run.info.status == "FINISHED"
         else:
             assert "final_wer" not in run.data.metrics
@@ -110,20 +129,37 @@ def test_a_resumed_study_reuses_its_parent_run(logged: dict) -> None:
     assert tracker.start_study("tracked", logged["study"].user_attrs["spec"]) == logged["parent"]
     child = tracker.log_trial(99, {"optim.lr": 0.1}, [], {"wer": 0.5}, "complete", "done")
     run = tracker.client.get_run(child)
-    assert run.data.tags["mlflow.parentRunId"] == logged["parent"] and run.data.metrics["final_wer"] == 0.5
+    assert (
+        run.data.tags["mlflow.parentRunId"] == logged["parent"]
+        and run.data.metrics["final_wer"] == 0.5
+    )
 
 
 def test_a_trial_cost_becomes_metrics_and_a_tag(logged: dict) -> None:
-    cost = {"wall_s": 12.5, "cpu_core_hours": 0.004, "gpu_hours": 0.0035, "energy_kwh": 0.001,
-            "energy_source": "nvml", "co2e_g": 0.48, "money": 0.01, "currency": "USD"}
-    child = logged["tracker"].log_trial(98, {"optim.lr": 0.1}, [], {"wer": 0.5}, "complete", "done", cost=cost)
+    cost = {
+        "wall_s": 12.5,
+        "cpu_core_hours": 0.004,
+        "gpu_hours": 0.0035,
+        "energy_kwh": 0.001,
+        "energy_source": "nvml",
+        "co2e_g": 0.48,
+        "money": 0.01,
+        "currency": "USD",
+    }
+    child = logged["tracker"].log_trial(
+        98, {"optim.lr": 0.1}, [], {"wer": 0.5}, "complete", "done", cost=cost
+    )
     run = _client(logged["run_dir"]).get_run(child)
     assert run.data.metrics["cost.gpu_hours"] == pytest.approx(0.0035)
     assert run.data.metrics["cost.co2e_g"] == pytest.approx(0.48)
-    assert "cost.currency" not in run.data.metrics and run.data.tags["cost.energy_source"] == "nvml"
+    assert (
+        "cost.currency" not in run.data.metrics and run.data.tags["cost.energy_source"] == "nvml"
+    )
 
 
-def test_an_explicit_sqlite_store_keeps_artifacts_in_the_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_explicit_sqlite_store_keeps_artifacts_in_the_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cwd, run_dir = tmp_path / "cwd", tmp_path / "run"
     cwd.mkdir()
     monkeypatch.chdir(cwd)

@@ -15,8 +15,16 @@ from tests.helpers.recipes import run_options, tiny_config
 VARIANTS = {
     "bpe-ctc_attention-beam": dict(
         tokenizer={"kind": "bpe", "vocab_size": 40},
-        model={"encoder": "transformer", "d_model": 32, "num_heads": 2, "ff_dim": 64, "num_layers": 1,
-               "head": "ctc_attention", "ctc_weight": 0.3, "decoder_layers": 1},
+        model={
+            "encoder": "transformer",
+            "d_model": 32,
+            "num_heads": 2,
+            "ff_dim": 64,
+            "num_layers": 1,
+            "head": "ctc_attention",
+            "ctc_weight": 0.3,
+            "decoder_layers": 1,
+        },
         decode={"method": "beam", "beam_size": 2, "ctc_weight": 0.3, "max_len_ratio": 0.5},
         schedule={"name": "noam", "warmup_steps": 5},
     ),
@@ -32,8 +40,16 @@ VARIANTS = {
         train={"grad_accum": 2, "lr_scaling": "sqrt", "reference_batch": 16},
     ),
     "conformer-deepnorm-exponential": dict(
-        model={"encoder": "conformer", "d_model": 32, "num_heads": 2, "ff_dim": 64, "num_layers": 2,
-               "conv_kernel": 7, "init": "deepnorm", "subsampling": 6},
+        model={
+            "encoder": "conformer",
+            "d_model": 32,
+            "num_heads": 2,
+            "ff_dim": 64,
+            "num_layers": 2,
+            "conv_kernel": 7,
+            "init": "deepnorm",
+            "subsampling": 6,
+        },
         optim={"name": "adam", "lr": 0.002},
         schedule={"name": "warmup_exponential", "warmup_steps": 3, "gamma": 0.95},
         features={"n_mels": 40, "sample_rate": 8000, "window_ms": 32, "hop_ms": 16},
@@ -44,7 +60,9 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def small_data(synth_data: PreparedData) -> PreparedData:
-    return PreparedData(train=synth_data.train[:48], dev=synth_data.dev[:12], report=synth_data.report)
+    return PreparedData(
+        train=synth_data.train[:48], dev=synth_data.dev[:12], report=synth_data.report
+    )
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

@@ -20,15 +20,20 @@ GOLDEN_CER = 0.226
 CER_TOLERANCE = 0.08
 
 
-
-
 def test_training_reaches_golden_cer(trained) -> None:
     assert trained.status == "complete", trained.reason
     first, last = trained.history[0], trained.history[-1]
     assert last["train_loss"] < 0.5 * first["train_loss"]
     # two-sided: a much *better* figure would be as suspicious (a leak from dev) as a worse one
     assert abs(trained.metrics["cer"] - GOLDEN_CER) <= CER_TOLERANCE, trained.metrics["cer"]
-    for key in ("wer", "worst_group_wer", "latency_ms_per_audio_s", "rtf", "num_parameters", "model_bytes"):
+    for key in (
+        "wer",
+        "worst_group_wer",
+        "latency_ms_per_audio_s",
+        "rtf",
+        "num_parameters",
+        "model_bytes",
+    ):
         assert key in trained.metrics
     assert set(trained.metrics["group_wer"]) == {"en-us", "en-gb-scotland"}
     assert trained.metrics["worst_group_wer"] == max(trained.metrics["group_wer"].values())
@@ -36,12 +41,21 @@ def test_training_reaches_golden_cer(trained) -> None:
 
 def test_outputs_on_disk_and_reload(trained, synth_data: PreparedData) -> None:
     out = trained.output_dir
-    for name in ("model.pt", "last.pt", "metrics.json", "history.json", "config.yaml", "result.json"):
+    for name in (
+        "model.pt",
+        "last.pt",
+        "metrics.json",
+        "history.json",
+        "config.yaml",
+        "result.json",
+    ):
         assert (out / name).is_file(), name
     history = json.loads((out / "history.json").read_text())
     assert len(history) == len(trained.history)
     for row in history:
-        assert {"train_loss", "dev_loss", "grad_norm", "lr", "overfit_gap", "wer", "cer"} <= set(row)
+        assert {"train_loss", "dev_loss", "grad_norm", "lr", "overfit_gap", "wer", "cer"} <= set(
+            row
+        )
     # the saved model reproduces the reported dev WER through the public evaluate path
     result = evaluate_model(out / "model.pt", synth_data.dev, name="dev_check")
     assert result["wer"] == pytest.approx(trained.metrics["wer"], abs=1e-9)
@@ -61,7 +75,9 @@ def test_transcribe_files(trained, synth_data: PreparedData) -> None:
     assert rec.cfg.model.encoder == "conformer"
 
 
-def test_resume_gives_same_metrics_as_uninterrupted(synth_data: PreparedData, tmp_path: Path) -> None:
+def test_resume_gives_same_metrics_as_uninterrupted(
+    synth_data: PreparedData, tmp_path: Path
+) -> None:
     cfg = tiny_config(
         specaugment={"enabled": True, "time_mask_width": 8, "freq_mask_width": 4},
         model={"dropout": 0.1, "num_layers": 2},
@@ -94,7 +110,12 @@ def test_reporter_can_stop_training(synth_data: PreparedData, tmp_path: Path) ->
         seen.append((epoch, metrics))
         return epoch >= 2
 
-    result = train(tiny_config(train={"epochs": 5}), run_options(tmp_path), CallbackReporter(fn), data=synth_data)
+    result = train(
+        tiny_config(train={"epochs": 5}),
+        run_options(tmp_path),
+        CallbackReporter(fn),
+        data=synth_data,
+    )
     assert result.status == "stopped" and "epoch 2" in result.reason
     assert [e for e, _ in seen] == [1, 2]
     assert {"wer", "dev_loss", "train_loss", "lr", "grad_norm"} <= set(seen[0][1])
@@ -112,7 +133,9 @@ def _inject_fault(model: torch.nn.Module, at_call: int, fault: str) -> torch.nn.
             calls += 1
             if calls == at_call:
                 if fault == "oom":
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+                    raise torch.OutOfMemoryError(
+                        "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"
+                    )
                 out = {**out, "loss": out["loss"] * float("nan")}
         return out
 
@@ -122,12 +145,18 @@ def _inject_fault(model: torch.nn.Module, at_call: int, fault: str) -> torch.nn.
 
 @pytest.mark.parametrize("fault,status", [("oom", "oom"), ("nan", "diverged")])
 def test_injected_faults_end_with_a_named_reason(
-    fault: str, status: str, synth_data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fault: str,
+    status: str,
+    synth_data: PreparedData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real_build = _loop.build_model
     batches_per_epoch = -(-len(synth_data.train) // 16)
     at_call = batches_per_epoch + 5  # in the second epoch
-    monkeypatch.setattr(_loop, "build_model", lambda *a, **k: _inject_fault(real_build(*a, **k), at_call, fault))
+    monkeypatch.setattr(
+        _loop, "build_model", lambda *a, **k: _inject_fault(real_build(*a, **k), at_call, fault)
+    )
     result = train(tiny_config(train={"epochs": 3}), run_options(tmp_path), data=synth_data)
     assert result.status == status
     assert status in result.reason
@@ -137,13 +166,17 @@ def test_injected_faults_end_with_a_named_reason(
 
 
 def test_flatline_is_detected(synth_data: PreparedData, tmp_path: Path) -> None:
-    cfg = tiny_config(optim={"lr": 1e-12}, train={"epochs": 6, "flatline_patience": 2, "flatline_tol": 1e-3})
+    cfg = tiny_config(
+        optim={"lr": 1e-12}, train={"epochs": 6, "flatline_patience": 2, "flatline_tol": 1e-3}
+    )
     result = train(cfg, run_options(tmp_path), data=synth_data)
     assert result.status == "flatline", result.reason
     assert len(result.history) == 3
 
 
 def test_diverging_learning_rate_is_caught(synth_data: PreparedData, tmp_path: Path) -> None:
-    cfg = tiny_config(optim={"name": "sgd", "lr": 1e8, "momentum": 0.9}, train={"epochs": 3, "grad_clip": None})
+    cfg = tiny_config(
+        optim={"name": "sgd", "lr": 1e8, "momentum": 0.9}, train={"epochs": 3, "grad_clip": None}
+    )
     result = train(cfg, run_options(tmp_path), data=synth_data)
     assert result.status == "diverged", result.reason

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import soundfile
@@ -32,8 +32,15 @@ _opened: list[str] | None = None
 
 
 def _audit(event: str, args: tuple) -> None:
-    if _opened is not None and event == "open" and args and isinstance(args[0], (str, bytes, Path)):
-        _opened.append(str(Path(args[0] if not isinstance(args[0], bytes) else args[0].decode()).resolve()))
+    if (
+        _opened is not None
+        and event == "open"
+        and args
+        and isinstance(args[0], (str, bytes, Path))
+    ):
+        _opened.append(
+            str(Path(args[0] if not isinstance(args[0], bytes) else args[0].decode()).resolve())
+        )
 
 
 sys.addaudithook(_audit)  # cannot be removed; records only while _opened is a list
@@ -64,12 +71,16 @@ def recording_opens() -> Iterator[list[str]]:
 # one workflow, run in two phases (stages 1-6, then 7-8), shared by the tests of this module
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def finished(synth_corpus: Manifest, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+def finished(
+    synth_corpus: Manifest, tmp_path_factory: pytest.TempPathFactory
+) -> types.SimpleNamespace:
     tmp = tmp_path_factory.mktemp("workflow")
     train_manifest, golden_manifest = split_corpus(synth_corpus, tmp)
     config = write_workflow(tmp / "conf", train_manifest, golden_manifest)
     golden = load_manifest(golden_manifest)
-    golden_files = {str(golden_manifest.resolve())} | {str(golden.resolve(u).resolve()) for u in golden}
+    golden_files = {str(golden_manifest.resolve())} | {
+        str(golden.resolve(u).resolve()) for u in golden
+    }
     spec = load_workflow(config)
     run_dir = tmp / "run"
     kw = dict(device="cpu", cache_dir=tmp / "cache")
@@ -124,7 +135,9 @@ def test_every_stage_ran_and_recorded_its_result(finished) -> None:
     fine = state["stages"]["fine"]["result"]
     assert fine["sampler"] == "tpe" and fine["n_complete"] == 2 + fine["warm_started"]
     assert "optim.lr" in fine["narrowed"]
-    lo, hi = (float(x) for x in fine["narrowed"]["optim.lr"]["after"].split("]")[0].strip("[").split(","))
+    lo, hi = (
+        float(x) for x in fine["narrowed"]["optim.lr"]["after"].split("]")[0].strip("[").split(",")
+    )
     assert 1e-3 <= lo < hi <= 2e-2 and (lo, hi) != (1e-3, 2e-2)
     # 5: the baseline and the top config, each with both seeds; the winner is the lowest mean
     val = state["stages"]["validate"]["result"]
@@ -136,7 +149,11 @@ def test_every_stage_ran_and_recorded_its_result(finished) -> None:
     # 6: full data (no proxy), the full.overrides epochs, the winner's params
     full = state["stages"]["full"]["result"]
     cfg = yaml.safe_load((Path(full["run_dir"]) / "config.yaml").read_text())
-    assert cfg["data"]["proxy_fraction"] == 1.0 and cfg["train"]["epochs"] == 3 and full["epochs"] == 3
+    assert (
+        cfg["data"]["proxy_fraction"] == 1.0
+        and cfg["train"]["epochs"] == 3
+        and full["epochs"] == 3
+    )
     for key, value in full["params"].items():
         section, name = key.split(".", 1)
         assert cfg[section][name] == value
@@ -151,7 +168,11 @@ def test_cost_is_recorded_per_stage_and_in_total(finished) -> None:
     state = json.loads((finished.run_dir / "state.json").read_text())
     per_stage = [state["stages"][s]["cost"] for s in STAGES]
     for cost in per_stage:
-        assert cost["wall_s"] > 0 and cost["gpu_hours"] == 0.0 and cost["energy_source"] == "tdp-estimate"
+        assert (
+            cost["wall_s"] > 0
+            and cost["gpu_hours"] == 0.0
+            and cost["energy_source"] == "tdp-estimate"
+        )
     assert per_stage[2]["cpu_core_hours"] > 0  # the coarse study trained models
     total = state["cost_total"]
     assert total["cpu_core_hours"] == pytest.approx(sum(c["cpu_core_hours"] for c in per_stage))
@@ -161,7 +182,9 @@ def test_cost_is_recorded_per_stage_and_in_total(finished) -> None:
 
 
 def test_golden_set_is_read_by_the_gate_stage_only(finished) -> None:
-    assert not finished.golden_files & set(finished.opened_before), "a stage before gating read the golden set"
+    assert not finished.golden_files & set(finished.opened_before), (
+        "a stage before gating read the golden set"
+    )
     read = finished.golden_files & set(finished.opened_during)
     assert str(finished.golden_manifest.resolve()) in read
     assert len(read) == len(finished.golden_files), "the gate evaluates every golden utterance"
@@ -171,7 +194,11 @@ def test_first_model_becomes_champion_with_lineage(finished) -> None:
     from speechtune.track import ModelRegistry
 
     gate = _stage(finished, "gate")["result"]
-    assert gate["promoted"] is True and gate["champion"] is None and "first champion" in gate["decision"]
+    assert (
+        gate["promoted"] is True
+        and gate["champion"] is None
+        and "first champion" in gate["decision"]
+    )
     reg = ModelRegistry(None, "asr-test", store_dir=finished.registry)
     champion = reg.champion()
     assert champion is not None and champion.version == gate["registered_version"] == "1"
@@ -187,12 +214,18 @@ def test_first_model_becomes_champion_with_lineage(finished) -> None:
     assert lineage["data"]["golden"]["fingerprint"] == gate["golden"]["fingerprint"]
     assert set(lineage["studies"]) == {"coarse", "fine"}
     assert len(lineage["code_version"]["git_commit"] or "x" * 40) == 40
-    assert lineage["config"]["train"]["epochs"] == 3 and lineage["metrics"]["dev"]["wer"] == _stage(finished, "full")["result"]["dev"]["wer"]
+    assert (
+        lineage["config"]["train"]["epochs"] == 3
+        and lineage["metrics"]["dev"]["wer"] == _stage(finished, "full")["result"]["dev"]["wer"]
+    )
     # the two studies are in the same MLflow store: a parent run each (with the study's cost), a child per trial
     experiment = reg.client.get_experiment_by_name("wf")
     runs = reg.client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("speechtune.role") == "study"]
-    assert sorted(r.data.tags["speechtune.study"].rsplit("-", 1)[1] for r in parents) == ["coarse", "fine"]
+    assert sorted(r.data.tags["speechtune.study"].rsplit("-", 1)[1] for r in parents) == [
+        "coarse",
+        "fine",
+    ]
     assert all(r.data.metrics["cost.cpu_core_hours"] > 0 for r in parents)
     children = [r for r in runs if r.data.tags.get("speechtune.role") == "trial"]
     assert len(children) == 3 + 2 and all(r.data.metrics["cost.wall_s"] > 0 for r in children)
@@ -202,7 +235,10 @@ def test_exported_model_transcribes(finished) -> None:
     from speechtune.inference import transcribe_files
 
     export = _stage(finished, "export")["result"]
-    assert export["format"] == "torchscript" and Path(export["path"]).stat().st_size == export["bytes"] > 0
+    assert (
+        export["format"] == "torchscript"
+        and Path(export["path"]).stat().st_size == export["bytes"] > 0
+    )
     golden = load_manifest(finished.golden_manifest)
     texts = transcribe_files(export["path"], [golden.resolve(golden[0])])
     assert len(texts) == 1 and isinstance(texts[0], str)
@@ -243,9 +279,14 @@ def test_from_stage_reruns_that_stage_and_later_only(finished) -> None:
     for s in STAGES[:5]:
         assert after["stages"][s]["finished"] == before["stages"][s]["finished"], s
     for s in STAGES[5:]:
-        assert after["stages"][s]["status"] == "done" and after["stages"][s]["started"] >= before["stages"][s]["finished"]
+        assert (
+            after["stages"][s]["status"] == "done"
+            and after["stages"][s]["started"] >= before["stages"][s]["finished"]
+        )
     assert after["stages"]["full"]["result"]["epochs"] == 2
-    assert list(finished.run_dir.glob("full.superseded-*")), "the earlier full training is kept aside"
+    assert list(finished.run_dir.glob("full.superseded-*")), (
+        "the earlier full training is kept aside"
+    )
     assert after["cost_superseded"]["wall_s"] > 0
     # a retrained model is a new version, judged against the champion
     gate = after["stages"]["gate"]["result"]
@@ -272,15 +313,32 @@ def test_golden_set_used_as_training_data_is_refused(finished) -> None:
     with pytest.raises(GoldenSetAccessError, match="golden set"):
         run_workflow(load_workflow(config), conf / "run", **finished.kw)
     state = json.loads((conf / "run" / "state.json").read_text())
-    assert state["stages"]["proxy"]["status"] == "failed" and "golden" in state["stages"]["proxy"]["error"]
+    assert (
+        state["stages"]["proxy"]["status"] == "failed"
+        and "golden" in state["stages"]["proxy"]["error"]
+    )
 
 
 def test_fine_stage_can_run_the_fidelity_ladder(finished) -> None:
     conf = finished.tmp / "mf"
-    ladder = {"fidelity": {"strategy": "asha", "eta": 2, "rungs": [{"name": "low", "overrides": {"train.epochs": 1}},
-                                                                   {"name": "high", "overrides": {}}]}}
-    config = write_workflow(conf, finished.train_manifest, finished.golden_manifest, tuning_extra=ladder,
-                            fine={"multi_fidelity": True, "n_trials": 4}, coarse={"n_trials": 2})
+    ladder = {
+        "fidelity": {
+            "strategy": "asha",
+            "eta": 2,
+            "rungs": [
+                {"name": "low", "overrides": {"train.epochs": 1}},
+                {"name": "high", "overrides": {}},
+            ],
+        }
+    }
+    config = write_workflow(
+        conf,
+        finished.train_manifest,
+        finished.golden_manifest,
+        tuning_extra=ladder,
+        fine={"multi_fidelity": True, "n_trials": 4},
+        coarse={"n_trials": 2},
+    )
     state = run_workflow(load_workflow(config), conf / "run", to_stage="fine", **finished.kw).data
     fine = state["stages"]["fine"]["result"]
     assert fine["multi_fidelity"] is True and fine["warm_started"] == 0
@@ -298,18 +356,34 @@ def test_full_stage_keeps_the_baseline_when_tuning_made_it_worse(finished) -> No
     conf = finished.tmp / "worse"
     # dev loss separates these tiny models where WER (1.0 for all) cannot
     objective = {"objective": {"kind": "recipe", "metric": "dev_loss", "seeds": [0]}}
-    config = write_workflow(conf, finished.train_manifest, finished.golden_manifest, tuning_extra=objective)
+    config = write_workflow(
+        conf, finished.train_manifest, finished.golden_manifest, tuning_extra=objective
+    )
     spec = load_workflow(config)
     run_workflow(spec, conf / "run", to_stage="proxy", **finished.kw)
     # Stage 6 reads only the validation winner: make it a config that cannot learn (lr 1e-6).
     state = WorkflowState(conf / "run")
     for name in ("baseline", "coarse", "fine"):
-        state.data["stages"][name] = {"number": STAGES.index(name) + 1, "status": "done", "result": {}}
+        state.data["stages"][name] = {
+            "number": STAGES.index(name) + 1,
+            "status": "done",
+            "result": {},
+        }
     winner = {"name": "coarse-0", "params": {"optim.lr": 1e-6}}
-    state.data["stages"]["validate"] = {"number": 5, "status": "done", "result": {"winner": "coarse-0", "candidates": [winner]}}
+    state.data["stages"]["validate"] = {
+        "number": 5,
+        "status": "done",
+        "result": {"winner": "coarse-0", "candidates": [winner]},
+    }
     state.save()
-    full = run_workflow(spec, conf / "run", to_stage="full", **finished.kw).data["stages"]["full"]["result"]
-    assert full["candidate"] == "baseline" and full["params"] == {} and full["tuned"]["params"] == {"optim.lr": 1e-6}
+    full = run_workflow(spec, conf / "run", to_stage="full", **finished.kw).data["stages"]["full"][
+        "result"
+    ]
+    assert (
+        full["candidate"] == "baseline"
+        and full["params"] == {}
+        and full["tuned"]["params"] == {"optim.lr": 1e-6}
+    )
     assert full["value"] == full["baseline"]["value"] < full["tuned"]["value"]
     assert full["model"].endswith("full_baseline/model.pt") and Path(full["model"]).is_file()
     assert "did worse at full fidelity" in full["warnings"][0]
@@ -321,13 +395,23 @@ def test_packed_workers_run_the_searches(finished, monkeypatch: pytest.MonkeyPat
     """--workers 2: the coarse and fine studies run in worker processes, on journal storage."""
     import optuna
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two worker processes on two cores: one thread each
+    monkeypatch.setenv(
+        "OMP_NUM_THREADS", "1"
+    )  # two worker processes on two cores: one thread each
 
     from speechtune.tuning.study import make_storage
 
     conf = finished.tmp / "packed"
-    config = write_workflow(conf, finished.train_manifest, finished.golden_manifest, coarse={"n_trials": 3}, fine={"n_trials": 2})
-    state = run_workflow(load_workflow(config), conf / "run", to_stage="fine", workers=2, **finished.kw).data
+    config = write_workflow(
+        conf,
+        finished.train_manifest,
+        finished.golden_manifest,
+        coarse={"n_trials": 3},
+        fine={"n_trials": 2},
+    )
+    state = run_workflow(
+        load_workflow(config), conf / "run", to_stage="fine", workers=2, **finished.kw
+    ).data
     for stage, own in (("coarse", 3), ("fine", 2)):
         result = state["stages"][stage]["result"]
         # each worker stops at the study-wide target, so two may overshoot it by one
@@ -335,15 +419,28 @@ def test_packed_workers_run_the_searches(finished, monkeypatch: pytest.MonkeyPat
         assert own <= result["n_complete"] - result.get("warm_started", 0) <= own + 1
         logs = sorted((conf / "run" / stage / "workers").glob("worker-*.log"))
         assert len(logs) == 2, logs
-        study = optuna.load_study(study_name=result["study"], storage=make_storage(result["storage"], conf / "run" / stage))
-        workers = {t.user_attrs.get("worker") for t in study.trials if "warm_start_from" not in t.user_attrs}
+        study = optuna.load_study(
+            study_name=result["study"],
+            storage=make_storage(result["storage"], conf / "run" / stage),
+        )
+        workers = {
+            t.user_attrs.get("worker")
+            for t in study.trials
+            if "warm_start_from" not in t.user_attrs
+        }
         assert len(workers) >= 1 and all(w and ":" in w for w in workers)
     # the fine study's stored spec is the narrowed space (what a worker rebuilt and searched)
     fine = state["stages"]["fine"]["result"]
-    study = optuna.load_study(study_name=fine["study"], storage=make_storage(fine["storage"], conf / "run" / "fine"))
+    study = optuna.load_study(
+        study_name=fine["study"], storage=make_storage(fine["storage"], conf / "run" / "fine")
+    )
     stored = study.user_attrs["spec"]["space"]["optim.lr"]
-    lo, hi = (float(x) for x in fine["narrowed"]["optim.lr"]["after"].split("]")[0].strip("[").split(","))
-    assert stored["low"] == pytest.approx(lo, rel=1e-5) and stored["high"] == pytest.approx(hi, rel=1e-5)
+    lo, hi = (
+        float(x) for x in fine["narrowed"]["optim.lr"]["after"].split("]")[0].strip("[").split(",")
+    )
+    assert stored["low"] == pytest.approx(lo, rel=1e-5) and stored["high"] == pytest.approx(
+        hi, rel=1e-5
+    )
     for t in study.trials:
         assert stored["low"] <= t.params["optim.lr"] <= stored["high"]
 
@@ -354,10 +451,16 @@ def test_worker_processes_inherit_the_golden_guard(finished, tmp_path: Path) -> 
 
     from speechtune.data import guard_env
 
-    code = "from speechtune.data._guard import guard_from_env\nwith guard_from_env('worker'):\n    open(%r).read()\n" % str(finished.golden_manifest)
+    code = f"from speechtune.data import guard_from_env\nwith guard_from_env('worker'):\n    open({str(finished.golden_manifest)!r}).read()\n"
     env = {**os.environ, **guard_env([(finished.golden_manifest, False)])}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "GoldenSetAccessError" in proc.stderr and "golden set" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (
+        proc.returncode != 0
+        and "GoldenSetAccessError" in proc.stderr
+        and "golden set" in proc.stderr
+    )
     free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert free.returncode == 0, free.stderr
 
@@ -384,7 +487,13 @@ def test_config_errors_are_listed_together(tmp_path: Path) -> None:
                 "name": "x",
                 "tuning": "tuning.yaml",
                 "coarse": {"n_trials": 0, "samplr": "random"},
-                "full": {"overrides": {"data.proxy_fraction": 0.5, "data.dev_fraction": 0.2, "train.epoch": 3}},
+                "full": {
+                    "overrides": {
+                        "data.proxy_fraction": 0.5,
+                        "data.dev_fraction": 0.2,
+                        "train.epoch": 3,
+                    }
+                },
                 "gating": {"metric": "bleu"},
                 "extra": 1,
             }
@@ -393,9 +502,17 @@ def test_config_errors_are_listed_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_workflow(path)
     text = str(err.value)
-    for needle in ("coarse.n_trials", "coarse.samplr", "did you mean: sampler", "full.overrides.data.proxy_fraction",
-                   "full.overrides.data.dev_fraction",
-                   "full.overrides.train.epoch", "gating.metric", "golden", "extra"):
+    for needle in (
+        "coarse.n_trials",
+        "coarse.samplr",
+        "did you mean: sampler",
+        "full.overrides.data.proxy_fraction",
+        "full.overrides.data.dev_fraction",
+        "full.overrides.train.epoch",
+        "gating.metric",
+        "golden",
+        "extra",
+    ):
         assert needle in text, needle
 
 
@@ -406,7 +523,9 @@ def test_weak_proxy_warnings() -> None:
     assert "too weak" in weak_proxy_warnings([0.97, 1.0, 1.0])[0]
     assert "within 0.001" in weak_proxy_warnings([0.41, 0.4105, 0.4101])[0]
     assert weak_proxy_warnings([]) == []
-    assert weak_proxy_warnings([1.4, 2.0, 2.2], "dev_loss") == [], "a loss is not a rate: no near-chance test"
+    assert weak_proxy_warnings([1.4, 2.0, 2.2], "dev_loss") == [], (
+        "a loss is not a rate: no near-chance test"
+    )
 
 
 def test_stage_names_and_numbers() -> None:

@@ -40,7 +40,12 @@ def _space() -> SearchSpace:
         {
             "optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
             "optim.name": ["adam", "adamw", "sgd"],
-            "optim.momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optim.name": "sgd"}},
+            "optim.momentum": {
+                "type": "float",
+                "low": 0.5,
+                "high": 0.99,
+                "when": {"optim.name": "sgd"},
+            },
             "model.conv_kernel": {"type": "int", "low": 7, "high": 31, "step": 2},
             "model.d_model": {"type": "int", "low": 16, "high": 512, "log": True},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.05},
@@ -66,11 +71,15 @@ def _check_valid(space: SearchSpace, original: SearchSpace) -> None:
                 k = (param.low - old.low) / param.step
                 assert abs(k - round(k)) < 1e-9, f"{name}: low {param.low} off the grid"
             with warnings.catch_warnings():
-                warnings.simplefilter("error")  # Optuna warns when it has to move `high` onto the grid
+                warnings.simplefilter(
+                    "error"
+                )  # Optuna warns when it has to move `high` onto the grid
                 param.distribution()
         if isinstance(param, CategoricalParam):
             assert set(param.encoded()) <= set(old.encoded())
-            assert param.choices == tuple(c for c in old.choices if c in param.choices)  # order kept
+            assert param.choices == tuple(
+                c for c in old.choices if c in param.choices
+            )  # order kept
 
 
 def test_log_float_is_narrowed_in_log_space_and_stays_log() -> None:
@@ -83,7 +92,10 @@ def test_log_float_is_narrowed_in_log_space_and_stays_log() -> None:
     pad = 0.25 * max(math.log(2), FLOOR_SHARE * math.log(100))
     assert lr.low == pytest.approx(1e-3 * math.exp(-pad), rel=1e-12)
     assert lr.high == pytest.approx(2e-3 * math.exp(pad), rel=1e-12)
-    assert changes["optim.lr"] == {"before": "[0.0001, 0.01] log", "after": "[0.000794328, 0.00251785] log"}
+    assert changes["optim.lr"] == {
+        "before": "[0.0001, 0.01] log",
+        "after": "[0.000794328, 0.00251785] log",
+    }
     # A wide spread: the widening is expand x spread (in log space), clipped at the bound.
     wide, _ = narrow_space(space, [{"optim.lr": 2e-4}, {"optim.lr": 5e-3}], expand=0.1)
     spread = math.log(5e-3 / 2e-4)
@@ -127,7 +139,10 @@ def test_ints_round_outward_onto_their_step_grid() -> None:
     edge, _ = narrow_space(space, [{"model.conv_kernel": 7}])
     assert (edge.params["model.conv_kernel"].low, edge.params["model.conv_kernel"].high) == (7, 9)
     single, _ = narrow_space(space, [{"model.conv_kernel": 21}], expand=0.0)
-    assert (single.params["model.conv_kernel"].low, single.params["model.conv_kernel"].high) == (21, 21)
+    assert (single.params["model.conv_kernel"].low, single.params["model.conv_kernel"].high) == (
+        21,
+        21,
+    )
 
 
 def test_log_ints_stay_log_and_at_least_one() -> None:
@@ -142,12 +157,18 @@ def test_log_ints_stay_log_and_at_least_one() -> None:
 
 def test_float_step_grid_is_kept_exactly() -> None:
     space = _space()
-    top = [{"model.dropout": 0.1 + 0.05 * 3}, {"model.dropout": 0.35}]  # 0.25000000000000006 as Optuna makes it
+    top = [
+        {"model.dropout": 0.1 + 0.05 * 3},
+        {"model.dropout": 0.35},
+    ]  # 0.25000000000000006 as Optuna makes it
     narrowed, changes = narrow_space(space, top)
     d = narrowed.params["model.dropout"]
     # spread 0.1 = floor 0.2 * 0.5: pad 0.025 -> [0.225, 0.375] -> grid of 0.05: [0.2, 0.4]
     assert (d.low, d.high, d.step) == (0.2, 0.4, 0.05)
-    assert changes["model.dropout"] == {"before": "[0, 0.5] step 0.05", "after": "[0.2, 0.4] step 0.05"}
+    assert changes["model.dropout"] == {
+        "before": "[0, 0.5] step 0.05",
+        "after": "[0.2, 0.4] step 0.05",
+    }
 
 
 def test_categoricals_keep_the_seen_choices_in_order() -> None:
@@ -157,10 +178,15 @@ def test_categoricals_keep_the_seen_choices_in_order() -> None:
     assert narrowed.params["optim.name"].choices == ("adam", "sgd")
     assert changes["optim.name"] == {"before": "{adam, adamw, sgd}", "after": "{adam, sgd}"}
     # One choice left stays a categorical; list choices may arrive as Optuna's YAML text.
-    one, changes = narrow_space(space, [{"data.accents": "[en-us, en-gb]"}, {"data.accents": ["en-us", "en-gb"]}])
+    one, changes = narrow_space(
+        space, [{"data.accents": "[en-us, en-gb]"}, {"data.accents": ["en-us", "en-gb"]}]
+    )
     accents = one.params["data.accents"]
     assert isinstance(accents, CategoricalParam) and accents.choices == (["en-us", "en-gb"],)
-    assert changes["data.accents"] == {"before": "{[en-us, en-gb], [en-us]}", "after": "{[en-us, en-gb]}"}
+    assert changes["data.accents"] == {
+        "before": "{[en-us, en-gb], [en-us]}",
+        "after": "{[en-us, en-gb]}",
+    }
     with pytest.raises(ValueError, match="not one of the choices"):
         narrow_space(space, [{"optim.name": "rmsprop"}])
     # bools and numbers stay apart: True is not the choice 1
@@ -171,15 +197,25 @@ def test_categoricals_keep_the_seen_choices_in_order() -> None:
 def test_conditional_fixed_and_derived_params() -> None:
     space = _space()
     top = [
-        {"optim.name": "sgd", "optim.momentum": 0.9, "model.encoder": "conformer", "schedule.warmup_steps": 256},
+        {
+            "optim.name": "sgd",
+            "optim.momentum": 0.9,
+            "model.encoder": "conformer",
+            "schedule.warmup_steps": 256,
+        },
         {"optim.name": "adam"},  # momentum inactive here
     ]
     narrowed, changes = narrow_space(space, top)
     m = narrowed.params["optim.momentum"]
     assert m.when == {"optim.name": ["sgd"]}
-    assert m.low < 0.9 < m.high and (m.low, m.high) != (0.5, 0.99)  # narrowed from the one config that has it
+    assert m.low < 0.9 < m.high and (m.low, m.high) != (
+        0.5,
+        0.99,
+    )  # narrowed from the one config that has it
     assert narrowed.params["model.encoder"] == FixedParam("model.encoder", "conformer")
-    assert narrowed.params["schedule.warmup_steps"] == DerivedParam("schedule.warmup_steps", "4 * model.d_model")
+    assert narrowed.params["schedule.warmup_steps"] == DerivedParam(
+        "schedule.warmup_steps", "4 * model.d_model"
+    )
     # absent from every top config: unchanged and not reported
     assert narrowed.params["optim.lr"] == space.params["optim.lr"] and "optim.lr" not in changes
     assert narrowed.constraints == space.constraints and narrowed.base == space.base
@@ -198,7 +234,9 @@ def test_priors_outside_the_new_range_are_dropped_inside_kept() -> None:
             "opt": CategoricalParam("opt", ("adam", "sgd"), prior=Prior("sgd")),
         }
     )
-    narrowed, _ = narrow_space(space, [{"lr": 5e-3, "k": 13, "opt": "adam"}, {"lr": 8e-3, "k": 17, "opt": "adam"}])
+    narrowed, _ = narrow_space(
+        space, [{"lr": 5e-3, "k": 13, "opt": "adam"}, {"lr": 8e-3, "k": 17, "opt": "adam"}]
+    )
     assert narrowed.params["lr"].prior is None  # 3e-4 is far below the new range
     assert narrowed.params["k"].prior == Prior(15, 0.1)  # 15 lies in the new [11, 19]
     assert narrowed.params["opt"].prior is None and narrowed.params["opt"].choices == ("adam",)
@@ -219,8 +257,12 @@ def _coarse_study(space: SearchSpace, n: int = 40, seed: int = 3) -> optuna.Stud
 
     def objective(trial: optuna.trial.Trial) -> float:
         cfg = space.sample(trial)
-        value = (math.log10(cfg["optim.lr"]) - math.log10(2e-3)) ** 2 + abs(cfg["model.conv_kernel"] - 15) / 10
-        value += {"adam": 0.0, "adamw": 0.1, "sgd": 0.3}[cfg["optim.name"]] + cfg["model.dropout"] / 10
+        value = (math.log10(cfg["optim.lr"]) - math.log10(2e-3)) ** 2 + abs(
+            cfg["model.conv_kernel"] - 15
+        ) / 10
+        value += {"adam": 0.0, "adamw": 0.1, "sgd": 0.3}[cfg["optim.name"]] + cfg[
+            "model.dropout"
+        ] / 10
         trial.set_user_attr("config", cfg)
         return value
 
@@ -247,31 +289,59 @@ def test_every_narrowed_space_is_valid_and_holds_its_top_configs() -> None:
 
 def test_in_space_checks_bounds_grid_and_choices() -> None:
     space = _space()
-    narrowed, _ = narrow_space(space, [{"model.conv_kernel": 15, "optim.name": "adam", "model.dropout": 0.2}], expand=0.0)
-    assert in_space(narrowed, {"model.conv_kernel": 15, "optim.name": "adam", "model.dropout": 0.2})
-    assert in_space(narrowed, {"optim.lr": 5e-3, "model.encoder": "anything", "unknown.key": 1})  # unchecked keys
+    narrowed, _ = narrow_space(
+        space, [{"model.conv_kernel": 15, "optim.name": "adam", "model.dropout": 0.2}], expand=0.0
+    )
+    assert in_space(
+        narrowed, {"model.conv_kernel": 15, "optim.name": "adam", "model.dropout": 0.2}
+    )
+    assert in_space(
+        narrowed, {"optim.lr": 5e-3, "model.encoder": "anything", "unknown.key": 1}
+    )  # unchecked keys
     assert not in_space(narrowed, {"model.conv_kernel": 17})  # outside the new bounds
     assert not in_space(space, {"model.conv_kernel": 16})  # off the step grid
     assert not in_space(space, {"model.dropout": 0.125})  # off the float grid
     assert not in_space(narrowed, {"optim.name": "sgd"})  # a dropped choice
     assert not in_space(space, {"model.conv_kernel": True})  # a bool is not an int
     assert not in_space(space, {"optim.lr": float("nan")})
-    assert in_space(space, {"data.accents": "[en-us]"}) and in_space(space, {"data.accents": ["en-us"]})
+    assert in_space(space, {"data.accents": "[en-us]"}) and in_space(
+        space, {"data.accents": ["en-us"]}
+    )
 
 
 def test_encode_params_and_distributions_for_pair_up() -> None:
     space = _space()
     cfg = {
-        "optim.lr": 1e-3, "optim.name": "adam", "model.conv_kernel": 15.0, "data.accents": ["en-us"],
-        "model.encoder": "conformer", "schedule.warmup_steps": 64, "model.d_model": 16, "model.dropout": 0.1,
+        "optim.lr": 1e-3,
+        "optim.name": "adam",
+        "model.conv_kernel": 15.0,
+        "data.accents": ["en-us"],
+        "model.encoder": "conformer",
+        "schedule.warmup_steps": 64,
+        "model.d_model": 16,
+        "model.dropout": 0.1,
     }
     enc = encode_params(space, cfg)
     dists = distributions_for(space, cfg)
     assert list(enc) == list(dists)
-    assert set(enc) == {"optim.lr", "optim.name", "model.conv_kernel", "data.accents", "model.d_model", "model.dropout"}
-    assert enc["data.accents"] == "[en-us]" and enc["model.conv_kernel"] == 15 and isinstance(enc["model.conv_kernel"], int)
+    assert set(enc) == {
+        "optim.lr",
+        "optim.name",
+        "model.conv_kernel",
+        "data.accents",
+        "model.d_model",
+        "model.dropout",
+    }
+    assert (
+        enc["data.accents"] == "[en-us]"
+        and enc["model.conv_kernel"] == 15
+        and isinstance(enc["model.conv_kernel"], int)
+    )
     assert isinstance(dists["optim.lr"], FloatDistribution) and dists["optim.lr"].log
-    assert isinstance(dists["model.conv_kernel"], IntDistribution) and dists["model.conv_kernel"].step == 2
+    assert (
+        isinstance(dists["model.conv_kernel"], IntDistribution)
+        and dists["model.conv_kernel"].step == 2
+    )
     assert isinstance(dists["data.accents"], CategoricalDistribution)
     with pytest.raises(ValueError, match="not one of the choices"):
         encode_params(space, {"optim.name": "rmsprop"})
@@ -300,7 +370,9 @@ def test_coarse_trials_warm_start_a_tpe_study_that_stays_in_the_narrowed_region(
         )
         added += 1
     assert 5 <= added < len(coarse.trials)  # every top config, and not the whole coarse search
-    assert {t.number for t in ranked[:5]} <= {t.number for t in coarse.trials if in_space(narrowed, t.user_attrs["config"])}
+    assert {t.number for t in ranked[:5]} <= {
+        t.number for t in coarse.trials if in_space(narrowed, t.user_attrs["config"])
+    }
     assert fine.best_value == ranked[0].value  # the coarse winner is now the fine study's evidence
 
     sampled: list[dict] = []
@@ -308,7 +380,9 @@ def test_coarse_trials_warm_start_a_tpe_study_that_stays_in_the_narrowed_region(
     def objective(trial: optuna.trial.Trial) -> float:
         cfg = narrowed.sample(trial)
         sampled.append(cfg)
-        return (math.log10(cfg["optim.lr"]) - math.log10(2e-3)) ** 2 + abs(cfg["model.conv_kernel"] - 15) / 10
+        return (math.log10(cfg["optim.lr"]) - math.log10(2e-3)) ** 2 + abs(
+            cfg["model.conv_kernel"] - 15
+        ) / 10
 
     fine.optimize(objective, n_trials=20)
     assert len(fine.trials) == added + 20

@@ -68,19 +68,28 @@ def test_real_state_reads_as_typed_records() -> None:
     assert [record.stages[s].status for s in STAGES] == ["done"] * 8
     assert all(not isinstance(s.result, RawResult) for s in record.stages.values())
     fine = record.result_of("fine", SearchResult)
-    assert fine is not None and fine.warm_started is not None and fine.narrowed and fine.multi_fidelity is False
+    assert (
+        fine is not None
+        and fine.warm_started is not None
+        and fine.narrowed
+        and fine.multi_fidelity is False
+    )
     coarse = record.result_of("coarse", SearchResult)
     assert coarse is not None and coarse.narrowed is None and "narrowed" not in coarse.to_dict()
     validate = record.result_of("validate", ValidateResult)
     assert (
-        validate is not None and validate.winner_candidate() is not None and isinstance(validate.test, SeedTestResult)
+        validate is not None
+        and validate.winner_candidate() is not None
+        and isinstance(validate.test, SeedTestResult)
     )
     gate = record.result_of("gate", GateResult)
     assert gate is not None and gate.champion is not None and gate.champion.version == "1"
     assert gate.challenger.value(gate.gate_metric) is not None
     export = record.result_of("export", ExportResult)
     assert export is not None and export.size > 0 and export.to_dict()["bytes"] == export.size
-    assert isinstance(record.cost_total, CostRecord) and isinstance(record.cost_superseded, CostRecord)
+    assert isinstance(record.cost_total, CostRecord) and isinstance(
+        record.cost_superseded, CostRecord
+    )
     assert record.cost_model is not None and record.code_version is not None
     # The failed run: the stage's cost and error are recorded, and no result.
     failed = WorkflowRecord.from_json(_load("state_failed.json")).stages["proxy"]
@@ -92,16 +101,32 @@ def test_hand_edited_stages_load_and_the_real_ones_round_trip() -> None:
     record = WorkflowRecord.from_json(data)
     out = record.to_json()
     # The full stage ran for real (the tuned winner did worse, the baseline went on): exact.
-    assert out["stages"]["full"] == data["stages"]["full"] and out["stages"]["proxy"] == data["stages"]["proxy"]
+    assert (
+        out["stages"]["full"] == data["stages"]["full"]
+        and out["stages"]["proxy"] == data["stages"]["proxy"]
+    )
     full = record.result_of("full", FullResult)
-    assert full is not None and full.tuned is not None and full.baseline is not None and full.stage_warnings()
+    assert (
+        full is not None
+        and full.tuned is not None
+        and full.baseline is not None
+        and full.stage_warnings()
+    )
     # The stages the test wrote by hand ({} results) stay as they were: no typed result, kept raw.
     for name in ("baseline", "coarse", "fine"):
         result = record.stages[name].result
-        assert isinstance(result, RawResult) and result.data == {} and out["stages"][name]["result"] == {}
+        assert (
+            isinstance(result, RawResult)
+            and result.data == {}
+            and out["stages"][name]["result"] == {}
+        )
     # A validation result with only a winner and its params: the missing fields take their defaults.
     validate = record.result_of("validate", ValidateResult)
-    assert validate is not None and validate.winner == "coarse-0" and validate.candidates[0].values == ()
+    assert (
+        validate is not None
+        and validate.winner == "coarse-0"
+        and validate.candidates[0].values == ()
+    )
 
 
 def test_state_missing_optional_fields_loads() -> None:
@@ -109,21 +134,38 @@ def test_state_missing_optional_fields_loads() -> None:
         "stages": {
             "proxy": {"status": "done"},
             "baseline": {"status": "running", "number": 2},
-            "full": {"status": "done", "result": {"run_dir": "/r/full", "seed": 1, "model": "/r/full/model.pt"}},
+            "full": {
+                "status": "done",
+                "result": {"run_dir": "/r/full", "seed": 1, "model": "/r/full/model.pt"},
+            },
             "export": {"status": "done", "result": {"format": "none"}},
         }
     }
     record = WorkflowRecord.from_json(data)
     assert record.name is None and record.cost_total is None and record.metric_name == "wer"
     proxy = record.stages["proxy"]
-    assert proxy.cost is None and proxy.result is None and proxy.attempts == 0 and proxy.number is None
+    assert (
+        proxy.cost is None
+        and proxy.result is None
+        and proxy.attempts == 0
+        and proxy.number is None
+    )
     full = record.result_of("full", FullResult)
-    assert full is not None and full.dev == Metrics() and full.value is None and full.baseline is None
+    assert (
+        full is not None and full.dev == Metrics() and full.value is None and full.baseline is None
+    )
     assert record.result_of("export", ExportResult) == ExportResult(format="none")
     # Optional keys stay absent when written back; the top level writes nothing it does not have.
     out = record.to_json()
-    assert list(out) == ["stages"] and "cost" not in out["stages"]["proxy"] and "result" not in out["stages"]["proxy"]
-    assert "baseline" not in out["stages"]["full"]["result"] and "registry_uri" not in out["stages"]["export"]["result"]
+    assert (
+        list(out) == ["stages"]
+        and "cost" not in out["stages"]["proxy"]
+        and "result" not in out["stages"]["proxy"]
+    )
+    assert (
+        "baseline" not in out["stages"]["full"]["result"]
+        and "registry_uri" not in out["stages"]["export"]["result"]
+    )
     # And the report renders it.
     assert "Not gated yet" in render_markdown(record)
     _check_html(render_html(data))
@@ -133,12 +175,16 @@ def test_unknown_keys_and_explicit_nulls_survive_a_rewrite() -> None:
     data = _load("state_finished.json")
     data["future_field"] = {"x": [1, 2]}
     data["stages"]["gate"]["result"]["champion"]["new_metric"] = 0.5
-    data["stages"]["full"]["result"]["dev"]["dev_loss"] = None  # a NaN loss, as _jsonable stores it
+    data["stages"]["full"]["result"]["dev"]["dev_loss"] = (
+        None  # a NaN loss, as _jsonable stores it
+    )
     data["stages"]["fine"]["result"]["narrowed"] = None
     out = WorkflowRecord.from_json(data).to_json()
     assert out == data
     gate = WorkflowRecord.from_json(data).result_of("gate", GateResult)
-    assert gate is not None and gate.champion is not None and gate.champion.value("new_metric") == 0.5
+    assert (
+        gate is not None and gate.champion is not None and gate.champion.value("new_metric") == 0.5
+    )
 
 
 def test_a_malformed_result_is_kept_raw_and_named() -> None:
@@ -146,7 +192,10 @@ def test_a_malformed_result_is_kept_raw_and_named() -> None:
     data["stages"]["validate"]["result"]["candidates"][0]["values"] = "not a list"
     record = WorkflowRecord.from_json(data)
     result = record.stages["validate"].result
-    assert isinstance(result, RawResult) and result.problem == "candidates[0].values: expected a list, got str"
+    assert (
+        isinstance(result, RawResult)
+        and result.problem == "candidates[0].values: expected a list, got str"
+    )
     assert record.to_json() == data
     assert record.result_of("validate", ValidateResult) is None
     md = render_markdown(record)
@@ -158,7 +207,9 @@ def test_a_malformed_result_is_kept_raw_and_named() -> None:
 
 
 def test_parse_result_of_unknown_or_empty() -> None:
-    assert parse_result("extra", {"a": 1}) == RawResult({"a": 1}, "no result type for stage 'extra'")
+    assert parse_result("extra", {"a": 1}) == RawResult(
+        {"a": 1}, "no result type for stage 'extra'"
+    )
     assert parse_result("gate", {}).problem == "empty"  # type: ignore[union-attr]
     assert isinstance(parse_result("gate", {"golden": None}), RawResult)
 
@@ -186,7 +237,11 @@ def test_start_and_finish_write_the_stage_schema(tmp_path: Path) -> None:
         state.start(name)
         entry = json.loads((tmp_path / "state.json").read_text())["stages"][name]
         assert list(entry) == ["number", "status", "started", "finished", "error", "attempts"]
-        assert (entry["status"], entry["attempts"], entry["number"]) == ("running", 1, STAGES.index(name) + 1)
+        assert (entry["status"], entry["attempts"], entry["number"]) == (
+            "running",
+            1,
+            STAGES.index(name) + 1,
+        )
         result = parse_result(name, real["stages"][name]["result"])
         assert not isinstance(result, RawResult)
         cost = CostRecord.from_dict(real["stages"][name]["cost"])
@@ -207,7 +262,12 @@ def test_interrupted_attempts_add_up_and_reset_keeps_their_cost(tmp_path: Path) 
     state.finish("proxy", "interrupted", one, error="interrupted (Ctrl-C)")
     state.start("proxy")
     entry = state.stage("proxy")
-    assert entry is not None and entry.attempts == 2 and entry.started == started and entry.error is None
+    assert (
+        entry is not None
+        and entry.attempts == 2
+        and entry.started == started
+        and entry.error is None
+    )
     state.finish("proxy", "failed", one, error="boom")
     with pytest.raises(RuntimeError, match="--from-stage proxy"):
         state.result("proxy", FullResult)
@@ -221,14 +281,20 @@ def test_interrupted_attempts_add_up_and_reset_keeps_their_cost(tmp_path: Path) 
 
 def test_a_done_stage_without_a_usable_result_says_how_to_redo_it(tmp_path: Path) -> None:
     state = WorkflowState(tmp_path)
-    state.record = state.record.with_stage("coarse", StageRecord(status="done", result=RawResult({}, "empty")))
+    state.record = state.record.with_stage(
+        "coarse", StageRecord(status="done", result=RawResult({}, "empty"))
+    )
     with pytest.raises(RuntimeError, match=r"no usable result \(empty\).*--from-stage coarse"):
         state.result("coarse", SearchResult)
 
 
 def test_edits_to_the_data_view_are_saved(tmp_path: Path) -> None:
     state = WorkflowState(tmp_path)
-    state.data["stages"]["baseline"] = {"number": 2, "status": "done", "result": {"run_dir": "/r/b"}}
+    state.data["stages"]["baseline"] = {
+        "number": 2,
+        "status": "done",
+        "result": {"run_dir": "/r/b"},
+    }
     assert state.data is state.data  # one dict until the next save
     state.save()
     assert state.is_done("baseline")

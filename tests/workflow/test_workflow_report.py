@@ -15,14 +15,26 @@ from speechtune.metrics import CostModel, estimate_cost, sum_costs
 from speechtune.workflow import STAGES, write_workflow_report
 from speechtune.workflow._report import render_html, render_markdown
 
-MODEL = CostModel(grid_g_per_kwh=480.0, gpu_price_per_hour=2.5, cpu_price_per_hour=0.05, currency="USD")
+MODEL = CostModel(
+    grid_g_per_kwh=480.0, gpu_price_per_hour=2.5, cpu_price_per_hour=0.05, currency="USD"
+)
 
 
-def _cost(wall_s: float, cpu_h: float, gpu_h: float, gpu_kwh: float | None = None) -> dict[str, Any]:
-    return estimate_cost(MODEL, wall_s=wall_s, cpu_core_hours=cpu_h, gpu_hours=gpu_h, gpu_energy_kwh=gpu_kwh).as_dict()
+def _cost(
+    wall_s: float, cpu_h: float, gpu_h: float, gpu_kwh: float | None = None
+) -> dict[str, Any]:
+    return estimate_cost(
+        MODEL, wall_s=wall_s, cpu_core_hours=cpu_h, gpu_hours=gpu_h, gpu_energy_kwh=gpu_kwh
+    ).as_dict()
 
 
-def _stage(number: int, result: dict[str, Any] | None, cost: dict[str, Any], status: str = "done", error: str | None = None) -> dict[str, Any]:
+def _stage(
+    number: int,
+    result: dict[str, Any] | None,
+    cost: dict[str, Any],
+    status: str = "done",
+    error: str | None = None,
+) -> dict[str, Any]:
     return {
         "number": number,
         "status": status,
@@ -36,7 +48,13 @@ def _stage(number: int, result: dict[str, Any] | None, cost: dict[str, Any], sta
 
 
 def _dataset(utts: int, hours: float, speakers: int, fp: str) -> dict[str, Any]:
-    return {"utterances": utts, "hours": hours, "speakers": speakers, "groups": ["en-us", "en-gb-scotland"], "fingerprint": fp}
+    return {
+        "utterances": utts,
+        "hours": hours,
+        "speakers": speakers,
+        "groups": ["en-us", "en-gb-scotland"],
+        "fingerprint": fp,
+    }
 
 
 def full_state() -> dict[str, Any]:
@@ -56,66 +74,175 @@ def full_state() -> dict[str, Any]:
                 "train_full": _dataset(360, 0.41, 8, "a1b2c3d4e5f6a7b8c9d0"),
                 "proxy": _dataset(180, 0.205, 8, "0f9e8d7c6b5a49382716"),
                 "dev": _dataset(120, 0.14, 8, "deadbeefcafe00112233"),
-                "manifests": {"train_full": "/runs/wf/proxy/train_full.jsonl", "proxy": "/runs/wf/proxy/proxy.jsonl", "dev": "/runs/wf/proxy/dev.jsonl"},
+                "manifests": {
+                    "train_full": "/runs/wf/proxy/train_full.jsonl",
+                    "proxy": "/runs/wf/proxy/proxy.jsonl",
+                    "dev": "/runs/wf/proxy/dev.jsonl",
+                },
             },
             _cost(12.0, 0.003, 0.0),
         ),
         "baseline": _stage(
             2,
-            {"run_dir": "/runs/wf/baseline", "seed": 1, "value": 0.2874,
-             "dev": {"wer": 0.2874, "cer": 0.1312, "worst_group_wer": 0.3311, "group_wer": {"en-us": 0.2437, "en-gb-scotland": 0.3311}}},
+            {
+                "run_dir": "/runs/wf/baseline",
+                "seed": 1,
+                "value": 0.2874,
+                "dev": {
+                    "wer": 0.2874,
+                    "cer": 0.1312,
+                    "worst_group_wer": 0.3311,
+                    "group_wer": {"en-us": 0.2437, "en-gb-scotland": 0.3311},
+                },
+            },
             _cost(300.0, 0.08, 0.0833, gpu_kwh=0.021),
         ),
         "coarse": _stage(
             3,
-            {"run_dir": "/runs/wf/coarse", "study": "wf-coarse", "storage": "postgresql://tuner:hunter2@db:5432/optuna",
-             "sampler": "random", "pruner": "none", "n_trials": 20, "n_complete": 17, "n_pruned": 0, "n_failed": 3,
-             "best": top_coarse[0], "top": top_coarse},
+            {
+                "run_dir": "/runs/wf/coarse",
+                "study": "wf-coarse",
+                "storage": "postgresql://tuner:hunter2@db:5432/optuna",
+                "sampler": "random",
+                "pruner": "none",
+                "n_trials": 20,
+                "n_complete": 17,
+                "n_pruned": 0,
+                "n_failed": 3,
+                "best": top_coarse[0],
+                "top": top_coarse,
+            },
             _cost(5400.0, 1.6, 1.5, gpu_kwh=0.39),
         ),
         "fine": _stage(
             4,
-            {"run_dir": "/runs/wf/fine", "study": "wf-fine", "storage": "sqlite:////runs/wf/fine/study.db",
-             "sampler": "tpe", "pruner": "median", "n_trials": 30, "n_complete": 21, "n_pruned": 8, "n_failed": 1,
-             "best": {"trial": 12, "value": 0.2176, "params": {"optim.lr": 0.0018, "model.dropout": 0.08}},
-             "top": [{"trial": 12, "value": 0.2176, "params": {"optim.lr": 0.0018, "model.dropout": 0.08}}],
-             "narrowed": {"optim.lr": {"before": "[1e-05, 0.01] log", "after": "[0.0007, 0.0025] log"},
-                          "model.dropout": {"before": "[0.0, 0.5]", "after": "[0.05, 0.25]"}},
-             "warm_started": 5},
+            {
+                "run_dir": "/runs/wf/fine",
+                "study": "wf-fine",
+                "storage": "sqlite:////runs/wf/fine/study.db",
+                "sampler": "tpe",
+                "pruner": "median",
+                "n_trials": 30,
+                "n_complete": 21,
+                "n_pruned": 8,
+                "n_failed": 1,
+                "best": {
+                    "trial": 12,
+                    "value": 0.2176,
+                    "params": {"optim.lr": 0.0018, "model.dropout": 0.08},
+                },
+                "top": [
+                    {
+                        "trial": 12,
+                        "value": 0.2176,
+                        "params": {"optim.lr": 0.0018, "model.dropout": 0.08},
+                    }
+                ],
+                "narrowed": {
+                    "optim.lr": {"before": "[1e-05, 0.01] log", "after": "[0.0007, 0.0025] log"},
+                    "model.dropout": {"before": "[0.0, 0.5]", "after": "[0.05, 0.25]"},
+                },
+                "warm_started": 5,
+            },
             _cost(7200.0, 2.1, 2.0, gpu_kwh=0.52),
         ),
         "validate": _stage(
             5,
-            {"seeds": [1, 2, 3], "alpha": 0.05, "winner": "fine-12",
-             "candidates": [
-                 {"name": "baseline", "params": {}, "values": [0.2874, 0.2911, 0.2852], "mean": 0.28790, "std": 0.0030},
-                 {"name": "coarse-7", "params": top_coarse[0]["params"], "values": [0.2311, 0.2350, 0.2290], "mean": 0.23170, "std": 0.0030},
-                 {"name": "fine-12", "params": {"optim.lr": 0.0018, "model.dropout": 0.08}, "values": [0.2176, 0.2210, 0.2151], "mean": 0.21790, "std": 0.0030},
-             ],
-             "test": {"method": "Welch t-test, one-sided", "statistic": 5.71, "p_value": 0.0023, "alpha": 0.05, "significant": True,
-                      "statement": "fine-12 beats coarse-7 by 1.38 pp over 3 seeds (p = 0.0023 < 0.05): the gain is larger than seed noise."}},
+            {
+                "seeds": [1, 2, 3],
+                "alpha": 0.05,
+                "winner": "fine-12",
+                "candidates": [
+                    {
+                        "name": "baseline",
+                        "params": {},
+                        "values": [0.2874, 0.2911, 0.2852],
+                        "mean": 0.28790,
+                        "std": 0.0030,
+                    },
+                    {
+                        "name": "coarse-7",
+                        "params": top_coarse[0]["params"],
+                        "values": [0.2311, 0.2350, 0.2290],
+                        "mean": 0.23170,
+                        "std": 0.0030,
+                    },
+                    {
+                        "name": "fine-12",
+                        "params": {"optim.lr": 0.0018, "model.dropout": 0.08},
+                        "values": [0.2176, 0.2210, 0.2151],
+                        "mean": 0.21790,
+                        "std": 0.0030,
+                    },
+                ],
+                "test": {
+                    "method": "Welch t-test, one-sided",
+                    "statistic": 5.71,
+                    "p_value": 0.0023,
+                    "alpha": 0.05,
+                    "significant": True,
+                    "statement": "fine-12 beats coarse-7 by 1.38 pp over 3 seeds (p = 0.0023 < 0.05): the gain is larger than seed noise.",
+                },
+            },
             _cost(1800.0, 0.5, 0.75, gpu_kwh=0.2),
         ),
         "full": _stage(
             6,
-            {"run_dir": "/runs/wf/full", "params": {"optim.lr": 0.0018, "model.dropout": 0.08}, "seed": 1, "epochs": 25,
-             "dev": {"wer": 0.2012, "cer": 0.0871, "worst_group_wer": 0.2433, "group_wer": {"en-us": 0.1601, "en-gb-scotland": 0.2433}},
-             "value": 0.2012, "model": "/runs/wf/full/model.pt"},
+            {
+                "run_dir": "/runs/wf/full",
+                "params": {"optim.lr": 0.0018, "model.dropout": 0.08},
+                "seed": 1,
+                "epochs": 25,
+                "dev": {
+                    "wer": 0.2012,
+                    "cer": 0.0871,
+                    "worst_group_wer": 0.2433,
+                    "group_wer": {"en-us": 0.1601, "en-gb-scotland": 0.2433},
+                },
+                "value": 0.2012,
+                "model": "/runs/wf/full/model.pt",
+            },
             _cost(3600.0, 1.0, 1.0, gpu_kwh=0.28),
         ),
         "gate": _stage(
             7,
-            {"golden": {"source": "/data/golden.jsonl", "utterances": 200, "hours": 0.25, "fingerprint": "feedface0123456789"},
-             "gate_metric": "wer", "margin": 0.005,
-             "challenger": {"wer": 0.2105, "cer": 0.0902, "worst_group_wer": 0.243, "worst_group": "en-gb-scotland", "group_wer": group},
-             "champion": {"version": "2", "wer": 0.2231, "cer": 0.0977, "worst_group_wer": 0.2611, "worst_group": "en-gb-scotland",
-                          "group_wer": {"en-us": 0.1902, "en-gb-scotland": 0.2611}},
-             "model_name": "speechtune-asr", "tracking_uri": "sqlite:///runs/registry/mlflow.db", "registered_version": "3",
-             "promoted": True,
-             "decision": "Promoted: the challenger's golden WER 21.05% beats the champion's 22.31% by 1.26 pp, more than the 0.50 pp margin."},
+            {
+                "golden": {
+                    "source": "/data/golden.jsonl",
+                    "utterances": 200,
+                    "hours": 0.25,
+                    "fingerprint": "feedface0123456789",
+                },
+                "gate_metric": "wer",
+                "margin": 0.005,
+                "challenger": {
+                    "wer": 0.2105,
+                    "cer": 0.0902,
+                    "worst_group_wer": 0.243,
+                    "worst_group": "en-gb-scotland",
+                    "group_wer": group,
+                },
+                "champion": {
+                    "version": "2",
+                    "wer": 0.2231,
+                    "cer": 0.0977,
+                    "worst_group_wer": 0.2611,
+                    "worst_group": "en-gb-scotland",
+                    "group_wer": {"en-us": 0.1902, "en-gb-scotland": 0.2611},
+                },
+                "model_name": "speechtune-asr",
+                "tracking_uri": "sqlite:///runs/registry/mlflow.db",
+                "registered_version": "3",
+                "promoted": True,
+                "decision": "Promoted: the challenger's golden WER 21.05% beats the champion's 22.31% by 1.26 pp, more than the 0.50 pp margin.",
+            },
             _cost(40.0, 0.011, 0.011, gpu_kwh=0.003),
         ),
-        "export": _stage(8, {"format": "torchscript", "path": "/runs/wf/export/model.ts", "bytes": 4_812_345}, _cost(5.0, 0.0014, 0.0)),
+        "export": _stage(
+            8,
+            {"format": "torchscript", "path": "/runs/wf/export/model.ts", "bytes": 4_812_345},
+            _cost(5.0, 0.0014, 0.0),
+        ),
     }
     return {
         "name": "synthetic-workflow",
@@ -123,10 +250,20 @@ def full_state() -> dict[str, Any]:
         "config_hash": "ab12cd34ef56ab78",
         "started": "2026-11-26T06:40:00+00:00",
         "updated": "2026-11-26T12:02:11+00:00",
-        "code_version": {"package": "0.1.0", "git_commit": "e5edd7c0123456789abcdef0123456789abcdef0", "git_dirty": True},
+        "code_version": {
+            "package": "0.1.0",
+            "git_commit": "e5edd7c0123456789abcdef0123456789abcdef0",
+            "git_dirty": True,
+        },
         "metric": "wer",
-        "cost_model": {"grid_g_per_kwh": 480.0, "gpu_price_per_hour": 2.5, "cpu_price_per_hour": 0.05, "currency": "USD",
-                       "gpu_tdp_w": 300.0, "cpu_tdp_w_per_core": 10.0},
+        "cost_model": {
+            "grid_g_per_kwh": 480.0,
+            "gpu_price_per_hour": 2.5,
+            "cpu_price_per_hour": 0.05,
+            "currency": "USD",
+            "gpu_tdp_w": 300.0,
+            "cpu_tdp_w_per_core": 10.0,
+        },
         "stages": stages,
         "cost_total": sum_costs(s["cost"] for s in stages.values()).as_dict(),
     }
@@ -138,8 +275,12 @@ def partial_state() -> dict[str, Any]:
     for name in STAGES[3:]:
         del state["stages"][name]
     coarse = state["stages"]["coarse"]
-    coarse.update(status="failed", attempts=2, result=None,
-                  error="RuntimeError: all 20 trials failed\n  first: CUDA out of memory <allocating 2.1 GiB>")
+    coarse.update(
+        status="failed",
+        attempts=2,
+        result=None,
+        error="RuntimeError: all 20 trials failed\n  first: CUDA out of memory <allocating 2.1 GiB>",
+    )
     state["cost_total"] = sum_costs(s["cost"] for s in state["stages"].values()).as_dict()
     return state
 
@@ -180,7 +321,11 @@ def _check_html(page: str) -> _TagChecker:
     assert not checker.errors, checker.errors[:5]
     assert not checker.stack, checker.stack
     # Self-contained and inert: no script, nothing loaded from anywhere, no event handlers.
-    assert "script" not in checker.tags and "link" not in checker.tags and "iframe" not in checker.tags
+    assert (
+        "script" not in checker.tags
+        and "link" not in checker.tags
+        and "iframe" not in checker.tags
+    )
     assert not [a for a in checker.attrs if a in ("src", "href") or a.startswith("on")]
     return checker
 
@@ -265,9 +410,14 @@ def test_totals_add_up_to_the_per_stage_sum() -> None:
     table = _md_table(md, "stage", "share of CO2e")
     for column, key in ((1, "gpu_hours"), (2, "cpu_core_hours"), (6, "co2e_g")):
         shown = [float(table[name][column].split()[0]) for name in STAGES]
-        assert shown == pytest.approx([s["cost"][key] for s in state["stages"].values()], abs=0.5 if key == "co2e_g" else 0.005)
+        assert shown == pytest.approx(
+            [s["cost"][key] for s in state["stages"].values()],
+            abs=0.5 if key == "co2e_g" else 0.005,
+        )
         total = float(total_row[column].strip("*").split()[0])
-        assert sum(shown) == pytest.approx(total, abs=len(shown) * (0.5 if key == "co2e_g" else 0.005))
+        assert sum(shown) == pytest.approx(
+            total, abs=len(shown) * (0.5 if key == "co2e_g" else 0.005)
+        )
     # The overview table's total row shows the same sum, and so does the HTML.
     overview_total = _md_table(md, "#", "stage", "status")[""]
     assert overview_total[7] == f"**{co2:.0f} g**" and overview_total[8] == f"**${money:.2f}**"
@@ -275,7 +425,9 @@ def test_totals_add_up_to_the_per_stage_sum() -> None:
     # Compute spent on stage runs that were reset and rerun is reported beside the totals, not in them.
     state["cost_superseded"] = state["stages"]["coarse"]["cost"]
     md = render_markdown(state)
-    assert "Not in the totals: 1.50 GPU-h, 1.60 CPU core-h, 0.41 kWh (nvml), 195 g CO2e, $3.83" in md
+    assert (
+        "Not in the totals: 1.50 GPU-h, 1.60 CPU core-h, 0.41 kWh (nvml), 195 g CO2e, $3.83" in md
+    )
     assert _md_table(md, "stage", "share of CO2e")["**total**"] == total_row
     # A stored cost_total that disagrees with the stages is flagged, not silently shown.
     state["cost_total"]["co2e_g"] = co2 + 500
@@ -313,7 +465,10 @@ def test_partial_run_shows_not_run_and_the_failure() -> None:
 def test_not_promoted_and_no_champion() -> None:
     state = full_state()
     gate = state["stages"]["gate"]["result"]
-    gate.update(promoted=False, decision="Not promoted: 0.20 pp better than the champion, less than the 0.50 pp margin.")
+    gate.update(
+        promoted=False,
+        decision="Not promoted: 0.20 pp better than the champion, less than the 0.50 pp margin.",
+    )
     md = render_markdown(state)
     assert md.count("Promoted: NO.") == 2 and "The champion (version 2) stays." in md
     gate.update(champion=None, promoted=True)
@@ -359,7 +514,10 @@ def test_write_workflow_report_writes_both_files(tmp_path: Path) -> None:
     assert (html_path, md_path) == (out / "report.html", out / "report.md")
     assert html_path.read_text(encoding="utf-8") == render_html(state)
     assert md_path.read_text(encoding="utf-8") == render_markdown(state)
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.md"]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report.html",
+        "report.md",
+    ]  # no temporary file left
     # Rewritten in place after the next stage.
     later = copy.deepcopy(partial_state())
     write_workflow_report(later, out)
@@ -368,10 +526,19 @@ def test_write_workflow_report_writes_both_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("grams", "shown"),
-    [(0.0042, "0.0042 g"), (4.26, "4.3 g"), (480.4, "480 g"), (1234.5, "1.23 kg"), (98_765.0, "98.77 kg")],
+    [
+        (0.0042, "0.0042 g"),
+        (4.26, "4.3 g"),
+        (480.4, "480 g"),
+        (1234.5, "1.23 kg"),
+        (98_765.0, "98.77 kg"),
+    ],
 )
 def test_co2_shown_in_g_or_kg(grams: float, shown: str) -> None:
-    state = {"name": "w", "stages": {"proxy": _stage(1, None, {**_cost(1.0, 0.0, 0.0), "co2e_g": grams})}}
+    state = {
+        "name": "w",
+        "stages": {"proxy": _stage(1, None, {**_cost(1.0, 0.0, 0.0), "co2e_g": grams})},
+    }
     assert shown in render_markdown(state)
 
 

@@ -34,9 +34,13 @@ def test_clearly_separated_groups_are_significant() -> None:
     assert result.statistic is not None and result.statistic < 0  # candidate minus baseline
     assert result.p_value is not None and result.p_value < 0.001
     assert (result.n_candidate, result.n_baseline) == (3, 3)
-    assert result.candidate_mean == pytest.approx(0.212) and result.baseline_mean == pytest.approx(0.305)
+    assert result.candidate_mean == pytest.approx(0.212) and result.baseline_mean == pytest.approx(
+        0.305
+    )
     text = result.statement
-    assert text.startswith("winner 0.212 ± 0.008 vs baseline 0.305 ± 0.011 (3 seeds each): lower by 0.093")
+    assert text.startswith(
+        "winner 0.212 ± 0.008 vs baseline 0.305 ± 0.011 (3 seeds each): lower by 0.093"
+    )
     assert "Welch's one-sided t-test" in text and "< 0.05" in text
     assert text.endswith("beats the baseline beyond seed noise.")
 
@@ -45,7 +49,9 @@ def test_overlapping_noisy_groups_are_not_significant() -> None:
     result = seed_noise_test([0.30, 0.26, 0.33], [0.31, 0.27, 0.34], alpha=0.05)
     assert result.method == METHOD_WELCH
     assert result.significant is False
-    assert result.p_value is not None and 0.05 < result.p_value < 0.5  # lower, but well within the noise
+    assert (
+        result.p_value is not None and 0.05 < result.p_value < 0.5
+    )  # lower, but well within the noise
     assert "lower by 0.01" in result.statement
     assert ">= 0.05: does not beat the baseline beyond seed noise." in result.statement
 
@@ -53,7 +59,9 @@ def test_overlapping_noisy_groups_are_not_significant() -> None:
 def test_worse_candidate_is_not_significant_and_said_to_be_higher() -> None:
     result = seed_noise_test([0.35, 0.36, 0.34], [0.30, 0.31, 0.29])
     assert result.significant is False
-    assert result.p_value is not None and result.p_value > 0.99  # one-sided: "lower" is implausible
+    assert (
+        result.p_value is not None and result.p_value > 0.99
+    )  # one-sided: "lower" is implausible
     assert "higher by 0.05" in result.statement
 
 
@@ -90,7 +98,10 @@ def test_too_few_seeds_means_no_test() -> None:
     assert result.significant is False
     assert result.statistic is None and result.p_value is None and result.df is None
     assert result.n_candidate == 1 and result.candidate_std == 0.0
-    assert "winner has a single seed" in result.statement and "no test is possible" in result.statement
+    assert (
+        "winner has a single seed" in result.statement
+        and "no test is possible" in result.statement
+    )
     both = seed_noise_test([0.1], [0.3], candidate_name="fine-12")
     assert "fine-12 and baseline has a single seed" in both.statement
     assert both.statement.startswith("fine-12 0.1 ± 0 vs baseline 0.3 ± 0 (1 seed):")
@@ -132,8 +143,18 @@ def test_as_dict_is_json_ready_and_complete() -> None:
     result = seed_noise_test([0.21, 0.2, 0.22], [0.3, 0.31, 0.29])
     d = json.loads(json.dumps(result.as_dict()))
     for key in (
-        "method", "statistic", "p_value", "alpha", "significant", "candidate_mean", "candidate_std",
-        "baseline_mean", "baseline_std", "n_candidate", "n_baseline", "statement",
+        "method",
+        "statistic",
+        "p_value",
+        "alpha",
+        "significant",
+        "candidate_mean",
+        "candidate_std",
+        "baseline_mean",
+        "baseline_std",
+        "n_candidate",
+        "n_baseline",
+        "statement",
     ):
         assert key in d
     assert d["significant"] is True and d["alpha"] == 0.05

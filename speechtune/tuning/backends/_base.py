@@ -29,7 +29,14 @@ class Backend(Protocol):
         """
         ...
 
-    def run(self, session: StudySession, objective: Objective | None, *, n_trials: int | None, progress: bool) -> None:
+    def run(
+        self,
+        session: StudySession,
+        objective: Objective | None,
+        *,
+        n_trials: int | None,
+        progress: bool,
+    ) -> None:
         """Run trials until the study has ``n_trials`` complete + pruned ones (None: the spec's).
 
         Trials already in the study count (a resumed study continues). Returns when the target

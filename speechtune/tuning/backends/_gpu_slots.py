@@ -149,7 +149,9 @@ class GpuSlots:
         if slots_per_gpu is not None and int(slots_per_gpu) < 1:
             raise ValueError(f"slots_per_gpu (--gpu-slots) must be >= 1, got {slots_per_gpu!r}")
         if mem_per_trial_mb is not None and not float(mem_per_trial_mb) > 0:
-            raise ValueError(f"mem_per_trial_mb (--gpu-mem-per-trial) must be > 0 MiB, got {mem_per_trial_mb!r}")
+            raise ValueError(
+                f"mem_per_trial_mb (--gpu-mem-per-trial) must be > 0 MiB, got {mem_per_trial_mb!r}"
+            )
         self.lock_dir = Path(lock_dir)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         self.mem_per_trial_mb = float(mem_per_trial_mb) if mem_per_trial_mb is not None else None
@@ -232,7 +234,9 @@ class GpuSlots:
             for s in range(self.slots_per_gpu[g]):
                 fd = self._try_slot(g, s)
                 if fd is not None:
-                    return Lease(device=f"cuda:{g}", gpu=g, slot=s, path=self.lock_path(g, s), _fd=fd)
+                    return Lease(
+                        device=f"cuda:{g}", gpu=g, slot=s, path=self.lock_path(g, s), _fd=fd
+                    )
         return None
 
     def acquire(self, timeout_s: float | None = None) -> Lease:
@@ -250,7 +254,9 @@ class GpuSlots:
                 slots, its free memory and the need.
         """
         if not self.gpus:
-            raise RuntimeError("GpuSlots: no CUDA GPU is visible to this process; run on CPU (--device cpu) instead")
+            raise RuntimeError(
+                "GpuSlots: no CUDA GPU is visible to this process; run on CPU (--device cpu) instead"
+            )
         t0 = time.monotonic()
         deadline = None if timeout_s is None else t0 + float(timeout_s)
         pause = 0.02
@@ -284,7 +290,9 @@ class GpuSlots:
         parts = []
         for g in self.gpus:
             mem = "free memory unknown" if free[g] is None else f"{free[g]:.0f} MiB free"
-            parts.append(f"cuda:{g} ({self.busy_slots(g)}/{self.slots_per_gpu[g]} slots busy, {mem})")
+            parts.append(
+                f"cuda:{g} ({self.busy_slots(g)}/{self.slots_per_gpu[g]} slots busy, {mem})"
+            )
         need_text = "unknown" if need is None else f"{need:.0f} MiB"
         return (
             f"no GPU slot free after {timeout_s:g} s: {'; '.join(parts)}; a trial needs {need_text}. "
@@ -298,32 +306,39 @@ class GpuSlots:
 class SlottedObjective:
     """Run an objective with a ``device`` on a leased GPU slot; other objectives run unchanged.
 
-An objective without a ``device`` attribute (a function, a command), or one pinned to
-``cpu``, is called as it is, without a slot.
+    An objective without a ``device`` attribute (a function, a command), or one pinned to
+    ``cpu``, is called as it is, without a slot.
 
-    Per trial: lease a slot (waiting up to ``acquire_timeout_s``), run a shallow copy of
-    ``inner`` with ``.device`` set to the lease's ``cuda:k``, and record the trial's peak CUDA
-    memory (``torch.cuda.max_memory_allocated``, reset first) as
-    ``outcome.extra["gpu_mem_peak_mb"]`` and in ``slots`` (the memory need of later trials).
-    The peak is per process: with several trials in threads of one process it is an upper bound.
+        Per trial: lease a slot (waiting up to ``acquire_timeout_s``), run a shallow copy of
+        ``inner`` with ``.device`` set to the lease's ``cuda:k``, and record the trial's peak CUDA
+        memory (``torch.cuda.max_memory_allocated``, reset first) as
+        ``outcome.extra["gpu_mem_peak_mb"]`` and in ``slots`` (the memory need of later trials).
+        The peak is per process: with several trials in threads of one process it is an upper bound.
 
-    A slot that does not come free in time makes the trial an ``error`` outcome (objectives
-    never raise for a bad trial).
+        A slot that does not come free in time makes the trial an ``error`` outcome (objectives
+        never raise for a bad trial).
 
-    Args:
-        inner: the objective to run.
-        slots: the machine's :class:`GpuSlots`.
-        acquire_timeout_s: longest wait for a slot.
+        Args:
+            inner: the objective to run.
+            slots: the machine's :class:`GpuSlots`.
+            acquire_timeout_s: longest wait for a slot.
     """
 
-    def __init__(self, inner: Objective, slots: GpuSlots, acquire_timeout_s: float | None = DEFAULT_ACQUIRE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        inner: Objective,
+        slots: GpuSlots,
+        acquire_timeout_s: float | None = DEFAULT_ACQUIRE_TIMEOUT_S,
+    ) -> None:
         self.inner = inner
         self.slots = slots
         self.acquire_timeout_s = acquire_timeout_s
 
-    def __call__(self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int) -> TrialOutcome:
+    def __call__(
+        self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int
+    ) -> TrialOutcome:
         """Run one trial on a leased slot; see :class:`~speechtune.tuning.Objective`."""
-        if not hasattr(self.inner, "device") or str(getattr(self.inner, "device")) == "cpu":
+        if not hasattr(self.inner, "device") or str(self.inner.device) == "cpu":
             return self.inner(config, reporter, trial_dir, seed)
         try:
             lease = self.slots.acquire(self.acquire_timeout_s)

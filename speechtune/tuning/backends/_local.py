@@ -54,7 +54,9 @@ class LocalBackend:
     def open_options(self, spec: TuningSpec, run_dir: Path) -> OpenOptions:
         """See :meth:`Backend.open_options`; a ``fidelity:`` spec needs the multi-fidelity backend."""
         if spec.fidelity is not None:
-            raise ValueError("a fidelity: section is run by the multi-fidelity backend (MultiFidelityBackend)")
+            raise ValueError(
+                "a fidelity: section is run by the multi-fidelity backend (MultiFidelityBackend)"
+            )
         jobs = self.jobs(spec)
         return OpenOptions(
             n_jobs=max(jobs, 2) if self.shared else jobs,
@@ -62,7 +64,14 @@ class LocalBackend:
             monitor_gpus=self.monitor_gpus,
         )
 
-    def run(self, session: StudySession, objective: Objective | None, *, n_trials: int | None, progress: bool) -> None:
+    def run(
+        self,
+        session: StudySession,
+        objective: Objective | None,
+        *,
+        n_trials: int | None,
+        progress: bool,
+    ) -> None:
         """See :meth:`Backend.run`."""
         quiet_trial_failures()
         spec, study = session.spec, session.study

@@ -49,7 +49,9 @@ class _RungView:
         self._study = study
         self._rung = rung
 
-    def get_trials(self, deepcopy: bool = True, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+    def get_trials(
+        self, deepcopy: bool = True, states: Sequence[TrialState] | None = None
+    ) -> list[FrozenTrial]:
         trials = self._study.get_trials(deepcopy=deepcopy, states=states)
         return [t for t in trials if t.user_attrs.get("rung") == self._rung]
 
@@ -59,7 +61,11 @@ class _RungView:
 
     @property
     def best_trial(self) -> FrozenTrial:
-        done = [t for t in self.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+        done = [
+            t
+            for t in self.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None
+        ]
         if not done:
             raise ValueError("no complete trial at this rung yet")
         pick = min if self._study.direction == optuna.study.StudyDirection.MINIMIZE else max
@@ -106,7 +112,11 @@ def _job_record(job: Job, asked_after: int) -> dict[str, Any]:
 
 
 def _same_job(a: Job, rec: Mapping[str, Any]) -> bool:
-    return (a.config_id, a.rung, a.parent) == (rec["config_id"], rec["rung"], rec["parent"]) and _close(a.params, rec["params"])
+    return (a.config_id, a.rung, a.parent) == (
+        rec["config_id"],
+        rec["rung"],
+        rec["parent"],
+    ) and _close(a.params, rec["params"])
 
 
 def _close(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -115,7 +125,11 @@ def _close(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     for k in a:
         x, y = a[k], b[k]
         if isinstance(x, float) or isinstance(y, float):
-            if not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)):
+            if not (
+                isinstance(x, (int, float))
+                and isinstance(y, (int, float))
+                and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+            ):
                 return False
         elif x != y:
             return False
@@ -151,7 +165,9 @@ class Driver:
         self.rank_metric = rank_metric
         self.lock = threading.Condition()
         self.tells = 0
-        self.trial_of_job: dict[int, int] = {}  # job number -> Optuna trial number that finished it
+        self.trial_of_job: dict[
+            int, int
+        ] = {}  # job number -> Optuna trial number that finished it
         self.retry: list[Job] = []  # jobs a killed process left unfinished
         self.stopped = False
 
@@ -185,7 +201,8 @@ class Driver:
             job = self.search.ask()
             if job is None or not _same_job(job, rec):
                 raise RuntimeError(
-                    f"cannot resume study {self.study.study_name!r}: replaying its stored jobs, job {number} differs from "
+                    f"cannot resume study {self.study.study_name!r}: replaying its stored jobs, "
+                    f"job {number} differs from "
                     "the one the search chooses now (the tuning spec or speechtune changed since it started); "
                     "start a new study (another study.name or --run-dir)"
                 )
@@ -194,7 +211,11 @@ class Driver:
             self._tell_stored(jobs[trial.user_attrs["job"]["number"]], trial)
         self.retry = [jobs[n] for n in sorted(asked) if n not in finished]
         if self.retry:
-            log.info("resuming: re-running %d job(s) left unfinished: %s", len(self.retry), [j.number for j in self.retry])
+            log.info(
+                "resuming: re-running %d job(s) left unfinished: %s",
+                len(self.retry),
+                [j.number for j in self.retry],
+            )
 
     def _rank_value(self, job: Job, trial: FrozenTrial) -> float | None:
         """What the search ranks this job by: the objective, or ``rank_metric`` below the top rung."""
@@ -215,7 +236,12 @@ class Driver:
             rank = self._rank_value(job, trial)
         except ValueError:
             rank = None  # logged when the trial first finished
-        self.search.tell(job, rank, intermediate=self._intermediate(job, trial), cost=trial.user_attrs.get("job_cost"))
+        self.search.tell(
+            job,
+            rank,
+            intermediate=self._intermediate(job, trial),
+            cost=trial.user_attrs.get("job_cost"),
+        )
         self.trial_of_job[job.number] = trial.number
         self.tells += 1
 
@@ -224,11 +250,18 @@ class Driver:
         fid = self.search.fidelity
         key = fid.resume_key
         epochs = fid.rungs[job.rung].overrides.get(key) if key else None
-        if key is None or state != TrialState.PRUNED or not isinstance(epochs, (int, float)) or not steps:
+        if (
+            key is None
+            or state != TrialState.PRUNED
+            or not isinstance(epochs, (int, float))
+            or not steps
+        ):
             return job.cost
         start = 0.0
         if job.parent is not None:
-            parent_rung = self.search._jobs[job.parent].rung if job.parent in self.search._jobs else None
+            parent_rung = (
+                self.search._jobs[job.parent].rung if job.parent in self.search._jobs else None
+            )
             if parent_rung is not None and fid.continues(parent_rung, job.rung):
                 start = float(fid.rungs[parent_rung].overrides.get(key, 0.0))
         planned = float(epochs) - start
@@ -248,7 +281,11 @@ class Driver:
         curve = dict(trial.intermediate_values)
         if self.rank_metric:
             rows = trial.user_attrs.get("history") or []
-            curve = {int(r["epoch"]): r[self.rank_metric] for r in rows if r.get(self.rank_metric) is not None}
+            curve = {
+                int(r["epoch"]): r[self.rank_metric]
+                for r in rows
+                if r.get(self.rank_metric) is not None
+            }
         for rung in range(job.rung):
             if fid.continues(rung, job.rung):
                 step = fid.rungs[rung].overrides.get(key)
@@ -291,7 +328,9 @@ class Driver:
             with warnings.catch_warnings():
                 # This driver replaces Study.optimize (and its heartbeat): a killed run's trials
                 # are failed and re-run by replay() when the study resumes.
-                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                warnings.filterwarnings(
+                    "ignore", message="Heartbeat of storage", category=UserWarning
+                )
                 trial = self.study.ask()
             return job, trial
 
@@ -326,7 +365,9 @@ class Driver:
             if ckpt.is_file():
                 (ckpt.parent / CONTINUE_MARKER).write_text(marker)
         if not (trial_dir / CONTINUE_MARKER).exists():
-            (trial_dir / CONTINUE_MARKER).write_text(marker)  # for Python objectives keeping their own state
+            (trial_dir / CONTINUE_MARKER).write_text(
+                marker
+            )  # for Python objectives keeping their own state
 
     def run_one(self) -> bool:
         nxt = self._next()
@@ -354,8 +395,12 @@ class Driver:
             steps = self.study._storage.get_trial(trial._trial_id).intermediate_values
             used = self._used_cost(job, state, steps)
             if used != job.cost:
-                trial.set_user_attr("job_cost", used)  # what it really cost: pruned after a few epochs
-            frozen = self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+                trial.set_user_attr(
+                    "job_cost", used
+                )  # what it really cost: pruned after a few epochs
+            frozen = self.study.tell(
+                trial, value if state == TrialState.COMPLETE else None, state=state
+            )
             try:
                 rank = self._rank_value(job, frozen)
             except ValueError as exc:
@@ -386,7 +431,10 @@ class Driver:
                     self.stopped = True
                     self.lock.notify_all()
 
-        threads = [threading.Thread(target=work, name=f"speechtune-worker-{i}", daemon=True) for i in range(n_workers)]
+        threads = [
+            threading.Thread(target=work, name=f"speechtune-worker-{i}", daemon=True)
+            for i in range(n_workers)
+        ]
         for th in threads:
             th.start()
         for th in threads:

@@ -80,17 +80,30 @@ class MultiFidelityBackend:
             monitor_gpus=self.monitor_gpus,
             # Every trial is enqueued: the search decides, this sampler never does.
             sampler=optuna.samplers.RandomSampler(seed=0),
-            pruner=RungPruner(make_pruner(spec.study.pruner, max_resource=_top_epochs(spec, fspec.fidelity))),
+            pruner=RungPruner(
+                make_pruner(spec.study.pruner, max_resource=_top_epochs(spec, fspec.fidelity))
+            ),
         )
 
-    def run(self, session: StudySession, objective: Objective | None, *, n_trials: int | None, progress: bool) -> None:
+    def run(
+        self,
+        session: StudySession,
+        objective: Objective | None,
+        *,
+        n_trials: int | None,
+        progress: bool,
+    ) -> None:
         """See :meth:`Backend.run`; ``n_trials`` counts jobs."""
         quiet_trial_failures()
         spec, study = session.spec, session.study
         fspec = _fidelity_spec(spec)
         fidelity = fspec.fidelity
         jobs = self.jobs(spec)
-        max_jobs = n_trials if n_trials is not None else (None if fspec.budget is not None else spec.study.n_trials)
+        max_jobs = (
+            n_trials
+            if n_trials is not None
+            else (None if fspec.budget is not None else spec.study.n_trials)
+        )
         study.set_user_attr("fidelity", fidelity_record(fspec.strategy, fidelity))
         space, warm = _warm_start(fspec, spec.space)
         search = MultiFidelitySearch(
@@ -104,7 +117,13 @@ class MultiFidelityBackend:
             n_workers=jobs,
         )
         objective = needs_objective(objective)
-        runner = JobRunner(spec, objective, session.run_dir, slots=device_slots(objective, jobs), rank_metric=fspec.rank_metric)
+        runner = JobRunner(
+            spec,
+            objective,
+            session.run_dir,
+            slots=device_slots(objective, jobs),
+            rank_metric=fspec.rank_metric,
+        )
         view = StudyProgress(study, n_trials=max_jobs, n_jobs=jobs, live=progress)
         callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
             FailureGuard(max(10, max_jobs or 10)),
@@ -138,12 +157,17 @@ class MultiFidelityBackend:
                 study.stop = original  # type: ignore[method-assign]
         study.set_user_attr("budget_used", search.budget_used)
         correlation = search.rung_correlation().items()
-        study.set_user_attr("rung_correlation", {str(r): [v[0] if math.isfinite(v[0]) else None, v[1]] for r, v in correlation})
+        study.set_user_attr(
+            "rung_correlation",
+            {str(r): [v[0] if math.isfinite(v[0]) else None, v[1]] for r, v in correlation},
+        )
 
 
 def _fidelity_spec(spec: TuningSpec) -> FidelitySpec:
     if spec.fidelity is None:
-        raise ValueError("the multi-fidelity backend needs a fidelity: section; use the local backend without one")
+        raise ValueError(
+            "the multi-fidelity backend needs a fidelity: section; use the local backend without one"
+        )
     return spec.fidelity
 
 
@@ -154,10 +178,17 @@ def _top_epochs(spec: TuningSpec, fidelity: Fidelity) -> int | None:
     return spec.max_epochs
 
 
-def _warm_start(fspec: FidelitySpec, space: SearchSpace) -> tuple[SearchSpace, list[dict[str, Any]]]:
+def _warm_start(
+    fspec: FidelitySpec, space: SearchSpace
+) -> tuple[SearchSpace, list[dict[str, Any]]]:
     """The space with the previous study's region as its prior, and the configs to try first."""
     if not fspec.warm_start:
         return space, []
     warm = load_warm_start(fspec.warm_start, space, top_k=fspec.warm_start_top_k)
-    log.info("warm start from %s: %d config(s) first, priors on %s", fspec.warm_start, len(warm.configs), sorted(warm.priors))
+    log.info(
+        "warm start from %s: %d config(s) first, priors on %s",
+        fspec.warm_start,
+        len(warm.configs),
+        sorted(warm.priors),
+    )
     return with_priors(space, warm.priors), list(warm.configs)

@@ -94,7 +94,9 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def _terminate_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = TERMINATE_GRACE_S) -> None:
+def _terminate_all(
+    procs: Sequence[subprocess.Popen[bytes]], grace_s: float = TERMINATE_GRACE_S
+) -> None:
     """SIGTERM every live worker group, then SIGKILL what is left after ``grace_s``."""
     for p in procs:
         _signal_group(p, signal.SIGTERM)
@@ -154,7 +156,13 @@ def launch_local_workers(
     log_dir = run_dir / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(
-        storage_url, study_name, run_dir, config=config, device=device, n_trials=n_trials, extra_argv=extra_argv
+        storage_url,
+        study_name,
+        run_dir,
+        config=config,
+        device=device,
+        n_trials=n_trials,
+        extra_argv=extra_argv,
     )
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[IO[bytes]] = []
@@ -202,7 +210,11 @@ def packed_storage_url(storage: str | None, run_dir: Path) -> str:
     if url.startswith("sqlite"):
         journal = storage_url("journal", run_dir)
         if storage is not None:
-            log.warning("study.storage %s is SQLite, which refuses concurrent worker processes: using %s", storage, journal)
+            log.warning(
+                "study.storage %s is SQLite, which refuses concurrent worker processes: using %s",
+                storage,
+                journal,
+            )
         return journal
     return url
 
@@ -254,10 +266,19 @@ class PackedBackend:
                 "a multi-fidelity study (fidelity: section) runs in one driver: use --n-jobs N instead of --workers N, "
                 "or --backend ray with ray.scheduler asha/hyperband"
             )
-        storage = packed_storage_url(self.storage if self.storage is not None else spec.study.storage, run_dir)
+        storage = packed_storage_url(
+            self.storage if self.storage is not None else spec.study.storage, run_dir
+        )
         return OpenOptions(n_jobs=self.n_workers, storage=storage)
 
-    def run(self, session: StudySession, objective: Objective | None, *, n_trials: int | None, progress: bool) -> None:
+    def run(
+        self,
+        session: StudySession,
+        objective: Objective | None,
+        *,
+        n_trials: int | None,
+        progress: bool,
+    ) -> None:
         """See :meth:`Backend.run` (``objective`` is not used: each worker builds its own).
 
         Raises:
@@ -290,13 +311,23 @@ class PackedBackend:
         wall = time.perf_counter() - t0
         study.set_user_attr("gpu_utilization", _jsonable(monitor.summary()))
         # (unix time, busy %) per sample: lets a report judge utilisation while trials ran only.
-        study.set_user_attr("gpu_timeline", [[round(t, 3), round(u, 1)] for t, u in monitor.timeline()])
+        study.set_user_attr(
+            "gpu_timeline", [[round(t, 3), round(u, 1)] for t, u in monitor.timeline()]
+        )
         study.set_user_attr("wall_s", round(wall, 3))
         study.set_user_attr("n_workers", int(self.n_workers))
         study.set_user_attr("worker_exit_codes", codes)
         failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        log.info("%d workers: %d trials complete or pruned, %d failed, in %.1f s", self.n_workers, session.counted(), failed, wall)
+        log.info(
+            "%d workers: %d trials complete or pruned, %d failed, in %.1f s",
+            self.n_workers,
+            session.counted(),
+            failed,
+            wall,
+        )
         bad = [i for i, c in enumerate(codes) if c != 0]
         if bad:
             logs = ", ".join(str(run_dir / "workers" / f"worker-{i}.log") for i in bad)
-            raise RuntimeError(f"{len(bad)} of {self.n_workers} workers exited with an error (codes {codes}); see {logs}")
+            raise RuntimeError(
+                f"{len(bad)} of {self.n_workers} workers exited with an error (codes {codes}); see {logs}"
+            )

@@ -35,7 +35,9 @@ def default_backend(
         monitor_gpus: record GPU utilisation over the study.
     """
     if spec.fidelity is not None:
-        return MultiFidelityBackend(n_jobs=n_jobs, heartbeat_s=heartbeat_s, monitor_gpus=monitor_gpus)
+        return MultiFidelityBackend(
+            n_jobs=n_jobs, heartbeat_s=heartbeat_s, monitor_gpus=monitor_gpus
+        )
     return LocalBackend(n_jobs=n_jobs, heartbeat_s=heartbeat_s, monitor_gpus=monitor_gpus)
 
 
@@ -80,7 +82,9 @@ def run_study(
     backend = backend if backend is not None else default_backend(spec)
     run_dir = Path(run_dir).resolve()
     options = backend.open_options(spec, run_dir)
-    session = StudySession(spec, run_dir, resume=resume, tracker=tracker, outputs=outputs, options=options)
+    session = StudySession(
+        spec, run_dir, resume=resume, tracker=tracker, outputs=outputs, options=options
+    )
     with session:
         backend.run(session, objective, n_trials=n_trials, progress=progress)
     return session.study

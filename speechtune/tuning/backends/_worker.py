@@ -73,8 +73,6 @@ SQLITE_REFUSAL = (
 )
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +92,9 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def stored_spec_file(storage_url: str, study_name: str, run_dir: Path, *, heartbeat_s: int, reconnect_s: float) -> Path:
+def stored_spec_file(
+    storage_url: str, study_name: str, run_dir: Path, *, heartbeat_s: int, reconnect_s: float
+) -> Path:
     """Write the tuning YAML a study was created with into ``run_dir`` and return its path.
 
     The stored ``base_recipe`` goes to ``run_dir/stored_recipe.yaml`` and the spec's ``recipe``
@@ -109,7 +109,8 @@ def stored_spec_file(storage_url: str, study_name: str, run_dir: Path, *, heartb
     except KeyError:
         names = [s.study_name for s in storage.get_all_studies()]
         raise ValueError(
-            f"--study {study_name!r}: no such study in {mask_url(storage_url)} (studies there: {', '.join(names) or 'none'}); "
+            f"--study {study_name!r}: no such study in {mask_url(storage_url)} "
+            f"(studies there: {', '.join(names) or 'none'}); "
             "create it with `speechtune tune --storage URL ...` or give the worker --config"
         ) from None
     attrs = storage.get_study_user_attrs(study_id)
@@ -157,7 +158,9 @@ def load_worker_spec(
         spec = load_tuning(config)
         cwd = Path(config).resolve().parent
     else:
-        path = stored_spec_file(storage, study_name, run_dir, heartbeat_s=heartbeat_s, reconnect_s=reconnect_s)
+        path = stored_spec_file(
+            storage, study_name, run_dir, heartbeat_s=heartbeat_s, reconnect_s=reconnect_s
+        )
         spec = load_tuning(path)
         cwd = Path.cwd()
     if spec.fidelity is not None:
@@ -208,7 +211,9 @@ def slotted(
         log.info("--gpu-slots/--gpu-mem-per-trial ignored: --device is %s", device)
         return objective
     if not isinstance(objective, RecipeObjective):
-        raise ValueError("--gpu-slots/--gpu-mem-per-trial need an objective with a device (objective.kind: recipe)")
+        raise ValueError(
+            "--gpu-slots/--gpu-mem-per-trial need an objective with a device (objective.kind: recipe)"
+        )
     try:
         import torch
 
@@ -218,7 +223,9 @@ def slotted(
     if not has_cuda:
         log.info("--gpu-slots/--gpu-mem-per-trial ignored: CUDA is not available")
         return objective
-    slots = GpuSlots(run_dir / ".gpu-slots", slots_per_gpu=gpu_slots, mem_per_trial_mb=gpu_mem_per_trial_mb)
+    slots = GpuSlots(
+        run_dir / ".gpu-slots", slots_per_gpu=gpu_slots, mem_per_trial_mb=gpu_mem_per_trial_mb
+    )
     return SlottedObjective(objective, slots)
 
 
@@ -240,8 +247,15 @@ def run_worker(
     """
     backend = LocalBackend(n_jobs=1, heartbeat_s=heartbeat_s, shared=True)
     return run_study(
-        spec, objective, run_dir, backend=backend, n_trials=n_trials, resume=True, tracker=tracker,
-        outputs=outputs, progress=progress,
+        spec,
+        objective,
+        run_dir,
+        backend=backend,
+        n_trials=n_trials,
+        resume=True,
+        tracker=tracker,
+        outputs=outputs,
+        progress=progress,
     )
 
 

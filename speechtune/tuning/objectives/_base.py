@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from speechtune.config import merge, unflatten
 
@@ -58,7 +59,9 @@ class TrialOutcome:
 class Objective(Protocol):
     """Evaluate one trial config; never raise for a failing trial (return status ``error``)."""
 
-    def __call__(self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int) -> TrialOutcome: ...
+    def __call__(
+        self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int
+    ) -> TrialOutcome: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +75,9 @@ def merge_config(base: Mapping[str, Any] | None, config: Mapping[str, Any]) -> d
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """The numeric entries of ``values`` as floats (strings, dicts, lists and bools dropped)."""
     return {
-        k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
 

@@ -26,9 +26,10 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping, Protocol, Sequence
+from typing import IO, Any, Protocol
 
 import yaml
 
@@ -109,7 +110,9 @@ def render_argv(
         # split before substituting, so a value with a space stays one argument
         parts = overrides.split()
         for key, value in config.items():
-            out.extend(p.replace("{key}", key).replace("{value}", format_value(value)) for p in parts)
+            out.extend(
+                p.replace("{key}", key).replace("{value}", format_value(value)) for p in parts
+            )
     return out
 
 
@@ -155,7 +158,9 @@ class ReportFileReader:
             data = json.loads(raw)
             epoch = data.pop("epoch", None)
             final = bool(data.pop("final", False))
-            if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, float))):
+            if epoch is not None and (
+                isinstance(epoch, bool) or not isinstance(epoch, (int, float))
+            ):
                 raise ValueError(f"epoch must be a number, got {epoch!r}")
             metrics = {k: float(v) for k, v in data.items() if _is_number(v)}
         except (ValueError, TypeError, AttributeError) as exc:
@@ -180,7 +185,9 @@ class RegexParser:
         try:
             self.regex = re.compile(pattern)
         except re.error as exc:
-            raise ValueError(f"command.metric_regex is not a valid regular expression: {exc} ({pattern!r})") from exc
+            raise ValueError(
+                f"command.metric_regex is not a valid regular expression: {exc} ({pattern!r})"
+            ) from exc
         if not self.regex.groupindex:
             raise ValueError(
                 f"command.metric_regex needs named groups, e.g. (?P<epoch>\\d+) and (?P<wer>[0-9.]+); got {pattern!r}"
@@ -211,7 +218,9 @@ class RegexParser:
         return _Row(epoch if epoch is not None else self._count, metrics)
 
 
-def _pump_output(stream: IO[bytes], log_file: IO[str], lines: queue.Queue[str | None], tail: deque[str]) -> None:
+def _pump_output(
+    stream: IO[bytes], log_file: IO[str], lines: queue.Queue[str | None], tail: deque[str]
+) -> None:
     """Copy the child's merged stdout/stderr to its log file and hand each line on for parsing."""
     try:
         for raw in iter(stream.readline, b""):
@@ -320,7 +329,9 @@ class CommandObjective:
         poll_s: float = 0.2,
     ) -> None:
         if not spec.argv:
-            raise ValueError("command.argv must name a program to run, e.g. ['python', 'train.py', '--config', '{config}']")
+            raise ValueError(
+                "command.argv must name a program to run, e.g. ['python', 'train.py', '--config', '{config}']"
+            )
         self.spec = spec
         self.base_config = dict(base_config or {})
         self.cwd = cwd
@@ -331,7 +342,9 @@ class CommandObjective:
         if spec.metric_regex:
             RegexParser(spec.metric_regex)
 
-    def __call__(self, config: dict[str, Any], reporter: Any, trial_dir: Path, seed: int) -> TrialOutcome:
+    def __call__(
+        self, config: dict[str, Any], reporter: Any, trial_dir: Path, seed: int
+    ) -> TrialOutcome:
         """Run one trial; see :class:`~speechtune.tuning.Objective`."""
         trial_dir = Path(trial_dir).absolute()
         trial_dir.mkdir(parents=True, exist_ok=True)
@@ -345,22 +358,43 @@ class CommandObjective:
     def prepare(self, config: Mapping[str, Any], trial_dir: Path, seed: int) -> list[str]:
         """Write ``<trial_dir>/config.yaml`` and return the trial's argv."""
         config_path = trial_dir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(merge_config(self.base_config, config), sort_keys=False))
+        config_path.write_text(
+            yaml.safe_dump(merge_config(self.base_config, config), sort_keys=False)
+        )
         report_file = trial_dir / "metrics.jsonl"
-        report_file.unlink(missing_ok=True)  # a retried trial must not re-read an old attempt's rows
+        report_file.unlink(
+            missing_ok=True
+        )  # a retried trial must not re-read an old attempt's rows
         return render_argv(
-            self.spec.argv, config, self.spec.overrides, config_path=config_path, trial_dir=trial_dir, seed=seed
+            self.spec.argv,
+            config,
+            self.spec.overrides,
+            config_path=config_path,
+            trial_dir=trial_dir,
+            seed=seed,
         )
 
     def _environment(self, trial_dir: Path) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env[REPORT_FILE_ENV] = str(trial_dir / "metrics.jsonl")
         env[TRIAL_DIR_ENV] = str(trial_dir)
-        env.setdefault("PYTHONUNBUFFERED", "1")  # a Python script's prints reach the regex as they happen
+        env.setdefault(
+            "PYTHONUNBUFFERED", "1"
+        )  # a Python script's prints reach the regex as they happen
         return env
 
-    def _run(self, argv: list[str], parser: RegexParser | None, tracker: StopTrackingReporter, trial_dir: Path) -> TrialOutcome:
-        extra: dict[str, Any] = {"argv": argv, "output_dir": str(trial_dir), "log": str(trial_dir / "stdout.log")}
+    def _run(
+        self,
+        argv: list[str],
+        parser: RegexParser | None,
+        tracker: StopTrackingReporter,
+        trial_dir: Path,
+    ) -> TrialOutcome:
+        extra: dict[str, Any] = {
+            "argv": argv,
+            "output_dir": str(trial_dir),
+            "log": str(trial_dir / "stdout.log"),
+        }
         with open(trial_dir / "stdout.log", "w", encoding="utf-8") as log_file:
             try:
                 proc = subprocess.Popen(
@@ -377,7 +411,9 @@ class CommandObjective:
             extra["pgid"] = proc.pid  # for the record: any process left in it would be a leak
             try:
                 return self._supervise(proc, parser, tracker, trial_dir, log_file, extra)
-            except Exception as exc:  # e.g. a reporter that raised: never leave the command running
+            except (
+                Exception
+            ) as exc:  # e.g. a reporter that raised: never leave the command running
                 log.exception("supervising %s failed", argv)
                 kill_group(proc.pid, proc, self.grace_s)
                 extra["exit_code"] = proc.poll()
@@ -396,7 +432,9 @@ class CommandObjective:
         lines: queue.Queue[str | None] = queue.Queue()
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         assert proc.stdout is not None  # we asked for a pipe
-        pump = threading.Thread(target=_pump_output, args=(proc.stdout, log_file, lines, tail), daemon=True)
+        pump = threading.Thread(
+            target=_pump_output, args=(proc.stdout, log_file, lines, tail), daemon=True
+        )
         pump.start()
         reader = ReportFileReader(trial_dir / "metrics.jsonl")
         progress = _Progress()
@@ -417,7 +455,9 @@ class CommandObjective:
         kill_group(pgid, proc, self.grace_s)
         proc.wait()
         pump.join(timeout=5.0)
-        if ended is None and self._consume(reader.read_new(), _drain(lines, parser), progress, tracker):
+        if ended is None and self._consume(
+            reader.read_new(), _drain(lines, parser), progress, tracker
+        ):
             # the last epoch, written just before the command exited, was pruned: as in the recipe,
             # a stop request on the last epoch still makes the trial "stopped"
             ended = (STOPPED, f"stopped by the reporter after epoch {tracker.stopped_at}")
@@ -428,7 +468,10 @@ class CommandObjective:
 
     @staticmethod
     def _consume(
-        file_rows: list[_Row], log_rows: list[_Row], progress: _Progress, tracker: StopTrackingReporter
+        file_rows: list[_Row],
+        log_rows: list[_Row],
+        progress: _Progress,
+        tracker: StopTrackingReporter,
     ) -> bool:
         """Record new rows; report each new epoch. True when the reporter asked to stop."""
         for row in file_rows + log_rows:
@@ -440,7 +483,11 @@ class CommandObjective:
                 progress.history[-1].update(row.metrics)
                 continue
             if progress.last_reported is not None and row.epoch <= progress.last_reported:
-                log.warning("ignoring metrics of epoch %d, reported after epoch %d", row.epoch, progress.last_reported)
+                log.warning(
+                    "ignoring metrics of epoch %d, reported after epoch %d",
+                    row.epoch,
+                    progress.last_reported,
+                )
                 continue
             progress.history.append({"epoch": row.epoch, **row.metrics})
             progress.last_reported = row.epoch
@@ -457,7 +504,11 @@ class CommandObjective:
         tail: list[str],
         extra: dict[str, Any],
     ) -> TrialOutcome:
-        last = {k: v for k, v in progress.history[-1].items() if k != "epoch"} if progress.history else {}
+        last = (
+            {k: v for k, v in progress.history[-1].items() if k != "epoch"}
+            if progress.history
+            else {}
+        )
         metrics = {**last, **progress.final}
         history = [dict(r) for r in progress.history]
         if ended is not None:
@@ -466,8 +517,14 @@ class CommandObjective:
                 reason += _quote_tail(tail)
             return TrialOutcome(status, reason, metrics, history, extra)
         if exit_code != 0:
-            how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
-            return TrialOutcome(ERROR, f"error: the command {how}" + _quote_tail(tail), metrics, history, extra)
+            how = (
+                f"was killed by signal {-exit_code}"
+                if exit_code < 0
+                else f"exited with code {exit_code}"
+            )
+            return TrialOutcome(
+                ERROR, f"error: the command {how}" + _quote_tail(tail), metrics, history, extra
+            )
         if not metrics:
             return TrialOutcome(
                 ERROR,
@@ -477,7 +534,13 @@ class CommandObjective:
                 history,
                 extra,
             )
-        return TrialOutcome(COMPLETE, f"command completed after {len(history)} reported epoch(s)", metrics, history, extra)
+        return TrialOutcome(
+            COMPLETE,
+            f"command completed after {len(history)} reported epoch(s)",
+            metrics,
+            history,
+            extra,
+        )
 
 
 def _drain(lines: queue.Queue[str | None], parser: RegexParser | None) -> list[_Row]:

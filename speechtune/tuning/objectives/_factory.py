@@ -77,11 +77,19 @@ def build_objective(
             unknown kind.
     """
     if function and spec.objective.kind != "python":
-        raise ValueError(f"--function is for objective.kind: python, but the study has kind {spec.objective.kind!r}")
+        raise ValueError(
+            f"--function is for objective.kind: python, but the study has kind {spec.objective.kind!r}"
+        )
     builder = OBJECTIVES.get(spec.objective.kind)
     if builder is None:
-        raise ValueError(f"objective.kind: unknown kind {spec.objective.kind!r}; expected one of: {', '.join(OBJECTIVES)}")
-    here = Path(cwd) if cwd is not None else (spec.path.parent if spec.path is not None else Path.cwd())
+        raise ValueError(
+            f"objective.kind: unknown kind {spec.objective.kind!r}; expected one of: {', '.join(OBJECTIVES)}"
+        )
+    here = (
+        Path(cwd)
+        if cwd is not None
+        else (spec.path.parent if spec.path is not None else Path.cwd())
+    )
     return builder(spec, _Where(device=device, cache_dir=cache_dir, function=function, cwd=here))
 
 
@@ -92,7 +100,12 @@ def scale_default_ladder(spec: TuningSpec, cache_dir: str | Path) -> TuningSpec:
     the default ladder, or whose corpus size is known already, is returned as it is.
     """
     fspec = spec.fidelity
-    if fspec is None or not fspec.default_rungs or fspec.n_train is not None or spec.objective.kind != "recipe":
+    if (
+        fspec is None
+        or not fspec.default_rungs
+        or fspec.n_train is not None
+        or spec.objective.kind != "recipe"
+    ):
         return spec
     from speechtune.config import config_from_dict
     from speechtune.data import prepare_data
@@ -101,6 +114,12 @@ def scale_default_ladder(spec: TuningSpec, cache_dir: str | Path) -> TuningSpec:
     data = prepare_data(cfg.data, cfg.features.sample_rate, str(cache_dir), False)
     n_train = len(data.train)
     hours = sum(u.duration for u in data.train) / 3600.0
-    scaled = fspec.with_corpus_size(spec.base_flat, n_train, set(spec.space.params), corpus_hours=hours)
-    log.info("default fidelity ladder scaled to %d training utterances: %s", n_train, [r.as_dict() for r in scaled.fidelity.rungs])
+    scaled = fspec.with_corpus_size(
+        spec.base_flat, n_train, set(spec.space.params), corpus_hours=hours
+    )
+    log.info(
+        "default fidelity ladder scaled to %d training utterances: %s",
+        n_train,
+        [r.as_dict() for r in scaled.fidelity.rungs],
+    )
     return dataclasses.replace(spec, fidelity=scaled)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported only when a recipe trial runs
     from speechtune.training import Reporter
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from speechtune.tuning.objectives._base import (
     COMPLETE,
@@ -48,11 +49,15 @@ class FunctionObjective:
         self.fn = fn
         self._extra_params = _accepted_params(fn, ("trial_dir", "seed"))
 
-    def __call__(self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int) -> TrialOutcome:
+    def __call__(
+        self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int
+    ) -> TrialOutcome:
         """Run one trial; see :class:`Objective`."""
         trial_dir = Path(trial_dir)
         tracker = StopTrackingReporter(reporter)
-        kwargs = {k: v for k, v in (("trial_dir", trial_dir), ("seed", seed)) if k in self._extra_params}
+        kwargs = {
+            k: v for k, v in (("trial_dir", trial_dir), ("seed", seed)) if k in self._extra_params
+        }
         try:
             returned = self.fn(dict(config), tracker, **kwargs)
         except Exception as exc:  # recorded as a failed trial, not allowed to end the study
@@ -88,7 +93,9 @@ def _function_outcome(returned: Any, tracker: StopTrackingReporter) -> TrialOutc
             f"got {type(returned).__name__}",
             history=tracker.history,
         )
-    bad = {k: v for k, v in returned.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+    bad = {
+        k: v for k, v in returned.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+    }
     if bad:
         key, value = next(iter(bad.items()))
         return TrialOutcome(
@@ -98,7 +105,11 @@ def _function_outcome(returned: Any, tracker: StopTrackingReporter) -> TrialOutc
         )
     metrics = {k: float(v) for k, v in returned.items()}
     if tracker.stop_requested:
-        last = {k: v for k, v in tracker.history[-1].items() if k != "epoch"} if tracker.history else {}
+        last = (
+            {k: v for k, v in tracker.history[-1].items() if k != "epoch"}
+            if tracker.history
+            else {}
+        )
         return TrialOutcome(
             STOPPED,
             f"stopped by the reporter after epoch {tracker.stopped_at}",
@@ -106,7 +117,9 @@ def _function_outcome(returned: Any, tracker: StopTrackingReporter) -> TrialOutc
             history=tracker.history,
         )
     nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
-    reason = "completed" if not nonfinite else f"completed (non-finite metrics: {', '.join(nonfinite)})"
+    reason = (
+        "completed" if not nonfinite else f"completed (non-finite metrics: {', '.join(nonfinite)})"
+    )
     return TrialOutcome(COMPLETE, reason, metrics=metrics, history=tracker.history)
 
 
@@ -126,14 +139,20 @@ def import_function(path: str, search_paths: Sequence[Path] = ()) -> Callable[..
             sys.path.insert(0, directory)
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--function must look like MODULE:ATTR (e.g. mypkg.train:objective), got {path!r}")
+        raise ValueError(
+            f"--function must look like MODULE:ATTR (e.g. mypkg.train:objective), got {path!r}"
+        )
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"--function {path!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise ValueError(
+            f"--function {path!r}: cannot import module {module_name!r}: {exc}"
+        ) from exc
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"--function {path!r}: module {module_name!r} has no attribute {attr!r}")
+            raise ValueError(
+                f"--function {path!r}: module {module_name!r} has no attribute {attr!r}"
+            )
         target = getattr(target, part)
     if not callable(target):
         raise ValueError(f"--function {path!r} is a {type(target).__name__}, not a function")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from speechtune.config import ConfigError, config_from_dict
 
@@ -71,13 +72,17 @@ class RecipeObjective:
         """The nested recipe a trial trains: base, then the trial's keys, then its seed."""
         return {**merge_config(self.base_recipe, config), "seed": seed}
 
-    def __call__(self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int) -> TrialOutcome:
+    def __call__(
+        self, config: dict[str, Any], reporter: Reporter, trial_dir: Path, seed: int
+    ) -> TrialOutcome:
         """Train one trial; see :class:`Objective`."""
         trial_dir = Path(trial_dir)
         try:
             cfg = config_from_dict(self.recipe_dict(config, seed), "trial config")
         except (ConfigError, ValueError) as exc:  # ValueError: conflicting dotted keys
-            return TrialOutcome(ERROR, f"error: invalid config: {exc}", extra={"output_dir": str(trial_dir)})
+            return TrialOutcome(
+                ERROR, f"error: invalid config: {exc}", extra={"output_dir": str(trial_dir)}
+            )
         # Imported here so that building a study (and the command/python objectives) stays torch-free.
         from speechtune.config import RunOptions
         from speechtune.training import train

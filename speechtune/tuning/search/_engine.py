@@ -183,14 +183,18 @@ class MultiFidelitySearch:
         n_workers: int = 1,
     ) -> None:
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
+            )
         self.space = space
         self.fidelity = fidelity
         self.strategy = strategy
         self.seed = int(seed)
         self.base = dict(base) if base is not None else None
         self.n_workers = max(1, int(n_workers))
-        self.use_priors = bool(use_priors) and strategy == "speechtune" and self._space_has_priors()
+        self.use_priors = (
+            bool(use_priors) and strategy == "speechtune" and self._space_has_priors()
+        )
         self.asynchronous = strategy == "asha" or (strategy == "speechtune" and self.n_workers > 1)
         self.budget_used = 0.0
         self._configs: dict[int, _Config] = {}
@@ -218,7 +222,12 @@ class MultiFidelitySearch:
         return job
 
     def tell(
-        self, job: Job, value: float | None, *, intermediate: Mapping[int, float] | None = None, cost: float | None = None
+        self,
+        job: Job,
+        value: float | None,
+        *,
+        intermediate: Mapping[int, float] | None = None,
+        cost: float | None = None,
     ) -> None:
         """Record a finished job.
 
@@ -243,7 +252,12 @@ class MultiFidelitySearch:
         cfg.last_job[job.rung] = job.number
         for rung, iv in (intermediate or {}).items():
             rung = int(rung)
-            if rung < job.rung and rung not in cfg.values and iv is not None and math.isfinite(float(iv)):
+            if (
+                rung < job.rung
+                and rung not in cfg.values
+                and iv is not None
+                and math.isfinite(float(iv))
+            ):
                 cfg.values[rung] = float(iv)
         if self.strategy == "speechtune" and job.rung == self.fidelity.top:
             self._queue_probes(cfg)
@@ -251,7 +265,11 @@ class MultiFidelitySearch:
     def best(self) -> tuple[dict[str, Any], float] | None:
         """The best config measured at the top rung (its config without rung overrides) and its value."""
         top = self.fidelity.top
-        scored = [(c.values[top], c.config_id) for c in self._configs.values() if math.isfinite(c.values.get(top, math.inf))]
+        scored = [
+            (c.values[top], c.config_id)
+            for c in self._configs.values()
+            if math.isfinite(c.values.get(top, math.inf))
+        ]
         if not scored:
             return None
         value, cid = min(scored)
@@ -265,9 +283,15 @@ class MultiFidelitySearch:
             pairs = [
                 (c.values[rung], c.values[top])
                 for c in self._configs.values()
-                if math.isfinite(c.values.get(rung, math.inf)) and math.isfinite(c.values.get(top, math.inf))
+                if math.isfinite(c.values.get(rung, math.inf))
+                and math.isfinite(c.values.get(top, math.inf))
             ]
-            out[rung] = (_spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else math.nan, len(pairs))
+            out[rung] = (
+                _spearman([p[0] for p in pairs], [p[1] for p in pairs])
+                if len(pairs) >= 3
+                else math.nan,
+                len(pairs),
+            )
         return out
 
     def trusted(self, rung: int) -> bool:
@@ -288,8 +312,14 @@ class MultiFidelitySearch:
             return
         self._jobs[job.number] = job
         if job.config_id not in self._configs:
-            base_config = {k: v for k, v in job.config.items() if k not in self.fidelity.rungs[job.rung].overrides}
-            self._configs[job.config_id] = _Config(job.config_id, dict(job.params), base_config, job.source)
+            base_config = {
+                k: v
+                for k, v in job.config.items()
+                if k not in self.fidelity.rungs[job.rung].overrides
+            }
+            self._configs[job.config_id] = _Config(
+                job.config_id, dict(job.params), base_config, job.source
+            )
         self._n_asked = max(self._n_asked, job.number + 1)
         self._pending.add(job.number)
 
@@ -302,7 +332,14 @@ class MultiFidelitySearch:
             return self.space.sample(trial)
         return self.space.sample(trial, base=self.base)
 
-    def _draw(self, rng: np.random.Generator, sampler: optuna.samplers.BaseSampler, history: Sequence[_Config] = (), rung: int | None = None, enqueue: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _draw(
+        self,
+        rng: np.random.Generator,
+        sampler: optuna.samplers.BaseSampler,
+        history: Sequence[_Config] = (),
+        rung: int | None = None,
+        enqueue: Mapping[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Sample (params, config) with an Optuna sampler on a throwaway study holding ``history``."""
         with warnings.catch_warnings(), _optuna_quiet():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -320,7 +357,9 @@ class MultiFidelitySearch:
                     enqueue = None
                     continue
                 return dict(trial.params), config
-        raise ConstraintViolation(f"no config satisfying the space's constraints in {_MAX_SAMPLE_TRIES} draws")
+        raise ConstraintViolation(
+            f"no config satisfying the space's constraints in {_MAX_SAMPLE_TRIES} draws"
+        )
 
     def _frozen(self, history: Sequence[_Config], rung: int) -> list[optuna.trial.FrozenTrial]:
         dists = self.space.distributions()
@@ -331,7 +370,9 @@ class MultiFidelitySearch:
             params = {k: v for k, v in c.params.items() if k in dists}
             value = c.values[rung] if math.isfinite(c.values[rung]) else worst
             trials.append(
-                optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=value)
+                optuna.trial.create_trial(
+                    params=params, distributions={k: dists[k] for k in params}, value=value
+                )
             )
         return trials
 
@@ -362,7 +403,11 @@ class MultiFidelitySearch:
     def _incumbent(self) -> _Config | None:
         """The best config at the highest rung that has a finite value."""
         for rung in range(self.fidelity.top, -1, -1):
-            scored = [(c.values[rung], c.config_id) for c in self._configs.values() if math.isfinite(c.values.get(rung, math.inf))]
+            scored = [
+                (c.values[rung], c.config_id)
+                for c in self._configs.values()
+                if math.isfinite(c.values.get(rung, math.inf))
+            ]
             if scored and (rung == self.fidelity.top or self.trusted(rung)):
                 return self._configs[min(scored)[1]]
         return None
@@ -380,12 +425,16 @@ class MultiFidelitySearch:
             if not self.trusted(rung):
                 continue
             scored = sorted(
-                (c.values[rung], c.config_id) for c in self._configs.values() if math.isfinite(c.values.get(rung, math.inf))
+                (c.values[rung], c.config_id)
+                for c in self._configs.values()
+                if math.isfinite(c.values.get(rung, math.inf))
             )
             if len(scored) < 6:
                 continue
             half = len(scored) // 2
-            dens = {cid: prior_log_density(self.space, self._configs[cid].params) for _, cid in scored}
+            dens = {
+                cid: prior_log_density(self.space, self._configs[cid].params) for _, cid in scored
+            }
             good = [dens[cid] for _, cid in scored[:half]]
             bad = [dens[cid] for _, cid in scored[-half:]]
             wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
@@ -396,7 +445,9 @@ class MultiFidelitySearch:
         """A new config: (params, config, source)."""
         if self._warm:
             params = self._warm.pop(0)
-            p, config = self._draw(rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))), enqueue=params)
+            p, config = self._draw(
+                rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))), enqueue=params
+            )
             return p, config, "warm_start"
         if self.strategy not in _MODEL_STRATEGIES:
             return (*self._uniform(rng), "random")
@@ -407,11 +458,21 @@ class MultiFidelitySearch:
             return (*self._model(rng, model_rung), "model")
         return self._propose_speechtune(rng, model_rung)
 
-    def _propose_speechtune(self, rng: np.random.Generator, model_rung: int | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    def _propose_speechtune(
+        self, rng: np.random.Generator, model_rung: int | None
+    ) -> tuple[dict[str, Any], dict[str, Any], str]:
         from speechtune.tuning.space import sample_near, sample_prior
 
         incumbent = self._incumbent()
-        n_obs = 0 if model_rung is None else sum(1 for c in self._configs.values() if math.isfinite(c.values.get(model_rung, math.inf)))
+        n_obs = (
+            0
+            if model_rung is None
+            else sum(
+                1
+                for c in self._configs.values()
+                if math.isfinite(c.values.get(model_rung, math.inf))
+            )
+        )
         p_random = 0.2 if model_rung is None else 0.1
         rest = 1.0 - p_random
         # The prior and the incumbent's neighbourhood lead early; the model takes over as evidence grows.
@@ -419,14 +480,18 @@ class MultiFidelitySearch:
         p_model = 0.0 if model_rung is None else rest * (1.0 - w_local)
         local = rest - p_model
         if self.use_priors:
-            q = max(0.0, 2.0 * self._prior_score() - 1.0)  # 0 for a prior that ranks at chance or worse
+            q = max(
+                0.0, 2.0 * self._prior_score() - 1.0
+            )  # 0 for a prior that ranks at chance or worse
             p_prior = local * q if incumbent is not None else local * max(q, 0.25)
         else:
             p_prior = 0.0
         p_inc = local - p_prior if incumbent is not None else 0.0
         if model_rung is None and incumbent is None and not self.use_priors:
             return (*self._uniform(rng), "random")
-        p_random = 1.0 - p_model - p_prior - p_inc  # whatever is left (e.g. no incumbent yet) explores
+        p_random = (
+            1.0 - p_model - p_prior - p_inc
+        )  # whatever is left (e.g. no incumbent yet) explores
         u = rng.random()
         base = self.base
         try:
@@ -437,7 +502,10 @@ class MultiFidelitySearch:
                 return (*sample_prior(self.space, rng, base), "prior")
             u -= p_prior
             if u < p_inc and incumbent is not None:
-                return (*sample_near(self.space, incumbent.params, rng, LOCAL_SCALE, base), "incumbent")
+                return (
+                    *sample_near(self.space, incumbent.params, rng, LOCAL_SCALE, base),
+                    "incumbent",
+                )
         except ConstraintViolation:
             log.debug("prior/local draw broke a constraint; drawing uniformly instead")
         return (*self._uniform(rng), "random")
@@ -449,7 +517,9 @@ class MultiFidelitySearch:
         self._configs[cid] = cfg
         return cfg
 
-    def _make_job(self, cfg: _Config, rung: int, bracket: int, source: str, parent_rung: int | None) -> Job:
+    def _make_job(
+        self, cfg: _Config, rung: int, bracket: int, source: str, parent_rung: int | None
+    ) -> Job:
         parent = cfg.last_job.get(parent_rung) if parent_rung is not None else None
         if parent is not None and not self.fidelity.continues(parent_rung, rung):  # type: ignore[arg-type]
             parent = None  # a restart: the job does not build on the lower rung's run
@@ -497,7 +567,9 @@ class MultiFidelitySearch:
         while self._probes:
             cid, rung = self._probes.pop(0)
             cfg = self._configs[cid]
-            if rung in cfg.values or any(j.config_id == cid and j.rung == rung for j in self.pending):
+            if rung in cfg.values or any(
+                j.config_id == cid and j.rung == rung for j in self.pending
+            ):
                 continue
             return self._make_job(cfg, rung, -1, "probe", None)
         return None
@@ -567,13 +639,21 @@ class MultiFidelitySearch:
         starts = self._bracket_starts()
         lowest = starts[0]
         for rung in range(top - 1, lowest - 1, -1):
-            done = [c for c in self._configs.values() if rung in c.values and c.last_job.get(rung) in self._told]
+            done = [
+                c
+                for c in self._configs.values()
+                if rung in c.values and c.last_job.get(rung) in self._told
+            ]
             k = len(done) // eta
             if k == 0:
                 continue
             ranked = sorted(done, key=lambda c: (c.values[rung], c.config_id))[:k]
             for cfg in ranked:
-                if rung not in cfg.promoted_from and math.isfinite(cfg.values[rung]) and (rung + 1) not in cfg.values:
+                if (
+                    rung not in cfg.promoted_from
+                    and math.isfinite(cfg.values[rung])
+                    and (rung + 1) not in cfg.values
+                ):
                     if any(j.config_id == cfg.config_id for j in self.pending):
                         continue
                     return self._promote(cfg.config_id, rung, rung + 1, -1)

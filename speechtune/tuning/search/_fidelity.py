@@ -99,39 +99,67 @@ class Fidelity:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able record stored in a study's ``fidelity`` attribute."""
-        return {"eta": self.eta, "resume_key": self.resume_key, "rungs": [r.as_dict() for r in self.rungs]}
+        return {
+            "eta": self.eta,
+            "resume_key": self.resume_key,
+            "rungs": [r.as_dict() for r in self.rungs],
+        }
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> Fidelity:
         """Inverse of :meth:`as_dict`."""
-        rungs = tuple(Rung(r["name"], dict(r.get("overrides") or {}), float(r.get("cost", 1.0))) for r in record["rungs"])
+        rungs = tuple(
+            Rung(r["name"], dict(r.get("overrides") or {}), float(r.get("cost", 1.0)))
+            for r in record["rungs"]
+        )
         return cls(rungs, eta=int(record.get("eta", 3)), resume_key=record.get("resume_key"))
 
     @classmethod
-    def from_budgets(cls, key: str, budgets: Sequence[float], *, eta: int = 3, resume: bool = True) -> Fidelity:
+    def from_budgets(
+        cls, key: str, budgets: Sequence[float], *, eta: int = 3, resume: bool = True
+    ) -> Fidelity:
         """A ladder over one budget key for generic objectives, e.g. ``("epochs", [1, 3, 9, 27])``.
 
         Rung i overrides ``{key: budgets[i]}`` and costs ``budgets[i] / max(budgets)``; with
         ``resume`` a promoted config continues from its previous budget (cost: the difference).
         """
         values = list(budgets)
-        if not values or any(not isinstance(b, (int, float)) or isinstance(b, bool) or b <= 0 for b in values):
-            raise ValueError(f"fidelity budgets for {key!r} must be positive numbers (got {values!r})")
+        if not values or any(
+            not isinstance(b, (int, float)) or isinstance(b, bool) or b <= 0 for b in values
+        ):
+            raise ValueError(
+                f"fidelity budgets for {key!r} must be positive numbers (got {values!r})"
+            )
         if sorted(values) != values or len(set(values)) != len(values):
-            raise ValueError(f"fidelity budgets for {key!r} must increase strictly (got {values!r})")
+            raise ValueError(
+                f"fidelity budgets for {key!r} must increase strictly (got {values!r})"
+            )
         top = float(values[-1])
         rungs = tuple(Rung(f"{key}={b:g}", {key: b}, float(b) / top) for b in values)
         return cls(rungs, eta=eta, resume_key=key if resume else None)
 
     @classmethod
-    def geometric(cls, key: str, max_budget: float, *, eta: int = 3, min_budget: float = 1.0, integer: bool = True, resume: bool = True) -> Fidelity:
+    def geometric(
+        cls,
+        key: str,
+        max_budget: float,
+        *,
+        eta: int = 3,
+        min_budget: float = 1.0,
+        integer: bool = True,
+        resume: bool = True,
+    ) -> Fidelity:
         """Hyperband's ladder: budgets ``max_budget * eta**-k`` down to ``min_budget``."""
         if max_budget < min_budget or min_budget <= 0:
-            raise ValueError(f"fidelity: need 0 < min_budget <= max_budget (got {min_budget!r}, {max_budget!r})")
+            raise ValueError(
+                f"fidelity: need 0 < min_budget <= max_budget (got {min_budget!r}, {max_budget!r})"
+            )
         budgets: list[float] = []
         b = float(max_budget)
         while b >= min_budget * (1 - 1e-9):
             budgets.append(round(b) if integer else b)
             b /= eta
         values = sorted(set(budgets))
-        return cls.from_budgets(key, [int(v) if integer else v for v in values], eta=eta, resume=resume)
+        return cls.from_budgets(
+            key, [int(v) if integer else v for v in values], eta=eta, resume=resume
+        )

@@ -61,7 +61,12 @@ def _data_share(flat: Mapping[str, Any], corpus_hours: float | None) -> tuple[st
     return "fraction", min(1.0, _num(flat, "data.proxy_fraction", 1.0))
 
 
-def estimate_cost(base_flat: Mapping[str, Any], overrides: Mapping[str, Any], *, corpus_hours: float | None = None) -> float:
+def estimate_cost(
+    base_flat: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    *,
+    corpus_hours: float | None = None,
+) -> float:
     """Estimated cost of training ``base_flat`` with ``overrides`` applied, relative to ``base_flat``.
 
     ``cost = data ratio x epochs ratio x model-size ratio``, where the data ratio compares
@@ -81,17 +86,25 @@ def estimate_cost(base_flat: Mapping[str, Any], overrides: Mapping[str, Any], *,
         The relative cost (> 0); 1.0 when ``overrides`` change nothing it models.
     """
     merged = {**base_flat, **overrides}
-    (kind_b, share_b), (kind_m, share_m) = _data_share(base_flat, corpus_hours), _data_share(merged, corpus_hours)
+    (kind_b, share_b), (kind_m, share_m) = (
+        _data_share(base_flat, corpus_hours),
+        _data_share(merged, corpus_hours),
+    )
     # Hours against a fraction with the corpus size unknown cannot be compared: count it as 1.
     data = share_m / share_b if kind_b == kind_m and share_b > 0 else 1.0
     epochs = _num(merged, "train.epochs", 1.0) / max(_num(base_flat, "train.epochs", 1.0), 1e-12)
-    layers = _num(merged, "model.num_layers", 1.0) / max(_num(base_flat, "model.num_layers", 1.0), 1e-12)
+    layers = _num(merged, "model.num_layers", 1.0) / max(
+        _num(base_flat, "model.num_layers", 1.0), 1e-12
+    )
     width = _num(merged, "model.d_model", 1.0) / max(_num(base_flat, "model.d_model", 1.0), 1e-12)
     return max(data * epochs * layers * width**2, 1e-12)
 
 
 def ladder_costs(
-    base_flat: Mapping[str, Any], rung_overrides: Sequence[Mapping[str, Any]], *, corpus_hours: float | None = None
+    base_flat: Mapping[str, Any],
+    rung_overrides: Sequence[Mapping[str, Any]],
+    *,
+    corpus_hours: float | None = None,
 ) -> list[float]:
     """:func:`estimate_cost` of each rung relative to the last (top) rung, which costs 1.0."""
     raw = [estimate_cost(base_flat, o, corpus_hours=corpus_hours) for o in rung_overrides]
@@ -110,7 +123,9 @@ def schedule_horizon(fidelity: Fidelity, rung: int) -> int | None:
     if key != RESUME_KEY:
         return None
     targets = [
-        fidelity.rungs[j].overrides[key] for j in range(rung + 1, len(fidelity.rungs)) if fidelity.continues(rung, j)
+        fidelity.rungs[j].overrides[key]
+        for j in range(rung + 1, len(fidelity.rungs))
+        if fidelity.continues(rung, j)
     ]
     return int(max(targets)) if targets else None
 
@@ -122,7 +137,10 @@ def estimate_train_utterances(base_flat: Mapping[str, Any]) -> int | None:
     split (``data.dev_fraction``) and a proxy fraction come off it. ``None`` for other corpora,
     and for a base recipe that selects its training data by hours.
     """
-    if base_flat.get("data.corpus", "synthetic") != "synthetic" or base_flat.get("data.proxy_hours") is not None:
+    if (
+        base_flat.get("data.corpus", "synthetic") != "synthetic"
+        or base_flat.get("data.proxy_hours") is not None
+    ):
         return None
     n = _num(base_flat, "data.synthetic.num_utterances", 0.0)
     if n <= 0:
@@ -196,7 +214,11 @@ def default_ladder(
     ladder: list[tuple[str, dict[str, Any]]] = []
     for name, nominal, layers, epochs in _PRACTICE:
         overrides = _data_overrides(base_flat, _rung_share(nominal, n_train))
-        if isinstance(base_layers, int) and not isinstance(base_layers, bool) and layers < base_layers:
+        if (
+            isinstance(base_layers, int)
+            and not isinstance(base_layers, bool)
+            and layers < base_layers
+        ):
             overrides["model.num_layers"] = layers
         if epochs < base_epochs:
             overrides["train.epochs"] = max(1, epochs)

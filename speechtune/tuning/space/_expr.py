@@ -76,16 +76,22 @@ def _check(node: ast.AST, expr: str) -> None:
         _check(node.body, expr)
     elif isinstance(node, ast.Constant):
         if not isinstance(node.value, (int, float, str, bool)) or node.value is None:
-            raise ExprError(f"{expr!r}: constant {node.value!r} is not allowed (numbers, strings, booleans only)")
+            raise ExprError(
+                f"{expr!r}: constant {node.value!r} is not allowed (numbers, strings, booleans only)"
+            )
     elif isinstance(node, (ast.Name, ast.Attribute)):
         name = _dotted(node)
         if name is None:
-            raise ExprError(f"{expr!r}: attribute access is only allowed on dotted keys such as model.d_model")
+            raise ExprError(
+                f"{expr!r}: attribute access is only allowed on dotted keys such as model.d_model"
+            )
         if any(part.startswith("__") for part in name.split(".")):
             raise ExprError(f"{expr!r}: name {name!r} is not allowed (no dunder names)")
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINOPS:
-            raise ExprError(f"{expr!r}: operator {type(node.op).__name__} is not allowed; use + - * / // % **")
+            raise ExprError(
+                f"{expr!r}: operator {type(node.op).__name__} is not allowed; use + - * / // % **"
+            )
         _check(node.left, expr)
         _check(node.right, expr)
     elif isinstance(node, ast.UnaryOp):
@@ -95,7 +101,9 @@ def _check(node: ast.AST, expr: str) -> None:
     elif isinstance(node, ast.Compare):
         for op in node.ops:
             if type(op) not in _CMPOPS:
-                raise ExprError(f"{expr!r}: comparison {type(op).__name__} is not allowed; use == != < <= > >=")
+                raise ExprError(
+                    f"{expr!r}: comparison {type(op).__name__} is not allowed; use == != < <= > >="
+                )
         _check(node.left, expr)
         for comp in node.comparators:
             _check(comp, expr)
@@ -106,7 +114,9 @@ def _check(node: ast.AST, expr: str) -> None:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             what = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
             allowed = ", ".join(sorted(FUNCTIONS))
-            raise ExprError(f"{expr!r}: call to {what!r} is not allowed; allowed functions: {allowed}")
+            raise ExprError(
+                f"{expr!r}: call to {what!r} is not allowed; allowed functions: {allowed}"
+            )
         if node.keywords:
             raise ExprError(f"{expr!r}: keyword arguments are not allowed in calls")
         for arg in node.args:
@@ -222,14 +232,18 @@ def _eval(node: ast.AST, values: Mapping[str, Any], expr: str) -> Any:
         return result
     if isinstance(node, ast.Call):
         func = node.func.id if isinstance(node.func, ast.Name) else ""
-        if func not in FUNCTIONS:  # unreachable after parse_expression(); kept so evaluation never trusts its input
+        if (
+            func not in FUNCTIONS
+        ):  # unreachable after parse_expression(); kept so evaluation never trusts its input
             raise ExprError(f"{expr!r}: call to {func!r} is not allowed")
         args = [_eval(arg, values, expr) for arg in node.args]
         try:
             return FUNCTIONS[func](*args)
         except (ArithmeticError, ValueError, TypeError) as exc:
             raise ExprError(f"{expr!r}: {func}() failed: {exc}") from exc
-    raise ExprError(f"{expr!r}: {type(node).__name__} is not allowed")  # unreachable after parse_expression()
+    raise ExprError(
+        f"{expr!r}: {type(node).__name__} is not allowed"
+    )  # unreachable after parse_expression()
 
 
 def evaluate_expression(expr: str, values: Mapping[str, Any]) -> Any:

@@ -23,14 +23,23 @@ def _fit_value(param: Param, value: Any, warn: Warn) -> tuple[bool, Any]:
             warn(param.name, f"skipped: {value!r} is not one of the choices {list(param.choices)}")
         return found, enc
     axis = _Axis(param)  # type: ignore[arg-type]
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+    if not (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ):
         warn(param.name, f"skipped: {value!r} is not a number")
         return False, None
     snapped = axis.snap(value)
     if not axis.contains(value):
         low, high = param.low, param.high  # type: ignore[union-attr]
-        how = f"clipped to {snapped!r}" if not low <= value <= high else f"moved to the grid value {snapped!r}"
-        warn(param.name, f"{value!r} is outside the new space's range [{low:g}, {high:g}] / grid: {how}")
+        how = (
+            f"clipped to {snapped!r}"
+            if not low <= value <= high
+            else f"moved to the grid value {snapped!r}"
+        )
+        warn(
+            param.name,
+            f"{value!r} is outside the new space's range [{low:g}, {high:g}] / grid: {how}",
+        )
     return True, snapped
 
 
@@ -47,6 +56,7 @@ def fit_params(space: SearchSpace, values: Mapping[str, Any], warn: Warn) -> Par
             keep, raw = _fit_value(space.params[name], values[name], warn)
             if keep:
                 fitted[name] = raw
+
     # Walk the space with these values to drop params their conditions switch off (a recipe's
     # optim.momentum when optim.name is adam). A param the config lacks is walked at its prior
     # default or first value, only to decide what depends on it; it is not returned.

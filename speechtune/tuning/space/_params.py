@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import optuna
 import yaml
@@ -114,24 +114,52 @@ def prior_problems(param: Any, prior: Any, key: str | None = None) -> list[Confi
         return [ConfigProblem(key, "must be a Prior(default, width)", prior)]
     if not isinstance(param, _TUNABLE):
         kind = "fixed" if isinstance(param, FixedParam) else "derived"
-        return [ConfigProblem(key, f"a prior applies only to float, int and categorical params; this one is {kind}", prior.default)]
+        return [
+            ConfigProblem(
+                key,
+                f"a prior applies only to float, int and categorical params; this one is {kind}",
+                prior.default,
+            )
+        ]
     problems: list[ConfigProblem] = []
     width = prior.width
     if not (_is_number(width) and math.isfinite(width) and 0 < width <= MAX_PRIOR_WIDTH):
-        problems.append(ConfigProblem(f"{key}.width", f"must be a number in (0, {MAX_PRIOR_WIDTH:g}]", width))
+        problems.append(
+            ConfigProblem(f"{key}.width", f"must be a number in (0, {MAX_PRIOR_WIDTH:g}]", width)
+        )
     default = prior.default
     if isinstance(param, CategoricalParam):
         if not any(same_value(c, default) for c in param.choices + param.encoded()):
-            problems.append(ConfigProblem(f"{key}.default", f"must be one of the choices {list(param.choices)}", default))
+            problems.append(
+                ConfigProblem(
+                    f"{key}.default", f"must be one of the choices {list(param.choices)}", default
+                )
+            )
         return problems
     integer = isinstance(param, IntParam)
-    if not (_is_number(default) and math.isfinite(default)) or (integer and not float(default).is_integer()):
-        problems.append(ConfigProblem(f"{key}.default", f"must be {'an int' if integer else 'a number'}", default))
+    if not (_is_number(default) and math.isfinite(default)) or (
+        integer and not float(default).is_integer()
+    ):
+        problems.append(
+            ConfigProblem(
+                f"{key}.default", f"must be {'an int' if integer else 'a number'}", default
+            )
+        )
     elif not param.low <= default <= param.high:
-        problems.append(ConfigProblem(f"{key}.default", f"must lie in [low, high] = [{param.low:g}, {param.high:g}]", default))
+        problems.append(
+            ConfigProblem(
+                f"{key}.default",
+                f"must lie in [low, high] = [{param.low:g}, {param.high:g}]",
+                default,
+            )
+        )
     elif not _on_grid(default, param.low, param.step):
         problems.append(
-            ConfigProblem(f"{key}.default", f"must lie on the grid low + k * step (low={param.low:g}, step={param.step:g})", default)
+            ConfigProblem(
+                f"{key}.default",
+                f"must lie on the grid low + k * step (low={param.low:g}, step={param.step:g})",
+                default,
+            )
         )
     return problems
 
@@ -280,7 +308,7 @@ class DerivedParam:
             raise ExprError(f"derived value {self.name}: {exc}") from exc
 
 
-Param = Union[FloatParam, IntParam, CategoricalParam, FixedParam, DerivedParam]
+Param = FloatParam | IntParam | CategoricalParam | FixedParam | DerivedParam
 
 
 _TUNABLE = (FloatParam, IntParam, CategoricalParam)
@@ -310,7 +338,7 @@ def dependency_cycle(params: Mapping[str, Param]) -> list[str] | None:
         stack.append(node)
         for dep in graph[node]:
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state:
                 found = visit(dep)
                 if found:
@@ -332,7 +360,9 @@ def _dependency_order(params: Mapping[str, Param]) -> list[str]:
     cycle = dependency_cycle(params)
     if cycle:
         raise ValueError(f"search space has a dependency cycle: {' -> '.join(cycle)}")
-    deps = {n: {d for d in param_dependencies(p) if d in params and d != n} for n, p in params.items()}
+    deps = {
+        n: {d for d in param_dependencies(p) if d in params and d != n} for n, p in params.items()
+    }
     order: list[str] = []
     done: set[str] = set()
     while len(order) < len(params):

@@ -44,7 +44,9 @@ from speechtune.tuning.space._space import SearchSpace
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 
 
-SPEC_KEYS = frozenset({"type", "low", "high", "log", "step", "choices", "value", "derive", "when", "prior"})
+SPEC_KEYS = frozenset(
+    {"type", "low", "high", "log", "step", "choices", "value", "derive", "when", "prior"}
+)
 
 
 # A mapping with one of these keys is a param spec; any other mapping is a level of nesting.
@@ -82,9 +84,14 @@ def _parse_when(name: str, when: Any, problems: list[ConfigProblem]) -> When | N
     if when is None:
         return None
     if not isinstance(when, Mapping) or not when:
-        problems.append(ConfigProblem(f"space.{name}.when", "must be a mapping {key: value or [values]}", when))
+        problems.append(
+            ConfigProblem(f"space.{name}.when", "must be a mapping {key: value or [values]}", when)
+        )
         return None
-    return {str(k): [coerce_number(x) for x in (v if isinstance(v, list) else [v])] for k, v in when.items()}
+    return {
+        str(k): [coerce_number(x) for x in (v if isinstance(v, list) else [v])]
+        for k, v in when.items()
+    }
 
 
 _PRIOR_KEYS = ("default", "width")
@@ -105,13 +112,21 @@ def _parse_prior(name: str, raw: Any, problems: list[ConfigProblem]) -> Prior | 
     if unknown or "default" not in raw:
         rule = f"unknown key(s) {unknown}; " if unknown else ""
         problems.append(
-            ConfigProblem(key, f"{rule}a prior is {{default: <value>, width: <number in (0, 10]>}} or just <value>", dict(raw))
+            ConfigProblem(
+                key,
+                f"{rule}a prior is {{default: <value>, width: <number in (0, 10]>}} or just <value>",
+                dict(raw),
+            )
         )
         return None
-    return Prior(coerce_number(raw["default"]), coerce_number(raw.get("width", DEFAULT_PRIOR_WIDTH)))
+    return Prior(
+        coerce_number(raw["default"]), coerce_number(raw.get("width", DEFAULT_PRIOR_WIDTH))
+    )
 
 
-def _with_prior(param: Param | None, spec: Mapping[str, Any], problems: list[ConfigProblem]) -> Param | None:
+def _with_prior(
+    param: Param | None, spec: Mapping[str, Any], problems: list[ConfigProblem]
+) -> Param | None:
     """``param`` carrying the ``prior`` of its spec when both are valid.
 
     A bad prior is reported and the param kept without it, so that keys which depend on the
@@ -129,23 +144,33 @@ def _with_prior(param: Param | None, spec: Mapping[str, Any], problems: list[Con
     return param_with_prior(param, prior)
 
 
-def _number(name: str, field: str, value: Any, problems: list[ConfigProblem], integer: bool) -> Any:
+def _number(
+    name: str, field: str, value: Any, problems: list[ConfigProblem], integer: bool
+) -> Any:
     value = coerce_number(value)
     if integer and isinstance(value, float) and value.is_integer():
         value = int(value)
     good = _is_number(value) and (not integer or isinstance(value, int)) and math.isfinite(value)
     if not good:
-        problems.append(ConfigProblem(f"space.{name}.{field}", f"must be {'an int' if integer else 'a number'}", value))
+        problems.append(
+            ConfigProblem(
+                f"space.{name}.{field}", f"must be {'an int' if integer else 'a number'}", value
+            )
+        )
         return None
     return value
 
 
-def _parse_range(name: str, spec: Mapping[str, Any], kind: str, problems: list[ConfigProblem]) -> Param | None:
+def _parse_range(
+    name: str, spec: Mapping[str, Any], kind: str, problems: list[ConfigProblem]
+) -> Param | None:
     integer = kind == "int"
     n = len(problems)
     for field in ("low", "high"):
         if field not in spec:
-            problems.append(ConfigProblem(f"space.{name}", f"a {kind} param needs '{field}'", dict(spec)))
+            problems.append(
+                ConfigProblem(f"space.{name}", f"a {kind} param needs '{field}'", dict(spec))
+            )
     if len(problems) > n:
         return None
     low = _number(name, "low", spec["low"], problems, integer)
@@ -163,11 +188,21 @@ def _parse_range(name: str, spec: Mapping[str, Any], kind: str, problems: list[C
     if len(problems) > n or low is None or high is None:
         return None
     if low > high:
-        problems.append(ConfigProblem(f"space.{name}", f"low must be <= high (low={low}, high={high})", dict(spec)))
+        problems.append(
+            ConfigProblem(
+                f"space.{name}", f"low must be <= high (low={low}, high={high})", dict(spec)
+            )
+        )
     if log and low <= 0:
-        problems.append(ConfigProblem(f"space.{name}", f"log scale needs low > 0 (low={low})", dict(spec)))
+        problems.append(
+            ConfigProblem(f"space.{name}", f"log scale needs low > 0 (low={low})", dict(spec))
+        )
     if log and "step" in spec and not (integer and step == 1):
-        problems.append(ConfigProblem(f"space.{name}", "log scale cannot have a step (Optuna refuses it)", dict(spec)))
+        problems.append(
+            ConfigProblem(
+                f"space.{name}", "log scale cannot have a step (Optuna refuses it)", dict(spec)
+            )
+        )
     if step is not None and low <= high and not log:
         # An error, not a warning: Optuna would silently move `high` and the study would never
         # try the value written in the YAML.
@@ -186,7 +221,14 @@ def _parse_range(name: str, spec: Mapping[str, Any], kind: str, problems: list[C
     when = _parse_when(name, spec.get("when"), problems)
     if integer:
         return IntParam(name, int(low), int(high), step=int(step or 1), log=log, when=when)
-    return FloatParam(name, float(low), float(high), log=log, step=None if step is None else float(step), when=when)
+    return FloatParam(
+        name,
+        float(low),
+        float(high),
+        log=log,
+        step=None if step is None else float(step),
+        when=when,
+    )
 
 
 def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]]:
@@ -202,7 +244,9 @@ def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]
     problems: list[ConfigProblem] = []
     if isinstance(spec, list):
         if not spec:
-            problems.append(ConfigProblem(f"space.{name}", "categorical choices must not be empty", spec))
+            problems.append(
+                ConfigProblem(f"space.{name}", "categorical choices must not be empty", spec)
+            )
             return None, problems
         return CategoricalParam(name, tuple(coerce_number(c) for c in spec)), problems
     if not isinstance(spec, Mapping):
@@ -213,7 +257,11 @@ def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]
         kind = spec["type"]
         if kind not in PARAM_TYPES:
             valid = ", ".join(PARAM_TYPES)
-            problems.append(ConfigProblem(f"space.{name}.type", f"unknown type; valid types: {valid} (or derive:)", kind))
+            problems.append(
+                ConfigProblem(
+                    f"space.{name}.type", f"unknown type; valid types: {valid} (or derive:)", kind
+                )
+            )
             return None, problems
     elif "choices" in spec:
         kind = "categorical"
@@ -231,11 +279,19 @@ def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]
             )
         )
     if kind in ("fixed", "derived"):
-        spec = {k: v for k, v in spec.items() if k != "prior"}  # reported above; report any other problem too
+        spec = {
+            k: v for k, v in spec.items() if k != "prior"
+        }  # reported above; report any other problem too
     unknown = sorted(set(spec) - _ALLOWED[kind])
     if unknown:
         valid = ", ".join(sorted(_ALLOWED[kind]))
-        problems.append(ConfigProblem(f"space.{name}", f"unknown key(s) {unknown} for a {kind} param; valid keys: {valid}", dict(spec)))
+        problems.append(
+            ConfigProblem(
+                f"space.{name}",
+                f"unknown key(s) {unknown} for a {kind} param; valid keys: {valid}",
+                dict(spec),
+            )
+        )
         return None, problems
     if kind in ("float", "int"):
         return _with_prior(_parse_range(name, spec, kind, problems), spec, problems), problems
@@ -243,7 +299,9 @@ def parse_param(name: str, spec: Any) -> tuple[Param | None, list[ConfigProblem]
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            problems.append(ConfigProblem(f"space.{name}.choices", "must be a non-empty list", choices))
+            problems.append(
+                ConfigProblem(f"space.{name}.choices", "must be a non-empty list", choices)
+            )
             return None, problems
         categorical = CategoricalParam(name, tuple(coerce_number(c) for c in choices), when=when)
         return _with_prior(categorical, spec, problems), problems
@@ -266,11 +324,22 @@ def param_spec(param: Param) -> Any:
     """
     out: dict[str, Any] = {}
     if isinstance(param, FloatParam):
-        out = {"type": "float", "low": float(param.low), "high": float(param.high), "log": param.log}
+        out = {
+            "type": "float",
+            "low": float(param.low),
+            "high": float(param.high),
+            "log": param.log,
+        }
         if param.step is not None:
             out["step"] = param.step
     elif isinstance(param, IntParam):
-        out = {"type": "int", "low": int(param.low), "high": int(param.high), "step": int(param.step), "log": param.log}
+        out = {
+            "type": "int",
+            "low": int(param.low),
+            "high": int(param.high),
+            "step": int(param.step),
+            "log": param.log,
+        }
     elif isinstance(param, CategoricalParam):
         out = {"type": "categorical", "choices": list(param.choices)}
     elif isinstance(param, FixedParam):
@@ -314,7 +383,13 @@ def parse_space(
             problems.append(ConfigProblem(f"constraints[{i}]", str(exc), c))
     cycle = dependency_cycle(params)
     if cycle:
-        problems.append(ConfigProblem(f"space.{cycle[0]}", f"dependency cycle among when/derive: {' -> '.join(cycle)}", cycle))
+        problems.append(
+            ConfigProblem(
+                f"space.{cycle[0]}",
+                f"dependency cycle among when/derive: {' -> '.join(cycle)}",
+                cycle,
+            )
+        )
     if problems:
         raise ConfigError(problems, "search space")
     return SearchSpace(params, constraints, base)

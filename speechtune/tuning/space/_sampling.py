@@ -127,7 +127,11 @@ class _Axis:
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a value the param can take (within float tolerance)."""
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        if not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
             return False
         tol = 1e-9 * max(1.0, abs(value))
         if not self.param.low - tol <= value <= self.param.high + tol:
@@ -196,7 +200,9 @@ def _categorical_probs(param: CategoricalParam, favoured: Any, width: float) -> 
     k = len(encoded)
     top = max(1.0 / k, 1.0 - width)
     rest = (1.0 - top) / (k - 1) if k > 1 else 0.0
-    return [top if same_value(e, favoured) and type(e) is type(favoured) else rest for e in encoded]
+    return [
+        top if same_value(e, favoured) and type(e) is type(favoured) else rest for e in encoded
+    ]
 
 
 def _choose(param: CategoricalParam, probs: list[float] | None, rng: np.random.Generator) -> Any:
@@ -258,10 +264,14 @@ class _DrawTrial:
             self.params[name] = self._draw(self._space.params[name])
         return self.params[name]
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         return self._suggest(name)
 
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
         return self._suggest(name)
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
@@ -271,7 +281,9 @@ class _DrawTrial:
         self.user_attrs[key] = value
 
 
-def _sample(space: SearchSpace, draw: _Draw, base: Mapping[str, Any] | None, what: str) -> tuple[Params, Config]:
+def _sample(
+    space: SearchSpace, draw: _Draw, base: Mapping[str, Any] | None, what: str
+) -> tuple[Params, Config]:
     """Sample define-by-run with ``draw``; an unrepairable constraint gets fresh draws."""
     last: ConstraintViolation | None = None
     for _ in range(MAX_TRIES):
@@ -284,7 +296,8 @@ def _sample(space: SearchSpace, draw: _Draw, base: Mapping[str, Any] | None, wha
         return dict(trial.params), config
     assert last is not None
     raise ConstraintViolation(
-        f"{what}: no config satisfied the constraints in {MAX_TRIES} draws; last: {last}", last.constraint
+        f"{what}: no config satisfied the constraints in {MAX_TRIES} draws; last: {last}",
+        last.constraint,
     )
 
 
@@ -356,8 +369,14 @@ def sample_near(
         ValueError: ``scale`` outside ``(0, 10]``.
         ConstraintViolation: no draw in :data:`MAX_TRIES` satisfied the constraints.
     """
-    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= MAX_PRIOR_WIDTH):
-        raise ValueError(f"sample_near: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})")
+    if not (
+        isinstance(scale, (int, float))
+        and not isinstance(scale, bool)
+        and 0 < scale <= MAX_PRIOR_WIDTH
+    ):
+        raise ValueError(
+            f"sample_near: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})"
+        )
     fallback = _prior_draw(rng)
 
     def draw(param: Param) -> Any:
@@ -367,7 +386,11 @@ def sample_near(
         if isinstance(param, CategoricalParam):
             found, _ = _encode(param, value)
             return _around(param, value, scale, rng) if found else fallback(param)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        if not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
             return fallback(param)
         centre = min(max(value, param.low), param.high)  # type: ignore[union-attr]
         return _Axis(param).normal(centre, scale, rng)  # type: ignore[arg-type]
@@ -407,7 +430,9 @@ def _tunable(param: Param | None) -> bool:
     return isinstance(param, (FloatParam, IntParam, CategoricalParam))
 
 
-def prior_log_density(space: SearchSpace, params: Mapping[str, Any], *, uniform: bool = False) -> float:
+def prior_log_density(
+    space: SearchSpace, params: Mapping[str, Any], *, uniform: bool = False
+) -> float:
     """Log density of ``params`` under the priors of the space.
 
     The sum runs over the params present in ``params`` (the active ones, for raw params from a
@@ -440,7 +465,11 @@ def prior_log_density(space: SearchSpace, params: Mapping[str, Any], *, uniform:
                 continue
             _, favoured = _encode(param, prior.default)
             probs = _categorical_probs(param, favoured, prior.width)
-            p = next(q for e, q in zip(param.encoded(), probs) if same_value(e, enc) and type(e) is type(enc))
+            p = next(
+                q
+                for e, q in zip(param.encoded(), probs)
+                if same_value(e, enc) and type(e) is type(enc)
+            )
             if p <= 0:
                 return -math.inf
             total += math.log(p)
@@ -449,7 +478,11 @@ def prior_log_density(space: SearchSpace, params: Mapping[str, Any], *, uniform:
         if not axis.contains(value):
             return -math.inf
         value = axis.snap(value)
-        total += axis.uniform_log_density(value) if uniform else axis.normal_log_density(value, prior.default, prior.width)
+        total += (
+            axis.uniform_log_density(value)
+            if uniform
+            else axis.normal_log_density(value, prior.default, prior.width)
+        )
     return total
 
 
@@ -470,7 +503,9 @@ def with_priors(space: SearchSpace, priors: Mapping[str, Prior | None]) -> Searc
     for name, prior in priors.items():
         param = params.get(name)
         if param is None:
-            problems.append(ConfigProblem(f"space.{name}.prior", "is not a param of the search space", prior))
+            problems.append(
+                ConfigProblem(f"space.{name}.prior", "is not a param of the search space", prior)
+            )
             continue
         if prior is not None:
             found = prior_problems(param, prior)

@@ -49,7 +49,9 @@ class _Divisibility:
 
 def _divisibility(constraint: str) -> _Divisibility | None:
     body = parse_expression(constraint).body
-    if not (isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.ops[0], ast.Eq)):
+    if not (
+        isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.ops[0], ast.Eq)
+    ):
         return None
     left, right = body.left, body.comparators[0]
     if isinstance(left, ast.Constant):
@@ -83,7 +85,6 @@ def _nearest_multiple(param: IntParam, value: int, divisor: int) -> int | None:
             return _nearest(value, found)
         k += 1
     return None
-
 
 
 class SearchSpace:
@@ -126,10 +127,14 @@ class SearchSpace:
         for key, allowed in (param.when or {}).items():
             source = values if key in self.params else base
             if key not in source or source[key] not in allowed:
-                return False  # an inactive (absent) key makes everything that depends on it inactive
+                return (
+                    False  # an inactive (absent) key makes everything that depends on it inactive
+                )
         return True
 
-    def sample(self, trial: optuna.trial.BaseTrial, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def sample(
+        self, trial: optuna.trial.BaseTrial, base: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Suggest a config define-by-run.
 
         Args:
@@ -159,7 +164,9 @@ class SearchSpace:
             trial.set_user_attr("repaired", repairs)
         return values
 
-    def _holds(self, constraint: str, values: Mapping[str, Any], base: Mapping[str, Any]) -> bool | None:
+    def _holds(
+        self, constraint: str, values: Mapping[str, Any], base: Mapping[str, Any]
+    ) -> bool | None:
         """True/False, or None when the constraint reads a key that is absent (inactive)."""
         lookup = ChainMap(dict(values), _writable(base))
         if not expression_names(constraint) <= set(lookup):
@@ -167,7 +174,9 @@ class SearchSpace:
         try:
             return bool(evaluate_expression(constraint, lookup))
         except ExprError as exc:
-            raise ConstraintViolation(f"constraint {constraint!r} cannot be evaluated: {exc}", constraint) from exc
+            raise ConstraintViolation(
+                f"constraint {constraint!r} cannot be evaluated: {exc}", constraint
+            ) from exc
 
     def _repair(
         self,
@@ -184,10 +193,14 @@ class SearchSpace:
         target = lookup.get(div.target)
         fixed = None
         if div.target in values and divisor is not None and _is_number(divisor) and divisor > 0:
-            fixed = self._repair_value(div.target, target, lambda c: _is_number(c) and c % divisor == 0, divisor)
+            fixed = self._repair_value(
+                div.target, target, lambda c: _is_number(c) and c % divisor == 0, divisor
+            )
         if fixed is None and div.divisor in values and _is_number(target):
             # The target cannot move (fixed, from the base, or no multiple in range): move the divisor.
-            fixed = self._repair_value(div.divisor, divisor, lambda c: _is_number(c) and c > 0 and target % c == 0, None)
+            fixed = self._repair_value(
+                div.divisor, divisor, lambda c: _is_number(c) and c > 0 and target % c == 0, None
+            )
             if fixed is not None:
                 self._record(div.divisor, divisor, fixed, values, repairs)
                 self._rederive(values, base)
@@ -214,7 +227,9 @@ class SearchSpace:
         return None
 
     @staticmethod
-    def _record(name: str, old: Any, new: Any, values: dict[str, Any], repairs: dict[str, dict[str, Any]]) -> None:
+    def _record(
+        name: str, old: Any, new: Any, values: dict[str, Any], repairs: dict[str, dict[str, Any]]
+    ) -> None:
         repairs.setdefault(name, {"suggested": old})["repaired"] = new
         values[name] = new
 

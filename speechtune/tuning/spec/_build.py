@@ -82,7 +82,10 @@ def build_spec(
     raw = {
         "space": space_record,
         "constraints": list(space.constraints),
-        "study": {k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "seed", "storage", "n_jobs")},
+        "study": {
+            k: getattr(study, k)
+            for k in ("name", "sampler", "pruner", "n_trials", "seed", "storage", "n_jobs")
+        },
         "objective": {
             "kind": "python",
             "metric": metric,
@@ -143,21 +146,29 @@ def fidelity_spec(
     """
 
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy: unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"strategy: unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
+        )
     if isinstance(fidelity, Mapping):
         if len(fidelity) != 1:
-            raise ValueError(f"fidelity: give one budget key with its budgets, e.g. {{'epochs': [1, 3, 9]}} (got {dict(fidelity)!r})")
-        (key, budgets), = fidelity.items()
+            raise ValueError(
+                f"fidelity: give one budget key with its budgets, e.g. {{'epochs': [1, 3, 9]}} (got {dict(fidelity)!r})"
+            )
+        ((key, budgets),) = fidelity.items()
         fidelity = Fidelity.from_budgets(str(key), list(budgets), eta=eta or 3)
     if not isinstance(fidelity, Fidelity):
-        raise ValueError(f"fidelity: expected a Fidelity or {{key: [budgets]}}, got {type(fidelity).__name__}")
+        raise ValueError(
+            f"fidelity: expected a Fidelity or {{key: [budgets]}}, got {type(fidelity).__name__}"
+        )
     if eta is not None and eta != fidelity.eta:
         fidelity = Fidelity(fidelity.rungs, eta=eta, resume_key=fidelity.resume_key)
     if budget is not None and not budget > 0:
         raise ValueError(f"budget must be > 0 full-training units (got {budget!r})")
     warm = Path(warm_start) if warm_start else None
     if warm is not None and not warm.exists():
-        raise ValueError(f"warm_start: {warm} does not exist (expected a previous run directory or a best.yaml)")
+        raise ValueError(
+            f"warm_start: {warm} does not exist (expected a previous run directory or a best.yaml)"
+        )
     return FidelitySpec(
         strategy=strategy,
         eta=fidelity.eta,

@@ -46,7 +46,11 @@ def checked_entries(
     for name, value in data.items():
         if name not in checks:
             problems.append(
-                ConfigProblem(f"{key}.{name}", f"unknown key{close_matches(str(name), valid)}; valid keys: {', '.join(valid)}", value)
+                ConfigProblem(
+                    f"{key}.{name}",
+                    f"unknown key{close_matches(str(name), valid)}; valid keys: {', '.join(valid)}",
+                    value,
+                )
             )
             continue
         ok, rule = checks[name]

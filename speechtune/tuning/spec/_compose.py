@@ -72,19 +72,28 @@ def _read_yaml(path: Path, key: str, problems: list[ConfigProblem]) -> dict[str,
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        problems.append(ConfigProblem(key, "top level must be a mapping", f"{path}: {type(loaded).__name__}"))
+        problems.append(
+            ConfigProblem(key, "top level must be a mapping", f"{path}: {type(loaded).__name__}")
+        )
         return None
     return loaded
 
 
 def _preset_path(entry: str, here: Path) -> Path | None:
     looks_like_path = "/" in entry or entry.endswith((".yaml", ".yml"))
-    candidates = [here / entry] if looks_like_path else [here / "presets" / f"{entry}.yaml", PRESET_DIR / f"{entry}.yaml"]
+    candidates = (
+        [here / entry]
+        if looks_like_path
+        else [here / "presets" / f"{entry}.yaml", PRESET_DIR / f"{entry}.yaml"]
+    )
     return next((p for p in candidates if p.is_file()), None)
 
 
 def _compose(
-    raw: Mapping[str, Any], here: Path, cli_space: Mapping[str, Any] | None, problems: list[ConfigProblem]
+    raw: Mapping[str, Any],
+    here: Path,
+    cli_space: Mapping[str, Any] | None,
+    problems: list[ConfigProblem],
 ) -> tuple[dict[str, Any], list[Any]]:
     """Presets in order (later wins), then the file's space, then ``space.*`` CLI overrides.
 
@@ -95,20 +104,28 @@ def _compose(
     constraints: list[Any] = []
     presets = raw.get("presets") or []
     if not isinstance(presets, list) or not all(isinstance(p, str) for p in presets):
-        problems.append(ConfigProblem("presets", "must be a list of preset names or paths", presets))
+        problems.append(
+            ConfigProblem("presets", "must be a list of preset names or paths", presets)
+        )
         presets = []
     for i, entry in enumerate(presets):
         path = _preset_path(entry, here)
         if path is None:
             valid = ", ".join(available_presets())
-            problems.append(ConfigProblem(f"presets[{i}]", f"no such preset; shipped presets: {valid}", entry))
+            problems.append(
+                ConfigProblem(f"presets[{i}]", f"no such preset; shipped presets: {valid}", entry)
+            )
             continue
         data = _read_yaml(path, f"presets[{i}]", problems)
         if data is None:
             continue
         unknown = sorted(set(data) - {"space", "constraints"})
         if unknown:
-            problems.append(ConfigProblem(f"presets[{i}]", "a preset holds only 'space' and 'constraints'", unknown))
+            problems.append(
+                ConfigProblem(
+                    f"presets[{i}]", "a preset holds only 'space' and 'constraints'", unknown
+                )
+            )
         part = data.get("space") or {}
         if not isinstance(part, Mapping):
             problems.append(ConfigProblem(f"presets[{i}].space", "must be a mapping", part))
@@ -118,7 +135,9 @@ def _compose(
         constraints.extend(data.get("constraints") or [])
     own = raw.get("space") or {}
     if not isinstance(own, Mapping):
-        problems.append(ConfigProblem("space", "must be a mapping of dotted key -> param spec", own))
+        problems.append(
+            ConfigProblem("space", "must be a mapping of dotted key -> param spec", own)
+        )
         own = {}
     for key, spec in _flatten_space(own).items():
         space[key] = spec
@@ -127,7 +146,9 @@ def _compose(
         space = _flatten_space(merge(_unflatten(space), cli_space))
     own_constraints = raw.get("constraints") or []
     if not isinstance(own_constraints, list):
-        problems.append(ConfigProblem("constraints", "must be a list of expressions", own_constraints))
+        problems.append(
+            ConfigProblem("constraints", "must be a list of expressions", own_constraints)
+        )
         own_constraints = []
     constraints.extend(own_constraints)
     deduped = list(dict.fromkeys(c if isinstance(c, str) else repr(c) for c in constraints))
@@ -138,13 +159,19 @@ def _flat_overrides(value: Any, problems: list[ConfigProblem]) -> dict[str, Any]
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        problems.append(ConfigProblem("overrides", "must be a mapping of dotted key -> value", value))
+        problems.append(
+            ConfigProblem("overrides", "must be a mapping of dotted key -> value", value)
+        )
         return {}
     return flatten(value)
 
 
 def _load_base(
-    raw: Mapping[str, Any], here: Path, overrides: Mapping[str, Any], keys: Sequence[str], problems: list[ConfigProblem]
+    raw: Mapping[str, Any],
+    here: Path,
+    overrides: Mapping[str, Any],
+    keys: Sequence[str],
+    problems: list[ConfigProblem],
 ) -> dict[str, Any]:
     """The base recipe (nested, complete) merged with ``overrides``; defaults if it is broken."""
     recipe: dict[str, Any] = {}
@@ -160,7 +187,9 @@ def _load_base(
         if key in keys:
             known[key] = value
         else:
-            problems.append(ConfigProblem(f"overrides.{key}", f"unknown recipe key{_close(key, keys)}", value))
+            problems.append(
+                ConfigProblem(f"overrides.{key}", f"unknown recipe key{_close(key, keys)}", value)
+            )
     try:
         cfg = config_from_dict(merge(recipe, _unflatten(known)))
     except ConfigError as exc:
@@ -168,6 +197,12 @@ def _load_base(
             if p.key in known:
                 problems.append(ConfigProblem(f"overrides.{p.key}", p.rule, p.value))
             else:
-                problems.append(ConfigProblem(f"recipe.{p.key}", f"{p.rule} (in {entry or 'the recipe defaults'})", p.value))
+                problems.append(
+                    ConfigProblem(
+                        f"recipe.{p.key}",
+                        f"{p.rule} (in {entry or 'the recipe defaults'})",
+                        p.value,
+                    )
+                )
         return config_to_dict(RecipeConfig())
     return config_to_dict(cfg)

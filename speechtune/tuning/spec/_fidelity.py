@@ -55,7 +55,16 @@ from speechtune.tuning.spec._checks import (
     is_num as _is_num,
 )
 
-_SECTION_KEYS = ("strategy", "eta", "budget", "priors", "warm_start", "warm_start_top_k", "rank_metric", "rungs")
+_SECTION_KEYS = (
+    "strategy",
+    "eta",
+    "budget",
+    "priors",
+    "warm_start",
+    "warm_start_top_k",
+    "rank_metric",
+    "rungs",
+)
 
 
 _RUNG_KEYS = ("name", "overrides", "cost")
@@ -99,7 +108,12 @@ class FidelitySpec:
     n_train: int | None = None
 
     def with_corpus_size(
-        self, base_flat: Mapping[str, Any], n_train: int, tuned_keys: Collection[str], *, corpus_hours: float | None = None
+        self,
+        base_flat: Mapping[str, Any],
+        n_train: int,
+        tuned_keys: Collection[str],
+        *,
+        corpus_hours: float | None = None,
     ) -> FidelitySpec:
         """The default ladder rescaled to a measured training set; ``self`` when the YAML gave rungs.
 
@@ -108,16 +122,27 @@ class FidelitySpec:
         """
         if not self.default_rungs:
             return self
-        ladder = default_ladder(base_flat, n_train, tuned_keys, self.eta, corpus_hours=corpus_hours)
+        ladder = default_ladder(
+            base_flat, n_train, tuned_keys, self.eta, corpus_hours=corpus_hours
+        )
         return dataclasses.replace(self, fidelity=ladder, n_train=n_train)
 
 
 _SECTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "strategy": (lambda v: v in STRATEGIES, f"unknown strategy; valid strategies: {', '.join(STRATEGIES)}"),
+    "strategy": (
+        lambda v: v in STRATEGIES,
+        f"unknown strategy; valid strategies: {', '.join(STRATEGIES)}",
+    ),
     "eta": (lambda v: _is_int(v) and v >= 2, "must be an int >= 2"),
-    "budget": (lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0 (full-training units) or null"),
+    "budget": (
+        lambda v: v is None or (_is_num(v) and v > 0),
+        "must be a number > 0 (full-training units) or null",
+    ),
     "priors": (lambda v: isinstance(v, bool), "must be true or false"),
-    "warm_start": (lambda v: v is None or (isinstance(v, str) and bool(v)), "must be null or a path"),
+    "warm_start": (
+        lambda v: v is None or (isinstance(v, str) and bool(v)),
+        "must be null or a path",
+    ),
     "warm_start_top_k": (lambda v: _is_int(v) and v >= 1, "must be an int >= 1"),
     "rank_metric": (
         lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
@@ -161,13 +186,21 @@ def parse_fidelity(
     found: list[ConfigProblem] = []
     # `rungs` is checked rung by rung below.
     others = {k: v for k, v in section.items() if k != "rungs"}
-    kwargs: dict[str, Any] = checked_entries(others, "fidelity", _SECTION_CHECKS, found, valid=list(_SECTION_KEYS))
+    kwargs: dict[str, Any] = checked_entries(
+        others, "fidelity", _SECTION_CHECKS, found, valid=list(_SECTION_KEYS)
+    )
     if kwargs.get("budget") is not None:
         kwargs["budget"] = float(kwargs["budget"])
     if kwargs.get("warm_start") is not None:
         path = (here / kwargs["warm_start"]).resolve()
         if not path.exists():
-            found.append(ConfigProblem("fidelity.warm_start", f"no such run dir or file ({path})", kwargs["warm_start"]))
+            found.append(
+                ConfigProblem(
+                    "fidelity.warm_start",
+                    f"no such run dir or file ({path})",
+                    kwargs["warm_start"],
+                )
+            )
         kwargs["warm_start"] = path
     eta = kwargs.get("eta", 3)
     tuned = set(tuned_keys)
@@ -182,7 +215,9 @@ def parse_fidelity(
         else:
             ladder = default_ladder(base_flat, n_train, tuned, eta)
     else:
-        ladder = _parse_rungs(rungs_raw, kind, base_flat, recipe_keys, tuned, eta, resume_key, found)
+        ladder = _parse_rungs(
+            rungs_raw, kind, base_flat, recipe_keys, tuned, eta, resume_key, found
+        )
     problems.extend(found)
     if found or ladder is None:
         return None
@@ -216,7 +251,11 @@ def _parse_rungs(
     for i, entry in enumerate(rungs_raw):
         where = f"fidelity.rungs[{i}]"
         if not isinstance(entry, Mapping):
-            found.append(ConfigProblem(where, "must be a mapping with name, overrides and optionally cost", entry))
+            found.append(
+                ConfigProblem(
+                    where, "must be a mapping with name, overrides and optionally cost", entry
+                )
+            )
             names.append(f"#{i}")
             overrides.append({"#": i})  # a placeholder that equals no other rung's overrides
             explicit.append(None)
@@ -233,10 +272,20 @@ def _parse_rungs(
             rule = f"duplicate rung name (also fidelity.rungs[{names.index(name)}])"
             found.append(ConfigProblem(f"{where}.name", rule, name))
         names.append(name)
-        overrides.append(_rung_overrides(entry.get("overrides"), where, kind, base_flat, recipe_keys, tuned, found))
+        overrides.append(
+            _rung_overrides(
+                entry.get("overrides"), where, kind, base_flat, recipe_keys, tuned, found
+            )
+        )
         cost = entry.get("cost")
         if cost is not None and not (_is_num(cost) and cost > 0):
-            found.append(ConfigProblem(f"{where}.cost", "must be a number > 0 (relative to the top rung) or omitted", cost))
+            found.append(
+                ConfigProblem(
+                    f"{where}.cost",
+                    "must be a number > 0 (relative to the top rung) or omitted",
+                    cost,
+                )
+            )
             cost = None
         explicit.append(float(cost) if cost is not None else None)
     for i, o in enumerate(overrides):
@@ -251,7 +300,9 @@ def _parse_rungs(
     missing = [i for i in range(top) if explicit[i] is None]
     if kind != "recipe":
         for i in missing:
-            rule = f"is required for objective.kind: {kind} (costs are only estimated for the recipe)"
+            rule = (
+                f"is required for objective.kind: {kind} (costs are only estimated for the recipe)"
+            )
             found.append(ConfigProblem(f"fidelity.rungs[{i}].cost", rule, None))
     # The order is checked even when other rung problems were found (every problem at once):
     # the estimate reads only the numeric values it knows and ignores the rest.
@@ -273,7 +324,11 @@ def _parse_rungs(
     if len(found) > start:
         return None
     try:
-        return Fidelity(tuple(Rung(n, o, c) for n, o, c in zip(names, overrides, costs)), eta=eta, resume_key=resume_key)
+        return Fidelity(
+            tuple(Rung(n, o, c) for n, o, c in zip(names, overrides, costs)),
+            eta=eta,
+            resume_key=resume_key,
+        )
     except ValueError as exc:  # every rule is checked above; this is a safety net with the message
         found.append(ConfigProblem("fidelity.rungs", str(exc), rungs_raw))
         return None
@@ -292,17 +347,26 @@ def _rung_overrides(
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        found.append(ConfigProblem(f"{where}.overrides", "must be a mapping of dotted key -> value", value))
+        found.append(
+            ConfigProblem(f"{where}.overrides", "must be a mapping of dotted key -> value", value)
+        )
         return {}
     flat = flatten(value)
     for key, v in flat.items():
         if recipe_keys is not None and key not in recipe_keys:
-            found.append(ConfigProblem(f"{where}.overrides.{key}", f"unknown recipe key{_did_you_mean(key, recipe_keys)}", v))
+            found.append(
+                ConfigProblem(
+                    f"{where}.overrides.{key}",
+                    f"unknown recipe key{_did_you_mean(key, recipe_keys)}",
+                    v,
+                )
+            )
         elif key in tuned:
             found.append(
                 ConfigProblem(
                     f"{where}.overrides.{key}",
-                    "conflicts with the search space, which tunes this key: a rung may not fix it (remove it from one of them)",
+                    "conflicts with the search space, which tunes this key: a rung may not fix it "
+                    "(remove it from one of them)",
                     v,
                 )
             )

@@ -59,7 +59,19 @@ from speechtune.tuning.spec._sections import (
     _valid_expr,
 )
 
-TOP_LEVEL = ("recipe", "overrides", "presets", "space", "constraints", "study", "objective", "command", "fidelity", "ray", "cost")
+TOP_LEVEL = (
+    "recipe",
+    "overrides",
+    "presets",
+    "space",
+    "constraints",
+    "study",
+    "objective",
+    "command",
+    "fidelity",
+    "ray",
+    "cost",
+)
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,14 @@ class TuningSpec:
         raw = dict(self.raw)
         if raw and mask_url(url) == url:
             raw["study"] = {**dict(raw.get("study") or {}), "storage": url}
-        return dataclasses.replace(self, study=dataclasses.replace(self.study, storage=url), raw=raw)
+        return dataclasses.replace(
+            self, study=dataclasses.replace(self.study, storage=url), raw=raw
+        )
 
 
-def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None, list[ConfigProblem]]:
+def _load(
+    path: str | Path, overrides: Sequence[str]
+) -> tuple[TuningSpec | None, list[ConfigProblem]]:
     problems: list[ConfigProblem] = []
     path = Path(path)
     raw = _read_yaml(path, str(path), problems)
@@ -125,21 +141,43 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
     for key in raw:
         if key not in TOP_LEVEL:
             problems.append(
-                ConfigProblem(str(key), f"unknown section{_close(str(key), TOP_LEVEL)}; valid sections: {', '.join(TOP_LEVEL)}", raw[key])
+                ConfigProblem(
+                    str(key),
+                    f"unknown section{_close(str(key), TOP_LEVEL)}; valid sections: {', '.join(TOP_LEVEL)}",
+                    raw[key],
+                )
             )
-    study = _section(raw, "study", StudySpec, _STUDY_CHECKS, problems, {"name": path.stem or "study"})
+    study = _section(
+        raw, "study", StudySpec, _STUDY_CHECKS, problems, {"name": path.stem or "study"}
+    )
     objective = _section(raw, "objective", ObjectiveSpec, _OBJECTIVE_CHECKS, problems)
     command = None
     if raw.get("command") is not None:
         command = _section(raw, "command", CommandSpec, _COMMAND_CHECKS, problems)
         if objective.kind != "command":
-            problems.append(ConfigProblem("command", "is only used with objective.kind: command", objective.kind))
+            problems.append(
+                ConfigProblem(
+                    "command", "is only used with objective.kind: command", objective.kind
+                )
+            )
         elif "argv" not in (raw.get("command") or {}):
-            problems.append(ConfigProblem("command.argv", "is required for objective.kind: command", None))
+            problems.append(
+                ConfigProblem("command.argv", "is required for objective.kind: command", None)
+            )
     elif objective.kind == "command":
-        problems.append(ConfigProblem("command", "objective.kind: command needs a command section with argv", None))
+        problems.append(
+            ConfigProblem(
+                "command", "objective.kind: command needs a command section with argv", None
+            )
+        )
     if objective.function is not None and objective.kind != "python":
-        problems.append(ConfigProblem("objective.function", "is only used with objective.kind: python", objective.function))
+        problems.append(
+            ConfigProblem(
+                "objective.function",
+                "is only used with objective.kind: python",
+                objective.function,
+            )
+        )
     if objective.is_multi_objective and study.pruner != "none":
         problems.append(
             ConfigProblem(
@@ -150,7 +188,11 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
         )
     if objective.is_multi_objective and study.sampler in _SINGLE_OBJECTIVE_SAMPLERS:
         problems.append(
-            ConfigProblem("study.sampler", "does not support multi-objective studies; use tpe, nsga2, gp or random", study.sampler)
+            ConfigProblem(
+                "study.sampler",
+                "does not support multi-objective studies; use tpe, nsga2, gp or random",
+                study.sampler,
+            )
         )
 
     flat_overrides = _flat_overrides(raw.get("overrides"), problems)
@@ -161,8 +203,14 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
     recipe_kind = objective.kind == "recipe"
     recipe_keys = _recipe_keys() if recipe_kind else None
     if not recipe_kind and raw.get("recipe") is not None:
-        problems.append(ConfigProblem("recipe", "is only used with objective.kind: recipe", raw["recipe"]))
-    base_recipe = _load_base(raw, here, flat_overrides, recipe_keys, problems) if recipe_keys is not None else {}
+        problems.append(
+            ConfigProblem("recipe", "is only used with objective.kind: recipe", raw["recipe"])
+        )
+    base_recipe = (
+        _load_base(raw, here, flat_overrides, recipe_keys, problems)
+        if recipe_keys is not None
+        else {}
+    )
 
     params: dict[str, Param] = {}
     for name, spec in space_raw.items():
@@ -176,7 +224,9 @@ def _load(path: str | Path, overrides: Sequence[str]) -> tuple[TuningSpec | None
         recipe_params = {n: p for n, p in params.items() if n in recipe_keys}
         # Derived values are only worth computing once their names and order are sound.
         good = [c for c in constraints if isinstance(c, str) and _valid_expr(c)]
-        problems.extend(_corner_problems(recipe_params, flatten(base_recipe), good, derived=not context))
+        problems.extend(
+            _corner_problems(recipe_params, flatten(base_recipe), good, derived=not context)
+        )
 
     fidelity = parse_fidelity(
         raw.get("fidelity"),

@@ -128,14 +128,29 @@ _pos_int: _Check = (lambda v: _is_int(v) and v >= 1, "must be an int >= 1")
 
 
 _TOP: dict[str, _Check] = {
-    "scheduler": (lambda v: v in RAY_SCHEDULERS, f"unknown scheduler; valid schedulers: {', '.join(RAY_SCHEDULERS)}"),
+    "scheduler": (
+        lambda v: v in RAY_SCHEDULERS,
+        f"unknown scheduler; valid schedulers: {', '.join(RAY_SCHEDULERS)}",
+    ),
     "grace_period": _pos_int,
     "reduction_factor": (lambda v: _is_num(v) and v > 1, "must be a number > 1"),
-    "max_t": (lambda v: v is None or (_is_int(v) and v >= 1), "must be an int >= 1 (epochs) or null"),
-    "max_concurrent_trials": (lambda v: v is None or (_is_int(v) and v >= 1), "must be an int >= 1 or null"),
-    "max_failures": (lambda v: _is_int(v) and v >= -1, "must be an int >= 0 (or -1: retry forever)"),
+    "max_t": (
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "must be an int >= 1 (epochs) or null",
+    ),
+    "max_concurrent_trials": (
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "must be an int >= 1 or null",
+    ),
+    "max_failures": (
+        lambda v: _is_int(v) and v >= -1,
+        "must be an int >= 0 (or -1: retry forever)",
+    ),
     "checkpoint_every": _pos_int,
-    "address": (lambda v: v is None or valid_address(v), "must be 'auto', 'ray://host:port', 'host:port' or null"),
+    "address": (
+        lambda v: v is None or valid_address(v),
+        "must be 'auto', 'ray://host:port', 'host:port' or null",
+    ),
 }
 
 
@@ -161,20 +176,40 @@ _RESOURCES: dict[str, _Check] = {
 
 
 _PLATEAU: dict[str, _Check] = {
-    "metric": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "must be a metric name or null"),
+    "metric": (
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+        "must be a metric name or null",
+    ),
     "patience": _pos_int,
     "min_delta": (lambda v: _is_num(v) and v >= 0, "must be a number >= 0"),
 }
 
 
 _STOP: dict[str, _Check] = {
-    "plateau": (lambda v: v is None or isinstance(v, Mapping), "must be a mapping (metric, patience, min_delta) or null"),
-    "time_budget_s": (lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0 (seconds) or null"),
-    "compute_budget_epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "must be an int >= 1 (epochs, all trials) or null"),
+    "plateau": (
+        lambda v: v is None or isinstance(v, Mapping),
+        "must be a mapping (metric, patience, min_delta) or null",
+    ),
+    "time_budget_s": (
+        lambda v: v is None or (_is_num(v) and v > 0),
+        "must be a number > 0 (seconds) or null",
+    ),
+    "compute_budget_epochs": (
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "must be an int >= 1 (epochs, all trials) or null",
+    ),
 }
 
 
-_FLOATS = {"reduction_factor", "cpu", "gpu", "min_delta", "time_budget_s", "quantile_fraction", "resample_probability"}
+_FLOATS = {
+    "reduction_factor",
+    "cpu",
+    "gpu",
+    "min_delta",
+    "time_budget_s",
+    "quantile_fraction",
+    "resample_probability",
+}
 
 
 def _fields(
@@ -187,7 +222,10 @@ def _fields(
         problems.append(ConfigProblem(key, "must be a mapping", data))
         return {}
     entries = checked_entries(data, key, checks, problems)
-    return {name: float(value) if name in _FLOATS and value is not None else value for name, value in entries.items()}
+    return {
+        name: float(value) if name in _FLOATS and value is not None else value
+        for name, value in entries.items()
+    }
 
 
 def _mutations(
@@ -197,7 +235,7 @@ def _mutations(
     if value is None:
         return None
     key = "ray.pbt.hyperparam_mutations"
-    items = {k: "space" for k in value} if isinstance(value, list) else dict(value)
+    items = dict.fromkeys(value, "space") if isinstance(value, list) else dict(value)
     out: dict[str, Any] = {}
     for name, how in items.items():
         if not isinstance(name, str):
@@ -207,11 +245,19 @@ def _mutations(
             if searched is not None and name not in searched:
                 hint = _close(name, list(searched))
                 problems.append(
-                    ConfigProblem(f"{key}.{name}", f"is not a float, int or categorical param of space{hint}", name)
+                    ConfigProblem(
+                        f"{key}.{name}",
+                        f"is not a float, int or categorical param of space{hint}",
+                        name,
+                    )
                 )
                 continue
         elif not (isinstance(how, list) and how):
-            problems.append(ConfigProblem(f"{key}.{name}", "must be 'space' or a non-empty list of values", how))
+            problems.append(
+                ConfigProblem(
+                    f"{key}.{name}", "must be 'space' or a non-empty list of values", how
+                )
+            )
             continue
         out[name] = how
     if not out and not problems:
@@ -248,7 +294,9 @@ def parse_ray(
     checks = {**_TOP, **{k: (lambda v: True, "") for k in sorted(nested)}}
     top = {k: v for k, v in _fields(raw, "ray", checks, problems).items() if k not in nested}
     pbt = _fields(raw.get("pbt"), "ray.pbt", _PBT, problems)
-    resources = _fields(raw.get("resources_per_trial"), "ray.resources_per_trial", _RESOURCES, problems)
+    resources = _fields(
+        raw.get("resources_per_trial"), "ray.resources_per_trial", _RESOURCES, problems
+    )
     stop = _fields(raw.get("stop"), "ray.stop", _STOP, problems)
     plateau = None
     if stop.get("plateau") is not None:
@@ -262,11 +310,16 @@ def parse_ray(
         resources_per_trial=ResourcesSpec(**resources),
         stop=StopSpec(**stop),
     )
-    if spec.scheduler in ("pbt", "pb2") and searched is not None and not spec.mutation_keys(searched):
+    if (
+        spec.scheduler in ("pbt", "pb2")
+        and searched is not None
+        and not spec.mutation_keys(searched)
+    ):
         problems.append(
             ConfigProblem(
                 "ray.pbt.hyperparam_mutations",
-                f"none of the default keys ({', '.join(DEFAULT_MUTATIONS)}) is searched in space; list the keys PBT should perturb",
+                f"none of the default keys ({', '.join(DEFAULT_MUTATIONS)}) is searched in space; "
+                "list the keys PBT should perturb",
                 None,
             )
         )
@@ -276,10 +329,22 @@ def parse_ray(
             how = (spec.pbt.hyperparam_mutations or {}).get(name, "space")
             if how != "space" or searched.get(name) not in ("float", "int"):
                 problems.append(
-                    ConfigProblem(f"ray.pbt.hyperparam_mutations.{name}", "PB2 perturbs only float/int ranges of space", how)
+                    ConfigProblem(
+                        f"ray.pbt.hyperparam_mutations.{name}",
+                        "PB2 perturbs only float/int ranges of space",
+                        how,
+                    )
                 )
-    if spec.scheduler in ("asha", "hyperband") and spec.max_t is not None and spec.grace_period > spec.max_t:
-        problems.append(ConfigProblem("ray.grace_period", f"must be <= ray.max_t ({spec.max_t})", spec.grace_period))
+    if (
+        spec.scheduler in ("asha", "hyperband")
+        and spec.max_t is not None
+        and spec.grace_period > spec.max_t
+    ):
+        problems.append(
+            ConfigProblem(
+                "ray.grace_period", f"must be <= ray.max_t ({spec.max_t})", spec.grace_period
+            )
+        )
     if multi_objective:
         problems.append(
             ConfigProblem(

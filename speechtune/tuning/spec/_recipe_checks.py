@@ -53,14 +53,19 @@ def _recipe_rejects(flat: Mapping[str, Any], key: str) -> list[str]:
 
 
 def _corner_problems(
-    params: Mapping[str, Param], base: Mapping[str, Any], constraints: Sequence[str], derived: bool = True
+    params: Mapping[str, Param],
+    base: Mapping[str, Any],
+    constraints: Sequence[str],
+    derived: bool = True,
 ) -> list[ConfigProblem]:
     """Build the recipe at each choice and bound of each param; report the recipe's objections.
 
     A divisibility rule is not reported for a key that a constraint names: the sampler repairs
     ``a % b == 0`` constraints, so such a corner never reaches the recipe.
     """
-    constrained = set().union(*(expression_names(c) for c in constraints)) if constraints else set()
+    constrained = (
+        set().union(*(expression_names(c) for c in constraints)) if constraints else set()
+    )
     problems: list[ConfigProblem] = []
     for name, param in params.items():
         # Put the param's condition in place: rules such as "conv_kernel must be odd" only
@@ -70,7 +75,13 @@ def _corner_problems(
             for rule in dict.fromkeys(_recipe_rejects({**base, **cond, name: value}, name)):
                 if name in constrained and "divisible" in rule:
                     continue
-                problems.append(ConfigProblem(f"space.{name}", f"value {value!r} is rejected by the recipe: {rule}", value))
+                problems.append(
+                    ConfigProblem(
+                        f"space.{name}",
+                        f"value {value!r} is rejected by the recipe: {rule}",
+                        value,
+                    )
+                )
     if not derived:
         return problems
     # Derived values at a reference point (first choice / low bound of every param).
@@ -81,7 +92,7 @@ def _corner_problems(
         corners = _corners(param)
         if corners:
             point[name] = corners[0]
-    space = SearchSpace({n: p for n, p in params.items()}, [], point)
+    space = SearchSpace(dict(params), [], point)
     for name in space.order:
         param = params[name]
         if not isinstance(param, DerivedParam):
@@ -93,7 +104,11 @@ def _corner_problems(
             continue
         for rule in _recipe_rejects(point, name):
             problems.append(
-                ConfigProblem(f"space.{name}", f"derived value {point[name]!r} is rejected by the recipe: {rule}", param.expr)
+                ConfigProblem(
+                    f"space.{name}",
+                    f"derived value {point[name]!r} is rejected by the recipe: {rule}",
+                    param.expr,
+                )
             )
     return problems
 
@@ -109,13 +124,18 @@ def _space_problems(
     if recipe_keys is not None:
         for name in params:
             if name not in recipe_keys:
-                problems.append(ConfigProblem(f"space.{name}", f"unknown recipe key{_close(name, recipe_keys)}", name))
+                problems.append(
+                    ConfigProblem(
+                        f"space.{name}", f"unknown recipe key{_close(name, recipe_keys)}", name
+                    )
+                )
     for name in params:
         if name in overrides:
             problems.append(
                 ConfigProblem(
                     f"space.{name}",
-                    "is both fixed in overrides and searched in space; remove one (pin a preset key with a scalar in space)",
+                    "is both fixed in overrides and searched in space; remove one "
+                    "(pin a preset key with a scalar in space)",
                     overrides[name],
                 )
             )
@@ -123,12 +143,18 @@ def _space_problems(
         for key in param.when or {}:
             if key not in params and key not in overrides:
                 problems.append(
-                    ConfigProblem(f"space.{name}.when", f"refers to {key!r}, which is in neither space nor overrides", key)
+                    ConfigProblem(
+                        f"space.{name}.when",
+                        f"refers to {key!r}, which is in neither space nor overrides",
+                        key,
+                    )
                 )
         if isinstance(param, DerivedParam):
             unknown = sorted(expression_names(param.expr) - readable)
             if unknown:
-                problems.append(ConfigProblem(f"space.{name}.derive", f"unknown name(s) {unknown}", param.expr))
+                problems.append(
+                    ConfigProblem(f"space.{name}.derive", f"unknown name(s) {unknown}", param.expr)
+                )
     for i, c in enumerate(constraints):
         if not isinstance(c, str):
             problems.append(ConfigProblem(f"constraints[{i}]", "must be an expression string", c))
@@ -143,6 +169,10 @@ def _space_problems(
     cycle = dependency_cycle(params)
     if cycle:
         problems.append(
-            ConfigProblem(f"space.{cycle[0]}", f"dependency cycle among when/derive: {' -> '.join(cycle)}", cycle)
+            ConfigProblem(
+                f"space.{cycle[0]}",
+                f"dependency cycle among when/derive: {' -> '.join(cycle)}",
+                cycle,
+            )
         )
     return problems

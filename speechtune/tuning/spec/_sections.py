@@ -103,7 +103,9 @@ class ObjectiveSpec:
         def get(name: str) -> float:
             if name not in metrics:
                 reported = ", ".join(sorted(metrics)) or "none"
-                raise KeyError(f"the objective did not report metric {name!r} (reported: {reported})")
+                raise KeyError(
+                    f"the objective did not report metric {name!r} (reported: {reported})"
+                )
             return float(metrics[name])
 
         primary = get(self.primary_metric)
@@ -129,13 +131,22 @@ _Check = tuple[Any, str]  # (predicate, rule)
 
 _STUDY_CHECKS: dict[str, _Check] = {
     "name": (lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty string"),
-    "sampler": (lambda v: v in SAMPLERS, f"unknown sampler; valid samplers: {', '.join(SAMPLERS)}"),
+    "sampler": (
+        lambda v: v in SAMPLERS,
+        f"unknown sampler; valid samplers: {', '.join(SAMPLERS)}",
+    ),
     "pruner": (lambda v: v in PRUNERS, f"unknown pruner; valid pruners: {', '.join(PRUNERS)}"),
     "n_trials": (lambda v: _is_int(v) and v >= 1, "must be an int >= 1"),
     "timeout_s": (lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0 or null"),
     "seed": (lambda v: v is None or _is_int(v), "must be an int or null"),
-    "storage": (lambda v: v is None or (isinstance(v, str) and bool(v)), "must be null, 'journal' or a storage URL"),
-    "n_jobs": (lambda v: _is_int(v) and (v >= 1 or v == -1), "must be an int >= 1 (or -1: one per CPU)"),
+    "storage": (
+        lambda v: v is None or (isinstance(v, str) and bool(v)),
+        "must be null, 'journal' or a storage URL",
+    ),
+    "n_jobs": (
+        lambda v: _is_int(v) and (v >= 1 or v == -1),
+        "must be an int >= 1 (or -1: one per CPU)",
+    ),
     "oom_retry": (lambda v: isinstance(v, bool), "must be true or false"),
 }
 
@@ -149,10 +160,19 @@ def _valid_expr(v: Any) -> bool:
 
 
 _OBJECTIVE_CHECKS: dict[str, _Check] = {
-    "kind": (lambda v: v in OBJECTIVE_KINDS, f"unknown kind; valid kinds: {', '.join(OBJECTIVE_KINDS)}"),
-    "metric": (lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty metric name"),
+    "kind": (
+        lambda v: v in OBJECTIVE_KINDS,
+        f"unknown kind; valid kinds: {', '.join(OBJECTIVE_KINDS)}",
+    ),
+    "metric": (
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "must be a non-empty metric name",
+    ),
     "group": (lambda v: v in GROUPS, f"must be one of: {', '.join(GROUPS)}"),
-    "seeds": (lambda v: isinstance(v, list) and bool(v) and all(map(_is_int, v)), "must be a non-empty list of ints"),
+    "seeds": (
+        lambda v: isinstance(v, list) and bool(v) and all(map(_is_int, v)),
+        "must be a non-empty list of ints",
+    ),
     "extra_objectives": (
         lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
         "must be a list of metric names",
@@ -162,11 +182,19 @@ _OBJECTIVE_CHECKS: dict[str, _Check] = {
         "must be a list of expressions such as 'latency_ms_per_audio_s <= 50'",
     ),
     "scalarize": (
-        lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and _is_num(w) for k, w in v.items()),
+        lambda v: (
+            isinstance(v, Mapping) and all(isinstance(k, str) and _is_num(w) for k, w in v.items())
+        ),
         "must map metric names to numeric weights",
     ),
     "function": (
-        lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", v) is not None),
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, str)
+                and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", v) is not None
+            )
+        ),
         "must look like MODULE:ATTR, e.g. mypkg.train:objective",
     ),
 }
@@ -187,7 +215,10 @@ _COMMAND_CHECKS: dict[str, _Check] = {
         lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
         "must be a non-empty list of strings (an argv, never a shell line)",
     ),
-    "overrides": (lambda v: v is None or isinstance(v, str), "must be null or a template such as '--{key}={value}'"),
+    "overrides": (
+        lambda v: v is None or isinstance(v, str),
+        "must be null or a template such as '--{key}={value}'",
+    ),
     "metric_regex": (_valid_regex, "must be null or a valid regular expression"),
     "timeout_s": (lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0 or null"),
 }
@@ -200,11 +231,23 @@ def _finite(v: Any) -> bool:
 
 _COST_CHECKS: dict[str, _Check] = {
     "grid_g_per_kwh": (lambda v: _finite(v) and v >= 0, "must be a number >= 0 (g CO2e per kWh)"),
-    "gpu_price_per_hour": (lambda v: _finite(v) and v >= 0, "must be a number >= 0 (price of one GPU-hour)"),
-    "cpu_price_per_hour": (lambda v: _finite(v) and v >= 0, "must be a number >= 0 (price of one CPU core-hour)"),
+    "gpu_price_per_hour": (
+        lambda v: _finite(v) and v >= 0,
+        "must be a number >= 0 (price of one GPU-hour)",
+    ),
+    "cpu_price_per_hour": (
+        lambda v: _finite(v) and v >= 0,
+        "must be a number >= 0 (price of one CPU core-hour)",
+    ),
     "gpu_tdp_w": (lambda v: _finite(v) and v > 0, "must be a number > 0 (watts per GPU)"),
-    "cpu_tdp_w_per_core": (lambda v: _finite(v) and v > 0, "must be a number > 0 (watts per CPU core)"),
-    "currency": (lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty string such as USD"),
+    "cpu_tdp_w_per_core": (
+        lambda v: _finite(v) and v > 0,
+        "must be a number > 0 (watts per CPU core)",
+    ),
+    "currency": (
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "must be a non-empty string such as USD",
+    ),
 }
 
 

@@ -94,5 +94,7 @@ def load_study(target: str | Path, study_name: str | None = None) -> optuna.Stud
             study_name = next((c for c in candidates if c in names), None)
     if study_name is None or study_name not in names:
         held = ", ".join(names) or "none"
-        raise ValueError(f"cannot pick a study in {target}: asked for {study_name!r}; the storage holds: {held}")
+        raise ValueError(
+            f"cannot pick a study in {target}: asked for {study_name!r}; the storage holds: {held}"
+        )
     return optuna.load_study(study_name=study_name, storage=storage)

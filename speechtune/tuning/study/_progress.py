@@ -56,7 +56,9 @@ class ProgressState:
     def parts(self) -> list[str]:
         """Counts; best so far; elapsed and ETA."""
         total = "?" if self.n_trials is None else str(self.n_trials)
-        best = "-" if self.best_value is None else f"{self.best_value:.4f} (trial {self.best_number})"
+        best = (
+            "-" if self.best_value is None else f"{self.best_value:.4f} (trial {self.best_number})"
+        )
         eta = self.eta_s()
         return [
             f"{self.finished}/{total} done ({self.complete} complete, {self.pruned} pruned, "
@@ -92,7 +94,9 @@ def _best(study: optuna.Study) -> tuple[float | None, int | None]:
         best = study.best_trial
     except ValueError:
         return None, None
-    return (best.value if best.value is not None and math.isfinite(best.value) else None), best.number
+    return (
+        best.value if best.value is not None and math.isfinite(best.value) else None
+    ), best.number
 
 
 class StudyProgress:
@@ -104,7 +108,9 @@ class StudyProgress:
             study.optimize(objective, callbacks=[progress])
     """
 
-    def __init__(self, study: optuna.Study, *, n_trials: int | None, n_jobs: int = 1, live: bool = True) -> None:
+    def __init__(
+        self, study: optuna.Study, *, n_trials: int | None, n_jobs: int = 1, live: bool = True
+    ) -> None:
         self.state = ProgressState(n_trials=n_trials, n_jobs=n_jobs)
         # A live panel only makes sense on a terminal; otherwise one log line per trial.
         self._live_enabled = live and sys.stdout.isatty()
@@ -117,7 +123,7 @@ class StudyProgress:
     def _refresh_counts(self, study: optuna.Study) -> None:
         self._counted_at = time.monotonic()
         trials = study.get_trials(deepcopy=False)
-        counts = {state: 0 for state in TrialState}
+        counts = dict.fromkeys(TrialState, 0)
         for t in trials:
             counts[t.state] += 1
         s = self.state
@@ -129,10 +135,19 @@ class StudyProgress:
         """Optuna callback: record the finished trial and refresh the view."""
         with self._lock:
             self._refresh_counts(study)
-            if trial.duration is not None and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            if trial.duration is not None and trial.state in (
+                TrialState.COMPLETE,
+                TrialState.PRUNED,
+            ):
                 self.state.durations.append(trial.duration.total_seconds())
             if self._live is None:
-                log.info("trial %d %s%s | %s", trial.number, trial.state.name.lower(), _trial_note(trial), self.state.line())
+                log.info(
+                    "trial %d %s%s | %s",
+                    trial.number,
+                    trial.state.name.lower(),
+                    _trial_note(trial),
+                    self.state.line(),
+                )
 
     def __rich__(self) -> object:
         from rich.panel import Panel
@@ -143,16 +158,21 @@ class StudyProgress:
                 self._refresh_counts(self._study)
         return Panel("\n".join(self.state.parts()), title="speechtune study", expand=False)
 
-    def __enter__(self) -> "StudyProgress":
+    def __enter__(self) -> StudyProgress:
         if self._live_enabled:
             from rich.live import Live
 
-            self._live = Live(cast(Any, self), refresh_per_second=2, transient=False)  # rendered by __rich__
+            self._live = Live(
+                cast(Any, self), refresh_per_second=2, transient=False
+            )  # rendered by __rich__
             self._live.__enter__()
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._live is not None:
             self._live.__exit__(exc_type, exc, tb)

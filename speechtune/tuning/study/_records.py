@@ -34,7 +34,9 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _float_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return (
+        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    )
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,11 @@ def fidelity_record(study: optuna.Study) -> dict[str, Any] | None:
     if record is None:
         return None
     rungs = record.get("rungs") if isinstance(record, dict) else None
-    if not isinstance(rungs, list) or not rungs or not all(isinstance(r, dict) and "name" in r for r in rungs):
+    if (
+        not isinstance(rungs, list)
+        or not rungs
+        or not all(isinstance(r, dict) and "name" in r for r in rungs)
+    ):
         raise ValueError(
             f"study {study.study_name!r}: user attr 'fidelity' must be a dict whose 'rungs' is a non-empty "
             f"list of {{'name', 'overrides', 'cost'}} dicts (got {record!r:.200})"
@@ -313,7 +319,9 @@ def _pareto_front(trials: list[FrozenTrial], study: optuna.Study) -> list[Frozen
     # Optuna's study.best_trials spans every rung; a multi-fidelity front is over the top rung.
     signs = [1.0 if minimises(study, i) else -1.0 for i in range(len(study.directions))]
     feasible = [t for t in trials if t.values and _feasible(t)]
-    return [t for t in feasible if not any(_dominates(o, t, signs) for o in feasible if o is not t)]
+    return [
+        t for t in feasible if not any(_dominates(o, t, signs) for o in feasible if o is not t)
+    ]
 
 
 def select_best(study: optuna.Study) -> BestChoice | None:
@@ -327,9 +335,14 @@ def select_best(study: optuna.Study) -> BestChoice | None:
     top = top_rung(study)
     mf_note = ""
     if top is not None:
-        mf_note = f" at the top rung {rung_names(study)[top]!r}; lower-rung values of a multi-fidelity study are not comparable"
+        mf_note = (
+            f" at the top rung {rung_names(study)[top]!r}; "
+            "lower-rung values of a multi-fidelity study are not comparable"
+        )
     if is_multi_objective(study):
-        front = study.best_trials if top is None else _pareto_front(comparable_trials(study), study)
+        front = (
+            study.best_trials if top is None else _pareto_front(comparable_trials(study), study)
+        )
         if not front:
             return None
         sign = 1.0 if minimises(study) else -1.0

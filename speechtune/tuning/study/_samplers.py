@@ -28,7 +28,11 @@ def _quiet(factory: Callable[[], object]) -> object:
 def _tpe(seed: int | None, n_jobs: int, constraints: ConstraintsFunc | None) -> BaseSampler:
     # constant_liar keeps parallel workers from proposing the same point while trials run.
     return optuna.samplers.TPESampler(
-        multivariate=True, group=True, seed=seed, constant_liar=n_jobs > 1, constraints_func=constraints
+        multivariate=True,
+        group=True,
+        seed=seed,
+        constant_liar=n_jobs > 1,
+        constraints_func=constraints,
     )
 
 
@@ -73,7 +77,11 @@ def _unknown(kind: str, name: str, valid: Iterable[str]) -> ValueError:
 
 
 def make_sampler(
-    name: str, *, seed: int | None = 0, n_jobs: int = 1, constraints_func: ConstraintsFunc | None = None
+    name: str,
+    *,
+    seed: int | None = 0,
+    n_jobs: int = 1,
+    constraints_func: ConstraintsFunc | None = None,
 ) -> BaseSampler:
     """Build the sampler named in ``study.sampler``.
 

@@ -64,7 +64,10 @@ class Tracker(Protocol):
     ) -> str: ...
 
     def end_study(
-        self, best_value: float | None, best_params: Mapping[str, Any] | None, cost: Mapping[str, Any] | None = None
+        self,
+        best_value: float | None,
+        best_params: Mapping[str, Any] | None,
+        cost: Mapping[str, Any] | None = None,
     ) -> None: ...
 
 
@@ -115,7 +118,10 @@ class FailureGuard:
             self.failures += 1
             if self.failures >= self.max_failures:
                 self.tripped = True
-                log.error("%d trials failed in this run; stopping the study (see the reasons in trials.csv)", self.failures)
+                log.error(
+                    "%d trials failed in this run; stopping the study (see the reasons in trials.csv)",
+                    self.failures,
+                )
                 study.stop()
 
 
@@ -163,7 +169,9 @@ class StudySession:
             RuntimeError: the session has not been entered.
         """
         if self._study is None:
-            raise RuntimeError("the study is opened when the session is entered (use `with StudySession(...)`)")
+            raise RuntimeError(
+                "the study is opened when the session is entered (use `with StudySession(...)`)"
+            )
         return self._study
 
     # -- the lifecycle --------------------------------------------------------------------------
@@ -181,9 +189,13 @@ class StudySession:
         )
         # Trials finished before this run (a resumed study, warm-start evidence) were logged by
         # the run that made them, or are not this run's to log.
-        self._logged = {t.number for t in self._study.get_trials(deepcopy=False, states=FINISHED_STATES)}
+        self._logged = {
+            t.number for t in self._study.get_trials(deepcopy=False, states=FINISHED_STATES)
+        }
         if self.spec.raw:
-            (self.run_dir / "spec.yaml").write_text(yaml.safe_dump(_jsonable(self.spec.raw), sort_keys=False))
+            (self.run_dir / "spec.yaml").write_text(
+                yaml.safe_dump(_jsonable(self.spec.raw), sort_keys=False)
+            )
         self._tracking = self.tracker is not None and self._start_tracking(self.tracker)
         if options.monitor_gpus:
             # A no-op without an NVIDIA driver: its summary then says why.
@@ -192,7 +204,10 @@ class StudySession:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         # Also after Ctrl-C or an error: the trials finished so far are worth their records.
         study = self.study
@@ -203,7 +218,9 @@ class StudySession:
         record_cost_total(study)
         if self._tracking and self.tracker is not None:
             for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES):
-                self.trial_finished(study, trial)  # trials of other processes; logged ones are skipped
+                self.trial_finished(
+                    study, trial
+                )  # trials of other processes; logged ones are skipped
             self._end_tracking(self.tracker, study)
         if self.outputs is not None:
             try:
@@ -233,7 +250,12 @@ class StudySession:
                 cost=rec.cost,
             )
         except Exception as exc:  # tracking is a convenience; the study's storage is the record
-            log.warning("could not log trial %d to the tracker: %s: %s", trial.number, type(exc).__name__, exc)
+            log.warning(
+                "could not log trial %d to the tracker: %s: %s",
+                trial.number,
+                type(exc).__name__,
+                exc,
+            )
 
     def counted(self) -> int:
         """Trials that count towards ``n_trials``: complete and pruned (a failed trial is replaced)."""

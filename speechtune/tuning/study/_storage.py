@@ -48,7 +48,9 @@ def _default_heartbeat() -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {text!r}") from None
+        raise ValueError(
+            f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {text!r}"
+        ) from None
     if value < 1:
         raise ValueError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {text!r}")
     return value
@@ -135,12 +137,18 @@ def _rdb(url: str, heartbeat_s: int, reconnect_s: float = DEFAULT_RECONNECT_S) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-        common = _Heartbeat(heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s, heartbeat_stale_trial_callback=retry)
+        common = _Heartbeat(
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=retry,
+        )
         storage: optuna.storages.RDBStorage
         if sqlite:
             storage = optuna.storages.RDBStorage(url, **common)
         else:
-            engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a restarted server's dead connections
+            engine_kwargs: dict[str, Any] = {
+                "pool_pre_ping": True
+            }  # a restarted server's dead connections
             if url.startswith("postgresql"):
                 # A connect to a down or unreachable server must fail fast so that the retry loop decides.
                 engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -151,13 +159,17 @@ def _rdb(url: str, heartbeat_s: int, reconnect_s: float = DEFAULT_RECONNECT_S) -
     return storage
 
 
-def _open_resilient(url: str, engine_kwargs: dict[str, Any], reconnect_s: float, common: _Heartbeat) -> ResilientRDBStorage:
+def _open_resilient(
+    url: str, engine_kwargs: dict[str, Any], reconnect_s: float, common: _Heartbeat
+) -> ResilientRDBStorage:
     """Open a server database; several workers creating its tables at once is not an error."""
     from sqlalchemy import exc as sa_exc
 
     for attempt in range(5):
         try:
-            return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, reconnect_s=reconnect_s, **common)
+            return ResilientRDBStorage(
+                url, engine_kwargs=engine_kwargs, reconnect_s=reconnect_s, **common
+            )
         except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
             # Two processes ran CREATE TABLE/TYPE on a fresh database together; the loser retries
             # and finds the schema in place.
@@ -166,7 +178,9 @@ def _open_resilient(url: str, engine_kwargs: dict[str, Any], reconnect_s: float,
             time.sleep(0.2 + random.random() * 0.5)
         except Exception as exc:
             if is_connection_error(exc):
-                raise StorageUnavailableError(f"cannot connect to the study storage {mask_url(url)}: {_root_message(exc)}") from exc
+                raise StorageUnavailableError(
+                    f"cannot connect to the study storage {mask_url(url)}: {_root_message(exc)}"
+                ) from exc
             raise
     raise AssertionError("unreachable")
 
@@ -210,15 +224,37 @@ def _root_message(exc: BaseException) -> str:
 # Storage methods retried through an outage (reads, idempotent upserts, and the few writes whose
 # retry is made safe below). Private helpers are left alone: the public call that uses them retries.
 _RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-    "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_intermediate_value",
-    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
-    "get_trial_number_from_id", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial",
-    "_get_stale_trial_ids", "check_trial_is_updatable",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "_get_stale_trial_ids",
+    "check_trial_is_updatable",
     # Optuna wraps an RDBStorage in its _CachedStorage, which calls these private methods directly.
-    "_create_new_trial", "_get_trials", "_get_best_trial_id", "_set_trial_param",
+    "_create_new_trial",
+    "_get_trials",
+    "_get_best_trial_id",
+    "_set_trial_param",
 )
 
 
@@ -236,7 +272,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     pruned. ``set_trial_state_values`` checks, before retrying, whether its first attempt landed.
     """
 
-    def __init__(self, url: str, *, reconnect_s: float = DEFAULT_RECONNECT_S, **kwargs: object) -> None:
+    def __init__(
+        self, url: str, *, reconnect_s: float = DEFAULT_RECONNECT_S, **kwargs: object
+    ) -> None:
         self._reconnect_s = float(reconnect_s)
         self._masked_url = mask_url(url)
         self._depth = threading.local()
@@ -254,7 +292,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         state.pop("_depth", None)
         return state
 
-    def _retrying(self, name: str, call: Callable[[], object], before_retry: Callable[[], object] | None = None) -> object:
+    def _retrying(
+        self,
+        name: str,
+        call: Callable[[], object],
+        before_retry: Callable[[], object] | None = None,
+    ) -> object:
         depth = getattr(self._depth, "value", 0)
         if depth:  # an outer storage call already retries: do not multiply the bound
             return call()
@@ -284,13 +327,20 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                             "so far are safe in the database; restart this process once the server is back"
                         ) from exc
                     if attempt == 1:
-                        log.warning("study storage %s: %s lost its connection (%s); reconnecting for up to %g s",
-                                    self._masked_url, name, _root_message(exc), self._reconnect_s)
+                        log.warning(
+                            "study storage %s: %s lost its connection (%s); reconnecting for up to %g s",
+                            self._masked_url,
+                            name,
+                            _root_message(exc),
+                            self._reconnect_s,
+                        )
                     time.sleep(min(left, min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())))
         finally:
             self._depth.value = 0
 
-    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState, values: Sequence[float] | None = None) -> bool:
+    def set_trial_state_values(
+        self, trial_id: int, state: optuna.trial.TrialState, values: Sequence[float] | None = None
+    ) -> bool:
         """As RDBStorage's, retried; a retry first checks whether the lost attempt already landed."""
         parent = super().set_trial_state_values
 
@@ -300,15 +350,24 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 return True
             return None
 
-        return self._retrying("set_trial_state_values", lambda: parent(trial_id, state, values), landed)  # type: ignore[return-value]
+        return self._retrying(
+            "set_trial_state_values", lambda: parent(trial_id, state, values), landed
+        )  # type: ignore[return-value]
 
     def record_heartbeat(self, trial_id: int) -> None:
         """As RDBStorage's, retried; never raises, so that Optuna's heartbeat thread lives on."""
         parent = super().record_heartbeat
         try:
             self._retrying("record_heartbeat", lambda: parent(trial_id))
-        except Exception as exc:  # the next beat tries again; the trial's own calls report the outage
-            log.warning("study storage %s: heartbeat of trial id %d not recorded: %s", self._masked_url, trial_id, exc)
+        except (
+            Exception
+        ) as exc:  # the next beat tries again; the trial's own calls report the outage
+            log.warning(
+                "study storage %s: heartbeat of trial id %d not recorded: %s",
+                self._masked_url,
+                trial_id,
+                exc,
+            )
 
 
 def _retried_method(name: str) -> Callable[..., object]:

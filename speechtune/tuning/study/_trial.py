@@ -123,13 +123,18 @@ class _SeedRun:
     values: list[float] = field(default_factory=list)
 
 
-def _halve_batch(config: Mapping[str, Any], base_flat: Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
+def _halve_batch(
+    config: Mapping[str, Any], base_flat: Mapping[str, Any]
+) -> tuple[dict[str, Any], str] | None:
     batch = int(config.get("train.batch_size", base_flat.get("train.batch_size", 16)))
     accum = int(config.get("train.grad_accum", base_flat.get("train.grad_accum", 1)))
     if batch < 2:
         return None
     new = {**config, "train.batch_size": batch // 2, "train.grad_accum": accum * 2}
-    return new, f"oom retry: train.batch_size {batch} -> {batch // 2}, train.grad_accum {accum} -> {accum * 2}"
+    return (
+        new,
+        f"oom retry: train.batch_size {batch} -> {batch // 2}, train.grad_accum {accum} -> {accum * 2}",
+    )
 
 
 class TrialRunner:
@@ -173,8 +178,15 @@ class TrialRunner:
             meter.stop()
             try:
                 trial.set_user_attr("cost", _jsonable(meter.record().as_dict()))
-            except Exception as exc:  # the record is a convenience; the trial's outcome matters more
-                log.warning("trial %d: could not record its cost: %s: %s", trial.number, type(exc).__name__, exc)
+            except (
+                Exception
+            ) as exc:  # the record is a convenience; the trial's outcome matters more
+                log.warning(
+                    "trial %d: could not record its cost: %s: %s",
+                    trial.number,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def _run_trial(self, trial: Trial) -> float | list[float]:
         config = self._sample(trial)
@@ -191,8 +203,12 @@ class TrialRunner:
         runs: list[_SeedRun] = []
         for i, seed in enumerate(seeds):
             seed_dir = trial_dir if len(seeds) == 1 else trial_dir / f"seed{seed}"
-            reporter = TrialReporter(trial, self.report_metric(trial), prune=(i == 0 and not self.multi))
-            outcome, config_used, notes = self._run_seed(objective, config, reporter, seed_dir, seed)
+            reporter = TrialReporter(
+                trial, self.report_metric(trial), prune=(i == 0 and not self.multi)
+            )
+            outcome, config_used, notes = self._run_seed(
+                objective, config, reporter, seed_dir, seed
+            )
             if notes:
                 trial.set_user_attr("oom_retry", notes)
                 trial.set_user_attr("config", _jsonable(config_used))
@@ -202,7 +218,9 @@ class TrialRunner:
                 trial.set_user_attr("history", _jsonable(outcome.history or reporter.history))
             if reporter.pruned:
                 self._record(trial, runs, status="stopped", reason=f"pruned-by-{self.pruner_name}")
-                raise optuna.TrialPruned(f"pruned-by-{self.pruner_name} at epoch {reporter.history[-1]['epoch']}")
+                raise optuna.TrialPruned(
+                    f"pruned-by-{self.pruner_name} at epoch {reporter.history[-1]['epoch']}"
+                )
             if outcome.status in FAILED_STATUSES or not outcome.ok:
                 reason = outcome.reason if not notes else f"{outcome.reason} ({notes})"
                 self._record(trial, runs, status=outcome.status, reason=reason)
@@ -212,14 +230,15 @@ class TrialRunner:
             except KeyError as exc:
                 self._record(trial, runs, status="error", reason=f"error: {exc.args[0]}")
                 raise TrialFailed(str(exc.args[0])) from None
-        reason = runs[0].outcome.reason + (f" ({trial.user_attrs['oom_retry']})" if "oom_retry" in trial.user_attrs else "")
+        reason = runs[0].outcome.reason + (
+            f" ({trial.user_attrs['oom_retry']})" if "oom_retry" in trial.user_attrs else ""
+        )
         values = self._record(trial, runs, status="complete", reason=reason)
         return values[0] if len(values) == 1 else values
 
     def report_metric(self, trial: Trial) -> str:
         """The metric reported per epoch (and judged by the pruner): the primary objective."""
         return self.obj_spec.primary_metric
-
 
     def _sample(self, trial: Trial) -> dict[str, Any]:
         from speechtune.tuning.space import ConstraintViolation
@@ -231,14 +250,24 @@ class TrialRunner:
             trial.set_user_attr("status", "stopped")
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason) from None
-        except (ValueError, ArithmeticError, TypeError, KeyError) as exc:  # e.g. a derived value dividing by zero
+        except (
+            ValueError,
+            ArithmeticError,
+            TypeError,
+            KeyError,
+        ) as exc:  # e.g. a derived value dividing by zero
             reason = f"error: sampling the config: {type(exc).__name__}: {exc}"
             trial.set_user_attr("status", "error")
             trial.set_user_attr("reason", reason)
             raise TrialFailed(reason) from None
 
     def _run_seed(
-        self, objective: Objective, config: dict[str, Any], reporter: TrialReporter, seed_dir: Path, seed: int
+        self,
+        objective: Objective,
+        config: dict[str, Any],
+        reporter: TrialReporter,
+        seed_dir: Path,
+        seed: int,
     ) -> tuple[TrialOutcome, dict[str, Any], str]:
         outcome = call_objective(objective, config, reporter, seed_dir, seed)
         if outcome.status != "oom" or not self.spec.study.oom_retry:
@@ -252,10 +281,18 @@ class TrialRunner:
         outcome = call_objective(objective, retry_config, reporter, seed_dir / "oom_retry", seed)
         return outcome, retry_config, note
 
-    def _record(self, trial: Trial, runs: list[_SeedRun], *, status: str, reason: str) -> list[float]:
+    def _record(
+        self, trial: Trial, runs: list[_SeedRun], *, status: str, reason: str
+    ) -> list[float]:
         """Write the trial's user attrs; return the mean objective value(s) over finished seeds."""
         first = runs[0].outcome
-        metrics = _mean_metrics([complete_metrics(r.outcome.metrics, r.outcome.extra) for r in runs if r.outcome.metrics])
+        metrics = _mean_metrics(
+            [
+                complete_metrics(r.outcome.metrics, r.outcome.extra)
+                for r in runs
+                if r.outcome.metrics
+            ]
+        )
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("metrics", _jsonable(metrics))
@@ -327,31 +364,53 @@ def _resume_failed_trial(trial: Trial, trial_dir: Path) -> int | None:
     source = trial.user_attrs.get("trial_dir")
     source_dir = Path(source) if source else trial_dir.parent / f"{failed:04d}"
     if not source_dir.is_dir() or source_dir.resolve() == trial_dir.resolve():
-        log.warning("trial %d retries trial %d, whose directory %s is not reachable here: starting afresh", trial.number, failed, source_dir)
+        log.warning(
+            "trial %d retries trial %d, whose directory %s is not reachable here: starting afresh",
+            trial.number,
+            failed,
+            source_dir,
+        )
         return None
     try:
         shutil.copytree(source_dir, trial_dir, dirs_exist_ok=True)
         for checkpoint in trial_dir.rglob("last.pt"):
-            (checkpoint.parent / CONTINUE_MARKER).write_text(json.dumps({"from_trial": failed, "from_dir": str(source_dir)}))
+            (checkpoint.parent / CONTINUE_MARKER).write_text(
+                json.dumps({"from_trial": failed, "from_dir": str(source_dir)})
+            )
     except OSError as exc:  # a partial copy must not stop the retry: it just starts afresh
-        log.warning("trial %d: could not copy the files of trial %d (%s): starting afresh", trial.number, failed, exc)
+        log.warning(
+            "trial %d: could not copy the files of trial %d (%s): starting afresh",
+            trial.number,
+            failed,
+            exc,
+        )
         shutil.rmtree(trial_dir, ignore_errors=True)
         return None
     log.info("trial %d resumes trial %d from %s", trial.number, failed, source_dir)
     return failed
 
 
-def sample_space(space: SearchSpace, trial: optuna.trial.BaseTrial, base_flat: Mapping[str, Any]) -> dict[str, Any]:
+def sample_space(
+    space: SearchSpace, trial: optuna.trial.BaseTrial, base_flat: Mapping[str, Any]
+) -> dict[str, Any]:
     """Sample a config; the space's own ``base`` (set by the spec loader) wins over ``base_flat``."""
     if space.base or not base_flat:
         return space.sample(trial)
     return space.sample(trial, base=base_flat)
 
 
-def call_objective(objective: Objective, config: dict[str, Any], reporter: TrialReporter, trial_dir: Path, seed: int) -> TrialOutcome:
+def call_objective(
+    objective: Objective,
+    config: dict[str, Any],
+    reporter: TrialReporter,
+    trial_dir: Path,
+    seed: int,
+) -> TrialOutcome:
     try:
         return objective(dict(config), reporter, trial_dir, seed)
-    except Exception as exc:  # objectives should not raise; if one does, the trial fails, not the study
+    except (
+        Exception
+    ) as exc:  # objectives should not raise; if one does, the trial fails, not the study
         log.exception("objective raised in %s", trial_dir)
         return TrialOutcome("error", f"error: {type(exc).__name__}: {exc}")
 
@@ -377,7 +436,7 @@ def device_slots(objective: Objective, n_jobs: int) -> Callable[[int], Objective
     """
     if n_jobs <= 1 or not hasattr(objective, "device"):
         return None
-    device = str(getattr(objective, "device"))
+    device = str(objective.device)
     n_gpus = 0
     if device in ("auto", "cuda"):
         try:
@@ -393,7 +452,7 @@ def device_slots(objective: Objective, n_jobs: int) -> Callable[[int], Objective
             clone.device = f"cuda:{k}"
             per_gpu.append(clone)
         return lambda number: per_gpu[number % n_gpus]
-    if hasattr(objective, "num_threads") and getattr(objective, "num_threads") is None:
+    if hasattr(objective, "num_threads") and objective.num_threads is None:
         clone = copy.copy(objective)
         clone.num_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         return lambda number: clone

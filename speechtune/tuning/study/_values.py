@@ -37,7 +37,9 @@ def parse_metric_constraint(text: str) -> MetricConstraint:
     """
     match = _CONSTRAINT_RE.match(str(text))
     if match is None:
-        raise ValueError(f"objective.constraints: {text!r} must look like 'metric <= number' (or '>=')")
+        raise ValueError(
+            f"objective.constraints: {text!r} must look like 'metric <= number' (or '>=')"
+        )
     return MetricConstraint(match["lhs"], match["op"], match["rhs"], str(text))
 
 
@@ -47,7 +49,9 @@ def _operand(token: str, metrics: Mapping[str, float], text: str) -> float:
     except ValueError:
         pass
     if token not in metrics:
-        raise KeyError(f"constraint {text!r} needs metric {token!r}, which the trial did not report")
+        raise KeyError(
+            f"constraint {text!r} needs metric {token!r}, which the trial did not report"
+        )
     return float(metrics[token])
 
 

@@ -64,7 +64,9 @@ def _read_best_yaml(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"warm start: cannot read {path}: {exc}") from exc
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"warm start: {path} must hold a mapping (a best.yaml config), got {type(loaded).__name__}")
+        raise ValueError(
+            f"warm start: {path} must hold a mapping (a best.yaml config), got {type(loaded).__name__}"
+        )
     return flatten(loaded)
 
 
@@ -80,13 +82,19 @@ def _study_configs(path: Path, top_k: int) -> tuple[list[dict[str, Any]], str]:
         raise ValueError(f"warm start: cannot read a study from {path}: {exc}") from exc
     fidelity = study.user_attrs.get("fidelity")
     where = ""
-    if isinstance(fidelity, Mapping) and isinstance(fidelity.get("rungs"), list) and fidelity["rungs"]:
+    if (
+        isinstance(fidelity, Mapping)
+        and isinstance(fidelity.get("rungs"), list)
+        and fidelity["rungs"]
+    ):
         # Values at a lower rung are not comparable with full-fidelity ones (see the contract).
         top = len(fidelity["rungs"]) - 1
         ranked = [t for t in ranked if t.user_attrs.get("rung") == top]
         where = f" at the top rung {top}"
     if not ranked:
-        raise ValueError(f"warm start: study {study.study_name!r} in {path} has no complete trial{where}")
+        raise ValueError(
+            f"warm start: study {study.study_name!r} in {path} has no complete trial{where}"
+        )
     chosen = ranked[:top_k]
     # The recorded config holds what was trained (repairs included); params fill any gap.
     configs = [{**t.params, **trial_config(t)} for t in chosen]
@@ -94,7 +102,9 @@ def _study_configs(path: Path, top_k: int) -> tuple[list[dict[str, Any]], str]:
     return configs, source
 
 
-def load_warm_start(path: str | Path, space: SearchSpace, top_k: int = 3, width: float = 0.1) -> WarmStart:
+def load_warm_start(
+    path: str | Path, space: SearchSpace, top_k: int = 3, width: float = 0.1
+) -> WarmStart:
     """Configs and priors for ``space`` from an earlier run.
 
     Args:
@@ -118,11 +128,19 @@ def load_warm_start(path: str | Path, space: SearchSpace, top_k: int = 3, width:
     """
     if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
         raise ValueError(f"load_warm_start: top_k must be an int >= 1 (got {top_k!r})")
-    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width <= MAX_PRIOR_WIDTH):
-        raise ValueError(f"load_warm_start: width must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {width!r})")
+    if not (
+        isinstance(width, (int, float))
+        and not isinstance(width, bool)
+        and 0 < width <= MAX_PRIOR_WIDTH
+    ):
+        raise ValueError(
+            f"load_warm_start: width must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {width!r})"
+        )
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"warm start: {path} does not exist; expected a run directory or a best.yaml file")
+        raise ValueError(
+            f"warm start: {path} does not exist; expected a run directory or a best.yaml file"
+        )
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         sources, source = [_read_best_yaml(path)], str(path)
     else:
@@ -135,7 +153,9 @@ def load_warm_start(path: str | Path, space: SearchSpace, top_k: int = 3, width:
             configs.append(params)
     if not configs:
         tunable = ", ".join(space.tunable_names()) or "none"
-        raise ValueError(f"warm start: nothing in {path} is a tunable param of the search space (tunable: {tunable})")
+        raise ValueError(
+            f"warm start: nothing in {path} is a tunable param of the search space (tunable: {tunable})"
+        )
     best = configs[0]
     priors: dict[str, Prior] = {}
     for name, raw in best.items():

@@ -36,7 +36,12 @@ ROOT = REPO
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
 
 
 def _wait_for(path: Path, timeout_s: float = 30.0) -> None:
@@ -75,7 +80,16 @@ def test_two_slots_four_processes_never_more_than_two_holders(tmp_path: Path) ->
     start_at = time.time() + 3.0  # after the four interpreters have imported speechtune
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, str(lock_dir), str(tmp_path / f"p{i}.json"), str(start_at), "0.25", "3"],
+            [
+                sys.executable,
+                "-c",
+                _HOLDER,
+                str(lock_dir),
+                str(tmp_path / f"p{i}.json"),
+                str(start_at),
+                "0.25",
+                "3",
+            ],
             env=_env(),
         )
         for i in range(4)
@@ -88,10 +102,15 @@ def test_two_slots_four_processes_never_more_than_two_holders(tmp_path: Path) ->
                 p.kill()
                 p.wait(timeout=10)
     assert codes == [0, 0, 0, 0]
-    intervals = [tuple(row) for i in range(4) for row in json.loads((tmp_path / f"p{i}.json").read_text())]
+    intervals = [
+        tuple(row) for i in range(4) for row in json.loads((tmp_path / f"p{i}.json").read_text())
+    ]
     assert len(intervals) == 12
     # Sweep over start/end events: the number of holders at any instant.
-    events = sorted([(t0, 1) for t0, _, _ in intervals] + [(t1, -1) for _, t1, _ in intervals], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(t0, 1) for t0, _, _ in intervals] + [(t1, -1) for _, t1, _ in intervals],
+        key=lambda e: (e[0], e[1]),
+    )
     holders, most = 0, 0
     for _, delta in events:
         holders += delta
@@ -100,7 +119,9 @@ def test_two_slots_four_processes_never_more_than_two_holders(tmp_path: Path) ->
     # The same slot is never held by two processes at once.
     for slot in (0, 1):
         spans = sorted((t0, t1) for t0, t1, s in intervals if s == slot)
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"slot {slot} double-booked: {spans}"
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (
+            f"slot {slot} double-booked: {spans}"
+        )
     # 12 holds of 0.25 s on 2 slots need >= 1.5 s; with packing well under the 3 s of one slot.
     span = max(t1 for _, t1, _ in intervals) - min(t0 for t0, _, _ in intervals)
     assert 1.4 < span < 2.9
@@ -150,7 +171,14 @@ def test_threads_of_one_process_contend_too(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_gpu_below_the_memory_need_is_skipped(tmp_path: Path) -> None:
     free = {0: 500.0, 1: 4000.0}
-    slots = GpuSlots(tmp_path, slots_per_gpu=2, mem_per_trial_mb=1000, gpus=[0, 1], free_mb=free.get, poll_s=0.02)
+    slots = GpuSlots(
+        tmp_path,
+        slots_per_gpu=2,
+        mem_per_trial_mb=1000,
+        gpus=[0, 1],
+        free_mb=free.get,
+        poll_s=0.02,
+    )
     a, b = slots.acquire(timeout_s=1), slots.acquire(timeout_s=1)
     assert [(a.device, a.slot), (b.device, b.slot)] == [("cuda:1", 0), ("cuda:1", 1)]
     with pytest.raises(TimeoutError) as err:
@@ -180,7 +208,9 @@ def test_measured_peak_sets_the_need(tmp_path: Path) -> None:
     assert slots.need_mb() == pytest.approx(1200.0)  # largest peak x 1.2
     with slots.acquire(timeout_s=1) as lease:
         assert lease.device == "cuda:1"
-        with pytest.raises(TimeoutError, match=r"cuda:0 \(0/1 slots busy, 1100 MiB free\).*needs 1200 MiB"):
+        with pytest.raises(
+            TimeoutError, match=r"cuda:0 \(0/1 slots busy, 1100 MiB free\).*needs 1200 MiB"
+        ):
             slots.acquire(timeout_s=0.2)
 
 
@@ -188,7 +218,9 @@ def test_default_slot_counts(tmp_path: Path) -> None:
     free = {0: 4500.0, 1: None, 2: 100.0}
     by_memory = GpuSlots(tmp_path, mem_per_trial_mb=1000, gpus=[0, 1, 2], free_mb=free.get)
     assert by_memory.slots_per_gpu == {0: 4, 1: DEFAULT_SLOTS_PER_GPU, 2: 1}
-    assert GpuSlots(tmp_path, gpus=[0], free_mb=free.get).slots_per_gpu == {0: DEFAULT_SLOTS_PER_GPU}
+    assert GpuSlots(tmp_path, gpus=[0], free_mb=free.get).slots_per_gpu == {
+        0: DEFAULT_SLOTS_PER_GPU
+    }
     assert GpuSlots(tmp_path, slots_per_gpu=3, gpus=[0], free_mb=free.get).slots_per_gpu == {0: 3}
 
 
@@ -219,7 +251,12 @@ def test_monitor_without_a_driver_is_a_no_op() -> None:
     s = mon.summary()
     assert s["available"] is False
     assert "NVML" in s["reason"]
-    assert (s["samples"], s["gpu_busy_fraction"], s["gpu_mem_peak_mb"], s["per_gpu"]) == (0, None, None, {})
+    assert (s["samples"], s["gpu_busy_fraction"], s["gpu_mem_peak_mb"], s["per_gpu"]) == (
+        0,
+        None,
+        None,
+        {},
+    )
 
 
 class _FakeNvml:
@@ -253,7 +290,9 @@ class _FakeNvml:
         return SimpleNamespace(gpu=values[(self.calls[h] - 1) % len(values)])
 
     def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
-        return SimpleNamespace(used=(1000 + 100 * self.calls[h]) * 2**20, total=80000 * 2**20, free=1 * 2**20)
+        return SimpleNamespace(
+            used=(1000 + 100 * self.calls[h]) * 2**20, total=80000 * 2**20, free=1 * 2**20
+        )
 
 
 def test_monitor_summarises_samples_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,7 +325,9 @@ def test_monitor_maps_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> N
     with mon:
         pass
     s = mon.summary()
-    assert list(s["per_gpu"]) == ["0"] and s["per_gpu"]["0"]["name"] == "Fake 1"  # cuda:0 is NVML device 1
+    assert (
+        list(s["per_gpu"]) == ["0"] and s["per_gpu"]["0"]["name"] == "Fake 1"
+    )  # cuda:0 is NVML device 1
     bad = GpuMonitor(_nvml=_FakeNvml(), gpus=[3])
     with bad:  # the monitor never raises; it says why it is off
         pass
@@ -302,7 +343,9 @@ class _DeviceObjective:
         self.device = device
         self.seen: list[str] = []
 
-    def __call__(self, config: dict[str, Any], reporter: Any, trial_dir: Path, seed: int) -> TrialOutcome:
+    def __call__(
+        self, config: dict[str, Any], reporter: Any, trial_dir: Path, seed: int
+    ) -> TrialOutcome:
         self.seen.append(self.device)
         return TrialOutcome("complete", "ok", metrics={"wer": float(config["x"])})
 
@@ -323,7 +366,9 @@ def test_slotted_objective_leaves_a_device_less_objective_alone(tmp_path: Path) 
 
 
 def test_slotted_objective_runs_a_copy_on_the_leased_device(tmp_path: Path) -> None:
-    slots = GpuSlots(tmp_path / "locks", slots_per_gpu=1, gpus=[0, 1], free_mb={0: 10.0, 1: 20.0}.get)
+    slots = GpuSlots(
+        tmp_path / "locks", slots_per_gpu=1, gpus=[0, 1], free_mb={0: 10.0, 1: 20.0}.get
+    )
     inner = _DeviceObjective("auto")
     wrapped = SlottedObjective(inner, slots, acquire_timeout_s=1)
     out = wrapped({"x": 0.3}, _Reporter(), tmp_path / "t", 0)
@@ -337,9 +382,13 @@ def test_slotted_objective_runs_a_copy_on_the_leased_device(tmp_path: Path) -> N
 
 
 def test_slotted_objective_timeout_is_an_error_outcome(tmp_path: Path) -> None:
-    slots = GpuSlots(tmp_path / "locks", slots_per_gpu=1, gpus=[0], free_mb=lambda g: None, poll_s=0.02)
+    slots = GpuSlots(
+        tmp_path / "locks", slots_per_gpu=1, gpus=[0], free_mb=lambda g: None, poll_s=0.02
+    )
     with slots.acquire(timeout_s=1):
-        out = SlottedObjective(_DeviceObjective(), slots, acquire_timeout_s=0.2)({"x": 1}, _Reporter(), tmp_path, 0)
+        out = SlottedObjective(_DeviceObjective(), slots, acquire_timeout_s=0.2)(
+            {"x": 1}, _Reporter(), tmp_path, 0
+        )
     assert out.status == "error" and "no GPU slot free after 0.2 s" in out.reason
 
 
@@ -348,7 +397,13 @@ def test_slotted_objective_timeout_is_an_error_outcome(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_worker_argv_matches_the_worker_contract(tmp_path: Path) -> None:
     argv = _local_workers.worker_argv(
-        "journal:////x/j.log", "s", tmp_path, config="t.yaml", device="cuda", n_trials=8, extra_argv=["--gpu-slots", 4]
+        "journal:////x/j.log",
+        "s",
+        tmp_path,
+        config="t.yaml",
+        device="cuda",
+        n_trials=8,
+        extra_argv=["--gpu-slots", 4],
     )
     assert argv[:4] == [sys.executable, "-m", "speechtune.cli", "worker"]
     assert argv[4:] == [
@@ -357,7 +412,9 @@ def test_worker_argv_matches_the_worker_contract(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-def test_launch_local_workers_stops_every_worker_at_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_launch_local_workers_stops_every_worker_at_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Stand-in workers that ignore SIGTERM's default? No: they sleep, spawn a grandchild, and log.
     script = textwrap.dedent(
         """
@@ -368,7 +425,11 @@ def test_launch_local_workers_stops_every_worker_at_the_timeout(tmp_path: Path, 
         time.sleep(60)
         """
     )
-    monkeypatch.setattr(_local_workers, "worker_argv", lambda *a, **k: [sys.executable, "-c", script, str(tmp_path)])
+    monkeypatch.setattr(
+        _local_workers,
+        "worker_argv",
+        lambda *a, **k: [sys.executable, "-c", script, str(tmp_path)],
+    )
     t0 = time.monotonic()
     codes = _local_workers.launch_local_workers("journal:////x", "s", tmp_path, 3, timeout_s=2.0)
     assert time.monotonic() - t0 < 2.0 + _local_workers.TERMINATE_GRACE_S
@@ -409,7 +470,9 @@ def packed_objective(config: dict[str, Any], reporter: Any, trial_dir: Path) -> 
     wer = (float(config["x"]) - 0.3) ** 2 + 0.1
     reporter.report(1, wer=wer)
     Path(trial_dir).mkdir(parents=True, exist_ok=True)
-    (Path(trial_dir) / "span.json").write_text(json.dumps({"pid": os.getpid(), "start": t0, "end": time.time()}))
+    (Path(trial_dir) / "span.json").write_text(
+        json.dumps({"pid": os.getpid(), "start": t0, "end": time.time()})
+    )
     return {"wer": wer}
 
 
@@ -436,41 +499,79 @@ def test_run_packed_study_with_three_worker_processes(tmp_path: Path) -> None:
         3,
         device="cpu",
         enqueue=[{"x": 0.1}, {"x": 0.5}, {"x": 0.9}],
-        extra_argv=["--function", "tests.tuning.backends.test_gpu_packing:packed_objective", "--no-tracking", "--no-report", "--quiet"],
+        extra_argv=[
+            "--function",
+            "tests.tuning.backends.test_gpu_packing:packed_objective",
+            "--no-tracking",
+            "--no-report",
+            "--quiet",
+        ],
         timeout_s=120,
         env={"SPEECHTUNE_TEST_THREADS": "1"},
     )
-    study = run_study(spec, None, run_dir, backend=backend, n_trials=6, outputs=write_study_outputs, progress=False)
+    study = run_study(
+        spec,
+        None,
+        run_dir,
+        backend=backend,
+        n_trials=6,
+        outputs=write_study_outputs,
+        progress=False,
+    )
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert 6 <= len(done) <= 8  # the target, plus at most workers - 1 trials that were already running
+    assert (
+        6 <= len(done) <= 8
+    )  # the target, plus at most workers - 1 trials that were already running
     assert len({t.number for t in trials}) == len(trials)
     by_number = {t.number: t.params["x"] for t in done}
     assert [by_number[n] for n in (0, 1, 2)] == [0.1, 0.5, 0.9]  # the enqueued configs ran first
     spans = [json.loads((Path(t.user_attrs["trial_dir"]) / "span.json").read_text()) for t in done]
     assert len({s["pid"] for s in spans}) >= 2  # several processes ran trials...
-    overlaps = sum(a["start"] < b["end"] and b["start"] < a["end"] for i, a in enumerate(spans) for b in spans[i + 1 :])
+    overlaps = sum(
+        a["start"] < b["end"] and b["start"] < a["end"]
+        for i, a in enumerate(spans)
+        for b in spans[i + 1 :]
+    )
     assert overlaps >= 1  # ...at the same time
     # The default SQLite storage was swapped for a journal file; results and attrs are in it.
     assert (run_dir / "journal.log").is_file() and not (run_dir / "study.db").exists()
     attrs = study.user_attrs
-    assert attrs["n_workers"] == 3 and attrs["worker_exit_codes"] == [0, 0, 0] and attrs["wall_s"] > 0
+    assert (
+        attrs["n_workers"] == 3 and attrs["worker_exit_codes"] == [0, 0, 0] and attrs["wall_s"] > 0
+    )
     gpu = attrs["gpu_utilization"]
     # Recorded either way: measured where an NVIDIA driver is present, else a reason why not.
-    assert (gpu["available"] and gpu["samples"] > 0) or (gpu["available"] is False and gpu["reason"])
+    assert (gpu["available"] and gpu["samples"] > 0) or (
+        gpu["available"] is False and gpu["reason"]
+    )
     assert (run_dir / "trials.csv").is_file() and (run_dir / "best.yaml").is_file()
-    assert sorted(p.name for p in (run_dir / "workers").iterdir()) == ["worker-0.log", "worker-1.log", "worker-2.log"]
+    assert sorted(p.name for p in (run_dir / "workers").iterdir()) == [
+        "worker-0.log",
+        "worker-1.log",
+        "worker-2.log",
+    ]
 
 
 def test_run_packed_study_reports_failed_workers(tmp_path: Path) -> None:
     spec = _python_spec(tmp_path, "broken")
-    with pytest.raises(RuntimeError, match=r"2 of 2 workers exited with an error \(codes \[2, 2\]\); see .*worker-0.log"):
-        backend = PackedBackend(2, device="cpu", extra_argv=["--function", "no_such_module:fn", "--quiet"], timeout_s=60)
+    with pytest.raises(
+        RuntimeError,
+        match=r"2 of 2 workers exited with an error \(codes \[2, 2\]\); see .*worker-0.log",
+    ):
+        backend = PackedBackend(
+            2,
+            device="cpu",
+            extra_argv=["--function", "no_such_module:fn", "--quiet"],
+            timeout_s=60,
+        )
         run_study(spec, None, tmp_path / "run", backend=backend, progress=False)
     assert "no_such_module" in (tmp_path / "run" / "workers" / "worker-1.log").read_text()
 
 
-def test_corpus_manifest_rewritten_by_another_process_is_never_read_half_written(tmp_path: Path) -> None:
+def test_corpus_manifest_rewritten_by_another_process_is_never_read_half_written(
+    tmp_path: Path,
+) -> None:
     # Packed trials re-import the corpus into one shared cache (import_an4 rewrites train.jsonl
     # on every trial): a concurrent reader must see the old or the new file, never a torn one.
     from speechtune.data import load_manifest
@@ -500,4 +601,6 @@ def test_corpus_manifest_rewritten_by_another_process_is_never_read_half_written
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    assert sorted(p.name for p in target.parent.iterdir()) == ["train.jsonl"]  # no temporary files left
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "train.jsonl"
+    ]  # no temporary files left

@@ -43,20 +43,34 @@ class Curve:
 
 def _tune(run_dir: Path, fn, budget: float, **kw) -> optuna.Study:
     return speechtune.tune(
-        getattr(fn, "__call__") if isinstance(fn, Curve) else fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="hyperband", budget=budget, run_dir=run_dir, pruner="none", **kw
+        fn.__call__ if isinstance(fn, Curve) else fn,
+        SPACE,
+        fidelity={"epochs": [1, 3, 9]},
+        strategy="hyperband",
+        budget=budget,
+        run_dir=run_dir,
+        pruner="none",
+        **kw,
     )
 
 
 def _jobs(study: optuna.Study) -> list[tuple]:
     done = [t for t in study.trials if "told" in t.user_attrs]
     done.sort(key=lambda t: t.user_attrs["told"])
-    return [(t.user_attrs["config_id"], t.user_attrs["rung"], round(t.params["x"], 12), t.state.name) for t in done]
+    return [
+        (t.user_attrs["config_id"], t.user_attrs["rung"], round(t.params["x"], 12), t.state.name)
+        for t in done
+    ]
 
 
 def test_jobs_are_trials_with_records_and_promotions_continue(tmp_path: Path) -> None:
     study = _tune(tmp_path / "run", Curve(), budget=4)
     fid = study.user_attrs["fidelity"]
-    assert fid["strategy"] == "hyperband" and [r["name"] for r in fid["rungs"]] == ["epochs=1", "epochs=3", "epochs=9"]
+    assert fid["strategy"] == "hyperband" and [r["name"] for r in fid["rungs"]] == [
+        "epochs=1",
+        "epochs=3",
+        "epochs=9",
+    ]
     trials = study.trials
     assert [t.user_attrs["rung"] for t in trials[:13]] == [0] * 9 + [1] * 3 + [2]
     promoted = [t for t in trials if t.user_attrs["source"] == "promotion"]
@@ -83,12 +97,16 @@ def test_a_study_resumed_after_a_kill_makes_the_same_decisions(tmp_path: Path) -
     whole = _tune(tmp_path / "whole", Curve(), budget=5)
     with pytest.raises(KeyboardInterrupt):
         _tune(tmp_path / "killed", Curve(interrupt_at_call=11), budget=5)
-    left = optuna.load_study(study_name="speechtune", storage=f"sqlite:///{tmp_path / 'killed' / 'study.db'}")
+    left = optuna.load_study(
+        study_name="speechtune", storage=f"sqlite:///{tmp_path / 'killed' / 'study.db'}"
+    )
     assert any(t.state == TrialState.RUNNING for t in left.trials)
     resumed = _tune(tmp_path / "killed", Curve(), budget=5, resume=True)
     assert _jobs(resumed) == _jobs(whole)
     assert not any(t.state == TrialState.RUNNING for t in resumed.trials)
-    assert any(t.user_attrs.get("reason") == "interrupted: re-run on resume" for t in resumed.trials)
+    assert any(
+        t.user_attrs.get("reason") == "interrupted: re-run on resume" for t in resumed.trials
+    )
 
 
 def test_extending_the_budget_on_resume_continues_the_same_sequence(tmp_path: Path) -> None:
@@ -111,7 +129,9 @@ def test_a_failing_config_is_recorded_and_the_study_goes_on(tmp_path: Path) -> N
 
 
 def test_rung_pruner_compares_a_trial_with_its_own_rung_only() -> None:
-    study = optuna.create_study(pruner=RungPruner(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)))
+    study = optuna.create_study(
+        pruner=RungPruner(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    )
     for value in (0.1, 0.2, 0.3):
         t = study.ask()
         t.set_user_attr("rung", 0)
@@ -137,14 +157,24 @@ def test_tune_rejects_a_bad_fidelity(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="budgets for 'epochs' must increase"):
         speechtune.tune(Curve().__call__, SPACE, fidelity={"epochs": [3, 1]}, budget=2)
     with pytest.raises(ValueError, match="unknown strategy 'grid'"):
-        speechtune.tune(Curve().__call__, SPACE, fidelity={"epochs": [1, 3]}, strategy="grid", budget=2)
+        speechtune.tune(
+            Curve().__call__, SPACE, fidelity={"epochs": [1, 3]}, strategy="grid", budget=2
+        )
     with pytest.raises(ValueError, match="warm_start: .*does not exist"):
-        speechtune.tune(Curve().__call__, SPACE, fidelity={"epochs": [1, 3]}, budget=2, warm_start=tmp_path / "nope")
+        speechtune.tune(
+            Curve().__call__,
+            SPACE,
+            fidelity={"epochs": [1, 3]},
+            budget=2,
+            warm_start=tmp_path / "nope",
+        )
     with pytest.raises(ValueError, match="need a fidelity"):
         speechtune.tune(Curve().__call__, SPACE, budget=2)
 
 
-def test_recipe_study_promotes_by_continuing_from_the_checkpoint(synth_corpus, tmp_path: Path, capsys) -> None:
+def test_recipe_study_promotes_by_continuing_from_the_checkpoint(
+    synth_corpus, tmp_path: Path, capsys
+) -> None:
     from speechtune.cli import tune as tune_cli
 
     run_dir, args = _tiny_recipe_study(
@@ -156,7 +186,10 @@ def test_recipe_study_promotes_by_continuing_from_the_checkpoint(synth_corpus, t
             "strategy": "hyperband",
             "eta": 2,
             "budget": 1.5,
-            "rungs": [{"name": "e1", "overrides": {"train.epochs": 1}}, {"name": "e2", "overrides": {"train.epochs": 2}}],
+            "rungs": [
+                {"name": "e1", "overrides": {"train.epochs": 1}},
+                {"name": "e2", "overrides": {"train.epochs": 2}},
+            ],
         },
     )
     assert tune_cli.run(args) == 0
@@ -170,12 +203,16 @@ def test_recipe_study_promotes_by_continuing_from_the_checkpoint(synth_corpus, t
     parent = study.trials[promoted.user_attrs["parent_trial"]]
     assert parent.value == min(t.value for t in low)  # the better config went up
     # The cheap run followed the 2-epoch schedule it may be continued to ...
-    saved = yaml.safe_load((run_dir / "trials" / f"{parent.number:04d}" / "config.yaml").read_text())
+    saved = yaml.safe_load(
+        (run_dir / "trials" / f"{parent.number:04d}" / "config.yaml").read_text()
+    )
     assert saved["train"]["epochs"] == 1 and saved["train"]["schedule_epochs"] == 2
     # ... and the promoted trial trained only epoch 2, from the parent's checkpoint.
     assert sorted(promoted.intermediate_values) == [2]
     assert [row["epoch"] for row in promoted.user_attrs["history"]] == [1, 2]
-    assert promoted.user_attrs["history"][0]["wer"] == pytest.approx(parent.user_attrs["history"][0]["wer"], abs=0)
+    assert promoted.user_attrs["history"][0]["wer"] == pytest.approx(
+        parent.user_attrs["history"][0]["wer"], abs=0
+    )
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(promoted.params["optim.lr"])
     assert best["train"]["epochs"] == 2
@@ -186,7 +223,14 @@ def test_parallel_workers_promote_asynchronously(tmp_path: Path) -> None:
         return {"wer": (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]}
 
     study = speechtune.tune(
-        fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="asha", budget=4, run_dir=tmp_path / "run", pruner="none", n_jobs=2
+        fn,
+        SPACE,
+        fidelity={"epochs": [1, 3, 9]},
+        strategy="asha",
+        budget=4,
+        run_dir=tmp_path / "run",
+        pruner="none",
+        n_jobs=2,
     )
     trials = study.trials
     assert all(t.state == TrialState.COMPLETE for t in trials)
@@ -196,21 +240,42 @@ def test_parallel_workers_promote_asynchronously(tmp_path: Path) -> None:
     for t in trials:
         if t.user_attrs["source"] == "promotion":
             parent = study.trials[t.user_attrs["parent_trial"]]
-            assert parent.state == TrialState.COMPLETE and parent.user_attrs["config_id"] == t.user_attrs["config_id"]
-    assert 4 <= study.user_attrs["budget_used"] < 4 + 2  # two jobs may be in flight when the budget is reached
+            assert (
+                parent.state == TrialState.COMPLETE
+                and parent.user_attrs["config_id"] == t.user_attrs["config_id"]
+            )
+    assert (
+        4 <= study.user_attrs["budget_used"] < 4 + 2
+    )  # two jobs may be in flight when the budget is reached
 
 
 def test_warm_start_tries_the_previous_best_configs_first(tmp_path: Path) -> None:
     def fn(config: dict, reporter, trial_dir: Path) -> dict:
         return {"wer": (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]}
 
-    first = speechtune.tune(fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="hyperband", budget=4, run_dir=tmp_path / "a", pruner="none")
+    first = speechtune.tune(
+        fn,
+        SPACE,
+        fidelity={"epochs": [1, 3, 9]},
+        strategy="hyperband",
+        budget=4,
+        run_dir=tmp_path / "a",
+        pruner="none",
+    )
     top = sorted(
-        (t for t in first.trials if t.user_attrs["rung"] == 2 and t.state == TrialState.COMPLETE), key=lambda t: t.value
+        (t for t in first.trials if t.user_attrs["rung"] == 2 and t.state == TrialState.COMPLETE),
+        key=lambda t: t.value,
     )
     second = speechtune.tune(
-        fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="speechtune", budget=1, run_dir=tmp_path / "b", pruner="none",
-        warm_start=tmp_path / "a", seed=5,
+        fn,
+        SPACE,
+        fidelity={"epochs": [1, 3, 9]},
+        strategy="speechtune",
+        budget=1,
+        run_dir=tmp_path / "b",
+        pruner="none",
+        warm_start=tmp_path / "a",
+        seed=5,
     )
     warm = [t for t in second.trials if t.user_attrs["source"] == "warm_start"]
     assert warm and warm[0].number == 0
@@ -227,8 +292,14 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
 
     def promoted_x(rank_metric: str | None, name: str) -> list[float]:
         study = speechtune.tune(
-            fn, SPACE, fidelity={"epochs": [1, 3, 9]}, strategy="hyperband", budget=1.6, run_dir=tmp_path / name,
-            pruner="none", rank_metric=rank_metric,
+            fn,
+            SPACE,
+            fidelity={"epochs": [1, 3, 9]},
+            strategy="hyperband",
+            budget=1.6,
+            run_dir=tmp_path / name,
+            pruner="none",
+            rank_metric=rank_metric,
         )
         low = [t for t in study.trials if t.user_attrs["rung"] == 0]
         up = [t for t in study.trials if t.user_attrs["rung"] == 1]
@@ -238,7 +309,9 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
     up, best = promoted_x("dev_loss", "loss")
     assert up == best  # dev loss picked the three configs closest to the optimum
     # Below the top rung the pruner sees the rank metric too (trials compete on what promotes them).
-    study = optuna.load_study(study_name="speechtune", storage=f"sqlite:///{tmp_path / 'loss' / 'study.db'}")
+    study = optuna.load_study(
+        study_name="speechtune", storage=f"sqlite:///{tmp_path / 'loss' / 'study.db'}"
+    )
     low = next(t for t in study.trials if t.user_attrs["rung"] == 0)
     assert low.intermediate_values[1] == pytest.approx(low.user_attrs["metrics"]["dev_loss"])
     up, best = promoted_x(None, "wer")
@@ -264,7 +337,9 @@ def test_default_ladder_is_scaled_to_the_prepared_corpus(synth_corpus, tmp_path:
     assert low["train.epochs"] == 1
     assert low["data.proxy_fraction"] * n_train >= 100 - 5
     assert rungs[-1]["overrides"] == {} and len(study.trials) == 1
-    assert study.trials[0].user_attrs["config"]["data.proxy_fraction"] == low["data.proxy_fraction"]
+    assert (
+        study.trials[0].user_attrs["config"]["data.proxy_fraction"] == low["data.proxy_fraction"]
+    )
 
 
 def test_a_pruned_job_costs_only_the_epochs_it_ran(tmp_path: Path) -> None:
@@ -277,18 +352,30 @@ def test_a_pruned_job_costs_only_the_epochs_it_ran(tmp_path: Path) -> None:
         return {"wer": value}
 
     study = speechtune.tune(
-        fn, SPACE, fidelity={"epochs": [3, 27]}, eta=9, strategy="hyperband", budget=1.5, run_dir=tmp_path / "run",
+        fn,
+        SPACE,
+        fidelity={"epochs": [3, 27]},
+        eta=9,
+        strategy="hyperband",
+        budget=1.5,
+        run_dir=tmp_path / "run",
         pruner="median",
     )
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.user_attrs["rung"] == 0]
+    pruned = [
+        t for t in study.trials if t.state == TrialState.PRUNED and t.user_attrs["rung"] == 0
+    ]
     assert pruned
     for t in pruned:
         ran = max(t.intermediate_values)
         assert ran < 3 and t.user_attrs["job_cost"] == pytest.approx((3 / 27) * ran / 3)
-    assert study.user_attrs["budget_used"] == pytest.approx(sum(t.user_attrs["job_cost"] for t in study.trials))
+    assert study.user_attrs["budget_used"] == pytest.approx(
+        sum(t.user_attrs["job_cost"] for t in study.trials)
+    )
 
 
-def _tiny_recipe_study(synth_corpus, tmp_path: Path, schedule: dict, study: dict, fidelity: dict) -> tuple[Path, object]:
+def _tiny_recipe_study(
+    synth_corpus, tmp_path: Path, schedule: dict, study: dict, fidelity: dict
+) -> tuple[Path, object]:
     """A tuning YAML over a tiny LSTM recipe on a third of the session corpus, and its CLI args."""
     from speechtune.cli import build_parser
     from speechtune.data import Manifest
@@ -300,7 +387,13 @@ def _tiny_recipe_study(synth_corpus, tmp_path: Path, schedule: dict, study: dict
         "data": {"corpus": "manifest", "manifest": str(manifest), "dev_fraction": 0.25},
         "features": {"n_mels": 40},
         "specaugment": {"enabled": False},
-        "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
+        "model": {
+            "encoder": "lstm",
+            "d_model": 32,
+            "num_layers": 1,
+            "dropout": 0.0,
+            "subsampling": 4,
+        },
         "schedule": schedule,
         "train": {"epochs": 2, "batch_size": 16, "flatline_patience": 0},
     }
@@ -315,7 +408,18 @@ def _tiny_recipe_study(synth_corpus, tmp_path: Path, schedule: dict, study: dict
     (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
     run_dir = tmp_path / "runs" / study["name"]
     args = build_parser().parse_args(
-        ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir), "--device", "cpu",
-         "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-tracking"]
+        [
+            "tune",
+            "--config",
+            str(tmp_path / "tuning.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+            "--no-tracking",
+        ]
     )
     return run_dir, args

@@ -32,9 +32,9 @@ from tests.helpers.services import require_ray_tune
 require_ray_tune()
 import ray  # noqa: E402
 
-from speechtune.reports import write_study_outputs
-from speechtune.tuning.backends import run_study
-from speechtune.tuning.backends.ray import RayBackend
+from speechtune.reports import write_study_outputs  # noqa: E402
+from speechtune.tuning.backends import run_study  # noqa: E402
+from speechtune.tuning.backends.ray import RayBackend  # noqa: E402
 
 pytestmark = pytest.mark.services
 
@@ -43,7 +43,13 @@ pytestmark = pytest.mark.services
 def local_ray():
     """One local Ray for the module: 2 CPUs, and 1 GPU declared (fractional GPU requests schedule)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
@@ -65,14 +71,18 @@ def curve(config: dict, reporter) -> dict:
 def plateau_fn(config: dict, reporter) -> dict:
     """Improves for two epochs, then stays flat for the remaining eight."""
     for epoch in range(1, 11):
-        reporter.report(epoch, wer=config["x"] + (0.2 if epoch == 1 else 0.1 if epoch == 2 else 0.0))
+        reporter.report(
+            epoch, wer=config["x"] + (0.2 if epoch == 1 else 0.1 if epoch == 2 else 0.0)
+        )
     return {"wer": config["x"]}
 
 
 def gpu_fn(config: dict, reporter) -> dict:
     """Records the resources Ray gave this trial."""
     res = ray.get_runtime_context().get_assigned_resources()
-    reporter.report(1, wer=config["x"], gpu=float(res.get("GPU", 0.0)), cpu=float(res.get("CPU", 0.0)))
+    reporter.report(
+        1, wer=config["x"], gpu=float(res.get("GPU", 0.0)), cpu=float(res.get("CPU", 0.0))
+    )
     return {"wer": config["x"], "gpu": float(res.get("GPU", 0.0))}
 
 
@@ -84,7 +94,9 @@ def crash_once(config: dict, reporter, trial_dir: Path) -> dict:
     """
     log_file = Path(config["log"])
     state = trial_dir / "state.json"
-    start = json.loads(state.read_text())["epoch"] + 1 if (trial_dir / CONTINUE_MARKER).exists() else 1
+    start = (
+        json.loads(state.read_text())["epoch"] + 1 if (trial_dir / CONTINUE_MARKER).exists() else 1
+    )
     ran = []
     for epoch in range(start, 6):
         if epoch == 3 and not (log_file.parent / "crashed").exists():
@@ -105,8 +117,12 @@ SPACE = {
 }
 
 
-def _spec(ray_spec: RaySpec, n_trials: int = 4, space: dict | None = None, name: str = "ray") -> object:
-    spec = build_spec(space or SPACE, study_name=name, n_trials=n_trials, sampler="random", pruner="none", seed=0)
+def _spec(
+    ray_spec: RaySpec, n_trials: int = 4, space: dict | None = None, name: str = "ray"
+) -> object:
+    spec = build_spec(
+        space or SPACE, study_name=name, n_trials=n_trials, sampler="random", pruner="none", seed=0
+    )
     return dataclasses.replace(spec, ray=ray_spec)
 
 
@@ -115,7 +131,14 @@ def _spec(ray_spec: RaySpec, n_trials: int = 4, space: dict | None = None, name:
 # ---------------------------------------------------------------------------------------------
 def test_same_records_and_outputs_as_the_optuna_backend(tmp_path: Path) -> None:
     spec = _spec(RaySpec(max_t=4))
-    study = run_study(spec, FunctionObjective(curve), tmp_path, backend=RayBackend(), progress=False, outputs=write_study_outputs)
+    study = run_study(
+        spec,
+        FunctionObjective(curve),
+        tmp_path,
+        backend=RayBackend(),
+        progress=False,
+        outputs=write_study_outputs,
+    )
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:
@@ -126,9 +149,16 @@ def test_same_records_and_outputs_as_the_optuna_backend(tmp_path: Path) -> None:
         assert Path(a["trial_dir"]).is_dir() and a["ray_trial_id"] in a["trial_dir"]
         assert sorted(t.intermediate_values) == [1, 2, 3, 4]
         # Measured inside the trainable's process and passed back with the final report.
-        assert a["cost"]["energy_source"] == "tdp-estimate" and "basis" not in a["cost"] and a["cost"]["wall_s"] > 0
+        assert (
+            a["cost"]["energy_source"] == "tdp-estimate"
+            and "basis" not in a["cost"]
+            and a["cost"]["wall_s"] > 0
+        )
     assert study.user_attrs["cost_total"]["trials"] == 4
-    assert {t.params["kind"] for t in trials} == {"a", "b"}  # both branches of the conditional space
+    assert {t.params["kind"] for t in trials} == {
+        "a",
+        "b",
+    }  # both branches of the conditional space
     for name in ("study.db", "best.yaml", "trials.csv", "spec.yaml"):
         assert (tmp_path / name).is_file(), name
     stored = optuna.load_study(study_name="ray", storage=f"sqlite:///{tmp_path / 'study.db'}")
@@ -138,20 +168,37 @@ def test_same_records_and_outputs_as_the_optuna_backend(tmp_path: Path) -> None:
 
 
 def test_asha_stops_bad_trials(tmp_path: Path) -> None:
-    space = {"x": {"type": "float", "low": 0.0, "high": 1.0}, "epochs": {"type": "fixed", "value": 9}}
-    spec = _spec(RaySpec(scheduler="asha", grace_period=1, reduction_factor=3, max_t=9, max_concurrent_trials=2),
-                 n_trials=6, space=space, name="asha")
-    study = run_study(spec, FunctionObjective(curve_a), tmp_path, backend=RayBackend(), progress=False)
+    space = {
+        "x": {"type": "float", "low": 0.0, "high": 1.0},
+        "epochs": {"type": "fixed", "value": 9},
+    }
+    spec = _spec(
+        RaySpec(
+            scheduler="asha", grace_period=1, reduction_factor=3, max_t=9, max_concurrent_trials=2
+        ),
+        n_trials=6,
+        space=space,
+        name="asha",
+    )
+    study = run_study(
+        spec, FunctionObjective(curve_a), tmp_path, backend=RayBackend(), progress=False
+    )
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 6
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [t.user_attrs["reason"] for t in trials]
     for t in pruned:
-        assert t.user_attrs["status"] == "stopped" and t.user_attrs["reason"].startswith("pruned-by-asha")
+        assert t.user_attrs["status"] == "stopped" and t.user_attrs["reason"].startswith(
+            "pruned-by-asha"
+        )
         assert len(t.user_attrs["history"]) < 9
         # Ended by the scheduler before its final report: cost estimated from Ray's wall time.
-        assert t.user_attrs["cost"]["basis"] == "ray-wall-time" and t.user_attrs["cost"]["wall_s"] > 0
-    assert any(t.state == TrialState.COMPLETE and len(t.user_attrs["history"]) == 9 for t in trials)
+        assert (
+            t.user_attrs["cost"]["basis"] == "ray-wall-time" and t.user_attrs["cost"]["wall_s"] > 0
+        )
+    assert any(
+        t.state == TrialState.COMPLETE and len(t.user_attrs["history"]) == 9 for t in trials
+    )
     best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
     assert all(best.params["x"] <= t.params["x"] for t in pruned)
 
@@ -164,38 +211,67 @@ def test_plateau_stopper_ends_a_flat_trial_with_its_best_epoch(tmp_path: Path) -
     space = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
     stop = StopSpec(plateau=PlateauSpec(metric="wer", patience=2, min_delta=0.001))
     spec = _spec(RaySpec(max_t=10, stop=stop), n_trials=2, space=space, name="plateau")
-    study = run_study(spec, FunctionObjective(plateau_fn), tmp_path, backend=RayBackend(), progress=False)
+    study = run_study(
+        spec, FunctionObjective(plateau_fn), tmp_path, backend=RayBackend(), progress=False
+    )
     for t in study.trials:
         assert t.state == TrialState.COMPLETE, t.user_attrs["reason"]
         assert "plateau" in t.user_attrs["reason"]
-        assert [r["epoch"] for r in t.user_attrs["history"]] == [1, 2, 3, 4, 5]  # best at 3, then 2 flat epochs
+        assert [r["epoch"] for r in t.user_attrs["history"]] == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]  # best at 3, then 2 flat epochs
         assert t.values[0] == pytest.approx(t.params["x"])
 
 
 def test_compute_budget_stops_the_experiment(tmp_path: Path) -> None:
-    space = {"x": {"type": "float", "low": 0.0, "high": 1.0}, "epochs": {"type": "fixed", "value": 4},
-             "kind": {"type": "fixed", "value": "a"}}
+    space = {
+        "x": {"type": "float", "low": 0.0, "high": 1.0},
+        "epochs": {"type": "fixed", "value": 4},
+        "kind": {"type": "fixed", "value": "a"},
+    }
     stop = StopSpec(compute_budget_epochs=6)
-    spec = _spec(RaySpec(max_t=4, stop=stop, max_concurrent_trials=1), n_trials=6, space=space, name="budget")
+    spec = _spec(
+        RaySpec(max_t=4, stop=stop, max_concurrent_trials=1),
+        n_trials=6,
+        space=space,
+        name="budget",
+    )
     t0 = time.monotonic()
-    study = run_study(spec, FunctionObjective(curve), tmp_path, backend=RayBackend(), progress=False)
+    study = run_study(
+        spec, FunctionObjective(curve), tmp_path, backend=RayBackend(), progress=False
+    )
     trials = study.trials
     assert 2 <= len(trials) < 6, [t.user_attrs["reason"] for t in trials]
     assert sum(len(t.user_attrs["history"]) for t in trials) <= 6 + 1
-    assert any("compute budget of 6 epochs" in t.user_attrs["reason"] for t in trials if t.state == TrialState.PRUNED)
+    assert any(
+        "compute budget of 6 epochs" in t.user_attrs["reason"]
+        for t in trials
+        if t.state == TrialState.PRUNED
+    )
     assert time.monotonic() - t0 < 120
 
 
 def test_fractional_gpu_resources(tmp_path: Path) -> None:
     cfg = tmp_path / "tuning.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "objective": {"kind": "python"}, "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "study": {"n_trials": 4, "sampler": "random"},
-        "ray": {"resources_per_trial": {"cpu": 0.5, "gpu": 0.25}},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "objective": {"kind": "python"},
+                "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+                "study": {"n_trials": 4, "sampler": "random"},
+                "ray": {"resources_per_trial": {"cpu": 0.5, "gpu": 0.25}},
+            }
+        )
+    )
     spec = load_tuning(cfg)
     assert spec.ray.resources_per_trial == ResourcesSpec(cpu=0.5, gpu=0.25)
-    study = run_study(spec, FunctionObjective(gpu_fn), tmp_path / "run", backend=RayBackend(), progress=False)
+    study = run_study(
+        spec, FunctionObjective(gpu_fn), tmp_path / "run", backend=RayBackend(), progress=False
+    )
     assert len(study.trials) == 4
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
@@ -205,9 +281,14 @@ def test_fractional_gpu_resources(tmp_path: Path) -> None:
 
 def test_dead_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
     log_file = tmp_path / "attempts.jsonl"
-    space = {"x": {"type": "float", "low": 0.0, "high": 1.0}, "log": {"type": "fixed", "value": str(log_file)}}
+    space = {
+        "x": {"type": "float", "low": 0.0, "high": 1.0},
+        "log": {"type": "fixed", "value": str(log_file)},
+    }
     spec = _spec(RaySpec(max_t=5, max_failures=2), n_trials=1, space=space, name="retry")
-    study = run_study(spec, FunctionObjective(crash_once), tmp_path / "run", backend=RayBackend(), progress=False)
+    study = run_study(
+        spec, FunctionObjective(crash_once), tmp_path / "run", backend=RayBackend(), progress=False
+    )
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE, t.user_attrs["reason"]
     assert t.user_attrs["ray_failures"] == 1
@@ -222,15 +303,29 @@ def test_dead_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_data(synth_data: PreparedData) -> PreparedData:
-    dev = [u for g in synth_data.dev.groups for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:4]]
-    return PreparedData(train=synth_data.train[:32], dev=Manifest(dev, "dev", synth_data.dev.root), report=synth_data.report)
+    dev = [
+        u
+        for g in synth_data.dev.groups
+        for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:4]
+    ]
+    return PreparedData(
+        train=synth_data.train[:32],
+        dev=Manifest(dev, "dev", synth_data.dev.root),
+        report=synth_data.report,
+    )
 
 
-def test_pbt_exploits_a_checkpoint_and_explores_lr(tmp_path: Path, small_data: PreparedData) -> None:
+def test_pbt_exploits_a_checkpoint_and_explores_lr(
+    tmp_path: Path, small_data: PreparedData
+) -> None:
     from speechtune.config import config_to_dict
     from tests.helpers.recipes import tiny_config
 
-    base = config_to_dict(tiny_config(schedule={"name": "constant", "warmup_steps": 0}, train={"epochs": 7, "batch_size": 16}))
+    base = config_to_dict(
+        tiny_config(
+            schedule={"name": "constant", "warmup_steps": 0}, train={"epochs": 7, "batch_size": 16}
+        )
+    )
     space = {
         "optim.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
         "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
@@ -238,14 +333,27 @@ def test_pbt_exploits_a_checkpoint_and_explores_lr(tmp_path: Path, small_data: P
     # Perturbation points at epochs 2, 4 and 6 (three chances, so that async PBT on a busy 2-core
     # machine exploits at least once); the last one still leaves epoch 7 to train with the new lr.
     pbt = PbtSpec(perturbation_interval=2, quantile_fraction=0.5, resample_probability=0.0)
-    spec = _spec(RaySpec(scheduler="pbt", pbt=pbt, max_concurrent_trials=2), n_trials=2, space=space, name="pbt")
+    spec = _spec(
+        RaySpec(scheduler="pbt", pbt=pbt, max_concurrent_trials=2),
+        n_trials=2,
+        space=space,
+        name="pbt",
+    )
     spec = dataclasses.replace(spec, base_recipe=base)
-    objective = RecipeObjective(base, device="cpu", cache_dir=tmp_path / "cache", num_threads=1, data=small_data)
+    objective = RecipeObjective(
+        base, device="cpu", cache_dir=tmp_path / "cache", num_threads=1, data=small_data
+    )
     study = run_study(spec, objective, tmp_path / "run", backend=RayBackend(), progress=False)
     trials = study.trials
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials), [
-        (t.user_attrs["reason"], [r["epoch"] for r in t.user_attrs["history"]], t.user_attrs.get("continued_from"),
-         t.user_attrs["ray_failures"]) for t in trials]
+        (
+            t.user_attrs["reason"],
+            [r["epoch"] for r in t.user_attrs["history"]],
+            t.user_attrs.get("continued_from"),
+            t.user_attrs["ray_failures"],
+        )
+        for t in trials
+    ]
     exploited = [t for t in trials if (t.user_attrs.get("continued_from") or {}).get("exploited")]
     assert exploited, "PBT never exploited a donor"
     for t in exploited:

@@ -37,10 +37,30 @@ def _cli(run_dir: Path, config: Path, *extra: str) -> subprocess.Popen:
     # last snapshot is re-run anew on restore, not continued. Snapshot often, so that the trial
     # in flight at the kill is in the state restored.
     env.update(PYTHONPATH=str(REPO), SPEECHTUNE_TEST_THREADS="1", TUNE_GLOBAL_CHECKPOINT_S="0.2")
-    argv = [sys.executable, "-m", "speechtune.cli", "tune", "--config", str(config), "--backend", "ray",
-            "--run-dir", str(run_dir), "--no-tracking", "--quiet", *extra]
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "speechtune.cli",
+        "tune",
+        "--config",
+        str(config),
+        "--backend",
+        "ray",
+        "--run-dir",
+        str(run_dir),
+        "--no-tracking",
+        "--quiet",
+        *extra,
+    ]
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -53,17 +73,27 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def test_killed_driver_resumes_with_resume_flag(tmp_path: Path) -> None:
     config = tmp_path / "tuning.yaml"
-    config.write_text(yaml.safe_dump({
-        "objective": {"kind": "command"},
-        "command": {"argv": [sys.executable, str(REPO / "tests/fixtures_scripts/report_epochs.py"), "{config}"]},
-        "space": {
-            "optim.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True},
-            "train.epochs": {"type": "fixed", "value": 4},
-            "delay": {"type": "fixed", "value": 0.6},
-        },
-        "study": {"name": "killed", "n_trials": 3, "sampler": "random", "pruner": "none"},
-        "ray": {"max_concurrent_trials": 1, "checkpoint_every": 1},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "objective": {"kind": "command"},
+                "command": {
+                    "argv": [
+                        sys.executable,
+                        str(REPO / "tests/fixtures_scripts/report_epochs.py"),
+                        "{config}",
+                    ]
+                },
+                "space": {
+                    "optim.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True},
+                    "train.epochs": {"type": "fixed", "value": 4},
+                    "delay": {"type": "fixed", "value": 0.6},
+                },
+                "study": {"name": "killed", "n_trials": 3, "sampler": "random", "pruner": "none"},
+                "ray": {"max_concurrent_trials": 1, "checkpoint_every": 1},
+            }
+        )
+    )
     run_dir = tmp_path / "run"
     exp = run_dir / "ray" / "experiment"
     proc = _cli(run_dir, config)
@@ -73,8 +103,12 @@ def test_killed_driver_resumes_with_resume_flag(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
             try:
-                recorded = {t.user_attrs["ray_trial_id"] for t in optuna.load_study(
-                    study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}").trials}
+                recorded = {
+                    t.user_attrs["ray_trial_id"]
+                    for t in optuna.load_study(
+                        study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}"
+                    ).trials
+                }
             except Exception:  # no database or study yet
                 recorded = set()
             ckpts = [c.parent.name for c in exp.glob("*/checkpoint_*")] if exp.is_dir() else []
@@ -87,9 +121,13 @@ def test_killed_driver_resumes_with_resume_flag(tmp_path: Path) -> None:
             raise AssertionError("the study did not get going within 120 s")
     finally:
         _kill_group(proc)
-    before = optuna.load_study(study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}").trials
+    before = optuna.load_study(
+        study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}"
+    ).trials
     assert 1 <= len(before) < 3
-    in_flight -= {t.user_attrs["ray_trial_id"] for t in before}  # recorded in the instant before the kill
+    in_flight -= {
+        t.user_attrs["ray_trial_id"] for t in before
+    }  # recorded in the instant before the kill
     assert in_flight, "no trial was mid-run when the driver was killed"
     resumed = _cli(run_dir, config, "--resume")
     try:
@@ -98,13 +136,19 @@ def test_killed_driver_resumes_with_resume_flag(tmp_path: Path) -> None:
         if resumed.poll() is None:
             _kill_group(resumed)
     assert resumed.returncode == 0, out
-    after = optuna.load_study(study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}").trials
-    assert len(after) == 3 and all(t.state == TrialState.COMPLETE for t in after), [t.user_attrs.get("reason") for t in after]
+    after = optuna.load_study(
+        study_name="killed", storage=f"sqlite:///{run_dir / 'study.db'}"
+    ).trials
+    assert len(after) == 3 and all(t.state == TrialState.COMPLETE for t in after), [
+        t.user_attrs.get("reason") for t in after
+    ]
     for old in before:  # nothing finished is lost or re-run
         assert after[old.number].user_attrs["ray_trial_id"] == old.user_attrs["ray_trial_id"]
         assert after[old.number].values == old.values
     assert len({t.user_attrs["ray_trial_id"] for t in after}) == 3
     # Tuner.restore continued the experiment: the trial killed mid-run went on from its checkpoint.
     resumed_trials = [t for t in after if t.user_attrs["ray_trial_id"] in in_flight]
-    assert resumed_trials and all(t.user_attrs["continued_from"]["epoch"] >= 1 for t in resumed_trials)
+    assert resumed_trials and all(
+        t.user_attrs["continued_from"]["epoch"] >= 1 for t in resumed_trials
+    )
     assert (run_dir / "best.yaml").is_file() and (run_dir / "trials.csv").is_file()

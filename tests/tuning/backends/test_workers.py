@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import pytest
@@ -40,7 +40,9 @@ pytestmark = pytest.mark.services
 # refusals and flags (no database needed)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("url", ["sqlite:///study.db", "sqlite:////tmp/x.db", "journal"])
-def test_worker_refuses_sqlite_and_unshared_storage(url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_worker_refuses_sqlite_and_unshared_storage(
+    url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     rc = main(["worker", "--study", "s", "--storage", url, "--run-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2
@@ -50,19 +52,65 @@ def test_worker_refuses_sqlite_and_unshared_storage(url: str, capsys: pytest.Cap
         assert "SQLite cannot be shared" in err
 
 
-def test_worker_flag_errors_name_the_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_worker_flag_errors_name_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     url = "postgresql+psycopg://u@127.0.0.1:1/db"
-    assert main(["worker", "--study", "s", "--storage", url, "--n-trials", "0", "--run-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "worker",
+                "--study",
+                "s",
+                "--storage",
+                url,
+                "--n-trials",
+                "0",
+                "--run-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "--n-trials must be >= 1" in capsys.readouterr().err
-    assert main(["worker", "--study", "s", "--storage", url, "--heartbeat-s", "0", "--run-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "worker",
+                "--study",
+                "s",
+                "--storage",
+                url,
+                "--heartbeat-s",
+                "0",
+                "--run-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "--heartbeat-s must be >= 1" in capsys.readouterr().err
 
 
-def test_worker_on_an_unreachable_server_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_worker_on_an_unreachable_server_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from tests.helpers.pg_server import free_port
 
     url = f"postgresql+psycopg://me:secret@127.0.0.1:{free_port()}/db"
-    rc = main(["worker", "--study", "s", "--storage", url, "--run-dir", str(tmp_path), "--no-tracking", "--quiet"])
+    rc = main(
+        [
+            "worker",
+            "--study",
+            "s",
+            "--storage",
+            url,
+            "--run-dir",
+            str(tmp_path),
+            "--no-tracking",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 3
     assert "cannot connect to the study storage postgresql+psycopg://me:***@127.0.0.1" in err
@@ -91,19 +139,47 @@ def test_worker_seed_differs_per_worker_and_keeps_none() -> None:
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
 # ---------------------------------------------------------------------------------------------
-def test_tune_on_postgres_then_a_worker_joins_from_the_stored_spec(pg: PgServer, procs: Procs, tmp_path: Path) -> None:
+def test_tune_on_postgres_then_a_worker_joins_from_the_stored_spec(
+    pg: PgServer, procs: Procs, tmp_path: Path
+) -> None:
     url = pg.create_database("tune_then_worker")
     cfg = command_spec(tmp_path / "study.yaml", name="tw", n_trials=3, epochs=2, sleep_s=0.05)
-    driver = procs.start("driver", speechtune_argv(
-        "tune", "--config", str(cfg), "--storage", url, "--run-dir", str(tmp_path / "driver"), "--no-tracking", "--quiet"))
+    driver = procs.start(
+        "driver",
+        speechtune_argv(
+            "tune",
+            "--config",
+            str(cfg),
+            "--storage",
+            url,
+            "--run-dir",
+            str(tmp_path / "driver"),
+            "--no-tracking",
+            "--quiet",
+        ),
+    )
     assert procs.wait(driver, 120) == 0, procs.log(driver)[-3000:]
     assert (tmp_path / "driver" / "best.yaml").is_file()
     # A worker elsewhere (another cwd, no copy of study.yaml) takes the study to 5 trials.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    worker = procs.start("worker", speechtune_argv(
-        "worker", "--study", "tw", "--storage", url, "--run-dir", str(elsewhere / "run"), "--n-trials", "5",
-        "--no-tracking", "--quiet"), cwd=elsewhere)
+    worker = procs.start(
+        "worker",
+        speechtune_argv(
+            "worker",
+            "--study",
+            "tw",
+            "--storage",
+            url,
+            "--run-dir",
+            str(elsewhere / "run"),
+            "--n-trials",
+            "5",
+            "--no-tracking",
+            "--quiet",
+        ),
+        cwd=elsewhere,
+    )
     assert procs.wait(worker, 120) == 0, procs.log(worker)[-3000:]
     done = trials(url, "tw")
     assert [t.number for t in done] == list(range(5))
@@ -112,28 +188,50 @@ def test_tune_on_postgres_then_a_worker_joins_from_the_stored_spec(pg: PgServer,
     assert workers[:3] == [f"{os.uname().nodename}:{driver.pid}"] * 3
     assert workers[3:] == [f"{os.uname().nodename}:{worker.pid}"] * 2
     assert all(Path(t.user_attrs["trial_dir"]).is_relative_to(elsewhere) for t in done[3:])
-    assert (elsewhere / "run" / "stored_spec.yaml").is_file() and (elsewhere / "run" / "best.yaml").is_file()
+    assert (elsewhere / "run" / "stored_spec.yaml").is_file() and (
+        elsewhere / "run" / "best.yaml"
+    ).is_file()
 
 
-def test_worker_without_config_needs_an_existing_study(pg: PgServer, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_worker_without_config_needs_an_existing_study(
+    pg: PgServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     url = pg.create_database("no_study")
-    rc = main(["worker", "--study", "missing", "--storage", url, "--run-dir", str(tmp_path), "--no-tracking", "--quiet"])
+    rc = main(
+        [
+            "worker",
+            "--study",
+            "missing",
+            "--storage",
+            url,
+            "--run-dir",
+            str(tmp_path),
+            "--no-tracking",
+            "--quiet",
+        ]
+    )
     assert rc == 2
     assert "--study 'missing': no such study" in capsys.readouterr().err
 
 
-def test_stored_recipe_spec_rebuilds_without_the_drivers_files(pg: PgServer, tmp_path: Path) -> None:
+def test_stored_recipe_spec_rebuilds_without_the_drivers_files(
+    pg: PgServer, tmp_path: Path
+) -> None:
     url = pg.create_database("stored_recipe")
     recipe = tmp_path / "driver" / "recipe.yaml"
     recipe.parent.mkdir()
     recipe.write_text(yaml.safe_dump({"train": {"epochs": 2}, "model": {"d_model": 64}}))
     tuning = tmp_path / "driver" / "tuning.yaml"
-    tuning.write_text(yaml.safe_dump({
-        "recipe": "recipe.yaml",
-        "overrides": {"train.batch_size": 8},
-        "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        "study": {"name": "sr", "storage": url},
-    }))
+    tuning.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "recipe.yaml",
+                "overrides": {"train.batch_size": 8},
+                "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+                "study": {"name": "sr", "storage": url},
+            }
+        )
+    )
     spec = load_tuning(tuning)
     open_study(spec, tmp_path / "driver")
     recipe.unlink()  # the worker must not need it
@@ -150,8 +248,16 @@ def test_stored_recipe_spec_rebuilds_without_the_drivers_files(pg: PgServer, tmp
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_data(synth_data: PreparedData) -> PreparedData:
-    dev = [u for g in synth_data.dev.groups for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:4]]
-    return PreparedData(train=synth_data.train[:48], dev=Manifest(dev, "dev", synth_data.dev.root), report=synth_data.report)
+    dev = [
+        u
+        for g in synth_data.dev.groups
+        for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:4]
+    ]
+    return PreparedData(
+        train=synth_data.train[:48],
+        dev=Manifest(dev, "dev", synth_data.dev.root),
+        report=synth_data.report,
+    )
 
 
 @pytest.fixture
@@ -162,24 +268,36 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def test_retried_recipe_trial_resumes_from_the_dead_trials_checkpoint(small_data: PreparedData, tmp_path: Path, one_thread: None) -> None:
+def test_retried_recipe_trial_resumes_from_the_dead_trials_checkpoint(
+    small_data: PreparedData, tmp_path: Path, one_thread: None
+) -> None:
     lr = 0.003
     base = config_to_dict(tiny_config(train={"epochs": 2, "batch_size": 16}))
-    objective = RecipeObjective(base, device="cpu", cache_dir=tmp_path / "cache", num_threads=1, data=small_data)
+    objective = RecipeObjective(
+        base, device="cpu", cache_dir=tmp_path / "cache", num_threads=1, data=small_data
+    )
     run_dir = tmp_path / "run"
     dead_dir = run_dir / "trials" / "0000"
     # The "dead" trial: epoch 1 done and checkpointed (last.pt), then its worker is gone.
-    first = objective({"optim.lr": lr}, CallbackReporter(lambda epoch, metrics: True), dead_dir, 42)
+    first = objective(
+        {"optim.lr": lr}, CallbackReporter(lambda epoch, metrics: True), dead_dir, 42
+    )
     assert first.status == "stopped" and (dead_dir / "last.pt").is_file()
 
     space = {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
-    spec = build_spec(space, study_name="retry", n_trials=1, sampler="random", pruner="none", seeds=(42,))
+    spec = build_spec(
+        space, study_name="retry", n_trials=1, sampler="random", pruner="none", seeds=(42,)
+    )
     study = open_study(spec, run_dir)
     dist = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.FAIL, params={"optim.lr": lr}, distributions={"optim.lr": dist},
-        user_attrs={"trial_dir": str(dead_dir), "config": {"optim.lr": lr}},
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"optim.lr": lr},
+            distributions={"optim.lr": dist},
+            user_attrs={"trial_dir": str(dead_dir), "config": {"optim.lr": lr}},
+        )
+    )
     # What the heartbeat's stale-trial callback does for a dead worker's trial.
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[0])
@@ -189,7 +307,9 @@ def test_retried_recipe_trial_resumes_from_the_dead_trials_checkpoint(small_data
     assert retry.state == TrialState.COMPLETE, retry.user_attrs.get("reason")
     assert retry.params == {"optim.lr": lr}
     assert retry.user_attrs["resumed_from_trial"] == 0
-    assert list(retry.intermediate_values) == [2], "the retry re-trained epoch 1 instead of resuming"
+    assert list(retry.intermediate_values) == [2], (
+        "the retry re-trained epoch 1 instead of resuming"
+    )
     assert [row["epoch"] for row in retry.user_attrs["history"]] == [1, 2]
     new_dir = Path(retry.user_attrs["trial_dir"])
     assert new_dir == run_dir / "trials" / "0001"

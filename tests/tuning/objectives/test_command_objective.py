@@ -46,7 +46,9 @@ class Recorder:
 
 def objective(argv: list[str], base: dict | None = None, **spec_kw) -> CommandObjective:
     # PYTHONPATH makes `import speechtune` work in the child even without the editable install
-    return CommandObjective(Spec(argv, **spec_kw), base, env={"PYTHONPATH": str(REPO)}, grace_s=2.0, poll_s=0.05)
+    return CommandObjective(
+        Spec(argv, **spec_kw), base, env={"PYTHONPATH": str(REPO)}, grace_s=2.0, poll_s=0.05
+    )
 
 
 BASE = {"optim": {"lr": 0.01, "name": "adam"}, "train": {"epochs": 3}}
@@ -79,7 +81,9 @@ def _pid_alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc")
 def test_pruned_script_and_its_grandchild_are_killed(tmp_path: Path) -> None:
     base = {**BASE, "train": {"epochs": 50}, "delay": 0.3}
-    obj = objective([sys.executable, str(SCRIPTS / "report_epochs.py"), "{config}", "--spawn-sleeper"], base)
+    obj = objective(
+        [sys.executable, str(SCRIPTS / "report_epochs.py"), "{config}", "--spawn-sleeper"], base
+    )
     rec = Recorder(stop_at=2)
     t0 = time.monotonic()
     out = obj({}, rec, tmp_path / "t1", seed=0)
@@ -116,7 +120,9 @@ def test_bad_metric_regex_is_refused_up_front() -> None:
 
 
 def test_nonzero_exit_is_an_error_with_code_and_output(tmp_path: Path) -> None:
-    obj = objective([sys.executable, str(SCRIPTS / "report_epochs.py"), "{config}", "--exit-code", "3"], BASE)
+    obj = objective(
+        [sys.executable, str(SCRIPTS / "report_epochs.py"), "{config}", "--exit-code", "3"], BASE
+    )
     out = obj({}, NullReporter(), tmp_path / "t3", seed=0)
     assert out.status == "error"
     assert out.extra["exit_code"] == 3
@@ -127,7 +133,9 @@ def test_nonzero_exit_is_an_error_with_code_and_output(tmp_path: Path) -> None:
 
 def test_timeout_kills_the_command(tmp_path: Path) -> None:
     base = {**BASE, "train": {"epochs": 100}, "delay": 0.5}
-    obj = objective([sys.executable, str(SCRIPTS / "report_epochs.py"), "{config}"], base, timeout_s=1.0)
+    obj = objective(
+        [sys.executable, str(SCRIPTS / "report_epochs.py"), "{config}"], base, timeout_s=1.0
+    )
     t0 = time.monotonic()
     out = obj({}, NullReporter(), tmp_path / "t4", seed=0)
     assert out.status == "error"
@@ -137,16 +145,34 @@ def test_timeout_kills_the_command(tmp_path: Path) -> None:
 
 
 def test_silent_success_and_missing_program_are_errors(tmp_path: Path) -> None:
-    silent = objective([sys.executable, "-c", "print('done')"])({}, NullReporter(), tmp_path / "t5", seed=0)
+    silent = objective([sys.executable, "-c", "print('done')"])(
+        {}, NullReporter(), tmp_path / "t5", seed=0
+    )
     assert silent.status == "error" and "reported no metrics" in silent.reason
-    missing = objective(["/nonexistent/train-program"])({}, NullReporter(), tmp_path / "t6", seed=0)
+    missing = objective(["/nonexistent/train-program"])(
+        {}, NullReporter(), tmp_path / "t6", seed=0
+    )
     assert missing.status == "error" and "cannot start" in missing.reason
 
 
 def test_render_argv_placeholders_and_override_templates(tmp_path: Path) -> None:
-    config = {"optim.lr": 0.001, "model.encoder": "lstm", "train.bucketed": True, "data.hours": None}
+    config = {
+        "optim.lr": 0.001,
+        "model.encoder": "lstm",
+        "train.bucketed": True,
+        "data.hours": None,
+    }
     argv = render_argv(
-        ["python", "train.py", "--config", "{config}", "--out={trial_dir}/x", "--seed", "{seed}", '{"k": 1}'],
+        [
+            "python",
+            "train.py",
+            "--config",
+            "{config}",
+            "--out={trial_dir}/x",
+            "--seed",
+            "{seed}",
+            '{"k": 1}',
+        ],
         config,
         "--{key}={value}",
         config_path=tmp_path / "config.yaml",
@@ -154,19 +180,41 @@ def test_render_argv_placeholders_and_override_templates(tmp_path: Path) -> None
         seed=42,
     )
     assert argv == [
-        "python", "train.py", "--config", str(tmp_path / "config.yaml"), f"--out={tmp_path}/x", "--seed", "42",
+        "python",
+        "train.py",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        f"--out={tmp_path}/x",
+        "--seed",
+        "42",
         '{"k": 1}',  # braces other than the three placeholders are left alone
-        "--optim.lr=0.001", "--model.encoder=lstm", "--train.bucketed=true", "--data.hours=null",
+        "--optim.lr=0.001",
+        "--model.encoder=lstm",
+        "--train.bucketed=true",
+        "--data.hours=null",
     ]
-    two = render_argv(["run"], {"a.b": "x y"}, "--{key} {value}", config_path=tmp_path, trial_dir=tmp_path, seed=0)
+    two = render_argv(
+        ["run"],
+        {"a.b": "x y"},
+        "--{key} {value}",
+        config_path=tmp_path,
+        trial_dir=tmp_path,
+        seed=0,
+    )
     assert two == ["run", "--a.b", "x y"]
 
 
 def test_overrides_reach_the_child(tmp_path: Path) -> None:
-    obj = objective([sys.executable, str(SCRIPTS / "echo_args.py"), "{seed}"], overrides="{key}={value}")
+    obj = objective(
+        [sys.executable, str(SCRIPTS / "echo_args.py"), "{seed}"], overrides="{key}={value}"
+    )
     out = obj({"optim.lr": 0.25, "model.num_layers": 3}, NullReporter(), tmp_path / "t7", seed=9)
     assert out.status == "complete", out.reason
-    assert json.loads((tmp_path / "t7" / "argv.json").read_text()) == ["9", "optim.lr=0.25", "model.num_layers=3"]
+    assert json.loads((tmp_path / "t7" / "argv.json").read_text()) == [
+        "9",
+        "optim.lr=0.25",
+        "model.num_layers=3",
+    ]
 
 
 def test_reporter_exception_still_kills_the_command(tmp_path: Path) -> None:
@@ -191,7 +239,12 @@ def test_report_helper_imports_nothing_heavy() -> None:
         "assert 'torch' not in sys.modules and 'optuna' not in sys.modules and 'numpy' not in sys.modules, "
         "sorted(m for m in sys.modules if m in ('torch', 'optuna', 'numpy'))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -201,7 +254,10 @@ def test_report_appends_json_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     _report_file.report(1, wer=0.5, steps=10)
     _report_file.report(epoch=None, final=True, wer=0.4)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert rows == [{"epoch": 1, "wer": 0.5, "steps": 10}, {"epoch": None, "wer": 0.4, "final": True}]
+    assert rows == [
+        {"epoch": 1, "wer": 0.5, "steps": 10},
+        {"epoch": None, "wer": 0.4, "final": True},
+    ]
 
 
 def test_report_validates_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +273,9 @@ def test_report_validates_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert not (tmp_path / "m.jsonl").exists()
 
 
-def test_report_without_tuner_warns_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_report_without_tuner_warns_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.delenv("SPEECHTUNE_REPORT_FILE", raising=False)
     monkeypatch.setattr(_report_file, "_warned", False)
     _report_file.report(1, wer=0.5)

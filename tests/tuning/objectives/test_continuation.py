@@ -37,14 +37,26 @@ def one_thread():
 @pytest.fixture(scope="module")
 def small_data(synth_data: PreparedData) -> PreparedData:
     """A slice of the session corpus (both accent groups in dev), so that a run takes seconds."""
-    dev = [u for g in synth_data.dev.groups for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:6]]
-    return PreparedData(train=synth_data.train[:64], dev=Manifest(dev, "dev", synth_data.dev.root), report=synth_data.report)
+    dev = [
+        u
+        for g in synth_data.dev.groups
+        for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:6]
+    ]
+    return PreparedData(
+        train=synth_data.train[:64],
+        dev=Manifest(dev, "dev", synth_data.dev.root),
+        report=synth_data.report,
+    )
 
 
 @pytest.fixture(scope="module")
 def straight(small_data: PreparedData, tmp_path_factory: pytest.TempPathFactory):
     """Three epochs in one run: what every continuation below must reproduce."""
-    return train(_config(epochs=3, schedule_epochs=3), run_options(tmp_path_factory.mktemp("straight")), data=small_data)
+    return train(
+        _config(epochs=3, schedule_epochs=3),
+        run_options(tmp_path_factory.mktemp("straight")),
+        data=small_data,
+    )
 
 
 def _config(**train_keys: object):
@@ -65,18 +77,29 @@ def _assert_same_rows(a: list[dict], b: list[dict]) -> None:
             assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["epoch"], key)
 
 
-def test_one_epoch_then_continue_equals_three_straight(small_data: PreparedData, straight, tmp_path: Path) -> None:
+def test_one_epoch_then_continue_equals_three_straight(
+    small_data: PreparedData, straight, tmp_path: Path
+) -> None:
     assert straight.status == "complete", straight.reason
-    first = train(_config(epochs=1, schedule_epochs=3), run_options(tmp_path, "cont"), data=small_data)
+    first = train(
+        _config(epochs=1, schedule_epochs=3), run_options(tmp_path, "cont"), data=small_data
+    )
     assert first.status == "complete" and [r["epoch"] for r in first.history] == [1]
     seen: list[int] = []
     reporter = CallbackReporter(lambda epoch, metrics: bool(seen.append(epoch)))
-    resumed = train(_config(epochs=3, schedule_epochs=3), run_options(tmp_path, "cont", resume=True), reporter, data=small_data)
+    resumed = train(
+        _config(epochs=3, schedule_epochs=3),
+        run_options(tmp_path, "cont", resume=True),
+        reporter,
+        data=small_data,
+    )
     assert resumed.status == "complete", resumed.reason
     assert seen == [2, 3]  # only the new epochs are reported
     _assert_same_rows(straight.history, resumed.history)
     for key in ("wer", "cer", "worst_group_wer", "dev_loss", "best_epoch", "epochs_run"):
-        assert resumed.metrics[key] == pytest.approx(straight.metrics[key], rel=1e-6, abs=1e-9), key
+        assert resumed.metrics[key] == pytest.approx(straight.metrics[key], rel=1e-6, abs=1e-9), (
+            key
+        )
     assert resumed.metrics["epochs_run"] == 3
     assert "epochs: 3" in (tmp_path / "cont" / "config.yaml").read_text()
     assert len(json.loads((tmp_path / "cont" / "history.json").read_text())) == 3
@@ -100,7 +123,11 @@ def test_a_changed_lr_still_refuses_to_resume(small_data: PreparedData, tmp_path
     "saved,now,ok",
     [
         ({"epochs": 1, "schedule_epochs": 3}, {"epochs": 3, "schedule_epochs": 3}, True),
-        ({"epochs": 1, "schedule_epochs": 3}, {"epochs": 3}, True),  # same horizon, spelt differently
+        (
+            {"epochs": 1, "schedule_epochs": 3},
+            {"epochs": 3},
+            True,
+        ),  # same horizon, spelt differently
         ({"epochs": 2}, {"epochs": 2, "schedule_epochs": 2}, True),
         ({"epochs": 1}, {"epochs": 3}, True),  # allowed, with a warning (the horizon moves)
         ({"epochs": 3}, {"epochs": 1}, False),  # fewer epochs is not a continuation
@@ -108,7 +135,9 @@ def test_a_changed_lr_still_refuses_to_resume(small_data: PreparedData, tmp_path
         ({"epochs": 1}, {"epochs": 3, "batch_size": 8}, False),
     ],
 )
-def test_resume_check_accepts_only_more_epochs(tmp_path: Path, saved: dict, now: dict, ok: bool) -> None:
+def test_resume_check_accepts_only_more_epochs(
+    tmp_path: Path, saved: dict, now: dict, ok: bool
+) -> None:
     dump_config(tiny_config(train=saved), tmp_path / "config.yaml")
     cfg = tiny_config(train=now)
     if ok:
@@ -120,7 +149,9 @@ def test_resume_check_accepts_only_more_epochs(tmp_path: Path, saved: dict, now:
         assert any(f"train.{k}" in str(info.value) for k in changed)
 
 
-def test_resume_check_warns_when_the_horizon_moves(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_resume_check_warns_when_the_horizon_moves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dump_config(tiny_config(train={"epochs": 1}), tmp_path / "config.yaml")
     with caplog.at_level(logging.WARNING, logger="speechtune.training._loop"):
         _check_resume_config(tiny_config(train={"epochs": 3}), tmp_path / "config.yaml")
@@ -128,14 +159,20 @@ def test_resume_check_warns_when_the_horizon_moves(tmp_path: Path, caplog: pytes
     caplog.clear()
     dump_config(tiny_config(train={"epochs": 1, "schedule_epochs": 3}), tmp_path / "config.yaml")
     with caplog.at_level(logging.WARNING, logger="speechtune.training._loop"):
-        _check_resume_config(tiny_config(train={"epochs": 3, "schedule_epochs": 3}), tmp_path / "config.yaml")
+        _check_resume_config(
+            tiny_config(train={"epochs": 3, "schedule_epochs": 3}), tmp_path / "config.yaml"
+        )
     assert caplog.text == ""
 
 
-def test_recipe_objective_continues_from_the_marker(small_data: PreparedData, straight, tmp_path: Path) -> None:
+def test_recipe_objective_continues_from_the_marker(
+    small_data: PreparedData, straight, tmp_path: Path
+) -> None:
     # The base is the straight run's recipe and seed 1 its seed, so the trials below are that run.
     base = config_to_dict(_config(epochs=1))
-    obj = RecipeObjective(base, device="cpu", cache_dir=tmp_path.parent / "shared_cache", data=small_data)
+    obj = RecipeObjective(
+        base, device="cpu", cache_dir=tmp_path.parent / "shared_cache", data=small_data
+    )
     low = {"train.epochs": 1, "train.schedule_epochs": 3}
     high = {"train.epochs": 3, "train.schedule_epochs": 3}
     parent = obj(low, CallbackReporter(lambda e, m: False), tmp_path / "t0", seed=1)

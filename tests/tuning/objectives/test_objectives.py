@@ -23,13 +23,23 @@ from tests.helpers.recipes import tiny_config
 @pytest.fixture(scope="module")
 def small_data(synth_data: PreparedData) -> PreparedData:
     """A slice of the session corpus (both accent groups in dev), so that a trial takes seconds."""
-    dev = [u for g in synth_data.dev.groups for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:12]]
-    return PreparedData(train=synth_data.train[:96], dev=Manifest(dev, "dev", synth_data.dev.root), report=synth_data.report)
+    dev = [
+        u
+        for g in synth_data.dev.groups
+        for u in synth_data.dev.filter(lambda u, g=g: u.group == g)[:12]
+    ]
+    return PreparedData(
+        train=synth_data.train[:96],
+        dev=Manifest(dev, "dev", synth_data.dev.root),
+        report=synth_data.report,
+    )
 
 
 def recipe_objective(data: PreparedData, tmp_path: Path) -> RecipeObjective:
     base = config_to_dict(tiny_config(train={"epochs": 1, "batch_size": 16}))
-    return RecipeObjective(base, device="cpu", cache_dir=tmp_path.parent / "shared_cache", data=data)
+    return RecipeObjective(
+        base, device="cpu", cache_dir=tmp_path.parent / "shared_cache", data=data
+    )
 
 
 def test_recipe_trial_pruned_after_epoch_one(small_data: PreparedData, tmp_path: Path) -> None:
@@ -49,7 +59,14 @@ def test_recipe_trial_pruned_after_epoch_one(small_data: PreparedData, tmp_path:
     assert [row["epoch"] for row in out.history] == [1]
     assert out.history[0]["wer"] == seen[0][1]["wer"]
     # stopped, yet the best epoch's model is still measured on dev
-    for key in ("wer", "cer", "worst_group_wer", "latency_ms_per_audio_s", "num_parameters", "best_epoch"):
+    for key in (
+        "wer",
+        "cer",
+        "worst_group_wer",
+        "latency_ms_per_audio_s",
+        "num_parameters",
+        "best_epoch",
+    ):
         assert isinstance(out.metrics[key], float), key
     assert out.metrics["best_epoch"] == 1.0
     assert 0.0 <= out.metrics["wer"] <= 1.5
@@ -61,9 +78,13 @@ def test_recipe_trial_pruned_after_epoch_one(small_data: PreparedData, tmp_path:
     assert "d_model: 48" in saved and "seed: 3" in saved and "epochs: 2" in saved
 
 
-def test_recipe_invalid_config_is_an_error_naming_the_key(small_data: PreparedData, tmp_path: Path) -> None:
+def test_recipe_invalid_config_is_an_error_naming_the_key(
+    small_data: PreparedData, tmp_path: Path
+) -> None:
     obj = recipe_objective(small_data, tmp_path)
-    out = obj({"model.num_layers": 0, "optim.name": "rmsprop"}, NullReporter(), tmp_path / "bad", seed=0)
+    out = obj(
+        {"model.num_layers": 0, "optim.name": "rmsprop"}, NullReporter(), tmp_path / "bad", seed=0
+    )
     assert out.status == "error"
     assert "model.num_layers" in out.reason and "optim.name" in out.reason
     assert not (tmp_path / "bad" / "model.pt").exists()
@@ -71,10 +92,14 @@ def test_recipe_invalid_config_is_an_error_naming_the_key(small_data: PreparedDa
 
 def test_recipe_unexpected_exception_is_recorded(tmp_path: Path) -> None:
     # a manifest that does not exist: the recipe raises while preparing data
-    base = config_to_dict(tiny_config(data={"corpus": "manifest", "manifest": str(tmp_path / "missing.jsonl")}))
-    out = RecipeObjective(base, device="cpu", cache_dir=tmp_path / "cache")({}, NullReporter(), tmp_path / "t", seed=0)
+    base = config_to_dict(
+        tiny_config(data={"corpus": "manifest", "manifest": str(tmp_path / "missing.jsonl")})
+    )
+    out = RecipeObjective(base, device="cpu", cache_dir=tmp_path / "cache")(
+        {}, NullReporter(), tmp_path / "t", seed=0
+    )
     assert out.status == "error"
-    assert out.reason.startswith("error: ") and ":" in out.reason[len("error: "):]
+    assert out.reason.startswith("error: ") and ":" in out.reason[len("error: ") :]
     assert "Traceback" in (tmp_path / "t" / "error.log").read_text()
 
 
@@ -100,7 +125,9 @@ def quadratic(config: dict, reporter) -> dict[str, float]:
 
 def test_function_objective_success(tmp_path: Path) -> None:
     reports: list[tuple[int, dict]] = []
-    out = FunctionObjective(quadratic)({"x": 3.0}, CallbackReporter(lambda e, m: reports.append((e, m))), tmp_path, seed=0)
+    out = FunctionObjective(quadratic)(
+        {"x": 3.0}, CallbackReporter(lambda e, m: reports.append((e, m))), tmp_path, seed=0
+    )
     assert out.status == "complete" and out.metrics == {"loss": 1.0}
     assert [r["epoch"] for r in out.history] == [1, 2, 3, 4, 5]
     assert reports[0] == (1, {"loss": 2.0})
@@ -135,7 +162,9 @@ def test_function_objective_exception_is_an_error(tmp_path: Path) -> None:
 def test_function_objective_bad_return_and_extras(tmp_path: Path) -> None:
     out = FunctionObjective(lambda config, reporter: 0.3)({}, NullReporter(), tmp_path, seed=0)
     assert out.status == "error" and "dict[str, float]" in out.reason
-    out = FunctionObjective(lambda config, reporter: {"wer": "low"})({}, NullReporter(), tmp_path, seed=0)
+    out = FunctionObjective(lambda config, reporter: {"wer": "low"})(
+        {}, NullReporter(), tmp_path, seed=0
+    )
     assert out.status == "error" and "'wer'" in out.reason
 
     def with_seed(config: dict, reporter, seed: int, trial_dir: Path) -> TrialOutcome:
@@ -153,12 +182,22 @@ def test_outcome_from_result_keeps_numbers_and_moves_the_rest(tmp_path: Path) ->
         "complete",
         "completed 2 epochs",
         history=[{"epoch": 1, "wer": 0.5}, {"epoch": 2, "wer": 0.4}],
-        metrics={"wer": 0.4, "num_parameters": 1000, "split": "dev", "group_wer": {"a": 0.3, "b": 0.5},
-                 "worst_group": "b", "examples": [{"id": "x"}]},
+        metrics={
+            "wer": 0.4,
+            "num_parameters": 1000,
+            "split": "dev",
+            "group_wer": {"a": 0.3, "b": 0.5},
+            "worst_group": "b",
+            "examples": [{"id": "x"}],
+        },
         output_dir=tmp_path,
     )
     out = outcome_from_result(result)
     assert (out.status, out.reason) == ("complete", "completed 2 epochs")
     assert out.metrics == {"wer": 0.4, "num_parameters": 1000.0}
-    assert out.extra == {"output_dir": str(tmp_path), "group_wer": {"a": 0.3, "b": 0.5}, "worst_group": "b"}
+    assert out.extra == {
+        "output_dir": str(tmp_path),
+        "group_wer": {"a": 0.3, "b": 0.5},
+        "worst_group": "b",
+    }
     assert out.history == result.history and out.history is not result.history

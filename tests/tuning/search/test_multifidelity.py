@@ -10,7 +10,10 @@ import pytest
 from speechtune.tuning.search import Fidelity, MultiFidelitySearch, Rung
 from speechtune.tuning.space import parse_space
 
-SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}, "y": {"type": "float", "low": 0.0, "high": 1.0}}
+SPACE = {
+    "x": {"type": "float", "low": 0.0, "high": 1.0},
+    "y": {"type": "float", "low": 0.0, "high": 1.0},
+}
 
 
 def _bowl(config: dict, budget: float, max_budget: float = 9.0, bias: float = 0.3) -> float:
@@ -38,7 +41,9 @@ def test_hyperband_first_bracket_is_successive_halving() -> None:
     by_rung = [sum(1 for j in first if j.rung == r) for r in range(3)]
     assert by_rung == [9, 3, 1]
     # The 3 promoted configs are the best 3 of rung 0.
-    low = sorted((search._configs[j.config_id].values[0], j.config_id) for j in first if j.rung == 0)
+    low = sorted(
+        (search._configs[j.config_id].values[0], j.config_id) for j in first if j.rung == 0
+    )
     promoted = {j.config_id for j in first if j.rung == 1}
     assert promoted == {cid for _, cid in low[:3]}
     # Promotions continue from the lower rung: they pay only the extra epochs.
@@ -135,7 +140,9 @@ def _noise_rung(config: dict, budget: float) -> float:
 
 def test_speechtune_learns_that_a_rung_ranks_badly_and_stops_relying_on_it() -> None:
     fid = Fidelity.from_budgets("epochs", [1, 3, 9], resume=False)
-    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False)
+    search = MultiFidelitySearch(
+        parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False
+    )
     jobs = _run(search, _noise_rung, 25.0)
     corr = search.rung_correlation()
     assert corr[0][1] >= 5 and corr[0][0] < 0.5
@@ -145,7 +152,7 @@ def test_speechtune_learns_that_a_rung_ranks_badly_and_stops_relying_on_it() -> 
     assert any(j.source == "probe" for j in jobs)
     # Once rung 0 is distrusted, new brackets start at rung 1 or above.
     first_distrust = next(i for i in range(len(jobs)) if jobs[i].source == "probe")
-    late = [j for j in jobs[first_distrust + 30:] if j.source not in ("probe", "promotion")]
+    late = [j for j in jobs[first_distrust + 30 :] if j.source not in ("probe", "promotion")]
     assert late and all(j.rung >= 1 for j in late)
 
 
@@ -163,7 +170,9 @@ def test_intermediate_values_give_free_rank_pairs() -> None:
     for _ in range(8):
         j = search.ask()
         assert j.rung == 2
-        search.tell(j, _bowl(j.config, 9), intermediate={0: _bowl(j.config, 1), 1: _bowl(j.config, 3)})
+        search.tell(
+            j, _bowl(j.config, 9), intermediate={0: _bowl(j.config, 1), 1: _bowl(j.config, 3)}
+        )
     corr = search.rung_correlation()
     assert corr[0][1] == 8 and corr[1][1] == 8 and corr[1][0] > 0.9
 
@@ -171,7 +180,9 @@ def test_intermediate_values_give_free_rank_pairs() -> None:
 def test_bohb_and_speechtune_use_the_model_once_a_rung_has_enough_results() -> None:
     fid = Fidelity.from_budgets("epochs", [1, 3, 9])
     for strategy in ("bohb", "speechtune"):
-        search = MultiFidelitySearch(parse_space(SPACE), fid, strategy=strategy, seed=1, use_priors=False)
+        search = MultiFidelitySearch(
+            parse_space(SPACE), fid, strategy=strategy, seed=1, use_priors=False
+        )
         jobs = _run(search, _bowl, 10.0)
         sources = [j.source for j in jobs]
         assert "model" in sources, strategy
@@ -180,7 +191,9 @@ def test_bohb_and_speechtune_use_the_model_once_a_rung_has_enough_results() -> N
 
 def _regret_after(strategy: str, seed: int, budget: float, space: dict) -> float:
     fid = Fidelity.from_budgets("epochs", [1, 3, 9])
-    search = MultiFidelitySearch(parse_space(space), fid, strategy=strategy, seed=seed, use_priors=True)
+    search = MultiFidelitySearch(
+        parse_space(space), fid, strategy=strategy, seed=seed, use_priors=True
+    )
     _run(search, _bowl, budget)
     return search.best()[1] - _bowl({"x": 0.7, "y": 0.2}, 9)
 
@@ -194,11 +207,15 @@ def test_model_based_search_beats_random_brackets() -> None:
 
 def test_ask_with_unknown_strategy_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown strategy 'bayes'.*speechtune"):
-        MultiFidelitySearch(parse_space(SPACE), Fidelity.from_budgets("epochs", [1, 3]), strategy="bayes")
+        MultiFidelitySearch(
+            parse_space(SPACE), Fidelity.from_budgets("epochs", [1, 3]), strategy="bayes"
+        )
 
 
 def test_telling_a_job_twice_is_an_error() -> None:
-    search = MultiFidelitySearch(parse_space(SPACE), Fidelity.from_budgets("epochs", [1, 3]), strategy="asha")
+    search = MultiFidelitySearch(
+        parse_space(SPACE), Fidelity.from_budgets("epochs", [1, 3]), strategy="asha"
+    )
     job = search.ask()
     search.tell(job, 1.0)
     with pytest.raises(ValueError, match="already told"):
@@ -209,11 +226,21 @@ def test_telling_a_job_twice_is_an_error() -> None:
 def _with_prior(default: tuple[float, float], width: float):
     from speechtune.tuning.space import Prior, with_priors
 
-    return with_priors(parse_space(SPACE), {"x": Prior(default[0], width), "y": Prior(default[1], width)})
+    return with_priors(
+        parse_space(SPACE), {"x": Prior(default[0], width), "y": Prior(default[1], width)}
+    )
 
 
-def _regret(space, seed: int, budget: float, use_priors: bool = True) -> tuple[float, MultiFidelitySearch, list]:
-    search = MultiFidelitySearch(space, Fidelity.from_budgets("epochs", [1, 3, 9]), strategy="speechtune", seed=seed, use_priors=use_priors)
+def _regret(
+    space, seed: int, budget: float, use_priors: bool = True
+) -> tuple[float, MultiFidelitySearch, list]:
+    search = MultiFidelitySearch(
+        space,
+        Fidelity.from_budgets("epochs", [1, 3, 9]),
+        strategy="speechtune",
+        seed=seed,
+        use_priors=use_priors,
+    )
     jobs = _run(search, _bowl, budget)
     return search.best()[1] - _bowl({"x": 0.7, "y": 0.2}, 9), search, jobs
 
@@ -231,7 +258,7 @@ def test_a_misleading_prior_is_overcome() -> None:
     baseline = [_regret(parse_space(SPACE), s, 20.0)[0] for s in range(4)]
     for regret, search, jobs in results:
         assert search._prior_score() < 0.5  # the data say the prior ranks configs backwards
-        late = [j.source for j in jobs[len(jobs) // 2:] if j.source not in ("promotion", "probe")]
+        late = [j.source for j in jobs[len(jobs) // 2 :] if j.source not in ("promotion", "probe")]
         assert late.count("prior") <= 0.1 * len(late)
     # It ends about as well as a search without the prior.
     assert np.mean([r[0] for r in results]) < 2 * np.mean(baseline) + 1e-3
@@ -239,7 +266,9 @@ def test_a_misleading_prior_is_overcome() -> None:
 
 def test_speechtune_with_several_workers_never_waits_and_never_repeats_a_job() -> None:
     fid = Fidelity.from_budgets("epochs", [1, 3, 9])
-    search = MultiFidelitySearch(parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False, n_workers=3)
+    search = MultiFidelitySearch(
+        parse_space(SPACE), fid, strategy="speechtune", seed=0, use_priors=False, n_workers=3
+    )
     running = [search.ask() for _ in range(3)]
     seen = {(j.config_id, j.rung) for j in running}
     for _ in range(60):

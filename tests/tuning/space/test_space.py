@@ -28,7 +28,9 @@ from speechtune.tuning.spec import PRESET_DIR
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _random_configs(space: SearchSpace, n: int, seed: int = 0, sampler: str = "random") -> list[dict]:
+def _random_configs(
+    space: SearchSpace, n: int, seed: int = 0, sampler: str = "random"
+) -> list[dict]:
     """Sample ``n`` configs through a real in-memory study."""
     samplers = {
         "random": optuna.samplers.RandomSampler(seed=seed),
@@ -53,7 +55,10 @@ def test_expr_evaluates_dotted_names_functions_and_logic() -> None:
     values = {"model.d_model": 144, "model.num_heads": 4, "a": 2.0, "optim.name": "sgd"}
     assert evaluate("4 * model.d_model", values) == 576
     assert evaluate("model.d_model // model.num_heads % 7", values) == 36 % 7
-    assert evaluate("-a ** 2 + max(1, a) + min(a, 3) + round(2.6) + int(3.9) + float(1)", values) == -4.0 + 2 + 2 + 3 + 3 + 1
+    assert (
+        evaluate("-a ** 2 + max(1, a) + min(a, 3) + round(2.6) + int(3.9) + float(1)", values)
+        == -4.0 + 2 + 2 + 3 + 3 + 1
+    )
     assert math.isclose(evaluate("sqrt(16) + log(a)", values), 4 + math.log(2.0))
     assert evaluate("model.d_model % model.num_heads == 0 and not a > 3", values) is True
     assert evaluate("a > 3 or optim.name == 'sgd'", values) is True
@@ -107,7 +112,13 @@ def test_shorthand_typed_fixed_and_derived_parsing() -> None:
             "model.num_layers": [2, 3, 4],
             "optim.lr": {"type": "float", "low": "1e-4", "high": 1.0e-2, "log": True},
             "model.num_heads": {"type": "categorical", "choices": [2, 4]},
-            "model.conv_kernel": {"type": "int", "low": 7, "high": 31, "step": 2, "when": {"model.encoder": "conformer"}},
+            "model.conv_kernel": {
+                "type": "int",
+                "low": 7,
+                "high": 31,
+                "step": 2,
+                "when": {"model.encoder": "conformer"},
+            },
             "optim.momentum": {"low": 0.8, "high": 0.99, "when": {"optim.name": ["sgd"]}},
             "train.batch_size": {"low": 8, "high": 32, "step": 8},
             "schedule.warmup_steps": {"derive": "4 * model.d_model"},
@@ -119,9 +130,15 @@ def test_shorthand_typed_fixed_and_derived_parsing() -> None:
     assert p["model.num_layers"] == CategoricalParam("model.num_layers", (2, 3, 4))
     assert p["optim.lr"] == FloatParam("optim.lr", 1e-4, 1e-2, log=True)  # "1e-4" read as a number
     assert p["model.num_heads"] == CategoricalParam("model.num_heads", (2, 4))
-    assert p["model.conv_kernel"] == IntParam("model.conv_kernel", 7, 31, step=2, when={"model.encoder": ["conformer"]})
-    assert p["optim.momentum"] == FloatParam("optim.momentum", 0.8, 0.99, when={"optim.name": ["sgd"]})
-    assert p["train.batch_size"] == IntParam("train.batch_size", 8, 32, step=8)  # ints => int param
+    assert p["model.conv_kernel"] == IntParam(
+        "model.conv_kernel", 7, 31, step=2, when={"model.encoder": ["conformer"]}
+    )
+    assert p["optim.momentum"] == FloatParam(
+        "optim.momentum", 0.8, 0.99, when={"optim.name": ["sgd"]}
+    )
+    assert p["train.batch_size"] == IntParam(
+        "train.batch_size", 8, 32, step=8
+    )  # ints => int param
     assert p["schedule.warmup_steps"] == DerivedParam("schedule.warmup_steps", "4 * model.d_model")
     assert p["model.dropout"] == FixedParam("model.dropout", 0.1)
     assert p["data.synthetic.accents"] == FixedParam("data.synthetic.accents", ["en-us", "en"])
@@ -154,7 +171,16 @@ def test_bad_param_specs_are_all_reported() -> None:
             constraints=["a.x +* 2"],
         )
     text = str(err.value)
-    for key in ("a.low_high", "a.log", "a.step", "a.empty", "a.type", "a.derive", "a.cycle", "constraints[0]"):
+    for key in (
+        "a.low_high",
+        "a.log",
+        "a.step",
+        "a.empty",
+        "a.type",
+        "a.derive",
+        "a.cycle",
+        "constraints[0]",
+    ):
         assert key in text, key
     assert "high: 9" in text  # the step problem suggests a fix
     assert "loguniform" in text and "float, int, categorical, fixed" in text
@@ -170,18 +196,38 @@ def test_unknown_keys_in_a_spec_are_named() -> None:
 _OPTIM = {
     "optim.name": ["adam", "adamw", "sgd"],
     "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-    "optim.beta1": {"type": "float", "low": 0.85, "high": 0.95, "when": {"optim.name": ["adam", "adamw"]}},
+    "optim.beta1": {
+        "type": "float",
+        "low": 0.85,
+        "high": 0.95,
+        "when": {"optim.name": ["adam", "adamw"]},
+    },
     "optim.momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optim.name": "sgd"}},
     # Depends on a conditional param: inactive whenever momentum is.
-    "optim.nesterov": {"type": "categorical", "choices": [True, False], "when": {"optim.momentum": [0.9]}},
+    "optim.nesterov": {
+        "type": "categorical",
+        "choices": [True, False],
+        "when": {"optim.momentum": [0.9]},
+    },
 }
 
 
 def test_conditional_params_with_fixed_trial() -> None:
     space = parse_space(_OPTIM)
-    params = {"optim.name": "sgd", "optim.lr": 1e-3, "optim.beta1": 0.9, "optim.momentum": 0.9, "optim.nesterov": True}
+    params = {
+        "optim.name": "sgd",
+        "optim.lr": 1e-3,
+        "optim.beta1": 0.9,
+        "optim.momentum": 0.9,
+        "optim.nesterov": True,
+    }
     sgd = space.sample(optuna.trial.FixedTrial(params))
-    assert sgd == {"optim.name": "sgd", "optim.lr": 1e-3, "optim.momentum": 0.9, "optim.nesterov": True}
+    assert sgd == {
+        "optim.name": "sgd",
+        "optim.lr": 1e-3,
+        "optim.momentum": 0.9,
+        "optim.nesterov": True,
+    }
     adam = space.sample(optuna.trial.FixedTrial({**params, "optim.name": "adam"}))
     assert adam == {"optim.name": "adam", "optim.lr": 1e-3, "optim.beta1": 0.9}
 
@@ -191,7 +237,13 @@ def test_conditional_params_over_random_study() -> None:
         {
             **_OPTIM,
             "model.encoder": ["conformer", "transformer", "blstm"],
-            "model.conv_kernel": {"type": "int", "low": 7, "high": 31, "step": 2, "when": {"model.encoder": "conformer"}},
+            "model.conv_kernel": {
+                "type": "int",
+                "low": 7,
+                "high": 31,
+                "step": 2,
+                "when": {"model.encoder": "conformer"},
+            },
         }
     )
     configs = _random_configs(space, 200)
@@ -208,7 +260,15 @@ def test_conditional_params_over_random_study() -> None:
 
 def test_when_reads_base_values_for_keys_outside_the_space() -> None:
     space = parse_space(
-        {"model.conv_kernel": {"type": "int", "low": 7, "high": 9, "step": 2, "when": {"model.encoder": "conformer"}}},
+        {
+            "model.conv_kernel": {
+                "type": "int",
+                "low": 7,
+                "high": 9,
+                "step": 2,
+                "when": {"model.encoder": "conformer"},
+            }
+        },
         base={"model.encoder": "blstm"},
     )
     trial = optuna.trial.FixedTrial({"model.conv_kernel": 9})
@@ -226,15 +286,27 @@ def test_derived_values_use_sampled_fixed_and_base_values() -> None:
         }
     )
     cfg = space.sample(optuna.trial.FixedTrial({"model.d_model": 144}), base={"train.epochs": 6})
-    assert cfg == {"model.d_model": 144, "ratio": 2.5, "schedule.warmup_steps": 582, "model.ff_dim": 360}
+    assert cfg == {
+        "model.d_model": 144,
+        "ratio": 2.5,
+        "schedule.warmup_steps": 582,
+        "model.ff_dim": 360,
+    }
     # Derived params come after what they read, whatever the declaration order.
     assert space.order.index("schedule.warmup_steps") > space.order.index("model.d_model")
 
 
 def test_list_choices_round_trip_through_optuna() -> None:
-    space = SearchSpace({"optim.betas": CategoricalParam("optim.betas", ([0.9, 0.98], [0.9, 0.999], "auto", None))})
+    space = SearchSpace(
+        {"optim.betas": CategoricalParam("optim.betas", ([0.9, 0.98], [0.9, 0.999], "auto", None))}
+    )
     configs = _random_configs(space, 40)
-    assert {repr(c["optim.betas"]) for c in configs} == {"[0.9, 0.98]", "[0.9, 0.999]", "'auto'", "None"}
+    assert {repr(c["optim.betas"]) for c in configs} == {
+        "[0.9, 0.98]",
+        "[0.9, 0.999]",
+        "'auto'",
+        "None",
+    }
     assert all(isinstance(c["optim.betas"], (list, str, type(None))) for c in configs)
 
 
@@ -257,15 +329,24 @@ def test_divisibility_repair_over_random_trials() -> None:
         assert cfg["model.ff_dim"] == 4 * cfg["model.d_model"]  # derived values follow the repair
         if "repaired" in trial.user_attrs:
             fix = trial.user_attrs["repaired"]["model.d_model"]
-            assert fix["repaired"] == cfg["model.d_model"] and fix["suggested"] == trial.params["model.d_model"]
-            assert abs(fix["repaired"] - fix["suggested"]) <= 12  # nearest multiple, not any multiple
+            assert (
+                fix["repaired"] == cfg["model.d_model"]
+                and fix["suggested"] == trial.params["model.d_model"]
+            )
+            assert (
+                abs(fix["repaired"] - fix["suggested"]) <= 12
+            )  # nearest multiple, not any multiple
             repaired += 1
         study.tell(trial, 0.0)
     assert repaired > 20
 
 
 def test_repair_moves_the_divisor_when_the_target_is_fixed() -> None:
-    space = parse_space({"model.num_heads": [3, 4, 5]}, ["model.d_model % model.num_heads == 0"], base={"model.d_model": 144})
+    space = parse_space(
+        {"model.num_heads": [3, 4, 5]},
+        ["model.d_model % model.num_heads == 0"],
+        base={"model.d_model": 144},
+    )
     trial = optuna.trial.FixedTrial({"model.num_heads": 5})
     assert space.sample(trial) == {"model.num_heads": 4}
 
@@ -275,7 +356,9 @@ def test_other_constraint_violations_raise() -> None:
         {"features.hop_ms": [10.0, 30.0], "features.window_ms": 25.0},
         constraints=["features.hop_ms <= features.window_ms"],
     )
-    assert space.sample(optuna.trial.FixedTrial({"features.hop_ms": 10.0}))["features.hop_ms"] == 10.0
+    assert (
+        space.sample(optuna.trial.FixedTrial({"features.hop_ms": 10.0}))["features.hop_ms"] == 10.0
+    )
     with pytest.raises(ConstraintViolation, match="hop_ms <= features.window_ms"):
         space.sample(optuna.trial.FixedTrial({"features.hop_ms": 30.0}))
     unrepairable = parse_space({"a": [7], "b": [2]}, ["a % b == 0"])
@@ -285,15 +368,24 @@ def test_other_constraint_violations_raise() -> None:
 
 def test_constraints_on_inactive_keys_do_not_apply() -> None:
     space = parse_space(
-        {"optim.name": ["adam", "sgd"], "optim.momentum": {"low": 0.8, "high": 0.99, "when": {"optim.name": "sgd"}}},
+        {
+            "optim.name": ["adam", "sgd"],
+            "optim.momentum": {"low": 0.8, "high": 0.99, "when": {"optim.name": "sgd"}},
+        },
         constraints=["optim.momentum < 0.85"],
     )
-    assert space.sample(optuna.trial.FixedTrial({"optim.name": "adam", "optim.momentum": 0.9})) == {"optim.name": "adam"}
+    assert space.sample(
+        optuna.trial.FixedTrial({"optim.name": "adam", "optim.momentum": 0.9})
+    ) == {"optim.name": "adam"}
 
 
 def test_same_seed_same_configs_other_seed_other_configs() -> None:
     space = parse_space(
-        {**_OPTIM, "model.d_model": [96, 144, 192], "model.num_layers": {"type": "int", "low": 2, "high": 6}}
+        {
+            **_OPTIM,
+            "model.d_model": [96, 144, 192],
+            "model.num_layers": {"type": "int", "low": 2, "high": 6},
+        }
     )
     for sampler in ("random", "tpe"):
         first = _random_configs(space, 12, seed=3, sampler=sampler)
@@ -325,7 +417,9 @@ def test_param_spec_round_trips_every_preset_and_kind() -> None:
     )
 
     presets = PRESET_DIR
-    spaces = [yaml.safe_load(p.read_text()).get("space", {}) for p in sorted(presets.glob("*.yaml"))]
+    spaces = [
+        yaml.safe_load(p.read_text()).get("space", {}) for p in sorted(presets.glob("*.yaml"))
+    ]
     assert spaces and all(spaces)
     extra = {
         "a.lr": FloatParam("a.lr", 1e-4, 1e-2, log=True, prior=Prior(1e-3, 0.2)),

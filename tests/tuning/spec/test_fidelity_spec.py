@@ -109,10 +109,14 @@ def test_default_ladder_drops_tuned_keys_and_collapses_equal_rungs() -> None:
         ("high", {}),
     ]
     # Tuning the data share too leaves nothing for the cheap rungs: only full fidelity stays.
-    only = default_ladder(base, 100_000, {"model.num_layers", "train.epochs", "data.proxy_fraction"})
+    only = default_ladder(
+        base, 100_000, {"model.num_layers", "train.epochs", "data.proxy_fraction"}
+    )
     assert _ladder(only) == [("high", {})] and only.rungs[0].cost == 1.0
     # A corpus under 100 utterances is used whole; with a 2-layer 1-epoch base nothing is cheaper.
-    assert _ladder(default_ladder(_base(model__num_layers=2, train__epochs=1), 80, set())) == [("high", {})]
+    assert _ladder(default_ladder(_base(model__num_layers=2, train__epochs=1), 80, set())) == [
+        ("high", {})
+    ]
     # low (3 of 4 layers) stays; medium would equal high and collapses into it.
     assert _ladder(default_ladder(_base(model__num_layers=4, train__epochs=1), 80, set())) == [
         ("low", {"model.num_layers": 3}),
@@ -125,10 +129,14 @@ def test_default_ladder_drops_tuned_keys_and_collapses_equal_rungs() -> None:
 
 def test_default_ladder_scales_a_base_proxy_and_unknown_sizes() -> None:
     # The share is relative to the base's own training set: a base proxy is scaled down.
-    halved = default_ladder(_base(data__proxy_fraction=0.5, model__num_layers=3, train__epochs=10), 100_000, set())
+    halved = default_ladder(
+        _base(data__proxy_fraction=0.5, model__num_layers=3, train__epochs=10), 100_000, set()
+    )
     assert [r.overrides.get("data.proxy_fraction") for r in halved.rungs] == [0.005, 0.05, None]
     # proxy_hours wins over proxy_fraction in prepare_data, so the hours are scaled.
-    hours = default_ladder(_base(data__proxy_hours=20.0, model__num_layers=3, train__epochs=10), 100_000, set())
+    hours = default_ladder(
+        _base(data__proxy_hours=20.0, model__num_layers=3, train__epochs=10), 100_000, set()
+    )
     assert [r.overrides.get("data.proxy_hours") for r in hours.rungs] == [0.2, 2.0, None]
     assert all("data.proxy_fraction" not in r.overrides for r in hours.rungs)
     # Unknown corpus size: the nominal shares, to be rescaled once the data exists.
@@ -137,8 +145,22 @@ def test_default_ladder_scales_a_base_proxy_and_unknown_sizes() -> None:
 
 
 def test_estimate_train_utterances() -> None:
-    assert estimate_train_utterances(_base(data__synthetic__num_utterances=600, data__dev_fraction=0.15)) == 510
-    assert estimate_train_utterances(_base(data__synthetic__num_utterances=600, data__dev_fraction=0.1, data__proxy_fraction=0.5)) == 270
+    assert (
+        estimate_train_utterances(
+            _base(data__synthetic__num_utterances=600, data__dev_fraction=0.15)
+        )
+        == 510
+    )
+    assert (
+        estimate_train_utterances(
+            _base(
+                data__synthetic__num_utterances=600,
+                data__dev_fraction=0.1,
+                data__proxy_fraction=0.5,
+            )
+        )
+        == 270
+    )
     assert estimate_train_utterances(_base(data__corpus="an4", data__root="/x")) is None
     assert estimate_train_utterances(_base(data__proxy_hours=1.0)) is None
 
@@ -146,14 +168,23 @@ def test_estimate_train_utterances() -> None:
 def test_estimate_cost_multiplies_data_epochs_and_model_size() -> None:
     base = _base(train__epochs=4, model__num_layers=4, model__d_model=128)
     assert estimate_cost(base, {}) == 1.0
-    over = {"data.proxy_fraction": 0.5, "train.epochs": 2, "model.num_layers": 2, "model.d_model": 64}
+    over = {
+        "data.proxy_fraction": 0.5,
+        "train.epochs": 2,
+        "model.num_layers": 2,
+        "model.d_model": 64,
+    }
     assert estimate_cost(base, over) == pytest.approx(0.5 * 0.5 * 0.5 * 0.25)
     assert estimate_cost(base, {"model.d_model": 256}) == pytest.approx(4.0)
     assert estimate_cost(base, {"optim.lr": 0.1, "train.batch_size": 4}) == 1.0  # not modelled
     # Hours against the corpus' hours when known; two hour figures compare directly.
     assert estimate_cost(base, {"data.proxy_hours": 2.5}, corpus_hours=10.0) == pytest.approx(0.25)
-    assert estimate_cost({**base, "data.proxy_hours": 8.0}, {"data.proxy_hours": 2.0}) == pytest.approx(0.25)
-    assert estimate_cost(base, {"data.proxy_hours": 2.5}) == 1.0  # corpus size unknown: not comparable
+    assert estimate_cost(
+        {**base, "data.proxy_hours": 8.0}, {"data.proxy_hours": 2.0}
+    ) == pytest.approx(0.25)
+    assert (
+        estimate_cost(base, {"data.proxy_hours": 2.5}) == 1.0
+    )  # corpus size unknown: not comparable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,14 +201,24 @@ def test_fidelity_section_defaults_to_the_scaled_ladder(tmp_path: Path) -> None:
         {
             "recipe": RECIPE,
             "overrides": {"train.epochs": 8},
-            "space": {"model.num_layers": [2, 3], "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            "space": {
+                "model.num_layers": [2, 3],
+                "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            },
             "fidelity": {"budget": 12},
         },
     )
     spec = load_tuning(path)
     fs = spec.fidelity
     assert isinstance(fs, FidelitySpec)
-    assert (fs.strategy, fs.eta, fs.budget, fs.priors, fs.warm_start, fs.warm_start_top_k) == ("speechtune", 3, 12.0, True, None, 3)
+    assert (fs.strategy, fs.eta, fs.budget, fs.priors, fs.warm_start, fs.warm_start_top_k) == (
+        "speechtune",
+        3,
+        12.0,
+        True,
+        None,
+        3,
+    )
     # synthetic.yaml: 600 utterances, dev 15% -> 510 training utterances; the space tunes the layers
     assert fs.default_rungs and fs.n_train == 510
     assert _ladder(fs.fidelity) == [
@@ -201,8 +242,15 @@ def test_explicit_rungs_flatten_estimate_and_keep_given_costs(tmp_path: Path) ->
                 "strategy": "hyperband",
                 "eta": 2,
                 "rungs": [
-                    {"name": "low", "overrides": {"data": {"proxy_fraction": 0.05}, "train.epochs": 2}},
-                    {"name": "medium", "overrides": {"data.proxy_fraction": 0.3, "train.epochs": 4}, "cost": 0.2},
+                    {
+                        "name": "low",
+                        "overrides": {"data": {"proxy_fraction": 0.05}, "train.epochs": 2},
+                    },
+                    {
+                        "name": "medium",
+                        "overrides": {"data.proxy_fraction": 0.3, "train.epochs": 4},
+                        "cost": 0.2,
+                    },
                     {"name": "high", "overrides": {}},
                 ],
             },
@@ -221,7 +269,10 @@ def test_explicit_rungs_flatten_estimate_and_keep_given_costs(tmp_path: Path) ->
 
 def test_epoch_ladder_continues(tmp_path: Path) -> None:
     rungs = [{"name": f"e{e}", "overrides": {"train.epochs": e}} for e in (1, 3, 9)]
-    path = _write(tmp_path, {"recipe": RECIPE, "space": {"model.d_model": [96, 144]}, "fidelity": {"rungs": rungs}})
+    path = _write(
+        tmp_path,
+        {"recipe": RECIPE, "space": {"model.d_model": [96, 144]}, "fidelity": {"rungs": rungs}},
+    )
     fid = load_tuning(path).fidelity.fidelity
     assert [r.cost for r in fid.rungs] == pytest.approx([1 / 9, 3 / 9, 1.0])
     assert fid.continues(0, 1) and fid.continues(1, 2) and fid.continues(0, 2)
@@ -264,7 +315,10 @@ def test_every_fidelity_problem_is_reported_at_once(tmp_path: Path) -> None:
         "fidelity.rungs[2].cots",
         "fidelity.rungs[2]",
     ]
-    assert "valid strategies: random, hyperband, asha, bohb, speechtune" in by_key["fidelity.strategy"].rule
+    assert (
+        "valid strategies: random, hyperband, asha, bohb, speechtune"
+        in by_key["fidelity.strategy"].rule
+    )
     assert "did you mean: warm_start" in by_key["fidelity.warmstart"].rule
     assert "did you mean: train.epochs" in by_key["fidelity.rungs[1].overrides.train.epoch"].rule
     assert "search space" in by_key["fidelity.rungs[0].overrides.model.num_layers"].rule
@@ -279,16 +333,29 @@ def test_every_fidelity_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_rung_shape_problems(tmp_path: Path) -> None:
     def keys(fidelity: Any) -> list[str]:
-        return [p.key for p in validate_tuning(_write(tmp_path, {"recipe": RECIPE, "fidelity": fidelity}))]
+        return [
+            p.key
+            for p in validate_tuning(_write(tmp_path, {"recipe": RECIPE, "fidelity": fidelity}))
+        ]
 
     assert keys([1, 2]) == ["fidelity"]
     assert keys({"rungs": []}) == ["fidelity.rungs"]
-    assert keys({"rungs": ["low", {"overrides": {}}]}) == ["fidelity.rungs[0]", "fidelity.rungs[1].name"]
-    same = [{"name": "a", "overrides": {"train.epochs": 2}}, {"name": "b", "overrides": {"train.epochs": 2}}]
+    assert keys({"rungs": ["low", {"overrides": {}}]}) == [
+        "fidelity.rungs[0]",
+        "fidelity.rungs[1].name",
+    ]
+    same = [
+        {"name": "a", "overrides": {"train.epochs": 2}},
+        {"name": "b", "overrides": {"train.epochs": 2}},
+    ]
     assert keys({"rungs": same}) == ["fidelity.rungs[1].overrides"]
     costs = [{"name": "a", "overrides": {"train.epochs": 2}, "cost": -1}, {"name": "b", "cost": 2}]
     assert keys({"rungs": costs}) == ["fidelity.rungs[0].cost", "fidelity.rungs[1].cost"]
-    explicit_order = [{"name": "a", "overrides": {"train.epochs": 2}, "cost": 0.5}, {"name": "b", "overrides": {"train.epochs": 3}, "cost": 0.4}, {"name": "c"}]
+    explicit_order = [
+        {"name": "a", "overrides": {"train.epochs": 2}, "cost": 0.5},
+        {"name": "b", "overrides": {"train.epochs": 3}, "cost": 0.4},
+        {"name": "c"},
+    ]
     assert keys({"rungs": explicit_order}) == ["fidelity.rungs[1]"]
 
 
@@ -296,7 +363,17 @@ def test_warm_start_is_resolved_against_the_tuning_file(tmp_path: Path) -> None:
     previous = tmp_path / "runs" / "old"
     previous.mkdir(parents=True)
     (previous / "best.yaml").write_text("model: {d_model: 96}\n")
-    path = _write(tmp_path, {"recipe": RECIPE, "fidelity": {"warm_start": "runs/old/best.yaml", "warm_start_top_k": 5, "priors": False}})
+    path = _write(
+        tmp_path,
+        {
+            "recipe": RECIPE,
+            "fidelity": {
+                "warm_start": "runs/old/best.yaml",
+                "warm_start_top_k": 5,
+                "priors": False,
+            },
+        },
+    )
     spec = load_tuning(path)
     assert spec.fidelity.warm_start == (previous / "best.yaml").resolve()
     assert spec.fidelity.warm_start_top_k == 5 and spec.fidelity.priors is False
@@ -304,7 +381,10 @@ def test_warm_start_is_resolved_against_the_tuning_file(tmp_path: Path) -> None:
     assert spec.raw["fidelity"]["warm_start"] == str((previous / "best.yaml").resolve())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    assert load_tuning(_write(elsewhere, dict(spec.raw, recipe=RECIPE))).fidelity.warm_start == spec.fidelity.warm_start
+    assert (
+        load_tuning(_write(elsewhere, dict(spec.raw, recipe=RECIPE))).fidelity.warm_start
+        == spec.fidelity.warm_start
+    )
 
 
 def test_other_corpora_get_nominal_shares_until_the_size_is_known(tmp_path: Path) -> None:
@@ -312,7 +392,11 @@ def test_other_corpora_get_nominal_shares_until_the_size_is_known(tmp_path: Path
         tmp_path,
         {
             "recipe": RECIPE,
-            "overrides": {"data.corpus": "manifest", "data.manifest": "train.jsonl", "train.epochs": 8},
+            "overrides": {
+                "data.corpus": "manifest",
+                "data.manifest": "train.jsonl",
+                "train.epochs": 8,
+            },
             "fidelity": {},
         },
     )
@@ -322,7 +406,11 @@ def test_other_corpora_get_nominal_shares_until_the_size_is_known(tmp_path: Path
     assert [r.overrides.get("data.proxy_fraction") for r in fs.fidelity.rungs] == [0.01, 0.1, None]
     sized = fs.with_corpus_size(flatten(spec.base_recipe), 948, set(spec.space.params))
     assert sized.n_train == 948 and sized.budget == fs.budget
-    assert [r.overrides.get("data.proxy_fraction") for r in sized.fidelity.rungs] == [0.106, 0.106, None]
+    assert [r.overrides.get("data.proxy_fraction") for r in sized.fidelity.rungs] == [
+        0.106,
+        0.106,
+        None,
+    ]
 
 
 def test_command_objectives_must_give_rungs_and_costs(tmp_path: Path) -> None:
@@ -332,9 +420,16 @@ def test_command_objectives_must_give_rungs_and_costs(tmp_path: Path) -> None:
         "objective": {"kind": "command", "metric": "cer"},
         "command": {"argv": ["python", "train.py", "{config}"]},
     }
-    assert [p.key for p in validate_tuning(_write(tmp_path, {**common, "fidelity": {}}))] == ["fidelity.rungs"]
-    rungs = [{"name": "short", "overrides": {"trainer.max_epochs": 3}}, {"name": "full", "overrides": {"trainer.max_epochs": 30}}]
-    assert [p.key for p in validate_tuning(_write(tmp_path, {**common, "fidelity": {"rungs": rungs}}))] == ["fidelity.rungs[0].cost"]
+    assert [p.key for p in validate_tuning(_write(tmp_path, {**common, "fidelity": {}}))] == [
+        "fidelity.rungs"
+    ]
+    rungs = [
+        {"name": "short", "overrides": {"trainer.max_epochs": 3}},
+        {"name": "full", "overrides": {"trainer.max_epochs": 30}},
+    ]
+    assert [
+        p.key for p in validate_tuning(_write(tmp_path, {**common, "fidelity": {"rungs": rungs}}))
+    ] == ["fidelity.rungs[0].cost"]
     rungs[0]["cost"] = 0.1
     fs = load_tuning(_write(tmp_path, {**common, "fidelity": {"rungs": rungs}})).fidelity
     assert [(r.name, r.cost) for r in fs.fidelity.rungs] == [("short", 0.1), ("full", 1.0)]
@@ -343,11 +438,19 @@ def test_command_objectives_must_give_rungs_and_costs(tmp_path: Path) -> None:
 
 def test_multi_objective_studies_cannot_climb_a_ladder(tmp_path: Path) -> None:
     objective = {"extra_objectives": ["latency_ms_per_audio_s"]}
-    path = _write(tmp_path, {"recipe": RECIPE, "study": {"pruner": "none"}, "objective": objective, "fidelity": {}})
+    path = _write(
+        tmp_path,
+        {"recipe": RECIPE, "study": {"pruner": "none"}, "objective": objective, "fidelity": {}},
+    )
     problems = validate_tuning(path)
     assert [p.key for p in problems] == ["fidelity"] and "scalarize" in problems[0].rule
     objective["scalarize"] = {"wer": 1.0, "latency_ms_per_audio_s": 0.01}
-    assert load_tuning(_write(tmp_path, {"recipe": RECIPE, "objective": objective, "fidelity": {}})).fidelity is not None
+    assert (
+        load_tuning(
+            _write(tmp_path, {"recipe": RECIPE, "objective": objective, "fidelity": {}})
+        ).fidelity
+        is not None
+    )
 
 
 def test_schedule_horizon_is_the_highest_rung_a_run_continues_to() -> None:

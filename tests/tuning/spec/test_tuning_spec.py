@@ -36,7 +36,9 @@ def _write(tmp_path: Path, data: dict[str, Any], name: str = "tuning.yaml") -> P
 
 def test_shipped_tuning_yaml_loads() -> None:
     spec = load_tuning(CONF / "tuning.yaml")
-    assert spec.study == StudySpec(name="synthetic-tpe", sampler="tpe", pruner="median", n_trials=16)
+    assert spec.study == StudySpec(
+        name="synthetic-tpe", sampler="tpe", pruner="median", n_trials=16
+    )
     assert spec.objective == ObjectiveSpec(kind="recipe", metric="wer", seeds=[42])
     assert spec.command is None
     assert spec.overrides == {"train.epochs": 8, "data.synthetic.num_utterances": 600}
@@ -44,7 +46,10 @@ def test_shipped_tuning_yaml_loads() -> None:
     assert spec.base_recipe["data"]["synthetic"]["num_utterances"] == 600
     assert spec.base_recipe["model"]["ff_dim"] == 384  # from synthetic.yaml, not the defaults
     assert spec.space.params["model.d_model"] == CategoricalParam("model.d_model", (96, 144))
-    assert "optim.momentum" in spec.space.params and "specaugment.time_mask_width" in spec.space.params
+    assert (
+        "optim.momentum" in spec.space.params
+        and "specaugment.time_mask_width" in spec.space.params
+    )
     assert spec.raw["space"]["model.num_layers"] == [2, 3]
     assert spec.raw["study"]["n_trials"] == 16
     yaml.safe_dump(spec.raw)  # the record is plain data
@@ -82,7 +87,12 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
             "train.batch_size": {"type": "int", "low": 8, "high": 30, "step": 8},
             "model.num_layers": [],
             "model.num_heads": {"type": "gaussian", "low": 1, "high": 8},
-            "optim.momentum": {"type": "float", "low": 0.8, "high": 0.9, "when": {"optim.nam": "sgd"}},
+            "optim.momentum": {
+                "type": "float",
+                "low": 0.8,
+                "high": 0.9,
+                "when": {"optim.nam": "sgd"},
+            },
             "model.subsampling": [3, 4],
             "model.encoder": ["conformer", "rnn"],
             "schedule.warmup_steps": {"derive": "4 * model.width + __import__('os')"},
@@ -91,7 +101,11 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         },
         "constraints": ["model.d_model %% 2", "model.d_model % model.heads == 0"],
         "study": {"sampler": "bayes", "pruner": "median", "n_trails": 3, "seed": "zero"},
-        "objective": {"seeds": [], "extra_objectives": ["latency_ms_per_audio_s"], "metrik": "wer"},
+        "objective": {
+            "seeds": [],
+            "extra_objectives": ["latency_ms_per_audio_s"],
+            "metrik": "wer",
+        },
         "command": {"argv": ["python"]},
         "fidelty": {},
     }
@@ -158,7 +172,9 @@ def test_validate_never_raises_for_content(tmp_path: Path) -> None:
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
     assert "mapping" in validate_tuning(scalar)[0].rule
-    weird = _write(tmp_path, {"study": [1], "objective": "x", "space": [1], "presets": "audio"}, "weird.yaml")
+    weird = _write(
+        tmp_path, {"study": [1], "objective": "x", "space": [1], "presets": "audio"}, "weird.yaml"
+    )
     keys = {p.key for p in validate_tuning(weird)}
     assert {"study", "objective", "space", "presets"} <= keys
 
@@ -167,17 +183,30 @@ def test_presets_compose_later_wins_then_file_wins(tmp_path: Path) -> None:
     (tmp_path / "presets").mkdir()
     _write(
         tmp_path / "presets",
-        {"space": {"model.num_layers": [2, 3], "model.d_model": [96, 144]}, "constraints": ["model.d_model % 4 == 0"]},
+        {
+            "space": {"model.num_layers": [2, 3], "model.d_model": [96, 144]},
+            "constraints": ["model.d_model % 4 == 0"],
+        },
         "one.yaml",
     )
-    _write(tmp_path / "presets", {"space": {"model.num_layers": [4, 5], "model.dropout": [0.1, 0.2]}}, "two.yaml")
+    _write(
+        tmp_path / "presets",
+        {"space": {"model.num_layers": [4, 5], "model.dropout": [0.1, 0.2]}},
+        "two.yaml",
+    )
     path = _write(
         tmp_path,
-        {"recipe": RECIPE, "presets": ["one", "presets/two.yaml", "batch"], "space": {"model.dropout": 0.05}},
+        {
+            "recipe": RECIPE,
+            "presets": ["one", "presets/two.yaml", "batch"],
+            "space": {"model.dropout": 0.05},
+        },
     )
     spec = load_tuning(path)
     params = spec.space.params
-    assert params["model.num_layers"] == CategoricalParam("model.num_layers", (4, 5))  # later preset wins
+    assert params["model.num_layers"] == CategoricalParam(
+        "model.num_layers", (4, 5)
+    )  # later preset wins
     assert params["model.d_model"] == CategoricalParam("model.d_model", (96, 144))
     assert params["model.dropout"] == FixedParam("model.dropout", 0.05)  # the file wins
     assert "train.batch_size" in params  # a shipped preset found by name
@@ -185,7 +214,14 @@ def test_presets_compose_later_wins_then_file_wins(tmp_path: Path) -> None:
 
 
 def test_override_and_space_on_one_key_is_an_error(tmp_path: Path) -> None:
-    path = _write(tmp_path, {"recipe": RECIPE, "overrides": {"model.d_model": 96}, "space": {"model.d_model": [96, 144]}})
+    path = _write(
+        tmp_path,
+        {
+            "recipe": RECIPE,
+            "overrides": {"model.d_model": 96},
+            "space": {"model.d_model": [96, 144]},
+        },
+    )
     problems = validate_tuning(path)
     assert [p.key for p in problems] == ["space.model.d_model"]
     assert "both fixed in overrides and searched" in problems[0].rule
@@ -200,7 +236,12 @@ def test_command_kind_takes_free_form_keys(tmp_path: Path) -> None:
                 "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
                 "encoder.blocks": [6, 12],
                 "encoder.attention_dim": {"derive": "64 * encoder.blocks"},
-                "decoder.depth": {"type": "int", "low": 1, "high": 3, "when": {"trainer.max_epochs": 5}},
+                "decoder.depth": {
+                    "type": "int",
+                    "low": 1,
+                    "high": 3,
+                    "when": {"trainer.max_epochs": 5},
+                },
             },
             "study": {"pruner": "none"},
             "objective": {"kind": "command", "metric": "cer"},
@@ -218,9 +259,20 @@ def test_command_kind_takes_free_form_keys(tmp_path: Path) -> None:
         metric_regex=r"epoch (?P<epoch>\d+) cer (?P<cer>[0-9.]+)",
     )
     assert spec.base_recipe == {}
-    cfg = spec.space.sample(optuna.trial.FixedTrial({"optim.lr": 1e-3, "encoder.blocks": 12, "decoder.depth": 2}))
-    assert cfg == {"optim.lr": 1e-3, "encoder.blocks": 12, "encoder.attention_dim": 768, "decoder.depth": 2}
-    no_argv = _write(tmp_path, {"objective": {"kind": "command"}, "command": {"metric_regex": "(unclosed"}}, "b.yaml")
+    cfg = spec.space.sample(
+        optuna.trial.FixedTrial({"optim.lr": 1e-3, "encoder.blocks": 12, "decoder.depth": 2})
+    )
+    assert cfg == {
+        "optim.lr": 1e-3,
+        "encoder.blocks": 12,
+        "encoder.attention_dim": 768,
+        "decoder.depth": 2,
+    }
+    no_argv = _write(
+        tmp_path,
+        {"objective": {"kind": "command"}, "command": {"metric_regex": "(unclosed"}},
+        "b.yaml",
+    )
     keys = {p.key for p in validate_tuning(no_argv)}
     assert {"command.argv", "command.metric_regex"} <= keys
 
@@ -239,7 +291,9 @@ def _assert_samples_build_recipes(path: Path, n: int = 50) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("preset", ["audio", "architecture", "specaugment", "optimizer", "schedule", "batch"])
+@pytest.mark.parametrize(
+    "preset", ["audio", "architecture", "specaugment", "optimizer", "schedule", "batch"]
+)
 def test_shipped_presets_sample_valid_recipes(tmp_path: Path, preset: str) -> None:
     assert preset in available_presets()
     data = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
@@ -249,7 +303,12 @@ def test_shipped_presets_sample_valid_recipes(tmp_path: Path, preset: str) -> No
 
 def test_shipped_tuning_yaml_samples_valid_recipes() -> None:
     seen = _assert_samples_build_recipes(CONF / "tuning.yaml")
-    assert {"optim.momentum", "optim.beta1", "model.d_model", "specaugment.time_mask_width"} <= seen
+    assert {
+        "optim.momentum",
+        "optim.beta1",
+        "model.d_model",
+        "specaugment.time_mask_width",
+    } <= seen
 
 
 def test_shipped_an4_study_samples_valid_recipes() -> None:
@@ -268,7 +327,13 @@ def test_repaired_divisibility_is_not_a_recipe_problem(tmp_path: Path) -> None:
     plain = _write(tmp_path, {"recipe": RECIPE, "space": space}, "plain.yaml")
     assert [p.key for p in validate_tuning(plain)] == ["space.model.d_model"]  # 102 % 4 heads != 0
     repaired = _write(
-        tmp_path, {"recipe": RECIPE, "space": space, "constraints": ["model.d_model % model.num_heads == 0"]}, "rep.yaml"
+        tmp_path,
+        {
+            "recipe": RECIPE,
+            "space": space,
+            "constraints": ["model.d_model % model.num_heads == 0"],
+        },
+        "rep.yaml",
     )
     assert validate_tuning(repaired) == []
     _assert_samples_build_recipes(repaired, n=30)

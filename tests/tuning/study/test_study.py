@@ -73,7 +73,9 @@ def test_factories_build_every_name_and_list_valid_ones(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "study.db").exists()
     journal = make_storage("journal", tmp_path / "run")
     assert isinstance(journal, optuna.storages.JournalStorage)
-    optuna.create_study(storage=journal, study_name="j").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    optuna.create_study(storage=journal, study_name="j").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=1
+    )
     assert (tmp_path / "run" / "journal.log").stat().st_size > 0
     with pytest.raises(ValueError, match="cannot open 'redis://x'"):
         make_storage("redis://x", tmp_path)
@@ -128,7 +130,9 @@ def scripted(curves: list[list[float]]):
 
 def test_median_pruner_stops_bad_curves() -> None:
     order = [GOOD, GOOD, GOOD, BAD, GOOD, BAD, BAD]
-    study = tune(scripted(order), {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=7, pruner="median")
+    study = tune(
+        scripted(order), {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=7, pruner="median"
+    )
     states = [t.state for t in study.trials]
     P, C = TrialState.PRUNED, TrialState.COMPLETE
     assert states == [C, C, C, P, C, P, P]
@@ -145,7 +149,13 @@ def test_space_constraint_violation_prunes_with_reason() -> None:
     space = {"a": [1, 2, 3, 4], "b": [1, 2]}
     from speechtune.tuning.space import parse_space
 
-    study = tune(quadratic_ab, parse_space(space, ["a + b <= 4"]), n_trials=10, sampler="random", pruner="none")
+    study = tune(
+        quadratic_ab,
+        parse_space(space, ["a + b <= 4"]),
+        n_trials=10,
+        sampler="random",
+        pruner="none",
+    )
     pruned = by_state(study, TrialState.PRUNED)
     assert pruned, "some sampled configs break a + b <= 4"
     for t in pruned:
@@ -169,7 +179,9 @@ def test_failing_trials_fail_with_reason_and_study_reaches_n_trials(tmp_path: Pa
         if what == "raise":
             raise RuntimeError("boom in the trainer")
         if what == "diverged":
-            return TrialOutcome("diverged", "loss is nan at epoch 2", history=[{"epoch": 0, "wer": 1.0}])
+            return TrialOutcome(
+                "diverged", "loss is nan at epoch 2", history=[{"epoch": 0, "wer": 1.0}]
+            )
         return {"wer": config["x"]}
 
     study = tune(fn, {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=4, run_dir=tmp_path)
@@ -203,7 +215,13 @@ def test_seeds_mean_and_std(tmp_path: Path) -> None:
         dirs.append(trial_dir)
         return {"wer": config["x"] + 0.1 * seed}
 
-    study = tune(fn, {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=2, seeds=(0, 1, 2), run_dir=tmp_path)
+    study = tune(
+        fn,
+        {"x": {"type": "float", "low": 0, "high": 1}},
+        n_trials=2,
+        seeds=(0, 1, 2),
+        run_dir=tmp_path,
+    )
     for trial in study.trials:
         x = trial.params["x"]
         expected = [x, x + 0.1, x + 0.2]
@@ -219,7 +237,9 @@ def test_worst_group_is_optimised_and_reported() -> None:
             reporter.report(epoch, wer=0.2, worst_group_wer=0.5 + epoch)
         return {"wer": 0.2, "worst_group_wer": 0.5 + config["x"]}
 
-    study = tune(fn, {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=2, group="worst_group")
+    study = tune(
+        fn, {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=2, group="worst_group"
+    )
     trial = study.trials[0]
     assert trial.value == pytest.approx(0.5 + trial.params["x"])
     assert trial.intermediate_values == {0: 0.5, 1: 1.5}
@@ -229,7 +249,12 @@ def test_worst_group_is_optimised_and_reported() -> None:
 
 def test_worst_group_wer_always_recorded_from_group_wer() -> None:
     def fn(config: dict, reporter) -> TrialOutcome:
-        return TrialOutcome("complete", "done", metrics={"wer": 0.3}, extra={"group_wer": {"en-us": 0.2, "en-sc": 0.45}})
+        return TrialOutcome(
+            "complete",
+            "done",
+            metrics={"wer": 0.3},
+            extra={"group_wer": {"en-us": 0.2, "en-sc": 0.45}},
+        )
 
     trial = tune(fn, {"x": [1]}, n_trials=1).trials[0]
     assert trial.user_attrs["metrics"] == {"wer": 0.3, "worst_group_wer": 0.45}
@@ -257,15 +282,24 @@ def test_multi_objective_pareto_and_constraints() -> None:
         x = trial.params["x"]
         assert trial.values == pytest.approx([x, 10 * (1 - x)])
         assert trial.user_attrs["constraints"] == pytest.approx([10 * (1 - x) - 5])
-        assert trial.system_attrs["constraints"] == pytest.approx((10 * (1 - x) - 5,))  # seen by Optuna
+        assert trial.system_attrs["constraints"] == pytest.approx(
+            (10 * (1 - x) - 5,)
+        )  # seen by Optuna
     front = study.best_trials
-    assert front and all(t.user_attrs["constraints"][0] <= 0 for t in front)  # only feasible trials
+    assert front and all(
+        t.user_attrs["constraints"][0] <= 0 for t in front
+    )  # only feasible trials
     front_x = sorted(t.params["x"] for t in front)
     assert all(x >= 0.5 for x in front_x)
 
 
 def test_scalarized_objective() -> None:
-    study = tune(latency_fn, {"x": {"type": "float", "low": 0, "high": 1}}, n_trials=3, scalarize={"latency": 0.01})
+    study = tune(
+        latency_fn,
+        {"x": {"type": "float", "low": 0, "high": 1}},
+        n_trials=3,
+        scalarize={"latency": 0.01},
+    )
     for trial in study.trials:
         x = trial.params["x"]
         assert trial.value == pytest.approx(x + 0.01 * 10 * (1 - x))
@@ -311,7 +345,9 @@ def test_existing_study_needs_resume_and_counts_total(tmp_path: Path) -> None:
     spec = build_spec(space, study_name="s", n_trials=3)
 
     def run(n_trials: int, resume: bool) -> optuna.Study:
-        return run_study(spec, objective, tmp_path, n_trials=n_trials, resume=resume, progress=False)
+        return run_study(
+            spec, objective, tmp_path, n_trials=n_trials, resume=resume, progress=False
+        )
 
     first = [t.params for t in run(3, resume=False).trials]
     with pytest.raises(StudyExistsError, match="pass --resume"):
@@ -320,7 +356,9 @@ def test_existing_study_needs_resume_and_counts_total(tmp_path: Path) -> None:
     assert len(by_state(study, TrialState.COMPLETE)) == 5  # 5 in total, not 3 + 5
     assert [t.params for t in study.trials[:3]] == first
     assert len(run(5, resume=True).trials) == 5  # already reached: nothing more runs
-    assert (tmp_path / "study.db").exists() and yaml.safe_load((tmp_path / "spec.yaml").read_text())["study"]["name"] == "s"
+    assert (tmp_path / "study.db").exists() and yaml.safe_load(
+        (tmp_path / "spec.yaml").read_text()
+    )["study"]["name"] == "s"
 
 
 def test_parallel_trials_and_device_slots() -> None:
@@ -354,20 +392,28 @@ def test_tune_command_validates_first_and_needs_a_function_for_python_kind(tmp_p
     }
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError) as err:
-        tune_cli.run(_cli_args("--config", str(tmp_path / "bad.yaml"), "--run-dir", str(tmp_path / "r")))
+        tune_cli.run(
+            _cli_args("--config", str(tmp_path / "bad.yaml"), "--run-dir", str(tmp_path / "r"))
+        )
     keys = {p.key for p in err.value.problems}
     assert {"space.x", "study.sampler"} <= keys  # every problem at once
     assert not (tmp_path / "r").exists()  # nothing ran
     python = {"space": {"x": [1, 2]}, "objective": {"kind": "python"}}
     (tmp_path / "py.yaml").write_text(yaml.safe_dump(python))
-    with pytest.raises(ValueError, match=r"objective.kind: python needs objective.function: MODULE:ATTR"):
-        tune_cli.run(_cli_args("--config", str(tmp_path / "py.yaml"), "--run-dir", str(tmp_path / "r")))
+    with pytest.raises(
+        ValueError, match=r"objective.kind: python needs objective.function: MODULE:ATTR"
+    ):
+        tune_cli.run(
+            _cli_args("--config", str(tmp_path / "py.yaml"), "--run-dir", str(tmp_path / "r"))
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # CLI smoke: a tiny recipe study on the test corpus
 # ---------------------------------------------------------------------------------------------
-def test_tune_command_recipe_smoke(synth_corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tune_command_recipe_smoke(
+    synth_corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest = tmp_path / "corpus.jsonl"
     # A third of the fixture corpus (all speakers and groups) keeps two trials well under 40 s.
     Manifest(list(synth_corpus)[::3], split="train", root=synth_corpus.root).to_jsonl(manifest)
@@ -376,7 +422,13 @@ def test_tune_command_recipe_smoke(synth_corpus, tmp_path: Path, capsys: pytest.
         "data": {"corpus": "manifest", "manifest": str(manifest), "dev_fraction": 0.25},
         "features": {"n_mels": 40},
         "specaugment": {"enabled": False},
-        "model": {"encoder": "lstm", "d_model": 32, "num_layers": 1, "dropout": 0.0, "subsampling": 4},
+        "model": {
+            "encoder": "lstm",
+            "d_model": 32,
+            "num_layers": 1,
+            "dropout": 0.0,
+            "subsampling": 4,
+        },
         "schedule": {"name": "constant", "warmup_steps": 10},
         "train": {"epochs": 1, "batch_size": 16, "flatline_patience": 0},
     }
@@ -384,14 +436,30 @@ def test_tune_command_recipe_smoke(synth_corpus, tmp_path: Path, capsys: pytest.
     tuning = {
         "recipe": "recipe.yaml",
         "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
-        "study": {"name": "smoke", "sampler": "random", "pruner": "none", "n_trials": 5, "seed": 0},
+        "study": {
+            "name": "smoke",
+            "sampler": "random",
+            "pruner": "none",
+            "n_trials": 5,
+            "seed": 0,
+        },
         "objective": {"kind": "recipe", "seeds": [1]},
     }
     (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
     run_dir = tmp_path / "runs" / "smoke"
     args = _cli_args(
-        "--config", str(tmp_path / "tuning.yaml"), "--n-trials", "2", "--run-dir", str(run_dir), "--device", "cpu",
-        "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-tracking",
+        "--config",
+        str(tmp_path / "tuning.yaml"),
+        "--n-trials",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        "--no-tracking",
     )
     assert tune_cli.run(args) == 0
     out = capsys.readouterr().out
@@ -411,7 +479,12 @@ def test_tune_command_recipe_smoke(synth_corpus, tmp_path: Path, capsys: pytest.
 
     again = train(
         load_config(run_dir / "best.yaml"),
-        RunOptions(output_dir=str(tmp_path / "repro"), device="cpu", cache_dir=str(tmp_path / "cache"), progress=False),
+        RunOptions(
+            output_dir=str(tmp_path / "repro"),
+            device="cpu",
+            cache_dir=str(tmp_path / "cache"),
+            progress=False,
+        ),
     )
     assert again.metrics["wer"] == pytest.approx(trial.value, abs=1e-12)
     # the same study again without --resume is refused, with a hint

@@ -71,7 +71,9 @@ def _wait_for(predicate, timeout_s: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"the study process exited early with code {proc.returncode}: {proc.stderr.read()}")
+            raise AssertionError(
+                f"the study process exited early with code {proc.returncode}: {proc.stderr.read()}"
+            )
         try:
             if predicate():
                 return
@@ -111,7 +113,9 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path) -> None:
     killed = [t for t in before.values() if t.state == TrialState.RUNNING]
     assert len(killed) == 1 and killed[0].number == 2
     assert list(killed[0].intermediate_values) == [0]  # killed in its second epoch
-    wait_until_stale(f"sqlite:///{run_dir / 'study.db'}", "resume", HEARTBEAT_S)  # the killed trial's heartbeat
+    wait_until_stale(
+        f"sqlite:///{run_dir / 'study.db'}", "resume", HEARTBEAT_S
+    )  # the killed trial's heartbeat
 
     study = _run(run_dir, resume=True)
 

@@ -62,7 +62,9 @@ def _import_ray() -> Any:
         import ray
         from ray import tune  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError(f"--backend ray needs Ray Tune: pip install 'ray[tune]' ({exc})") from None
+        raise RuntimeError(
+            f"--backend ray needs Ray Tune: pip install 'ray[tune]' ({exc})"
+        ) from None
     return ray
 
 
@@ -114,12 +116,20 @@ class RayBackend:
             )
         if spec.fidelity is not None:
             raise ValueError(
-                "--backend ray: a fidelity: section is run by the optuna backend; use ray.scheduler asha/hyperband instead"
+                "--backend ray: a fidelity: section is run by the optuna backend; "
+                "use ray.scheduler asha/hyperband instead"
             )
         rspec = spec.ray or RaySpec()
         return OpenOptions(n_jobs=max(2, rspec.max_concurrent_trials or 2))
 
-    def run(self, session: StudySession, objective: Objective | None, *, n_trials: int | None, progress: bool) -> None:
+    def run(
+        self,
+        session: StudySession,
+        objective: Objective | None,
+        *,
+        n_trials: int | None,
+        progress: bool,
+    ) -> None:
         """See :meth:`Backend.run`.
 
         Raises:
@@ -139,8 +149,12 @@ class RayBackend:
         remaining = target - (session.counted() if session.resume else 0)
         max_t = _max_t(rspec, spec)
         key = _key(run_dir, spec.study.name)
-        view = StudyProgress(study, n_trials=target, n_jobs=rspec.max_concurrent_trials or 1, live=progress)
-        sink = _Sink(study, spec, run_dir, rspec.scheduler, max_t, on_finished=session.trial_finished)
+        view = StudyProgress(
+            study, n_trials=target, n_jobs=rspec.max_concurrent_trials or 1, live=progress
+        )
+        sink = _Sink(
+            study, spec, run_dir, rspec.scheduler, max_t, on_finished=session.trial_finished
+        )
         sink.progress = view
         started = _init_ray(ray, self.address or rspec.address, quiet=not progress)
         _SINKS[key] = sink
@@ -153,15 +167,29 @@ class RayBackend:
                 cost_model=spec.cost,
                 gpus_per_trial=_resources(rspec)["gpu"],
             )
-            trainable = tune.with_resources(tune.with_parameters(_train_trial, payload=payload), _resources(rspec))
+            trainable = tune.with_resources(
+                tune.with_parameters(_train_trial, payload=payload), _resources(rspec)
+            )
             if restoring:
                 log.info("restoring the Ray experiment in %s", exp_dir)
                 tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
             elif remaining <= 0:
                 tuner = None
             else:
-                shutil.rmtree(exp_dir, ignore_errors=True)  # a stale experiment of a study that has no trials
-                tuner = _new_tuner(spec, rspec, trainable, run_dir, key, remaining, max_t, OptunaSearch, CombinedStopper)
+                shutil.rmtree(
+                    exp_dir, ignore_errors=True
+                )  # a stale experiment of a study that has no trials
+                tuner = _new_tuner(
+                    spec,
+                    rspec,
+                    trainable,
+                    run_dir,
+                    key,
+                    remaining,
+                    max_t,
+                    OptunaSearch,
+                    CombinedStopper,
+                )
             if tuner is not None:
                 with view:
                     results = tuner.fit()
@@ -172,8 +200,17 @@ class RayBackend:
                 ray.shutdown()
 
 
-def _new_tuner(spec: TuningSpec, rspec: RaySpec, trainable: Any, run_dir: Path, key: str, n: int, max_t: int,
-               OptunaSearch: Any, CombinedStopper: Any) -> Any:
+def _new_tuner(
+    spec: TuningSpec,
+    rspec: RaySpec,
+    trainable: Any,
+    run_dir: Path,
+    key: str,
+    n: int,
+    max_t: int,
+    OptunaSearch: Any,
+    CombinedStopper: Any,
+) -> Any:
     from ray import tune
 
     from speechtune.tuning.backends.ray._callbacks import (
@@ -184,7 +221,9 @@ def _new_tuner(spec: TuningSpec, rspec: RaySpec, trainable: Any, run_dir: Path, 
 
     study_spec = spec.study
     concurrency = rspec.max_concurrent_trials
-    sampler = make_sampler(study_spec.sampler, seed=study_spec.seed, n_jobs=max(2, concurrency or 2))
+    sampler = make_sampler(
+        study_spec.sampler, seed=study_spec.seed, n_jobs=max(2, concurrency or 2)
+    )
     define_by_run = _Sampler(spec.space, spec.base_flat)
     if rspec.scheduler in ("pbt", "pb2"):
         # Ray's PBT refuses a searcher (it is the search): the initial population comes from the
@@ -197,7 +236,9 @@ def _new_tuner(spec: TuningSpec, rspec: RaySpec, trainable: Any, run_dir: Path, 
         # Every key a point sets must exist in param_space; a point's absent (inactive) keys are dropped by _split.
         param_space = {k: None for point in points for k in point}
     else:
-        search = OptunaSearch(space=define_by_run, metric=OBJECTIVE_KEY, mode="min", sampler=sampler)
+        search = OptunaSearch(
+            space=define_by_run, metric=OBJECTIVE_KEY, mode="min", sampler=sampler
+        )
         param_space = None
     stoppers: list[Any] = []
     stop = rspec.stop
@@ -206,7 +247,9 @@ def _new_tuner(spec: TuningSpec, rspec: RaySpec, trainable: Any, run_dir: Path, 
         stoppers.append(PlateauStopper(key, metric, stop.plateau.patience, stop.plateau.min_delta))
     if stop.time_budget_s is not None or stop.compute_budget_epochs is not None:
         stoppers.append(BudgetStopper(key, stop.time_budget_s, stop.compute_budget_epochs))
-    keep = None if rspec.scheduler in ("pbt", "pb2", "hyperband") else 2  # PBT/HyperBand read older checkpoints
+    keep = (
+        None if rspec.scheduler in ("pbt", "pb2", "hyperband") else 2
+    )  # PBT/HyperBand read older checkpoints
     return tune.Tuner(
         trainable,
         param_space=param_space,

@@ -32,7 +32,9 @@ class RecordTrials(Callback):
             self.rows = sink.rows
         return sink
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         sink = self._sink()
         if sink is not None:
             sink.on_result(trial.trial_id, result)
@@ -40,12 +42,20 @@ class RecordTrials(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         sink = self._sink()
         if sink is not None:
-            sink.finish(trial.trial_id, trial.config, trial.last_result or {}, None, trial.num_failures)
+            sink.finish(
+                trial.trial_id, trial.config, trial.last_result or {}, None, trial.num_failures
+            )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         sink = self._sink()
         if sink is not None:
-            sink.finish(trial.trial_id, trial.config, trial.last_result or {}, _error_text(trial), trial.num_failures)
+            sink.finish(
+                trial.trial_id,
+                trial.config,
+                trial.last_result or {},
+                _error_text(trial),
+                trial.num_failures,
+            )
 
     def get_state(self) -> dict | None:
         return {"rows": self.rows}

@@ -29,7 +29,9 @@ def _mutation_domains(rspec: RaySpec, space: SearchSpace) -> dict[str, Any]:
         if isinstance(p, FloatParam):
             out[name] = tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
         elif isinstance(p, IntParam):
-            out[name] = tune.lograndint(p.low, p.high + 1) if p.log else tune.randint(p.low, p.high + 1)
+            out[name] = (
+                tune.lograndint(p.low, p.high + 1) if p.log else tune.randint(p.low, p.high + 1)
+            )
         elif isinstance(p, CategoricalParam):
             out[name] = list(p.choices)
     return out
@@ -41,7 +43,9 @@ def _clip_to_space(space: SearchSpace) -> Any:
 
     def explore(config: dict) -> dict:
         for name, p in space.params.items():
-            if isinstance(p, (FloatParam, IntParam)) and isinstance(config.get(name), (int, float)):
+            if isinstance(p, (FloatParam, IntParam)) and isinstance(
+                config.get(name), (int, float)
+            ):
                 value = min(max(config[name], p.low), p.high)
                 config[name] = int(round(value)) if isinstance(p, IntParam) else float(value)
         return config
@@ -62,14 +66,25 @@ def _make_scheduler(rspec: RaySpec, spec: TuningSpec, max_t: int) -> Any:
         PopulationBasedTraining,
     )
 
-    common: dict[str, Any] = {"time_attr": "training_iteration", "metric": OBJECTIVE_KEY, "mode": "min"}
+    common: dict[str, Any] = {
+        "time_attr": "training_iteration",
+        "metric": OBJECTIVE_KEY,
+        "mode": "min",
+    }
     name = rspec.scheduler
     if name == "fifo":
         return FIFOScheduler()
     if name == "asha":
-        return ASHAScheduler(max_t=max_t + 1, grace_period=rspec.grace_period, reduction_factor=rspec.reduction_factor, **common)
+        return ASHAScheduler(
+            max_t=max_t + 1,
+            grace_period=rspec.grace_period,
+            reduction_factor=rspec.reduction_factor,
+            **common,
+        )
     if name == "hyperband":
-        return HyperBandScheduler(max_t=max_t + 1, reduction_factor=rspec.reduction_factor, **common)
+        return HyperBandScheduler(
+            max_t=max_t + 1, reduction_factor=rspec.reduction_factor, **common
+        )
     pbt = rspec.pbt
     if name == "pbt":
         return PopulationBasedTraining(
@@ -95,8 +110,13 @@ def _make_scheduler(rspec: RaySpec, spec: TuningSpec, max_t: int) -> Any:
         param = spec.space.params[name]
         if isinstance(param, (FloatParam, IntParam)):  # PB2 perturbs numbers within bounds
             bounds[name] = [param.low, param.high]
-    return PB2(perturbation_interval=pbt.perturbation_interval, hyperparam_bounds=bounds,
-               quantile_fraction=pbt.quantile_fraction, synch=pbt.synch, **common)
+    return PB2(
+        perturbation_interval=pbt.perturbation_interval,
+        hyperparam_bounds=bounds,
+        quantile_fraction=pbt.quantile_fraction,
+        synch=pbt.synch,
+        **common,
+    )
 
 
 def _max_t(rspec: RaySpec, spec: TuningSpec) -> int:

@@ -32,8 +32,16 @@ class _Sampler:
             config = dict(sample_space(self.space, trial, self.base_flat))
         except ConstraintViolation as exc:
             config, meta["invalid"] = {}, ("stopped", f"constraint: {exc}")
-        except (ValueError, ArithmeticError, TypeError, KeyError) as exc:  # e.g. a derived value dividing by zero
-            config, meta["invalid"] = {}, ("error", f"error: sampling the config: {type(exc).__name__}: {exc}")
+        except (
+            ValueError,
+            ArithmeticError,
+            TypeError,
+            KeyError,
+        ) as exc:  # e.g. a derived value dividing by zero
+            config, meta["invalid"] = (
+                {},
+                ("error", f"error: sampling the config: {type(exc).__name__}: {exc}"),
+            )
         meta["params"] = _jsonable(dict(trial.params))
         meta["distributions"] = {
             n: optuna.distributions.distribution_to_json(d) for n, d in trial.distributions.items()

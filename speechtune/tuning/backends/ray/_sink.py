@@ -65,7 +65,9 @@ class _Sink:
         self.budget_reason: str | None = None
         self.epochs_run = 0
         self.recorded = {
-            t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs
+            t.user_attrs["ray_trial_id"]
+            for t in study.get_trials(deepcopy=False)
+            if "ray_trial_id" in t.user_attrs
         }
         self.progress: Any = None
 
@@ -78,8 +80,15 @@ class _Sink:
         self.epochs_run += 1
 
     # one finished trial -----------------------------------------------------------------------
-    def finish(self, trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any], error: str | None,
-               num_failures: int = 0, rows: list[dict[str, Any]] | None = None) -> None:
+    def finish(
+        self,
+        trial_id: str,
+        config: Mapping[str, Any],
+        last: Mapping[str, Any],
+        error: str | None,
+        num_failures: int = 0,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Record one finished Ray trial (idempotent per Ray trial id)."""
         if trial_id in self.recorded or (not last and error is None):
             return  # recorded already, or never ran (a budget stop before it started)
@@ -87,7 +96,9 @@ class _Sink:
         seen = dict(self.rows.get(trial_id, {}))
         for row in rows or []:
             if "epoch" in row and not row.get(_FINAL):
-                seen.setdefault(int(row["epoch"]), {k: v for k, v in row.items() if _is_metric(k, v)})
+                seen.setdefault(
+                    int(row["epoch"]), {k: v for k, v in row.items() if _is_metric(k, v)}
+                )
         attrs: dict[str, Any] = {
             "config": _jsonable(cfg),
             "trial_dir": str(self.run_dir / "trials" / trial_id),
@@ -100,7 +111,9 @@ class _Sink:
         if last.get(_FINAL) and _OUTCOME in last:
             record = json.loads(last[_OUTCOME])
             for row in record["history"] or []:
-                seen[int(row.get("epoch", 0))] = row  # the objective's own rows win (a recipe's span restarts)
+                seen[int(row.get("epoch", 0))] = (
+                    row  # the objective's own rows win (a recipe's span restarts)
+                )
             status, reason, metrics = record["status"], record["reason"], record["metrics"]
             if record.get("continued_from"):
                 attrs["continued_from"] = record["continued_from"]
@@ -113,8 +126,14 @@ class _Sink:
                 attrs["seed_values"] = record["seed_values"]
                 sv = record["seed_values"]
                 mean = values[0]
-                attrs["objective_std"] = math.sqrt(sum((v - mean) ** 2 for v in sv) / len(sv)) if len(sv) > 1 else 0.0
-            state = TrialState.COMPLETE if values else (TrialState.PRUNED if status == "stopped" else TrialState.FAIL)
+                attrs["objective_std"] = (
+                    math.sqrt(sum((v - mean) ** 2 for v in sv) / len(sv)) if len(sv) > 1 else 0.0
+                )
+            state = (
+                TrialState.COMPLETE
+                if values
+                else (TrialState.PRUNED if status == "stopped" else TrialState.FAIL)
+            )
         elif error is not None:
             status, reason, metrics, state = "error", f"error: {error}", {}, TrialState.FAIL
         else:
@@ -124,7 +143,9 @@ class _Sink:
             if estimated is not None:
                 attrs["cost"] = estimated
         history = [seen[e] for e in sorted(seen)]
-        attrs.update(status=status, reason=reason, metrics=_jsonable(metrics), history=_jsonable(history))
+        attrs.update(
+            status=status, reason=reason, metrics=_jsonable(metrics), history=_jsonable(history)
+        )
         self._write(meta, cfg, state, values, attrs, history)
         self.recorded.add(trial_id)
 
@@ -148,7 +169,9 @@ class _Sink:
         ).as_dict()
         return {**record, "basis": "ray-wall-time"}
 
-    def _stopped(self, trial_id: str, seen: Mapping[int, Mapping[str, Any]]) -> tuple[TrialState, str, str, dict, list[float] | None]:
+    def _stopped(
+        self, trial_id: str, seen: Mapping[int, Mapping[str, Any]]
+    ) -> tuple[TrialState, str, str, dict, list[float] | None]:
         """A trial Ray ended before its objective returned: a scheduler, a stopper or the budget."""
         last_epoch = max(seen) if seen else 0
         best = min(seen.values(), key=lambda r: _num(r.get(OBJECTIVE_KEY))) if seen else {}
@@ -157,7 +180,11 @@ class _Sink:
         done_budget = self.max_t is not None and last_epoch >= self.max_t
         if why is not None and why.startswith("plateau") or (why is None and done_budget):
             # A plateau, or every epoch of its budget run: a result, measured at its best epoch.
-            reason = f"stopped: {why} after epoch {last_epoch}" if why else f"completed {last_epoch} epochs (ended by the {self.scheduler} scheduler)"
+            reason = (
+                f"stopped: {why} after epoch {last_epoch}"
+                if why
+                else f"completed {last_epoch} epochs (ended by the {self.scheduler} scheduler)"
+            )
             try:
                 value = self.spec.objective.values(complete_metrics(metrics, {}))
                 return TrialState.COMPLETE, "complete", reason, metrics, value[:1]
@@ -167,9 +194,19 @@ class _Sink:
             why = self.budget_reason or f"pruned-by-{self.scheduler}"
         return TrialState.PRUNED, "stopped", f"{why} at epoch {last_epoch}", metrics, None
 
-    def _write(self, meta: Mapping[str, Any], cfg: Mapping[str, Any], state: TrialState, values: list[float] | None,
-               attrs: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        dists = {n: optuna.distributions.json_to_distribution(d) for n, d in (meta.get("distributions") or {}).items()}
+    def _write(
+        self,
+        meta: Mapping[str, Any],
+        cfg: Mapping[str, Any],
+        state: TrialState,
+        values: list[float] | None,
+        attrs: dict[str, Any],
+        history: list[dict[str, Any]],
+    ) -> None:
+        dists = {
+            n: optuna.distributions.json_to_distribution(d)
+            for n, d in (meta.get("distributions") or {}).items()
+        }
         params = dict(meta.get("params") or {})
         for name in list(params):
             # PBT may have perturbed a searched value: record the one the trial ended with when it is in range.
@@ -180,7 +217,11 @@ class _Sink:
                         params[name] = now
                 except (ValueError, TypeError):
                     pass
-        inter = {int(r["epoch"]): _num(r.get(OBJECTIVE_KEY, r.get(self.metric))) for r in history if "epoch" in r}
+        inter = {
+            int(r["epoch"]): _num(r.get(OBJECTIVE_KEY, r.get(self.metric)))
+            for r in history
+            if "epoch" in r
+        }
         inter = {k: v for k, v in inter.items() if math.isfinite(v)}
         frozen = optuna.trial.create_trial(
             state=state,
@@ -208,8 +249,19 @@ class _Sink:
             frame = getattr(result, "metrics_dataframe", None)
             if frame is not None:
                 rows = frame.to_dict("records")
-            error = f"{type(result.error).__name__}: {result.error}" if result.error is not None else None
-            self.finish(trial_id, result.config or {}, metrics, error if not metrics.get(_FINAL) else None, 0, rows)
+            error = (
+                f"{type(result.error).__name__}: {result.error}"
+                if result.error is not None
+                else None
+            )
+            self.finish(
+                trial_id,
+                result.config or {},
+                metrics,
+                error if not metrics.get(_FINAL) else None,
+                0,
+                rows,
+            )
 
 
 def _num(value: Any) -> float:
@@ -220,13 +272,30 @@ def _num(value: Any) -> float:
 
 
 _RAY_KEYS = {
-    "done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-    "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "config",
+    "done",
+    "training_iteration",
+    "trial_id",
+    "date",
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "config",
 }
 
 
 def _is_metric(key: str, value: Any) -> bool:
-    return key not in _RAY_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("config/")
+    return (
+        key not in _RAY_KEYS
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not key.startswith("config/")
+    )
 
 
 def _error_text(trial: Any) -> str:

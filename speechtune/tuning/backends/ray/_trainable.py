@@ -96,7 +96,14 @@ class _RayReporter:
     trial by ending its worker.
     """
 
-    def __init__(self, payload: _Payload, trial_dir: Path, config: Mapping[str, Any], trial_id: str, report: bool) -> None:
+    def __init__(
+        self,
+        payload: _Payload,
+        trial_dir: Path,
+        config: Mapping[str, Any],
+        trial_id: str,
+        report: bool,
+    ) -> None:
         self.payload = payload
         self.trial_dir = trial_dir
         self.config = dict(config)
@@ -112,7 +119,11 @@ class _RayReporter:
         self.history.append({"epoch": epoch, **metrics})
         if not self.active:
             return False
-        row = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        row = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         row.update(epoch=epoch, **{OBJECTIVE_KEY: _epoch_objective(self.metric, metrics)})
         self.since_checkpoint += 1
         if self.since_checkpoint < self.payload.checkpoint_every:
@@ -129,14 +140,18 @@ class _RayReporter:
         return False
 
 
-def _restore_checkpoint(checkpoint: Any, trial_dir: Path, config: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
+def _restore_checkpoint(
+    checkpoint: Any, trial_dir: Path, config: Mapping[str, Any], trial_id: str
+) -> dict[str, Any]:
     """Copy a Ray checkpoint into ``trial_dir`` and mark it to be continued; return the marker."""
     with checkpoint.as_directory() as tmp:
         meta = json.loads((Path(tmp) / _CKPT_META).read_text())
         shutil.rmtree(trial_dir, ignore_errors=True)
         shutil.copytree(Path(tmp) / _CKPT_TRIAL, trial_dir)
     saved = meta.get("config") or {}
-    changed = {k: [saved.get(k), v] for k, v in _jsonable(dict(config)).items() if saved.get(k) != v}
+    changed = {
+        k: [saved.get(k), v] for k, v in _jsonable(dict(config)).items() if saved.get(k) != v
+    }
     if changed:
         # PBT explore: the donor's weights continue with perturbed hyperparameters (lr, dropout:
         # nothing that changes parameter shapes). The recipe refuses to resume a run whose saved
@@ -192,8 +207,13 @@ def _train_trial(config: dict[str, Any], payload: _Payload) -> None:
     _final_report(payload, outcomes[0], outcomes, marker, meter)
 
 
-def _final_report(payload: _Payload, first: TrialOutcome, outcomes: list[TrialOutcome], marker: Mapping[str, Any],
-                  meter: EnergyMeter | None = None) -> None:
+def _final_report(
+    payload: _Payload,
+    first: TrialOutcome,
+    outcomes: list[TrialOutcome],
+    marker: Mapping[str, Any],
+    meter: EnergyMeter | None = None,
+) -> None:
     """The trial's last result: ``done`` (no scheduler decision on it) with the whole outcome (and its cost)."""
     from ray import tune
 
@@ -221,7 +241,13 @@ def _final_report(payload: _Payload, first: TrialOutcome, outcomes: list[TrialOu
         "reason": reason,
         "metrics": _jsonable(metrics),
         "history": _jsonable(first.history),
-        "extra": _jsonable({k: v for k, v in first.extra.items() if k in ("group_wer", "worst_group", "output_dir")}),
+        "extra": _jsonable(
+            {
+                k: v
+                for k, v in first.extra.items()
+                if k in ("group_wer", "worst_group", "output_dir")
+            }
+        ),
         "seed_values": seed_values,
         "continued_from": _jsonable(dict(marker)) if marker else None,
     }
