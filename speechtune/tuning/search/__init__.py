@@ -5,8 +5,9 @@ run trials themselves drive :class:`MultiFidelitySearch` with ``ask()``/``tell()
 :mod:`speechtune.tuning.backends` runs it as a stored Optuna study.
 """
 
-from speechtune.tuning.search._engine import STRATEGIES, Job, MultiFidelitySearch
+from speechtune.tuning.search._engine import STRATEGIES, MultiFidelitySearch
 from speechtune.tuning.search._fidelity import Fidelity, Rung
+from speechtune.tuning.search._jobs import Job
 from speechtune.tuning.search._ladder import (
     RESUME_KEY,
     default_ladder,
