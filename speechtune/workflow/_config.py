@@ -32,7 +32,11 @@ import yaml
 from speechtune.config import (
     ConfigError,
     ConfigProblem,
+    RecipeConfig,
     SyntheticConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten,
     merge,
     parse_overrides,
 )
@@ -316,8 +320,6 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
         else:
             good[k] = v
     try:
-        from speechtune.config import config_from_dict
-
         cfg = config_from_dict({"data": {"corpus": "synthetic", "synthetic": good}})
     except ConfigError as exc:
         problems.extend(
@@ -448,7 +450,6 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> WorkflowSp
 
 def _check_full_overrides(overrides: Mapping[str, Any], problems: list[ConfigProblem]) -> None:
     """Recipe keys only, and no data keys: stage 6 trains on all the data stage 1 prepared."""
-    from speechtune.config import RecipeConfig, config_to_dict, flatten
 
     keys = set(flatten(config_to_dict(RecipeConfig())))
     for key, value in overrides.items():

@@ -11,9 +11,11 @@ from typing import Any
 
 from speechtune._jsonable import _jsonable
 from speechtune.config import config_from_dict
-from speechtune.data import PreparedData
+from speechtune.data import PreparedData, prepare_data
 from speechtune.metrics import CostModel
+from speechtune.tuning.objectives import CONTINUE_MARKER, RecipeObjective, merge_config
 from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study import complete_metrics
 from speechtune.workflow._config import WorkflowSpec
 from speechtune.workflow._results import Metrics, RunRecord
 from speechtune.workflow._state import WorkflowState
@@ -74,13 +76,11 @@ class Context:
 
     def proxy_recipe(self) -> dict[str, Any]:
         """The tuning YAML's base recipe (its overrides applied) on the proxy subset."""
-        from speechtune.tuning.objectives import merge_config
 
         return merge_config(self.tuning.base_recipe, self.proxy_overrides())
 
     def full_recipe(self) -> dict[str, Any]:
         """The base recipe at the top fidelity on all the training data, with ``full.overrides``."""
-        from speechtune.tuning.objectives import merge_config
 
         top: dict[str, Any] = {}
         fidelity = getattr(self.tuning, "fidelity", None)
@@ -98,8 +98,6 @@ class Context:
     def data(self) -> PreparedData:
         """Train (all of it) and dev, prepared once per process (corpus caches make it cheap)."""
         if self._data is None:
-            from speechtune.data import prepare_data
-
             cfg = config_from_dict(self.full_recipe(), "the workflow's recipe")
             self._data = prepare_data(
                 cfg.data, cfg.features.sample_rate, self.cache_dir, self.progress
@@ -108,7 +106,6 @@ class Context:
 
     def objective(self, recipe: Mapping[str, Any]) -> Any:
         """The recipe objective that trains ``recipe`` (with a trial's config) on the shared data."""
-        from speechtune.tuning.objectives import RecipeObjective
 
         return RecipeObjective(
             recipe,
@@ -129,7 +126,6 @@ class Context:
 
     def value(self, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> float:
         """The tuned objective (e.g. dev WER, or worst-group WER) of one run's final metrics."""
-        from speechtune.tuning.study import complete_metrics
 
         numeric = {
             k: float(v)
@@ -153,7 +149,6 @@ def train_once(
     (``value`` None when it failed).
     """
     from speechtune.training import NullReporter
-    from speechtune.tuning.objectives import CONTINUE_MARKER
 
     out_dir = Path(out_dir)
     done = out_dir / RUN_RECORD

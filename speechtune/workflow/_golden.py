@@ -22,7 +22,9 @@ from speechtune.data import (
     Manifest,
     golden_guard,
     guard_env,
+    load_manifest,
     replace_utt,
+    synthesize_configured,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +67,6 @@ def leakage(golden: Manifest, *seen: Manifest) -> Leakage:
 
 def load_golden(ctx: Context) -> tuple[Manifest, str]:
     """The golden manifest (split ``golden``) and where it came from. Only stage 7 calls this."""
-    from speechtune.data import load_manifest, synthesize_configured
 
     g = ctx.spec.golden
     if g.manifest is not None:

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from speechtune.config import ConfigError, ConfigProblem
 from speechtune.devices import gpus_for_device
 from speechtune.metrics import EnergyMeter, format_cost
+from speechtune.tuning.spec import load_tuning
 from speechtune.workflow._config import (
     STAGES,
     WorkflowSpec,
@@ -23,7 +25,8 @@ from speechtune.workflow._config import (
     stage_index,
 )
 from speechtune.workflow._context import Context, WorkflowError
-from speechtune.workflow._golden import golden_paths
+from speechtune.workflow._golden import golden_guard, golden_paths
+from speechtune.workflow._report import wer_path, write_workflow_report
 from speechtune.workflow._results import (
     ExportResult,
     GateResult,
@@ -45,8 +48,6 @@ class WorkflowConfigChanged(RuntimeError):
 
 
 def _load_tuning(spec: WorkflowSpec) -> Any:
-    from speechtune.config import ConfigError, ConfigProblem
-    from speechtune.tuning.spec import load_tuning
 
     tuning = load_tuning(spec.tuning)
     problems = []
@@ -211,7 +212,6 @@ def _set_aside(run_dir: Path, stages: Sequence[str]) -> None:
 
 
 def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool]]) -> None:
-    from speechtune.workflow._golden import golden_guard
 
     state = ctx.state
     log.info("stage %d %s: running", index + 1, name)
@@ -246,8 +246,6 @@ def _run_stage(ctx: Context, index: int, name: str, guard: list[tuple[Path, bool
 
 def _write_report(state: WorkflowState) -> None:
     try:
-        from speechtune.workflow._report import write_workflow_report
-
         write_workflow_report(state.record, state.run_dir)
     except Exception as exc:
         log.warning("could not write the workflow report: %s: %s", type(exc).__name__, exc)
@@ -258,7 +256,6 @@ def _write_report(state: WorkflowState) -> None:
 # ---------------------------------------------------------------------------------------------
 def summary(state: WorkflowState) -> str:
     """A few lines for the terminal: the WER path, the gating decision, cost, and where the report is."""
-    from speechtune.workflow._report import wer_path
 
     rec = state.record
     lines = [f"workflow {rec.name}: {state.run_dir}"]

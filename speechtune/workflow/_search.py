@@ -9,10 +9,20 @@ from typing import Any
 
 from speechtune._jsonable import _jsonable
 from speechtune.config import flatten
+from speechtune.reports import write_study_outputs
+from speechtune.tuning.backends import PackedBackend, packed_storage_url, run_study
 from speechtune.tuning.space import SearchSpace, space_spec
 from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study import (
+    make_storage,
+    open_study,
+    ranked_trials,
+    storage_url,
+    trial_config,
+)
 from speechtune.workflow._context import Context, WorkflowError
-from speechtune.workflow._golden import golden_paths
+from speechtune.workflow._golden import golden_paths, guard_env
+from speechtune.workflow._narrow import distributions_for, encode_params, in_space, narrow_space
 from speechtune.workflow._results import Narrowing, SearchResult, TrialSummary
 
 #: A proxy whose best error rate is at least this cannot tell configs apart (CTC models that
@@ -65,7 +75,6 @@ def stage_coarse(ctx: Context) -> SearchResult:
 
 def stage_fine(ctx: Context) -> SearchResult:
     """Bayesian optimisation in the region around the coarse top-k (bounds shrunk, log scales kept)."""
-    from speechtune.workflow._narrow import narrow_space
 
     f = ctx.spec.fine
     coarse = ctx.state.result("coarse", SearchResult)
@@ -124,8 +133,6 @@ def _search_spec(
         seed=None if ctx.tuning.study.seed is None else ctx.tuning.study.seed + seed_offset,
     )
     if ctx.workers > 1 and fidelity is None:
-        from speechtune.tuning.backends import packed_storage_url
-
         # Several processes cannot share SQLite: the stage's study lives in a journal file.
         study = dataclasses.replace(
             study, storage=packed_storage_url(None, (ctx.run_dir / stage).resolve())
@@ -155,8 +162,6 @@ def _search_spec(
 
 def _summarise_study(study: Any, spec: TuningSpec, stage_dir: Path, top_k: int) -> SearchResult:
     from optuna.trial import TrialState
-
-    from speechtune.tuning.study import ranked_trials, storage_url, trial_config
 
     trials = study.get_trials(deepcopy=False)
     ranked = ranked_trials(study)
@@ -193,9 +198,6 @@ def _run_search(
     ctx: Context, spec: TuningSpec, stage_dir: Path, n_trials: int | None = None
 ) -> Any:
     """The stage's study: in this process, or in ``ctx.workers`` worker processes on this machine."""
-    from speechtune.reports import write_study_outputs
-    from speechtune.tuning.backends import PackedBackend, run_study
-    from speechtune.workflow._golden import guard_env
 
     backend = None
     objective = None
@@ -241,14 +243,6 @@ def _warm_start(
 ) -> int:
     """Add the coarse trials inside the fine region to the (new) fine study as finished evidence."""
     import optuna
-
-    from speechtune.tuning.study import (
-        make_storage,
-        open_study,
-        ranked_trials,
-        trial_config,
-    )
-    from speechtune.workflow._narrow import distributions_for, encode_params, in_space
 
     fine = open_study(spec, stage_dir, resume=True)
     if fine.get_trials(deepcopy=False):

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from speechtune.config import config_from_dict, config_to_dict
-from speechtune.data import Manifest
+from speechtune.data import Manifest, proxy_subset
+from speechtune.tuning.objectives import merge_config
 from speechtune.workflow._context import (
     RUN_RECORD,
     Context,
@@ -26,8 +27,8 @@ from speechtune.workflow._context import (
     dev_metrics,
     train_once,
 )
-from speechtune.workflow._gate import file_sha256
-from speechtune.workflow._golden import load_golden
+from speechtune.workflow._gate import file_sha256, gate_model
+from speechtune.workflow._golden import leakage, load_golden
 from speechtune.workflow._results import (
     BaselineResult,
     Candidate,
@@ -48,6 +49,7 @@ from speechtune.workflow._results import (
     ValidateResult,
 )
 from speechtune.workflow._search import stage_coarse, stage_fine, weak_proxy_warnings
+from speechtune.workflow._stats import mean_std, seed_noise_test
 
 __all__ = ["STAGE_DIRS", "STAGE_FUNCTIONS", "check_data_unchanged", "weak_proxy_warnings"]
 
@@ -69,7 +71,6 @@ def _describe(manifest: Manifest) -> DataSummary:
 # ---------------------------------------------------------------------------------------------
 def stage_proxy(ctx: Context) -> ProxyResult:
     """Carve dev (speaker-disjoint) and the stratified proxy subset; write the three manifests."""
-    from speechtune.data import proxy_subset
 
     data = ctx.data()
     p = ctx.spec.proxy
@@ -162,7 +163,6 @@ def _candidates(ctx: Context) -> list[tuple[str, Params]]:
 
 def stage_validate(ctx: Context) -> ValidateResult:
     """The top-k configs and the baseline, each trained with every validation seed (fresh seeds)."""
-    from speechtune.workflow._stats import mean_std, seed_noise_test
 
     v = ctx.spec.validation
     recipe = ctx.proxy_recipe()
@@ -305,7 +305,6 @@ def stage_full(ctx: Context) -> FullResult:
 
 
 def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    from speechtune.tuning.objectives import merge_config
 
     return merge_config(recipe, params)
 
@@ -360,8 +359,6 @@ def _lineage(ctx: Context, golden: GoldenInfo) -> dict[str, Any]:
 
 def stage_gate(ctx: Context) -> GateResult:
     """Golden-set evaluation, registry, and promotion by margin."""
-    from speechtune.workflow._gate import gate_model
-    from speechtune.workflow._golden import leakage
 
     g = ctx.spec.gating
     full = ctx.state.result("full", FullResult)

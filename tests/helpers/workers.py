@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,9 +165,11 @@ def wait_until_stale(
     Reads with Optuna's own staleness rule (``RDBStorage._get_stale_trial_ids``), without
     failing the trial: that is the job of the process under test.
     """
-    storage = optuna.storages.RDBStorage(
-        url, heartbeat_interval=int(heartbeat_s), grace_period=int(2 * heartbeat_s)
-    )
+    with warnings.catch_warnings():  # heartbeats are an experimental Optuna feature: no news here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=int(heartbeat_s), grace_period=int(2 * heartbeat_s)
+        )
     study_id = storage.get_study_id_from_name(study_name)
     try:
         return wait_for(

@@ -42,7 +42,13 @@ from optuna.trial import TrialState
 
 from speechtune.tuning.search._fidelity import Fidelity
 from speechtune.tuning.search._jobs import Job, _Bracket, _Config, _optuna_quiet, _spearman
-from speechtune.tuning.space import ConstraintViolation, SearchSpace
+from speechtune.tuning.space import (
+    ConstraintViolation,
+    SearchSpace,
+    prior_log_density,
+    sample_near,
+    sample_prior,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +351,6 @@ class MultiFidelitySearch:
         better half has a higher prior density than one from the worse half. 1.0 before there is
         evidence: a prior is trusted until the data say otherwise (PriorBand starts the same way).
         """
-        from speechtune.tuning.space import prior_log_density
 
         for rung in range(self.fidelity.top, -1, -1):
             if not self.trusted(rung):
@@ -387,7 +392,6 @@ class MultiFidelitySearch:
     def _propose_speechtune(
         self, rng: np.random.Generator, model_rung: int | None
     ) -> tuple[dict[str, Any], dict[str, Any], str]:
-        from speechtune.tuning.space import sample_near, sample_prior
 
         incumbent = self._incumbent()
         n_obs = (

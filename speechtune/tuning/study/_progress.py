@@ -19,6 +19,8 @@ from typing import Any, cast
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from speechtune.tuning.study._records import comparable_trials
+
 log = logging.getLogger("speechtune.tuning")
 
 
@@ -83,7 +85,6 @@ def _best(study: optuna.Study) -> tuple[float | None, int | None]:
         return None, None
     if "fidelity" in study.user_attrs:
         # Multi-fidelity: only values at the top rung are comparable.
-        from speechtune.tuning.study._records import comparable_trials
 
         done = [t for t in comparable_trials(study) if t.value is not None]
         if not done:

@@ -34,7 +34,7 @@ from speechtune._jsonable import _jsonable
 from speechtune.devices import gpus_for_device
 from speechtune.metrics import EnergyMeter
 from speechtune.tuning.objectives import CONTINUE_MARKER, Objective, TrialOutcome
-from speechtune.tuning.space import SearchSpace
+from speechtune.tuning.space import ConstraintViolation, SearchSpace
 from speechtune.tuning.spec import TuningSpec
 from speechtune.tuning.study._values import (
     complete_metrics,
@@ -241,7 +241,6 @@ class TrialRunner:
         return self.obj_spec.primary_metric
 
     def _sample(self, trial: Trial) -> dict[str, Any]:
-        from speechtune.tuning.space import ConstraintViolation
 
         try:
             return dict(sample_space(self.spec.space, trial, self.base_flat))

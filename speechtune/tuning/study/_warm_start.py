@@ -24,6 +24,8 @@ from speechtune.tuning.space import (
     SearchSpace,
     fit_params,
 )
+from speechtune.tuning.study._load import load_study
+from speechtune.tuning.study._records import ranked_trials, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ def _read_best_yaml(path: Path) -> dict[str, Any]:
 
 def _study_configs(path: Path, top_k: int) -> tuple[list[dict[str, Any]], str]:
     """Flat configs of the top-k complete trials (top rung only, for a multi-fidelity study)."""
-    from speechtune.tuning.study._load import load_study
-    from speechtune.tuning.study._records import ranked_trials, trial_config
 
     try:
         study = load_study(path)

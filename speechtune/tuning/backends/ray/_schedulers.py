@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from speechtune.tuning.backends.ray._trainable import OBJECTIVE_KEY
-from speechtune.tuning.space import FloatParam, IntParam, SearchSpace
+from speechtune.tuning.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from speechtune.tuning.spec import RaySpec, TuningSpec
 
 
@@ -15,8 +15,6 @@ from speechtune.tuning.spec import RaySpec, TuningSpec
 def _mutation_domains(rspec: RaySpec, space: SearchSpace) -> dict[str, Any]:
     """Ray domains for the keys PBT perturbs: the param's own range in ``space``, or the listed values."""
     from ray import tune
-
-    from speechtune.tuning.space import CategoricalParam, FloatParam, IntParam
 
     out: dict[str, Any] = {}
     explicit = rspec.pbt.hyperparam_mutations or {}
@@ -39,7 +37,6 @@ def _mutation_domains(rspec: RaySpec, space: SearchSpace) -> dict[str, Any]:
 
 def _clip_to_space(space: SearchSpace) -> Any:
     """PBT's explore step multiplies a value by 0.8/1.2: keep the result inside the space's range."""
-    from speechtune.tuning.space import FloatParam, IntParam
 
     def explore(config: dict) -> dict:
         for name, p in space.params.items():

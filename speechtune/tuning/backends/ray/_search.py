@@ -10,7 +10,7 @@ import optuna
 
 from speechtune._jsonable import _jsonable
 from speechtune.tuning.backends.ray._trainable import META_KEY
-from speechtune.tuning.space import SearchSpace
+from speechtune.tuning.space import ConstraintViolation, SearchSpace
 from speechtune.tuning.study import sample_space
 
 
@@ -25,7 +25,6 @@ class _Sampler:
     base_flat: dict[str, Any]
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        from speechtune.tuning.space import ConstraintViolation
 
         meta: dict[str, Any] = {}
         try:
