@@ -8,18 +8,26 @@
 * No module is longer than :data:`MAX_LINES`.
 
 Imports under ``if TYPE_CHECKING:`` are type annotations, not dependencies: they are skipped.
+
+``python -m tests.test_architecture [PACKAGE_DIR]`` prints the figures these tests check (for any
+checkout of the package, e.g. an older one to compare with).
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers.paths import REPO
 
-PACKAGE = REPO / "speechtune"
+PACKAGE = (
+    Path(sys.argv[1]).resolve()
+    if __name__ == "__main__" and len(sys.argv) > 1
+    else REPO / "speechtune"
+)
 
 #: Lowest first. Root-level private modules (``speechtune._lazy``...) are shared utilities.
 LAYERS: list[set[str]] = [
@@ -197,7 +205,8 @@ def test_no_import_circles() -> None:
     assert _cycles(graph) == []
 
 
-def test_private_modules_stay_inside_their_package() -> None:
+def _private_imports() -> list[str]:
+    """``importer -> module`` for every import of another package's private module."""
     bad = []
     for module, targets in GRAPH.items():
         for target in targets:
@@ -208,7 +217,12 @@ def test_private_modules_stay_inside_their_package() -> None:
             owner = ".".join(parts[:private])
             if not (module == owner or module.startswith(owner + ".")):
                 bad.append(f"{module} -> {target}")
-    assert not bad, "private modules imported from another package:\n" + "\n".join(sorted(bad))
+    return sorted(bad)
+
+
+def test_private_modules_stay_inside_their_package() -> None:
+    bad = _private_imports()
+    assert not bad, "private modules imported from another package:\n" + "\n".join(bad)
 
 
 def test_modules_stay_small() -> None:
@@ -223,3 +237,25 @@ def test_the_layer_checks_see_violations() -> None:
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     assert _layer("speechtune.data._manifest") < _layer("speechtune.tuning.study._trial")  # type: ignore[operator]
     assert "speechtune.tuning.study" in GRAPH["speechtune.tuning.backends._local"]
+
+
+def _summary() -> dict[str, object]:
+    """The figures the tests above check, for a report."""
+    graph = {
+        m: {t for t in ts if not (MODULES[m].name == "__init__.py" and t.startswith(m + "."))}
+        for m, ts in GRAPH.items()
+    }
+    sizes = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
+    largest = max(sizes, key=sizes.__getitem__)
+    return {
+        "modules": len(MODULES),
+        "largest module": f"{largest} ({sizes[largest]} lines)",
+        "modules over 600 lines": sum(n > MAX_LINES for n in sizes.values()),
+        "import circles (groups of modules)": len(_cycles(graph)),
+        "private cross-package imports (module pairs)": len(_private_imports()),
+    }
+
+
+if __name__ == "__main__":
+    for key, value in _summary().items():
+        print(f"{key}: {value}")
