@@ -163,9 +163,8 @@ class StudyProgress:
         if self._live_enabled:
             from rich.live import Live
 
-            self._live = Live(
-                cast(Any, self), refresh_per_second=2, transient=False
-            )  # rendered by __rich__
+            # Live renders any object with __rich__; its stubs ask for a renderable type.
+            self._live = Live(cast(Any, self), refresh_per_second=2, transient=False)
             self._live.__enter__()
         return self
 
