@@ -159,7 +159,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch):
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        # Not `ray stop --force`, which stops every Ray cluster of the machine: only this one.
+        # Only this cluster's processes: Ray's own forced stop would end every Ray cluster on the machine.
         for p in _cluster_processes(temp_dir):
             _kill_tree(p)
 
