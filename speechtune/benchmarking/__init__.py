@@ -1,5 +1,6 @@
-"""Search-efficiency benchmarks: multi-fidelity problems, a harness that runs search strategies
-side by side, and the anytime-regret table and plots (issue 4).
+"""Search-efficiency benchmarks: multi-fidelity problems (synthetic functions, a recorded AN4
+learning-curve table, YAHPO Gym surrogates), a harness that runs search strategies side by side,
+and the anytime-regret table and plots.
 
     from speechtune.benchmarking import Hartmann6, run_benchmark, markdown_table
     result = run_benchmark([Hartmann6()], ["tpe", "tpe_hyperband", "speechtune"], seeds=range(5), budget=40)
@@ -28,6 +29,7 @@ from speechtune.benchmarking._problems import (
 )
 from speechtune.benchmarking._report import markdown_table, plot_regret, write_outputs
 from speechtune.benchmarking._tabular import TabularProblem
+from speechtune.benchmarking._yahpo import YAHPO_SUITE, YahpoProblem, yahpo_suite
 
 SYNTHETIC_PROBLEMS = {"hartmann3": Hartmann3, "hartmann6": Hartmann6, "branin": Branin}
 
@@ -43,6 +45,8 @@ __all__ = [
     "SyntheticProblem",
     "TabularProblem",
     "Trace",
+    "YAHPO_SUITE",
+    "YahpoProblem",
     "beats_everywhere",
     "fraction_to_reach",
     "markdown_table",
@@ -51,4 +55,5 @@ __all__ = [
     "run_benchmark",
     "run_strategy",
     "write_outputs",
+    "yahpo_suite",
 ]

@@ -94,13 +94,19 @@ class Trace:
     n_full: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
-    def record(self, cost: float, value: float | None, full: bool) -> None:
-        """Add one evaluation ending at cumulative ``cost``; ``value`` counts only when ``full``."""
+    def record(
+        self, cost: float, value: float | None, full: bool, counts: bool | None = None
+    ) -> None:
+        """Add one evaluation ending at cumulative ``cost``.
+
+        ``value`` updates the incumbent when ``counts`` (default: when ``full``, the evaluation ran
+        at the full budget; a problem following YAHPO's protocol counts every evaluation).
+        """
         best = self.incumbents[-1] if self.incumbents else math.inf
         if full:
             self.n_full += 1
-            if value is not None and math.isfinite(value):
-                best = min(best, float(value))
+        if (full if counts is None else counts) and value is not None and math.isfinite(value):
+            best = min(best, float(value))
         self.costs.append(float(cost))
         self.incumbents.append(best)
 
@@ -188,7 +194,14 @@ def _run_optuna_full(
 def _run_optuna_pruned(
     problem: Problem, pruner: optuna.pruners.BasePruner, seed: int, trace: Trace, budget: float
 ) -> None:
-    """TPE + a pruner: report every epoch, stop when pruned; cost = epochs run / max_budget."""
+    """TPE + a pruner: report every epoch, stop when pruned; cost = epochs run / max_budget.
+
+    A problem whose budgets do not continue each other (a share of the data) reports at the
+    budgets of Hyperband's ladder only, each a training of its own, paid in full.
+    """
+    if not problem.continues:
+        _run_optuna_pruned_restarts(problem, pruner, seed, trace, budget)
+        return
     study = optuna.create_study(
         sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, study_name=_study_name(trace)
     )
@@ -211,7 +224,38 @@ def _run_optuna_pruned(
         else:
             study.tell(trial, state=TrialState.PRUNED)
             pruned += 1
-            trace.record(epochs / top, None, full=False)
+            trace.record(epochs / top, value, full=False, counts=problem.incumbent_any_fidelity)
+    trace.info["trials"] = len(study.trials)
+    trace.info["pruned"] = pruned
+
+
+def _run_optuna_pruned_restarts(
+    problem: Problem, pruner: optuna.pruners.BasePruner, seed: int, trace: Trace, budget: float
+) -> None:
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, study_name=_study_name(trace)
+    )
+    top = problem.max_budget
+    ladder = [int(r.overrides["epochs"]) for r in Fidelity.geometric("epochs", top, eta=ETA).rungs]
+    spent = 0.0
+    pruned = 0
+    while spent < budget - 1e-9:
+        trial = study.ask()
+        config = problem.space.sample(trial)
+        value = None
+        for b in ladder:
+            value = problem.evaluate(config, b)
+            spent += b / top
+            full = b == top
+            trial.report(value, b)
+            trace.record(spent, value, full=full, counts=full or problem.incumbent_any_fidelity)
+            if not full and trial.should_prune():
+                break
+        if b == top:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+            pruned += 1
     trace.info["trials"] = len(study.trials)
     trace.info["pruned"] = pruned
 
@@ -240,7 +284,7 @@ def _run_engine(problem: Problem, strategy: str, seed: int, trace: Trace, budget
             space, problem.prior_good if which == "good" else problem.prior_bad
         )
     trace.info["prior"] = which
-    fidelity = Fidelity.geometric("epochs", problem.max_budget, eta=ETA)
+    fidelity = Fidelity.geometric("epochs", problem.max_budget, eta=ETA, resume=problem.continues)
     key = fidelity.resume_key or "epochs"
     search = MultiFidelitySearch(
         space, fidelity, strategy=engine_strategy, seed=seed, use_priors=which is not None
@@ -275,7 +319,10 @@ def _engine_loop(
                         job.config, fidelity.rungs[rung].overrides[key]
                     )
         search.tell(job, value, intermediate=intermediate)
-        trace.record(search.budget_used, value, full=job.rung == top)
+        full = job.rung == top
+        trace.record(
+            search.budget_used, value, full=full, counts=full or problem.incumbent_any_fidelity
+        )
         sources[job.source] = sources.get(job.source, 0) + 1
     trace.info["jobs"] = sum(sources.values())
     trace.info["sources"] = sources
@@ -362,6 +409,7 @@ class ProblemResult:
     optimum: float
     reference: float
     max_budget: int
+    budget: float = 40.0  # full-fidelity evaluations per run on this problem
     traces: dict[str, list[Trace]] = field(default_factory=dict)
     mean: dict[str, np.ndarray] = field(default_factory=dict)
     se: dict[str, np.ndarray] = field(default_factory=dict)
@@ -372,15 +420,14 @@ class ProblemResult:
 class BenchmarkResult:
     """Results of :func:`run_benchmark`: per problem, per strategy mean regret and target checks."""
 
-    budget: float
+    budget: float | None  # one budget for every problem; None: each problem's default_budget()
     seeds: list[int]
     fractions: np.ndarray
     problems: dict[str, ProblemResult] = field(default_factory=dict)
 
-    @property
-    def budgets(self) -> np.ndarray:
-        """The grid in full-evaluation units."""
-        return self.fractions * self.budget
+    def budgets(self, problem: str) -> np.ndarray:
+        """A problem's budget grid in full-evaluation units."""
+        return self.fractions * self.problems[problem].budget
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (results.json)."""
@@ -393,6 +440,7 @@ class BenchmarkResult:
                     "optimum": p.optimum,
                     "reference": p.reference,
                     "max_budget": p.max_budget,
+                    "budget": p.budget,
                     "mean_regret": {s: v.tolist() for s, v in p.mean.items()},
                     "se_regret": {s: v.tolist() for s, v in p.se.items()},
                     "checks": p.checks,
@@ -445,7 +493,7 @@ def run_benchmark(
     problems: Sequence[Problem],
     strategies: Sequence[str] = STRATEGIES,
     seeds: Sequence[int] = tuple(range(10)),
-    budget: float = 40.0,
+    budget: float | None = 40.0,
     *,
     grid_points: int = 100,
     workers: int = 1,
@@ -457,7 +505,8 @@ def run_benchmark(
         strategies: names from :data:`STRATEGIES`.
         seeds: one run per seed; each run is deterministic, so the result does not depend on
             ``workers``.
-        budget: total cost per run in full-fidelity evaluations.
+        budget: total cost per run in full-fidelity evaluations; None: each problem's
+            :meth:`~speechtune.benchmarking.Problem.default_budget` (YAHPO's ``20 + 40 sqrt(d)``).
         grid_points: the regret grid is ``budget * k / grid_points`` for k = 1..grid_points.
         workers: processes (``ProcessPoolExecutor``); 1 runs in this process.
     """
@@ -470,21 +519,26 @@ def run_benchmark(
     if len(set(names)) != len(names):
         raise ValueError(f"problem names must be unique (got {names})")
     fractions = np.arange(1, grid_points + 1) / grid_points
+    budgets = {
+        p.name: float(budget if budget is not None else p.default_budget()) for p in problems
+    }
     tasks = [
-        (p, s, int(seed), float(budget)) for p in problems for s in strategies for seed in seeds
+        (p, s, int(seed), budgets[p.name]) for p in problems for s in strategies for seed in seeds
     ]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             outcomes = list(pool.map(_run_task, tasks, chunksize=1))
     else:
         outcomes = [_run_task(t) for t in tasks]
-    result = BenchmarkResult(float(budget), [int(s) for s in seeds], fractions)
+    result = BenchmarkResult(
+        None if budget is None else float(budget), [int(s) for s in seeds], fractions
+    )
     for p in problems:
         result.problems[p.name] = ProblemResult(
-            p.name, float(p.optimum), float(p.reference), int(p.max_budget)
+            p.name, float(p.optimum), float(p.reference), int(p.max_budget), budgets[p.name]
         )
     for (p, s, _, _), out in zip(tasks, outcomes):
         result.problems[p.name].traces.setdefault(s, []).append(out)
     for pr in result.problems.values():
-        summarise(pr, fractions, float(budget))
+        summarise(pr, fractions, pr.budget)
     return result

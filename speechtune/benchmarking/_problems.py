@@ -74,9 +74,19 @@ class Problem(Protocol):
     reference: float
     prior_good: dict[str, tuple[Any, float]]
     prior_bad: dict[str, tuple[Any, float]]
+    #: True when a larger budget continues a smaller one (epochs); False when it is a new
+    #: training (a larger share of the data), so every evaluation is paid in full.
+    continues: bool
+    #: True when an evaluation at any budget counts towards the best found (YAHPO's protocol);
+    #: False when only full-budget values do (a value after 3 epochs is not a final score).
+    incumbent_any_fidelity: bool
 
     def evaluate(self, config: Mapping[str, Any], budget: float) -> float:
         """The value (lower is better) of ``config`` trained for ``budget`` epochs."""
+        ...
+
+    def default_budget(self) -> float:
+        """The run budget in full-fidelity evaluations when the benchmark gives none."""
         ...
 
 
@@ -107,6 +117,8 @@ class SyntheticProblem:
     """
 
     name: str = "synthetic"
+    continues = True
+    incumbent_any_fidelity = False
     lower: tuple[float, ...] = ()
     upper: tuple[float, ...] = ()
     optimum: float = 0.0
@@ -117,6 +129,10 @@ class SyntheticProblem:
     good_default: tuple[float, ...] = ()
     good_width: float = 0.1
     bad_width: float = 0.1
+
+    def default_budget(self) -> float:
+        """40 full evaluations: the budget of the project's synthetic benchmark."""
+        return 40.0
 
     def __init__(self, max_budget: int = 27, seed: int = 0) -> None:
         if not isinstance(max_budget, int) or max_budget < 1:

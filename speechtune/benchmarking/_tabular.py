@@ -87,6 +87,13 @@ class TabularProblem:
     Build it with :meth:`load`; ``evaluate(config, budget)`` is then a table lookup.
     """
 
+    continues = True
+    incumbent_any_fidelity = False
+
+    def default_budget(self) -> float:
+        """40 full evaluations, as for the synthetic problems."""
+        return 40.0
+
     def __init__(
         self,
         name: str,
