@@ -10,9 +10,10 @@ STAMP := $(VENV)/.installed
 
 # torch==2.13.0 is pinned inside requirements.txt so that it is installed in the same pip
 # command as everything else (pip then takes the local CPU wheel, not a multi-GB CUDA build).
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt requirements-nodeps.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 

@@ -15,13 +15,18 @@ CPU recording (this machine; one thread, niced, stops starting configs after the
         --out benchmarks/data/an4_curves.jsonl --n-configs 60 --epochs 10 --seed 0 \\
         --device auto --threads 1 --time-limit-s 6300 > runs/record_an4.log 2>&1 &
 
-The whole grid on a GPU (same script; ``--device auto`` picks CUDA). The meta line records the
-device, so a GPU table goes to its own file; rerun the same command to resume after a stop
-(the GPU path has not been run yet: no GPU was available when this was written)::
+On a GPU: these small models keep an H200 busy only a few per cent (kernel launches dominate),
+so ``record_an4_curves_packed.sh`` packs N recorder processes on it, each training an interleaved
+shard of the same draw (``--shard I/N``, its own ``--out``), and merges their files
+(``--merge``). ``benchmarks/data/an4_curves_gpu.jsonl`` (119 configs) was recorded so: 14
+processes on one H200 and 16 cores, two runs of ~5.5 min, the second resuming the first::
 
-    python benchmarks/record_an4_curves.py --space benchmarks/an4_curves_space.yaml \\
-        --data ../shared/data/an4 --out benchmarks/data/an4_curves_gpu.jsonl \\
-        --n-configs 480 --epochs 10 --seed 0 --device auto --threads 4 [--time-limit-s 30000]
+    WORK=/tmp/rec benchmarks/record_an4_curves_packed.sh ../shared/data/an4 \
+        benchmarks/data/an4_curves_gpu.jsonl 14 270
+
+The meta line records the device, so a GPU table goes to its own file. ``--summary [OTHER]``
+prints how each epoch ranks the configs like the last one (Spearman with bootstrap intervals) and,
+given a second recording of the grid, how the two agree on the configs they share.
 
 File format (one JSON object per line)::
 
@@ -194,6 +199,114 @@ def load_grid(space_path: str | Path) -> Grid:
         base_recipe=spec.base_recipe,
         overrides=dict(spec.overrides),
     )
+
+
+def shard_of(ids: Sequence[int], shard: tuple[int, int]) -> list[int]:
+    """The ids a shard ``(index, count)`` trains: every ``count``-th drawn id from ``index``.
+
+    Shards of one draw are disjoint and together cover it, and each holds early draws, so shards
+    stopped by a time limit leave a prefix-like sample of the grid, not one region of it.
+    """
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
+    return [i for k, i in enumerate(ids) if k % count == index]
+
+
+def merge_recordings(parts: Sequence[Path], out: Path, seed_order: Sequence[int]) -> int:
+    """Merge shard recordings of one experiment into ``out`` (in draw order); returns configs written.
+
+    Raises:
+        RecordingMismatch: the parts were recorded with different settings.
+        FileExistsError: ``out`` exists (merging never appends to a recording).
+    """
+    if out.exists():
+        raise FileExistsError(f"{out}: exists; merge into a new file")
+    metas, records = [], {}
+    for part in parts:
+        meta, recs = read_recording(part)
+        if meta is None:
+            raise ValueError(f"{part}: empty; expected a recorder's JSONL")
+        if metas:
+            diffs = meta_differences(metas[0], meta)
+            if diffs:
+                raise RecordingMismatch(
+                    f"{part} differs from {parts[0]}:\n  " + "\n  ".join(diffs)
+                )
+        metas.append(meta)
+        records.update(recs)
+    rank = {cid: k for k, cid in enumerate(seed_order)}
+    ordered = sorted(records, key=lambda cid: (rank.get(cid, len(rank)), cid))
+    meta = {**metas[0], "recorded": min(m["recorded"] for m in metas), "shards": len(parts)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as fh:
+        _append_line(fh, {"meta": meta})
+        for cid in ordered:
+            _append_line(fh, records[cid])
+    return len(ordered)
+
+
+def summarise_recording(path: Path, n_bootstrap: int = 2000, compare: Path | None = None) -> str:
+    """A Markdown summary of a recording: how each epoch ranks configs like the last one.
+
+    For every epoch k: Spearman of the dev WER (and of the dev loss) after k epochs with the
+    final dev WER over the configs that completed every epoch, with bootstrap 95% intervals
+    (resampling configs). With ``compare`` (another recording of the same grid, e.g. CPU against
+    GPU), also the Spearman of the final WER between the two over the configs both hold.
+    """
+    from speechtune.reports import rank_correlation
+
+    meta, records = read_recording(path)
+    if meta is None:
+        raise ValueError(f"{path}: empty; expected a recorder's JSONL")
+    epochs = int(meta["epochs"])
+    full = [r for r in records.values() if len(r["epochs"]) == epochs]
+    final = np.array([r["epochs"][-1]["wer"] for r in full], dtype=float)
+    times = [sum(e["time_s"] for e in r["epochs"]) for r in records.values()]
+    statuses = sorted({r["status"] for r in records.values()})
+    counts = ", ".join(f"{sum(r['status'] == s for r in records.values())} {s}" for s in statuses)
+    lines = [
+        f"{path.name}: {len(records)} configs ({counts}) of {meta['grid_size']}, {epochs} epochs "
+        f"each, on {meta['device']} (torch {meta['torch']}); final dev WER "
+        f"{np.min(final):.3f}-{np.max(final):.3f} (median {np.median(final):.3f}); "
+        f"{np.mean(times):.0f} s per config (wall, mean)",
+        "",
+        "| after epoch | Spearman, dev WER (95% CI) | Spearman, dev loss (95% CI) |",
+        "| ---: | --- | --- |",
+    ]
+    for k in range(epochs - 1):
+        cells = []
+        for field in ("wer", "dev_loss"):
+            vals = np.array([r["epochs"][k].get(field) for r in full], dtype=float)
+            ok = np.isfinite(vals) & np.isfinite(final)
+            stats = rank_correlation(
+                vals[ok], final[ok], n_bootstrap=n_bootstrap, rng=np.random.default_rng([0, k])
+            )
+            if stats.spearman is None:
+                cells.append("n/a")
+            else:
+                lo, hi = stats.spearman_ci or (math.nan, math.nan)
+                cells.append(f"{stats.spearman:.2f} ({lo:.2f} to {hi:.2f})")
+        lines.append(f"| {k + 1} | {cells[0]} | {cells[1]} |")
+    if compare is not None:
+        other_meta, other = read_recording(compare)
+        both = [
+            cid
+            for cid, r in records.items()
+            if cid in other and len(r["epochs"]) == epochs and len(other[cid]["epochs"]) == epochs
+        ]
+        a = np.array([records[c]["epochs"][-1]["wer"] for c in both], dtype=float)
+        b = np.array([other[c]["epochs"][-1]["wer"] for c in both], dtype=float)
+        stats = rank_correlation(a, b, n_bootstrap=n_bootstrap, rng=np.random.default_rng(1))
+        lo, hi = stats.spearman_ci or (math.nan, math.nan)
+        device = (other_meta or {}).get("device")
+        lines += [
+            "",
+            f"Against {compare.name} ({device}): {len(both)} configs in both; Spearman of their final "
+            f"dev WER {stats.spearman:.2f} ({lo:.2f} to {hi:.2f}), mean absolute difference "
+            f"{np.mean(np.abs(a - b)):.3f}.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def draw_config_ids(grid_size: int, n_configs: int, seed: int) -> list[int]:
@@ -462,6 +575,7 @@ def record(
     data_location: str | None = None,
     time_limit_s: float | None = None,
     cache_dir: str = ".cache/speechtune",
+    shard: tuple[int, int] = (0, 1),
 ) -> int:
     """Record (or resume recording) learning curves of ``n_configs`` grid configs.
 
@@ -477,6 +591,9 @@ def record(
             corpus); None keeps the base recipe's.
         time_limit_s: no config is started after this many seconds (the running one finishes).
         cache_dir: corpus and feature cache.
+        shard: ``(I, N)``: train only the I-th of N interleaved slices of the draw (see
+            :func:`shard_of`); N processes with their own ``out`` files share a machine, and
+            ``--merge`` joins their files.
 
     Returns:
         The number of configs recorded by this call.
@@ -513,12 +630,13 @@ def record(
                     f"{out} was recorded with other settings; use another --out or the original settings:\n  "
                     + "\n  ".join(diffs)
                 )
-        todo = [i for i in draw_config_ids(grid.size, n_configs, seed) if i not in done]
+        drawn = shard_of(draw_config_ids(grid.size, n_configs, seed), shard)
+        todo = [i for i in drawn if i not in done]
         log.info(
             "grid of %d configs; %d drawn, %d already in %s, %d to train (%d epochs each) on %s",
             grid.size,
-            min(n_configs, grid.size),
-            min(n_configs, grid.size) - len(todo),
+            len(drawn),
+            len(drawn) - len(todo),
             out,
             len(todo),
             epochs,
@@ -584,8 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--out", default="benchmarks/data/an4_curves.jsonl", help="JSONL recording (appended)"
     )
-    ap.add_argument("--n-configs", type=int, required=True, help="configs to draw from the grid")
-    ap.add_argument("--epochs", type=int, required=True, help="epochs per config")
+    ap.add_argument("--n-configs", type=int, help="configs to draw from the grid (required)")
+    ap.add_argument("--epochs", type=int, help="epochs per config (required)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the config draw")
     ap.add_argument(
         "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ..."
@@ -595,9 +713,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--time-limit-s", type=float, default=None, help="start no config after this many seconds"
     )
     ap.add_argument("--cache-dir", default=".cache/speechtune", help="corpus and feature cache")
+    ap.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/N: train the I-th of N interleaved slices of the draw (one process per slice, "
+        "each with its own --out)",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="PART",
+        help="merge these shard recordings into --out (a new file) instead of training",
+    )
+    ap.add_argument(
+        "--summary",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="OTHER",
+        help="print how each epoch of --out ranks configs like the last (Spearman, bootstrap "
+        "95%% intervals) instead of training; OTHER: a second recording to compare with",
+    )
     args = ap.parse_args(argv)
+    if args.summary is not None:
+        other = None if args.summary is True else Path(args.summary)
+        print(summarise_recording(Path(args.out), compare=other), end="")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        ap.error(f"--shard: expected I/N (e.g. 3/12), got {args.shard!r}")
     try:
+        if args.merge is not None:
+            grid = load_grid(args.space)
+            order = draw_config_ids(grid.size, grid.size, args.seed)
+            n = merge_recordings(args.merge, Path(args.out), order)
+            print(f"merged {n} configs from {len(args.merge)} files into {args.out}")
+            return 0
+        if args.n_configs is None or args.epochs is None:
+            ap.error("--n-configs and --epochs are required (unless --merge)")
         record(
             args.space,
             args.out,
@@ -609,8 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_location=args.data,
             time_limit_s=args.time_limit_s,
             cache_dir=args.cache_dir,
+            shard=(int(index), int(count)),
         )
-    except (RecordingMismatch, RecordingLocked) as exc:
+    except (RecordingMismatch, RecordingLocked, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -2,25 +2,31 @@
 
 Runs every strategy for S seeds at a total budget given in full-fidelity evaluations (40 = the
 cost of 40 full trainings) on synthetic multi-fidelity functions (Hartmann 3/6, Branin with a
-fidelity), a recorded learning-curve table of real AN4 training ("an4", replayed from
-benchmarks/data/an4_curves.jsonl, or any .jsonl path), and YAHPO Gym surrogates ("yahpo": the six
-instances of YAHPO's single-objective suite; "yahpo:rbv2_rpart/14" for one; read from --yahpo-dir).
-Without --budget each problem gets its own: 40 for the synthetic and AN4 problems, YAHPO's
-20 + 40 sqrt(d) for YAHPO. Writes results.json, results.md (the table, also printed) and
-regret_<problem>.png into --out. Usage:
+fidelity), recorded learning-curve tables of real AN4 training ("an4": 119 configs recorded on a
+GPU, benchmarks/data/an4_curves_gpu.jsonl; "an4_cpu": 40 on a CPU; or any .jsonl path), and YAHPO
+Gym surrogates ("yahpo": the six instances of YAHPO's single-objective suite; "yahpo:rbv2_rpart/14"
+for one; read from --yahpo-dir).
+Without --budget each problem gets its own: 40 for the synthetic problems, a sixth of a table's
+configs (at least 10) for AN4, YAHPO's 20 + 40 sqrt(d) for YAHPO. Writes results.json, results.md
+(the table, also printed) and regret_<problem>.png into --out. Usage:
 
     python benchmarks/search_efficiency.py --problems hartmann3,hartmann6,branin[,an4][,yahpo] \\
         --seeds 10 --out runs/bench_search
 
-Each (problem, strategy, seed) run is deterministic, so results do not depend on --workers.
+Each (problem, strategy, seed) run is deterministic, so results do not depend on --workers. Every
+finished run is kept in OUT/runs/ and reused, so an interrupted benchmark resumes where it stopped
+(--fresh runs everything again).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from speechtune.benchmarking import (
     STRATEGIES,
@@ -30,14 +36,19 @@ from speechtune.benchmarking import (
     YahpoProblem,
     markdown_table,
     run_benchmark,
+    update_docs,
     write_outputs,
 )
 
-AN4_TABLE = Path(__file__).resolve().parent / "data" / "an4_curves.jsonl"
+# The AN4 tables: 119 configs recorded on an H200 (the default), 40 on one CPU thread.
+AN4_TABLES = {
+    "an4": Path(__file__).resolve().parent / "data" / "an4_curves_gpu.jsonl",
+    "an4_cpu": Path(__file__).resolve().parent / "data" / "an4_curves.jsonl",
+}
 YAHPO_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "yahpo"
 
 
-def make_problems(name: str, max_budget: int, yahpo_dir: Path) -> list[object]:
+def make_problems(name: str, max_budget: int, yahpo_dir: Path) -> list[Any]:
     """The problems a name stands for: a synthetic one, ``an4`` (the recorded AN4 table), a path to
     a .jsonl table, ``yahpo`` (YAHPO's suite) or ``yahpo:<scenario>/<instance>``."""
     if name == "yahpo":
@@ -48,18 +59,19 @@ def make_problems(name: str, max_budget: int, yahpo_dir: Path) -> list[object]:
     return [make_problem(name, max_budget)]
 
 
-def make_problem(name: str, max_budget: int) -> object:
+def make_problem(name: str, max_budget: int) -> Any:
     """A problem by name: a synthetic one, ``an4`` (the recorded AN4 table) or a path to a .jsonl table."""
     if name in SYNTHETIC_PROBLEMS:
         return SYNTHETIC_PROBLEMS[name](max_budget=max_budget)
-    if name == "an4":
-        if not AN4_TABLE.exists():
-            raise SystemExit(f"--problems an4: {AN4_TABLE} does not exist (record it first)")
-        return TabularProblem.load(AN4_TABLE, name="an4")
+    if name in AN4_TABLES:
+        table = AN4_TABLES[name]
+        if not table.exists():
+            raise SystemExit(f"--problems {name}: {table} does not exist (record it first)")
+        return TabularProblem.load(table, name=name)
     if name.endswith(".jsonl"):
         return TabularProblem.load(name)
     valid = ", ".join(
-        [*SYNTHETIC_PROBLEMS, "an4", "<path>.jsonl", "yahpo", "yahpo:<scenario>/<instance>"]
+        [*SYNTHETIC_PROBLEMS, *AN4_TABLES, "<path>.jsonl", "yahpo", "yahpo:<scenario>/<instance>"]
     )
     raise SystemExit(f"--problems: unknown problem {name!r}; valid: {valid}")
 
@@ -102,6 +114,16 @@ def main() -> int:
         "--out", default="runs/bench_search", help="output folder (default: %(default)s)"
     )
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument(
+        "--fresh", action="store_true", help="ignore the runs kept in OUT/runs/ and rerun all"
+    )
+    ap.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="also write the tables and plots into this page's generated section "
+        "(docs/benchmarks.md)",
+    )
     args = ap.parse_args()
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -110,21 +132,47 @@ def main() -> int:
         ap.error(f"--strategies: unknown {unknown}; valid: {', '.join(STRATEGIES)}")
     if args.seeds < 1 or (args.budget is not None and args.budget <= 0):
         ap.error("--seeds must be >= 1 and --budget > 0")
-    problems = [
-        p
-        for n in args.problems.split(",")
-        if n.strip()
-        for p in make_problems(n.strip(), args.max_budget, args.yahpo_dir)
-    ]
+    try:
+        problems = [
+            p
+            for n in args.problems.split(",")
+            if n.strip()
+            for p in make_problems(n.strip(), args.max_budget, args.yahpo_dir)
+        ]
+    except (OSError, ValueError) as exc:
+        ap.error(f"--problems: {exc}")
 
     t0 = time.perf_counter()
     result = run_benchmark(
-        problems, strategies, seeds=range(args.seeds), budget=args.budget, workers=args.workers
+        problems,
+        strategies,
+        seeds=range(args.seeds),
+        budget=args.budget,
+        workers=args.workers,
+        cache_dir=None if args.fresh else Path(args.out) / "runs",
     )
     elapsed = time.perf_counter() - t0
     paths = write_outputs(result, args.out, plots=not args.no_plots)
     print(markdown_table(result))
     print(f"({elapsed:.0f} s; wrote {', '.join(str(p) for p in paths.values())})")
+    if args.docs is not None:
+        command = "python benchmarks/search_efficiency.py " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:]
+        )
+        # The runs' own times, summed: unlike the elapsed time, it holds also for a resumed
+        # benchmark whose earlier runs came from OUT/runs/.
+        run_s = sum(
+            float(t.info.get("wall_s", 0.0))
+            for pr in result.problems.values()
+            for traces in pr.traces.values()
+            for t in traces
+        )
+        machine = (
+            f"{os.cpu_count()} CPU cores, {args.workers} worker processes, "
+            f"{run_s / 3600:.1f} h of runs in all"
+        )
+        update_docs(result, args.docs, paths, command=command, wall_s=elapsed, machine=machine)
+        print(f"updated {args.docs}")
     return 0
 
 

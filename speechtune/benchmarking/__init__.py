@@ -20,6 +20,7 @@ from speechtune.benchmarking._harness import (
     run_benchmark,
     run_strategy,
 )
+from speechtune.benchmarking._peers import PEER_STRATEGIES, available_peers
 from speechtune.benchmarking._problems import (
     Branin,
     Hartmann3,
@@ -27,15 +28,27 @@ from speechtune.benchmarking._problems import (
     Problem,
     SyntheticProblem,
 )
-from speechtune.benchmarking._report import markdown_table, plot_regret, write_outputs
+from speechtune.benchmarking._report import (
+    PEERS,
+    SuiteSummary,
+    markdown_table,
+    plot_regret,
+    suite_checks,
+    suite_summary,
+    update_docs,
+    write_outputs,
+)
 from speechtune.benchmarking._tabular import TabularProblem
 from speechtune.benchmarking._yahpo import YAHPO_SUITE, YahpoProblem, yahpo_suite
 
 SYNTHETIC_PROBLEMS = {"hartmann3": Hartmann3, "hartmann6": Hartmann6, "branin": Branin}
 
 __all__ = [
+    "PEERS",
+    "PEER_STRATEGIES",
     "STRATEGIES",
     "SYNTHETIC_PROBLEMS",
+    "SuiteSummary",
     "BenchmarkResult",
     "Branin",
     "Hartmann3",
@@ -47,6 +60,7 @@ __all__ = [
     "Trace",
     "YAHPO_SUITE",
     "YahpoProblem",
+    "available_peers",
     "beats_everywhere",
     "fraction_to_reach",
     "markdown_table",
@@ -54,6 +68,9 @@ __all__ = [
     "plot_regret",
     "run_benchmark",
     "run_strategy",
+    "suite_checks",
+    "suite_summary",
+    "update_docs",
     "write_outputs",
     "yahpo_suite",
 ]

@@ -27,17 +27,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from speechtune.benchmarking._peers import PEER_STRATEGIES, run_peer
 from speechtune.benchmarking._problems import Problem
+from speechtune.benchmarking._trace import (
+    Trace,
+    load_trace,
+    normalised_regret,
+    save_trace,
+    trace_file,
+)
 from speechtune.tuning.search import Fidelity
 from speechtune.tuning.space import SearchSpace
 
@@ -66,90 +76,13 @@ ENGINE_STRATEGIES: dict[str, tuple[str, str | None]] = {
     "speechtune_noprior": ("speechtune", None),
     "speechtune_badprior": ("speechtune", "bad"),
 }
-STRATEGIES = BASELINE_STRATEGIES + tuple(ENGINE_STRATEGIES)
+#: Every strategy the harness knows; the peers' need the ``bench`` extra (:func:`available_peers`).
+STRATEGIES = BASELINE_STRATEGIES + tuple(ENGINE_STRATEGIES) + tuple(PEER_STRATEGIES)
 # The two target checks of issue 4 compare against these.
 TPE_REFERENCE = "tpe"
 PRUNER_REFERENCE = "tpe_hyperband"
 CHECK_AFTER = 0.1  # check (b) looks at budgets past this fraction of the total
 ETA = 3
-
-
-@dataclass
-class Trace:
-    """The anytime record of one run: after every evaluation, its cumulative cost and incumbent.
-
-    Attributes:
-        costs: cumulative cost (full-evaluation units) after each evaluation, non-decreasing.
-        incumbents: best FULL-budget value so far after each evaluation (inf before the first).
-        n_full: number of full-budget evaluations.
-        info: strategy-specific notes (e.g. whether the prior was applied).
-    """
-
-    problem: str
-    strategy: str
-    seed: int
-    budget: float
-    costs: list[float] = field(default_factory=list)
-    incumbents: list[float] = field(default_factory=list)
-    n_full: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def record(
-        self, cost: float, value: float | None, full: bool, counts: bool | None = None
-    ) -> None:
-        """Add one evaluation ending at cumulative ``cost``.
-
-        ``value`` updates the incumbent when ``counts`` (default: when ``full``, the evaluation ran
-        at the full budget; a problem following YAHPO's protocol counts every evaluation).
-        """
-        best = self.incumbents[-1] if self.incumbents else math.inf
-        if full:
-            self.n_full += 1
-        if (full if counts is None else counts) and value is not None and math.isfinite(value):
-            best = min(best, float(value))
-        self.costs.append(float(cost))
-        self.incumbents.append(best)
-
-    def incumbent_at(self, budgets: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Incumbent (inf when none) after the last evaluation whose cost is within each budget."""
-        costs = np.asarray(self.costs, dtype=float)
-        inc = np.asarray(self.incumbents, dtype=float)
-        # A little slack: 0.1 * 40 is 4.000000000000001 in floating point.
-        idx = np.searchsorted(costs, np.asarray(budgets, dtype=float) + 1e-9, side="right") - 1
-        return np.where(idx >= 0, inc[np.clip(idx, 0, None)] if len(inc) else math.inf, math.inf)
-
-    def regret_at(
-        self, budgets: Sequence[float] | np.ndarray, optimum: float, reference: float
-    ) -> np.ndarray:
-        """Normalised regret at each budget (1.0 before any full-budget evaluation)."""
-        return np.array(
-            [normalised_regret(v, optimum, reference) for v in self.incumbent_at(budgets)]
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able record."""
-        return {
-            "problem": self.problem,
-            "strategy": self.strategy,
-            "seed": self.seed,
-            "budget": self.budget,
-            "costs": self.costs,
-            "incumbents": [v if math.isfinite(v) else None for v in self.incumbents],
-            "n_full": self.n_full,
-            "info": self.info,
-        }
-
-
-def normalised_regret(incumbent: float, optimum: float, reference: float) -> float:
-    """``(incumbent - optimum) / (reference - optimum)``, 1.0 when there is no incumbent (inf/NaN)."""
-    if incumbent is None or not math.isfinite(incumbent):
-        return 1.0
-    span = reference - optimum
-    if not span > 0:
-        raise ValueError(
-            f"regret: reference ({reference}) must be worse than the optimum ({optimum})"
-        )
-    return (float(incumbent) - optimum) / span
 
 
 @contextlib.contextmanager
@@ -348,6 +281,7 @@ def run_strategy(problem: Problem, strategy: str, seed: int, budget: float) -> T
         raise ValueError(f"budget must be > 0 full evaluations (got {budget!r})")
     trace = Trace(problem.name, strategy, int(seed), float(budget))
     top = problem.max_budget
+    start = time.perf_counter()
     with _quiet():
         if strategy == "random":
             _run_optuna_full(problem, optuna.samplers.RandomSampler(seed=seed), trace, budget)
@@ -360,8 +294,13 @@ def run_strategy(problem: Problem, strategy: str, seed: int, budget: float) -> T
                 min_resource=1, max_resource=top, reduction_factor=ETA
             )
             _run_optuna_pruned(problem, pruner, seed, trace, budget)
+        elif strategy in PEER_STRATEGIES:
+            run_peer(problem, strategy, seed, trace, budget)
         else:
             _run_engine(problem, strategy, seed, trace, budget)
+    # The optimiser's own time plus the problem's (surrogates and tables answer in microseconds,
+    # so on them this is the optimiser's overhead).
+    trace.info["wall_s"] = time.perf_counter() - start
     return trace
 
 
@@ -410,6 +349,7 @@ class ProblemResult:
     reference: float
     max_budget: int
     budget: float = 40.0  # full-fidelity evaluations per run on this problem
+    suite: str = ""  # the family it belongs to ("yahpo", "synthetic", "tabular")
     traces: dict[str, list[Trace]] = field(default_factory=dict)
     mean: dict[str, np.ndarray] = field(default_factory=dict)
     se: dict[str, np.ndarray] = field(default_factory=dict)
@@ -441,6 +381,7 @@ class BenchmarkResult:
                     "reference": p.reference,
                     "max_budget": p.max_budget,
                     "budget": p.budget,
+                    "suite": p.suite,
                     "mean_regret": {s: v.tolist() for s, v in p.mean.items()},
                     "se_regret": {s: v.tolist() for s, v in p.se.items()},
                     "checks": p.checks,
@@ -489,6 +430,16 @@ def _run_task(task: tuple[Problem, str, int, float]) -> Trace:
     return run_strategy(problem, strategy, seed, budget)
 
 
+# Peers whose runs take minutes start first within a problem, so that the pool does not end on
+# one long run.
+_SLOW_FIRST = ("smac_mf", "smac_hpo")
+
+
+def _task_key(task: tuple[Problem, str, int, float]) -> tuple[str, str, int, float]:
+    problem, strategy, seed, budget = task
+    return problem.name, strategy, seed, budget
+
+
 def run_benchmark(
     problems: Sequence[Problem],
     strategies: Sequence[str] = STRATEGIES,
@@ -497,6 +448,7 @@ def run_benchmark(
     *,
     grid_points: int = 100,
     workers: int = 1,
+    cache_dir: str | Path | None = None,
 ) -> BenchmarkResult:
     """Run every (problem, strategy, seed) and summarise.
 
@@ -509,6 +461,9 @@ def run_benchmark(
             :meth:`~speechtune.benchmarking.Problem.default_budget` (YAHPO's ``20 + 40 sqrt(d)``).
         grid_points: the regret grid is ``budget * k / grid_points`` for k = 1..grid_points.
         workers: processes (``ProcessPoolExecutor``); 1 runs in this process.
+        cache_dir: each finished run's trace is saved here and reused by the next call with the
+            same (problem, strategy, seed, budget), so an interrupted benchmark resumes where it
+            stopped. None: nothing is saved.
     """
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -525,19 +480,46 @@ def run_benchmark(
     tasks = [
         (p, s, int(seed), budgets[p.name]) for p in problems for s in strategies for seed in seeds
     ]
-    if workers > 1:
+    cache = None if cache_dir is None else Path(cache_dir)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    outcomes: list[Trace | None] = [None] * len(tasks)
+    todo: list[int] = []
+    for i, task in enumerate(tasks):
+        outcomes[i] = None if cache is None else load_trace(trace_file(cache, *_task_key(task)))
+        if outcomes[i] is None:
+            todo.append(i)
+    # Problem by problem (so an interrupted benchmark has whole problems), slow peers first.
+    order = {p.name: k for k, p in enumerate(problems)}
+    todo.sort(key=lambda i: (order[tasks[i][0].name], tasks[i][1] not in _SLOW_FIRST))
+
+    def finish(i: int, trace: Trace) -> None:
+        outcomes[i] = trace
+        if cache is not None:
+            save_trace(trace_file(cache, *_task_key(tasks[i])), trace)
+
+    if workers > 1 and todo:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            outcomes = list(pool.map(_run_task, tasks, chunksize=1))
+            futures = {pool.submit(_run_task, tasks[i]): i for i in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
     else:
-        outcomes = [_run_task(t) for t in tasks]
+        for i in todo:
+            finish(i, _run_task(tasks[i]))
     result = BenchmarkResult(
         None if budget is None else float(budget), [int(s) for s in seeds], fractions
     )
     for p in problems:
         result.problems[p.name] = ProblemResult(
-            p.name, float(p.optimum), float(p.reference), int(p.max_budget), budgets[p.name]
+            p.name,
+            float(p.optimum),
+            float(p.reference),
+            int(p.max_budget),
+            budgets[p.name],
+            p.suite,
         )
     for (p, s, _, _), out in zip(tasks, outcomes):
+        assert out is not None  # every task ran or came from the cache
         result.problems[p.name].traces.setdefault(s, []).append(out)
     for pr in result.problems.values():
         summarise(pr, fractions, pr.budget)

@@ -80,6 +80,9 @@ class Problem(Protocol):
     #: True when an evaluation at any budget counts towards the best found (YAHPO's protocol);
     #: False when only full-budget values do (a value after 3 epochs is not a final score).
     incumbent_any_fidelity: bool
+    #: The family the problem belongs to ("yahpo", "synthetic", "tabular"): the report averages
+    #: each family's problems into one suite table.
+    suite: str
 
     def evaluate(self, config: Mapping[str, Any], budget: float) -> float:
         """The value (lower is better) of ``config`` trained for ``budget`` epochs."""
@@ -119,6 +122,7 @@ class SyntheticProblem:
     name: str = "synthetic"
     continues = True
     incumbent_any_fidelity = False
+    suite = "synthetic"
     lower: tuple[float, ...] = ()
     upper: tuple[float, ...] = ()
     optimum: float = 0.0

@@ -89,10 +89,12 @@ class TabularProblem:
 
     continues = True
     incumbent_any_fidelity = False
+    suite = "tabular"
 
     def default_budget(self) -> float:
-        """40 full evaluations, as for the synthetic problems."""
-        return 40.0
+        """A sixth of the table's configs at full fidelity (at least 10): enough to separate
+        strategies, too few for a full-fidelity search to sweep the table."""
+        return float(max(10, round(len(self.records) / 6)))
 
     def __init__(
         self,

@@ -17,14 +17,17 @@ from speechtune.reports._correlate import (
 )
 from speechtune.reports._csv import write_trials_csv
 from speechtune.reports._outputs import write_study_outputs
+from speechtune.reports._rank import RankCorrelation, rank_correlation
 
 __all__ = [
     "CorrelationReport",
+    "RankCorrelation",
     "build_report",
     "correlate_command",
     "correlate_study",
     "dashboard_command",
     "format_correlation_table",
+    "rank_correlation",
     "report_command",
     "write_best_yaml",
     "write_study_outputs",

@@ -99,8 +99,9 @@ class SearchStageSpec:
     expand: float = 0.25
     #: fine: add the coarse trials that fall inside the region to the fine study as evidence.
     warm_start: bool = True
-    #: fine: use the tuning YAML's ``fidelity:`` ladder (multi-fidelity) instead of a pruner.
-    multi_fidelity: bool = False
+    #: fine: search with the tuning YAML's ``fidelity:`` ladder (the multi-fidelity ``speechtune``
+    #: strategy) instead of a pruner. "auto": when the tuning YAML has a ``fidelity:`` section.
+    multi_fidelity: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,10 @@ _FINE = {
     **{k: v for k, v in _COARSE.items() if k != "top_k"},
     "expand": (lambda v: is_num(v) and 0 <= v <= 10, "must be a number in [0, 10]"),
     "warm_start": (lambda v: isinstance(v, bool), "must be true or false"),
-    "multi_fidelity": (lambda v: isinstance(v, bool), "must be true or false"),
+    "multi_fidelity": (
+        lambda v: isinstance(v, bool) or v == "auto",
+        "must be true, false or auto",
+    ),
 }
 _VALIDATION = {
     "top_k": (_pos_int, "must be an integer >= 1"),

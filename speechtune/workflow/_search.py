@@ -81,8 +81,9 @@ def stage_fine(ctx: Context) -> SearchResult:
     space, changes = narrow_space(
         ctx.tuning.space, [t.params for t in coarse.top[: ctx.spec.coarse.top_k]], expand=f.expand
     )
+    # "auto" (the default): the multi-fidelity strategy whenever the tuning YAML has a ladder.
     fidelity = ctx.tuning.fidelity if f.multi_fidelity else None
-    if f.multi_fidelity and fidelity is None:
+    if f.multi_fidelity is True and fidelity is None:
         raise WorkflowError(
             f"fine.multi_fidelity is true but {ctx.spec.tuning} has no fidelity: section"
         )

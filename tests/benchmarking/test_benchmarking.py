@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from speechtune.benchmarking import (
+    BenchmarkResult,
     Branin,
     Hartmann3,
     Hartmann6,
@@ -22,11 +23,16 @@ from speechtune.benchmarking import (
     fraction_to_reach,
     markdown_table,
     normalised_regret,
+    plot_regret,
     run_benchmark,
     run_strategy,
+    suite_checks,
+    suite_summary,
+    update_docs,
     write_outputs,
 )
 from speechtune.benchmarking._harness import summarise
+from speechtune.benchmarking._report import DOCS_BEGIN, DOCS_END
 
 SYNTHETIC = (Hartmann3, Hartmann6, Branin)
 
@@ -450,3 +456,117 @@ def test_run_benchmark_outputs_and_workers(tmp_path: Path) -> None:
     table = markdown_table(serial)
     assert "| tpe_hyperband |" in table and "## branin" in table
     assert paths["regret_branin"].stat().st_size > 1000
+
+
+def test_run_benchmark_resumes_from_its_kept_runs(tmp_path: Path) -> None:
+    kept = tmp_path / "runs"
+    first = run_benchmark([Branin()], ["random"], seeds=[0, 1], budget=2, cache_dir=kept)
+    files = sorted(kept.glob("*.json"))
+    assert [f.name for f in files] == ["branin__random__0__2.json", "branin__random__1__2.json"]
+    # A kept run is reused as it is: alter one and the summary shows the altered value.
+    saved = json.loads(files[0].read_text())
+    saved["incumbents"] = [None] + [0.0] * (len(saved["incumbents"]) - 1)
+    files[0].write_text(json.dumps(saved))
+    files[1].write_text("{not json")  # unreadable: run again and rewrite
+    again = run_benchmark([Branin()], ["random"], seeds=[0, 1], budget=2, cache_dir=kept)
+    t0, t1 = again.problems["branin"].traces["random"]
+    assert math.isinf(t0.incumbents[0]) and t0.incumbents[1:] == [0.0] * (len(t0.incumbents) - 1)
+    assert t1.costs == first.problems["branin"].traces["random"][1].costs
+    assert json.loads(files[1].read_text())["seed"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites: averaged problems, issue 13's targets, the generated docs section
+
+
+def _suite_result() -> BenchmarkResult:
+    """Two toy 'yahpo' problems, two seeds, a grid of 4: regrets chosen to pass and fail checks."""
+    result = BenchmarkResult(budget=10.0, seeds=[0, 1], fractions=np.array([0.25, 0.5, 0.75, 1.0]))
+    # regret = value / 10 (optimum 0, reference 10); each trace: (cost, value) pairs.
+    curves = {
+        "random": {"a": [(1, 8.0), (10, 6.0)], "b": [(1, 8.0), (10, 6.0)]},
+        "smac_mf": {"a": [(1, 5.0), (10, 3.0)], "b": [(1, 5.0), (10, 3.0)]},
+        "speechtune_noprior": {"a": [(1, 4.0), (6, 2.0)], "b": [(1, 9.0), (6, 2.0)]},
+        "speechtune": {"a": [(1, 2.0)], "b": [(1, 3.0)]},
+        "speechtune_badprior": {"a": [(1, 6.0), (9, 2.4)], "b": [(1, 9.0), (9, 2.4)]},
+    }
+    for name in ("a", "b"):
+        pr = ProblemResult(
+            name, optimum=0.0, reference=10.0, max_budget=27, budget=10.0, suite="yahpo"
+        )
+        for strategy, per_problem in curves.items():
+            pr.traces[strategy] = []
+            for seed in (0, 1):
+                t = Trace(name, strategy, seed, 10.0, info={"wall_s": 2.0 + seed})
+                for cost, value in per_problem[name]:
+                    t.record(cost, value + 0.1 * seed, full=True)
+                pr.traces[strategy].append(t)
+        summarise(pr, result.fractions, pr.budget)
+        result.problems[name] = pr
+    lone = ProblemResult("c", optimum=0.0, reference=1.0, max_budget=27, suite="synthetic")
+    lone.traces["random"] = [_trace("random", [(1, 0.5, True)], s) for s in (0, 1)]
+    summarise(lone, result.fractions, 10.0)
+    result.problems["c"] = lone
+    return result
+
+
+def test_suite_summary_averages_per_seed_then_over_seeds() -> None:
+    result = _suite_result()
+    summary = suite_summary(result, "yahpo")
+    assert summary is not None and summary.problems == ["a", "b"]
+    assert suite_summary(result, "synthetic") is None  # one problem is not a suite
+    # speechtune_noprior at 25% (cost 2.5): a = 0.4 + 0.01 s, b = 0.9 + 0.01 s -> per seed 0.65, 0.66.
+    assert summary.mean["speechtune_noprior"][0] == pytest.approx(0.655)
+    assert summary.se["speechtune_noprior"][0] == pytest.approx(
+        np.std([0.65, 0.66], ddof=1) / math.sqrt(2)
+    )
+    assert summary.mean["speechtune_noprior"][-1] == pytest.approx(0.205)
+    assert summary.wall["smac_mf"] == pytest.approx(2.5)
+
+
+def test_suite_checks_name_what_passes_and_what_fails() -> None:
+    result = _suite_result()
+    summary = suite_summary(result, "yahpo")
+    assert summary is not None
+    checks = dict(suite_checks(result, summary))
+    texts = list(checks)
+    # 25% and 50%: 0.655 vs smac_mf's 0.505 -> fail; 100%: 0.205 vs 0.305 -> pass.
+    assert [checks[t] for t in texts[:3]] == [False, False, True]
+    assert "(smac_mf)" in texts[0]
+    # Problem b at 25%: 0.9 > random's 0.8: named.
+    assert checks[texts[3]] is False and "b at 25%" in texts[3] and "a at" not in texts[3]
+    # Good prior: 0.255 at 25%, below smac_mf's final 0.305 -> reached at 0.25 <= 1/3.
+    assert checks[texts[4]] is True and "at 0.25 of the budget" in texts[4]
+    # Misleading prior: 0.245 final vs 0.205 * 1.1 = 0.2255 -> fail.
+    assert checks[texts[5]] is False
+    table = markdown_table(result)
+    assert "## yahpo suite: mean over 2 problems (a, b)" in table
+    assert "- FAIL: no prior at 25%" in table and "| s/run |" in table
+
+
+def test_update_docs_rewrites_only_its_section(tmp_path: Path) -> None:
+    result = _suite_result()
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text(f"# Benchmarks\n\nkept above\n\n{DOCS_BEGIN}\nold\n{DOCS_END}\n\nkept below\n")
+    plots = plot_regret(result, tmp_path / "out")
+    names = sorted(p.name for p in plots)
+    assert names == ["regret_a.png", "regret_b.png", "regret_c.png", "regret_yahpo_suite.png"]
+    for _ in range(2):  # a second run replaces the first
+        update_docs(
+            result,
+            docs,
+            {p.stem: p for p in plots},
+            command="python benchmarks/search_efficiency.py --seeds 2",
+            wall_s=120,
+            machine="2 CPU cores",
+        )
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nkept above\n") and text.endswith("\n\nkept below\n")
+    assert text.count(DOCS_BEGIN) == 1 and "old" not in text
+    assert "\n### Search efficiency" in text and "\n#### yahpo suite: mean over 2" in text
+    assert "![regret_yahpo_suite](img/search_efficiency/regret_yahpo_suite.png)" in text
+    assert (docs.parent / "img" / "search_efficiency" / "regret_a.png").stat().st_size > 1000
+    docs.write_text("no markers")
+    with pytest.raises(ValueError, match="no generated section"):
+        update_docs(result, docs, {}, command="x", wall_s=1, machine="m")

@@ -357,3 +357,36 @@ def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path: Path) -> None
     out.write_text('{"config_id": 1}\n')
     with pytest.raises(ValueError, match=r":1: expected the meta record"):
         rec.read_recording(out)
+
+
+def test_shards_split_the_draw_and_merge_in_draw_order(
+    tiny_space: Path, corpus_manifest: Path, tmp_path: Path
+) -> None:
+    ids = list(range(10))
+    shards = [rec.shard_of(ids, (i, 3)) for i in range(3)]
+    assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    with pytest.raises(ValueError, match="--shard must be I/N"):
+        rec.shard_of(ids, (3, 3))
+
+    cache = tmp_path / "cache"
+    parts = [tmp_path / f"part{i}.jsonl" for i in range(2)]
+    for i, part in enumerate(parts):
+        argv = _argv(tiny_space, corpus_manifest, part, cache, 3, 1, "--shard", f"{i}/2")
+        assert rec.main(argv) == 0
+    drawn = rec.draw_config_ids(4, 3, 0)
+    assert [r["config_id"] for r in _lines(parts[0])[1:]] == drawn[0::2]
+    assert [r["config_id"] for r in _lines(parts[1])[1:]] == drawn[1::2]
+
+    merged = tmp_path / "merged.jsonl"
+    merge = ["--space", str(tiny_space), "--out", str(merged), "--merge", *map(str, parts)]
+    assert rec.main(merge) == 0
+    lines = _lines(merged)
+    assert lines[0]["meta"]["shards"] == 2
+    assert [r["config_id"] for r in lines[1:]] == drawn  # the draw's order, every config once
+    assert rec.main(merge) == 2  # never appends to an existing file
+
+    other = tmp_path / "other.jsonl"
+    assert rec.main(_argv(tiny_space, corpus_manifest, other, cache, 1, 2)) == 0  # 2 epochs
+    mixed = ["--space", str(tiny_space), "--out", str(tmp_path / "m2.jsonl")]
+    assert rec.main([*mixed, "--merge", str(parts[0]), str(other)]) == 2
+    assert not (tmp_path / "m2.jsonl").exists()

@@ -319,7 +319,7 @@ def test_golden_set_used_as_training_data_is_refused(finished) -> None:
     )
 
 
-def test_fine_stage_can_run_the_fidelity_ladder(finished) -> None:
+def test_fine_stage_runs_the_fidelity_ladder_by_default(finished) -> None:
     conf = finished.tmp / "mf"
     ladder = {
         "fidelity": {
@@ -336,7 +336,7 @@ def test_fine_stage_can_run_the_fidelity_ladder(finished) -> None:
         finished.train_manifest,
         finished.golden_manifest,
         tuning_extra=ladder,
-        fine={"multi_fidelity": True, "n_trials": 4},
+        fine={"n_trials": 4},  # multi_fidelity: auto, the default
         coarse={"n_trials": 2},
     )
     state = run_workflow(load_workflow(config), conf / "run", to_stage="fine", **finished.kw).data
@@ -487,6 +487,7 @@ def test_config_errors_are_listed_together(tmp_path: Path) -> None:
                 "name": "x",
                 "tuning": "tuning.yaml",
                 "coarse": {"n_trials": 0, "samplr": "random"},
+                "fine": {"multi_fidelity": "yes"},
                 "full": {
                     "overrides": {
                         "data.proxy_fraction": 0.5,
@@ -510,6 +511,8 @@ def test_config_errors_are_listed_together(tmp_path: Path) -> None:
         "full.overrides.data.dev_fraction",
         "full.overrides.train.epoch",
         "gating.metric",
+        "fine.multi_fidelity",
+        "true, false or auto",
         "golden",
         "extra",
     ):

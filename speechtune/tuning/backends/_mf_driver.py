@@ -257,13 +257,7 @@ class Driver:
             or not steps
         ):
             return job.cost
-        start = 0.0
-        if job.parent is not None:
-            parent_rung = (
-                self.search._jobs[job.parent].rung if job.parent in self.search._jobs else None
-            )
-            if parent_rung is not None and fid.continues(parent_rung, job.rung):
-                start = float(fid.rungs[parent_rung].overrides.get(key, 0.0))
+        start = job.resume_from
         planned = float(epochs) - start
         if planned <= 0:
             return job.cost

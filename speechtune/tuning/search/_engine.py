@@ -2,8 +2,10 @@
 
 The engine is storage-free and deterministic: ``ask()`` returns a :class:`Job` (a config at a
 fidelity rung), the caller runs it however it likes and ``tell()`` s the value. Same seed, same
-sequence of jobs (when used sequentially). :mod:`speechtune.tuning._mf_study` runs it as an
-Optuna study (one Optuna trial per job) so that it is stored, resumable and reported.
+sequence of jobs (when used sequentially). :mod:`speechtune.tuning.backends` runs it as an Optuna
+study (one Optuna trial per job) so that it is stored, resumable and reported. Where new configs
+come from is :mod:`._proposals`' business; this module schedules them (brackets, promotions,
+probes) and keeps the books.
 
 Strategies
 ----------
@@ -18,8 +20,9 @@ Strategies
     Hyperband whose new configs come from a TPE model fitted on the highest rung with enough
     observations (Falkner et al., 2018), one third random.
 ``speechtune``
-    Hyperband brackets (ASHA promotion with several workers) whose new configs mix the TPE model
-    (fitted per rung, the highest *trusted* rung with enough observations), the space's priors
+    Hyperband brackets (ASHA promotion with several workers) whose new configs mix a random-forest
+    model with expected improvement (SMAC's surrogate, fitted on the highest *trusted* rung with
+    enough observations; :mod:`._proposals`, :mod:`._surrogate`), the space's priors
     (PriorBand-style, Mallik et al., 2023: weighted by how well the prior has ranked the configs
     seen so far, so a misleading prior fades), the incumbent's neighbourhood and random draws.
     It measures how faithfully each cheap rung ranks configs like the full-fidelity rung
@@ -32,31 +35,20 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import optuna
-from optuna.trial import TrialState
 
 from speechtune.tuning.search._fidelity import Fidelity
-from speechtune.tuning.search._jobs import Job, _Bracket, _Config, _optuna_quiet, _spearman
-from speechtune.tuning.space import (
-    ConstraintViolation,
-    SearchSpace,
-    prior_log_density,
-    sample_near,
-    sample_prior,
-)
+from speechtune.tuning.search._jobs import Job, _Bracket, _Config, _spearman
+from speechtune.tuning.search._proposals import Proposer
+from speechtune.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 
 STRATEGIES = ("random", "hyperband", "asha", "bohb", "speechtune")
-
-
-_MODEL_STRATEGIES = ("bohb", "speechtune")
 
 
 # A cheap rung whose Spearman correlation with the top rung is below this ranks configs too
@@ -70,14 +62,6 @@ MIN_PAIRS = 5
 
 # A cheap rung ranking configs at least this faithfully is where every bracket starts.
 CONFIDENT_THRESHOLD = 0.8
-
-
-# Incumbent-neighbourhood draws: std as a fraction of each param's range (0.05 beat 0.1 and 0.2
-# on the synthetic benchmarks of benchmarks/search_efficiency.py).
-LOCAL_SCALE = 0.05
-
-
-_MAX_SAMPLE_TRIES = 50
 
 
 class MultiFidelitySearch:
@@ -100,6 +84,8 @@ class MultiFidelitySearch:
         warm_start: params of configs to try first (e.g. the top configs of a previous study).
         base: flat values for names outside the space (conditions and derived values read them).
         n_workers: jobs run at once; above 1 the bracket strategies promote asynchronously.
+        direction: ``"minimize"`` (a WER, a loss) or ``"maximize"`` (an accuracy): what
+            :meth:`tell` receives and :meth:`best` returns are in the caller's direction.
     """
 
     def __init__(
@@ -113,7 +99,10 @@ class MultiFidelitySearch:
         warm_start: Sequence[Mapping[str, Any]] = (),
         base: Mapping[str, Any] | None = None,
         n_workers: int = 1,
+        direction: str = "minimize",
     ) -> None:
+        if direction not in ("minimize", "maximize"):
+            raise ValueError(f"direction must be 'minimize' or 'maximize' (got {direction!r})")
         if strategy not in STRATEGIES:
             raise ValueError(
                 f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
@@ -124,8 +113,13 @@ class MultiFidelitySearch:
         self.seed = int(seed)
         self.base = dict(base) if base is not None else None
         self.n_workers = max(1, int(n_workers))
+        self.direction = direction
+        # Values are kept as losses (lower is better) inside; a maximised one is negated.
+        self._sign = -1.0 if direction == "maximize" else 1.0
         self.use_priors = (
-            bool(use_priors) and strategy == "speechtune" and self._space_has_priors()
+            bool(use_priors)
+            and strategy == "speechtune"
+            and any(getattr(p, "prior", None) is not None for p in space.params.values())
         )
         self.asynchronous = strategy == "asha" or (strategy == "speechtune" and self.n_workers > 1)
         self.budget_used = 0.0
@@ -135,8 +129,10 @@ class MultiFidelitySearch:
         self._told: set[int] = set()
         self._n_asked = 0
         self._brackets: list[_Bracket] = []
-        self._warm = [dict(p) for p in warm_start]
         self._probes: list[tuple[int, int]] = []  # (config_id, rung) waiting to be probed
+        self._proposer = Proposer(
+            space, strategy, use_priors=self.use_priors, warm_start=warm_start, base=base
+        )
 
     # ------------------------------------------------------------------ public API
     def ask(self) -> Job | None:
@@ -170,16 +166,23 @@ class MultiFidelitySearch:
             intermediate: values the same run measured on the way at LOWER rungs that it
                 continues through (e.g. the dev WER at the epochs of cheaper epoch rungs): free
                 observations of how the cheap rungs rank configs.
-            cost: the compute the job actually used, when less than ``job.cost`` (a job pruned
-                after a few of its epochs); default ``job.cost``.
+            cost: the compute the job actually used, in the units of ``job.cost`` (full
+                trainings), when it differs from the plan: less for a job pruned after a few of
+                its epochs, more for one that had to restart; default ``job.cost``.
         """
         if job.number in self._told:
             raise ValueError(f"job {job.number} was already told")
+        if cost is not None and not (math.isfinite(float(cost)) and float(cost) >= 0):
+            raise ValueError(f"job {job.number}: cost must be a finite number >= 0 (got {cost!r})")
         self._pending.discard(job.number)
         self._told.add(job.number)
-        self.budget_used += job.cost if cost is None else min(max(float(cost), 0.0), job.cost)
+        self.budget_used += job.cost if cost is None else float(cost)
         cfg = self._configs[job.config_id]
-        v = float(value) if value is not None and math.isfinite(float(value)) else math.inf
+        v = (
+            self._sign * float(value)
+            if value is not None and math.isfinite(float(value))
+            else math.inf
+        )
         cfg.values[job.rung] = v
         cfg.last_job[job.rung] = job.number
         for rung, iv in (intermediate or {}).items():
@@ -190,12 +193,13 @@ class MultiFidelitySearch:
                 and iv is not None
                 and math.isfinite(float(iv))
             ):
-                cfg.values[rung] = float(iv)
+                cfg.values[rung] = self._sign * float(iv)
         if self.strategy == "speechtune" and job.rung == self.fidelity.top:
             self._queue_probes(cfg)
 
     def best(self) -> tuple[dict[str, Any], float] | None:
-        """The best config measured at the top rung (its config without rung overrides) and its value."""
+        """The best config measured at the top rung (its config without rung overrides) and its value
+        (as told: the highest when maximising)."""
         top = self.fidelity.top
         scored = [
             (c.values[top], c.config_id)
@@ -205,7 +209,7 @@ class MultiFidelitySearch:
         if not scored:
             return None
         value, cid = min(scored)
-        return dict(self._configs[cid].config), value
+        return dict(self._configs[cid].config), self._sign * value
 
     def rung_correlation(self) -> dict[int, tuple[float, int]]:
         """Spearman correlation of each lower rung with the top rung, and the number of pairs."""
@@ -255,190 +259,11 @@ class MultiFidelitySearch:
         self._n_asked = max(self._n_asked, job.number + 1)
         self._pending.add(job.number)
 
-    # ------------------------------------------------------------------ sampling configs
-    def _space_has_priors(self) -> bool:
-        return any(getattr(p, "prior", None) is not None for p in self.space.params.values())
-
-    def _config_from_trial(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        if self.base is None:
-            return self.space.sample(trial)
-        return self.space.sample(trial, base=self.base)
-
-    def _draw(
-        self,
-        rng: np.random.Generator,
-        sampler: optuna.samplers.BaseSampler,
-        history: Sequence[_Config] = (),
-        rung: int | None = None,
-        enqueue: Mapping[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Sample (params, config) with an Optuna sampler on a throwaway study holding ``history``."""
-        with warnings.catch_warnings(), _optuna_quiet():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(sampler=sampler)
-            if history and rung is not None:
-                study.add_trials(self._frozen(history, rung))
-            for _ in range(_MAX_SAMPLE_TRIES):
-                if enqueue is not None:
-                    study.enqueue_trial(dict(enqueue), skip_if_exists=False)
-                trial = study.ask()
-                try:
-                    config = self._config_from_trial(trial)
-                except ConstraintViolation:
-                    study.tell(trial, state=TrialState.FAIL)
-                    enqueue = None
-                    continue
-                return dict(trial.params), config
-        raise ConstraintViolation(
-            f"no config satisfying the space's constraints in {_MAX_SAMPLE_TRIES} draws"
-        )
-
-    def _frozen(self, history: Sequence[_Config], rung: int) -> list[optuna.trial.FrozenTrial]:
-        dists = self.space.distributions()
-        finite = [c.values[rung] for c in history if math.isfinite(c.values[rung])]
-        worst = (max(finite) + (max(finite) - min(finite) + 1.0)) if finite else 1.0
-        trials = []
-        for c in history:
-            params = {k: v for k, v in c.params.items() if k in dists}
-            value = c.values[rung] if math.isfinite(c.values[rung]) else worst
-            trials.append(
-                optuna.trial.create_trial(
-                    params=params, distributions={k: dists[k] for k in params}, value=value
-                )
-            )
-        return trials
-
-    def _uniform(self, rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self._draw(rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))))
-
-    def _model_rung(self) -> int | None:
-        """The highest (trusted) rung with enough observations to fit a model on."""
-        n_min = max(len(self.space.tunable_names()) + 1, 5)
-        for rung in range(self.fidelity.top, -1, -1):
-            if self.strategy == "speechtune" and not self.trusted(rung):
-                continue
-            seen = [c for c in self._configs.values() if rung in c.values]
-            if len([c for c in seen if math.isfinite(c.values[rung])]) >= n_min:
-                return rung
-        return None
-
-    def _model(self, rng: np.random.Generator, rung: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        history = [c for c in self._configs.values() if rung in c.values]
-        with warnings.catch_warnings():
-            # multivariate/group TPE is flagged experimental: noise to users.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                seed=int(rng.integers(2**31)), n_startup_trials=0, multivariate=True, group=True
-            )
-        return self._draw(rng, sampler, history, rung)
-
-    def _incumbent(self) -> _Config | None:
-        """The best config at the highest rung that has a finite value."""
-        for rung in range(self.fidelity.top, -1, -1):
-            scored = [
-                (c.values[rung], c.config_id)
-                for c in self._configs.values()
-                if math.isfinite(c.values.get(rung, math.inf))
-            ]
-            if scored and (rung == self.fidelity.top or self.trusted(rung)):
-                return self._configs[min(scored)[1]]
-        return None
-
-    def _prior_score(self) -> float:
-        """How well the prior ranks the configs seen so far: an AUC in [0, 1] (0.5: no better than chance).
-
-        At the highest rung with at least 6 finite values, the probability that a config from the
-        better half has a higher prior density than one from the worse half. 1.0 before there is
-        evidence: a prior is trusted until the data say otherwise (PriorBand starts the same way).
-        """
-
-        for rung in range(self.fidelity.top, -1, -1):
-            if not self.trusted(rung):
-                continue
-            scored = sorted(
-                (c.values[rung], c.config_id)
-                for c in self._configs.values()
-                if math.isfinite(c.values.get(rung, math.inf))
-            )
-            if len(scored) < 6:
-                continue
-            half = len(scored) // 2
-            dens = {
-                cid: prior_log_density(self.space, self._configs[cid].params) for _, cid in scored
-            }
-            good = [dens[cid] for _, cid in scored[:half]]
-            bad = [dens[cid] for _, cid in scored[-half:]]
-            wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
-            return wins / (len(good) * len(bad))
-        return 1.0
-
-    def _propose(self, rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any], str]:
-        """A new config: (params, config, source)."""
-        if self._warm:
-            params = self._warm.pop(0)
-            p, config = self._draw(
-                rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))), enqueue=params
-            )
-            return p, config, "warm_start"
-        if self.strategy not in _MODEL_STRATEGIES:
-            return (*self._uniform(rng), "random")
-        model_rung = self._model_rung()
-        if self.strategy == "bohb":
-            if model_rung is None or rng.random() < 1 / 3:
-                return (*self._uniform(rng), "random")
-            return (*self._model(rng, model_rung), "model")
-        return self._propose_speechtune(rng, model_rung)
-
-    def _propose_speechtune(
-        self, rng: np.random.Generator, model_rung: int | None
-    ) -> tuple[dict[str, Any], dict[str, Any], str]:
-
-        incumbent = self._incumbent()
-        n_obs = (
-            0
-            if model_rung is None
-            else sum(
-                1
-                for c in self._configs.values()
-                if math.isfinite(c.values.get(model_rung, math.inf))
-            )
-        )
-        p_random = 0.2 if model_rung is None else 0.1
-        rest = 1.0 - p_random
-        # The prior and the incumbent's neighbourhood lead early; the model takes over as evidence grows.
-        w_local = 1.0 if model_rung is None else 10.0 / (10.0 + n_obs)
-        p_model = 0.0 if model_rung is None else rest * (1.0 - w_local)
-        local = rest - p_model
-        if self.use_priors:
-            q = max(
-                0.0, 2.0 * self._prior_score() - 1.0
-            )  # 0 for a prior that ranks at chance or worse
-            p_prior = local * q if incumbent is not None else local * max(q, 0.25)
-        else:
-            p_prior = 0.0
-        p_inc = local - p_prior if incumbent is not None else 0.0
-        if model_rung is None and incumbent is None and not self.use_priors:
-            return (*self._uniform(rng), "random")
-        p_random = (
-            1.0 - p_model - p_prior - p_inc
-        )  # whatever is left (e.g. no incumbent yet) explores
-        u = rng.random()
-        base = self.base
-        try:
-            if u < p_model and model_rung is not None:
-                return (*self._model(rng, model_rung), "model")
-            u -= p_model
-            if u < p_prior:
-                return (*sample_prior(self.space, rng, base), "prior")
-            u -= p_prior
-            if u < p_inc and incumbent is not None:
-                return (
-                    *sample_near(self.space, incumbent.params, rng, LOCAL_SCALE, base),
-                    "incumbent",
-                )
-        except ConstraintViolation:
-            log.debug("prior/local draw broke a constraint; drawing uniformly instead")
-        return (*self._uniform(rng), "random")
+    # ------------------------------------------------------------------ new configs
+    def prior_score(self) -> float:
+        """How well the space's priors rank the configs measured so far: an AUC in [0, 1], 0.5
+        for no better than chance, 1.0 before there is evidence (see :class:`._proposals.Proposer`)."""
+        return self._proposer.prior_score(self._configs, self.fidelity.top, self.trusted)
 
     # ------------------------------------------------------------------ jobs
     def _register(self, params: dict[str, Any], config: dict[str, Any], source: str) -> _Config:
@@ -453,7 +278,12 @@ class MultiFidelitySearch:
         parent = cfg.last_job.get(parent_rung) if parent_rung is not None else None
         if parent is not None and not self.fidelity.continues(parent_rung, rung):  # type: ignore[arg-type]
             parent = None  # a restart: the job does not build on the lower rung's run
-        cost = self.fidelity.job_cost(rung, parent_rung if parent is not None else None)
+        from_rung = parent_rung if parent is not None else None
+        cost = self.fidelity.job_cost(rung, from_rung)
+        key = self.fidelity.resume_key
+        start = 0.0
+        if key is not None and from_rung is not None:
+            start = float(self.fidelity.rungs[from_rung].overrides.get(key, 0.0))
         job = Job(
             number=self._n_asked,
             config_id=cfg.config_id,
@@ -464,13 +294,18 @@ class MultiFidelitySearch:
             parent=parent,
             cost=cost,
             source=source,
+            parent_rung=from_rung,
+            resume_key=key,
+            resume_from=start,
         )
         self._n_asked += 1
         self._jobs[job.number] = job
         return job
 
     def _new_job(self, rng: np.random.Generator, rung: int, bracket: int) -> Job:
-        params, config, source = self._propose(rng)
+        params, config, source = self._proposer.propose(
+            rng, self._configs, self.fidelity.top, self.trusted
+        )
         cfg = self._register(params, config, source)
         return self._make_job(cfg, rung, bracket, source, None)
 

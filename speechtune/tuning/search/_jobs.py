@@ -21,10 +21,16 @@ class Job:
         params: raw values of the tunable params (Optuna names and values).
         config: the full flat config: sampled and derived values, then the rung's overrides.
         bracket: the Hyperband bracket (-1 for probes and bracket-free strategies).
-        parent: number of the job this one continues from (same config, lower rung), or None.
-        cost: compute of this job in full-training units.
+        parent: number of the job this one continues from (same config, lower rung), or None
+            for a run from scratch.
+        cost: compute of this job in full-training units (for a continuation, only what it adds).
         source: how the config was chosen: random, model, prior, incumbent, warm_start,
             promotion or probe.
+        parent_rung: the rung of ``parent`` (None without a parent).
+        resume_key: the config key a continuation grows (``train.epochs``), or None when the
+            ladder never continues a run.
+        resume_from: the value of ``resume_key`` the job starts from: the parent's epochs for a
+            continuation, 0 for a run from scratch.
     """
 
     number: int
@@ -36,6 +42,18 @@ class Job:
     parent: int | None
     cost: float
     source: str
+    parent_rung: int | None = None
+    resume_key: str | None = None
+    resume_from: float = 0.0
+
+    @property
+    def adds(self) -> float | None:
+        """Units of ``resume_key`` this job trains (e.g. 6 epochs from 3 to 9); None without one."""
+        if self.resume_key is None or not isinstance(
+            self.config.get(self.resume_key), (int, float)
+        ):
+            return None
+        return float(self.config[self.resume_key]) - self.resume_from
 
 
 @dataclass
