@@ -455,8 +455,8 @@ def run_benchmark(
     Args:
         problems: benchmark problems (picklable when ``workers > 1``).
         strategies: names from :data:`STRATEGIES`.
-        seeds: one run per seed; each run is deterministic, so the result does not depend on
-            ``workers``.
+        seeds: one run per seed; runs are deterministic (except SMAC3's and Syne Tune's, which
+            are not bit-reproducible), so the result does not depend on ``workers``.
         budget: total cost per run in full-fidelity evaluations; None: each problem's
             :meth:`~speechtune.benchmarking.Problem.default_budget` (YAHPO's ``20 + 40 sqrt(d)``).
         grid_points: the regret grid is ``budget * k / grid_points`` for k = 1..grid_points.

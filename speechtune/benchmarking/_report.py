@@ -427,7 +427,7 @@ def update_docs(
         command,
         "```",
         "",
-        f"One run, {wall_s / 60:.0f} min wall on {machine}; seeds {result.seeds[0]}-{result.seeds[-1]}.",
+        f"About {wall_s / 60:.0f} min wall on {machine}; seeds {result.seeds[0]}-{result.seeds[-1]}.",
         "",
         *table,
         "",

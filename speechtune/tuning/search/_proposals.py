@@ -50,6 +50,8 @@ MODEL_STRATEGIES = ("bohb", "speechtune")
 #: Incumbent-neighbourhood draws: std as a fraction of each param's range (0.05 beat 0.1 and 0.2
 #: on the synthetic benchmarks of benchmarks/search_efficiency.py).
 LOCAL_SCALE = 0.05
+#: The widest move tried when smaller ones only find configs already seen.
+MAX_LOCAL_SCALE = 0.8
 
 #: Uniform draws before there is a model, and once there is one.
 P_RANDOM_EARLY = 0.2
@@ -61,6 +63,12 @@ FOREST_REFRESH = 8
 
 #: Values at a rung before the prior's ranking of them is believed.
 PRIOR_MIN_OBS = 6
+
+#: Draws tried for a config the engine has not seen before a repeat is accepted. Speech spaces
+#: are often mostly categorical (layer counts, widths, on/off switches): there a small move
+#: around the incumbent usually changes nothing, and each repeat would pay for training the
+#: same config again (on the AN4 table 30 % of proposals were repeats).
+MAX_REPEAT_TRIES = 25
 
 _MAX_SAMPLE_TRIES = 50
 
@@ -96,6 +104,7 @@ class Proposer:
         self._ranked: tuple[int, int, list[tuple[float, dict[str, Any], dict[str, Any]]]] | None
         self._ranked = None
         self._ranked_used = 0
+        self._seen: set[tuple[tuple[str, str], ...]] = set()  # configs the engine has
 
     # ------------------------------------------------------------------ the choice
     def propose(
@@ -119,6 +128,21 @@ class Proposer:
                 rng, optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))), enqueue=params
             )
             return p, config, "warm_start"
+        self._seen = {params_key(c.params) for c in configs.values()}
+        for _ in range(MAX_REPEAT_TRIES):
+            proposal = self._propose_new(rng, configs, top, trusted)
+            if params_key(proposal[0]) not in self._seen:
+                return proposal
+        # A small discrete space can be nearly exhausted: repeat rather than stall.
+        return proposal
+
+    def _propose_new(
+        self,
+        rng: np.random.Generator,
+        configs: Mapping[int, _Config],
+        top: int,
+        trusted: Callable[[int], bool],
+    ) -> Proposal:
         if self.strategy not in MODEL_STRATEGIES:
             return (*self._uniform(rng), "random")
         model_rung = self.model_rung(configs, top, trusted)
@@ -162,8 +186,7 @@ class Proposer:
                 return (*sample_prior(self.space, rng, self.base), "prior")
             u -= p_prior
             if u < p_inc and incumbent is not None:
-                move = sample_near(self.space, incumbent.params, rng, LOCAL_SCALE, self.base)
-                return (*move, "incumbent")
+                return (*self._near(rng, incumbent.params), "incumbent")
         except ConstraintViolation:
             log.debug("prior/local draw broke a constraint; drawing uniformly instead")
         # Whatever is left (e.g. no incumbent yet) explores.
@@ -230,8 +253,25 @@ class Proposer:
             self._ranked = (rung, len(history), ranked)
             self._ranked_used = 0
         self._ranked_used += 1
-        _, params, config = self._ranked[2].pop(0)
+        ranked = self._ranked[2]
+        # Local candidates in a discrete space are often the same config many times over, or
+        # one already trained: take the best-ranked one that is new.
+        while len(ranked) > 1 and params_key(ranked[0][1]) in self._seen:
+            ranked.pop(0)
+        _, params, config = ranked.pop(0)
         return params, config
+
+    def _near(
+        self, rng: np.random.Generator, centre: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A small move around ``centre``, widened while it lands on a config already seen (in a
+        mostly categorical space the smallest move often changes nothing)."""
+        scale = LOCAL_SCALE
+        while True:
+            move = sample_near(self.space, centre, rng, scale, self.base)
+            if params_key(move[0]) not in self._seen or scale >= MAX_LOCAL_SCALE:
+                return move
+            scale *= 2
 
     def _tpe(
         self, rng: np.random.Generator, configs: Mapping[int, _Config], rung: int
@@ -296,6 +336,11 @@ class Proposer:
                 )
             )
         return trials
+
+
+def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A hashable identity of raw params: equal for the same config however the dict is ordered."""
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
 
 
 def _finite_at(configs: Mapping[int, _Config], rung: int) -> list[_Config]:

@@ -393,3 +393,32 @@ def test_the_documented_parallel_loop_pays_each_epoch_once() -> None:
     assert search.budget_used == pytest.approx(epochs_trained / 27)
     assert any(j.parent is not None for j in search._jobs.values())
     assert search.best() is not None
+
+
+DISCRETE = {
+    "layers": {"type": "int", "low": 2, "high": 6},
+    "width": {"type": "categorical", "choices": [64, 128, 256, 512]},
+    "specaug": {"type": "categorical", "choices": [True, False]},
+}  # 5 x 4 x 2 = 40 configs
+
+
+def _discrete_loss(config: dict, budget: float) -> float:
+    return (
+        abs(config["layers"] - 4) + abs(math.log2(config["width"]) - 8) + 0.5 * config["specaug"]
+    )
+
+
+@pytest.mark.parametrize("strategy", ["speechtune", "bohb", "hyperband", "asha"])
+def test_new_configs_never_repeat_one_already_tried(strategy: str) -> None:
+    """In a small discrete space a move around the incumbent often changes nothing; the engine
+    must not pay to train the same config twice while untried ones remain."""
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9])
+    search = MultiFidelitySearch(
+        parse_space(DISCRETE), fid, strategy=strategy, seed=0, use_priors=False
+    )
+    first_seen: dict[tuple, int] = {}
+    for job in _run(search, _discrete_loss, 8.0):
+        key = (job.params["layers"], job.params["width"], job.params["specaug"])
+        first_seen.setdefault(key, job.config_id)
+        assert first_seen[key] == job.config_id, f"{key} proposed again as a new config"
+    assert len(first_seen) >= 15  # the budget bought many distinct configs
