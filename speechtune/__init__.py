@@ -11,6 +11,7 @@ _LAZY = {
     "TrainResult": ".training",
     "train": ".training",
     "report": "._report_file",
+    "should_stop": "._report_file",
     "tune": ".api",
 }
 
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "load_config",
     "report",
+    "should_stop",
     "train",
     "tune",
 ]

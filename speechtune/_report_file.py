@@ -1,6 +1,17 @@
 """Report metrics from an external training script to a speechtune tuner, without importing torch.
 
-A script run by a ``command`` objective calls::
+A script run by a ``command`` objective reports with the standard library alone (the protocol,
+for a script in another virtual environment or a container), or with :func:`report`:
+
+* ``$SPEECHTUNE_REPORT_FILE``: append one JSON object per line, ``{"epoch": 3, "wer": 0.21}``
+  (``epoch`` an int: an epoch or a step; every other key a finite number), and optionally
+  ``{"final": true, "wer": 0.19}`` for the run's final figures;
+* ``$SPEECHTUNE_STOP_FILE``: the tuner creates this file when the trial is pruned; a script
+  that checks for it (:func:`should_stop`) can stop cleanly, and one that does not is
+  terminated after ``command.stop_grace_s`` seconds;
+* ``$SPEECHTUNE_TRIAL_DIR``: the trial's own directory (checkpoints, logs).
+
+With the helpers::
 
     import speechtune
     for epoch in range(1, epochs + 1):
@@ -25,12 +36,14 @@ import math
 import os
 import sys
 
-__all__ = ["REPORT_FILE_ENV", "TRIAL_DIR_ENV", "report"]
+__all__ = ["REPORT_FILE_ENV", "STOP_FILE_ENV", "TRIAL_DIR_ENV", "report", "should_stop"]
 
 #: Environment variable naming the JSON-lines file a trial's metrics are appended to.
 REPORT_FILE_ENV = "SPEECHTUNE_REPORT_FILE"
 #: Environment variable naming the trial's own output directory.
 TRIAL_DIR_ENV = "SPEECHTUNE_TRIAL_DIR"
+#: Environment variable naming the file the tuner creates when the trial should stop (pruned).
+STOP_FILE_ENV = "SPEECHTUNE_STOP_FILE"
 
 _warned = False
 
@@ -100,3 +113,13 @@ def report(epoch: int | None = None, *, final: bool = False, **metrics: float) -
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
+
+
+def should_stop() -> bool:
+    """True once the tuner has asked this trial to stop (it was pruned).
+
+    Cheap enough to call after every training step (one ``stat``). False when the script was
+    not started by a tuner. A script that stops on it should exit normally (code 0).
+    """
+    path = os.environ.get(STOP_FILE_ENV)
+    return bool(path) and os.path.exists(path)  # type: ignore[arg-type]

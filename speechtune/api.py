@@ -104,7 +104,8 @@ def tune(
         study_name: the study's name (default ``speechtune``).
         metric: the metric minimised (a key of the dict ``fn`` returns).
         seeds: >1 seed => the mean over seeds is optimised, the std recorded.
-        direction: only ``minimize`` (a metric to maximise can be returned negated).
+        direction: ``minimize`` (WER, loss) or ``maximize`` (BLEU, accuracy) the primary metric
+            (not with ``backend="ray"``).
         n_jobs: parallel trials (threads).
         progress: show a live progress display.
         resume: continue an existing study of this name in ``run_dir``/``storage``.
@@ -135,15 +136,13 @@ def tune(
         The Optuna study; trial records are in each trial's ``user_attrs``.
 
     Raises:
-        ValueError: an unknown sampler/pruner or a direction other than ``minimize``.
+        ValueError: an unknown sampler/pruner or direction.
         ConfigError: a bad ``space`` dict.
     """
     if backend not in ("optuna", "ray"):
         raise ValueError(f"backend: expected 'optuna' or 'ray', got {backend!r}")
-    if direction != "minimize":
-        raise ValueError(
-            f"direction: only 'minimize' is supported (got {direction!r}); return the negated metric instead"
-        )
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction: expected 'minimize' or 'maximize', got {direction!r}")
     obj = _as_objective(objective)
     fspec = None
     if fidelity is not None:
@@ -180,6 +179,7 @@ def tune(
         scalarize=scalarize,
         fidelity=fspec,
         cost=cost,
+        direction=direction,
     )
     runner: Backend | None = None
     if backend == "ray":

@@ -41,7 +41,8 @@ LAYERS: list[set[str]] = [
     {"tuning"},
     {"reports", "track", "benchmarking"},
     {"workflow", "api"},
-    {"cli"},
+    # integrations: adapters for other frameworks, imported by users' scripts, never by speechtune
+    {"cli", "integrations"},
 ]
 TUNING_LAYERS: list[str] = ["space", "search", "spec", "objectives", "study", "backends"]
 MAX_LINES = 600

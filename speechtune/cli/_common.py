@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from speechtune.config import RunOptions
@@ -18,9 +20,76 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = ".cache/speechtune"
 
 
+class DeprecatedAlias(argparse.Action):
+    """A former name of a flag: still accepted (hidden from ``--help``), with a one-line notice.
+
+    One name per concept across the subcommands (``--run-dir``, ``--study-name``); scripts that
+    use the old names keep working.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kw: Any) -> None:
+        kw.setdefault("help", argparse.SUPPRESS)
+        # SUPPRESS: the new flag's default stands when the old name is not given.
+        kw.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kw)
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of ``new`` (same ``dest``)."""
+    p.add_argument(old, dest=dest, action=DeprecatedAlias, new=new)
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch intra-op CPU threads (the same flag on every training command)."""
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)"
+    )
+
+
+def check_threads(args: argparse.Namespace) -> None:
+    """``--threads`` must be >= 1 when given."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+
+
+def apply_threads(objective: object, threads: int) -> None:
+    """``--threads`` of ``tune``/``worker``: torch intra-op threads of the study's trials.
+
+    A recipe objective sets them in each trial (parallel trials then no longer split the cores
+    among themselves); a Python function runs under this process's setting; a command's script
+    (and a packed worker) is told through ``OMP_NUM_THREADS``, which torch reads when it starts.
+    """
+    import os
+
+    from speechtune.tuning.objectives import FunctionObjective
+
+    if hasattr(objective, "num_threads"):
+        objective.num_threads = threads
+    elif isinstance(objective, FunctionObjective):
+        import torch
+
+        torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def add_run_arguments(p: argparse.ArgumentParser, out_default: str) -> None:
-    """``--out``, ``--device``, ``--cache-dir``, ``--threads``, ``--quiet`` of a training command."""
-    p.add_argument("--out", default=out_default, help="output directory (default: %(default)s)")
+    """``--run-dir``, ``--device``, ``--cache-dir``, ``--threads``, ``--quiet`` of a training command."""
+    p.add_argument(
+        "--run-dir", default=out_default, help="output directory (default: %(default)s)"
+    )
+    add_alias(p, "--out", "--run-dir", "run_dir")
     p.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)"
     )
@@ -29,7 +98,7 @@ def add_run_arguments(p: argparse.ArgumentParser, out_default: str) -> None:
         default=DEFAULT_CACHE_DIR,
         help="corpus and feature cache (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -37,8 +106,9 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The :class:`~speechtune.config.RunOptions` of :func:`add_run_arguments`' flags."""
     from speechtune.config import RunOptions
 
+    check_threads(args)
     return RunOptions(
-        output_dir=args.out,
+        output_dir=args.run_dir,
         device=args.device,
         cache_dir=args.cache_dir,
         num_threads=args.threads,

@@ -21,6 +21,7 @@ from speechtune.cli import (
     evaluate,
     export,
     report,
+    rerun,
     train,
     transcribe,
     tune,
@@ -39,6 +40,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "workflow": workflow,
     "validate": validate,
     "report": report,
+    "rerun": rerun,
     "correlate": correlate,
     "dashboard": dashboard,
     "evaluate": evaluate,
@@ -75,6 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
+    except KeyboardInterrupt:
+        # Ctrl-C where a command has no handler of its own (loading, set-up, a second Ctrl-C
+        # while outputs are written): a clean end with the shell's code for SIGINT.
+        if args.debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         from speechtune.config import ConfigError
 

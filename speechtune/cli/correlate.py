@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from speechtune.cli._common import add_alias
+
 HELP = "check whether cheap rungs (or early epochs) rank configs like full training"
 DESCRIPTION = (
     "Spearman/Kendall rank correlation, with bootstrap 95% CIs, of each lower rung of a multi-fidelity study "
@@ -16,7 +18,14 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune correlate``."""
     p.add_argument("run_dir")
-    p.add_argument("--study", default=None, help="study name, when the storage holds several")
+    p.add_argument(
+        "--study-name",
+        dest="study",
+        default=None,
+        metavar="NAME",
+        help="the study, when the storage holds several",
+    )
+    add_alias(p, "--study", "--study-name", "study")
     p.add_argument(
         "--metric", default=None, help="value to compare (default: the study's primary objective)"
     )

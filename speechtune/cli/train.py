@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. model.num_layers=6"
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     add_run_arguments(p, "runs/train")
 
 
@@ -35,5 +35,8 @@ def run(args: argparse.Namespace) -> int:
             f"({m['worst_group']})  params {m['num_parameters']:,}  "
             f"latency {m['latency_ms_per_audio_s']:.1f} ms per audio second"
         )
-        print(f"model: {Path(args.out) / 'model.pt'}   metrics: {Path(args.out) / 'metrics.json'}")
+        out = Path(args.run_dir)
+        print(
+            f"model: {out / 'model.pt'}   metrics: {out / 'metrics.json'}   log: {out / 'train.log'}"
+        )
     return 0 if result.ok else 2

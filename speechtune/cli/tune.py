@@ -4,7 +4,7 @@
 
     speechtune tune --config conf/tuning.yaml --n-trials 100 [--backend optuna|ray] \\
         [--run-dir runs/NAME] [--resume] [--storage URL] [--n-jobs N | --workers N] [--device cuda] \\
-        [--tracking-uri URI] [--set study.x=y ...]
+        [--threads N] [--tracking-uri URI] [--set study.x=y ...] [-v | --quiet]
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 
 from speechtune.cli._common import (
     DEFAULT_CACHE_DIR,
+    add_threads_argument,
     add_tracking_arguments,
+    apply_threads,
+    check_threads,
     make_tracker,
 )
 
@@ -51,10 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the study; re-runs trials a killed run left",
+        help="continue the study; re-runs trials a killed run left and those Ctrl-C interrupted",
     )
     parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL, or 'journal' (default: study.storage)"
+        "--storage",
+        default=None,
+        help="Optuna storage URL, 'journal' (RUN_DIR/journal.log) or journal:///path.log "
+        "(default: study.storage)",
     )
     parser.add_argument(
         "--n-jobs",
@@ -72,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CACHE_DIR,
         help="corpus and feature cache (default: %(default)s)",
     )
+    add_threads_argument(parser)
     add_tracking_arguments(parser)
     parser.add_argument(
         "--set",
@@ -79,7 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="dotted overrides of the tuning YAML, e.g. study.sampler=gp",
     )
-    parser.add_argument("--quiet", action="store_true", help="no live progress display")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live progress display (one line per finished trial is still logged)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log a line per epoch of every trial",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -133,6 +150,7 @@ def _check(args: argparse.Namespace) -> None:
     for bad, message in checks:
         if bad:
             raise ValueError(message)
+    check_threads(args)
 
 
 def _backend(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> Backend:
@@ -154,6 +172,8 @@ def _backend(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> Backe
         # Workers neither track nor report: N processes on one MLflow store would make N parent
         # runs (and contend for its SQLite file); this driver logs the finished study once instead.
         extra = ["--cache-dir", args.cache_dir, "--no-report", "--quiet", "--no-tracking"]
+        if args.threads is not None:
+            extra += ["--threads", str(int(args.threads))]
         if args.heartbeat_s is not None:
             extra += ["--heartbeat-s", str(int(args.heartbeat_s))]
         gpu_slots = (
@@ -195,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from speechtune.tuning.backends import run_study
     from speechtune.tuning.objectives import build_objective, scale_default_ladder
     from speechtune.tuning.spec import load_tuning
-    from speechtune.tuning.study import StudyExistsError
+    from speechtune.tuning.study import EPOCH_LOGGER, StudyExistsError
 
     spec = load_tuning(args.config, tuple(args.set or ())).with_storage(args.storage)
     _check(args)
@@ -204,10 +224,14 @@ def run(args: argparse.Namespace) -> int:
     objective = (
         None if packed else build_objective(spec, device=args.device, cache_dir=args.cache_dir)
     )
+    if args.threads is not None and not packed:
+        apply_threads(objective, int(args.threads))
     spec = scale_default_ladder(spec, args.cache_dir)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.study.name
     # Our progress view reports every trial; Optuna's own INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.verbose:
+        logging.getLogger(EPOCH_LOGGER).setLevel(logging.DEBUG)
     backend = _backend(spec, run_dir, args)
     try:
         study = run_study(
@@ -225,13 +249,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: outputs of the finished trials were written", file=sys.stderr)
-        try:
-            _print_summary(_load_interrupted(spec, run_dir, backend), run_dir)
-        except KeyError:  # interrupted before the study was created
-            pass
+        _report_interrupted(spec, run_dir, backend)
         return 130
     return _print_summary(study, run_dir)
+
+
+def _report_interrupted(spec: TuningSpec, run_dir: Path, backend: Backend) -> None:
+    """After Ctrl-C: what happened to the running trials, and the summary of the finished ones."""
+    from speechtune.tuning.study import INTERRUPTED_REASON, pending_interrupted
+
+    print(
+        f"interrupted: running trials are recorded as FAIL ({INTERRUPTED_REASON!r}); "
+        f"outputs of the finished trials were written; `--resume` re-runs the interrupted ones",
+        file=sys.stderr,
+    )
+    try:
+        study = _load_interrupted(spec, run_dir, backend)
+    except KeyError:  # interrupted before the study was created
+        return
+    interrupted = [t.number for t in pending_interrupted(study)]
+    if interrupted:
+        print(f"interrupted trials: {', '.join(map(str, interrupted))}", file=sys.stderr)
+    _print_summary(study, run_dir)
 
 
 def _load_interrupted(spec: TuningSpec, run_dir: Path, backend: Backend) -> optuna.Study:
@@ -249,7 +288,7 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     import yaml
 
     from speechtune.metrics import format_cost, summarize_costs
-    from speechtune.tuning.study import TrialRecord, select_best
+    from speechtune.tuning.study import TrialRecord, select_best, study_ranking_warnings
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if states.count(s)}
@@ -292,4 +331,8 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     for name in ("best.yaml", "report.html", "trials.csv"):
         if (run_dir / name).exists():
             print(f"{name}: {run_dir / name}")
+    # Last, where it is read: a best config that was picked close to at random is no winner.
+    sys.stdout.flush()  # piped stdout is block-buffered: keep the warning after the summary
+    for warning in study_ranking_warnings(study):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from speechtune.cli._common import (
     DEFAULT_CACHE_DIR,
+    add_alias,
+    add_threads_argument,
     add_tracking_arguments,
+    apply_threads,
     make_tracker,
 )
 
@@ -29,11 +32,20 @@ HEARTBEAT_HELP = "(default: $SPEECHTUNE_HEARTBEAT_S or 30)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``speechtune worker``."""
-    parser.add_argument("--study", required=True, help="name of the study to join")
+    # Not required=True: the hidden --study alias fills the same dest (checked in _check_args).
+    parser.add_argument(
+        "--study-name",
+        dest="study",
+        default=None,
+        metavar="NAME",
+        help="name of the study to join (required)",
+    )
+    add_alias(parser, "--study", "--study-name", "study")
     parser.add_argument(
         "--storage",
         required=True,
-        help="shared study storage: postgresql+psycopg://user@host:port/db or journal:///path.log (not SQLite)",
+        help="shared study storage: postgresql+psycopg://user@host:port/db, journal:////abs/path.log, "
+        "or 'journal' (RUN_DIR/journal.log); not SQLite",
     )
     parser.add_argument(
         "--config",
@@ -72,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CACHE_DIR,
         help="corpus and feature cache (default: %(default)s)",
     )
+    add_threads_argument(parser)
     parser.add_argument(
         "--heartbeat-s",
         type=int,
@@ -106,9 +119,11 @@ def _check_args(args: argparse.Namespace) -> str | None:
     from speechtune.tuning.backends import SQLITE_REFUSAL, is_sqlite
     from speechtune.tuning.study import DEFAULT_HEARTBEAT_S, reconnect_bound
 
+    if args.study is None or not args.study.strip():
+        return "--study-name is required: the name of the study to join"
     if is_sqlite(args.storage):
         return SQLITE_REFUSAL
-    if args.storage in ("memory", "journal"):
+    if args.storage == "memory":
         return (
             f"--storage {args.storage!r} is not a shared storage URL; use postgresql+psycopg://user@host:5432/dbname "
             "or journal:///path/to/study.log"
@@ -132,7 +147,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
             args.gpu_mem_per_trial is not None and args.gpu_mem_per_trial <= 0,
             f"--gpu-mem-per-trial must be > 0 MB, got {args.gpu_mem_per_trial}",
         ),
-        (not args.study.strip(), "--study must be a non-empty name"),
+        (
+            args.threads is not None and args.threads < 1,
+            f"--threads must be >= 1, got {args.threads}",
+        ),
     ]
     return next((message for bad, message in checks if bad), None)
 
@@ -165,6 +183,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / args.study
     run_dir.mkdir(parents=True, exist_ok=True)
+    if args.storage == "journal":
+        # As for `tune --storage journal`: the run dir's journal file, named absolutely, so that
+        # the storage the study records is the same file for every process that reads it.
+        from speechtune.tuning.study import storage_url
+
+        args.storage = storage_url("journal", run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Every storage this process opens (the study session opens its own) rides out outages this long.
     os.environ[RECONNECT_ENV] = repr(float(args.reconnect_s))
@@ -182,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
             objective = build_objective(
                 spec, device=args.device, cache_dir=args.cache_dir, function=args.function, cwd=cwd
             )
+            if args.threads is not None:
+                apply_threads(objective, int(args.threads))
             objective = slotted(
                 objective,
                 device=args.device,
@@ -202,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
             )
     except KeyboardInterrupt:
         print(
-            "interrupted: this worker's running trial is re-queued once its heartbeat goes stale",
+            "interrupted: this worker's running trial is recorded as interrupted; "
+            "the next worker that joins (or `tune --resume`) re-runs it",
             file=sys.stderr,
         )
         return 130

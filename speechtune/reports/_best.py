@@ -27,6 +27,23 @@ def _first_seed(study: optuna.Study) -> int | None:
     return None
 
 
+def _command_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict | None:
+    """The config file a command study's trial read (None for other objectives, or if gone)."""
+    spec = study.user_attrs.get("spec") or {}
+    kind = (spec.get("objective") or {}).get("kind") if isinstance(spec, dict) else None
+    trial_dir = trial.user_attrs.get("trial_dir")
+    if kind != "command" or not isinstance(trial_dir, str):
+        return None
+    # One seed: the trial dir; several: one dir per seed, all with the same config.
+    for candidate in sorted(Path(trial_dir).glob("config.*")) + sorted(
+        Path(trial_dir).glob("seed*/config.*")
+    ):
+        if candidate.suffix in (".yaml", ".json"):
+            loaded = yaml.safe_load(candidate.read_text())  # JSON is YAML too
+            return loaded if isinstance(loaded, dict) else None
+    return None
+
+
 def _header(
     study: optuna.Study, trial: optuna.trial.FrozenTrial, note: str, seeds_note: str
 ) -> str:
@@ -85,7 +102,21 @@ def write_best_yaml(
     if len(seeds) > 1:
         spread = f" (std {std:.4g})" if std is not None else ""
         seeds_note = f"value is the mean over {len(seeds)} seeds{spread}"
-    if base_recipe is not None:
+    command_config = _command_config(study, trial)
+    if command_config is not None:
+        # What the command read: its config_file + overrides + this trial's values.
+        seeds_note = "; ".join(
+            x
+            for x in (
+                seeds_note,
+                f"the config file trial {trial.number}'s command read; rerun the trial with: "
+                f"speechtune rerun {path.parent if isinstance(path, Path) else Path(path).parent} "
+                f"--trial {trial.number}",
+            )
+            if x
+        )
+        body = yaml.safe_dump(command_config, sort_keys=False)
+    elif base_recipe is not None:
         nested = merge(base_recipe, unflatten(flat))
         first_seed = _first_seed(study)
         if "seed" not in flat and first_seed is not None:

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 
 from speechtune.metrics import CostRecord, format_cost, summarize_costs
 from speechtune.reports._html_parts import esc, figure_div, table
+from speechtune.reports._ticks import integer_xaxis
 
 _STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728"}
 
@@ -107,4 +108,4 @@ def _per_trial_figure(trials: list[optuna.trial.FrozenTrial]) -> go.Figure:
         height=320,
         margin={"t": 20, "b": 40},
     )
-    return fig
+    return integer_xaxis(fig)

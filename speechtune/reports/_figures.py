@@ -10,9 +10,9 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from speechtune.reports._importance import Importance
+from speechtune.reports._ticks import integer_xaxis
 from speechtune.tuning.study import (
     comparable_study,
-    comparable_trials,
     complete_trials,
     is_multi_objective,
     learning_curve,
@@ -50,8 +50,8 @@ def history_figure(study: optuna.Study) -> go.Figure | None:
         target=lambda t: t.values[0],
         target_name=name,
     )
-    fig.update_layout(title=f"Optimisation history ({name})")
-    return fig
+    fig.update_layout(title=f"Optimisation history ({name})", xaxis_title="trial")
+    return integer_xaxis(fig)
 
 
 def importance_figure(importance: Importance, target_name: str) -> go.Figure | None:
@@ -64,22 +64,6 @@ def importance_figure(importance: Importance, target_name: str) -> go.Figure | N
         title=f"Parameter importance for {target_name} ({importance.method})",
         xaxis_title="importance (normalised)",
     )
-    return fig
-
-
-def parallel_figure(study: optuna.Study) -> go.Figure | None:
-    """Parallel coordinates of the tunable parameters against the primary objective."""
-    trials = comparable_trials(study)
-    if len(trials) < 2 or not any(t.params for t in trials):
-        return None
-    name = objective_names(study)[0]
-    fig = _quiet(
-        optuna.visualization.plot_parallel_coordinate,
-        comparable_study(study),
-        target=lambda t: t.values[0],
-        target_name=name,
-    )
-    fig.update_layout(title=f"Parallel coordinates ({name})")
     return fig
 
 
@@ -114,7 +98,7 @@ def learning_curves_figure(study: optuna.Study) -> go.Figure | None:
         xaxis_title="epoch",
         yaxis_title=name,
     )
-    return fig
+    return integer_xaxis(fig)
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure | None:

@@ -21,6 +21,7 @@ from speechtune.reports._cost_report import cost_section
 from speechtune.reports._fidelity_report import fidelity_section
 from speechtune.reports._html_parts import esc, figure_div, table
 from speechtune.reports._importance import Importance, param_importances
+from speechtune.reports._parallel import parallel_figure
 from speechtune.tuning.study import (
     is_multi_fidelity,
     objective_names,
@@ -42,13 +43,77 @@ section { margin-bottom: 2em; }
 """
 
 
+def ran_several_seeds(study: optuna.Study) -> bool:
+    """True when the study ran each config with more than one seed.
+
+    Read from the spec (``objective.seeds`` with more than one entry) or, for a study without
+    a spec (a ``command`` objective, an older study), from trials that hold per-seed values.
+    """
+    spec = study.user_attrs.get("spec")
+    objective = spec.get("objective") if isinstance(spec, dict) else None
+    seeds = objective.get("seeds") if isinstance(objective, dict) else None
+    if isinstance(seeds, list) and len(seeds) > 1:
+        return True
+    return any(len(primary_seed_stats(t)[0]) > 1 for t in study.get_trials(deepcopy=False))
+
+
 def _std_cell(trial: optuna.trial.FrozenTrial) -> Any:
     seeds, std = primary_seed_stats(trial)
     return std if len(seeds) > 1 and std is not None else ""
 
 
-def _summary(study: optuna.Study) -> str:
+def top_trials_table(study: optuna.Study, top_k: int = 10) -> str:
+    """The ``top_k`` best comparable trials; a "std over seeds" column only for a multi-seed study.
+
+    A single-seed study has no spread to show, and an always-empty column reads like missing data.
+    """
     names = objective_names(study)
+    top = ranked_trials(study)[:top_k]
+    if not top:
+        return ""
+    if ran_several_seeds(study):
+        rows = [[t.number, *t.values, _std_cell(t)] for t in top]
+        return table(["trial", *names, "std over seeds"], rows)
+    return table(["trial", *names], [[t.number, *t.values] for t in top])
+
+
+def _best_trial(study: optuna.Study) -> str:
+    """The best trial first: its objective values, other metrics and full config."""
+    names = objective_names(study)
+    directions = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions))
+    parts = [f"<p>Objectives: {esc(directions)}</p>"]
+    choice = select_best(study)
+    if choice is None:
+        parts.append('<p class="note">No trial completed yet: no best trial.</p>')
+        return "\n".join(parts)
+    best = choice.trial
+    values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, best.values))
+    seeds, std = primary_seed_stats(best)
+    if len(seeds) > 1:
+        spread = f", std {std:.3g}" if std is not None else ""
+        values += f" (mean over {len(seeds)} seeds{spread})"
+    parts.append(
+        f'<p><b>Best trial #{best.number}</b>: {esc(values)} <span class="note">({esc(choice.note)})</span></p>'
+    )
+    metrics = best.user_attrs.get("metrics")
+    if isinstance(metrics, dict):
+        others = [
+            f"{k} = {v:.6g}"
+            for k, v in sorted(metrics.items())
+            if k not in names and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if others:
+            parts.append(f"<p>Also measured: {esc(', '.join(others))}</p>")
+    config = trial_config(best)
+    # Searched parameters first: they are what the study found; fixed and derived keys follow.
+    keys = sorted(config, key=lambda k: (k not in best.params, k))
+    rows = [[k, config[k], "searched" if k in best.params else "fixed or derived"] for k in keys]
+    parts.append(table(["parameter", "value", "source"], rows))
+    return "\n".join(parts)
+
+
+def _trials_overview(study: optuna.Study) -> str:
+    """How many trials ended in which state and why, and the best ten."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
     counts = [
@@ -58,29 +123,15 @@ def _summary(study: optuna.Study) -> str:
         ["failed", states[TrialState.FAIL]],
         ["running / waiting", states[TrialState.RUNNING] + states[TrialState.WAITING]],
     ]
-    directions = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions))
-    parts = [f"<p>Objectives: {esc(directions)}</p>"]
-    choice = select_best(study)
-    if choice is None:
-        parts.append('<p class="note">No trial completed yet: no best trial.</p>')
-    else:
-        best = choice.trial
-        values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, best.values))
-        parts.append(
-            f'<p><b>Best trial #{best.number}</b>: {esc(values)} <span class="note">({esc(choice.note)})</span></p>'
-        )
-        config = trial_config(best)
-        parts.append(table(["key", "value"], [[k, config[k]] for k in sorted(config)]))
-    parts.append(table(["count", "trials"], counts))
+    parts = [table(["count", "trials"], counts)]
     reasons = Counter((t.state.name, *trial_status(t)) for t in trials)
     rows = [[state, status, reason, n] for (state, status, reason), n in sorted(reasons.items())]
     parts.append(
         "<h3>Why trials ended</h3>" + table(["state", "status", "reason", "trials"], rows)
     )
-    top = ranked_trials(study)[:10]
+    top = top_trials_table(study)
     if top:
-        rows = [[t.number, *t.values, _std_cell(t)] for t in top]
-        parts.append("<h3>Top trials</h3>" + table(["trial", *names, "std over seeds"], rows))
+        parts.append("<h3>Top trials</h3>" + top)
     return "\n".join(parts)
 
 
@@ -88,44 +139,67 @@ def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
 
 
-def _plot_sections(study: optuna.Study, importance: Importance) -> list[str]:
+def _figure_section(key: str, title: str, fig: go.Figure | None, why_missing: str) -> str | None:
+    """A figure's section; when there is no figure, a sentence saying why (or nothing)."""
+    if fig is not None:
+        return _section(key, title, figure_div(fig, f"plot-{key}"))
+    if why_missing:
+        return _section(key, title, f'<p class="note">{esc(why_missing)}</p>')
+    return None
+
+
+def report_sections(
+    study: optuna.Study, importance: Importance, plots_dir: Path | None
+) -> list[str]:
+    """The sections of ``report.html`` in reading order.
+
+    Results first: the best trial, how the search got there (history), how the trials trained
+    (learning curves). Then what explains the results (Pareto front, trial outcomes, importance,
+    parallel coordinates, per-group WER, seeds, multi-fidelity), and last what it all cost: a
+    reader's first question is what was found, not what it consumed.
+    """
     primary = objective_names(study)[0]
-    builders: list[tuple[str, str, go.Figure | None, str]] = [
-        (
+    sections = [
+        _section("best", "Best trial", _best_trial(study)),
+        _figure_section(
             "history",
             "Optimisation history",
             _figures.history_figure(study),
             "no complete trial yet",
         ),
-        (
-            "importance",
-            "Parameter importance",
-            _figures.importance_figure(importance, primary),
-            importance.note,
-        ),
-        (
-            "parallel",
-            "Parallel coordinates",
-            _figures.parallel_figure(study),
-            "needs two complete trials with parameters",
-        ),
-        (
+        _figure_section(
             "learning-curves",
             "Learning curves",
             _figures.learning_curves_figure(study),
             "no trial reported per-epoch values",
         ),
-        ("pareto", "Pareto front", _figures.pareto_figure(study), ""),
-        ("group-wer", "WER per group of the best trials", _figures.group_wer_figure(study), ""),
-        ("seeds", "Seeds: mean +/- std", _figures.seeds_figure(study), ""),
+        _figure_section("pareto", "Pareto front", _figures.pareto_figure(study), ""),
+        _section("trials", "Trials", _trials_overview(study)),
+        _figure_section(
+            "importance",
+            "Parameter importance",
+            _figures.importance_figure(importance, primary),
+            importance.note,
+        ),
+        _figure_section(
+            "parallel",
+            "Parallel coordinates",
+            parallel_figure(study, importance),
+            "needs two complete trials whose parameters differ",
+        ),
+        _figure_section(
+            "group-wer", "WER per group of the best trials", _figures.group_wer_figure(study), ""
+        ),
+        _figure_section("seeds", "Seeds: mean +/- std", _figures.seeds_figure(study), ""),
     ]
-    sections = []
-    for key, title, fig, why_missing in builders:
-        if fig is not None:
-            sections.append(_section(key, title, figure_div(fig, f"plot-{key}")))
-        elif why_missing:
-            sections.append(_section(key, title, f'<p class="note">{esc(why_missing)}</p>'))
-    return sections
+    if is_multi_fidelity(study):
+        sections.append(
+            _section("multi-fidelity", "Multi-fidelity", fidelity_section(study, plots_dir))
+        )
+    cost = cost_section(study)
+    if cost is not None:
+        sections.append(_section("cost", "Cost and carbon", cost))
+    return [s for s in sections if s is not None]
 
 
 def _write_pngs(study: optuna.Study, importance: Importance, plots_dir: Path) -> list[Path]:
@@ -143,6 +217,10 @@ def _write_pngs(study: optuna.Study, importance: Importance, plots_dir: Path) ->
 def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` (self-contained, works offline) and ``out_dir/plots/*.png``.
 
+    Sections, in order (:func:`report_sections`): best trial, optimisation history, learning
+    curves, Pareto front, trial outcomes and top trials, parameter importance (or why it is not
+    shown), parallel coordinates, per-group WER, seeds, multi-fidelity, cost and carbon.
+
     A multi-fidelity study (``fidelity`` study attr) gets a "Multi-fidelity" section: rungs,
     brackets, compute saved, how faithfully each rung ranks configs (``plots/correlation.png``),
     and a warning when promotions relied on a rung that does not.
@@ -159,21 +237,7 @@ def build_report(study: optuna.Study, out_dir: str | Path) -> Path:
     importance = param_importances(study)
     _write_pngs(study, importance, out_dir / "plots")
     title = f"speechtune study {study.study_name}"
-    sections = [_section("summary", "Summary", _summary(study))]
-    # Imported here: that module renders with this one's helpers.
-
-    cost = cost_section(study)
-    if cost is not None:
-        sections.append(_section("cost", "Cost and carbon", cost))
-    if is_multi_fidelity(study):
-        # Imported here: that module renders with this one's helpers.
-
-        sections.append(
-            _section(
-                "multi-fidelity", "Multi-fidelity", fidelity_section(study, out_dir / "plots")
-            )
-        )
-    body = "\n".join([*sections, *_plot_sections(study, importance)])
+    body = "\n".join(report_sections(study, importance, out_dir / "plots"))
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n"

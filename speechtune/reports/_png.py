@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from speechtune.reports._importance import Importance
@@ -48,6 +49,7 @@ def history_png(study: optuna.Study, path: Path) -> Path | None:
     ax.scatter(xs, ys, s=18, label=name)
     ax.step(xs, running, where="post", color="tab:red", label="best so far")
     ax.set(title=f"Optimisation history ({name})", xlabel="trial", ylabel=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "trial 2.5"
     ax.legend()
     return _save(fig, path)
 
@@ -81,6 +83,7 @@ def learning_curves_png(study: optuna.Study, path: Path) -> Path | None:
         (line,) = ax.plot(steps, values, _LINESTYLE[trial.state], linewidth=1, alpha=0.8)
         ax.plot(steps[-1:], values[-1:], _END_MARKER[trial.state], color=line.get_color())
     ax.set(title=f"Learning curves ({name}; pruned --x, failed :v)", xlabel="epoch", ylabel=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5"
     return _save(fig, path)
 
 

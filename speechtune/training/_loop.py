@@ -61,6 +61,7 @@ from speechtune.training._diagnostics import (
 from speechtune.training._optim import build_optimizer, effective_batch, scale_lr
 from speechtune.training._reporter import NullReporter, Reporter
 from speechtune.training._schedules import PlateauTracker, lr_at
+from speechtune.training._trainlog import TrainLog, train_log
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,9 @@ def train(
 ) -> TrainResult:
     """Train the ASR recipe described by ``cfg`` and measure it on the dev split.
 
+    What the run logs goes to ``train.log`` in its output dir too (every epoch's line, also
+    without progress output; an exception that ends the run, with its traceback).
+
     Args:
         cfg: the recipe (all hyperparameters).
         opts: where/how to run (device, output and cache dirs, resume). With ``opts.resume`` and
@@ -252,9 +256,28 @@ def train(
         status instead of raising, so that a tuner can record the trial and move on.
     """
     opts = opts or RunOptions()
-    reporter = reporter or NullReporter()
     out_dir = Path(opts.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with train_log(out_dir) as tlog:
+        tlog.write(log, f"training in {out_dir} (resume={opts.resume}, device={opts.device})")
+        try:
+            result = _train(cfg, opts, reporter or NullReporter(), data, tlog)
+        except BaseException as exc:  # Ctrl-C too: the file says how the run ended
+            tlog.write(log, f"training ended by {type(exc).__name__}: {exc}", error=True)
+            raise
+        tlog.write(log, f"finished: {result.status} ({result.reason})")
+    return result
+
+
+def _train(
+    cfg: RecipeConfig,
+    opts: RunOptions,
+    reporter: Reporter,
+    data: PreparedData | None,
+    tlog: TrainLog,
+) -> TrainResult:
+    """:func:`train` with its ``train.log`` open."""
+    out_dir = Path(opts.output_dir)
     if opts.num_threads:
         torch.set_num_threads(opts.num_threads)
     device = resolve_device(opts.device)
@@ -409,18 +432,14 @@ def train(
                 last_path,
             )
             _write_json(out_dir / "history.json", state.history)
+            line = (
+                f"epoch {epoch}/{t.epochs}  train_loss {train_loss:.3f}  dev_loss {dev['dev_loss']:.3f}  "
+                f"WER {dev['wer']:.3f}  CER {dev['cer']:.3f}  lr {row['lr']:.2e}  ({train_time:.1f}s)"
+            )
             if opts.progress:
-                log.info(
-                    "epoch %d/%d  train_loss %.3f  dev_loss %.3f  WER %.3f  CER %.3f  lr %.2e  (%.1fs)",
-                    epoch,
-                    t.epochs,
-                    train_loss,
-                    dev["dev_loss"],
-                    dev["wer"],
-                    dev["cer"],
-                    row["lr"],
-                    train_time,
-                )
+                log.info(line)  # the console, and train.log through its handler
+            else:
+                tlog.write(log, line)  # a quiet run (a tuning trial) still logs it to train.log
             # Diagnostics before the reporter: a flat run ends with its own reason.
             flatline.update(train_loss, epoch)
             if reporter.report(epoch, **{k: v for k, v in row.items() if k != "epoch"}):

@@ -14,43 +14,36 @@ from speechtune.tuning.backends import PackedBackend, packed_storage_url, run_st
 from speechtune.tuning.space import SearchSpace, space_spec
 from speechtune.tuning.spec import TuningSpec
 from speechtune.tuning.study import (
+    WEAK_RATE,
     make_storage,
     open_study,
     ranked_trials,
     storage_url,
     trial_config,
+    weak_ranking_warnings,
 )
 from speechtune.workflow._context import Context, WorkflowError
 from speechtune.workflow._golden import golden_paths, guard_env
 from speechtune.workflow._narrow import distributions_for, encode_params, in_space, narrow_space
 from speechtune.workflow._results import Narrowing, SearchResult, TrialSummary
 
-#: A proxy whose best error rate is at least this cannot tell configs apart (CTC models that
-#: have not yet left the all-blank phase all score ~1.0).
-WEAK_PROXY_RATE = 0.9
+#: A proxy whose best error rate is at least this cannot tell configs apart (the test lives in
+#: the tuning layer, shared with ``speechtune tune``).
+WEAK_PROXY_RATE = WEAK_RATE
+
+#: What the workflow's weak-proxy warning suggests (its proxy is a workflow setting).
+_WORKFLOW_HINT = (
+    "Raise proxy.fraction or the tuning YAML's train.epochs, or check how well the proxy ranks "
+    "configs with `speechtune correlate`."
+)
 
 
 def weak_proxy_warnings(values: list[float], metric: str = "wer") -> list[str]:
     """Warnings when a study's values cannot rank configs: all near chance, or all the same.
 
-    The near-chance test applies to error rates only (a metric named ``...wer`` or ``...cer``).
+    See :func:`speechtune.tuning.study.weak_ranking_warnings`.
     """
-    if not values:
-        return []
-    best, worst = min(values), max(values)
-    out = []
-    if metric.endswith(("wer", "cer")) and best >= WEAK_PROXY_RATE:
-        out.append(
-            f"every trial scored {best:.3f} or worse: the proxy (data share x epochs) is too weak to rank configs, so "
-            "the search is close to a random pick. Raise proxy.fraction or the tuning YAML's train.epochs, or check "
-            "how well the proxy ranks configs with `speechtune correlate`."
-        )
-    elif len(values) >= 3 and worst - best < 1e-3:
-        out.append(
-            f"all {len(values)} trials scored within 0.001 of each other ({best:.4f}): "
-            "the search space or proxy does not separate configs."
-        )
-    return out
+    return weak_ranking_warnings(values, metric, hint=_WORKFLOW_HINT)
 
 
 def stage_coarse(ctx: Context) -> SearchResult:

@@ -214,9 +214,125 @@ def make_study(
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def make_run_dir(root: Path, name: str = "fixture-study", *, multi: bool = False) -> Path:
+def make_run_dir(
+    root: Path, name: str = "fixture-study", *, multi: bool = False, n_trials: int = 12
+) -> Path:
     """A run directory ``root/<name>`` holding ``study.db`` as the study engine lays it out."""
     run_dir = root / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    make_study(f"sqlite:///{run_dir / 'study.db'}", name, multi=multi)
+    make_study(f"sqlite:///{run_dir / 'study.db'}", name, multi=multi, n_trials=n_trials)
     return run_dir
+
+
+#: The 16-parameter space of the study a new user reported on (issue 14): floats (log and
+#: linear), ints, categoricals (one with a ``null`` choice) and two conditional parameters.
+WIDE_SPACE: dict[str, optuna.distributions.BaseDistribution] = {
+    "optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+    "optim.weight_decay": optuna.distributions.FloatDistribution(0.0, 0.1),
+    "optim.beta2": optuna.distributions.FloatDistribution(0.9, 0.999),
+    "model.num_layers": optuna.distributions.IntDistribution(1, 6),
+    "model.d_model": optuna.distributions.CategoricalDistribution([64, 128, 256]),
+    "model.num_heads": optuna.distributions.CategoricalDistribution([2, 4, 8]),
+    "model.dropout": optuna.distributions.FloatDistribution(0.0, 0.3),
+    "model.encoder": optuna.distributions.CategoricalDistribution(["lstm", "conformer"]),
+    "model.conv_kernel": optuna.distributions.IntDistribution(7, 15, step=2),
+    "model.ff_mult": optuna.distributions.IntDistribution(2, 4),
+    "schedule.name": optuna.distributions.CategoricalDistribution(["constant", "cosine"]),
+    "schedule.warmup_steps": optuna.distributions.IntDistribution(0, 1000, step=50),
+    "specaugment.freq_masks": optuna.distributions.IntDistribution(0, 3),
+    "specaugment.time_masks": optuna.distributions.IntDistribution(0, 4),
+    "features.n_mels": optuna.distributions.CategoricalDistribution([40, 80]),
+    "train.grad_clip": optuna.distributions.CategoricalDistribution([None, 1.0, 5.0]),
+}
+#: Active only when ``model.encoder`` is ``conformer`` (the "when" of a conditional parameter).
+CONDITIONAL = {"model.conv_kernel", "model.ff_mult"}
+
+
+def make_wide_study(
+    n_complete: int = 4,
+    *,
+    tied: bool = True,
+    seeds: list[int] | None = None,
+    seed: int = 0,
+    name: str = "wide",
+) -> optuna.Study:
+    """An in-memory study over :data:`WIDE_SPACE` like the one issue 14 reported on.
+
+    ``n_complete`` complete trials (all with WER 1.0 when ``tied``, else distinct values), then
+    one pruned and one failed trial. Every trial has per-epoch values and a ``cost`` record, and
+    conditional parameters are absent where the encoder is an LSTM.
+
+    Args:
+        n_complete: Number of complete trials.
+        tied: Give every complete trial the same WER (a diverged-everywhere study).
+        seeds: ``objective.seeds`` of the stored spec ([42], a single seed, by default); with
+            more than one, complete trials also hold ``seed_values`` and ``objective_std``.
+        seed: Seeds the random parameter values.
+        name: The study name.
+    """
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(study_name=name, direction="minimize")
+    study.set_user_attr("objective_names", ["wer"])
+    study.set_user_attr("directions", ["minimize"])
+    study.set_user_attr(
+        "spec", {"study": {"name": name}, "objective": {"metric": "wer", "seeds": seeds or [42]}}
+    )
+    states = [optuna.trial.TrialState.COMPLETE] * n_complete + [
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL,
+    ]
+    for i, state in enumerate(states):
+        encoder = ["lstm", "conformer"][i % 2]
+        params: dict[str, Any] = {}
+        for key, dist in WIDE_SPACE.items():
+            if key in CONDITIONAL and encoder != "conformer":
+                continue
+            if key == "model.encoder":
+                params[key] = encoder
+            elif isinstance(dist, optuna.distributions.CategoricalDistribution):
+                params[key] = dist.choices[int(rng.integers(len(dist.choices)))]
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                params[key] = dist.low + dist.step * int(
+                    rng.integers((dist.high - dist.low) // dist.step + 1)
+                )
+            else:
+                assert isinstance(dist, optuna.distributions.FloatDistribution)
+                low, high = (
+                    (math.log(dist.low), math.log(dist.high))
+                    if dist.log
+                    else (dist.low, dist.high)
+                )
+                value = float(rng.uniform(low, high))
+                params[key] = math.exp(value) if dist.log else value
+        final = 1.0 if tied else 0.2 + 0.05 * i
+        epochs = EPOCHS if state == optuna.trial.TrialState.COMPLETE else 2
+        curve = _curve(final)[:epochs]
+        cost = {"wall_s": 60.0 * epochs, "cpu_core_hours": 0.01 * epochs, "co2e_g": 2.0 * epochs}
+        per_seed: dict[str, Any] = {}
+        if len(seeds or []) > 1 and state == optuna.trial.TrialState.COMPLETE:
+            # As the engine stores a multi-seed trial: its value is the mean over seeds.
+            values = [final - 0.01, final + 0.01]
+            per_seed = {"seed_values": values, "objective_std": float(np.std(values))}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=final if state == optuna.trial.TrialState.COMPLETE else None,
+                params=params,
+                distributions={k: WIDE_SPACE[k] for k in params},
+                intermediate_values=dict(enumerate(curve, start=1)),
+                user_attrs={
+                    **per_seed,
+                    "config": dict(params),
+                    "cost": cost,
+                    "status": {"COMPLETE": "complete", "PRUNED": "stopped", "FAIL": "diverged"}[
+                        state.name
+                    ],
+                    "reason": {
+                        "COMPLETE": "completed all epochs",
+                        "PRUNED": "pruned-by-median",
+                        "FAIL": "loss is nan at epoch 2",
+                    }[state.name],
+                },
+            )
+        )
+    return study

@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import optuna
 import plotly.offline
 import pytest
@@ -32,8 +34,10 @@ from tests.helpers.reports import (
     FAILED,
     PRUNED,
     SEEDS,
+    WIDE_SPACE,
     make_run_dir,
     make_study,
+    make_wide_study,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -49,7 +53,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two run dirs (single- and two-objective), each with its report rebuilt once."""
     root = tmp_path_factory.mktemp("runs")
     out = {
-        "single": make_run_dir(root, "single"),
+        # 16 trials: 12 complete, enough for parameter importance; multi's 8 are not.
+        "single": make_run_dir(root, "single", n_trials=16),
         "multi": make_run_dir(root, "multi", multi=True),
     }
     for run_dir in out.values():
@@ -64,7 +69,7 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 def test_trials_csv_has_one_row_per_trial_with_records(runs: dict[str, Path]) -> None:
     rows = _csv_rows(runs["single"] / "trials.csv")
-    assert [int(r["number"]) for r in rows] == list(range(12))
+    assert [int(r["number"]) for r in rows] == list(range(16))
     for key in [
         "number",
         "state",
@@ -157,6 +162,9 @@ def test_report_html_is_self_contained_with_every_plot(runs: dict[str, Path]) ->
     assert "<td>pruned</td><td>3</td>" in page and "<td>failed</td><td>1</td>" in page
     multi = (runs["multi"] / "report.html").read_text()
     assert 'id="plot-pareto"' in multi and "Pareto front" in multi
+    # 8 complete trials: importance is explained away, not drawn.
+    assert 'id="plot-importance"' not in multi
+    assert "this study has 8 finished trials with 8 different values" in multi
     assert 'id="plot-seeds"' in multi and 'id="plot-learning-curves"' in multi
     assert multi.count(plotly.offline.get_plotlyjs()[:300]) == 1
 
@@ -177,7 +185,8 @@ def test_report_escapes_user_text_and_explains_skipped_importance(tmp_path: Path
     page = build_report(study, tmp_path / "out").read_text()
     assert evil not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "importance needs at least 2" in page
+    assert "Parameter importance needs at least 10 finished trials" in page
+    assert "this study has 1 finished trial with 1 different value." in page
     assert not (tmp_path / "out" / "plots" / "importance.png").exists()
 
 
@@ -224,9 +233,9 @@ def test_dashboard_serves_the_study_on_loopback(runs: dict[str, Path]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
-def test_report_renders_in_headless_chromium(runs: dict[str, Path], tmp_path: Path) -> None:
-    report = runs["multi"] / "report.html"
+def _chromium(page: Path, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+    """Open ``page`` in headless Chromium with ``mode`` (``--dump-dom``, ``--screenshot=...``)."""
+    assert CHROMIUM is not None
     argv = [
         CHROMIUM,
         "--headless",
@@ -236,23 +245,123 @@ def test_report_renders_in_headless_chromium(runs: dict[str, Path], tmp_path: Pa
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
+        "--hide-scrollbars",
         f"--user-data-dir={tmp_path / 'profile'}",
         "--enable-logging=stderr",
         "--v=0",
+        # Virtual time: plotly's drawing completes before the DOM is dumped or the page shot.
         "--virtual-time-budget=5000",
-        "--dump-dom",
-        report.resolve().as_uri(),
+        *mode,
+        page.resolve().as_uri(),
     ]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)}
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Uncaught" not in done.stderr, [l for l in done.stderr.splitlines() if "Uncaught" in l]
+    return done
+
+
+def _rendered_sections(dom: str) -> dict[str, str]:
+    """Each ``<section>`` of a rendered report by id, in page order."""
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', dom, re.DOTALL))
+
+
+def _headings(dom: str) -> list[str]:
+    return re.findall(r"<h2>([^<]*)</h2>", dom)
+
+
+def _svg_texts(html: str, css_class: str | None = None) -> list[str]:
+    """Text of the SVG ``<text>`` elements plotly drew (inside ``<g class=css_class>`` when given)."""
+    prefix = rf'<g class="{css_class}">' if css_class else ""
+    return re.findall(rf"{prefix}<text[^>]*>([^<]*)</text>", html)
+
+
+def _axis_titles(html: str) -> list[str]:
+    """The axis names a parallel-coordinates plot drew."""
+    return re.findall(r'class="axis-title"[^>]*>([^<]*)<', html)
+
+
+def _assert_whole_number_x_ticks(sections: dict[str, str], *keys: str) -> None:
+    for key in keys:
+        ticks = _svg_texts(sections[key], "xtick")
+        assert ticks and all(re.fullmatch(r"\d+", t) for t in ticks), (key, ticks)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
+def test_report_renders_in_headless_chromium(runs: dict[str, Path], tmp_path: Path) -> None:
+    dom = _chromium(runs["multi"] / "report.html", tmp_path, "--dump-dom").stdout
     # Plotly replaces each empty figure div with its rendered container and SVG.
-    for key in [*SINGLE_PLOTS, "pareto"]:
-        assert re.search(rf'id="plot-{key}"[^>]*class="[^"]*js-plotly-plot', done.stdout), key
-    assert done.stdout.count('class="plot-container plotly"') == len(SINGLE_PLOTS) + 1
-    assert "main-svg" in done.stdout
+    drawn = [key for key in [*SINGLE_PLOTS, "pareto"] if key != "importance"]
+    for key in drawn:
+        assert re.search(rf'id="plot-{key}"[^>]*class="[^"]*js-plotly-plot', dom), key
+    assert dom.count('class="plot-container plotly"') == len(drawn)
+    assert "main-svg" in dom
+    assert _headings(dom) == [
+        "Best trial",
+        "Optimisation history",
+        "Learning curves",
+        "Pareto front",
+        "Trials",
+        "Parameter importance",
+        "Parallel coordinates",
+        "WER per group of the best trials",
+        "Seeds: mean +/- std",
+    ]
+    sections = _rendered_sections(dom)
+    assert "Parameter importance needs at least 10 finished trials" in sections["importance"]
+    # The conditional conv_kernel: LSTM trials sit on a labelled slot, not on a "None" tick.
+    parallel = _svg_texts(sections["parallel"])
+    assert "not used" in parallel and "None" not in parallel
+    assert _axis_titles(sections["parallel"])[0] == "wer"
+    assert 2 <= len(_axis_titles(sections["parallel"])) <= 8
+    _assert_whole_number_x_ticks(sections, "history", "learning-curves")
+    # Two seeds per trial: the spread is shown.
+    assert "<th>std over seeds</th>" in sections["trials"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
+def test_issue_14_study_renders_results_first_in_headless_chromium(tmp_path: Path) -> None:
+    """The study a new user reported on: 4 tied trials, 16 parameters, one seed, cost records."""
+    page = build_report(make_wide_study(4, tied=True), tmp_path / "out")
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout
+    assert _headings(dom) == [
+        "Best trial",
+        "Optimisation history",
+        "Learning curves",
+        "Trials",
+        "Parameter importance",
+        "Parallel coordinates",
+        "Cost and carbon",
+    ]
+    sections = _rendered_sections(dom)
+    assert list(sections)[:3] == ["best", "history", "learning-curves"]
+    assert "Best trial #0" in sections["best"] and "optim.lr" in sections["best"]
+    importance = sections["importance"]
+    assert "plot-importance" not in importance
+    assert (
+        "Parameter importance needs at least 10 finished trials with at least 5 different values"
+        " of wer; this study has 4 finished trials with 1 different value." in importance
+    )
+    axes = _axis_titles(sections["parallel"])
+    assert len(axes) == 8 and axes[0] == "wer", axes
+    drawn = _svg_texts(sections["parallel"])
+    assert "None" not in drawn
+    assert len(set(drawn) & set(WIDE_SPACE)) == 7  # of the 16 parameters
+    _assert_whole_number_x_ticks(sections, "history", "learning-curves", "cost")
+    assert "std over seeds" not in dom  # one seed: no empty column
+
+    shot = tmp_path / "report.png"
+    _chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1280,4000")
+    pixels = matplotlib.image.imread(shot)  # RGBA floats in [0, 1]
+    assert pixels.shape[:2] == (4000, 1280)
+    # Plotly's plot background (#E5ECF6) covers a good part of the page: the figures were drawn,
+    # not just their empty divs. The three here (history, learning curves, cost) cover ~11%.
+    plot_bg = np.all(np.abs(pixels[..., :3] - np.array([229, 236, 246]) / 255) < 2 / 255, axis=-1)
+    assert plot_bg.mean() > 0.05, plot_bg.mean()
+    # ... and the first of them (the history, at ~750 px) comes after the best trial's table.
+    first_plot_row = int(np.argmax(np.any(plot_bg, axis=1)))
+    assert 400 < first_plot_row < 1300, first_plot_row
 
 
 def test_an_empty_study_still_gets_a_report_but_no_best_yaml(tmp_path: Path) -> None:

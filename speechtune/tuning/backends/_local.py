@@ -23,6 +23,7 @@ from speechtune.tuning.study import (
     TrialFailed,
     TrialRunner,
     device_slots,
+    interruptible_trials,
     quiet_trial_failures,
 )
 
@@ -89,7 +90,7 @@ class LocalBackend:
             callbacks.insert(0, MaxTrialsCallback(int(target), states=COUNTED_STATES))
         if target is not None and session.counted() >= target:
             return
-        with view:
+        with view, interruptible_trials():
             study.optimize(
                 runner,
                 n_trials=None,

@@ -229,7 +229,13 @@ class Driver:
                     f"it reported: {', '.join(sorted(trial.user_attrs.get('metrics') or {})) or 'nothing'}"
                 )
             return float(value)
-        return trial.value
+        # The engine minimises; a maximised objective (BLEU, accuracy) is ranked negated, while
+        # a rank_metric (a loss) is lower-is-better already.
+        return None if trial.value is None else self._sign * trial.value
+
+    @property
+    def _sign(self) -> float:
+        return -1.0 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
 
     def _tell_stored(self, job: Job, trial: FrozenTrial) -> None:
         try:
@@ -272,7 +278,7 @@ class Driver:
         out: dict[int, float] = {}
         if key is None or job.parent is not None:
             return out
-        curve = dict(trial.intermediate_values)
+        curve = {step: self._sign * v for step, v in trial.intermediate_values.items()}
         if self.rank_metric:
             rows = trial.user_attrs.get("history") or []
             curve = {

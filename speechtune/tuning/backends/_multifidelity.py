@@ -36,6 +36,7 @@ from speechtune.tuning.study import (
     StudyProgress,
     StudySession,
     device_slots,
+    interruptible_trials,
     load_warm_start,
     make_pruner,
     quiet_trial_failures,
@@ -144,7 +145,7 @@ class MultiFidelityBackend:
             rank_metric=fspec.rank_metric,
         )
         driver.replay()
-        with view:
+        with view, interruptible_trials():
             original = study.stop
 
             def stop() -> None:  # the failure guard calls study.stop()

@@ -58,7 +58,7 @@ def worker_argv(
         "-m",
         "speechtune.cli",
         "worker",
-        "--study",
+        "--study-name",
         study_name,
         "--storage",
         storage_url,

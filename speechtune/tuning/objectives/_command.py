@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import queue
-import re
-import signal
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -33,7 +32,7 @@ from typing import IO, Any, Protocol
 
 import yaml
 
-from speechtune._report_file import REPORT_FILE_ENV, TRIAL_DIR_ENV
+from speechtune._report_file import REPORT_FILE_ENV, STOP_FILE_ENV, TRIAL_DIR_ENV
 from speechtune.tuning.objectives._base import (
     COMPLETE,
     ERROR,
@@ -43,12 +42,22 @@ from speechtune.tuning.objectives._base import (
     error_outcome,
     merge_config,
 )
+from speechtune.tuning.objectives._command_output import (
+    RegexParser,
+    ReportFileReader,
+    _pump_output,
+    _Row,
+)
+from speechtune.tuning.objectives._process_group import kill_group
 
 log = logging.getLogger(__name__)
 
 
 #: Lines of output quoted in the reason of a failed command.
 TAIL_LINES = 20
+
+#: The file (in the trial dir, named by ``$SPEECHTUNE_STOP_FILE``) created when a trial is pruned.
+STOP_FILE = "STOP"
 
 
 class CommandSpecLike(Protocol):
@@ -66,6 +75,9 @@ class CommandSpecLike(Protocol):
     @property
     def timeout_s(self) -> float | None: ...
 
+    @property
+    def stop_grace_s(self) -> float: ...
+
 
 # ---------------------------------------------------------------------------------------------
 # building the command line
@@ -77,7 +89,12 @@ def format_value(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, float):
-        return repr(value)  # shortest round-trip form
+        text = repr(value)  # shortest round-trip form
+        mantissa, e, exponent = text.partition("e")
+        if e and "." not in mantissa:
+            # YAML 1.1 (PyYAML, hyperpyyaml, ESPnet) reads 1e-05 as a string, 1.0e-05 as a float.
+            text = f"{mantissa}.0e{exponent}"
+        return text
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
     return str(value)
@@ -94,12 +111,20 @@ def render_argv(
 ) -> list[str]:
     """The argv of one trial.
 
-    ``{config}``, ``{trial_dir}`` and ``{seed}`` are replaced in every item (other braces are
-    left alone, so JSON arguments survive). With an ``overrides`` template such as
+    ``{config}``, ``{trial_dir}``, ``{seed}`` and ``{python}`` (the interpreter running
+    speechtune, so that ``python`` never resolves to another environment's) are replaced in every
+    item (other braces are left alone, so JSON arguments survive). ``{key_head}`` and
+    ``{key_tail}`` split a key at its first dot, for ESPnet's ``--optim_conf lr=0.001`` (template
+    ``"--{key_head} {key_tail}={value}"``). With an ``overrides`` template such as
     ``"--{key}={value}"`` or ``"{key}={value}"``, one argument per config key is appended; a
     template with a space (``"--{key} {value}"``) gives two arguments per key.
     """
-    fields = {"{config}": str(config_path), "{trial_dir}": str(trial_dir), "{seed}": str(seed)}
+    fields = {
+        "{config}": str(config_path),
+        "{trial_dir}": str(trial_dir),
+        "{seed}": str(seed),
+        "{python}": sys.executable,
+    }
     out = []
     for item in argv:
         item = str(item)
@@ -110,185 +135,15 @@ def render_argv(
         # split before substituting, so a value with a space stays one argument
         parts = overrides.split()
         for key, value in config.items():
+            head, _, tail = key.partition(".")
             out.extend(
-                p.replace("{key}", key).replace("{value}", format_value(value)) for p in parts
+                p.replace("{key}", key)
+                .replace("{key_head}", head)
+                .replace("{key_tail}", tail or key)
+                .replace("{value}", format_value(value))
+                for p in parts
             )
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# reading metrics while the command runs
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class _Row:
-    epoch: int | None
-    metrics: dict[str, float]
-    final: bool = False
-
-
-class ReportFileReader:
-    """Reads complete new JSON lines appended to a report file since the last call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self.bad_lines: list[str] = []
-
-    def read_new(self) -> list[_Row]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n")
-        if end < 0:  # a line still being written: wait for its newline
-            return []
-        self._offset += end + 1
-        rows = []
-        for raw in chunk[: end + 1].decode("utf-8", errors="replace").splitlines():
-            if raw.strip():
-                row = self._parse(raw)
-                if row is not None:
-                    rows.append(row)
-        return rows
-
-    def _parse(self, raw: str) -> _Row | None:
-        try:
-            data = json.loads(raw)
-            epoch = data.pop("epoch", None)
-            final = bool(data.pop("final", False))
-            if epoch is not None and (
-                isinstance(epoch, bool) or not isinstance(epoch, (int, float))
-            ):
-                raise ValueError(f"epoch must be a number, got {epoch!r}")
-            metrics = {k: float(v) for k, v in data.items() if _is_number(v)}
-        except (ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring a bad line in %s: %r (%s)", self.path, raw, exc)
-            self.bad_lines.append(raw)
-            return None
-        return _Row(None if epoch is None else int(epoch), metrics, final)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-class RegexParser:
-    """Turns output lines into metric rows with a regex of named groups.
-
-    The ``epoch`` group (optional) gives the epoch; every other named group is a metric. A
-    regex without an ``epoch`` group numbers its matches 1, 2, 3, ...
-    """
-
-    def __init__(self, pattern: str) -> None:
-        try:
-            self.regex = re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(
-                f"command.metric_regex is not a valid regular expression: {exc} ({pattern!r})"
-            ) from exc
-        if not self.regex.groupindex:
-            raise ValueError(
-                f"command.metric_regex needs named groups, e.g. (?P<epoch>\\d+) and (?P<wer>[0-9.]+); got {pattern!r}"
-            )
-        self._count = 0
-
-    def parse(self, line: str) -> _Row | None:
-        match = self.regex.search(line)
-        if match is None:
-            return None
-        metrics: dict[str, float] = {}
-        epoch: int | None = None
-        for name, text in match.groupdict().items():
-            if text is None:
-                continue
-            try:
-                number = float(text)
-            except ValueError:
-                log.warning("metric_regex group %r matched %r, which is not a number", name, text)
-                continue
-            if name == "epoch":
-                epoch = int(number)
-            elif math.isfinite(number):
-                metrics[name] = number
-        if not metrics:
-            return None
-        self._count += 1
-        return _Row(epoch if epoch is not None else self._count, metrics)
-
-
-def _pump_output(
-    stream: IO[bytes], log_file: IO[str], lines: queue.Queue[str | None], tail: deque[str]
-) -> None:
-    """Copy the child's merged stdout/stderr to its log file and hand each line on for parsing."""
-    try:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace")
-            try:
-                log_file.write(line)
-                log_file.flush()
-            except ValueError:  # the log was closed: a straggler outside the group still writes
-                pass
-            text = line.rstrip("\r\n")
-            tail.append(text)
-            lines.put(text)
-    finally:
-        lines.put(None)
-
-
-# ---------------------------------------------------------------------------------------------
-# process groups
-# ---------------------------------------------------------------------------------------------
-def group_alive(pgid: int) -> bool:
-    """Is any live (non-zombie) process left in process group ``pgid``?
-
-    Zombies are ignored: an orphaned child that already exited may wait for a reaper that never
-    comes (PID 1 in a container), but it holds no resources worth waiting for.
-    """
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: ask the kernel, zombies included
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace_s`` seconds."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so that it does not count as alive
-        if not group_alive(pgid):
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    proc.wait()
-    deadline = time.monotonic() + 2.0
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,12 +161,19 @@ class _Progress:
 class CommandObjective:
     """Run an external training command per trial.
 
+    Each trial directory gets the config the command reads (``config.yaml``, or ``config.json``
+    when ``config_format`` is json), ``command.json`` (the exact argv and working directory, to
+    rerun the trial by hand), ``stdout.log`` and ``metrics.jsonl``.
+
     Args:
         spec: the tuning spec's ``command`` section: ``argv`` (with ``{config}``, ``{trial_dir}``,
-            ``{seed}``), ``overrides`` (e.g. ``"--{key}={value}"``, or None), ``metric_regex``
-            (or None) and ``timeout_s`` (or None).
-        base_config: a nested config the trial's flat config is merged into before it is written
-            to ``<trial_dir>/config.yaml``.
+            ``{seed}``, ``{python}``), ``overrides`` (e.g. ``"--{key}={value}"``, or None),
+            ``metric_regex`` (or None), ``timeout_s`` (or None) and ``stop_grace_s``.
+        base_config: a nested config (the script's own ``command.config_file``) the fixed
+            ``overrides`` and then the trial's flat config are merged into, to make ``{config}``.
+        overrides: fixed flat values (the tuning YAML's top-level ``overrides:``): merged into
+            ``{config}`` and passed on the command line with the sampled values.
+        config_format: ``yaml`` or ``json``: how ``{config}`` is written.
         cwd: working directory of the command; None keeps the tuner's.
         env: extra environment variables for the command.
         grace_s: seconds between SIGTERM and SIGKILL when a trial is stopped or times out.
@@ -323,6 +185,8 @@ class CommandObjective:
         spec: CommandSpecLike,
         base_config: Mapping[str, Any] | None = None,
         *,
+        overrides: Mapping[str, Any] | None = None,
+        config_format: str = "yaml",
         cwd: str | Path | None = None,
         env: Mapping[str, str] | None = None,
         grace_s: float = 5.0,
@@ -332,8 +196,12 @@ class CommandObjective:
             raise ValueError(
                 "command.argv must name a program to run, e.g. ['python', 'train.py', '--config', '{config}']"
             )
+        if config_format not in ("yaml", "json"):
+            raise ValueError(f"config_format must be yaml or json, got {config_format!r}")
         self.spec = spec
-        self.base_config = dict(base_config or {})
+        self.overrides = dict(overrides or {})
+        self.base_config = merge_config(base_config, self.overrides)
+        self.config_format = config_format
         self.cwd = cwd
         self.env = dict(env or {})
         self.grace_s = grace_s
@@ -356,28 +224,35 @@ class CommandObjective:
         return self._run(argv, parser, StopTrackingReporter(reporter), trial_dir)
 
     def prepare(self, config: Mapping[str, Any], trial_dir: Path, seed: int) -> list[str]:
-        """Write ``<trial_dir>/config.yaml`` and return the trial's argv."""
-        config_path = trial_dir / "config.yaml"
-        config_path.write_text(
-            yaml.safe_dump(merge_config(self.base_config, config), sort_keys=False)
-        )
-        report_file = trial_dir / "metrics.jsonl"
-        report_file.unlink(
-            missing_ok=True
-        )  # a retried trial must not re-read an old attempt's rows
-        return render_argv(
+        """Write the trial's config file and ``command.json``; return the trial's argv."""
+        merged = merge_config(self.base_config, config)
+        config_path = trial_dir / f"config.{self.config_format}"
+        if self.config_format == "json":
+            config_path.write_text(json.dumps(merged, indent=2) + "\n")
+        else:
+            config_path.write_text(yaml.safe_dump(merged, sort_keys=False))
+        # A retried trial must not re-read an old attempt's rows or stop request.
+        (trial_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (trial_dir / STOP_FILE).unlink(missing_ok=True)
+        argv = render_argv(
             self.spec.argv,
-            config,
+            {**self.overrides, **config},
             self.spec.overrides,
             config_path=config_path,
             trial_dir=trial_dir,
             seed=seed,
         )
+        cwd = str(Path(self.cwd).absolute()) if self.cwd is not None else os.getcwd()
+        (trial_dir / "command.json").write_text(
+            json.dumps({"argv": argv, "cwd": cwd, "config": str(config_path)}, indent=2) + "\n"
+        )
+        return argv
 
     def _environment(self, trial_dir: Path) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env[REPORT_FILE_ENV] = str(trial_dir / "metrics.jsonl")
         env[TRIAL_DIR_ENV] = str(trial_dir)
+        env[STOP_FILE_ENV] = str(trial_dir / STOP_FILE)
         env.setdefault(
             "PYTHONUNBUFFERED", "1"
         )  # a Python script's prints reach the regex as they happen
@@ -407,10 +282,15 @@ class CommandObjective:
                     start_new_session=True,  # its own process group: pruning kills its workers too
                 )
             except OSError as exc:
-                return TrialOutcome(ERROR, f"error: cannot start {argv[0]!r}: {exc}", extra=extra)
+                return TrialOutcome(ERROR, _cannot_start(argv[0], self.cwd, exc), extra=extra)
             extra["pgid"] = proc.pid  # for the record: any process left in it would be a leak
             try:
                 return self._supervise(proc, parser, tracker, trial_dir, log_file, extra)
+            except KeyboardInterrupt:
+                # Ctrl-C: the tuner records the trial as interrupted; the command must not
+                # outlive it.
+                kill_group(proc.pid, proc, self.grace_s)
+                raise
             except (
                 Exception
             ) as exc:  # e.g. a reporter that raised: never leave the command running
@@ -451,6 +331,8 @@ class CommandObjective:
                 ended = (ERROR, f"error: timed out after {timeout:g} s")
             else:
                 time.sleep(self.poll_s)
+        if ended is not None and ended[0] == STOPPED:
+            self._ask_to_stop(proc, trial_dir)
         # Whatever is still running in the group (the command, or workers it left behind) goes.
         kill_group(pgid, proc, self.grace_s)
         proc.wait()
@@ -465,6 +347,14 @@ class CommandObjective:
         if reader.bad_lines:
             extra["bad_report_lines"] = reader.bad_lines[:10]
         return self._outcome(ended, proc.returncode, progress, tracker, list(tail), extra)
+
+    def _ask_to_stop(self, proc: subprocess.Popen[bytes], trial_dir: Path) -> None:
+        """Create the stop file and give the command ``stop_grace_s`` to exit by itself: a
+        script in a container, or one that saves a checkpoint first, is not killed mid-write."""
+        (trial_dir / STOP_FILE).write_text("pruned\n")
+        deadline = time.monotonic() + float(getattr(self.spec, "stop_grace_s", 0.0) or 0.0)
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(min(self.poll_s, 0.1))
 
     @staticmethod
     def _consume(
@@ -560,3 +450,21 @@ def _quote_tail(tail: list[str]) -> str:
     if not tail:
         return ""
     return f"; last {len(tail)} line(s) of output:\n" + "\n".join(tail)
+
+
+def _cannot_start(program: str, cwd: str | Path | None, exc: OSError) -> str:
+    """A one-line reason for a command that did not start, with the likely fix."""
+    where = Path(cwd) if cwd is not None else Path.cwd()
+    if isinstance(exc, FileNotFoundError):
+        if os.sep in program:
+            return f"error: command.argv[0] {program!r} does not exist (relative to {where})"
+        hint = (
+            "; write {python} for the interpreter running speechtune"
+            if program.startswith("python")
+            else ""
+        )
+        return f"error: command.argv[0] {program!r} was not found on PATH{hint}"
+    if isinstance(exc, PermissionError):
+        return f"error: command.argv[0] {program!r} is not executable ({exc.strerror})"
+    found = shutil.which(program)
+    return f"error: cannot start {program!r}{f' ({found})' if found else ''}: {exc}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from speechtune.tuning.objectives._base import Objective
 from speechtune.tuning.objectives._command import CommandObjective
@@ -33,7 +36,17 @@ def _recipe(spec: TuningSpec, where: _Where) -> Objective:
 def _command(spec: TuningSpec, where: _Where) -> Objective:
     if spec.command is None:
         raise ValueError("objective.kind: command needs a command section with argv")
-    return CommandObjective(spec.command, spec.base_recipe or {}, cwd=where.cwd)
+    base: dict = {}
+    fmt = "yaml"
+    if spec.command.config_file:
+        # Checked when the spec was loaded: it exists and holds a mapping.
+        path = Path(spec.command.config_file)
+        text = path.read_text(encoding="utf-8")
+        fmt = "json" if path.suffix == ".json" else "yaml"
+        base = json.loads(text) if fmt == "json" else (yaml.safe_load(text) or {})
+    return CommandObjective(
+        spec.command, base, overrides=spec.overrides, config_format=fmt, cwd=where.cwd
+    )
 
 
 def _python(spec: TuningSpec, where: _Where) -> Objective:

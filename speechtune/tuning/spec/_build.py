@@ -36,6 +36,7 @@ def build_spec(
     space_constraints: Sequence[str] = (),
     fidelity: FidelitySpec | None = None,
     cost: CostModel | None = None,
+    direction: str = "minimize",
 ) -> TuningSpec:
     """A :class:`~speechtune.tuning.TuningSpec` for a Python objective (``objective.kind: python``).
 
@@ -78,6 +79,7 @@ def build_spec(
         extra_objectives=list(extra_objectives),
         constraints=list(constraints),
         scalarize=dict(scalarize or {}),
+        direction=direction,
     )
     raw = {
         "space": space_record,
@@ -94,6 +96,7 @@ def build_spec(
             "extra_objectives": list(extra_objectives),
             "constraints": list(constraints),
             "scalarize": dict(scalarize or {}),
+            "direction": direction,
         },
     }
     if fidelity is not None:

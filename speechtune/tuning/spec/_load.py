@@ -11,10 +11,13 @@ that does not divide ``high - low`` is an error, because Optuna would silently l
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from speechtune._urls import mask_url
 from speechtune.config import (
@@ -164,10 +167,23 @@ def _load(
             problems.append(
                 ConfigProblem("command.argv", "is required for objective.kind: command", None)
             )
+        if command.config_file is not None:
+            command = dataclasses.replace(
+                command, config_file=_command_config(command.config_file, here, problems)
+            )
     elif objective.kind == "command":
         problems.append(
             ConfigProblem(
                 "command", "objective.kind: command needs a command section with argv", None
+            )
+        )
+    if objective.direction == "maximize" and objective.scalarize:
+        problems.append(
+            ConfigProblem(
+                "objective.direction",
+                "maximize cannot be combined with objective.scalarize (its terms are added to "
+                "the value as penalties, which only works when minimising)",
+                objective.direction,
             )
         )
     if objective.function is not None and objective.kind != "python":
@@ -290,6 +306,38 @@ def _load(
         cost=cost,
     )
     return spec, []
+
+
+def _command_config(name: str, here: Path, problems: list[ConfigProblem]) -> str | None:
+    """``command.config_file`` made absolute, after checking that it reads as a mapping."""
+    path = (here / name).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(
+            ConfigProblem("command.config_file", f"cannot be read ({exc.strerror})", str(path))
+        )
+        return None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problems.append(
+            ConfigProblem(
+                "command.config_file", f"is not valid {path.suffix[1:]}: {first}", str(path)
+            )
+        )
+        return None
+    if not isinstance(data, dict):
+        problems.append(
+            ConfigProblem(
+                "command.config_file",
+                f"must hold a mapping of config keys, got {type(data).__name__}",
+                str(path),
+            )
+        )
+        return None
+    return str(path)
 
 
 def _kind(param: Param) -> str | None:

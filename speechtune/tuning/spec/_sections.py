@@ -36,6 +36,8 @@ OBJECTIVE_KINDS = ("recipe", "command", "python")
 
 
 GROUPS = ("mean", "worst_group")
+#: Which way the primary objective is optimised.
+DIRECTIONS = ("minimize", "maximize")
 
 
 # Samplers that refuse a multi-objective study (Optuna raises at the first trial).
@@ -71,6 +73,9 @@ class ObjectiveSpec:
     #: ``MODULE:ATTR`` of the function a ``kind: python`` objective calls (so that the CLI,
     #: ``speechtune worker`` and Ray can run it, not only :func:`speechtune.tune`).
     function: str | None = None
+    #: ``minimize`` (WER, loss) or ``maximize`` (BLEU, accuracy) the primary metric. Extra
+    #: objectives are always minimised.
+    direction: str = "minimize"
 
     @property
     def is_multi_objective(self) -> bool:
@@ -124,6 +129,12 @@ class CommandSpec:
     overrides: str | None = None
     metric_regex: str | None = None
     timeout_s: float | None = None
+    #: The script's own config (YAML or JSON), relative to the tuning YAML: the top-level
+    #: ``overrides:`` and the sampled values are merged into it to make each trial's ``{config}``.
+    config_file: str | None = None
+    #: Seconds a pruned command gets to stop by itself (it sees ``$SPEECHTUNE_STOP_FILE``)
+    #: before its process group is terminated.
+    stop_grace_s: float = 10.0
 
 
 _Check = tuple[Any, str]  # (predicate, rule)
@@ -197,6 +208,7 @@ _OBJECTIVE_CHECKS: dict[str, _Check] = {
         ),
         "must look like MODULE:ATTR, e.g. mypkg.train:objective",
     ),
+    "direction": (lambda v: v in DIRECTIONS, "must be minimize or maximize"),
 }
 
 
@@ -221,6 +233,11 @@ _COMMAND_CHECKS: dict[str, _Check] = {
     ),
     "metric_regex": (_valid_regex, "must be null or a valid regular expression"),
     "timeout_s": (lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0 or null"),
+    "config_file": (
+        lambda v: v is None or (isinstance(v, str) and v.endswith((".yaml", ".yml", ".json"))),
+        "must be null or the path of a .yaml, .yml or .json file (relative to the tuning YAML)",
+    ),
+    "stop_grace_s": (lambda v: _is_num(v) and v >= 0, "must be a number of seconds >= 0"),
 }
 
 

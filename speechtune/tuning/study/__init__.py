@@ -5,6 +5,12 @@ trial's user attributes, so reports and trackers read the storage and nothing el
 readers of that contract are in :mod:`._records`.
 """
 
+from speechtune.tuning.study._interrupt import (
+    INTERRUPTED_REASON,
+    interruptible_trials,
+    pending_interrupted,
+    requeue_interrupted,
+)
 from speechtune.tuning.study._load import load_study, resolve_storage
 from speechtune.tuning.study._open import (
     StudyExistsError,
@@ -53,6 +59,7 @@ from speechtune.tuning.study._storage import (
 )
 from speechtune.tuning.study._trial import (
     COUNTED_STATES,
+    EPOCH_LOGGER,
     FAILED_STATUSES,
     WORKER_ID,
     TrialFailed,
@@ -65,13 +72,21 @@ from speechtune.tuning.study._trial import (
 )
 from speechtune.tuning.study._values import complete_metrics
 from speechtune.tuning.study._warm_start import load_warm_start
+from speechtune.tuning.study._weak import (
+    WEAK_RATE,
+    study_ranking_warnings,
+    weak_ranking_warnings,
+)
 
 __all__ = [
     "COUNTED_STATES",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_RECONNECT_S",
+    "EPOCH_LOGGER",
+    "INTERRUPTED_REASON",
     "FAILED_STATUSES",
     "RECONNECT_ENV",
+    "WEAK_RATE",
     "WORKER_ID",
     "FailureGuard",
     "OpenOptions",
@@ -93,6 +108,7 @@ __all__ = [
     "device_slots",
     "duration_s",
     "fidelity_record",
+    "interruptible_trials",
     "is_multi_fidelity",
     "is_multi_objective",
     "learning_curve",
@@ -104,19 +120,23 @@ __all__ = [
     "minimises",
     "objective_names",
     "open_study",
+    "pending_interrupted",
     "primary_seed_stats",
     "primary_value",
     "quiet_trial_failures",
     "ranked_trials",
     "reconnect_bound",
     "record_cost_total",
+    "requeue_interrupted",
     "resolve_storage",
     "rung_names",
     "sample_space",
     "select_best",
     "storage_url",
+    "study_ranking_warnings",
     "top_rung",
     "trial_config",
     "trial_rung",
     "trial_status",
+    "weak_ranking_warnings",
 ]

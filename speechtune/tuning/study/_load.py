@@ -9,6 +9,8 @@ import yaml
 from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from speechtune.tuning.study._storage import JOURNAL_SCHEME, journal_file
+
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _JOURNAL_SUFFIXES = (".log", ".jsonl")
 
@@ -45,7 +47,8 @@ def resolve_storage(target: str | Path) -> str | BaseStorage:
 
     Args:
         target: A run directory (``study.db`` / ``journal.log`` / ``spec.yaml``'s
-            ``study.storage``), a ``.db`` SQLite or ``.log`` journal file, ``journal:///path.log``,
+            ``study.storage``), a ``.db`` SQLite or ``.log`` journal file, ``journal:///rel.log``
+            or ``journal:////abs.log`` (as ``study.storage`` reads them),
             or any Optuna/SQLAlchemy storage URL (``sqlite:///x.db``, ``postgresql+psycopg://...``).
 
     Returns:
@@ -55,8 +58,8 @@ def resolve_storage(target: str | Path) -> str | BaseStorage:
         FileNotFoundError: When a run directory holds no storage or a path does not exist.
     """
     text = str(target)
-    if text.startswith("journal://"):
-        return _journal(text[len("journal://") :])
+    if text.startswith(JOURNAL_SCHEME):
+        return _journal(journal_file(text))
     if "://" in text:
         return text
     path = Path(text)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 
 from speechtune._jsonable import _jsonable
 from speechtune.metrics import summarize_costs
@@ -87,12 +88,19 @@ def open_study(
         )
     if pruner is None:
         pruner = make_pruner(study_spec.pruner, max_resource=spec.max_epochs)
+    # The primary metric's direction is the spec's; extra objectives (latency, size) minimise.
+    primary = (
+        StudyDirection.MAXIMIZE
+        if spec.objective.direction == "maximize"
+        else StudyDirection.MINIMIZE
+    )
+    directions = [primary] + [StudyDirection.MINIMIZE] * (len(names) - 1)
     study = optuna.create_study(
         storage=storage,
         sampler=sampler,
         pruner=pruner,
         study_name=study_spec.name,
-        directions=["minimize"] * len(names),
+        directions=directions,
         load_if_exists=True,
     )
     with warnings.catch_warnings():
@@ -102,7 +110,7 @@ def open_study(
             optuna.storages.fail_stale_trials(study)
         study.set_metric_names(names)
     study.set_user_attr("objective_names", names)
-    study.set_user_attr("directions", ["minimize"] * len(names))
+    study.set_user_attr("directions", [d.name.lower() for d in directions])
     study.set_user_attr("spec", _jsonable(spec.raw))
     if spec.base_recipe:
         study.set_user_attr("base_recipe", _jsonable(spec.base_recipe))

@@ -1,8 +1,11 @@
 """Live view of a running study: counts, best so far, elapsed time and ETA.
 
-A rich ``Live`` panel on a terminal; one log line per finished trial otherwise (CI logs, files,
-``progress=False``). Either way it is fed by an Optuna study callback, so it sees trials finished
-by every thread of ``study.optimize``.
+A rich ``Live`` panel on a terminal; one plain log line per finished trial otherwise (CI logs,
+files, ``progress=False``): its number, state, value, sampled params (short) and duration, then
+the study's counts. Either way it is fed by an Optuna study callback, so it sees trials finished
+by every thread of ``study.optimize``. Per-epoch lines come from the trial reporter
+(:data:`~speechtune.tuning.study._trial.EPOCH_LOGGER`), shown when that logger is set to DEBUG
+(``speechtune tune -v``).
 """
 
 from __future__ import annotations
@@ -142,13 +145,7 @@ class StudyProgress:
             ):
                 self.state.durations.append(trial.duration.total_seconds())
             if self._live is None:
-                log.info(
-                    "trial %d %s%s | %s",
-                    trial.number,
-                    trial.state.name.lower(),
-                    _trial_note(trial),
-                    self.state.line(),
-                )
+                log.info("%s | %s", trial_line(trial), self.state.line())
 
     def __rich__(self) -> object:
         from rich.panel import Panel
@@ -179,9 +176,34 @@ class StudyProgress:
             self._live = None
 
 
-def _trial_note(trial: FrozenTrial) -> str:
+#: The sampled params of a trial line are cut to this many characters (a long space would
+#: otherwise bury the trial's number and value in every log line).
+PARAMS_CHARS = 100
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    """One plain line for a finished trial: number, state, value or reason, params, duration.
+
+    E.g. ``trial 3 complete value 0.4120 [optim.lr=0.00312 model.num_layers=4] 0:01:12``.
+    """
+    parts = [f"trial {trial.number} {trial.state.name.lower()}"]
     if trial.state == TrialState.COMPLETE and trial.values:
-        values = ", ".join(f"{v:.4f}" for v in trial.values)
-        return f" value {values}"
-    reason = trial.user_attrs.get("reason")
-    return f" ({reason})" if reason else ""
+        parts.append("value " + ", ".join(f"{v:.4f}" for v in trial.values))
+    else:
+        reason = trial.user_attrs.get("reason")
+        if reason:
+            parts.append(f"({reason})")
+    params = short_params(trial.params)
+    if params:
+        parts.append(f"[{params}]")
+    if trial.datetime_start is not None and trial.datetime_complete is not None:
+        parts.append(_hms((trial.datetime_complete - trial.datetime_start).total_seconds()))
+    return " ".join(parts)
+
+
+def short_params(params: dict[str, Any], limit: int = PARAMS_CHARS) -> str:
+    """``key=value`` pairs, floats to 3 significant digits, cut to ``limit`` characters."""
+    text = " ".join(
+        f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in params.items()
+    )
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,7 +7,8 @@ run, owns the rest of the lifecycle::
         backend.run(session, objective, n_trials=20, progress=True)
 
 * on entry: the run directory, the study (storage, sampler, pruner), ``spec.yaml``, the
-  tracker's parent run, and (optionally) a GPU utilisation monitor;
+  tracker's parent run, and (optionally) a GPU utilisation monitor; on resume, a re-run of
+  every trial that Ctrl-C interrupted;
 * for each finished trial, :meth:`StudySession.trial_finished` (an Optuna study callback) logs
   it to the tracker, once;
 * on exit, also after Ctrl-C or an error: the study's total cost, the trials this run finished
@@ -35,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from speechtune._jsonable import _jsonable
 from speechtune.devices import GpuMonitor
 from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study._interrupt import requeue_interrupted
 from speechtune.tuning.study._open import open_study, record_cost_total
 from speechtune.tuning.study._records import TrialRecord
 from speechtune.tuning.study._storage import DEFAULT_HEARTBEAT_S
@@ -187,6 +189,10 @@ class StudySession:
             sampler=options.sampler,
             pruner=options.pruner,
         )
+        if self.resume and self.spec.fidelity is None:
+            # Trials Ctrl-C ended are re-run first (the multi-fidelity driver re-runs its
+            # unfinished jobs itself when it replays the study).
+            requeue_interrupted(self._study)
         # Trials finished before this run (a resumed study, warm-start evidence) were logged by
         # the run that made them, or are not this run's to log.
         self._logged = {

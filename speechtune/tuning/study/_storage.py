@@ -101,6 +101,37 @@ def storage_url(storage: str | None, run_dir: Path) -> str:
     return storage
 
 
+#: The scheme of a journal file storage.
+JOURNAL_SCHEME = "journal://"
+
+
+def journal_file(url: str) -> str:
+    """The file of a journal URL, read as SQLite URLs are: ``journal:///rel.log`` is relative to
+    the working directory, ``journal:////abs.log`` absolute.
+
+    One exception keeps the common spelling ``journal:///tmp/study.log`` working: a
+    three-slash path whose directory exists from the root but not from the working directory is
+    read as absolute. ``study.storage``, ``tune --storage``, ``worker --storage``, ``report`` and
+    ``dashboard`` all read journal URLs through this one function, so that a URL names the same
+    file everywhere.
+
+    Raises:
+        ValueError: ``url`` is not ``journal:///PATH`` (e.g. ``journal://host/x``: a journal
+            storage is a file, it has no host).
+    """
+    if not url.startswith(JOURNAL_SCHEME + "/") or len(url) <= len(JOURNAL_SCHEME) + 1:
+        raise ValueError(
+            f"storage {url!r}: expected journal:///relative/path.log or journal:////absolute/path.log"
+        )
+    path = url[len(JOURNAL_SCHEME) + 1 :]
+    if path.startswith("/"):
+        return path
+    relative, absolute = Path(path), Path("/", path)
+    if not relative.parent.is_dir() and absolute.parent.is_dir():
+        return str(absolute)
+    return path
+
+
 def _journal(path: str) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -416,9 +447,8 @@ def make_storage(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, run_dir)
-    if url.startswith("journal://"):
-        # Same convention as SQLite URLs: journal:///rel.log is relative, journal:////abs.log absolute.
-        return _journal(url[len("journal:///") :])
+    if url.startswith(JOURNAL_SCHEME):
+        return _journal(journal_file(url))
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme in ("sqlite", "postgresql", "mysql"):
         return _rdb(url, heartbeat_s, reconnect_bound() if reconnect_s is None else reconnect_s)

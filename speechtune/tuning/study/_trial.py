@@ -5,7 +5,10 @@ Pruning decisions are taken on the first seed only. The outcome becomes an Optun
 * complete -> the objective value(s) (mean over seeds);
 * stopped by the pruner -> ``TrialPruned`` (status ``stopped``, reason ``pruned-by-<pruner>``);
 * a violated constraint of the search space -> pruned with reason ``constraint: ...``;
-* diverged / flatline / oom / error -> FAIL (the study goes on; failures never end it).
+* diverged / flatline / oom / error -> FAIL (the study goes on; failures never end it);
+* Ctrl-C -> FAIL with status ``interrupted``, reason ``interrupted by the user`` and the user
+  attr ``interrupted=True`` (Optuna has no interrupted state); the ``KeyboardInterrupt`` goes on
+  to end the study, and ``--resume`` re-queues the trial (see :mod:`._interrupt`).
 
 Every trial's record (config, metrics, history, per-seed values...) lives in the trial's user
 attributes, so that reports and MLflow read the storage and nothing else.
@@ -36,12 +39,18 @@ from speechtune.metrics import EnergyMeter
 from speechtune.tuning.objectives import CONTINUE_MARKER, Objective, TrialOutcome
 from speechtune.tuning.space import ConstraintViolation, SearchSpace
 from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study._interrupt import interrupt_requested, mark_interrupted
 from speechtune.tuning.study._values import (
     complete_metrics,
     parse_metric_constraint,
 )
 
 log = logging.getLogger("speechtune.tuning")
+
+#: Per-epoch lines of every trial (``trial 3 epoch 2: wer 0.4120 ...``) are logged at DEBUG on
+#: this logger: silent by default, shown by ``speechtune tune -v`` (which sets it to DEBUG).
+EPOCH_LOGGER = "speechtune.tuning.epochs"
+epoch_log = logging.getLogger(EPOCH_LOGGER)
 
 
 #: Trial states that count towards ``n_trials`` (a failed trial is retried by a new one).
@@ -57,10 +66,13 @@ class TrialFailed(RuntimeError):
 
 
 class _NoTracebackForTrialFailed(logging.Filter):
-    """Optuna logs a caught trial exception with its traceback; ours carries its reason already."""
+    """Optuna logs a caught trial exception with its traceback; ours carries its reason already.
+
+    Ctrl-C too: the trial's record says it was interrupted, and a traceback would read as a crash.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+        if record.exc_info and isinstance(record.exc_info[1], (TrialFailed, KeyboardInterrupt)):
             record.exc_info = None
         return True
 
@@ -96,7 +108,14 @@ class TrialReporter:
 
     def report(self, epoch: int, **metrics: float) -> bool:
         """Record one epoch; True when the pruner wants the trial stopped."""
+        if interrupt_requested():
+            # Ctrl-C reached the main thread: this trial (in a worker thread) ends too.
+            raise KeyboardInterrupt
         self.history.append({"epoch": epoch, **metrics})
+        if epoch_log.isEnabledFor(logging.DEBUG):
+            epoch_log.debug(
+                "trial %d epoch %s: %s", self.trial.number, epoch, _metrics_text(metrics)
+            )
         if not self.prune or self.pruned:
             return self.pruned
         value = metrics.get(self.metric)
@@ -111,6 +130,14 @@ class TrialReporter:
             self.trial.report(float(value), step=int(epoch))
         self.pruned = self.trial.should_prune()
         return self.pruned
+
+
+def _metrics_text(metrics: Mapping[str, Any], limit: int = 8) -> str:
+    """The first ``limit`` numeric metrics as ``name value`` pairs (4 significant digits)."""
+    shown = [
+        f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"
+    ]
+    return "  ".join(shown[:limit])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +200,11 @@ class TrialRunner:
         meter.start()
         try:
             return self._run_trial(trial)
+        except KeyboardInterrupt:
+            # Recorded before Optuna fails the trial and re-raises: the record must say why it
+            # ended (an empty reason reads as a crash), and --resume re-runs it by this mark.
+            mark_interrupted(trial)
+            raise
         finally:
             # Pruned and failed trials too: their compute was spent all the same.
             meter.stop()

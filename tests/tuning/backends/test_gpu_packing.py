@@ -407,7 +407,7 @@ def test_worker_argv_matches_the_worker_contract(tmp_path: Path) -> None:
     )
     assert argv[:4] == [sys.executable, "-m", "speechtune.cli", "worker"]
     assert argv[4:] == [
-        "--study", "s", "--storage", "journal:////x/j.log", "--run-dir", str(tmp_path), "--device", "cuda",
+        "--study-name", "s", "--storage", "journal:////x/j.log", "--run-dir", str(tmp_path), "--device", "cuda",
         "--config", "t.yaml", "--n-trials", "8", "--gpu-slots", "4",
     ]  # fmt: skip
 

@@ -423,3 +423,30 @@ def _tiny_recipe_study(
         ]
     )
     return run_dir, args
+
+
+def test_a_maximised_metric_promotes_the_highest_values(tmp_path: Path) -> None:
+    """direction="maximize": the engine ranks the negation, so promotions and best go to high
+    accuracies, exactly mirroring a minimised study of the negated metric."""
+
+    def accuracy(config: dict, reporter, trial_dir: Path) -> dict | None:
+        value = 0.0
+        for epoch in range(1, config["epochs"] + 1):
+            value = 1.0 - (config["x"] - 0.3) ** 2 - 1.0 / epoch
+            if reporter.report(epoch, acc=value):
+                return None
+        return {"acc": value}
+
+    def negated(config: dict, reporter, trial_dir: Path) -> dict | None:
+        value = 0.0
+        for epoch in range(1, config["epochs"] + 1):
+            value = -(1.0 - (config["x"] - 0.3) ** 2 - 1.0 / epoch)
+            if reporter.report(epoch, acc=value):
+                return None
+        return {"acc": value}
+
+    up = _tune(tmp_path / "up", accuracy, budget=4, metric="acc", direction="maximize")
+    down = _tune(tmp_path / "down", negated, budget=4, metric="acc")
+    assert [j[:3] for j in _jobs(up)] == [j[:3] for j in _jobs(down)]
+    assert up.best_value == pytest.approx(-down.best_value)
+    assert up.best_value > 0.8  # a config near x = 0.3 at the top rung

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.services
 # ---------------------------------------------------------------------------------------------
 # refusals and flags (no database needed)
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", ["sqlite:///study.db", "sqlite:////tmp/x.db", "journal"])
+@pytest.mark.parametrize("url", ["sqlite:///study.db", "sqlite:////tmp/x.db", "memory"])
 def test_worker_refuses_sqlite_and_unshared_storage(
     url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

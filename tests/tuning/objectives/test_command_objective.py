@@ -18,7 +18,8 @@ import yaml
 from speechtune import _report_file
 from speechtune.training import CallbackReporter, NullReporter
 from speechtune.tuning.objectives import CommandObjective
-from speechtune.tuning.objectives._command import group_alive, render_argv
+from speechtune.tuning.objectives._command import render_argv
+from speechtune.tuning.objectives._process_group import group_alive
 from tests.helpers.paths import REPO, SCRIPTS
 
 
@@ -30,6 +31,7 @@ class Spec:
     overrides: str | None = None
     metric_regex: str | None = None
     timeout_s: float | None = None
+    stop_grace_s: float = 0.0
 
 
 class Recorder:
@@ -152,7 +154,55 @@ def test_silent_success_and_missing_program_are_errors(tmp_path: Path) -> None:
     missing = objective(["/nonexistent/train-program"])(
         {}, NullReporter(), tmp_path / "t6", seed=0
     )
-    assert missing.status == "error" and "cannot start" in missing.reason
+    assert missing.status == "error" and "does not exist" in missing.reason
+    other_python = objective(["python3.99-not-here", "train.py"])(
+        {}, NullReporter(), tmp_path / "t7", seed=0
+    )
+    assert "not found on PATH" in other_python.reason and "{python}" in other_python.reason
+
+
+STOP_AWARE = """
+import json, os, sys, time
+report, stop = os.environ["SPEECHTUNE_REPORT_FILE"], os.environ["SPEECHTUNE_STOP_FILE"]
+for epoch in range(1, 100):
+    with open(report, "a") as fh:
+        fh.write(json.dumps({"epoch": epoch, "wer": 1.0 / epoch}) + "\\n")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if os.path.exists(stop):
+            open(os.path.join(os.environ["SPEECHTUNE_TRIAL_DIR"], "saved.txt"), "w").write(str(epoch))
+            sys.exit(0)
+        time.sleep(0.02)
+"""
+
+
+def test_a_pruned_script_that_watches_the_stop_file_ends_by_itself(tmp_path: Path) -> None:
+    script = tmp_path / "stop_aware.py"
+    script.write_text(STOP_AWARE)
+    obj = objective([sys.executable, str(script)], stop_grace_s=30.0)
+    t0 = time.monotonic()
+    out = obj({}, Recorder(stop_at=2), tmp_path / "t8", seed=0)
+    assert out.status == "stopped"
+    assert out.extra["exit_code"] == 0  # it stopped itself: no SIGTERM
+    assert (tmp_path / "t8" / "saved.txt").read_text() == "2"
+    assert time.monotonic() - t0 < 20
+
+
+def test_base_file_overrides_and_python_placeholder(tmp_path: Path) -> None:
+    obj = CommandObjective(
+        Spec(["{python}", "-c", "print(1)", "{config}"], overrides="--{key}={value}"),
+        {"model": {"layers": 2, "width": 8}},
+        overrides={"model.width": 16},
+        config_format="json",
+    )
+    argv = obj.prepare({"optim.lr": 0.5}, tmp_path, seed=1)
+    assert argv[0] == sys.executable
+    assert argv[3:] == [str(tmp_path / "config.json"), "--model.width=16", "--optim.lr=0.5"]
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "model": {"layers": 2, "width": 16},
+        "optim": {"lr": 0.5},
+    }
+    assert json.loads((tmp_path / "command.json").read_text())["argv"] == argv
 
 
 def test_render_argv_placeholders_and_override_templates(tmp_path: Path) -> None:
@@ -282,3 +332,43 @@ def test_report_without_tuner_warns_once(
     _report_file.report(2, wer=0.4)
     err = capsys.readouterr().err
     assert err.count("SPEECHTUNE_REPORT_FILE is not set") == 1
+
+
+class CtrlC:
+    """A reporter interrupted by the user (Ctrl-C arrives while the tuner handles an epoch)."""
+
+    def report(self, epoch: int, **metrics: float) -> bool:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_never_leaves_the_command_running(tmp_path: Path) -> None:
+    script = tmp_path / "stop_aware.py"
+    script.write_text(STOP_AWARE)  # would run for minutes if left alone
+    obj = objective([sys.executable, str(script)])
+    with pytest.raises(KeyboardInterrupt):
+        obj({}, CtrlC(), tmp_path / "t9", seed=0)
+    record = json.loads((tmp_path / "t9" / "command.json").read_text())  # written before the start
+    assert record["argv"][1] == str(script)
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(script) in _cmdline(p)]
+    assert alive == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_espnet_style_overrides_and_yaml_safe_floats(tmp_path: Path) -> None:
+    argv = render_argv(
+        ["asr_train"],
+        {"optim_conf.lr": 1e-05, "batch_size": 8},
+        "--{key_head} {key_tail}={value}",
+        config_path=tmp_path / "c.yaml",
+        trial_dir=tmp_path,
+        seed=0,
+    )
+    assert argv == ["asr_train", "--optim_conf", "lr=1.0e-05", "--batch_size", "batch_size=8"]
+    # PyYAML (YAML 1.1, as ESPnet and hyperpyyaml parse values) reads it back as a float
+    assert yaml.safe_load(argv[2].split("=")[1]) == pytest.approx(1e-05)

@@ -76,6 +76,10 @@ def test_recipe_trial_pruned_after_epoch_one(small_data: PreparedData, tmp_path:
     # the trial's keys and seed reached the recipe
     saved = (tmp_path / "a" / "config.yaml").read_text()
     assert "d_model: 48" in saved and "seed: 3" in saved and "epochs: 2" in saved
+    # the trial dir has its training log: the epoch's line (a quiet run too) and how it ended
+    train_log = (tmp_path / "a" / "train.log").read_text()
+    assert "epoch 1/2  train_loss" in train_log and "WER" in train_log
+    assert "finished: stopped (stopped by the reporter after epoch 1)" in train_log
 
 
 def test_recipe_invalid_config_is_an_error_naming_the_key(
@@ -101,6 +105,7 @@ def test_recipe_unexpected_exception_is_recorded(tmp_path: Path) -> None:
     assert out.status == "error"
     assert out.reason.startswith("error: ") and ":" in out.reason[len("error: ") :]
     assert "Traceback" in (tmp_path / "t" / "error.log").read_text()
+    assert "Traceback" in (tmp_path / "t" / "train.log").read_text()
 
 
 def test_unflatten_and_merge() -> None:

@@ -470,6 +470,10 @@ def test_tune_command_recipe_smoke(
     assert {"wer", "worst_group_wer"} <= set(trial.user_attrs["metrics"])
     assert trial.user_attrs["history"] and trial.user_attrs["group_wer"]
     assert (run_dir / "trials" / f"{trial.number:04d}" / "config.yaml").exists()
+    # every trial dir has its training log (trials run quietly: the file still gets each epoch)
+    for t in study.trials:
+        log_text = (run_dir / "trials" / f"{t.number:04d}" / "train.log").read_text()
+        assert "epoch 1/1  train_loss" in log_text and "finished: complete" in log_text
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
     assert (run_dir / "spec.yaml").exists() and (run_dir / "trials.csv").exists()

@@ -137,6 +137,12 @@ class RayBackend:
         """
         objective = needs_objective(objective)
         spec, study, run_dir = session.spec, session.study, session.run_dir
+        if spec.objective.direction != "minimize":
+            # Ray's searchers, schedulers and the result sink all rank with mode "min".
+            raise ValueError(
+                "objective.direction: maximize is not supported with --backend ray yet; "
+                "use the optuna backend (the default)"
+            )
         rspec = spec.ray or RaySpec()
         ray = _import_ray()
         from ray import tune

@@ -1,0 +1,92 @@
+"""``speechtune rerun``: run a finished study's best (or any) trial again, exactly as it ran.
+
+The study's recorded spec (``spec.yaml`` in the run directory) rebuilds the objective: a
+command study renders the same argv from the same config file, overrides and sampled values
+(in the working directory the trial used, from its ``command.json``); a recipe study trains
+the same recipe. The run goes to ``RUN_DIR/reruns/trial-NNNN-K/``, and the metrics it reports
+are printed beside the ones the study recorded, so a result can be checked before it is
+trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "run a study's best (or a given) trial again and compare its metrics"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``speechtune rerun``."""
+    p.add_argument("run_dir", help="the study's run directory (holds spec.yaml)")
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the study's first)")
+    p.add_argument(
+        "--device", default="auto", help="device of a recipe study (auto, cpu, cuda:1...)"
+    )
+
+
+class _Printer:
+    """A reporter that prints each epoch and never stops the run."""
+
+    def report(self, epoch: int, **metrics: float) -> bool:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+        print(f"  epoch {epoch}: {shown}", flush=True)
+        return False
+
+
+def _next_dir(root: Path, trial: int) -> Path:
+    k = 1
+    while (root / f"trial-{trial:04d}-{k}").exists():
+        k += 1
+    return root / f"trial-{trial:04d}-{k}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rerun the trial; 0 when it completed, 1 otherwise."""
+    from speechtune.tuning.objectives import build_objective
+    from speechtune.tuning.spec import load_tuning
+    from speechtune.tuning.study import load_study, select_best
+
+    run_dir = Path(args.run_dir)
+    spec_path = run_dir / "spec.yaml"
+    if not spec_path.is_file():
+        raise FileNotFoundError(
+            f"{spec_path} not found: expected the run directory of a `speechtune tune` study"
+        )
+    spec = load_tuning(spec_path)
+    if spec.objective.kind == "python":
+        raise ValueError(
+            "a kind: python study cannot be rerun from the command line; call your function "
+            "with the config in best.yaml"
+        )
+    study = load_study(run_dir)
+    if args.trial is None:
+        choice = select_best(study)
+        if choice is None:
+            raise ValueError(f"study {study.study_name!r} has no complete trial to rerun")
+        trial = choice.trial
+    else:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == args.trial]
+        if not found:
+            raise ValueError(f"--trial {args.trial}: study {study.study_name!r} has no such trial")
+        trial = found[0]
+    config: dict[str, Any] = dict(trial.user_attrs.get("config") or {})
+    cwd = None
+    recorded = Path(str(trial.user_attrs.get("trial_dir", ""))) / "command.json"
+    if recorded.is_file():
+        cwd = json.loads(recorded.read_text()).get("cwd")
+    objective = build_objective(spec, device=args.device, cwd=cwd)
+    seed = args.seed if args.seed is not None else int((spec.objective.seeds or [0])[0])
+    out = _next_dir(run_dir.resolve() / "reruns", trial.number)
+    print(f"rerunning trial {trial.number} (seed {seed}) in {out}", flush=True)
+    outcome = objective(config, _Printer(), out, seed)
+    recorded_metrics = trial.user_attrs.get("metrics") or {}
+    print(f"status: {outcome.status} ({outcome.reason.splitlines()[0] if outcome.reason else ''})")
+    for name in sorted(set(outcome.metrics) | set(recorded_metrics)):
+        now, then = outcome.metrics.get(name), recorded_metrics.get(name)
+        fmt = lambda v: "-" if not isinstance(v, (int, float)) else f"{v:.6g}"  # noqa: E731
+        print(f"  {name}: {fmt(now)} (study: {fmt(then)})")
+    return 0 if outcome.ok else 1
