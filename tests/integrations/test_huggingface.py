@@ -20,9 +20,8 @@ import torch
 import yaml
 
 from speechtune.data import Manifest, synthesize_corpus
-from speechtune.tuning.study import TrialRecord, load_study
+from tests.helpers.command_studies import run_study, trial_detail
 from tests.helpers.paths import REPO
-from tests.helpers.workers import speechtune_argv
 
 pytest.importorskip("transformers")
 
@@ -237,30 +236,10 @@ def test_two_trials_of_the_example(tmp_path: Path, small_corpus: Manifest) -> No
     run_dir = tmp_path / "run"
     # One thread per trial: on a shared 2-core machine, two spinning OpenMP threads are slower.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    tune = subprocess.run(
-        speechtune_argv(
-            "tune",
-            "--config",
-            str(_tuning_yaml(tmp_path, small_corpus.root)),
-            "--run-dir",
-            str(run_dir),
-            "--quiet",
-            "--no-tracking",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
-
-    records = [TrialRecord.from_trial(t) for t in load_study(run_dir).trials]
+    records = run_study(_tuning_yaml(tmp_path, small_corpus.root), run_dir, timeout=300, env=env)
     assert len(records) == 2
     for rec in records:
-        log = Path(rec.trial_dir or "") / "stdout.log"
-        detail = f"trial {rec.number}: {rec.reason}\n" + (
-            log.read_text()[-3000:] if log.exists() else ""
-        )
+        detail = trial_detail(rec)
         assert rec.state == optuna.trial.TrialState.COMPLETE, detail
         # one row per epoch from the callback, each with a finite WER and dev loss
         assert [row["epoch"] for row in rec.history] == list(range(1, EPOCHS + 1)), detail

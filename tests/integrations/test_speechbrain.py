@@ -19,9 +19,8 @@ import pytest
 import yaml
 
 from speechtune.data import Manifest
-from speechtune.tuning.study import TrialRecord, load_study
+from tests.helpers.command_studies import run_study, trial_detail
 from tests.helpers.paths import REPO
-from tests.helpers.workers import speechtune_argv
 
 EXAMPLE = REPO / "examples" / "speechbrain"
 
@@ -75,29 +74,10 @@ def _tuning_yaml(tmp_path: Path, corpus_root: Path) -> Path:
 def test_two_trials_of_the_speechbrain_recipe(tmp_path: Path, synth_corpus: Manifest) -> None:
     assert synth_corpus.root is not None
     run_dir = tmp_path / "run"
-    tune = subprocess.run(
-        speechtune_argv(
-            "tune",
-            "--config",
-            str(_tuning_yaml(tmp_path, synth_corpus.root)),
-            "--run-dir",
-            str(run_dir),
-            "--quiet",
-            "--no-tracking",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
-
-    records = [TrialRecord.from_trial(t) for t in load_study(run_dir).trials]
+    records = run_study(_tuning_yaml(tmp_path, synth_corpus.root), run_dir, timeout=420)
     assert len(records) == 2
     for rec in records:
-        log = Path(rec.trial_dir or "") / "stdout.log"
-        detail = f"trial {rec.number}: {rec.reason}\n" + (
-            log.read_text()[-3000:] if log.exists() else ""
-        )
+        detail = trial_detail(rec)
         assert rec.state == optuna.trial.TrialState.COMPLETE, detail
         # one row per validation epoch, each with a finite WER and loss from the recipe
         assert [row["epoch"] for row in rec.history] == list(range(1, EPOCHS + 1)), detail
