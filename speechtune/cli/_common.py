@@ -50,6 +50,12 @@ def add_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str) -> None
     p.add_argument(old, dest=dest, action=DeprecatedAlias, new=new)
 
 
+def add_study_name_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """``--study-name NAME`` (into ``args.study``), with the old ``--study`` as a hidden alias."""
+    p.add_argument("--study-name", dest="study", default=None, metavar="NAME", help=help)
+    add_alias(p, "--study", "--study-name", "study")
+
+
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     """``--threads N``: torch intra-op CPU threads (the same flag on every training command)."""
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from speechtune.cli._common import add_alias
+from speechtune.cli._common import add_study_name_argument
 
 HELP = "check whether cheap rungs (or early epochs) rank configs like full training"
 DESCRIPTION = (
@@ -18,14 +18,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune correlate``."""
     p.add_argument("run_dir")
-    p.add_argument(
-        "--study-name",
-        dest="study",
-        default=None,
-        metavar="NAME",
-        help="the study, when the storage holds several",
-    )
-    add_alias(p, "--study", "--study-name", "study")
+    add_study_name_argument(p, "the study, when the storage holds several")
     p.add_argument(
         "--metric", default=None, help="value to compare (default: the study's primary objective)"
     )

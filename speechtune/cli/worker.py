@@ -13,7 +13,7 @@ from pathlib import Path
 
 from speechtune.cli._common import (
     DEFAULT_CACHE_DIR,
-    add_alias,
+    add_study_name_argument,
     add_threads_argument,
     add_tracking_arguments,
     apply_threads,
@@ -33,14 +33,7 @@ HEARTBEAT_HELP = "(default: $SPEECHTUNE_HEARTBEAT_S or 30)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``speechtune worker``."""
     # Not required=True: the hidden --study alias fills the same dest (checked in _check_args).
-    parser.add_argument(
-        "--study-name",
-        dest="study",
-        default=None,
-        metavar="NAME",
-        help="name of the study to join (required)",
-    )
-    add_alias(parser, "--study", "--study-name", "study")
+    add_study_name_argument(parser, "name of the study to join (required)")
     parser.add_argument(
         "--storage",
         required=True,

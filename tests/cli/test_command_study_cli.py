@@ -16,6 +16,7 @@ import yaml
 from speechtune.config import ConfigError
 from speechtune.tuning.spec import load_tuning
 from speechtune.tuning.study import load_study
+from tests.helpers.command_studies import run_study
 from tests.helpers.workers import speechtune_argv
 
 # Standard library only: the protocol, not the speechtune package, as in a foreign environment.
@@ -59,21 +60,7 @@ def _study(tmp_path: Path, **command: object) -> Path:
 
 def test_command_study_maximises_with_a_base_config_and_reruns_its_winner(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    tune = subprocess.run(
-        speechtune_argv(
-            "tune",
-            "--config",
-            str(_study(tmp_path)),
-            "--run-dir",
-            str(run_dir),
-            "--quiet",
-            "--no-tracking",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert tune.returncode == 0, tune.stderr
+    run_study(_study(tmp_path), run_dir, timeout=300)
     study = load_study(run_dir)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4

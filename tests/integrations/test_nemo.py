@@ -20,9 +20,8 @@ import pytest
 import yaml
 
 from speechtune.data import Manifest
-from speechtune.tuning.study import TrialRecord, load_study
+from tests.helpers.command_studies import run_study
 from tests.helpers.paths import REPO
-from tests.helpers.workers import speechtune_argv
 
 EXAMPLE = REPO / "examples" / "nemo"
 
@@ -78,23 +77,7 @@ def test_two_trials_of_the_nemo_script(tmp_path: Path, synth_corpus: Manifest) -
     assert set(first) == {"audio_filepath", "duration", "text"} and first["text"].islower()
 
     run_dir = tmp_path / "run"
-    tune = subprocess.run(
-        speechtune_argv(
-            "tune",
-            "--config",
-            str(_tuning_yaml(tmp_path, data)),
-            "--run-dir",
-            str(run_dir),
-            "--quiet",
-            "--no-tracking",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
-
-    records = [TrialRecord.from_trial(t) for t in load_study(run_dir).trials]
+    records = run_study(_tuning_yaml(tmp_path, data), run_dir, timeout=1200)
     assert len(records) == 2
     for rec in records:
         trial_dir = Path(rec.trial_dir or "")
