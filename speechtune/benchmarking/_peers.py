@@ -174,12 +174,14 @@ def _run_smac(problem: Any, seed: int, trace: Any, budget: float, multi_fidelity
                 scenario,
                 intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=ETA),
                 overwrite=True,
-                logging_level=logging.ERROR,
+                # False: SMAC3 would otherwise dictConfig the *root* logger (level, handlers)
+                # for the whole process; `_quiet` mutes its own logger instead.
+                logging_level=False,
             )
         else:
             scenario = Scenario(to_configspace(space, seed), **common)
             facade = HyperparameterOptimizationFacade(
-                scenario, overwrite=True, logging_level=logging.ERROR
+                scenario, overwrite=True, logging_level=False
             )
         while not spend.done:
             info = facade.ask()

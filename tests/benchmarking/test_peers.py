@@ -6,6 +6,7 @@ strategies do; how well the peers search is the benchmark's business (docs/bench
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -100,6 +101,16 @@ def test_peer_bookkeeping_and_determinism(strategy: str) -> None:
     full = [v for _, b, v in problem.calls if b == top]
     assert trace.n_full == len(full)
     assert trace.incumbents[-1] == (min(full) if full else math.inf)
+
+
+@pytest.mark.parametrize("strategy", ["smac_mf", "smac_hpo"])
+def test_a_peer_leaves_the_process_logging_as_it_found_it(strategy: str) -> None:
+    # SMAC3 dictConfigs the root logger unless told not to: every later WARNING of the
+    # process (a trial's train.log included) would vanish under its ERROR level.
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    run_strategy(Hartmann3(), strategy, seed=0, budget=1)
+    assert (root.level, list(root.handlers)) == before
 
 
 def test_missing_peer_is_named_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
