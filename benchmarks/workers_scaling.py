@@ -57,8 +57,6 @@ def run_one(
                     "worker",
                     "--study",
                     name,
-                    "--storage",
-                    url,
                     "--config",
                     str(cfg),
                     "--run-dir",
@@ -69,6 +67,7 @@ def run_one(
                     "--no-report",
                     "--quiet",
                 ),
+                env={"SPEECHTUNE_STORAGE": url},  # the URL holds the password: not on argv
             )
             for i in range(n_workers)
         ]

@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from speechtune._urls import ScrubFilter
+
+    for handler in logging.getLogger().handlers:  # no password in a log line, whoever logs it
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
@@ -85,15 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from speechtune._urls import scrub
         from speechtune.config import ConfigError
 
         if args.debug:
             traceback.print_exc()
         if isinstance(exc, ConfigError):
-            print(f"error: {exc}", file=sys.stderr)
+            if len(exc.problems) == 1:  # one problem, one line
+                key, source = exc.problems[0].key, exc.source
+                where = f"{source}: " if source and source != key else ""
+                print(f"error: {scrub(where + str(exc.problems[0]))}", file=sys.stderr)
+            else:
+                print(f"error: {scrub(exc)}", file=sys.stderr)
             return 2
         if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError, ImportError)):
-            # Bad input (manifests, audio, test-split refusals) ends with its message, not a traceback.
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            # Bad input (manifests, audio, test-split refusals) ends with its message, not a traceback;
+            # a URL in it (a driver's message may quote the storage URL) loses its password.
+            print(f"error: {type(exc).__name__}: {scrub(exc)}", file=sys.stderr)
             return 1
         raise

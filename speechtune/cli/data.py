@@ -7,6 +7,43 @@ from pathlib import Path
 
 HELP = "build or import corpora"
 
+#: Longest utterance the importers accept by default (``speechtune.data``'s default too; a
+#: literal here so that building the parser imports nothing).
+DEFAULT_MAX_DURATION = 30.0
+
+
+def _add_import_safety(p: argparse.ArgumentParser, root: str) -> None:
+    """``--skip-bad``, ``--max-duration`` and ``--allow-outside-root`` of an importer."""
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad utterances: count them here, list them in OUT/skipped.tsv",
+    )
+    p.add_argument(
+        "--max-duration",
+        type=float,
+        default=DEFAULT_MAX_DURATION,
+        metavar="SECONDS",
+        help="longer utterances are bad input (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help=f"accept audio paths that resolve outside {root} (refused by default)",
+    )
+
+
+def _check_max_duration(args: argparse.Namespace) -> None:
+    if not args.max_duration > 0:  # also refuses nan
+        raise ValueError(f"--max-duration must be > 0 seconds, got {args.max_duration}")
+
+
+def _print_skipped(count: int, out: Path) -> None:
+    from speechtune.data import SKIPPED_FILE
+
+    if count:
+        print(f"skipped {count} bad utterance(s), listed in {out / SKIPPED_FILE}")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``synth``, ``an4`` and ``import`` subcommands of ``speechtune data``."""
@@ -30,14 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--source", required=True, help="directory of the AN4 distribution, or a .tar.gz URL"
     )
     s.add_argument("--out", default=".cache/speechtune/corpora/an4")
-    s.add_argument("--skip-bad", action="store_true")
+    _add_import_safety(s, "the AN4 directory")
     s.set_defaults(fn=an4)
 
     s = data.add_parser("import", help="validate and import a JSONL/CSV/Kaldi/lhotse corpus")
     s.add_argument("manifest")
     s.add_argument("--out", required=True)
     s.add_argument("--sample-rate", type=int, default=None, help="flag audio below this rate")
-    s.add_argument("--skip-bad", action="store_true", help="skip bad utterances and report them")
+    _add_import_safety(s, "the manifest's directory")
     s.set_defaults(fn=import_)
 
 
@@ -64,14 +101,25 @@ def synth(args: argparse.Namespace) -> int:
 
 def an4(args: argparse.Namespace) -> int:
     """``speechtune data an4``."""
-    from speechtune.data import import_an4
+    from speechtune.data import SKIPPED_FILE, import_an4
 
-    splits = import_an4(args.source, Path(args.out), skip_bad=args.skip_bad)
+    _check_max_duration(args)
+    out = Path(args.out)
+    splits = import_an4(
+        args.source,
+        out,
+        skip_bad=args.skip_bad,
+        max_duration=args.max_duration,
+        allow_outside_root=args.allow_outside_root,
+    )
     for name, m in splits.items():
         print(
             f"{name}: {len(m)} utterances, {m.hours:.2f} h, {len(m.speakers)} speakers "
-            f"-> {Path(args.out) / (name + '.jsonl')}"
+            f"-> {out / (name + '.jsonl')}"
         )
+    # import_an4 returns the manifests only; the list it wrote has one line per skip + a header.
+    listed = out / SKIPPED_FILE
+    _print_skipped(len(listed.read_text().splitlines()) - 1 if listed.is_file() else 0, out)
     return 0
 
 
@@ -79,14 +127,21 @@ def import_(args: argparse.Namespace) -> int:
     """``speechtune data import``."""
     from speechtune.data import import_corpus
 
+    _check_max_duration(args)
     manifest, report = import_corpus(
-        args.manifest, Path(args.out), sample_rate=args.sample_rate, skip_bad=args.skip_bad
+        args.manifest,
+        Path(args.out),
+        sample_rate=args.sample_rate,
+        max_duration=args.max_duration,
+        skip_bad=args.skip_bad,
+        allow_outside_root=args.allow_outside_root,
     )
     print(
         f"imported {len(manifest)} utterances ({manifest.hours:.3f} h) -> {Path(args.out) / 'manifest.jsonl'}"
     )
     if report.skipped:
         print(report.summary())
+        _print_skipped(len(report.skipped), Path(args.out))
     return 0
 
 

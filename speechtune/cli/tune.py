@@ -206,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
 
     Returns:
         0 when the study has a best trial, 1 when no trial completed, 2 when the study exists
-        and ``--resume`` was not given, 130 when interrupted (outputs of the trials so far are
-        written first).
+        and ``--resume`` was not given or another ``speechtune tune`` holds the run directory's
+        lock, 130 when interrupted (outputs of the trials so far are written first).
     """
     import optuna
 
@@ -215,7 +215,12 @@ def run(args: argparse.Namespace) -> int:
     from speechtune.tuning.backends import run_study
     from speechtune.tuning.objectives import build_objective, scale_default_ladder
     from speechtune.tuning.spec import load_tuning
-    from speechtune.tuning.study import EPOCH_LOGGER, StudyExistsError
+    from speechtune.tuning.study import (
+        EPOCH_LOGGER,
+        RunDirBusyError,
+        RunDirLock,
+        StudyExistsError,
+    )
 
     spec = load_tuning(args.config, tuple(args.set or ())).with_storage(args.storage)
     _check(args)
@@ -232,26 +237,33 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.verbose:
         logging.getLogger(EPOCH_LOGGER).setLevel(logging.DEBUG)
-    backend = _backend(spec, run_dir, args)
     try:
-        study = run_study(
-            spec,
-            objective,
-            run_dir,
-            backend=backend,
-            n_trials=args.n_trials,
-            resume=args.resume,
-            tracker=make_tracker(spec, run_dir, args),
-            outputs=write_study_outputs,
-            progress=not args.quiet,
-        )
-    except StudyExistsError as exc:
+        # One driver per run dir: two would each run the trials they count as missing.
+        lock = RunDirLock(run_dir).acquire()
+    except RunDirBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        _report_interrupted(spec, run_dir, backend)
-        return 130
-    return _print_summary(study, run_dir)
+    with lock:
+        backend = _backend(spec, run_dir, args)
+        try:
+            study = run_study(
+                spec,
+                objective,
+                run_dir,
+                backend=backend,
+                n_trials=args.n_trials,
+                resume=args.resume,
+                tracker=make_tracker(spec, run_dir, args),
+                outputs=write_study_outputs,
+                progress=not args.quiet,
+            )
+        except StudyExistsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            _report_interrupted(spec, run_dir, backend)
+            return 130
+        return _print_summary(study, run_dir)
 
 
 def _report_interrupted(spec: TuningSpec, run_dir: Path, backend: Backend) -> None:

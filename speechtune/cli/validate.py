@@ -20,11 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def is_tuning_file(path: str) -> bool:
     """True when ``path`` holds a tuning YAML (it has one of :data:`TUNING_SECTIONS`)."""
-    import yaml
+    from speechtune.config import read_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path)
+    except (OSError, ValueError):
         return False  # load_config reports the problem
     return isinstance(data, dict) and bool(TUNING_SECTIONS & set(data))
 
@@ -35,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
         from speechtune.tuning.spec import validate_tuning
 
         problems = validate_tuning(args.config, args.set or ())
+        if len(problems) == 1:
+            # One problem, one line; a problem keyed by the file itself names it already.
+            where = "" if problems[0].key == str(Path(args.config)) else f"{args.config}: "
+            print(f"error: {where}{problems[0]}", file=sys.stderr)
+            return 2
         if problems:
             print(f"error: {len(problems)} problem(s) in {args.config}:", file=sys.stderr)
             for p in problems:

@@ -1,7 +1,8 @@
 """``speechtune worker``: join a study on a shared database and run its trials.
 
 See :mod:`speechtune.tuning.backends._worker` for how workers share a study, rebuild its spec,
-and survive each other's deaths and database restarts.
+and survive each other's deaths and database restarts. The storage URL comes from ``--storage``
+or, keeping a password off the command line, from ``$SPEECHTUNE_STORAGE``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_name_argument(parser, "name of the study to join (required)")
     parser.add_argument(
         "--storage",
-        required=True,
+        default=None,
         help="shared study storage: postgresql+psycopg://user@host:port/db, journal:////abs/path.log, "
-        "or 'journal' (RUN_DIR/journal.log); not SQLite",
+        "or 'journal' (RUN_DIR/journal.log); not SQLite (default: $SPEECHTUNE_STORAGE; put a URL "
+        "with a password there: a command line is visible to every user in `ps`)",
     )
     parser.add_argument(
         "--config",
@@ -109,11 +111,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """The first usage problem, or None (fills in the defaults that depend on the environment)."""
+    from speechtune._urls import has_password
     from speechtune.tuning.backends import SQLITE_REFUSAL, is_sqlite
-    from speechtune.tuning.study import DEFAULT_HEARTBEAT_S, reconnect_bound
+    from speechtune.tuning.study import DEFAULT_HEARTBEAT_S, STORAGE_ENV, reconnect_bound
 
     if args.study is None or not args.study.strip():
         return "--study-name is required: the name of the study to join"
+    if args.storage is None:
+        # Taken out of the environment: the trials' own processes (command objectives) inherit
+        # it otherwise, and have no business with the database password.
+        args.storage = os.environ.pop(STORAGE_ENV, "").strip() or None
+        if args.storage is None:
+            return (
+                f"--storage (or ${STORAGE_ENV}) is required: the URL of the study's shared storage"
+            )
+    elif has_password(args.storage):
+        print(
+            "warning: --storage holds a password, which every user of this machine can read in `ps`; "
+            f"pass the URL in ${STORAGE_ENV} instead",
+            file=sys.stderr,
+        )
     if is_sqlite(args.storage):
         return SQLITE_REFUSAL
     if args.storage == "memory":
@@ -159,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     """
     import optuna
 
+    from speechtune._urls import scrub
     from speechtune.data import guard_from_env
     from speechtune.reports import write_study_outputs
     from speechtune.tuning.backends import (
@@ -229,10 +247,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         lost = storage_failure(exc)
         if lost is not None:
-            print(f"error: {lost}", file=sys.stderr)
+            print(f"error: {scrub(lost, [args.storage])}", file=sys.stderr)
             return EXIT_STORAGE
         if isinstance(exc, ValueError):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {scrub(exc, [args.storage])}", file=sys.stderr)
             return EXIT_USAGE
         raise
     from speechtune.tuning.study import COUNTED_STATES

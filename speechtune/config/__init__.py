@@ -3,13 +3,16 @@
 from speechtune.config._load import (
     ConfigError,
     ConfigProblem,
+    YamlFileError,
     config_from_dict,
     config_to_dict,
+    decode_utf8,
     dump_config,
     flatten,
     load_config,
     merge,
     parse_overrides,
+    read_yaml,
     unflatten,
 )
 from speechtune.config._schema import (
@@ -44,12 +47,15 @@ __all__ = [
     "SyntheticConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "YamlFileError",
     "config_from_dict",
     "config_to_dict",
+    "decode_utf8",
     "dump_config",
     "flatten",
     "load_config",
     "merge",
     "parse_overrides",
+    "read_yaml",
     "unflatten",
 ]

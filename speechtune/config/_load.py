@@ -7,6 +7,7 @@ breaks and the value received, so that a user fixes a YAML file in one pass.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -33,9 +34,97 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: Sequence[ConfigProblem], source: str | None = None) -> None:
         self.problems = list(problems)
+        self.source = source
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s){where}:\n{lines}")
+
+
+class YamlFileError(ValueError):
+    """A YAML file that is not UTF-8 text or does not parse.
+
+    ``reason`` is one line that says where (byte offset or line and column) and what was
+    expected; ``snippet`` is the offending line, for the ``got`` part of a problem.
+    """
+
+    def __init__(self, path: str | Path, reason: str, snippet: str | bytes) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.snippet = snippet
+        super().__init__(f"{path} {reason} (got {snippet!r})")
+
+
+_TAG = re.compile(r"constructor for the tag '([^']*)'")
+
+
+def yaml_error_reason(exc: BaseException, positions: bool = True) -> str:
+    """One line for an error of ``yaml.safe_load``: the problem, where, and what it was parsing.
+
+    PyYAML's own message spans several lines with a caret drawing; ``positions=False`` leaves
+    out line and column (for a one-line ``--set`` value).
+    """
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    tag = _TAG.search(problem)
+    if tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        problem = f"tag {name} is not allowed (plain YAML values only, no Python objects)"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if positions and mark else ""
+    context = getattr(exc, "context", None)
+    if context:
+        cmark = getattr(exc, "context_mark", None)
+        at = f" at line {cmark.line + 1}, column {cmark.column + 1}" if positions and cmark else ""
+        problem += f" ({context}{at})"
+    return where + problem
+
+
+def _line_at(text: str, line: int) -> str:
+    lines = text.splitlines()
+    return lines[line].strip()[:80] if 0 <= line < len(lines) else ""
+
+
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """``data`` (the bytes of file ``path``) as text, without a leading byte-order mark.
+
+    Raises:
+        YamlFileError: the bytes are not UTF-8; the reason names the byte, its offset and line.
+    """
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        end = data.find(b"\n", exc.start)
+        snippet = data[start : end if end >= 0 else len(data)][:80]
+        raise YamlFileError(
+            path,
+            f"is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} (line "
+            f"{line}, column {column}) cannot be decoded; expected UTF-8 (save the file as UTF-8)",
+            snippet.strip(),
+        ) from exc
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The content of a YAML (or JSON) file, read as UTF-8.
+
+    Raises:
+        OSError: the file cannot be read.
+        YamlFileError: it is not UTF-8 or not valid YAML (one line, with the position).
+    """
+    text = decode_utf8(Path(path).read_bytes(), path)
+    try:
+        return yaml.safe_load(text)
+    # ValueError: an integer of over 4300 digits; RecursionError: thousands of nested brackets.
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # The offending line; at the end of the file, the line where the open bracket was.
+        marks = [getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)]
+        lines = [_line_at(text, mark.line) for mark in marks if mark is not None]
+        raise YamlFileError(
+            path,
+            f"is not valid YAML: {yaml_error_reason(exc)}",
+            next((line for line in lines if line), ""),
+        ) from exc
 
 
 _MISSING = object()
@@ -245,7 +334,18 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             problems.append(ConfigProblem(item, "override must look like dotted.key=value", item))
             continue
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            problems.append(
+                ConfigProblem(
+                    f"--set {item}",
+                    f"{yaml_error_reason(exc, positions=False)}; expected a YAML scalar, "
+                    "list or mapping after '=' (quote the value if it holds YAML syntax)",
+                    raw,
+                )
+            )
+            continue
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -311,15 +411,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text()
+            loaded = read_yaml(path)
         except OSError as exc:
             raise ConfigError(
                 [ConfigProblem(str(path), "cannot read config file", str(exc))]
             ) from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([ConfigProblem(str(path), "is not valid YAML", str(exc))]) from exc
+        except YamlFileError as exc:
+            raise ConfigError([ConfigProblem(str(path), exc.reason, exc.snippet)]) from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
                 [ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)]

@@ -19,7 +19,7 @@ _LAZY = {
     "AudioError": "._audio",
     "audio_info": "._audio",
     "load_audio": "._audio",
-    "export_lhotse": "._importers",
+    "export_lhotse": "._export",
     "import_corpus": "._importers",
     "load_manifest": "._importers",
     "Manifest": "._manifest",
@@ -37,6 +37,8 @@ _LAZY = {
     "tokenizer_from_dict": "._tokenizer",
     "BadInputError": "._validate",
     "BadUtterance": "._validate",
+    "DEFAULT_MAX_DURATION": "._validate",
+    "SKIPPED_FILE": "._validate",
     "ValidationReport": "._validate",
     "validate_manifest": "._validate",
 }

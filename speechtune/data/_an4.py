@@ -14,12 +14,20 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from speechtune.data._audio import AudioError, audio_info
 from speechtune.data._importers import load_manifest
-from speechtune.data._manifest import Manifest, Utterance
-from speechtune.data._validate import validate_manifest
+from speechtune.data._manifest import Manifest, Utterance, outside_root
+from speechtune.data._text import decode_utf8
+from speechtune.data._validate import (
+    DEFAULT_MAX_DURATION,
+    SKIPPED_FILE,
+    BadUtterance,
+    validate_manifest,
+    write_skipped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +87,19 @@ def _find_root(base: Path) -> Path:
 
 
 # -- parsing --------------------------------------------------------------------------------
+def _id_at_end(line: str) -> str | None:
+    m = _ID_AT_END.search(line)
+    return m.group(1).strip() if m else None
+
+
+def _read_utf8(path: Path, utt_id_of: Callable[[str], str | None]) -> str:
+    return decode_utf8(path.read_bytes(), path, utt_id_of=utt_id_of, error=AN4Error)
+
+
 def _parse_transcription(path: Path) -> list[tuple[str | None, str]]:
     """(utterance id or None, words) per non-empty line."""
     out = []
-    for line in path.read_text().splitlines():
+    for line in _read_utf8(path, _id_at_end).splitlines():
         if not line.strip():
             continue
         m = _ID_AT_END.search(line)
@@ -117,10 +134,12 @@ def _find_audio(wav_dir: Path, fileid: str) -> Path | None:
     return None
 
 
-def _read_split(root: Path, split: str) -> Manifest:
+def _read_split(root: Path, split: str, confine_to: Path | None) -> Manifest:
+    """One split's utterances; ``confine_to``: refuse audio outside it (None: no check)."""
     fileids_path = root / "etc" / f"an4_{split}.fileids"
     trans_path = root / "etc" / f"an4_{split}.transcription"
-    fileids = [line.strip() for line in fileids_path.read_text().splitlines() if line.strip()]
+    text = _read_utf8(fileids_path, lambda line: Path(line.strip()).name or None)
+    fileids = [line.strip() for line in text.splitlines() if line.strip()]
     trans = _parse_transcription(trans_path)
     by_id = {uid: words for uid, words in trans if uid is not None}
     if len(by_id) < len(trans):  # lines without an "(id)": pair with the fileids in order
@@ -140,6 +159,13 @@ def _read_split(root: Path, split: str) -> Manifest:
         audio = (
             _find_audio(root / "wav", fileid) or root / "wav" / f"{fileid}{AUDIO_EXTENSIONS[0]}"
         )
+        # A fileid with "..", or a link out of the corpus.
+        if confine_to is not None and (real := outside_root(audio, confine_to)) is not None:
+            raise AN4Error(
+                f"{fileids_path}: utterance {uid!r} has audio {audio}, which resolves to {real}, "
+                f"outside the AN4 directory {confine_to.resolve()}; if that is intended, pass "
+                "--allow-outside-root (allow_outside_root=True in Python)"
+            )
         speaker = _speaker_of(fileid)
         try:
             duration = audio_info(audio).duration
@@ -160,26 +186,36 @@ def _read_split(root: Path, split: str) -> Manifest:
 
 # -- entry point ----------------------------------------------------------------------------
 def import_an4(
-    source: str | Path, out_dir: Path, *, skip_bad: bool = False
+    source: str | Path,
+    out_dir: Path,
+    *,
+    skip_bad: bool = False,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
+    allow_outside_root: bool = False,
 ) -> dict[str, Manifest]:
     """Import CMU AN4 from a local directory or a ``.tar.gz`` URL.
 
     Speakers are the fileid directories (e.g. ``fash``); the group is ``female``/``male``
     from the speaker id's first letter (``unknown`` otherwise). Transcripts are validated
-    and normalised; ``out_dir/train.jsonl`` (and ``test.jsonl``) are written.
+    and normalised; ``out_dir/train.jsonl`` (and ``test.jsonl``) are written, and with
+    ``skip_bad`` the utterances left out are listed in ``out_dir/skipped.tsv``.
 
     Args:
         source: an AN4 directory, or an http(s)/file URL of a ``.tar.gz`` (downloaded into
             and extracted under ``out_dir``).
         out_dir: where manifests (and any download) go.
         skip_bad: leave bad utterances out (logged) instead of raising.
+        max_duration: longest allowed utterance in seconds; None for no limit.
+        allow_outside_root: accept audio that resolves (symlinks followed) outside the AN4
+            directory given (the extracted archive for a URL); refused by default.
 
     Returns:
         ``{"train": ..., "test": ...}``; only ``"train"`` when the test split is absent
         (logged as a warning).
 
     Raises:
-        AN4Error: the source cannot be fetched, or it has no train split or is inconsistent.
+        AN4Error: the source cannot be fetched, has no train split, is inconsistent, is not
+            UTF-8, or has audio outside it (unless ``allow_outside_root``).
         BadInputError: bad utterances and not ``skip_bad``.
     """
     out_dir = Path(out_dir)
@@ -188,6 +224,7 @@ def import_an4(
         raise AN4Error(f"AN4 source not found: {base}")
     root = _find_root(base)
     result: dict[str, Manifest] = {}
+    skipped: dict[str, list[BadUtterance]] = {}
     for split in ("train", "test"):
         present = all(
             (root / "etc" / f"an4_{split}.{k}").is_file() for k in ("fileids", "transcription")
@@ -199,10 +236,16 @@ def import_an4(
                 )
             log.warning("%s: no AN4 test split (etc/an4_test.*); importing train only", root)
             continue
-        manifest, report = validate_manifest(_read_split(root, split), skip_bad=skip_bad)
+        manifest, report = validate_manifest(
+            _read_split(root, split, None if allow_outside_root else base),
+            max_duration=max_duration,
+            skip_bad=skip_bad,
+        )
         if report.skipped:
             log.warning("AN4 %s: %s", split, report.summary())
+        skipped[split] = report.skipped
         out_path = out_dir / f"{split}.jsonl"
         manifest.to_jsonl(out_path)
         result[split] = load_manifest(out_path, split=split)
+    write_skipped(out_dir / SKIPPED_FILE, skipped)
     return result

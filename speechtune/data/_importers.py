@@ -1,4 +1,4 @@
-"""Importers from common corpus formats into a :class:`Manifest`, and export to lhotse.
+"""Importers from common corpus formats into a :class:`Manifest` (export to lhotse: ``_export``).
 
 Formats (auto-detected by :func:`load_manifest`):
 
@@ -12,21 +12,30 @@ Formats (auto-detected by :func:`load_manifest`):
   or a CutSet ``.jsonl[.gz]``; read with lhotse's own loaders.
 
 Relative audio paths are relative to the manifest file's directory (``Manifest.root``).
+Text files are read as UTF-8 whatever the locale; anything else is an error naming the line.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from speechtune.data._audio import AudioError, audio_info, is_raw
-from speechtune.data._manifest import Manifest, Utterance
-from speechtune.data._validate import ValidationReport, validate_manifest
+from speechtune.data._audio import AudioError, audio_info
+from speechtune.data._manifest import Manifest, Utterance, outside_root
+from speechtune.data._text import decode_utf8, first_field
+from speechtune.data._validate import (
+    DEFAULT_MAX_DURATION,
+    SKIPPED_FILE,
+    ValidationReport,
+    validate_manifest,
+    write_skipped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,17 @@ _COVER_TOLERANCE_S = 0.05
 
 class ManifestFormatError(ValueError):
     """A manifest file or directory cannot be read as any supported format."""
+
+
+def _confine(root: Path, uid: str, audio: str, where: str | Path) -> None:
+    """Refuse an audio path that resolves outside the corpus root (before anything opens it)."""
+    real = outside_root(audio, root)
+    if real is not None:
+        raise ManifestFormatError(
+            f"{where}: utterance {uid!r} has audio {audio!r}, which resolves to {real}, outside "
+            f"the manifest's directory {root.resolve()}; if that is intended, pass "
+            "--allow-outside-root (allow_outside_root=True in Python)"
+        )
 
 
 # -- records -> utterances ------------------------------------------------------------------
@@ -59,14 +79,21 @@ def _optional_float(value: Any) -> float | None:
     return float(value)
 
 
-def _record_to_utt(record: dict[str, Any], root: Path, where: str) -> Utterance:
-    """One record (from JSONL/CSV) as an Utterance; ``where`` names it in errors."""
+def _record_to_utt(
+    record: dict[str, Any], root: Path, where: str, confine: bool = False
+) -> Utterance:
+    """One record (from JSONL/CSV) as an Utterance; ``where`` names it in errors.
+
+    ``confine``: refuse audio outside ``root`` (checked before the header is read).
+    """
     missing = [k for k in _REQUIRED_COLUMNS if record.get(k) is None]
     if missing:
         raise ManifestFormatError(
             f"{where}: missing required field(s) {missing}; got fields {sorted(record)}"
         )
     audio = str(record["audio"])
+    if confine:
+        _confine(root, str(record["id"]), audio, where)
     try:
         duration = _optional_float(record.get("duration"))
         rate = _optional_float(record.get("sample_rate"))
@@ -92,13 +119,32 @@ def _make_manifest(utts: list[Utterance], split: str, root: Path, source: Path) 
 
 # -- JSONL / CSV ----------------------------------------------------------------------------
 def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
+    # Only sniffed here (the format of the first record): bad bytes are reported by the loader
+    # that reads the whole file, with their line.
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return path.open(encoding="utf-8", errors="replace")
 
 
-def _load_jsonl(path: Path, split: str) -> Manifest:
+def _json_id(line: str) -> str | None:
+    """The ``id`` of a JSONL line, for naming it in an encoding error."""
+    rec = json.loads(line)
+    return str(rec["id"]) if isinstance(rec, dict) and "id" in rec else None
+
+
+def _read_text(path: Path, utt_id_of: Callable[[str], str | None] | None = None) -> str:
+    """A (possibly gzipped) text file, decoded as UTF-8 (an error names the bad line)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+    else:
+        data = path.read_bytes()
+    return decode_utf8(data, path, utt_id_of=utt_id_of, error=ManifestFormatError)
+
+
+def _load_jsonl(path: Path, split: str, confine: bool = False) -> Manifest:
     root = path.parent
-    with _open_text(path) as fh:
-        text = fh.read()
+    text = _read_text(path, _json_id)
     if text.lstrip().startswith("["):  # a .json file holding one array of records
         try:
             records = [(f"{path} record {i + 1}", r) for i, r in enumerate(json.loads(text))]
@@ -117,25 +163,41 @@ def _load_jsonl(path: Path, split: str) -> Manifest:
     for where, rec in records:
         if not isinstance(rec, dict):
             raise ManifestFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        utts.append(_record_to_utt(rec, root, where))
+        utts.append(_record_to_utt(rec, root, where, confine))
     return _make_manifest(utts, split, root, path)
 
 
-def _load_csv(path: Path, split: str) -> Manifest:
+def _csv_id(header: list[str], delimiter: str) -> Callable[[str], str | None]:
+    """The ``id`` column of a CSV line, for naming it in an encoding error."""
+
+    def utt_id(line: str) -> str | None:
+        row = next(csv.reader([line], delimiter=delimiter), [])
+        if "id" not in header or row == header:
+            return None
+        i = header.index("id")
+        return row[i] if i < len(row) else None
+
+    return utt_id
+
+
+def _load_csv(path: Path, split: str, confine: bool = False) -> Manifest:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        columns = reader.fieldnames or []
-        missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ManifestFormatError(
-                f"{path}: header row lacks column(s) {missing}; expected id, audio, duration, text, "
-                f"speaker, group (duration, speaker, group optional); got {columns}"
-            )
-        utts = [
-            _record_to_utt(row, path.parent, f"{path} line {i + 2}")
-            for i, row in enumerate(reader)
-        ]
+    data = path.read_bytes()
+    head = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    header = next(csv.reader([head], delimiter=delimiter), [])
+    text = decode_utf8(data, path, utt_id_of=_csv_id(header, delimiter), error=ManifestFormatError)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ManifestFormatError(
+            f"{path}: header row lacks column(s) {missing}; expected id, audio, duration, text, "
+            f"speaker, group (duration, speaker, group optional); got {columns}"
+        )
+    utts = [
+        _record_to_utt(row, path.parent, f"{path} line {i + 2}", confine)
+        for i, row in enumerate(reader)
+    ]
     return _make_manifest(utts, split, path.parent, path)
 
 
@@ -143,7 +205,8 @@ def _load_csv(path: Path, split: str) -> Manifest:
 def _read_kaldi_map(path: Path, allow_empty_value: bool = False) -> dict[str, str]:
     """``key value...`` lines as a dict (value = rest of line)."""
     out: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    text = decode_utf8(path.read_bytes(), path, utt_id_of=first_field, error=ManifestFormatError)
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
@@ -181,7 +244,7 @@ def _kaldi_audio_path(data_dir: Path, utt_id: str, entry: str) -> str:
     return entry
 
 
-def _load_kaldi(data_dir: Path, split: str) -> Manifest:
+def _load_kaldi(data_dir: Path, split: str, confine: bool = False) -> Manifest:
     if (data_dir / "segments").exists():
         raise ManifestFormatError(
             f"{data_dir}: has a 'segments' file (utterances cut from longer recordings); speechtune "
@@ -213,6 +276,8 @@ def _load_kaldi(data_dir: Path, split: str) -> Manifest:
     utts = []
     for uid, entry in wavs.items():
         audio = _kaldi_audio_path(data_dir, uid, entry)
+        if confine:
+            _confine(data_dir, uid, audio, data_dir / "wav.scp")
         speaker = spk[uid]
         dur = float(durs[uid]) if uid in durs else _header_duration(data_dir, audio)
         group = groups.get(uid) or _gender_group(genders.get(speaker)) or "default"
@@ -227,7 +292,7 @@ def _lhotse_kind(path: Path) -> str | None:
         with _open_text(path) as fh:
             first = next((line for line in fh if line.strip()), "")
         rec = json.loads(first) if first else {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError):
         return None
     if not isinstance(rec, dict):
         return None
@@ -305,8 +370,33 @@ def _pairs_to_utts(pairs: Iterable[tuple[Any, Any]], where: Path) -> list[Uttera
 
 
 def _load_lhotse(
-    recordings: Path | None, supervisions: Path | None, cuts: Path | None, split: str
+    recordings: Path | None,
+    supervisions: Path | None,
+    cuts: Path | None,
+    split: str,
+    confine: bool = False,
 ) -> Manifest:
+    try:
+        utts, where = _read_lhotse(recordings, supervisions, cuts)
+    except ManifestFormatError:
+        raise
+    except (UnicodeDecodeError, ValueError):
+        # lhotse decodes the files itself and reports bad bytes as an "unknown type of
+        # manifest": when that is the cause, name the offending line instead.
+        for p in (recordings, supervisions, cuts):
+            if p is not None:
+                _read_text(p, _json_id)
+        raise
+    if confine:
+        for u in utts:
+            _confine(where.parent, u.id, str(u.audio), where)
+    return _make_manifest(utts, split, where.parent, where)
+
+
+def _read_lhotse(
+    recordings: Path | None, supervisions: Path | None, cuts: Path | None
+) -> tuple[list[Utterance], Path]:
+    """The utterances of lhotse manifests, and the file that names them (for errors and root)."""
     from lhotse import CutSet, RecordingSet, SupervisionSet
     from lhotse import load_manifest as lhotse_load
 
@@ -339,19 +429,22 @@ def _load_lhotse(
         )
     else:
         raise ManifestFormatError("lhotse import needs recordings and supervisions, or cuts")
-    return _make_manifest(utts, split, where.parent, where)
+    return utts, where
 
 
-def _load_lhotse_path(path: Path, kind: str, split: str) -> Manifest:
+def _load_lhotse_path(path: Path, kind: str, split: str, confine: bool) -> Manifest:
     if kind == "cuts":
-        return _load_lhotse(None, None, path, split)
+        return _load_lhotse(None, None, path, split, confine)
     if kind == "recordings":
-        return _load_lhotse(path, _sibling(path, "recordings", "supervisions"), None, split)
-    return _load_lhotse(_sibling(path, "supervisions", "recordings"), path, None, split)
+        sups = _sibling(path, "recordings", "supervisions")
+        return _load_lhotse(path, sups, None, split, confine)
+    return _load_lhotse(_sibling(path, "supervisions", "recordings"), path, None, split, confine)
 
 
 # -- entry points ---------------------------------------------------------------------------
-def load_manifest(path: str | Path, split: str = "all") -> Manifest:
+def load_manifest(
+    path: str | Path, split: str = "all", *, allow_outside_root: bool = True
+) -> Manifest:
     """Load a corpus manifest, detecting its format (see the module docstring).
 
     Missing durations are read from the audio headers (0.0 when the audio is unreadable:
@@ -360,102 +453,47 @@ def load_manifest(path: str | Path, split: str = "all") -> Manifest:
     Args:
         path: a JSONL/JSON/CSV/TSV file, a Kaldi data directory, or lhotse manifest(s).
         split: the split name given to the manifest.
+        allow_outside_root: False refuses any audio path that resolves (symlinks followed)
+            outside the manifest's directory, before any audio file is opened. True by default:
+            this reads a manifest someone chose to train or evaluate on, and the manifests
+            speechtune writes itself hold absolute paths into the corpus they were imported
+            from; :func:`import_corpus`, where foreign corpora come in, checks by default.
 
     Returns:
         The manifest, with ``root`` set to the manifest's directory.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ManifestFormatError: the format is not recognised or the content is inconsistent.
+        ManifestFormatError: the format is not recognised, the content is inconsistent or not
+            UTF-8, or an audio path is outside the root (``allow_outside_root=False``).
     """
     path = Path(path)
+    confine = not allow_outside_root
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path}")
     if path.is_dir():
         if (path / "wav.scp").exists():
-            return _load_kaldi(path, split)
+            return _load_kaldi(path, split, confine)
         found = _lhotse_files_in(path)
         if "recordings" in found and "supervisions" in found:
-            return _load_lhotse(found["recordings"], found["supervisions"], None, split)
+            return _load_lhotse(found["recordings"], found["supervisions"], None, split, confine)
         if "cuts" in found:
-            return _load_lhotse(None, None, found["cuts"], split)
+            return _load_lhotse(None, None, found["cuts"], split, confine)
         raise ManifestFormatError(
             f"{path}: directory is neither a Kaldi data dir (wav.scp, text, utt2spk) nor holds lhotse "
             "manifests (recordings + supervisions, or cuts, as .jsonl[.gz])"
         )
     name = path.name.lower()
     if name.endswith((".csv", ".tsv")):
-        return _load_csv(path, split)
+        return _load_csv(path, split, confine)
     if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
         kind = _lhotse_kind(path)
         if kind is not None:
-            return _load_lhotse_path(path, kind, split)
-        return _load_jsonl(path, split)
+            return _load_lhotse_path(path, kind, split, confine)
+        return _load_jsonl(path, split, confine)
     raise ManifestFormatError(
         f"{path}: unknown manifest format; expected .jsonl/.json, .csv/.tsv, a Kaldi data dir or lhotse manifests"
     )
-
-
-def export_lhotse(manifest: Manifest, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write a manifest as a lhotse RecordingSet and SupervisionSet.
-
-    Speaker and text go in the supervision's own fields, the group in its ``custom`` dict;
-    audio paths are written absolute. Each utterance is one recording with one supervision.
-
-    Args:
-        manifest: utterances with audio files lhotse can read (not in-memory, not ``.raw``).
-        out_dir: directory to write ``recordings.jsonl.gz`` and ``supervisions.jsonl.gz`` to.
-
-    Returns:
-        (recordings path, supervisions path).
-
-    Raises:
-        AudioError: an utterance has no readable audio file.
-    """
-    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
-    from lhotse.audio import AudioSource
-
-    recordings, supervisions = [], []
-    for utt in manifest:
-        path = manifest.resolve(utt)
-        if path is None:
-            raise AudioError(f"utterance {utt.id!r} has in-memory audio only; lhotse needs a file")
-        if is_raw(path):
-            raise AudioError(
-                f"utterance {utt.id!r}: lhotse cannot read headerless raw audio {path}; convert it first"
-            )
-        try:
-            info = audio_info(path)
-        except AudioError as exc:
-            raise AudioError(f"utterance {utt.id!r}: {exc}") from exc
-        channels = list(range(info.channels))
-        recordings.append(
-            Recording(
-                utt.id,
-                [AudioSource("file", channels, str(path.resolve()))],
-                info.sample_rate,
-                info.num_frames,
-                info.duration,
-            )
-        )
-        supervisions.append(
-            SupervisionSegment(
-                id=utt.id,
-                recording_id=utt.id,
-                start=0.0,
-                duration=utt.duration,
-                channel=channels[0] if len(channels) == 1 else channels,
-                text=utt.text,
-                speaker=utt.speaker,
-                custom={"group": utt.group},
-            )
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rec_path, sup_path = out / "recordings.jsonl.gz", out / "supervisions.jsonl.gz"
-    RecordingSet.from_recordings(recordings).to_file(rec_path)
-    SupervisionSet.from_segments(supervisions).to_file(sup_path)
-    return rec_path, sup_path
 
 
 def import_corpus(
@@ -464,28 +502,42 @@ def import_corpus(
     *,
     sample_rate: int | None = None,
     charset: frozenset[str] | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
     skip_bad: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple[Manifest, ValidationReport]:
     """Load a corpus in any supported format, validate it and write ``out_dir/manifest.jsonl``.
+
+    With ``skip_bad``, the utterances left out are also listed in ``out_dir/skipped.tsv``
+    (id, split, problem, detail); a stale list from an earlier import is removed.
 
     Args:
         src: anything :func:`load_manifest` reads.
         out_dir: where to write ``manifest.jsonl``.
         sample_rate: the recipe's sample rate (files below it are refused); None skips the check.
         charset: allowed transcript characters; None skips the check.
+        max_duration: longest allowed utterance in seconds; None for no limit.
         skip_bad: leave bad utterances out (reported) instead of raising.
+        allow_outside_root: accept audio paths that resolve outside ``src``'s directory (by
+            default they are refused: a corpus from elsewhere must not read arbitrary files).
 
     Returns:
         The manifest reloaded from ``out_dir/manifest.jsonl``, and the validation report.
 
     Raises:
         BadInputError: bad utterances were found and ``skip_bad`` is False.
+        ManifestFormatError: see :func:`load_manifest`.
     """
-    loaded = load_manifest(src)
+    loaded = load_manifest(src, allow_outside_root=allow_outside_root)
     good, report = validate_manifest(
-        loaded, charset=charset, sample_rate=sample_rate, skip_bad=skip_bad
+        loaded,
+        charset=charset,
+        sample_rate=sample_rate,
+        max_duration=max_duration,
+        skip_bad=skip_bad,
     )
     out = Path(out_dir) / "manifest.jsonl"
     good.to_jsonl(out)
+    write_skipped(Path(out_dir) / SKIPPED_FILE, {loaded.split: report.skipped})
     log.info("imported %s: %s", src, report.summary())
     return load_manifest(out, split=loaded.split), report

@@ -210,6 +210,24 @@ class Manifest(Sequence[Utterance]):
         )
 
 
+def outside_root(path: str | Path, root: str | Path) -> Path | None:
+    """Where ``path`` really points when that is outside ``root``; None when it is inside.
+
+    Relative paths are taken relative to ``root``. Both are resolved, symlinks included, so
+    neither ``..`` nor a link out of the tree gets past; the file itself need not exist.
+
+    Args:
+        path: an audio path from a manifest.
+        root: the directory the corpus is confined to.
+
+    Returns:
+        The resolved path when it lies outside the resolved ``root``, else None.
+    """
+    root_real = Path(root).resolve()
+    real = (root_real / path).resolve()  # an absolute ``path`` replaces root_real here
+    return None if real.is_relative_to(root_real) else real
+
+
 def replace_utt(utt: Utterance, **changes: Any) -> Utterance:
     """Copy of an utterance with some fields changed."""
     return dataclasses.replace(utt, **changes)

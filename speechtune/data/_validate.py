@@ -6,7 +6,9 @@ Only audio headers are read (``soundfile.info``), so a thousand files take about
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from speechtune.data._audio import AudioError, AudioInfo, audio_info, is_raw
 from speechtune.data._manifest import Manifest, Utterance, replace_utt
@@ -16,6 +18,13 @@ log = logging.getLogger(__name__)
 
 #: How many offending utterances an error message lists before "and N more".
 MAX_LISTED = 50
+
+#: Longest utterance (seconds) the importers accept unless told otherwise: longer ones are
+#: usually unsegmented recordings, and one of them can exhaust memory in a training batch.
+DEFAULT_MAX_DURATION = 30.0
+
+#: The list of skipped utterances an import writes beside its manifest(s).
+SKIPPED_FILE = "skipped.tsv"
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,40 @@ class BadInputError(ValueError):
 
     def __init__(self, bad: list[BadUtterance]):
         self.bad = list(bad)
-        super().__init__(
-            f"{len(self.bad)} bad utterance(s) in the manifest (to leave them out and get a report: "
-            f"--skip-bad on the command line, data.skip_bad: true in a recipe, skip_bad=True in Python):\n"
-            f"{_listing(self.bad)}"
+        how = (
+            "--skip-bad on the command line, data.skip_bad: true in a recipe, skip_bad=True in "
+            "Python"
         )
+        if len(self.bad) == 1:  # one line, as every other input error
+            super().__init__(f"bad utterance {self.bad[0]} (to leave it out: {how})")
+            return
+        super().__init__(
+            f"{len(self.bad)} bad utterance(s) in the manifest (to leave them out and get a "
+            f"report: {how}):\n{_listing(self.bad)}"
+        )
+
+
+def write_skipped(path: Path, skipped: dict[str, list[BadUtterance]]) -> None:
+    """List skipped utterances in a TSV file (id, split, problem, detail), one per line.
+
+    With nothing skipped the file is removed, so that it never describes an earlier import.
+
+    Args:
+        path: the file to write.
+        skipped: split name -> the utterances left out of it.
+    """
+    rows = [(split, b) for split, bad in skipped.items() for b in bad]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+
+    def cell(value: str) -> str:
+        return value.replace("\t", " ").replace("\n", " ")
+
+    lines = ["id\tsplit\tproblem\tdetail"]
+    lines += [f"{cell(b.id)}\t{split}\t{cell(b.problem)}\t{cell(b.detail)}" for split, b in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _listing(bad: list[BadUtterance]) -> str:
@@ -140,11 +178,25 @@ def check_utterance(
     max_duration: float | None = None,
 ) -> BadUtterance | None:
     """Check one utterance (see :func:`validate_manifest`); None when it is fine."""
-    problems, _ = _audio_problems(manifest, utt, sample_rate)
-    if utt.duration <= 0:
-        problems.append(("zero duration", f"duration is {utt.duration}"))
-    if max_duration is not None and utt.duration > max_duration:
-        problems.append(("too long", f"{utt.duration:.2f} s > max_duration {max_duration} s"))
+    problems, info = _audio_problems(manifest, utt, sample_rate)
+    path = manifest.resolve(utt)
+    audio = f"file {path}" if path is not None else "in-memory audio"
+    if not math.isfinite(utt.duration):
+        problems.append(("invalid duration", f"duration of {audio} is {utt.duration}"))
+    elif utt.duration <= 0 and not (path is not None and info is None):
+        # (A missing or unreadable file is reported as such: its 0 s is no separate problem.)
+        problems.append(("zero duration", f"duration of {audio} is {utt.duration}"))
+    # The header's length is what gets decoded, so a manifest that understates a duration
+    # (by mistake or on purpose) does not get a long file past the limit.
+    longest = max(utt.duration, info.duration) if info is not None else utt.duration
+    if max_duration is not None and math.isfinite(longest) and longest > max_duration:
+        problems.append(
+            (
+                "too long",
+                f"{audio} is {longest:.2f} s, over the {max_duration:g} s limit set by "
+                "--max-duration / data.max_duration",
+            )
+        )
     problems += _text_problems(normalize_text(utt.text), charset)
     if not problems:
         return None
@@ -164,9 +216,10 @@ def validate_manifest(
     """Check every utterance of a manifest and normalise its transcripts.
 
     Checks: missing, unreadable or corrupt audio; zero-length audio (header says 0 frames);
-    duration 0; empty transcript (after :func:`normalize_text`); characters outside
+    duration 0 or not a number; empty transcript (after :func:`normalize_text`); characters outside
     ``charset`` (named); a declared ``sample_rate`` that disagrees with the file; a file
-    rate below ``sample_rate`` (headerless ``.raw`` exempt); duration above ``max_duration``.
+    rate below ``sample_rate`` (headerless ``.raw`` exempt); duration (declared, or the header's
+    when longer) above ``max_duration``.
 
     Args:
         manifest: the manifest to check.

@@ -18,7 +18,7 @@ import torch
 from scipy.signal import resample_poly
 
 from speechtune.data import Manifest, load_audio, validate_manifest
-from speechtune.inference._recognizer import Recognizer
+from speechtune.inference._recognizer import Recognizer, resolve_model_file
 from speechtune.metrics import (
     error_counts,
     group_wer,
@@ -62,7 +62,7 @@ def evaluate_model(
 
     The result is also written as JSON beside the model file (``eval_<name>.json``).
     """
-    model_path = Path(model_path)
+    model_path = resolve_model_file(model_path)  # a run directory names its model.pt
     rec = Recognizer.load(model_path, device)
     sr = rec.cfg.features.sample_rate
     manifest, report = validate_manifest(manifest, charset=None, sample_rate=sr, skip_bad=skip_bad)

@@ -50,7 +50,7 @@ from torch import nn
 from speechtune.data import Tokenizer, tokenizer_from_dict
 from speechtune.features import LogMel
 from speechtune.inference._formats import FORMATS
-from speechtune.inference._recognizer import Recognizer, pad_waves
+from speechtune.inference._recognizer import Recognizer, pad_waves, resolve_model_file
 from speechtune.models import BLANK_ID, Conv2dSubsampling, ctc_greedy_collapse
 
 #: Bump when the metadata layout or the graph's inputs/outputs change.
@@ -456,22 +456,19 @@ def export_model(
         the path of the artefact.
 
     Raises:
-        ValueError: unknown format, or an encoder the exporter does not support.
-        FileNotFoundError: the checkpoint does not exist.
+        ValueError: unknown format, an encoder the exporter does not support, or a checkpoint
+            that is not a speechtune model.pt.
+        FileNotFoundError: the checkpoint does not exist (a directory stands for its model.pt).
         ImportError: ONNX requested without the ``onnx`` package.
         RuntimeError: the exported graph does not reproduce the eager model.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {checkpoint} (expected a model.pt written by `speechtune train`)"
-        )
     if exported_format(checkpoint) is not None:
         raise ValueError(
             f"{checkpoint} is already an exported model; export the model.pt it came from"
         )
+    checkpoint = resolve_model_file(checkpoint)  # a run directory names its model.pt
     if format == "onnx":
         _require("onnx")  # fail before any work when the package is missing
     rec = Recognizer.load(checkpoint, "cpu")

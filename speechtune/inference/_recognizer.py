@@ -7,6 +7,7 @@ This is what ``speechtune train`` produces (``model.pt``) and what ``evaluate`` 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from speechtune.config import (
+    ConfigError,
     DecodeConfig,
     RecipeConfig,
     config_from_dict,
@@ -26,6 +28,87 @@ from speechtune.features import GlobalCMVN, LogMel
 from speechtune.models import ASRModel, build_model
 
 FORMAT_VERSION = 1
+
+#: What every refusal of a model file ends with.
+EXPECTED_MODEL = "(expected a speechtune model.pt written by train/tune)"
+
+_PAYLOAD_KEYS = ("format_version", "config", "tokenizer", "model")
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """The ``model.pt`` that ``path`` names: the file itself, or the one in a run directory.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a directory without a ``model.pt``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model.pt").is_file():
+            return path / "model.pt"
+        raise FileNotFoundError(
+            f"model file {path}: is a directory without a model.pt {EXPECTED_MODEL}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path}: not found {EXPECTED_MODEL}")
+    return path
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` failed on ``path``, told from the file's first bytes."""
+    with path.open("rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return f"is a damaged or truncated torch file ({first[:120]})"
+    if head.startswith(b"\x80"):  # a pickle's protocol opcode
+        return (
+            "is a Python pickle, not a torch file of tensors and plain values (it is refused "
+            "unread: loading arbitrary pickles can run code)"
+        )
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not a torch file (unrecognised binary content)"
+    return "is a text file, not a torch file" if b"\x00" not in head else "is not a torch file"
+
+
+def read_model_payload(path: str | Path) -> dict[str, Any]:
+    """The contents of a ``model.pt`` (``torch.load(weights_only=True)``: no code runs).
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_model_file`.
+        ValueError: one line naming the file and what is wrong with it: empty, not a torch
+            file, damaged, or a torch file that holds something other than a speechtune model.
+    """
+    path = resolve_model_file(path)
+    try:
+        with warnings.catch_warnings():
+            # A foreign pickle makes torch warn about its protocol before the error said below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load fails on a foreign file with EOFError, KeyError, UnpicklingError, RuntimeError..:
+    # which one says little, so the reason is told from the file's first bytes.
+    except Exception as exc:
+        raise ValueError(f"model file {path}: {_unreadable(path, exc)} {EXPECTED_MODEL}") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(
+            f"model file {path}: holds a {type(payload).__name__}, not a speechtune model "
+            f"{EXPECTED_MODEL}"
+        )
+    missing = [k for k in _PAYLOAD_KEYS if k not in payload]
+    if missing:
+        hint = (
+            " (a last.pt training checkpoint? use the model.pt beside it)"
+            if "optimizer" in payload
+            else ""
+        )
+        raise ValueError(
+            f"model file {path}: holds a dict without the key(s) {', '.join(missing)} of a "
+            f"speechtune model{hint} {EXPECTED_MODEL}"
+        )
+    return payload
 
 
 def pad_waves(
@@ -135,9 +218,30 @@ class Recognizer(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Recognizer:
-        """Load a ``model.pt`` written by ``speechtune train`` (safe: weights_only)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        return cls.from_payload(payload, device)
+        """Load a ``model.pt`` written by ``speechtune train`` (safe: weights_only).
+
+        Args:
+            path: the ``model.pt``, or a run directory that holds one.
+            device: where the model runs.
+
+        Raises:
+            FileNotFoundError: no such file, or a directory without a ``model.pt``.
+            ValueError: the file is not a speechtune model, or its config, tokenizer and
+                weights do not fit together (one line naming the file).
+        """
+        path = resolve_model_file(path)
+        payload = read_model_payload(path)
+        try:
+            return cls.from_payload(payload, device)
+        except ConfigError as exc:
+            problem = exc.problems[0] if exc.problems else exc
+            raise ValueError(
+                f"model file {path}: its config is not valid ({problem}) {EXPECTED_MODEL}"
+            ) from exc
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            # e.g. load_state_dict's size mismatches: many lines, the first says what.
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ValueError(
+                f"model file {path}: does not load as a speechtune model ({first[:200]}) "
+                f"{EXPECTED_MODEL}"
+            ) from exc

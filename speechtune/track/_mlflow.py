@@ -23,6 +23,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from speechtune._urls import mask_url, scrub
 from speechtune.config import flatten
 
 ROLE_TAG = "speechtune.role"
@@ -64,6 +65,8 @@ def _spec_params(spec: Mapping[str, Any]) -> dict[str, str]:
     # One param per searched key, its definition as JSON: the space is the study's identity.
     for key, definition in (spec.get("space") or {}).items():
         out[f"space.{key}"] = _param_value(definition)
+    if "study.storage" in out:  # a spec recorded elsewhere may still hold the password
+        out["study.storage"] = mask_url(out["study.storage"])
     return {_key(k): v for k, v in out.items()}
 
 
@@ -80,6 +83,9 @@ class StudyTracker:
         tracking_uri: MLflow tracking URI; None means :func:`default_tracking_uri` of ``run_dir``.
         experiment: MLflow experiment name (created when missing).
         run_dir: The study's run directory (holds the default store and ``mlruns/`` artifacts).
+
+    Raises:
+        RuntimeError: the store cannot be opened (the message masks the URI's password).
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str, run_dir: Path) -> None:
@@ -90,8 +96,14 @@ class StudyTracker:
         self.tracking_uri = tracking_uri or default_tracking_uri(self.run_dir)
         if self.local:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        self.experiment_id = self._experiment(experiment)
+        try:
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.experiment_id = self._experiment(experiment)
+        except Exception as exc:  # MLflow, SQLAlchemy, OS errors: messages may quote the URI
+            raise RuntimeError(
+                f"cannot open the MLflow store {mask_url(self.tracking_uri)}: "
+                f"{type(exc).__name__}: {scrub(exc, [self.tracking_uri])}"
+            ) from exc
         self.parent_run_id: str | None = None
         self._lock = threading.Lock()
 

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from speechtune._urls import mask_url as mask_uri
+from speechtune._urls import scrub
 from speechtune._version import __version__
 from speechtune.config import flatten
 from speechtune.track._mlflow import _key, _param_value, default_tracking_uri
@@ -114,15 +115,18 @@ def _probe(uri: str) -> None:
 
     MLflow's own client retries a refused connection for minutes before giving up.
     """
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # e.g. an unencoded "/" in a password reads as a bad port: MLflow decides
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
     except OSError as exc:
         raise RegistryError(
-            f"cannot reach the MLflow tracking server {mask_uri(uri)}: {exc}"
+            f"cannot reach the MLflow tracking server {mask_uri(uri)}: {scrub(exc, [uri])}"
         ) from exc
 
 
@@ -180,7 +184,7 @@ class ModelRegistry:
         except Exception as exc:  # MLflow, SQLAlchemy or OS errors alike: say which store failed
             masked = mask_uri(tracking_uri)
             # Driver messages may quote the URI, credentials included.
-            detail = str(exc).replace(tracking_uri, masked)
+            detail = scrub(exc, [tracking_uri])
             raise RegistryError(
                 f"cannot open the MLflow store {masked}: {type(exc).__name__}: {detail}"
             ) from exc

@@ -27,18 +27,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from speechtune.config import (
     ConfigError,
     ConfigProblem,
     RecipeConfig,
     SyntheticConfig,
+    YamlFileError,
     config_from_dict,
     config_to_dict,
     flatten,
     merge,
     parse_overrides,
+    read_yaml,
 )
 from speechtune.tuning.spec import checked_entries, close_matches, is_int, is_num
 
@@ -336,16 +336,14 @@ def _golden(raw: Mapping[str, Any], here: Path, problems: list[ConfigProblem]) -
 
 def _read(path: Path, problems: list[ConfigProblem]) -> dict[str, Any] | None:
     try:
-        text = path.read_text()
+        data = read_yaml(path)
     except OSError as exc:
         problems.append(
             ConfigProblem(str(path), f"cannot read the workflow YAML: {exc.strerror or exc}", None)
         )
         return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problems.append(ConfigProblem(str(path), f"is not valid YAML: {exc}", None))
+    except YamlFileError as exc:
+        problems.append(ConfigProblem(str(path), exc.reason, exc.snippet))
         return None
     if not isinstance(data, Mapping):
         problems.append(ConfigProblem(str(path), "must be a mapping of sections", data))

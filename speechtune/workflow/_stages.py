@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from speechtune._urls import mask_url
 from speechtune.config import config_from_dict, config_to_dict
 from speechtune.data import Manifest, proxy_subset
 from speechtune.tuning.objectives import merge_config
@@ -349,7 +350,9 @@ def _lineage(ctx: Context, golden: GoldenInfo) -> dict[str, Any]:
             },
             "golden": golden.to_dict(),
         },
-        "studies": {s: {"name": r.study, "storage": r.storage} for s, r in studies.items()},
+        "studies": {
+            s: {"name": r.study, "storage": mask_url(r.storage)} for s, r in studies.items()
+        },
         "validation": st.result("validate", ValidateResult).to_dict(),
         "metrics": {"dev": full.dev.to_dict()},
         "code_version": code_version(),

@@ -38,12 +38,17 @@ def _write_corpus(tmp_path: Path, synth_corpus: Manifest, n: int = 6) -> Path:
 
 def test_data_import_names_bad_utterances(tmp_path: Path, synth_corpus: Manifest, capsys) -> None:
     src = _write_corpus(tmp_path, synth_corpus)
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "out")]) == 1
+    # The manifest names the synthetic corpus's audio by absolute path, outside its directory.
+    outside = "--allow-outside-root"
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "out"), outside]) == 1
     err = capsys.readouterr().err
     assert "bad_corrupt" in err and "bad_empty_text" in err
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "out"), "--skip-bad"]) == 0
+    assert (
+        main(["data", "import", str(src), "--out", str(tmp_path / "out"), "--skip-bad", outside])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "imported 6 utterances" in out
     assert (

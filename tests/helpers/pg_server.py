@@ -2,15 +2,18 @@
 
 ``PgServer`` runs ``initdb`` and ``pg_ctl`` from ``/usr/lib/postgresql/*/bin`` as the ``postgres``
 OS user (PostgreSQL refuses to run as root), with its data directory in a fresh temporary
-directory under /tmp owned by that user, listening on 127.0.0.1 on a free port with ``trust``
-authentication for local connections. It can create a database per test, restart the server
-(fault injection), and always stops and removes itself. Every wait is bounded.
+directory under /tmp owned by that user, listening on 127.0.0.1 only, on a free port, with
+password authentication (``scram-sha-256``; no ``trust``, even locally). The password is random
+per cluster, handed to ``initdb`` in a 0600 file that is deleted right after; the URLs the helper
+builds carry it (percent-encoded), so print them through ``speechtune._urls.mask_url``. It can
+create a database per test, restart the server (fault injection), and always stops and removes
+itself. Every wait is bounded.
 
 Used by ``tests/test_workers.py``, ``tests/test_fault_injection.py`` and, imported by path,
 ``benchmarks/workers_scaling.py``; it imports nothing from pytest at module level.
 
     with PgServer.start_new() as pg:
-        url = pg.create_database("study1")   # postgresql+psycopg://postgres@127.0.0.1:PORT/study1
+        url = pg.create_database("study1")   # postgresql+psycopg://postgres:PW@127.0.0.1:PORT/study1
         ...
         pg.restart(down_s=2.0)
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 PG_USER = "postgres"
 
@@ -87,6 +92,11 @@ class PgServer:
         self.data_dir = self.root / "data"
         self.log_file = self.root / "server.log"
         self.port = free_port()
+        # Random per cluster; the characters a URL must escape (# / ? @ :) make every test that
+        # uses it check that the URL reaches the driver intact. The random part is in every form
+        # of the password (raw, percent-encoded): output that holds it has leaked the password.
+        self.password_token = secrets.token_urlsafe(12)
+        self.password = f"st-{self.password_token}#/?@:"
         self.running = False
         os.chmod(self.root, 0o755)
         shutil.chown(self.root, PG_USER, PG_USER)
@@ -118,17 +128,30 @@ class PgServer:
         return proc
 
     def initdb(self) -> None:
-        """Create the cluster: trust auth (tests only), no fsync (a throw-away cluster)."""
-        self._as_pg(
-            str(self.bin_dir / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "-U",
-            PG_USER,
-            "--auth=trust",
-            "--no-sync",
-            "--encoding=UTF8",
-            "--locale=C",
+        """Create the cluster: password auth on 127.0.0.1 only, no fsync (a throw-away cluster)."""
+        pwfile = self.root / "pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(self.password + "\n")
+        shutil.chown(pwfile, PG_USER, PG_USER)
+        try:
+            self._as_pg(
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                PG_USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--no-sync",
+                "--encoding=UTF8",
+                "--locale=C",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        # Only TCP from 127.0.0.1 and the cluster's own socket, both with the password.
+        (self.data_dir / "pg_hba.conf").write_text(
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
         )
         conf = self.data_dir / "postgresql.conf"
         with open(conf, "a", encoding="utf-8") as fh:
@@ -236,12 +259,16 @@ class PgServer:
 
     # -- databases ---------------------------------------------------------------------------
     def dsn(self, database: str) -> str:
-        """A libpq connection string (for psycopg directly)."""
-        return f"host=127.0.0.1 port={self.port} user={PG_USER} dbname={database}"
+        """A libpq connection string (for psycopg directly), password included."""
+        quoted = self.password.replace("\\", "\\\\").replace("'", "\\'")
+        return (
+            f"host=127.0.0.1 port={self.port} user={PG_USER} password='{quoted}' dbname={database}"
+        )
 
     def url(self, database: str) -> str:
-        """The SQLAlchemy/Optuna URL of ``database``."""
-        return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}/{database}"
+        """The SQLAlchemy/Optuna URL of ``database``, password included (percent-encoded)."""
+        password = quote(self.password, safe="")
+        return f"postgresql+psycopg://{PG_USER}:{password}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` (a safe identifier) and return its Optuna storage URL."""

@@ -177,3 +177,21 @@ def test_logging_before_start_is_an_error(logged: dict) -> None:
     tracker = StudyTracker(None, EXPERIMENT, logged["run_dir"])
     with pytest.raises(RuntimeError, match="before start_study"):
         tracker.log_trial(0, {}, [], {}, "complete", "", None)
+
+
+def test_a_storage_password_never_becomes_a_param(logged: dict) -> None:
+    # Reuses the module's store; the spec is one recorded before masking existed.
+    tracker = StudyTracker(None, EXPERIMENT, logged["run_dir"])
+    spec = {"study": {"name": "pw", "storage": "postgresql+psycopg://u:pw-8Q7Z@db/st"}}
+    run_id = tracker.start_study("pw", spec)
+    params = MlflowClient(tracker.tracking_uri).get_run(run_id).data.params
+    assert params["study.storage"] == "postgresql+psycopg://u:***@db/st"
+
+
+def test_a_store_that_cannot_open_is_named_without_its_password(tmp_path: Path) -> None:
+    # MLflow's own message quotes the URI, password included.
+    with pytest.raises(
+        RuntimeError, match=r"cannot open the MLflow store nosuch://u:\*\*\*@h/x"
+    ) as err:
+        StudyTracker("nosuch://u:pw-4471@h/x", EXPERIMENT, tmp_path)
+    assert "pw-4471" not in str(err.value)

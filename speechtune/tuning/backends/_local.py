@@ -85,6 +85,7 @@ class LocalBackend:
             FailureGuard(max(10, target or 10)),
             view,
             session.trial_finished,
+            session.reap_killed,
         ]
         if target is not None:
             callbacks.insert(0, MaxTrialsCallback(int(target), states=COUNTED_STATES))

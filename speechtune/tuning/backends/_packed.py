@@ -26,10 +26,11 @@ from typing import IO, Any
 from optuna.trial import TrialState
 
 from speechtune._jsonable import _jsonable
+from speechtune._urls import mask_url
 from speechtune.devices import GpuMonitor
 from speechtune.tuning.objectives import Objective
 from speechtune.tuning.spec import TuningSpec
-from speechtune.tuning.study import OpenOptions, StudySession, storage_url
+from speechtune.tuning.study import STORAGE_ENV, OpenOptions, StudySession, storage_url
 
 log = logging.getLogger("speechtune.tuning")
 
@@ -43,7 +44,6 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 
 
 def worker_argv(
-    storage_url: str,
     study_name: str,
     run_dir: str | Path,
     *,
@@ -52,7 +52,11 @@ def worker_argv(
     n_trials: int | None = None,
     extra_argv: Sequence[str] = (),
 ) -> list[str]:
-    """The argv of one ``speechtune worker`` process (no shell involved)."""
+    """The argv of one ``speechtune worker`` process (no shell involved).
+
+    The storage URL is not in it: a password there would be readable by every user of the
+    machine (``ps``); :func:`launch_local_workers` passes it in ``$SPEECHTUNE_STORAGE``.
+    """
     argv = [
         sys.executable,
         "-m",
@@ -60,8 +64,6 @@ def worker_argv(
         "worker",
         "--study-name",
         study_name,
-        "--storage",
-        storage_url,
         "--run-dir",
         str(run_dir),
         "--device",
@@ -74,8 +76,9 @@ def worker_argv(
     return argv + [str(a) for a in extra_argv]
 
 
-def _child_env(env: Mapping[str, str] | None, index: int) -> dict[str, str]:
+def _child_env(env: Mapping[str, str] | None, index: int, storage_url: str) -> dict[str, str]:
     merged = {**os.environ, **(env or {})}
+    merged[STORAGE_ENV] = storage_url  # not argv: see worker_argv
     path = merged.get("PYTHONPATH", "")
     if str(_PACKAGE_ROOT) not in path.split(os.pathsep):
         merged["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), path) if p)
@@ -129,7 +132,8 @@ def launch_local_workers(
 
     Each worker writes its output to ``<run_dir>/workers/worker-<i>.log`` and runs in its own
     process group; on Ctrl-C or when ``timeout_s`` passes, every group gets SIGTERM, then
-    SIGKILL after :data:`TERMINATE_GRACE_S`.
+    SIGKILL after :data:`TERMINATE_GRACE_S`. The workers get ``storage_url`` in their
+    environment (``$SPEECHTUNE_STORAGE``), never on their command line.
 
     Args:
         storage_url: the study storage (PostgreSQL or ``journal:///...``; not SQLite).
@@ -156,7 +160,6 @@ def launch_local_workers(
     log_dir = run_dir / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(
-        storage_url,
         study_name,
         run_dir,
         config=config,
@@ -179,7 +182,7 @@ def launch_local_workers(
                     stdout=fh,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env=_child_env(env, i),
+                    env=_child_env(env, i, storage_url),
                     cwd=os.getcwd(),
                     start_new_session=True,
                 )
@@ -212,7 +215,7 @@ def packed_storage_url(storage: str | None, run_dir: Path) -> str:
         if storage is not None:
             log.warning(
                 "study.storage %s is SQLite, which refuses concurrent worker processes: using %s",
-                storage,
+                mask_url(storage),
                 journal,
             )
         return journal

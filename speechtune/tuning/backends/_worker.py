@@ -98,7 +98,8 @@ def stored_spec_file(
     """Write the tuning YAML a study was created with into ``run_dir`` and return its path.
 
     The stored ``base_recipe`` goes to ``run_dir/stored_recipe.yaml`` and the spec's ``recipe``
-    points at it; presets are dropped (the stored ``space`` already has them folded in).
+    points at it; presets are dropped (the stored ``space`` already has them folded in). Its
+    ``study.storage`` is ``storage_url`` with the password masked.
 
     Raises:
         ValueError: no such study, or a study created without a stored spec.
@@ -122,7 +123,12 @@ def stored_spec_file(
         )
     spec = dict(spec)
     spec.pop("presets", None)
-    spec["study"] = {**(spec.get("study") or {}), "name": study_name, "storage": storage_url}
+    # Masked: this file stays in the run directory; load_worker_spec sets the real URL again.
+    spec["study"] = {
+        **(spec.get("study") or {}),
+        "name": study_name,
+        "storage": mask_url(storage_url),
+    }
     if (spec.get("objective") or {}).get("kind", "recipe") == "recipe":
         recipe_path = run_dir / "stored_recipe.yaml"
         _write_atomic(recipe_path, yaml.safe_dump(attrs.get("base_recipe") or {}, sort_keys=False))

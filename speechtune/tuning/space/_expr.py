@@ -6,6 +6,11 @@ Expressions are parsed with :mod:`ast` and evaluated by walking the tree; nothin
 ``+ - * / // % **``; unary ``-``/``+``/``not``; comparisons; ``and``/``or``; calls to
 ``min, max, round, int, float, sqrt, log``. Anything else is refused with an error naming
 the construct.
+
+The work an expression may cause is bounded, so that a typo or a hostile YAML cannot hang
+``validate`` or ``tune``: its length and node count are capped (each node is evaluated at most
+once, so the node count is the step budget), and an integer result may not exceed
+4,096 bits; a power or product that would is refused before it is computed.
 """
 
 from __future__ import annotations
@@ -57,6 +62,16 @@ _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 # An exponent this large is a typo or an attack (9 ** 9 ** 9 would hang the process).
 _MAX_EXPONENT = 1024
 
+# The largest integer (in bits) an expression may produce, also as an intermediate result:
+# far above any hyperparameter, far below what makes ``((9**1024)**1024)**1024`` hang.
+_MAX_INT_BITS = 4096
+
+# Real constraints and derived values are a few dozen nodes; these caps bound parsing (a very
+# long or deeply nested text makes ast.parse itself slow or raise MemoryError) and evaluation.
+_MAX_CHARS = 2000
+_MAX_NODES = 500
+_MAX_ROUND_DIGITS = 1000
+
 
 def _dotted(node: ast.expr) -> str | None:
     """``a.b.c`` as a dotted name, or None when the chain is not rooted at a plain name."""
@@ -77,32 +92,34 @@ def _check(node: ast.AST, expr: str) -> None:
     elif isinstance(node, ast.Constant):
         if not isinstance(node.value, (int, float, str, bool)) or node.value is None:
             raise ExprError(
-                f"{expr!r}: constant {node.value!r} is not allowed (numbers, strings, booleans only)"
+                f"{_clip(expr)}: constant {node.value!r} is not allowed (numbers, strings, booleans only)"
             )
     elif isinstance(node, (ast.Name, ast.Attribute)):
         name = _dotted(node)
         if name is None:
             raise ExprError(
-                f"{expr!r}: attribute access is only allowed on dotted keys such as model.d_model"
+                f"{_clip(expr)}: attribute access is only allowed on dotted keys such as model.d_model"
             )
         if any(part.startswith("__") for part in name.split(".")):
-            raise ExprError(f"{expr!r}: name {name!r} is not allowed (no dunder names)")
+            raise ExprError(f"{_clip(expr)}: name {name!r} is not allowed (no dunder names)")
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINOPS:
             raise ExprError(
-                f"{expr!r}: operator {type(node.op).__name__} is not allowed; use + - * / // % **"
+                f"{_clip(expr)}: operator {type(node.op).__name__} is not allowed; use + - * / // % **"
             )
         _check(node.left, expr)
         _check(node.right, expr)
     elif isinstance(node, ast.UnaryOp):
         if not isinstance(node.op, (ast.USub, ast.UAdd, ast.Not)):
-            raise ExprError(f"{expr!r}: unary operator {type(node.op).__name__} is not allowed")
+            raise ExprError(
+                f"{_clip(expr)}: unary operator {type(node.op).__name__} is not allowed"
+            )
         _check(node.operand, expr)
     elif isinstance(node, ast.Compare):
         for op in node.ops:
             if type(op) not in _CMPOPS:
                 raise ExprError(
-                    f"{expr!r}: comparison {type(op).__name__} is not allowed; use == != < <= > >="
+                    f"{_clip(expr)}: comparison {type(op).__name__} is not allowed; use == != < <= > >="
                 )
         _check(node.left, expr)
         for comp in node.comparators:
@@ -115,16 +132,16 @@ def _check(node: ast.AST, expr: str) -> None:
             what = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
             allowed = ", ".join(sorted(FUNCTIONS))
             raise ExprError(
-                f"{expr!r}: call to {what!r} is not allowed; allowed functions: {allowed}"
+                f"{_clip(expr)}: call to {what!r} is not allowed; allowed functions: {allowed}"
             )
         if node.keywords:
-            raise ExprError(f"{expr!r}: keyword arguments are not allowed in calls")
+            raise ExprError(f"{_clip(expr)}: keyword arguments are not allowed in calls")
         for arg in node.args:
             if isinstance(arg, ast.Starred):
-                raise ExprError(f"{expr!r}: starred arguments are not allowed")
+                raise ExprError(f"{_clip(expr)}: starred arguments are not allowed")
             _check(arg, expr)
     else:
-        raise ExprError(f"{expr!r}: {type(node).__name__} is not allowed in an expression")
+        raise ExprError(f"{_clip(expr)}: {type(node).__name__} is not allowed in an expression")
 
 
 def parse_expression(expr: str) -> ast.Expression:
@@ -144,14 +161,57 @@ def parse_expression(expr: str) -> ast.Expression:
     return _parse(expr)
 
 
+def _clip(expr: str) -> str:
+    """``expr`` quoted for an error message, its middle elided when it is long."""
+    return repr(expr) if len(expr) <= 80 else f"{expr[:60]!r}...{expr[-10:]!r}"
+
+
 @functools.lru_cache(maxsize=512)
 def _parse(expr: str) -> ast.Expression:
+    if len(expr) > _MAX_CHARS:
+        raise ExprError(
+            f"{_clip(expr)}: expression is {len(expr)} characters long; at most {_MAX_CHARS}"
+        )
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExprError(f"{expr!r} does not parse: {exc.msg}") from exc
+        raise ExprError(f"{_clip(expr)} does not parse: {exc.msg}") from exc
+    except (RecursionError, MemoryError) as exc:
+        raise ExprError(f"{_clip(expr)} is too deeply nested to parse") from exc
+    # ast.walk is iterative: counting first keeps the recursive _check and _eval shallow.
+    nodes = sum(1 for _ in ast.walk(tree))
+    if nodes > _MAX_NODES:
+        raise ExprError(
+            f"{_clip(expr)}: expression has {nodes} syntax nodes; at most {_MAX_NODES} are allowed"
+        )
     _check(tree, expr)
+    _fold_constants(tree.body, expr)
     return tree
+
+
+def _reads_names(node: ast.AST) -> bool:
+    """Does ``node`` read a key? (A called function's name is not a key.)"""
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        return True
+    if isinstance(node, ast.Call):
+        return any(_reads_names(arg) for arg in node.args)
+    return any(_reads_names(child) for child in ast.iter_child_nodes(node))
+
+
+def _fold_constants(node: ast.AST, expr: str) -> None:
+    """Evaluate each sub-expression that reads no key, once, when the expression is parsed.
+
+    One that cannot be computed (``(9**1024)**1024``, ``1 / 0``) is then refused by
+    ``validate`` for every objective kind, instead of failing each trial that reaches it.
+    """
+    if isinstance(node, (ast.Constant, ast.Name, ast.Attribute)):
+        return
+    if not _reads_names(node):
+        _eval(node, {}, expr)
+        return
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.expr):  # not operators, contexts or a call's function name
+            _fold_constants(child, expr)
 
 
 def expression_names(expr: str) -> set[str]:
@@ -181,7 +241,50 @@ def _num(value: Any, expr: str) -> Any:
     # Arithmetic on strings ("a" * 10**9) is both useless here and a memory bomb.
     if isinstance(value, (int, float)):
         return value
-    raise ExprError(f"{expr!r}: arithmetic needs numbers, got {value!r}")
+    raise ExprError(f"{_clip(expr)}: arithmetic needs numbers, got {value!r}")
+
+
+def _refuse_large(op: ast.operator, left: Any, right: Any, expr: str) -> None:
+    """Refuse a power or product of integers whose result would exceed _MAX_INT_BITS bits.
+
+    Checked before computing: Python would happily spend minutes (and gigabytes) on it.
+    """
+    if isinstance(op, ast.Pow) and abs(right) > _MAX_EXPONENT:
+        raise ExprError(
+            f"{_clip(expr)}: exponent {_short(right)} is too large (at most {_MAX_EXPONENT})"
+        )
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return  # float arithmetic is bounded: it overflows to inf or raises OverflowError
+    if isinstance(op, ast.Pow) and right > 1 and abs(left) > 1:
+        # |a| ** n has at least (bits(a) - 1) * n + 1 bits; the rest is checked after computing.
+        bits = (abs(left).bit_length() - 1) * right + 1
+    elif isinstance(op, ast.Mult) and left and right:
+        bits = abs(left).bit_length() + abs(right).bit_length() - 1
+    else:
+        return
+    if bits > _MAX_INT_BITS:
+        raise ExprError(
+            f"{_clip(expr)}: result too large (an integer of over {_MAX_INT_BITS} bits at "
+            f"{_short(left)} {'**' if isinstance(op, ast.Pow) else '*'} {_short(right)})"
+        )
+
+
+def _short(value: Any) -> str:
+    """``value`` for an error message: a huge integer by its size, not its 1,000 digits."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    return repr(value)
+
+
+def _bounded(value: Any, expr: str) -> Any:
+    """``value``, or an :class:`ExprError` when it is an oversized integer or a complex number."""
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise ExprError(
+            f"{_clip(expr)}: result too large ({_short(value)}; at most {_MAX_INT_BITS} bits)"
+        )
+    if isinstance(value, complex):  # (-8) ** 0.5: no hyperparameter is complex
+        raise ExprError(f"{_clip(expr)}: result {value!r} is a complex number")
+    return value
 
 
 def _eval(node: ast.AST, values: Mapping[str, Any], expr: str) -> Any:
@@ -192,17 +295,17 @@ def _eval(node: ast.AST, values: Mapping[str, Any], expr: str) -> Any:
     if isinstance(node, (ast.Name, ast.Attribute)):
         name = _dotted(node) or ""
         if name not in values:
-            raise ExprError(f"{expr!r}: unknown name {name!r}")
+            raise ExprError(f"{_clip(expr)}: unknown name {name!r}")
         return values[name]
     if isinstance(node, ast.BinOp):
         left = _num(_eval(node.left, values, expr), expr)
         right = _num(_eval(node.right, values, expr), expr)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise ExprError(f"{expr!r}: exponent {right!r} is too large")
+        _refuse_large(node.op, left, right, expr)
         try:
-            return _BINOPS[type(node.op)](left, right)
+            out = _BINOPS[type(node.op)](left, right)
         except (ArithmeticError, ValueError) as exc:
-            raise ExprError(f"{expr!r}: {exc}") from exc
+            raise ExprError(f"{_clip(expr)}: {exc}") from exc
+        return _bounded(out, expr)
     if isinstance(node, ast.UnaryOp):
         operand = _eval(node.operand, values, expr)
         if isinstance(node.op, ast.Not):
@@ -217,7 +320,7 @@ def _eval(node: ast.AST, values: Mapping[str, Any], expr: str) -> Any:
                 if not _CMPOPS[type(op)](left, right):
                     return False
             except TypeError as exc:
-                raise ExprError(f"{expr!r}: cannot compare {left!r} and {right!r}") from exc
+                raise ExprError(f"{_clip(expr)}: cannot compare {left!r} and {right!r}") from exc
             left = right
         return True
     if isinstance(node, ast.BoolOp):
@@ -235,14 +338,22 @@ def _eval(node: ast.AST, values: Mapping[str, Any], expr: str) -> Any:
         if (
             func not in FUNCTIONS
         ):  # unreachable after parse_expression(); kept so evaluation never trusts its input
-            raise ExprError(f"{expr!r}: call to {func!r} is not allowed")
+            raise ExprError(f"{_clip(expr)}: call to {func!r} is not allowed")
         args = [_eval(arg, values, expr) for arg in node.args]
+        if func == "round" and len(args) == 2 and isinstance(args[1], int):
+            # round(5, -10**9) computes 10**(10**9) for an integer first argument.
+            if abs(args[1]) > _MAX_ROUND_DIGITS:
+                raise ExprError(
+                    f"{_clip(expr)}: round() digits {_short(args[1])} out of range "
+                    f"(at most {_MAX_ROUND_DIGITS} either way)"
+                )
         try:
-            return FUNCTIONS[func](*args)
+            out = FUNCTIONS[func](*args)
         except (ArithmeticError, ValueError, TypeError) as exc:
-            raise ExprError(f"{expr!r}: {func}() failed: {exc}") from exc
+            raise ExprError(f"{_clip(expr)}: {func}() failed: {exc}") from exc
+        return _bounded(out, expr)
     raise ExprError(
-        f"{expr!r}: {type(node).__name__} is not allowed"
+        f"{_clip(expr)}: {type(node).__name__} is not allowed"
     )  # unreachable after parse_expression()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from speechtune._urls import mask_url
 from speechtune.metrics import CostModel
 from speechtune.tuning.search import STRATEGIES, Fidelity
 from speechtune.tuning.space import SearchSpace, parse_space
@@ -81,13 +82,16 @@ def build_spec(
         scalarize=dict(scalarize or {}),
         direction=direction,
     )
-    raw = {
+    study_record = {
+        k: getattr(study, k)
+        for k in ("name", "sampler", "pruner", "n_trials", "seed", "storage", "n_jobs")
+    }
+    if study.storage:
+        study_record["storage"] = mask_url(study.storage)  # the record never holds a password
+    raw: dict[str, Any] = {
         "space": space_record,
         "constraints": list(space.constraints),
-        "study": {
-            k: getattr(study, k)
-            for k in ("name", "sampler", "pruner", "n_trials", "seed", "storage", "n_jobs")
-        },
+        "study": study_record,
         "objective": {
             "kind": "python",
             "metric": metric,

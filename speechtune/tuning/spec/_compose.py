@@ -6,16 +6,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from speechtune.config import (
     ConfigError,
     ConfigProblem,
     RecipeConfig,
+    YamlFileError,
     config_from_dict,
     config_to_dict,
     flatten,
     merge,
+    read_yaml,
 )
 from speechtune.tuning.space import is_param_spec
 from speechtune.tuning.spec._checks import (
@@ -62,12 +62,14 @@ def available_presets() -> list[str]:
 
 def _read_yaml(path: Path, key: str, problems: list[ConfigProblem]) -> dict[str, Any] | None:
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = read_yaml(path)
     except OSError as exc:
         problems.append(ConfigProblem(key, "cannot read file", f"{path}: {exc.strerror or exc}"))
         return None
-    except yaml.YAMLError as exc:
-        problems.append(ConfigProblem(key, "is not valid YAML", f"{path}: {exc}"))
+    except YamlFileError as exc:
+        # The tuning file itself is its own key; a preset or recipe names its file in the rule.
+        rule = exc.reason if key == str(path) else f"{path} {exc.reason}"
+        problems.append(ConfigProblem(key, rule, exc.snippet))
         return None
     if loaded is None:
         return {}

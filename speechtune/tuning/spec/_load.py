@@ -23,6 +23,8 @@ from speechtune._urls import mask_url
 from speechtune.config import (
     ConfigError,
     ConfigProblem,
+    YamlFileError,
+    decode_utf8,
     flatten,
     merge,
     parse_overrides,
@@ -48,7 +50,11 @@ from speechtune.tuning.spec._compose import (
 )
 from speechtune.tuning.spec._fidelity import FidelitySpec, parse_fidelity
 from speechtune.tuning.spec._ray import RaySpec, parse_ray
-from speechtune.tuning.spec._recipe_checks import _corner_problems, _space_problems
+from speechtune.tuning.spec._recipe_checks import (
+    _corner_problems,
+    _nothing_to_search,
+    _space_problems,
+)
 from speechtune.tuning.spec._sections import (
     _COMMAND_CHECKS,
     _COST_CHECKS,
@@ -110,14 +116,14 @@ class TuningSpec:
     def with_storage(self, url: str | None) -> TuningSpec:
         """This spec with ``study.storage`` set to ``url``; itself for None.
 
-        The recorded YAML (``raw``: ``spec.yaml``, the study's ``spec`` attribute) gets the URL
-        too, unless it holds a password: secrets are never written to files.
+        The recorded YAML (``raw``: ``spec.yaml``, the study's ``spec`` attribute, MLflow params)
+        gets the URL with its password masked: secrets are never written to files.
         """
         if url is None:
             return self
         raw = dict(self.raw)
-        if raw and mask_url(url) == url:
-            raw["study"] = {**dict(raw.get("study") or {}), "storage": url}
+        if raw:
+            raw["study"] = {**dict(raw.get("study") or {}), "storage": mask_url(url)}
         return dataclasses.replace(
             self, study=dataclasses.replace(self.study, storage=url), raw=raw
         )
@@ -234,6 +240,8 @@ def _load(
         problems.extend(found)
         if param is not None:
             params[name] = param
+    if len(params) == len(space_raw):  # a param that failed to parse is reported on its own
+        problems.extend(_nothing_to_search(params))
     context = _space_problems(params, constraints, flat_overrides, recipe_keys)
     problems.extend(context)
     if recipe_keys is not None:
@@ -280,7 +288,8 @@ def _load(
         overrides=flat_overrides,
         space=space_raw,
         constraints=constraints,
-        study=dataclasses.asdict(study),
+        # The record (spec.yaml, the study's attribute, MLflow params) never holds a password.
+        study={**dataclasses.asdict(study), "storage": study.storage and mask_url(study.storage)},
         objective=dataclasses.asdict(objective),
     )
     if command is not None:
@@ -312,11 +321,14 @@ def _command_config(name: str, here: Path, problems: list[ConfigProblem]) -> str
     """``command.config_file`` made absolute, after checking that it reads as a mapping."""
     path = (here / name).resolve()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_utf8(path.read_bytes(), path)
     except OSError as exc:
         problems.append(
             ConfigProblem("command.config_file", f"cannot be read ({exc.strerror})", str(path))
         )
+        return None
+    except YamlFileError as exc:
+        problems.append(ConfigProblem("command.config_file", f"{path} {exc.reason}", exc.snippet))
         return None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -113,6 +113,31 @@ def _corner_problems(
     return problems
 
 
+def _varies(param: Param) -> bool:
+    """True when a sampler has more than one value of ``param`` to choose from."""
+    if isinstance(param, (FloatParam, IntParam)):
+        return bool(param.low < param.high)
+    if isinstance(param, CategoricalParam):
+        return len({repr(c) for c in param.choices}) > 1
+    return False
+
+
+def _nothing_to_search(params: Mapping[str, Param]) -> list[ConfigProblem]:
+    """A problem when no param of the space varies: every trial would run the same config."""
+    if any(_varies(p) for p in params.values()):
+        return []
+    what = "every key is fixed or derived" if params else "the space is empty"
+    return [
+        ConfigProblem(
+            "space",
+            f"nothing to search: {what}, so every trial would run the same config; give at "
+            "least one key a range or a list of choices, e.g. optim.lr: {low: 1.0e-4, high: "
+            "1.0e-2, log: true}",
+            list(params),
+        )
+    ]
+
+
 def _space_problems(
     params: Mapping[str, Param],
     constraints: Sequence[str],

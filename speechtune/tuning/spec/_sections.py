@@ -57,6 +57,8 @@ class StudySpec:
     storage: str | None = None
     n_jobs: int = 1
     oom_retry: bool = False
+    #: Re-runs of a config whose trial was killed (its process died) or interrupted (Ctrl-C).
+    max_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,10 @@ _STUDY_CHECKS: dict[str, _Check] = {
         "must be an int >= 1 (or -1: one per CPU)",
     ),
     "oom_retry": (lambda v: isinstance(v, bool), "must be true or false"),
+    "max_retries": (
+        lambda v: _is_int(v) and v >= 0,
+        "must be an int >= 0 (re-runs of a killed or interrupted trial's config)",
+    ),
 }
 
 

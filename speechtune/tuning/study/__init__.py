@@ -12,6 +12,7 @@ from speechtune.tuning.study._interrupt import (
     requeue_interrupted,
 )
 from speechtune.tuning.study._load import load_study, resolve_storage
+from speechtune.tuning.study._lock import RunDirBusyError, RunDirLock
 from speechtune.tuning.study._open import (
     StudyExistsError,
     open_study,
@@ -40,7 +41,8 @@ from speechtune.tuning.study._records import (
     trial_rung,
     trial_status,
 )
-from speechtune.tuning.study._samplers import make_pruner, make_sampler
+from speechtune.tuning.study._retry import fail_killed_trials
+from speechtune.tuning.study._samplers import make_pruner, make_sampler, resume_seed
 from speechtune.tuning.study._session import (
     FailureGuard,
     OpenOptions,
@@ -52,6 +54,7 @@ from speechtune.tuning.study._storage import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_RECONNECT_S,
     RECONNECT_ENV,
+    STORAGE_ENV,
     StorageUnavailableError,
     make_storage,
     reconnect_bound,
@@ -86,10 +89,13 @@ __all__ = [
     "INTERRUPTED_REASON",
     "FAILED_STATUSES",
     "RECONNECT_ENV",
+    "STORAGE_ENV",
     "WEAK_RATE",
     "WORKER_ID",
     "FailureGuard",
     "OpenOptions",
+    "RunDirBusyError",
+    "RunDirLock",
     "StorageUnavailableError",
     "StudyExistsError",
     "StudyOutputs",
@@ -107,6 +113,7 @@ __all__ = [
     "complete_trials",
     "device_slots",
     "duration_s",
+    "fail_killed_trials",
     "fidelity_record",
     "interruptible_trials",
     "is_multi_fidelity",
@@ -129,6 +136,7 @@ __all__ = [
     "record_cost_total",
     "requeue_interrupted",
     "resolve_storage",
+    "resume_seed",
     "rung_names",
     "sample_space",
     "select_best",

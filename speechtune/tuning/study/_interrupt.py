@@ -18,6 +18,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from speechtune.tuning.study._retry import (
+    DEFAULT_MAX_RETRIES,
+    given_up_trials,
+    requeue_or_give_up,
+    retry_history,
+)
+
 log = logging.getLogger("speechtune.tuning")
 
 #: The reason recorded for a trial that Ctrl-C ended.
@@ -72,17 +79,12 @@ def mark_interrupted(trial: Trial) -> None:
         log.warning("trial %d: could not record the interruption: %s", trial.number, exc)
 
 
-#: The user attrs a re-run inherits from its interrupted trial: ``trial_dir`` so that it continues
-#: from that checkpoint; the rest (status, reason, metrics, cost...) described how it ended.
-_INHERITED_ATTRS = ("trial_dir", "config")
-
-
 def pending_interrupted(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials Ctrl-C interrupted that no later trial re-runs yet."""
+    """The trials Ctrl-C interrupted that no later trial re-runs yet, nor was given up."""
     trials = study.get_trials(deepcopy=False)
-    retried: set[int] = set()
+    retried = given_up_trials(study)
     for t in trials:
-        retried.update(int(n) for n in t.system_attrs.get("retry_history") or [])
+        retried.update(retry_history(t))
         if t.system_attrs.get("failed_trial") is not None:
             retried.add(int(t.system_attrs["failed_trial"]))
     return [
@@ -94,28 +96,18 @@ def pending_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def requeue_interrupted(study: optuna.Study) -> list[int]:
+def requeue_interrupted(study: optuna.Study, max_retries: int = DEFAULT_MAX_RETRIES) -> list[int]:
     """Queue a re-run of every interrupted trial (Ctrl-C) that has none yet; return their numbers.
 
     Called when a study is resumed. The re-run is a WAITING trial with the same params, marked as
     a retry of the interrupted one (the system attrs ``failed_trial``/``retry_history``, as
     Optuna's retry callback writes them), so :class:`TrialRunner` copies the interrupted trial's
     directory and the recipe continues from its ``last.pt``. A trial some retry already names is
-    skipped, so resuming twice queues it once.
+    skipped, so resuming twice queues it once. Retries count per config, killed and interrupted
+    ones alike: a config that had ``max_retries`` of them is given up (one warning line).
     """
-    queued = []
-    for t in pending_interrupted(study):
-        history = [*(t.system_attrs.get("retry_history") or []), t.number]
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING,
-                params=t.params,
-                distributions=t.distributions,
-                user_attrs={k: v for k, v in t.user_attrs.items() if k in _INHERITED_ATTRS},
-                system_attrs={"failed_trial": t.number, "retry_history": history},
-            )
-        )
-        queued.append(t.number)
-    if queued:
-        log.info("resuming: re-running interrupted trial(s) %s", queued)
-    return queued
+    return [
+        t.number
+        for t in pending_interrupted(study)
+        if requeue_or_give_up(study, t, INTERRUPTED_REASON, max_retries)
+    ]

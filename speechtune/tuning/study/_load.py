@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
@@ -9,7 +10,9 @@ import yaml
 from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from speechtune.tuning.study._storage import JOURNAL_SCHEME, journal_file
+from speechtune._urls import MASK, has_password, mask_url
+from speechtune.tuning.study._sqlite import readable_sqlite
+from speechtune.tuning.study._storage import JOURNAL_SCHEME, STORAGE_ENV, journal_file
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _JOURNAL_SUFFIXES = (".log", ".jsonl")
@@ -34,6 +37,16 @@ def _run_dir_storage(run_dir: Path) -> str | BaseStorage:
     if (run_dir / "journal.log").is_file():
         return _journal(run_dir / "journal.log")
     url = _spec_study(run_dir).get("storage")
+    if isinstance(url, str) and MASK in url and has_password(url.replace(MASK, "x")):
+        # spec.yaml records the URL with its password masked; the environment may hold the real one.
+        real = os.environ.get(STORAGE_ENV, "")
+        if real == url or mask_url(real) != url:
+            raise ValueError(
+                f"run directory {run_dir}: spec.yaml records the study storage {url} with its "
+                f"password hidden; set ${STORAGE_ENV} to the storage URL, or give the URL itself "
+                "instead of the run directory"
+            )
+        url = real
     if isinstance(url, str) and url not in ("", "journal"):
         return resolve_storage(url)
     raise FileNotFoundError(
@@ -70,7 +83,7 @@ def resolve_storage(target: str | Path) -> str | BaseStorage:
     if path.is_file() and path.suffix in _JOURNAL_SUFFIXES:
         return _journal(path)
     raise FileNotFoundError(
-        f"{text!r} is not a run directory, a study file ({', '.join(_SQLITE_SUFFIXES + _JOURNAL_SUFFIXES)}) "
+        f"{mask_url(text)!r} is not a run directory, a study file ({', '.join(_SQLITE_SUFFIXES + _JOURNAL_SUFFIXES)}) "
         "or a storage URL"
     )
 
@@ -87,7 +100,8 @@ def load_study(target: str | Path, study_name: str | None = None) -> optuna.Stud
             studies the storage holds.
     """
     storage = resolve_storage(target)
-    names = optuna.get_all_study_names(storage)
+    with readable_sqlite(storage):  # a corrupt study.db: one line naming it, no traceback
+        names = optuna.get_all_study_names(storage)
     if study_name is None:
         path = Path(str(target))
         candidates = [str(_spec_study(path).get("name", "")), path.name] if path.is_dir() else []
@@ -98,6 +112,7 @@ def load_study(target: str | Path, study_name: str | None = None) -> optuna.Stud
     if study_name is None or study_name not in names:
         held = ", ".join(names) or "none"
         raise ValueError(
-            f"cannot pick a study in {target}: asked for {study_name!r}; the storage holds: {held}"
+            f"cannot pick a study in {mask_url(target)}: asked for {study_name!r}; the storage holds: {held}"
         )
-    return optuna.load_study(study_name=study_name, storage=storage)
+    with readable_sqlite(storage):
+        return optuna.load_study(study_name=study_name, storage=storage)

@@ -13,10 +13,12 @@ from optuna.study import StudyDirection
 from speechtune._jsonable import _jsonable
 from speechtune.metrics import summarize_costs
 from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study._retry import fail_killed_trials
 from speechtune.tuning.study._samplers import (
     CONSTRAINED_SAMPLERS,
     make_pruner,
     make_sampler,
+    resume_seed,
 )
 from speechtune.tuning.study._storage import DEFAULT_HEARTBEAT_S, make_storage
 from speechtune.tuning.study._values import constraints_from_attrs
@@ -53,6 +55,9 @@ def open_study(
         spec: the tuning spec.
         run_dir: the run directory (default storage lives there).
         resume: continue an existing study; without it an existing study with trials is an error.
+            The sampler's seed then mixes in the number of stored trials
+            (:func:`~speechtune.tuning.study.resume_seed`), and the trials of killed processes are
+            failed and re-queued (:func:`~speechtune.tuning.study.fail_killed_trials`).
         n_jobs: parallel trials (the TPE sampler uses the constant liar when > 1).
         heartbeat_s: heartbeat interval of RDB storages.
         sampler, pruner: used instead of the ones ``spec.study`` names (multi-fidelity studies).
@@ -64,7 +69,9 @@ def open_study(
         StudyExistsError: the study exists with trials and ``resume`` is False.
     """
     study_spec, obj_spec = spec.study, spec.objective
-    storage = make_storage(study_spec.storage, run_dir, heartbeat_s=heartbeat_s)
+    storage = make_storage(
+        study_spec.storage, run_dir, heartbeat_s=heartbeat_s, max_retries=study_spec.max_retries
+    )
     existing = _existing_trials(storage, study_spec.name)
     if existing and not resume:
         raise StudyExistsError(
@@ -80,9 +87,16 @@ def open_study(
             ", ".join(CONSTRAINED_SAMPLERS),
         )
     if sampler is None:
+        # Resumed with the study's own seed, a sampler would replay the configs it proposed
+        # before the interruption.
+        seed = (
+            resume_seed(study_spec.sampler, study_spec.seed, existing or 0)
+            if resume
+            else study_spec.seed
+        )
         sampler = make_sampler(
             study_spec.sampler,
-            seed=study_spec.seed,
+            seed=seed,
             n_jobs=n_jobs,
             constraints_func=constraints_from_attrs(len(constraints)) if constraints else None,
         )
@@ -106,8 +120,11 @@ def open_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if resume:
-            # Trials left RUNNING by a killed process: FAIL them, and the retry callback re-queues them.
-            optuna.storages.fail_stale_trials(study)
+            # Trials left RUNNING by a killed process: FAIL them with the reason and re-queue their
+            # configs (the multi-fidelity driver re-runs its unfinished jobs itself).
+            fail_killed_trials(
+                study, max_retries=study_spec.max_retries, requeue=spec.fidelity is None
+            )
         study.set_metric_names(names)
     study.set_user_attr("objective_names", names)
     study.set_user_attr("directions", [d.name.lower() for d in directions])

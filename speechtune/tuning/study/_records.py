@@ -25,6 +25,27 @@ _FALLBACK_STATUS = {
 }
 
 
+#: The reason of a FAIL trial that recorded none: Optuna failed it itself, after its process
+#: died and its heartbeat went silent (or it ran before speechtune recorded every failure).
+UNRECORDED_FAIL_REASON = "killed while running (its process died before it recorded a reason)"
+
+
+def _unrecorded_fail(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("reason")
+
+
+def _status(trial: FrozenTrial) -> str:
+    if _unrecorded_fail(trial) and "status" not in trial.user_attrs:
+        return "killed"
+    return str(trial.user_attrs.get("status", _FALLBACK_STATUS[trial.state]))
+
+
+def _reason(trial: FrozenTrial) -> str:
+    if _unrecorded_fail(trial):
+        return UNRECORDED_FAIL_REASON
+    return str(trial.user_attrs.get("reason", ""))
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
@@ -46,9 +67,10 @@ class TrialRecord:
     Attributes:
         number: the trial's number in its study.
         state: Optuna's state (COMPLETE, PRUNED, FAIL, RUNNING, WAITING).
-        status: ``complete``, ``stopped``, ``diverged``, ``flatline``, ``oom``, ``error`` (or
-            the state's name for trials without a record).
-        reason: why it ended, in a sentence.
+        status: ``complete``, ``stopped``, ``diverged``, ``flatline``, ``oom``, ``error``,
+            ``interrupted`` (Ctrl-C), ``killed`` (its process died) (or the state's name for
+            trials without a record).
+        reason: why it ended, in a sentence; never empty for a FAIL trial.
         values: the objective value(s); empty when it has none.
         config: the flat trial config (fixed and derived keys included).
         metrics: the final metrics (mean over seeds).
@@ -94,8 +116,8 @@ class TrialRecord:
         return cls(
             number=trial.number,
             state=trial.state,
-            status=str(attrs.get("status", _FALLBACK_STATUS[trial.state])),
-            reason=str(attrs.get("reason", "")),
+            status=_status(trial),
+            reason=_reason(trial),
             values=tuple(float(v) for v in trial.values or ()),
             config=trial_config(trial),
             metrics=_mapping(attrs.get("metrics")),
@@ -152,9 +174,7 @@ def primary_value(trial: FrozenTrial) -> float | None:
 
 def trial_status(trial: FrozenTrial) -> tuple[str, str]:
     """``(status, reason)`` from user attrs, falling back to the Optuna state."""
-    status = str(trial.user_attrs.get("status", _FALLBACK_STATUS[trial.state]))
-    reason = str(trial.user_attrs.get("reason", ""))
-    return status, reason
+    return _status(trial), _reason(trial)
 
 
 def trial_config(trial: FrozenTrial) -> dict[str, Any]:

@@ -7,6 +7,7 @@ name raises a ``ValueError`` listing the valid ones.
 from __future__ import annotations
 
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 
 import optuna
@@ -102,6 +103,34 @@ def make_sampler(
     if factory is None:
         raise _unknown("sampler", name, SAMPLERS)
     return _quiet(lambda: factory(seed, n_jobs, constraints_func))  # type: ignore[return-value]
+
+
+#: Samplers that keep their place in the study's storage (QMC stores the index of its next
+#: point), so a resumed study continues their sequence with the study's own seed.
+_SEQUENCE_SAMPLERS = ("qmc",)
+
+
+def resume_seed(name: str, seed: int | None, n_trials: int) -> int | None:
+    """The seed of sampler ``name`` resuming a study that already holds ``n_trials`` trials.
+
+    A sampler rebuilt with the study's own seed starts its random stream afresh, so it would
+    propose again the configs of the run that was interrupted (the random sampler, and the
+    random start-up trials of TPE, GP, CMA-ES and NSGA-II). Mixing the trial count into the seed
+    gives new proposals while a resumed study stays reproducible: the same seed and the same
+    stored trials give the same seed.
+
+    Args:
+        name: the sampler (``study.sampler``).
+        seed: ``study.seed``; None stays None (unseeded samplers do not replay).
+        n_trials: the trials in the study when it is resumed, every state included.
+
+    Returns:
+        The seed to build the sampler with: ``seed`` itself for a new study and for samplers
+        that continue a stored sequence (QMC).
+    """
+    if seed is None or n_trials <= 0 or name in _SEQUENCE_SAMPLERS:
+        return seed
+    return zlib.crc32(f"{seed}:resume:{n_trials}".encode()) & 0x7FFFFFFF
 
 
 def _median(max_resource: int | None) -> BasePruner:

@@ -8,7 +8,8 @@ run, owns the rest of the lifecycle::
 
 * on entry: the run directory, the study (storage, sampler, pruner), ``spec.yaml``, the
   tracker's parent run, and (optionally) a GPU utilisation monitor; on resume, a re-run of
-  every trial that Ctrl-C interrupted;
+  every trial that Ctrl-C interrupted or a killed process left running (at most
+  ``study.max_retries`` per config);
 * for each finished trial, :meth:`StudySession.trial_finished` (an Optuna study callback) logs
   it to the tracker, once;
 * on exit, also after Ctrl-C or an error: the study's total cost, the trials this run finished
@@ -39,6 +40,7 @@ from speechtune.tuning.spec import TuningSpec
 from speechtune.tuning.study._interrupt import requeue_interrupted
 from speechtune.tuning.study._open import open_study, record_cost_total
 from speechtune.tuning.study._records import TrialRecord
+from speechtune.tuning.study._retry import fail_killed_trials
 from speechtune.tuning.study._storage import DEFAULT_HEARTBEAT_S
 from speechtune.tuning.study._trial import COUNTED_STATES
 
@@ -192,7 +194,7 @@ class StudySession:
         if self.resume and self.spec.fidelity is None:
             # Trials Ctrl-C ended are re-run first (the multi-fidelity driver re-runs its
             # unfinished jobs itself when it replays the study).
-            requeue_interrupted(self._study)
+            requeue_interrupted(self._study, self.spec.study.max_retries)
         # Trials finished before this run (a resumed study, warm-start evidence) were logged by
         # the run that made them, or are not this run's to log.
         self._logged = {
@@ -262,6 +264,22 @@ class StudySession:
                 type(exc).__name__,
                 exc,
             )
+
+    def reap_killed(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """An Optuna study callback: fail and re-queue the trials of processes that died meanwhile.
+
+        Run after each trial, before Optuna's own check of silent heartbeats, so that such a
+        trial is failed with its reason (and a dead process on this machine is seen at once,
+        also on a journal storage, which has no heartbeat).
+        """
+        try:
+            fail_killed_trials(
+                study,
+                max_retries=self.spec.study.max_retries,
+                requeue=self.spec.fidelity is None,
+            )
+        except Exception as exc:  # bookkeeping of others' trials must not end this study
+            log.warning("could not check for killed trials: %s: %s", type(exc).__name__, exc)
 
     def counted(self) -> int:
         """Trials that count towards ``n_trials``: complete and pruned (a failed trial is replaced)."""

@@ -1,8 +1,8 @@
 """Study storage: SQLite in the run directory, a journal file, or PostgreSQL that rides out restarts.
 
 * The default storage is SQLite in the run directory with a heartbeat: a trial whose process was
-  killed stops beating, :func:`optuna.storages.fail_stale_trials` marks it FAIL, and the retry
-  callback re-queues its parameters, so ``--resume`` re-runs it.
+  killed stops beating, it is failed, and its parameters are re-queued (at most
+  ``study.max_retries`` times per config, see :mod:`._retry`), so ``--resume`` re-runs it.
 * ``n_jobs > 1`` on SQLite runs trials in *threads of one process*; SQLite serialises the
   writes, which is fine at a few writes per epoch. Several *processes* sharing one study should
   use PostgreSQL (or the journal file backend), not SQLite.
@@ -32,7 +32,9 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from speechtune._urls import mask_url
+from speechtune._urls import mask_url, scrub
+from speechtune.tuning.study._retry import DEFAULT_MAX_RETRIES, RetryKilledTrials
+from speechtune.tuning.study._sqlite import readable_sqlite
 
 log = logging.getLogger("speechtune.tuning")
 
@@ -68,6 +70,12 @@ DEFAULT_RECONNECT_S = 60.0
 
 #: Environment variable overriding :data:`DEFAULT_RECONNECT_S` (read when a storage is opened).
 RECONNECT_ENV = "SPEECHTUNE_RECONNECT_S"
+
+#: The environment variable that carries a storage URL to ``speechtune worker`` when ``--storage``
+#: is not given (the packed backend always uses it), and to a run directory whose ``spec.yaml``
+#: records the URL masked: a password on a command line is readable by every user of the machine
+#: (``ps``), a process's environment only by its owner.
+STORAGE_ENV = "SPEECHTUNE_STORAGE"
 
 
 def reconnect_bound() -> float:
@@ -121,7 +129,7 @@ def journal_file(url: str) -> str:
     """
     if not url.startswith(JOURNAL_SCHEME + "/") or len(url) <= len(JOURNAL_SCHEME) + 1:
         raise ValueError(
-            f"storage {url!r}: expected journal:///relative/path.log or journal:////absolute/path.log"
+            f"storage {mask_url(url)!r}: expected journal:///relative/path.log or journal:////absolute/path.log"
         )
     path = url[len(JOURNAL_SCHEME) + 1 :]
     if path.startswith("/"):
@@ -161,13 +169,18 @@ class _Heartbeat(TypedDict):
     heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None]
 
 
-def _rdb(url: str, heartbeat_s: int, reconnect_s: float = DEFAULT_RECONNECT_S) -> BaseStorage:
+def _rdb(
+    url: str,
+    heartbeat_s: int,
+    reconnect_s: float = DEFAULT_RECONNECT_S,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> BaseStorage:
     from sqlalchemy import event
 
     sqlite = url.startswith("sqlite")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+        retry = RetryKilledTrials(max_retries)
         common = _Heartbeat(
             heartbeat_interval=heartbeat_s,
             grace_period=2 * heartbeat_s,
@@ -175,7 +188,8 @@ def _rdb(url: str, heartbeat_s: int, reconnect_s: float = DEFAULT_RECONNECT_S) -
         )
         storage: optuna.storages.RDBStorage
         if sqlite:
-            storage = optuna.storages.RDBStorage(url, **common)
+            with readable_sqlite(url):  # a corrupt study.db: one line naming it, no traceback
+                storage = optuna.storages.RDBStorage(url, **common)
         else:
             engine_kwargs: dict[str, Any] = {
                 "pool_pre_ping": True
@@ -210,7 +224,7 @@ def _open_resilient(
         except Exception as exc:
             if is_connection_error(exc):
                 raise StorageUnavailableError(
-                    f"cannot connect to the study storage {mask_url(url)}: {_root_message(exc)}"
+                    f"cannot connect to the study storage {mask_url(url)}: {_root_message(exc, url)}"
                 ) from exc
             raise
     raise AssertionError("unreachable")
@@ -244,12 +258,13 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-def _root_message(exc: BaseException) -> str:
+def _root_message(exc: BaseException, url: str) -> str:
+    """The first line of the root cause, without ``url``'s secrets (driver messages quote parts of it)."""
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
     text = str(root).strip().splitlines()
-    return f"{type(root).__name__}: {text[0] if text else ''}"
+    return scrub(f"{type(root).__name__}: {text[0] if text else ''}", [url])
 
 
 # Storage methods retried through an outage (reads, idempotent upserts, and the few writes whose
@@ -354,15 +369,16 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                         self._gave_up = True
                         raise StorageUnavailableError(
                             f"the study storage {self._masked_url} is unreachable: {name} failed {attempt} times "
-                            f"over {self._reconnect_s:g} s; last error: {_root_message(exc)}. Trials completed "
-                            "so far are safe in the database; restart this process once the server is back"
+                            f"over {self._reconnect_s:g} s; last error: {_root_message(exc, self.url)}. "
+                            "Trials completed so far are safe in the database; "
+                            "restart this process once the server is back"
                         ) from exc
                     if attempt == 1:
                         log.warning(
                             "study storage %s: %s lost its connection (%s); reconnecting for up to %g s",
                             self._masked_url,
                             name,
-                            _root_message(exc),
+                            _root_message(exc, self.url),
                             self._reconnect_s,
                         )
                     time.sleep(min(left, min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())))
@@ -397,7 +413,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 "study storage %s: heartbeat of trial id %d not recorded: %s",
                 self._masked_url,
                 trial_id,
-                exc,
+                scrub(exc, [self.url]),
             )
 
 
@@ -422,6 +438,7 @@ def make_storage(
     *,
     heartbeat_s: int = DEFAULT_HEARTBEAT_S,
     reconnect_s: float | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> BaseStorage:
     """Open the study storage named by ``study.storage``.
 
@@ -433,9 +450,11 @@ def make_storage(
         heartbeat_s: heartbeat interval of RDB storages; a trial silent for twice that is stale.
         reconnect_s: PostgreSQL/MySQL: how long a storage call retries connection errors
             (None: :func:`reconnect_bound`).
+        max_retries: re-runs of a config whose trial went stale (``study.max_retries``).
 
     Returns:
-        An Optuna storage. RDB storages carry a heartbeat and re-queue a stale trial once;
+        An Optuna storage. RDB storages carry a heartbeat and re-queue a stale trial's config
+        up to ``max_retries`` times;
         server databases are a :class:`ResilientRDBStorage`.
 
     Raises:
@@ -451,8 +470,9 @@ def make_storage(
         return _journal(journal_file(url))
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme in ("sqlite", "postgresql", "mysql"):
-        return _rdb(url, heartbeat_s, reconnect_bound() if reconnect_s is None else reconnect_s)
+        bound = reconnect_bound() if reconnect_s is None else reconnect_s
+        return _rdb(url, heartbeat_s, bound, max_retries)
     raise ValueError(
-        f"study.storage: cannot open {storage!r}; expected null, 'journal', journal:///path.log, "
+        f"study.storage: cannot open {mask_url(storage)!r}; expected null, 'journal', journal:///path.log, "
         "sqlite:///path.db, postgresql://... or mysql://..."
     )

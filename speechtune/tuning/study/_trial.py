@@ -195,6 +195,8 @@ class TrialRunner:
 
     def __call__(self, trial: Trial) -> float | list[float]:
         """Run one trial, measured: its ``cost`` user attr is written however it ends."""
+        # First: should this process die, a resumed study tells its trial by the pid at once.
+        trial.set_user_attr("worker", WORKER_ID)
         objective = self.slots(trial.number) if self.slots is not None else self.objective
         meter = EnergyMeter(self.cost_model, gpus=trial_gpus(objective))
         meter.start()
@@ -204,6 +206,13 @@ class TrialRunner:
             # Recorded before Optuna fails the trial and re-raises: the record must say why it
             # ended (an empty reason reads as a crash), and --resume re-runs it by this mark.
             mark_interrupted(trial)
+            raise
+        except (optuna.TrialPruned, TrialFailed):
+            raise  # recorded where they were raised
+        except Exception as exc:
+            # Not the objective's failure (call_objective records those) but ours or the
+            # storage's: the record still says why the trial failed.
+            _record_error(trial, exc)
             raise
         finally:
             # Pruned and failed trials too: their compute was spent all the same.
@@ -227,7 +236,6 @@ class TrialRunner:
         resumed_from = _resume_failed_trial(trial, trial_dir)
         trial.set_user_attr("config", _jsonable(config))
         trial.set_user_attr("trial_dir", str(trial_dir))
-        trial.set_user_attr("worker", WORKER_ID)
         if resumed_from is not None:
             trial.set_user_attr("resumed_from_trial", resumed_from)
         objective = self.slots(trial.number) if self.slots is not None else self.objective
@@ -266,6 +274,13 @@ class TrialRunner:
             f" ({trial.user_attrs['oom_retry']})" if "oom_retry" in trial.user_attrs else ""
         )
         values = self._record(trial, runs, status="complete", reason=reason)
+        nan = [name for name, v in zip(self.obj_spec.names, values) if math.isnan(v)]
+        if nan:
+            # Optuna fails a NaN value without a word: the record must say which one it was.
+            reason = f"error: the objective value {', '.join(nan)} is NaN ({reason})"
+            trial.set_user_attr("status", "error")
+            trial.set_user_attr("reason", reason)
+            raise TrialFailed(reason)
         return values[0] if len(values) == 1 else values
 
     def report_metric(self, trial: Trial) -> str:
@@ -325,7 +340,8 @@ class TrialRunner:
             ]
         )
         trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
+        # Never an empty reason: trials.csv and the report explain every trial by it.
+        trial.set_user_attr("reason", reason or f"{status} (the objective gave no reason)")
         trial.set_user_attr("metrics", _jsonable(metrics))
         if "group_wer" in first.extra:
             trial.set_user_attr("group_wer", _jsonable(first.extra["group_wer"]))
@@ -428,6 +444,17 @@ def sample_space(
     if space.base or not base_flat:
         return space.sample(trial)
     return space.sample(trial, base=base_flat)
+
+
+def _record_error(trial: Trial, exc: Exception) -> None:
+    """Record on a running trial the exception that is about to fail it."""
+    lines = str(exc).strip().splitlines()
+    reason = f"error: {type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    try:
+        trial.set_user_attr("status", "error")
+        trial.set_user_attr("reason", reason)
+    except Exception as record_exc:  # e.g. the storage is gone: the original error matters more
+        log.warning("trial %d: could not record its failure: %s", trial.number, record_exc)
 
 
 def call_objective(

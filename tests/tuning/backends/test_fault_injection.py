@@ -17,6 +17,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from speechtune._urls import mask_url
 from tests.helpers.pg_server import PgServer
 from tests.helpers.workers import (
     Procs,
@@ -52,12 +53,11 @@ def _worker(
     *extra: str,
     env: dict[str, str] | None = None,
 ):
+    # The URL (password included) goes in the environment, as the packed backend passes it.
     argv = speechtune_argv(
         "worker",
         "--study",
         study,
-        "--storage",
-        url,
         "--run-dir",
         str(run_dir),
         "--heartbeat-s",
@@ -67,7 +67,7 @@ def _worker(
         "--no-report",
         *extra,
     )
-    return procs.start(name, argv, env=env)
+    return procs.start(name, argv, env={**(env or {}), "SPEECHTUNE_STORAGE": url})
 
 
 def _kill_tree(pid: int) -> None:
@@ -240,7 +240,9 @@ def test_postgres_gone_workers_stop_with_clear_error(
     out = procs.log(worker)
     assert rc == 3, out[-3000:]
     last_line = out.strip().splitlines()[-1]
-    assert last_line.startswith(f"error: the study storage {url} is unreachable"), out[-3000:]
+    expected = f"error: the study storage {mask_url(url)} is unreachable"
+    assert last_line.startswith(expected), out[-3000:]
+    assert pg.password_token not in out and "warning: --storage holds a password" not in out
     complete = _complete_values(url, "gone")
     assert all(complete.get(n) == v for n, v in before.items())
 

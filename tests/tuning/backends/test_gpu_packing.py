@@ -397,7 +397,6 @@ def test_slotted_objective_timeout_is_an_error_outcome(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_worker_argv_matches_the_worker_contract(tmp_path: Path) -> None:
     argv = _local_workers.worker_argv(
-        "journal:////x/j.log",
         "s",
         tmp_path,
         config="t.yaml",
@@ -407,9 +406,34 @@ def test_worker_argv_matches_the_worker_contract(tmp_path: Path) -> None:
     )
     assert argv[:4] == [sys.executable, "-m", "speechtune.cli", "worker"]
     assert argv[4:] == [
-        "--study-name", "s", "--storage", "journal:////x/j.log", "--run-dir", str(tmp_path), "--device", "cuda",
+        "--study-name", "s", "--run-dir", str(tmp_path), "--device", "cuda",
         "--config", "t.yaml", "--n-trials", "8", "--gpu-slots", "4",
     ]  # fmt: skip
+
+
+def test_launch_local_workers_passes_the_storage_in_the_environment_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stand-in workers record what `ps` would show (their /proc cmdline) and their environment.
+    url = "postgresql+psycopg://tuner:Sup3r-Secret#pw@db.example:5432/st"
+    script = (
+        "import json, os, sys; "
+        "argv = open('/proc/self/cmdline', 'rb').read().decode(); "
+        "open(os.path.join(sys.argv[1], os.environ['SPEECHTUNE_WORKER_INDEX']), 'w')"
+        ".write(json.dumps([argv, os.environ.get('SPEECHTUNE_STORAGE')]))"
+    )
+    real_argv = _local_workers.worker_argv
+    monkeypatch.setattr(
+        _local_workers,
+        "worker_argv",
+        lambda *a, **k: [sys.executable, "-c", script, str(tmp_path)],
+    )
+    assert _local_workers.launch_local_workers(url, "s", tmp_path, 2, timeout_s=60) == [0, 0]
+    for i in range(2):
+        argv, storage = json.loads((tmp_path / str(i)).read_text())
+        assert "Sup3r-Secret" not in argv and storage == url
+    built = " ".join(real_argv("s", tmp_path, extra_argv=["--no-tracking"]))
+    assert "--storage" not in built and "Sup3r-Secret" not in built
 
 
 def test_launch_local_workers_stops_every_worker_at_the_timeout(
@@ -470,8 +494,19 @@ def packed_objective(config: dict[str, Any], reporter: Any, trial_dir: Path) -> 
     wer = (float(config["x"]) - 0.3) ** 2 + 0.1
     reporter.report(1, wer=wer)
     Path(trial_dir).mkdir(parents=True, exist_ok=True)
+    # The worker's command line as `ps` shows it, and whether it kept the storage URL in its
+    # environment (the worker takes it out, so that trial processes do not inherit it).
+    cmdline = Path("/proc/self/cmdline").read_bytes().decode(errors="replace").split("\0")
     (Path(trial_dir) / "span.json").write_text(
-        json.dumps({"pid": os.getpid(), "start": t0, "end": time.time()})
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "start": t0,
+                "end": time.time(),
+                "cmdline": cmdline,
+                "storage_env": "SPEECHTUNE_STORAGE" in os.environ,
+            }
+        )
     )
     return {"wer": wer}
 
@@ -534,6 +569,9 @@ def test_run_packed_study_with_three_worker_processes(tmp_path: Path) -> None:
         for b in spans[i + 1 :]
     )
     assert overlaps >= 1  # ...at the same time
+    for span in spans:  # the storage reached the workers through the environment, not argv
+        assert "--storage" not in span["cmdline"] and not span["storage_env"]
+        assert not any("journal" in arg for arg in span["cmdline"]), span["cmdline"]
     # The default SQLite storage was swapped for a journal file; results and attrs are in it.
     assert (run_dir / "journal.log").is_file() and not (run_dir / "study.db").exists()
     attrs = study.user_attrs

@@ -17,11 +17,12 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from speechtune._urls import mask_url
 from speechtune.cli import main
 from speechtune.config import config_to_dict
 from speechtune.data import Manifest, PreparedData
 from speechtune.training import CallbackReporter
-from speechtune.tuning.backends import run_study, stored_spec_file, worker_seed
+from speechtune.tuning.backends import PackedBackend, run_study, stored_spec_file, worker_seed
 from speechtune.tuning.objectives import (
     CONTINUE_MARKER,
     RecipeObjective,
@@ -31,7 +32,7 @@ from speechtune.tuning.spec import build_spec, load_tuning
 from speechtune.tuning.study import open_study
 from tests.helpers.pg_server import PgServer
 from tests.helpers.recipes import tiny_config
-from tests.helpers.workers import Procs, command_spec, speechtune_argv, trials
+from tests.helpers.workers import Procs, command_spec, python_spec, speechtune_argv, trials
 
 pytestmark = pytest.mark.services
 
@@ -115,6 +116,31 @@ def test_worker_on_an_unreachable_server_says_so(
     assert rc == 3
     assert "cannot connect to the study storage postgresql+psycopg://me:***@127.0.0.1" in err
     assert "secret" not in err
+    assert "warning: --storage holds a password" in err  # visible in `ps`: use the environment
+
+
+def test_worker_reads_the_storage_from_the_environment(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers.pg_server import free_port
+
+    url = f"postgresql+psycopg://me:s3cr#t/pw@127.0.0.1:{free_port()}/db"
+    monkeypatch.setenv("SPEECHTUNE_STORAGE", url)
+    rc = main(["worker", "--study", "s", "--run-dir", str(tmp_path), "--no-tracking", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "cannot connect to the study storage postgresql+psycopg://me:***@127.0.0.1" in err
+    assert "s3cr" not in err and "warning" not in err
+    # Taken out of the environment: the trials' processes do not inherit the password.
+    assert "SPEECHTUNE_STORAGE" not in os.environ
+
+
+def test_worker_without_a_storage_names_both_ways_to_give_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SPEECHTUNE_STORAGE", raising=False)
+    assert main(["worker", "--study", "s", "--run-dir", str(tmp_path)]) == 2
+    assert "--storage (or $SPEECHTUNE_STORAGE) is required" in capsys.readouterr().err
 
 
 def test_import_function() -> None:
@@ -144,20 +170,13 @@ def test_tune_on_postgres_then_a_worker_joins_from_the_stored_spec(
 ) -> None:
     url = pg.create_database("tune_then_worker")
     cfg = command_spec(tmp_path / "study.yaml", name="tw", n_trials=3, epochs=2, sleep_s=0.05)
+    # Tracked (MLflow's store in the run dir): its params must not hold the password either.
     driver = procs.start(
         "driver",
         speechtune_argv(
-            "tune",
-            "--config",
-            str(cfg),
-            "--storage",
-            url,
-            "--run-dir",
-            str(tmp_path / "driver"),
-            "--no-tracking",
-            "--quiet",
+            "tune", "--config", str(cfg), "--storage", url, "--run-dir", str(tmp_path / "driver"), "--quiet"
         ),
-    )
+    )  # fmt: skip
     assert procs.wait(driver, 120) == 0, procs.log(driver)[-3000:]
     assert (tmp_path / "driver" / "best.yaml").is_file()
     # A worker elsewhere (another cwd, no copy of study.yaml) takes the study to 5 trials.
@@ -166,20 +185,12 @@ def test_tune_on_postgres_then_a_worker_joins_from_the_stored_spec(
     worker = procs.start(
         "worker",
         speechtune_argv(
-            "worker",
-            "--study",
-            "tw",
-            "--storage",
-            url,
-            "--run-dir",
-            str(elsewhere / "run"),
-            "--n-trials",
-            "5",
-            "--no-tracking",
-            "--quiet",
+            "worker", "--study", "tw", "--run-dir", str(elsewhere / "run"), "--n-trials", "5",
+            "--no-tracking", "--quiet",
         ),
+        env={"SPEECHTUNE_STORAGE": url},
         cwd=elsewhere,
-    )
+    )  # fmt: skip
     assert procs.wait(worker, 120) == 0, procs.log(worker)[-3000:]
     done = trials(url, "tw")
     assert [t.number for t in done] == list(range(5))
@@ -191,6 +202,47 @@ def test_tune_on_postgres_then_a_worker_joins_from_the_stored_spec(
     assert (elsewhere / "run" / "stored_spec.yaml").is_file() and (
         elsewhere / "run" / "best.yaml"
     ).is_file()
+    # Nothing either process wrote (spec.yaml, stored_spec.yaml, trials.csv, report.html, the
+    # MLflow store, their output) holds the password, nor does the study's recorded spec.
+    token = pg.password_token.encode()
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and token in p.read_bytes()] == []
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        attrs = optuna.load_study(study_name="tw", storage=storage).user_attrs
+    finally:
+        storage.engine.dispose()
+    assert attrs["spec"]["study"]["storage"] == mask_url(url)
+
+
+def test_packed_workers_get_the_password_outside_their_command_line(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    url = pg.create_database("packed_secret")
+    spec = load_tuning(python_spec(tmp_path / "tuning.yaml", name="ps", n_trials=4))
+    backend = PackedBackend(
+        2,
+        storage=url,
+        device="cpu",
+        extra_argv=[
+            "--function",
+            "tests.tuning.backends.test_gpu_packing:packed_objective",
+            "--no-tracking",
+            "--no-report",
+            "--quiet",
+        ],
+        timeout_s=120,
+        env={"SPEECHTUNE_TEST_THREADS": "1"},
+    )
+    study = run_study(spec, None, tmp_path / "run", backend=backend, n_trials=4, progress=False)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert len(done) >= 4, study.user_attrs.get("worker_exit_codes")
+    # Each trial recorded its worker's /proc/self/cmdline (what `ps` shows) and environment.
+    for t in done:
+        span = json.loads((Path(t.user_attrs["trial_dir"]) / "span.json").read_text())
+        assert pg.password_token not in "\0".join(span["cmdline"]), span["cmdline"]
+        assert "--storage" not in span["cmdline"] and not span["storage_env"]
+    logs = "".join(p.read_text() for p in (tmp_path / "run" / "workers").iterdir())
+    assert pg.password_token not in logs and "warning: --storage" not in logs
 
 
 def test_worker_without_config_needs_an_existing_study(
@@ -240,7 +292,8 @@ def test_stored_recipe_spec_rebuilds_without_the_drivers_files(
     assert rebuilt.base_recipe == spec.base_recipe
     assert Path(rebuilt.raw["recipe"]) == (tmp_path / "worker" / "stored_recipe.yaml").resolve()
     assert rebuilt.space.params.keys() == spec.space.params.keys()
-    assert rebuilt.study.storage == url
+    # The file stays in the run directory: it names the storage with the password masked.
+    assert rebuilt.study.storage == mask_url(url) and pg.password_token not in path.read_text()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from speechtune.tuning.spec import FidelitySpec, load_tuning, validate_tuning
 from tests.helpers.paths import CONF
 
 RECIPE = str(CONF / "synthetic.yaml")
+#: A space with something to search, for specs about other sections (an empty one is refused).
+SPACE = {"model.dropout": [0.0, 0.1]}
 
 
 def _write(tmp_path: Path, data: dict[str, Any], name: str = "tuning.yaml") -> Path:
@@ -335,7 +337,9 @@ def test_rung_shape_problems(tmp_path: Path) -> None:
     def keys(fidelity: Any) -> list[str]:
         return [
             p.key
-            for p in validate_tuning(_write(tmp_path, {"recipe": RECIPE, "fidelity": fidelity}))
+            for p in validate_tuning(
+                _write(tmp_path, {"recipe": RECIPE, "space": SPACE, "fidelity": fidelity})
+            )
         ]
 
     assert keys([1, 2]) == ["fidelity"]
@@ -367,6 +371,7 @@ def test_warm_start_is_resolved_against_the_tuning_file(tmp_path: Path) -> None:
         tmp_path,
         {
             "recipe": RECIPE,
+            "space": SPACE,
             "fidelity": {
                 "warm_start": "runs/old/best.yaml",
                 "warm_start_top_k": 5,
@@ -392,6 +397,7 @@ def test_other_corpora_get_nominal_shares_until_the_size_is_known(tmp_path: Path
         tmp_path,
         {
             "recipe": RECIPE,
+            "space": SPACE,
             "overrides": {
                 "data.corpus": "manifest",
                 "data.manifest": "train.jsonl",
@@ -440,14 +446,23 @@ def test_multi_objective_studies_cannot_climb_a_ladder(tmp_path: Path) -> None:
     objective = {"extra_objectives": ["latency_ms_per_audio_s"]}
     path = _write(
         tmp_path,
-        {"recipe": RECIPE, "study": {"pruner": "none"}, "objective": objective, "fidelity": {}},
+        {
+            "recipe": RECIPE,
+            "space": SPACE,
+            "study": {"pruner": "none"},
+            "objective": objective,
+            "fidelity": {},
+        },
     )
     problems = validate_tuning(path)
     assert [p.key for p in problems] == ["fidelity"] and "scalarize" in problems[0].rule
     objective["scalarize"] = {"wer": 1.0, "latency_ms_per_audio_s": 0.01}
     assert (
         load_tuning(
-            _write(tmp_path, {"recipe": RECIPE, "objective": objective, "fidelity": {}})
+            _write(
+                tmp_path,
+                {"recipe": RECIPE, "space": SPACE, "objective": objective, "fidelity": {}},
+            )
         ).fidelity
         is not None
     )
