@@ -529,6 +529,8 @@ def import_corpus(
         ManifestFormatError: see :func:`load_manifest`.
     """
     loaded = load_manifest(src, allow_outside_root=allow_outside_root)
+    if not len(loaded):
+        raise ManifestFormatError(f"{src}: no utterances in it (expected at least one record)")
     good, report = validate_manifest(
         loaded,
         charset=charset,
@@ -537,7 +539,11 @@ def import_corpus(
         skip_bad=skip_bad,
     )
     out = Path(out_dir) / "manifest.jsonl"
-    good.to_jsonl(out)
     write_skipped(Path(out_dir) / SKIPPED_FILE, {loaded.split: report.skipped})
+    if not len(good):  # --skip-bad skipped everything: an empty corpus trains nothing
+        raise ManifestFormatError(
+            f"{src}: every utterance was bad, none imported (listed in {out_dir}/{SKIPPED_FILE})"
+        )
+    good.to_jsonl(out)
     log.info("imported %s: %s", src, report.summary())
     return load_manifest(out, split=loaded.split), report

@@ -2,7 +2,8 @@
 
 For each input the command must exit non-zero with exactly one ``error:`` line that names the
 offending key, file or utterance, print no traceback, and write nothing outside its run or
-output directory. The inputs span recipe configs, ``--set`` overrides, tuning YAMLs, search-space
+output directory. (A file with several problems gets one ``error:`` line that counts them, then one
+``  - key: problem`` line each.) The inputs span recipe configs, ``--set`` overrides, tuning YAMLs, search-space
 expressions, manifests, audio, model files, study storages and tarballs; each case builds its
 files in a fresh directory, so the corpus documents what is refused as much as it tests it.
 """
@@ -90,7 +91,7 @@ def _recipe_text(text: str | bytes) -> Callable[[Path], list[str]]:
 
 RECIPE_CASES: dict[str, Case] = {
     "recipe-missing-file": Case(lambda tmp: _train(tmp / "nope.yaml", tmp), "nope.yaml"),
-    "recipe-is-a-directory": Case(lambda tmp: _train(tmp, tmp), str(Path("."))),
+    "recipe-is-a-directory": Case(lambda tmp: _train(tmp, tmp), "directory"),
     "recipe-empty-file": Case(_recipe_text(""), "recipe.yaml"),
     "recipe-top-level-list": Case(_recipe_text("- 1\n- 2\n"), "recipe.yaml"),
     "recipe-yaml-syntax": Case(_recipe_text("model: {d_model: 144\n"), "recipe.yaml"),
@@ -157,7 +158,7 @@ def _space(**params: Any) -> Callable[[dict[str, Any]], None]:
 def _derive(expression: str) -> Callable[[dict[str, Any]], None]:
     return _space(
         x={"type": "float", "low": 0.0, "high": 1.0},
-        y={"type": "derived", "expr": expression},
+        y={"derive": expression},
     )
 
 
@@ -222,11 +223,11 @@ TUNING_CASES: dict[str, Case] = {
     "objective-missing-module": _tuning_case(_section("objective", function="no_such_module:f"), "no_such_module"),
     "objective-bad-direction": _tuning_case(_section("objective", direction="up"), "objective.direction"),
     "command-missing-argv0": _tuning_case(
-        lambda s: s.update(objective={"kind": "command", "metric": "wer", "command": {"argv": ["no-such-program-xyz", "{config}"]}}),
+        lambda s: s.update(objective={"kind": "command", "metric": "wer"}, command={"argv": ["no-such-program-xyz", "{config}"]}),
         "no-such-program-xyz",
     ),
     "command-empty-argv": _tuning_case(
-        lambda s: s.update(objective={"kind": "command", "metric": "wer", "command": {"argv": []}}),
+        lambda s: s.update(objective={"kind": "command", "metric": "wer"}, command={"argv": []}),
         "command.argv",
     ),
     "tune-n-trials-flag-negative": Case(lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--n-trials", "-3"), "--n-trials"),
@@ -409,15 +410,15 @@ STORAGE_CASES: dict[str, Case] = {
     "storage-unknown-scheme": Case(
         lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--storage", "mongodb://localhost/st"), "mongodb"
     ),
-    "storage-journal-in-missing-dir": Case(
-        lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--storage", f"journal:///{tmp}/no/such/dir/j.log"),
-        "no/such/dir",
+    "storage-journal-is-a-directory": Case(
+        lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--storage", f"journal:///{(tmp / 'jdir').mkdir() or tmp / 'jdir'}"),
+        "jdir",
     ),
     "report-not-a-run-dir": Case(lambda tmp: ["report", str(_write(tmp / "run" / "notes.txt", "x").parent)], "run"),
     "report-missing-dir": Case(lambda tmp: ["report", str(tmp / "run" / "absent")], "absent"),
     "rerun-not-a-run-dir": Case(lambda tmp: ["rerun", str(_write(tmp / "run" / "x.txt", "x").parent)], "run"),
     "worker-unknown-study": Case(
-        lambda tmp: ["worker", "--study-name", "nope", "--storage", f"sqlite:///{tmp}/run/s.db", "--run-dir", str(tmp / "run"), "--no-tracking"],  # fmt: skip
+        lambda tmp: ["worker", "--study-name", "nope", "--storage", f"journal:///{tmp}/run/s.log", "--run-dir", str(tmp / "run"), "--no-tracking"],  # fmt: skip
         "nope",
     ),
 }
@@ -446,7 +447,14 @@ def _member(name: str, data: bytes = b"x", **attrs: Any) -> tuple[tarfile.TarInf
 
 
 def _an4_from(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
-    return lambda tmp: ["data", "an4", str(make(tmp)), "--out", str(tmp / "run")]
+    """``data an4`` on a local copy: a directory as is, an archive as a ``file://`` URL."""
+
+    def build(tmp: Path) -> list[str]:
+        source = make(tmp)
+        where = source.as_uri() if source.name.endswith(".tar.gz") else str(source)
+        return ["data", "an4", "--source", where, "--out", str(tmp / "run")]
+
+    return build
 
 
 TAR_CASES: dict[str, Case] = {
@@ -502,8 +510,13 @@ def test_bad_input_is_one_named_line(
     text = out + err
     assert code != 0, f"{name}: exit 0\n{text[-2000:]}"
     assert "Traceback" not in text, f"{name}: traceback\n{text[-3000:]}"
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = err.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
     assert len(errors) == 1, f"{name}: expected one error line\n{err[-2000:]}"
-    assert case.names in errors[0], f"{name}: {case.names!r} not named in {errors[0]!r}"
+    # One line, or, where a file has several problems, that line and one "  - " line for each.
+    block = [lines[errors[0]]]
+    block += [ln for ln in lines[errors[0] + 1 :] if ln.startswith("  - ")]
+    message = "\n".join(block)
+    assert case.names in message, f"{name}: {case.names!r} not named in {message!r}"
     assert _snapshot(tmp_path, tmp_path / "run") == before, f"{name}: wrote outside the run dir"
     assert not Path("/tmp/evil-abs.txt").exists()

@@ -104,6 +104,17 @@ def test_skip_bad_lists_skipped_in_out_dir_and_clears_a_stale_list(corpus: Path)
     assert not (out / SKIPPED_FILE).exists()  # never describes an earlier import
 
 
+def test_an_empty_or_all_bad_corpus_is_refused(corpus: Path) -> None:
+    out = corpus.parent / "out"
+    with pytest.raises(ManifestFormatError, match=r"m\.jsonl: no utterances"):
+        import_corpus(_jsonl(corpus / "m.jsonl", []), out)
+    src = _jsonl(corpus / "m.jsonl", [_rec("big", "wav/long.wav")])
+    with pytest.raises(ManifestFormatError, match="every utterance was bad"):
+        import_corpus(src, out, skip_bad=True)
+    assert (out / SKIPPED_FILE).read_text().count("big") == 1
+    assert not (out / "manifest.jsonl").exists()
+
+
 # -- audio confined to the manifest's directory ---------------------------------------------
 @pytest.mark.parametrize(
     "audio",

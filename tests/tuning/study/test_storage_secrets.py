@@ -24,8 +24,18 @@ def test_a_bad_journal_url_is_named_without_its_secret() -> None:
     assert "tk-31337" not in str(err.value)
 
 
-def test_a_run_dir_recording_a_masked_storage_asks_for_the_url(tmp_path: Path) -> None:
+def test_a_run_dir_recording_a_masked_storage_takes_the_url_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     masked = "postgresql+psycopg://tuner:***@db:5432/st"
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"study": {"storage": masked}}))
-    with pytest.raises(ValueError, match="password hidden; give the storage URL itself"):
+    monkeypatch.delenv("SPEECHTUNE_STORAGE", raising=False)
+    with pytest.raises(ValueError, match=r"password hidden; set \$SPEECHTUNE_STORAGE"):
         resolve_storage(tmp_path)
+    # Another database in the environment is not taken for this one.
+    monkeypatch.setenv("SPEECHTUNE_STORAGE", "postgresql+psycopg://tuner:pw-1@other:5432/st")
+    with pytest.raises(ValueError, match="password hidden"):
+        resolve_storage(tmp_path)
+    real = "postgresql+psycopg://tuner:pw-1@db:5432/st"
+    monkeypatch.setenv("SPEECHTUNE_STORAGE", real)
+    assert resolve_storage(tmp_path) == real
