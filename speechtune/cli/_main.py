@@ -103,8 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"error: {scrub(exc)}", file=sys.stderr)
             return 2
-        if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError, ImportError)):
-            # Bad input (manifests, audio, test-split refusals) ends with its message, not a traceback;
+        if isinstance(exc, (ValueError, OSError, RuntimeError, ImportError)):
+            # Bad input (manifests, audio, test-split refusals, a path that is a directory or
+            # unreadable: OSError names it) ends with its message, not a traceback;
             # a URL in it (a driver's message may quote the storage URL) loses its password.
             print(f"error: {type(exc).__name__}: {scrub(exc)}", file=sys.stderr)
             return 1

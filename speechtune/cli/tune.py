@@ -311,7 +311,13 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
         print("compute: " + format_cost(cost["total"]))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        print("no trial completed: see the reasons in", run_dir / "trials.csv")
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        last = TrialRecord.from_trial(failed[-1]).reason if failed else ""
+        why = f"; the last failure: {last}" if last else ""
+        print(
+            f"error: no trial completed{why} (every reason is in {run_dir / 'trials.csv'})",
+            file=sys.stderr,
+        )
         return 1
     choice = select_best(study)
     if choice is None:

@@ -418,11 +418,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             ) from exc
         except YamlFileError as exc:
             raise ConfigError([ConfigProblem(str(path), exc.reason, exc.snippet)]) from exc
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:  # an empty (or truncated-to-nothing) file is a mistake, not "defaults"
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        str(path),
+                        "the file is empty; expected a mapping of sections such as model: and "
+                        "train: (leave out --config for the built-in defaults)",
+                        "",
+                    )
+                ]
+            )
+        if not isinstance(loaded, dict):
             raise ConfigError(
                 [ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)]
             )
-        data = loaded or {}
+        data = loaded
     if overrides:
         data = merge(data, parse_overrides(overrides))
     return config_from_dict(data, source)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import pickle
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,19 +98,29 @@ RECIPE_CASES: dict[str, Case] = {
     "recipe-top-level-list": Case(_recipe_text("- 1\n- 2\n"), "recipe.yaml"),
     "recipe-yaml-syntax": Case(_recipe_text("model: {d_model: 144\n"), "recipe.yaml"),
     "recipe-not-utf8": Case(_recipe_text(b"seed: 1\nname: caf\xe9\n"), "recipe.yaml"),
-    "recipe-python-tag": Case(_recipe_text("seed: !!python/object/apply:os.system [id]\n"), "recipe.yaml"),
+    "recipe-python-tag": Case(
+        _recipe_text("seed: !!python/object/apply:os.system [id]\n"), "recipe.yaml"
+    ),
     "recipe-unknown-section": Case(_recipe_edit("decode:", "decoder:"), "decoder"),
     "recipe-unknown-key": Case(_recipe_edit("d_model: 144", "d_modle: 144"), "d_modle"),
     "recipe-wrong-type": Case(_recipe_edit("d_model: 144", "d_model: big"), "model.d_model"),
     "recipe-negative-lr": Case(_recipe_edit("lr: 0.003", "lr: -0.003"), "optim.lr"),
     "recipe-nan-lr": Case(_recipe_edit("lr: 0.003", "lr: .nan"), "optim.lr"),
-    "recipe-unknown-encoder": Case(_recipe_edit("encoder: conformer", "encoder: lstmx"), "model.encoder"),
+    "recipe-unknown-encoder": Case(
+        _recipe_edit("encoder: conformer", "encoder: lstmx"), "model.encoder"
+    ),
     "recipe-unknown-optimizer": Case(_recipe_edit("name: adamw", "name: adamx"), "optim.name"),
     "recipe-zero-epochs": Case(_recipe_edit("epochs: 25", "epochs: 0"), "train.epochs"),
-    "recipe-bool-as-int": Case(_recipe_edit("batch_size: 8", "batch_size: true"), "train.batch_size"),
+    "recipe-bool-as-int": Case(
+        _recipe_edit("batch_size: 8", "batch_size: true"), "train.batch_size"
+    ),
     "recipe-heads-not-dividing": Case(_recipe_edit("num_heads: 4", "num_heads: 5"), "num_heads"),
-    "recipe-dev-fraction-above-1": Case(_recipe_edit("dev_fraction: 0.15", "dev_fraction: 1.5"), "data.dev_fraction"),
-    "recipe-unknown-corpus": Case(_recipe_edit("corpus: synthetic", "corpus: timit"), "data.corpus"),
+    "recipe-dev-fraction-above-1": Case(
+        _recipe_edit("dev_fraction: 0.15", "dev_fraction: 1.5"), "data.dev_fraction"
+    ),
+    "recipe-unknown-corpus": Case(
+        _recipe_edit("corpus: synthetic", "corpus: timit"), "data.corpus"
+    ),
     "set-unclosed-list": Case(_recipe_set("train.epochs=[1,"), "train.epochs"),
     "set-python-tag": Case(_recipe_set("seed=!!python/object/apply:os.system [id]"), "seed"),
     "set-no-equals": Case(_recipe_set("train.epochs"), "train.epochs"),
@@ -186,18 +198,32 @@ TUNING_CASES: dict[str, Case] = {
     "tuning-yaml-syntax": Case(_raw_tuning("space: [\n"), "tuning.yaml"),
     "tuning-top-level-scalar": Case(_raw_tuning("42\n"), "tuning.yaml"),
     "tuning-python-tag": Case(_raw_tuning("study: !!python/name:os.system\n"), "tuning.yaml"),
-    "tuning-unknown-section": Case(lambda tmp: _tune(_tuning(tmp, lambda s: s.update(stduy={})), tmp), "stduy"),
+    "tuning-unknown-section": Case(
+        lambda tmp: _tune(_tuning(tmp, lambda s: s.update(stduy={})), tmp), "stduy"
+    ),
     "space-empty": _tuning_case(_space(), "space", cmd="validate"),
     "space-empty-tune": _tuning_case(_space(), "space"),
-    "space-all-fixed": _tuning_case(_space(x={"type": "fixed", "value": 1}), "space", cmd="validate"),
+    "space-all-fixed": _tuning_case(
+        _space(x={"type": "fixed", "value": 1}), "space", cmd="validate"
+    ),
     "space-unknown-type": _tuning_case(_space(x={"type": "gaussian"}), "x"),
-    "space-low-above-high": _tuning_case(_space(x={"type": "float", "low": 2.0, "high": 1.0}), "x"),
-    "space-log-of-zero": _tuning_case(_space(x={"type": "float", "low": 0.0, "high": 1.0, "log": True}), "x"),
+    "space-low-above-high": _tuning_case(
+        _space(x={"type": "float", "low": 2.0, "high": 1.0}), "x"
+    ),
+    "space-log-of-zero": _tuning_case(
+        _space(x={"type": "float", "low": 0.0, "high": 1.0, "log": True}), "x"
+    ),
     "space-no-choices": _tuning_case(_space(x={"type": "categorical", "choices": []}), "x"),
     "space-int-float-bounds": _tuning_case(_space(x={"type": "int", "low": 0.5, "high": 3}), "x"),
-    "space-nan-bound": _tuning_case(_space(x={"type": "float", "low": float("nan"), "high": 1.0}), "x"),
-    "space-inf-bound": _tuning_case(_space(x={"type": "float", "low": 0.0, "high": float("inf")}), "x"),
-    "space-when-unknown-key": _tuning_case(_space(x={"type": "float", "low": 0.0, "high": 1.0, "when": {"nope": [1]}}), "nope"),
+    "space-nan-bound": _tuning_case(
+        _space(x={"type": "float", "low": float("nan"), "high": 1.0}), "x"
+    ),
+    "space-inf-bound": _tuning_case(
+        _space(x={"type": "float", "low": 0.0, "high": float("inf")}), "x"
+    ),
+    "space-when-unknown-key": _tuning_case(
+        _space(x={"type": "float", "low": 0.0, "high": 1.0, "when": {"nope": [1]}}), "nope"
+    ),
     "derive-nested-power": _tuning_case(_derive("((9**1024)**1024)**1024"), "y"),
     "derive-power-tower": _tuning_case(_derive("9**9**9**9"), "y"),
     "derive-huge-shift": _tuning_case(_derive("2 << 10**6"), "y"),
@@ -219,18 +245,29 @@ TUNING_CASES: dict[str, Case] = {
     "study-bad-seed": _tuning_case(_section("study", seed="zero"), "study.seed"),
     "study-bad-name": _tuning_case(_section("study", name=""), "study.name"),
     "objective-unknown-kind": _tuning_case(_section("objective", kind="magic"), "objective.kind"),
-    "objective-bad-function": _tuning_case(_section("objective", function="fn_objective"), "objective.function"),
-    "objective-missing-module": _tuning_case(_section("objective", function="no_such_module:f"), "no_such_module"),
-    "objective-bad-direction": _tuning_case(_section("objective", direction="up"), "objective.direction"),
+    "objective-bad-function": _tuning_case(
+        _section("objective", function="fn_objective"), "objective.function"
+    ),
+    "objective-missing-module": _tuning_case(
+        _section("objective", function="no_such_module:f"), "no_such_module"
+    ),
+    "objective-bad-direction": _tuning_case(
+        _section("objective", direction="up"), "objective.direction"
+    ),
     "command-missing-argv0": _tuning_case(
-        lambda s: s.update(objective={"kind": "command", "metric": "wer"}, command={"argv": ["no-such-program-xyz", "{config}"]}),
+        lambda s: s.update(
+            objective={"kind": "command", "metric": "wer"},
+            command={"argv": ["no-such-program-xyz", "{config}"]},
+        ),
         "no-such-program-xyz",
     ),
     "command-empty-argv": _tuning_case(
         lambda s: s.update(objective={"kind": "command", "metric": "wer"}, command={"argv": []}),
         "command.argv",
     ),
-    "tune-n-trials-flag-negative": Case(lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--n-trials", "-3"), "--n-trials"),
+    "tune-n-trials-flag-negative": Case(
+        lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--n-trials", "-3"), "--n-trials"
+    ),
 }
 
 
@@ -299,22 +336,37 @@ MANIFEST_CASES: dict[str, Case] = {
     "manifest-missing": Case(lambda tmp: _import(tmp / "none.jsonl", tmp), "none.jsonl"),
     "manifest-empty": _manifest_case(names="manifest.jsonl"),
     "manifest-bad-json": _manifest_case(raw=b'{"id": "utt1", "audio": \n', names="manifest.jsonl"),
-    "manifest-not-utf8": _manifest_case(raw=b'{"id": "utt1", "audio": "wav/ok.wav", "text": "caf\xe9"}\n', names="manifest.jsonl"),
-    "manifest-missing-text": _manifest_case(lambda tmp: [{"id": "utt1", "audio": "wav/ok.wav"}], "text"),
-    "manifest-missing-audio-field": _manifest_case(lambda tmp: [{"id": "utt1", "text": "YES"}], "audio"),
+    "manifest-not-utf8": _manifest_case(
+        raw=b'{"id": "utt1", "audio": "wav/ok.wav", "text": "caf\xe9"}\n', names="manifest.jsonl"
+    ),
+    "manifest-missing-text": _manifest_case(
+        lambda tmp: [{"id": "utt1", "audio": "wav/ok.wav"}], "text"
+    ),
+    "manifest-missing-audio-field": _manifest_case(
+        lambda tmp: [{"id": "utt1", "text": "YES"}], "audio"
+    ),
     "manifest-audio-not-found": _manifest_case(lambda tmp: [_record("wav/gone.wav")], "utt1"),
-    "manifest-path-traversal": _manifest_case(lambda tmp: [_record("../../../../etc/passwd")], "utt1"),
-    "manifest-absolute-outside": _manifest_case(lambda tmp: [_record(str(_wav(tmp / "elsewhere" / "a.wav")))], "utt1"),
+    "manifest-path-traversal": _manifest_case(
+        lambda tmp: [_record("../../../../etc/passwd")], "utt1"
+    ),
+    "manifest-absolute-outside": _manifest_case(
+        lambda tmp: [_record(str(_wav(tmp / "elsewhere" / "a.wav")))], "utt1"
+    ),
     "manifest-duplicate-ids": _manifest_case(lambda tmp: [_record(), _record()], "utt1"),
     "manifest-audio-is-text": _manifest_case(_with_audio(_text_audio, "text.wav"), "utt1"),
     "manifest-audio-empty-file": _manifest_case(_with_audio(_empty_audio, "empty.wav"), "utt1"),
     "manifest-audio-truncated": _manifest_case(_with_audio(_truncated_audio, "cut.wav"), "utt1"),
     "manifest-audio-too-long": _manifest_case(_with_audio(_long_audio, "long.wav"), "utt1"),
-    "manifest-audio-zero-samples": _manifest_case(_with_audio(_silent_zero_samples, "zero.wav"), "utt1"),
+    "manifest-audio-zero-samples": _manifest_case(
+        _with_audio(_silent_zero_samples, "zero.wav"), "utt1"
+    ),
     "manifest-empty-transcript": _manifest_case(lambda tmp: [_record(text="")], "utt1"),
-    "manifest-unknown-format": Case(lambda tmp: _import(_write(tmp / "corpus" / "m.xlsx", "x"), tmp), "m.xlsx"),
+    "manifest-unknown-format": Case(
+        lambda tmp: _import(_write(tmp / "corpus" / "m.xlsx", "x"), tmp), "m.xlsx"
+    ),
     "manifest-csv-missing-column": Case(
-        lambda tmp: _import(_write(tmp / "corpus" / "m.csv", "id,path\nutt1,wav/ok.wav\n"), tmp), "m.csv"
+        lambda tmp: _import(_write(tmp / "corpus" / "m.csv", "id,path\nutt1,wav/ok.wav\n"), tmp),
+        "m.csv",
     ),
 }
 
@@ -352,7 +404,12 @@ def _model_file(kind: str) -> Callable[[Path], Path]:
 
 def _transcribe_with(kind: str) -> Callable[[Path], list[str]]:
     def build(tmp: Path) -> list[str]:
-        return ["transcribe", "--checkpoint", str(_model_file(kind)(tmp)), str(_wav(tmp / "a.wav"))]
+        return [
+            "transcribe",
+            "--checkpoint",
+            str(_model_file(kind)(tmp)),
+            str(_wav(tmp / "a.wav")),
+        ]
 
     return build
 
@@ -373,11 +430,23 @@ def _export_with(kind: str) -> Callable[[Path], list[str]]:
     return build
 
 
-MODEL_KINDS = ("text", "empty", "tensor", "pickle", "dict-without-config", "truncated", "dir", "missing")
+MODEL_KINDS = (
+    "text",
+    "empty",
+    "tensor",
+    "pickle",
+    "dict-without-config",
+    "truncated",
+    "dir",
+    "missing",
+)
 
 MODEL_CASES: dict[str, Case] = {
     **{f"transcribe-model-{k}": Case(_transcribe_with(k), "models") for k in MODEL_KINDS},
-    **{f"evaluate-model-{k}": Case(_evaluate_with(k), "models") for k in ("text", "tensor", "pickle", "dir")},
+    **{
+        f"evaluate-model-{k}": Case(_evaluate_with(k), "models")
+        for k in ("text", "tensor", "pickle", "dir")
+    },
     **{f"export-model-{k}": Case(_export_with(k), "models") for k in ("empty", "pickle")},
 }
 
@@ -408,17 +477,38 @@ STORAGE_CASES: dict[str, Case] = {
     "storage-truncated-header-tune": _storage_case(SQLITE_HEADER + b"\x10\x00" * 20, "tune"),
     "storage-truncated-header-report": _storage_case(SQLITE_HEADER + b"\x10\x00" * 20, "report"),
     "storage-unknown-scheme": Case(
-        lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--storage", "mongodb://localhost/st"), "mongodb"
+        lambda tmp: _tune(
+            _tuning(tmp, lambda s: None), tmp, "--storage", "mongodb://localhost/st"
+        ),
+        "mongodb",
     ),
     "storage-journal-is-a-directory": Case(
-        lambda tmp: _tune(_tuning(tmp, lambda s: None), tmp, "--storage", f"journal:///{(tmp / 'jdir').mkdir() or tmp / 'jdir'}"),
+        lambda tmp: _tune(
+            _tuning(tmp, lambda s: None),
+            tmp,
+            "--storage",
+            f"journal:///{(tmp / 'jdir').mkdir() or tmp / 'jdir'}",
+        ),
         "jdir",
     ),
-    "report-not-a-run-dir": Case(lambda tmp: ["report", str(_write(tmp / "run" / "notes.txt", "x").parent)], "run"),
+    "report-not-a-run-dir": Case(
+        lambda tmp: ["report", str(_write(tmp / "run" / "notes.txt", "x").parent)], "run"
+    ),
     "report-missing-dir": Case(lambda tmp: ["report", str(tmp / "run" / "absent")], "absent"),
-    "rerun-not-a-run-dir": Case(lambda tmp: ["rerun", str(_write(tmp / "run" / "x.txt", "x").parent)], "run"),
+    "rerun-not-a-run-dir": Case(
+        lambda tmp: ["rerun", str(_write(tmp / "run" / "x.txt", "x").parent)], "run"
+    ),
     "worker-unknown-study": Case(
-        lambda tmp: ["worker", "--study-name", "nope", "--storage", f"journal:///{tmp}/run/s.log", "--run-dir", str(tmp / "run"), "--no-tracking"],  # fmt: skip
+        lambda tmp: [
+            "worker",
+            "--study-name",
+            "nope",
+            "--storage",
+            f"journal:///{tmp}/run/s.log",
+            "--run-dir",
+            str(tmp / "run"),
+            "--no-tracking",
+        ],  # fmt: skip
         "nope",
     ),
 }
@@ -458,16 +548,29 @@ def _an4_from(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
 
 
 TAR_CASES: dict[str, Case] = {
-    "tar-traversal-member": Case(_an4_from(lambda tmp: _tarball(tmp, [_member("../../evil.txt")])), "an4.tar.gz"),
-    "tar-absolute-member": Case(_an4_from(lambda tmp: _tarball(tmp, [_member("/tmp/evil-abs.txt")])), "an4.tar.gz"),
+    "tar-traversal-member": Case(
+        _an4_from(lambda tmp: _tarball(tmp, [_member("../../evil.txt")])), "an4.tar.gz"
+    ),
+    # Extracted inside the output dir with its leading "/" dropped: then simply not AN4.
+    "tar-absolute-member": Case(
+        _an4_from(lambda tmp: _tarball(tmp, [_member("/tmp/evil-abs.txt")])), "not an AN4 tree"
+    ),
     "tar-symlink-out": Case(
-        _an4_from(lambda tmp: _tarball(tmp, [_member("an4/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")])),
+        _an4_from(
+            lambda tmp: _tarball(
+                tmp, [_member("an4/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")]
+            )
+        ),
         "an4",
     ),
-    "tar-not-a-tarball": Case(_an4_from(lambda tmp: _write(tmp / "corpus" / "an4.tar.gz", b"plain text")), "an4.tar.gz"),
+    "tar-not-a-tarball": Case(
+        _an4_from(lambda tmp: _write(tmp / "corpus" / "an4.tar.gz", b"plain text")), "an4.tar.gz"
+    ),
     "tar-without-an4": Case(_an4_from(lambda tmp: _tarball(tmp, [_member("readme.txt")])), "an4"),
     "an4-dir-missing": Case(_an4_from(lambda tmp: tmp / "corpus" / "nowhere"), "nowhere"),
-    "an4-dir-empty": Case(_an4_from(lambda tmp: (tmp / "corpus").mkdir() or tmp / "corpus"), "corpus"),
+    "an4-dir-empty": Case(
+        _an4_from(lambda tmp: (tmp / "corpus").mkdir() or tmp / "corpus"), "corpus"
+    ),
 }
 
 
@@ -494,7 +597,29 @@ def _snapshot(root: Path, keep: Path) -> dict[Path, tuple[int, int]]:
     }
 
 
+@pytest.fixture
+def log_streams_here() -> Any:
+    """Point the stream handlers of Optuna and the root logger at this test's stderr.
+
+    They were made by an earlier test (or import) around a capture stream pytest has closed
+    since: writing there prints a "--- Logging error ---" traceback that is not the CLI's.
+    """
+    handlers = [
+        h
+        for name in ("optuna", "")
+        for h in logging.getLogger(name).handlers
+        if type(h) is logging.StreamHandler
+    ]
+    old = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.stream = sys.stderr  # not setStream(): it would flush the closed stream
+    yield
+    for handler, stream in zip(handlers, old):
+        handler.stream = stream
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.usefixtures("log_streams_here")
 def test_bad_input_is_one_named_line(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -229,7 +229,7 @@ def test_bad_format_names_the_valid_ones(trained_model: Path, tmp_path: Path, ca
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nope" / "model.pt"
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match=r"model file .*model.pt: not found \(expected"):
         export_model(missing, tmp_path / "out", "torchscript")
     assert (
         main(
@@ -245,7 +245,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
         )
         == 1
     )
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert f"model file {missing}: not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     with pytest.raises(FileNotFoundError, match="exported model not found"):
         load_exported(missing)

@@ -59,7 +59,7 @@ class _Other:
 
 
 #: kind -> (write the file, what the one-line error must say)
-BAD: dict[str, tuple[Callable[[Path], None], str]] = {
+BAD: dict[str, tuple[Callable[[Path], object], str]] = {
     "text": (lambda p: p.write_text("epoch 3: WER 0.31\n"), "is a text file, not a torch file"),
     "empty": (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
     "random-bytes": (

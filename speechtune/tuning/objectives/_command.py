@@ -452,6 +452,30 @@ def _quote_tail(tail: list[str]) -> str:
     return f"; last {len(tail)} line(s) of output:\n" + "\n".join(tail)
 
 
+def missing_program(program: str, cwd: str | Path | None) -> str | None:
+    """Why ``command.argv[0]`` cannot start (not found, not a file), or None when it can.
+
+    Checked before a study's first trial (every trial would fail the same way); a placeholder
+    such as ``{python}`` is filled per trial and always passes.
+    """
+    if "{" in program:
+        return None
+    where = Path(cwd) if cwd is not None else Path.cwd()
+    if os.sep in program:
+        path = Path(program) if Path(program).is_absolute() else where / program
+        if path.is_file():
+            return None
+        return f"command.argv[0] {program!r} does not exist (relative to {where})"
+    if shutil.which(program) is not None:
+        return None
+    hint = (
+        "; write {python} for the interpreter running speechtune"
+        if program.startswith("python")
+        else ""
+    )
+    return f"command.argv[0] {program!r} was not found on PATH{hint}"
+
+
 def _cannot_start(program: str, cwd: str | Path | None, exc: OSError) -> str:
     """A one-line reason for a command that did not start, with the likely fix."""
     where = Path(cwd) if cwd is not None else Path.cwd()

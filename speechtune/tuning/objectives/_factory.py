@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from speechtune.tuning.objectives._base import Objective
-from speechtune.tuning.objectives._command import CommandObjective
+from speechtune.tuning.objectives._command import CommandObjective, missing_program
 from speechtune.tuning.objectives._function import FunctionObjective, import_function
 from speechtune.tuning.objectives._recipe import RecipeObjective
 from speechtune.tuning.spec import TuningSpec
@@ -36,6 +36,9 @@ def _recipe(spec: TuningSpec, where: _Where) -> Objective:
 def _command(spec: TuningSpec, where: _Where) -> Objective:
     if spec.command is None:
         raise ValueError("objective.kind: command needs a command section with argv")
+    problem = missing_program(spec.command.argv[0], where.cwd) if spec.command.argv else None
+    if problem:
+        raise ValueError(problem)
     base: dict = {}
     fmt = "yaml"
     if spec.command.config_file:

@@ -244,13 +244,15 @@ def _load(
         problems.extend(_nothing_to_search(params))
     context = _space_problems(params, constraints, flat_overrides, recipe_keys)
     problems.extend(context)
+    # Derived values are only worth computing once their names and order are sound.
+    good = [c for c in constraints if isinstance(c, str) and _valid_expr(c)]
     if recipe_keys is not None:
         recipe_params = {n: p for n, p in params.items() if n in recipe_keys}
-        # Derived values are only worth computing once their names and order are sound.
-        good = [c for c in constraints if isinstance(c, str) and _valid_expr(c)]
         problems.extend(
             _corner_problems(recipe_params, flatten(base_recipe), good, derived=not context)
         )
+    elif not context:
+        problems.extend(_corner_problems(params, dict(flat_overrides), good, recipe=False))
 
     fidelity = parse_fidelity(
         raw.get("fidelity"),

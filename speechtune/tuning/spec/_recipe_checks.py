@@ -57,17 +57,20 @@ def _corner_problems(
     base: Mapping[str, Any],
     constraints: Sequence[str],
     derived: bool = True,
+    recipe: bool = True,
 ) -> list[ConfigProblem]:
     """Build the recipe at each choice and bound of each param; report the recipe's objections.
 
     A divisibility rule is not reported for a key that a constraint names: the sampler repairs
-    ``a % b == 0`` constraints, so such a corner never reaches the recipe.
+    ``a % b == 0`` constraints, so such a corner never reaches the recipe. Without ``recipe``
+    (command and Python objectives) only the derived values are computed, at the reference
+    point, so that a derive that fails everywhere (``x / 0``) is refused before any trial.
     """
     constrained = (
         set().union(*(expression_names(c) for c in constraints)) if constraints else set()
     )
     problems: list[ConfigProblem] = []
-    for name, param in params.items():
+    for name, param in params.items() if recipe else ():
         # Put the param's condition in place: rules such as "conv_kernel must be odd" only
         # apply when the condition (encoder == conformer) holds.
         cond = {k: v[0] for k, v in (param.when or {}).items() if k in base and v}
@@ -102,7 +105,7 @@ def _corner_problems(
         except ExprError as exc:
             problems.append(ConfigProblem(f"space.{name}.derive", str(exc), param.expr))
             continue
-        for rule in _recipe_rejects(point, name):
+        for rule in _recipe_rejects(point, name) if recipe else ():
             problems.append(
                 ConfigProblem(
                     f"space.{name}",
