@@ -318,10 +318,11 @@ def test_a_second_recorder_on_the_same_file_is_refused(
 def test_a_diverging_config_is_recorded_with_its_status(
     corpus_manifest: Path, tmp_path: Path
 ) -> None:
-    # SGD at lr 1e5 without clipping: the gradient norm is NaN within the first epoch.
+    # SGD at lr 1e5 without clipping: the gradient norm is NaN within the first epoch. (Two
+    # choices, one recorded: a one-point space is refused as nothing to search.)
     space = _write_space(
         tmp_path / "space",
-        {"optim.lr": [1.0e5]},
+        {"optim.lr": [1.0e5, 2.0e5]},
         {"train.flatline_patience": 0, "train.grad_clip": None, "optim.name": "sgd"},
     )
     out = tmp_path / "div.jsonl"
