@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from speechtune.cli import main
+from tests.helpers.audio import noise_wav
 from tests.helpers.paths import REPO
 
 RATE = 16000
@@ -50,11 +51,8 @@ def _write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def _wav(path: Path, seconds: float = 0.5, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))
-    sf.write(str(path), noise.astype(np.float32), RATE, subtype="PCM_16")
-    return path
+def _wav16(path: Path, seconds: float = 0.5, seed: int = 0) -> Path:
+    return noise_wav(path, seconds, seed, rate=RATE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +280,7 @@ def _import(manifest: Path, tmp: Path, *extra: str) -> list[str]:
 
 def _jsonl(tmp: Path, *records: dict[str, Any], raw: bytes | None = None) -> Path:
     corpus = tmp / "corpus"
-    _wav(corpus / "wav" / "ok.wav")
+    _wav16(corpus / "wav" / "ok.wav")
     body = raw if raw is not None else "".join(json.dumps(r) + "\n" for r in records).encode()
     return _write(corpus / "manifest.jsonl", body)
 
@@ -319,12 +317,12 @@ def _empty_audio(path: Path) -> None:
 
 
 def _truncated_audio(path: Path) -> None:
-    _wav(path, 1.0)
+    _wav16(path, 1.0)
     path.write_bytes(path.read_bytes()[:30])
 
 
 def _long_audio(path: Path) -> None:
-    _wav(path, 31.0)
+    _wav16(path, 31.0)
 
 
 def _silent_zero_samples(path: Path) -> None:
@@ -350,7 +348,7 @@ MANIFEST_CASES: dict[str, Case] = {
         lambda tmp: [_record("../../../../etc/passwd")], "utt1"
     ),
     "manifest-absolute-outside": _manifest_case(
-        lambda tmp: [_record(str(_wav(tmp / "elsewhere" / "a.wav")))], "utt1"
+        lambda tmp: [_record(str(_wav16(tmp / "elsewhere" / "a.wav")))], "utt1"
     ),
     "manifest-duplicate-ids": _manifest_case(lambda tmp: [_record(), _record()], "utt1"),
     "manifest-audio-is-text": _manifest_case(_with_audio(_text_audio, "text.wav"), "utt1"),
@@ -408,7 +406,7 @@ def _transcribe_with(kind: str) -> Callable[[Path], list[str]]:
             "transcribe",
             "--checkpoint",
             str(_model_file(kind)(tmp)),
-            str(_wav(tmp / "a.wav")),
+            str(_wav16(tmp / "a.wav")),
         ]
 
     return build

@@ -8,24 +8,14 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from speechtune.cli import data as data_cli
 from speechtune.cli import main
 from speechtune.data import DEFAULT_MAX_DURATION, SKIPPED_FILE
+from tests.helpers.audio import noise_wav, short_and_long_corpus
 from tests.helpers.paths import REPO
 from tests.helpers.workers import speechtune_argv
-
-RATE = 8000
-
-
-def _wav(path: Path, seconds: float, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))
-    sf.write(str(path), noise.astype(np.float32), RATE, subtype="PCM_16")
-    return path
 
 
 def _manifest(root: Path, *records: tuple[str, str], name: str = "m.jsonl") -> Path:
@@ -53,10 +43,7 @@ def _error_line(err: str) -> str:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    root = tmp_path / "corpus"
-    _wav(root / "wav" / "short.wav", 1.0, seed=1)
-    _wav(root / "wav" / "long.wav", 31.0, seed=2)
-    return root
+    return short_and_long_corpus(tmp_path / "corpus")
 
 
 def test_cli_default_limit_is_the_library_one() -> None:
@@ -117,7 +104,7 @@ def test_path_traversal_is_one_line_exit_1(corpus: Path, tmp_path: Path) -> None
 
 
 def test_allow_outside_root(corpus: Path, tmp_path: Path, capsys) -> None:
-    outside = _wav(tmp_path / "shared_audio" / "x.wav", 0.5)
+    outside = noise_wav(tmp_path / "shared_audio" / "x.wav", 0.5)
     src = _manifest(corpus, ("ok", "wav/short.wav"), ("far", str(outside)))
     out = tmp_path / "out"
     assert main(["data", "import", str(src), "--out", str(out)]) == 1
@@ -145,7 +132,7 @@ def _an4(base: Path, utts: dict[str, float]) -> Path:
         "".join(f"<s> YES </s> ({u})\n" for u in utts)
     )
     for i, (f, secs) in enumerate(zip(fileids, utts.values())):
-        _wav(root / "wav" / f"{f}.wav", secs, seed=i)
+        noise_wav(root / "wav" / f"{f}.wav", secs, seed=i)
     return base
 
 
@@ -167,7 +154,7 @@ def test_an4_flags(tmp_path: Path, capsys) -> None:
     # A link out of the AN4 directory is refused, or followed with --allow-outside-root.
     link = src / "an4" / "wav" / "an4_clstk" / "fash" / "an1-fash-b.wav"
     link.unlink()
-    link.symlink_to(_wav(tmp_path / "elsewhere.wav", 0.5))
+    link.symlink_to(noise_wav(tmp_path / "elsewhere.wav", 0.5))
     assert main(argv) == 1
     assert "outside the AN4 directory" in _error_line(capsys.readouterr().err)
     assert main([*argv, "--max-duration", "40", "--allow-outside-root"]) == 0

@@ -6,9 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from speechtune.data import (
     DEFAULT_MAX_DURATION,
@@ -22,15 +20,7 @@ from speechtune.data import (
     load_manifest,
 )
 from speechtune.data._text import decode_utf8
-
-RATE = 8000  # low rate: a 31 s file stays small
-
-
-def _wav(path: Path, seconds: float, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))
-    sf.write(str(path), noise.astype(np.float32), RATE, subtype="PCM_16")
-    return path
+from tests.helpers.audio import noise_wav, short_and_long_corpus
 
 
 def _jsonl(path: Path, records: list[dict]) -> Path:
@@ -46,10 +36,7 @@ def _rec(uid: str, audio: str, text: str = "YES", **kw: object) -> dict:
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """tmp_path/corpus with a 1 s and a 31 s file (over the default limit)."""
-    root = tmp_path / "corpus"
-    _wav(root / "wav" / "short.wav", 1.0, seed=1)
-    _wav(root / "wav" / "long.wav", 31.0, seed=2)
-    return root
+    return short_and_long_corpus(tmp_path / "corpus")
 
 
 # -- duration limit -------------------------------------------------------------------------
@@ -121,7 +108,7 @@ def test_an_empty_or_all_bad_corpus_is_refused(corpus: Path) -> None:
     ["../../../../etc/passwd", "../outside.wav", "wav/../../outside.wav", "ABSOLUTE"],
 )
 def test_audio_outside_the_manifest_dir_is_refused(corpus: Path, audio: str) -> None:
-    outside = _wav(corpus.parent / "outside.wav", 0.5)
+    outside = noise_wav(corpus.parent / "outside.wav", 0.5)
     audio = str(outside) if audio == "ABSOLUTE" else audio
     src = _jsonl(corpus / "m.jsonl", [_rec("ok", "wav/short.wav"), _rec("evil", audio)])
     with pytest.raises(ManifestFormatError) as info:
@@ -133,7 +120,7 @@ def test_audio_outside_the_manifest_dir_is_refused(corpus: Path, audio: str) -> 
 
 
 def test_symlink_out_of_the_root_is_refused_and_allowed_on_request(corpus: Path) -> None:
-    outside = _wav(corpus.parent / "elsewhere" / "x.wav", 0.5)
+    outside = noise_wav(corpus.parent / "elsewhere" / "x.wav", 0.5)
     (corpus / "wav" / "link.wav").symlink_to(outside)
     src = _jsonl(corpus / "m.jsonl", [_rec("linked", "wav/link.wav")])
     with pytest.raises(ManifestFormatError, match=rf"'linked'.*resolves to {outside}"):
@@ -153,7 +140,7 @@ def test_inside_paths_pass_even_through_a_linked_root(corpus: Path, tmp_path: Pa
 
 
 def test_csv_kaldi_and_lhotse_are_confined_too(corpus: Path) -> None:
-    outside = _wav(corpus.parent / "outside.wav", 0.5)
+    outside = noise_wav(corpus.parent / "outside.wav", 0.5)
     csv = corpus / "m.csv"
     csv.write_text(f"id,audio,text\nok,wav/short.wav,YES\nevil,{outside},NO\n")
     with pytest.raises(ManifestFormatError, match=r"m\.csv line 3: utterance 'evil'"):
@@ -191,11 +178,11 @@ def _an4(base: Path, fileid: str = "an4_clstk/fash/an1-fash-b", text: bytes = b"
 
 def test_an4_root_is_the_directory_it_was_given(tmp_path: Path) -> None:
     src = _an4(tmp_path / "src")
-    _wav(src / "an4" / "wav" / "an4_clstk" / "fash" / "an1-fash-b.wav", 0.5)
+    noise_wav(src / "an4" / "wav" / "an4_clstk" / "fash" / "an1-fash-b.wav", 0.5)
     assert len(import_an4(src, tmp_path / "out")["train"]) == 1  # reads outside the out dir
 
     escape = _an4(tmp_path / "src2", fileid="../../../outside/an2-fash-b")
-    _wav(tmp_path / "outside" / "an2-fash-b.wav", 0.5)
+    noise_wav(tmp_path / "outside" / "an2-fash-b.wav", 0.5)
     with pytest.raises(AN4Error, match=r"'an2-fash-b'.*outside the AN4 directory"):
         import_an4(escape, tmp_path / "out2")
     assert len(import_an4(escape, tmp_path / "out2", allow_outside_root=True)["train"]) == 1
@@ -203,7 +190,7 @@ def test_an4_root_is_the_directory_it_was_given(tmp_path: Path) -> None:
 
 def test_an4_max_duration_and_skipped_list(tmp_path: Path) -> None:
     src = _an4(tmp_path / "src")
-    _wav(src / "an4" / "wav" / "an4_clstk" / "fash" / "an1-fash-b.wav", 31.0)
+    noise_wav(src / "an4" / "wav" / "an4_clstk" / "fash" / "an1-fash-b.wav", 31.0)
     with pytest.raises(BadInputError, match=r"an1-fash-b: too long"):
         import_an4(src, tmp_path / "out")
     out = import_an4(src, tmp_path / "out", skip_bad=True)
