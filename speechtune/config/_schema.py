@@ -160,6 +160,9 @@ class TrainConfig:
     # epochs in a row ends the run with reason "flatline". 0 disables it.
     flatline_patience: int = _f(3, ge=0)
     flatline_tol: float = _f(1e-3, ge=0.0)
+    # The final model averages the weights of this many best epochs (by dev WER, then dev
+    # loss), as ESPnet/NeMo recipes do; kept only when it is no worse on dev. 1: the best epoch.
+    average_best: int = _f(1, ge=1)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from speechtune.features import FeatureCache, GlobalCMVN, SpecAugment
 from speechtune.inference import Recognizer
 from speechtune.metrics import error_counts, group_wer, parameter_count, worst_group
 from speechtune.models import build_model
+from speechtune.training._averaging import BestEpochs
 from speechtune.training._batching import BucketBatchSampler
 from speechtune.training._checkpoint import (
     load_checkpoint,
@@ -346,6 +347,11 @@ def _train(
         restore_rng_state(ck["rng"], {"specaugment": aug_gen})
         state = _RunState(**ck["state"])
         log.info("resumed from %s at epoch %d", last_path, state.epoch)
+    keeper = (
+        BestEpochs(out_dir / "best", t.average_best, state.best_epochs)
+        if t.average_best > 1
+        else None
+    )
 
     reason = f"completed {t.epochs} epochs"
     status = COMPLETE
@@ -419,6 +425,9 @@ def _train(
             if dev["wer"] < state.best_wer:
                 state.best_wer, state.best_epoch = dev["wer"], epoch
                 save_atomic(recognizer.to_payload(), model_path)
+            if keeper is not None:
+                keeper.update(epoch, dev["wer"], dev["dev_loss"], model.state_dict())
+                state.best_epochs = keeper.state()
             save_atomic(
                 {
                     "model": model.state_dict(),
@@ -458,12 +467,55 @@ def _train(
             torch.cuda.empty_cache()
 
     result = TrainResult(status=status, reason=reason, history=state.history, output_dir=out_dir)
+    if keeper is not None and model_path.is_file() and len(keeper.epochs) >= 2:
+        state.averaged_epochs = _average_best(
+            keeper, model_path, dev_set, dev_feats, targets, cfg, device, state
+        )
     if model_path.is_file():
         result.metrics = final_metrics(model_path, dev_set, dev_feats, targets, cfg, device, state)
     _write_json(
         out_dir / "result.json", {"status": status, "reason": reason, "metrics": result.metrics}
     )
     return result
+
+
+def _average_best(
+    keeper: BestEpochs,
+    model_path: Path,
+    dev_set: Manifest,
+    dev_feats: dict[str, torch.Tensor],
+    targets: dict[str, list[int]],
+    cfg: RecipeConfig,
+    device: torch.device,
+    state: _RunState,
+) -> list[int]:
+    """Write the average of the kept epochs as ``model.pt`` when its dev WER is no worse than the
+    best epoch's, else the best epoch's own weights; return the averaged epochs (empty: none)."""
+    rec = Recognizer.load(model_path, device)
+    rec.model.load_state_dict(keeper.averaged(device))
+    dev = evaluate_dev(rec, dev_set, dev_feats, targets, cfg, device, full_decode=False)
+    epochs = sorted(keeper.epochs)
+    if dev["wer"] <= state.best_wer:
+        log.info(
+            "averaged epochs %s: dev WER %.4f (best single epoch %d: %.4f)",
+            epochs,
+            dev["wer"],
+            state.best_epoch,
+            state.best_wer,
+        )
+        save_atomic(rec.to_payload(), model_path)
+        return epochs
+    log.info(
+        "averaging epochs %s gave dev WER %.4f, worse than epoch %d's %.4f: keeping that epoch",
+        epochs,
+        dev["wer"],
+        state.best_epoch,
+        state.best_wer,
+    )
+    # model.pt may hold an average written before a continued run; the best epoch is on disk.
+    rec.model.load_state_dict(load_checkpoint(keeper.path(keeper.epochs[0]), map_location=device))
+    save_atomic(rec.to_payload(), model_path)
+    return []
 
 
 def final_metrics(
@@ -483,6 +535,7 @@ def final_metrics(
     metrics: dict[str, Any] = {
         "split": "dev",
         "best_epoch": state.best_epoch,
+        "averaged_epochs": state.averaged_epochs,
         "epochs_run": state.epoch,
         **{
             k: dev[k]
@@ -504,6 +557,8 @@ class _RunState:
     best_wer: float = float("inf")
     best_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    best_epochs: list[list[float]] = field(default_factory=list)  # BestEpochs.state()
+    averaged_epochs: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -512,6 +567,8 @@ class _RunState:
             "best_wer": self.best_wer,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "best_epochs": self.best_epochs,
+            "averaged_epochs": self.averaged_epochs,
         }
 
 

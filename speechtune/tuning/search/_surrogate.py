@@ -151,6 +151,21 @@ class ForestModel:
         per_tree = np.stack([tree.predict(x) for tree in self._forest.estimators_])
         return per_tree.mean(axis=0), per_tree.std(axis=0)
 
+    def choice_bests(self) -> list[int]:
+        """Indices (into the fitted configs) of the best config with each choice of each
+        categorical param, best first, without repeats."""
+        best: dict[tuple[str, str], int] = {}
+        for name in self.encoder.space.tunable_names():
+            if not isinstance(self.encoder.space.params[name], CategoricalParam):
+                continue
+            for i, params in enumerate(self._params):
+                if params.get(name) is None:
+                    continue  # inactive here
+                key = (name, repr(params[name]))
+                if key not in best or self._scores[i] < self._scores[best[key]]:
+                    best[key] = i
+        return sorted(set(best.values()), key=lambda i: (self._scores[i], i))
+
     def ranked_candidates(
         self,
         rng: np.random.Generator,
@@ -166,10 +181,15 @@ class ForestModel:
     ) -> list[tuple[float, dict[str, Any], dict[str, Any]]]:
         """Candidates sorted by expected improvement, best first: ``(ei, params, config)``.
 
-        ``n_random`` uniform draws and ``n_local`` moves around the ``n_centres`` best
-        observed configs at several ``scales`` (SMAC's local search, in one step).
+        ``n_random`` uniform draws and ``n_local`` moves around centres at several ``scales``
+        (SMAC's local search, in one step). The centres are the ``n_centres`` best observed
+        configs and the best config of every choice of every categorical param
+        (:meth:`choice_bests`): small moves rarely change a categorical, so with the best
+        configs alone the local search refines one branch of a conditional space (one
+        booster, one encoder type) and never the best of the others.
         """
-        order = np.argsort(self._scores, kind="stable")[:n_centres]
+        order = [int(i) for i in np.argsort(self._scores, kind="stable")[:n_centres]]
+        order += [i for i in self.choice_bests() if i not in order]
         centres = [self._params[i] for i in order]
         drawn: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for _ in range(n_random):
@@ -179,5 +199,5 @@ class ForestModel:
             drawn.append(draw_near(centre, rng, scales[(k // len(centres)) % len(scales)]))
         mean, std = self.predict([p for p, _ in drawn])
         ei = expected_improvement(mean, std, self._best)
-        order = np.argsort(-ei, kind="stable")
-        return [(float(ei[i]), drawn[i][0], drawn[i][1]) for i in order]
+        ranked = np.argsort(-ei, kind="stable")
+        return [(float(ei[i]), drawn[i][0], drawn[i][1]) for i in ranked]
