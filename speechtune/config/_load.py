@@ -273,6 +273,14 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
                 "model.conv_kernel", "must be odd (same-length depthwise conv)", m.conv_kernel
             )
         )
+    sp = cfg.data.speed_perturb
+    if any(not 0.5 <= float(f) <= 2.0 for f in sp) or len(set(sp)) != len(sp):
+        # Also checked where the data are prepared (for callers that skip the loader).
+        out.append(
+            ConfigProblem(
+                "data.speed_perturb", "must hold distinct speed factors in [0.5, 2]", list(sp)
+            )
+        )
     if fe.hop_ms > fe.window_ms:
         out.append(
             ConfigProblem(

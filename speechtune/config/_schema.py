@@ -65,6 +65,10 @@ class DataConfig:
     # Characters transcripts may use (after upper-casing); null = A-Z, apostrophe and space.
     # Every one of them gets a token, whether or not the training subset happens to use it.
     charset: str | None = _f(None)
+    # Speed perturbation of the training split (Ko et al., 2015): each utterance also at these
+    # factors, e.g. [0.9, 1.0, 1.1]; [] = off. Each factor in [ge, le], checked per element
+    # when the data are prepared (docs/data.md). Dev and test are never perturbed.
+    speed_perturb: list[float] = _f([], ge=0.5, le=2.0)
 
 
 @dataclass
@@ -102,6 +106,9 @@ class ModelConfig:
     num_heads: int = _f(4, ge=1)
     ff_dim: int = _f(576, ge=8)
     conv_kernel: int = _f(15, ge=1)
+    # Conformer self-attention positions: "abs" adds sinusoids once after subsampling;
+    # "rel" uses relative positional self-attention (Dai et al., 2019; Gulati et al., 2020).
+    pos_enc: str = _f("abs", choices=("abs", "rel"))
     dropout: float = _f(0.1, ge=0.0, lt=1.0)
     subsampling: int = _f(4, choices=(1, 2, 4, 6, 8))
     head: str = _f("ctc", choices=HEADS)

@@ -1,20 +1,25 @@
 """From a :class:`DataConfig` to validated, speaker-disjoint train/dev manifests.
 
 This is the one place where a corpus name turns into data, so it is also where the test split
-is kept out of training, tuning and selection.
+is kept out of training, tuning and selection, and where the training split gets its
+speed-perturbed copies (:meth:`PreparedData.with_speed_perturbation`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from speechtune.config import DataConfig, SyntheticConfig
+from speechtune.config import ConfigError, ConfigProblem, DataConfig, SyntheticConfig
 from speechtune.data._an4 import import_an4
 from speechtune.data._importers import load_manifest
-from speechtune.data._manifest import Manifest, TestSplitError, require_tunable
+from speechtune.data._manifest import Manifest, TestSplitError, replace_utt, require_tunable
 from speechtune.data._splits import proxy_subset, split_dev
 from speechtune.data._synthetic import synthesize_corpus
 from speechtune.data._text import DEFAULT_CHARSET
@@ -28,11 +33,87 @@ _HELD_OUT = re.compile(r"(^|[_\-.])(test|eval|golden)([_\-.]|$)", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Training and dev manifests ready for feature extraction."""
+    """Training and dev manifests ready for feature extraction.
+
+    Attributes:
+        train: the training utterances (a proxy subset when asked for), with their
+            speed-perturbed copies once :meth:`with_speed_perturbation` has made them.
+        dev: the dev utterances (never perturbed).
+        report: what validation found.
+        speeds: copy id -> speed factor, for every speed-perturbed copy in ``train``; the
+            features of a copy are those of its original's audio played at that factor.
+    """
 
     train: Manifest
     dev: Manifest
     report: ValidationReport
+    speeds: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    def with_speed_perturbation(self, factors: Sequence[float]) -> PreparedData:
+        """The training split with each utterance at every factor (``data.speed_perturb``).
+
+        Each factor other than 1.0 adds a copy of every training utterance with id
+        ``sp<factor>-<id>`` (Kaldi's naming), the same transcript, speaker and group, the same
+        audio source, and the duration it really has at that speed (``duration / factor``);
+        1.0 keeps the originals. A list without 1.0 trains on copies only; ``[]`` changes
+        nothing. Dev is returned as it is. Call it after any proxy subset is taken, so that a
+        subset holds all of an utterance's copies or none.
+
+        Raises:
+            ConfigError: naming ``data.speed_perturb``, for a factor out of range or repeated.
+            ValueError: the training split has been perturbed already.
+        """
+        factors = check_speed_perturb(factors)
+        if not factors:
+            return self
+        if self.speeds:
+            raise ValueError("the training split is speed-perturbed already")
+        utts, speeds = [], {}
+        for factor in factors:
+            for utt in self.train:
+                if factor == 1.0:
+                    utts.append(utt)
+                    continue
+                copy = replace_utt(
+                    utt, id=f"sp{factor:g}-{utt.id}", duration=utt.duration / factor
+                )
+                utts.append(copy)
+                speeds[copy.id] = factor
+        train = Manifest(utts, self.train.split, self.train.root)
+        return dataclasses.replace(self, train=train, speeds=speeds)
+
+
+def _speed_bounds() -> tuple[float, float]:
+    meta = next(f for f in dataclasses.fields(DataConfig) if f.name == "speed_perturb").metadata
+    return float(meta["ge"]), float(meta["le"])
+
+
+def check_speed_perturb(factors: Sequence[Any]) -> list[float]:
+    """``data.speed_perturb`` as a list of floats, each in range and none twice.
+
+    The config loader checks the type (a list of numbers) but not elements against bounds;
+    this does, where the data are prepared.
+
+    Raises:
+        ConfigError: one problem, naming ``data.speed_perturb``.
+    """
+    low, high = _speed_bounds()
+
+    def bad(rule: str) -> ConfigError:
+        return ConfigError([ConfigProblem("data.speed_perturb", rule, factors)])
+
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+        raise bad("must be a list of speed factors such as [0.9, 1.0, 1.1]")
+    out = []
+    for f in factors:
+        if isinstance(f, bool) or not isinstance(f, (int, float)):
+            raise bad(f"every factor must be a number in [{low:g}, {high:g}]")
+        if not (math.isfinite(f) and low <= f <= high):
+            raise bad(f"every factor must be in [{low:g}, {high:g}], not {f!r}")
+        out.append(float(f))
+    if len(set(out)) != len(out):
+        raise bad("a factor is repeated (each one gives its own copy of the training set)")
+    return out
 
 
 def refuse_held_out_path(path: str | Path, purpose: str) -> None:
@@ -115,8 +196,15 @@ def prepare_data(
         progress: show progress bars.
 
     Returns:
-        Train (possibly a proxy subset) and dev manifests, plus the validation report.
+        Train (possibly a proxy subset) and dev manifests, plus the validation report. The
+        speed-perturbed copies of ``data.speed_perturb`` are *not* made here (the training
+        loop makes them with :meth:`PreparedData.with_speed_perturbation`, after a trial's
+        proxy subset of reused data), but the factors are checked first of all.
+
+    Raises:
+        ConfigError: ``data.speed_perturb`` holds a factor out of range (before any work).
     """
+    check_speed_perturb(cfg.speed_perturb)
     manifest = load_corpus(cfg, cache_dir, progress)
     require_tunable(manifest, "training")
     manifest, report = validate_manifest(

@@ -3,7 +3,9 @@
 Trials of a study vary the model and the optimiser far more often than the front end, so
 features are computed once per (feature config, manifest) and shared: on disk across
 processes, and in a small in-process LRU so trials in one worker never reload a file.
-SpecAugment is not part of the key: it is applied on the fly in training.
+SpecAugment is not part of the key: it is applied on the fly in training. Speed perturbation
+(``data.speed_perturb``) is: the copies of the training set at each factor are one cache entry
+per factor, keyed by the factor and the resampler's version, beside the originals' own entry.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from torch import Tensor
 from speechtune.config import FeaturesConfig
 from speechtune.data import Manifest, Utterance
 from speechtune.features._logmel import LogMel
+from speechtune.features._speed import SPEED_VERSION, speed_perturb
 
 #: Bump when the feature computation changes, so stale cache files are never reused.
 FEATURE_VERSION = 1
@@ -37,21 +40,25 @@ KEY_FIELDS = ("sample_rate", "window_ms", "hop_ms", "n_mels", "f_min", "f_max")
 FeatureDict = dict[str, Tensor]
 
 
-def cache_key(manifest: Manifest, cfg: FeaturesConfig) -> str:
+def cache_key(manifest: Manifest, cfg: FeaturesConfig, speed: float = 1.0) -> str:
     """sha256 of the feature-relevant config fields and the manifest's fingerprint.
 
     Args:
         manifest: the utterances whose features are cached.
         cfg: the front-end settings.
+        speed: the speed-perturbation factor the audio is played at (1.0: as recorded; the
+            key is then the same as without perturbation).
 
     Returns:
         a hex digest naming the cache file.
     """
-    payload = {
+    payload: dict[str, Any] = {
         "version": FEATURE_VERSION,
         "features": {name: getattr(cfg, name) for name in KEY_FIELDS},
         "manifest": manifest.fingerprint(),
     }
+    if speed != 1.0:
+        payload["speed"] = {"factor": float(speed), "resampler": SPEED_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -117,9 +124,9 @@ class FeatureCache:
         """Forget the in-process memo (files on disk stay)."""
         cls.memo.clear()
 
-    def path_for(self, manifest: Manifest, cfg: FeaturesConfig) -> Path:
+    def path_for(self, manifest: Manifest, cfg: FeaturesConfig, speed: float = 1.0) -> Path:
         """The file that holds (or will hold) these features."""
-        return self.cache_dir / f"feats-{cache_key(manifest, cfg)}.pt"
+        return self.cache_dir / f"feats-{cache_key(manifest, cfg, speed)}.pt"
 
     def get(
         self,
@@ -129,6 +136,7 @@ class FeatureCache:
         device: torch.device | str = "cpu",
         batch_size: int = 32,
         progress: bool = False,
+        speed: float = 1.0,
     ) -> FeatureDict:
         """Features of every utterance in ``manifest``, from memory, disk, or computed.
 
@@ -139,6 +147,8 @@ class FeatureCache:
             device: where to compute the features (results come back to the CPU).
             batch_size: waveforms per LogMel call.
             progress: show a progress bar while computing.
+            speed: play every utterance's audio at this speed factor first
+                (:func:`~speechtune.features._speed.speed_perturb`); part of the cache key.
 
         Returns:
             ``{utterance id: float32 CPU tensor [F, n_mels]}``.
@@ -148,7 +158,7 @@ class FeatureCache:
         """
         if batch_size < 1:
             raise ValueError(f"FeatureCache.get: batch_size must be >= 1, got {batch_size}")
-        path = self.path_for(manifest, cfg)
+        path = self.path_for(manifest, cfg, speed)
         memo_key = str(path.resolve())
         feats = self.memo.get(memo_key)
         if feats is not None:
@@ -159,10 +169,46 @@ class FeatureCache:
             self.disk_hits += 1
         else:
             self.misses += 1
-            feats = compute_features(manifest, cfg, load_audio, device, batch_size, progress)
+            feats = compute_features(
+                manifest, cfg, load_audio, device, batch_size, progress, speed
+            )
             self._save(path, manifest, feats)
         self.memo.put(memo_key, feats)
         return dict(feats)
+
+    def get_perturbed(
+        self,
+        manifest: Manifest,
+        cfg: FeaturesConfig,
+        load_audio: Callable[[Utterance], np.ndarray],
+        speeds: Mapping[str, float],
+        device: torch.device | str = "cpu",
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> FeatureDict:
+        """:meth:`get` for a manifest that mixes speed-perturbed copies with originals.
+
+        The utterances are grouped by factor and each group is one cache entry (the originals'
+        is the same as without perturbation), so that turning perturbation on or changing the
+        factors recomputes only the copies that are new.
+
+        Args:
+            speeds: utterance id -> speed factor; ids not in it are played at 1.0.
+            manifest, cfg, load_audio, device, batch_size, progress: as :meth:`get`.
+
+        Returns:
+            ``{utterance id: float32 CPU tensor [F, n_mels]}``, in the manifest's order.
+        """
+        groups: dict[float, list[Utterance]] = {}
+        for utt in manifest:
+            groups.setdefault(float(speeds.get(utt.id, 1.0)), []).append(utt)
+        feats: FeatureDict = {}
+        for factor, utts in sorted(groups.items()):
+            part = Manifest(utts, manifest.split, manifest.root)
+            feats.update(
+                self.get(part, cfg, load_audio, device, batch_size, progress, speed=factor)
+            )
+        return {u.id: feats[u.id] for u in manifest}
 
     # -- files -------------------------------------------------------------------------
     def _save(self, path: Path, manifest: Manifest, feats: FeatureDict) -> None:
@@ -205,13 +251,15 @@ def _batches(items: Sequence[Utterance], size: int) -> Iterator[Sequence[Utteran
         yield items[start : start + size]
 
 
-def _load_checked(utt: Utterance, load_audio: Callable[[Utterance], np.ndarray]) -> np.ndarray:
+def _load_checked(
+    utt: Utterance, load_audio: Callable[[Utterance], np.ndarray], speed: float = 1.0
+) -> np.ndarray:
     wave = np.asarray(load_audio(utt), dtype=np.float32)
     if wave.ndim != 1 or wave.size == 0:
         raise ValueError(
             f"load_audio returned shape {wave.shape} for utterance {utt.id!r}; expected non-empty mono 1-D samples"
         )
-    return wave
+    return wave if speed == 1.0 else speed_perturb(wave, speed)
 
 
 def compute_features(
@@ -221,6 +269,7 @@ def compute_features(
     device: torch.device | str = "cpu",
     batch_size: int = 32,
     progress: bool = False,
+    speed: float = 1.0,
 ) -> FeatureDict:
     """Log-mel features of every utterance, in padded batches on ``device`` (no caching).
 
@@ -239,7 +288,7 @@ def compute_features(
     # no_grad, not inference_mode: inference tensors could not be used in training later.
     with torch.no_grad():
         for batch in batches:
-            waves = [_load_checked(u, load_audio) for u in batch]
+            waves = [_load_checked(u, load_audio, speed) for u in batch]
             lengths = torch.tensor([w.size for w in waves], dtype=torch.long)
             padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
             for row, w in zip(padded, waves):

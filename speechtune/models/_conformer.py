@@ -2,8 +2,12 @@
 
 Choices made here:
 
-* positions: absolute sinusoidal encoding added once after subsampling (not the relative
-  positional self-attention of the paper);
+* positions (``model.pos_enc``): ``"abs"`` (the default) adds an absolute sinusoidal encoding
+  once after subsampling; ``"rel"`` is the paper's relative positional self-attention
+  (Transformer-XL's, Dai et al., 2019, as ESPnet's ``rel_pos``): every attention layer sees the
+  sinusoidal embeddings of the query-key offsets, through learned biases and a projection (see
+  :class:`~speechtune.models._layers.RelPositionSelfAttention`), and nothing is added to the
+  frames;
 * convolution-module normalisation: LayerNorm instead of BatchNorm, so that an utterance's
   output does not depend on the other utterances of its batch (padding invariance) and tiny
   batches train stably.
@@ -18,10 +22,14 @@ from torch import nn
 from speechtune.models._layers import (
     FeedForward,
     PositionalEncoding,
+    RelPositionalEncoding,
+    RelPositionSelfAttention,
     Residual,
     SelfAttention,
     valid_mask,
 )
+
+POS_ENCODINGS = ("abs", "rel")
 
 
 class ConvolutionModule(nn.Module):
@@ -66,6 +74,7 @@ class ConformerBlock(nn.Module):
         kernel: int,
         dropout: float,
         alpha: float | None,
+        relative: bool = False,
     ) -> None:
         super().__init__()
 
@@ -73,18 +82,24 @@ class ConformerBlock(nn.Module):
             return FeedForward(d_model, ff_dim, dropout, nn.SiLU())
 
         self.ff1 = Residual(d_model, ff(), dropout, scale=0.5, deepnorm_alpha=alpha)
-        self.attn = Residual(
-            d_model, SelfAttention(d_model, num_heads, dropout), dropout, deepnorm_alpha=alpha
+        attn: nn.Module = (
+            RelPositionSelfAttention(d_model, num_heads, dropout)
+            if relative
+            else SelfAttention(d_model, num_heads, dropout)
         )
+        self.attn = Residual(d_model, attn, dropout, deepnorm_alpha=alpha)
         self.conv = Residual(
             d_model, ConvolutionModule(d_model, kernel), dropout, deepnorm_alpha=alpha
         )
         self.ff2 = Residual(d_model, ff(), dropout, scale=0.5, deepnorm_alpha=alpha)
         self.final_norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor, pos_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``pos_emb [2T-1, D]``: offset embeddings, given exactly when the block is relative."""
         x = self.ff1(x)
-        x = self.attn(x, valid)
+        x = self.attn(x, valid) if pos_emb is None else self.attn(x, valid, pos_emb)
         x = self.conv(x, valid)
         return self.final_norm(self.ff2(x))
 
@@ -100,6 +115,8 @@ class ConformerEncoder(nn.Module):
         conv_kernel: Depthwise convolution kernel size.
         dropout: Dropout on positions, attention weights and residual branches.
         deepnorm_alpha: ``None`` for pre-LN sub-layers; otherwise DeepNorm with this ``alpha``.
+        pos_enc: ``"abs"`` (sinusoids added after subsampling) or ``"rel"`` (relative
+            positional self-attention in every block).
     """
 
     def __init__(
@@ -111,18 +128,34 @@ class ConformerEncoder(nn.Module):
         conv_kernel: int,
         dropout: float,
         deepnorm_alpha: float | None = None,
+        pos_enc: str = "abs",
     ) -> None:
         super().__init__()
-        self.pos = PositionalEncoding(d_model, dropout)
+        if pos_enc not in POS_ENCODINGS:
+            raise ValueError(
+                f"model.pos_enc={pos_enc!r} is not known; expected one of {list(POS_ENCODINGS)}"
+            )
+        relative = pos_enc == "rel"
+        self.pos: PositionalEncoding | RelPositionalEncoding = (
+            RelPositionalEncoding(d_model, dropout)
+            if relative
+            else PositionalEncoding(d_model, dropout)
+        )
         self.layers = nn.ModuleList(
-            ConformerBlock(d_model, num_heads, ff_dim, conv_kernel, dropout, deepnorm_alpha)
+            ConformerBlock(
+                d_model, num_heads, ff_dim, conv_kernel, dropout, deepnorm_alpha, relative
+            )
             for _ in range(num_layers)
         )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``x [B, T, d_model]``; returns ``(out [B, T, d_model], lengths)``."""
         valid = valid_mask(lengths, x.size(1))
-        x = self.pos(x)
+        pos_emb: torch.Tensor | None = None
+        if isinstance(self.pos, RelPositionalEncoding):
+            x, pos_emb = self.pos(x)
+        else:
+            x = self.pos(x)
         for layer in self.layers:
-            x = layer(x, valid)
+            x = layer(x, valid, pos_emb)
         return x.masked_fill(~valid[..., None], 0.0), lengths

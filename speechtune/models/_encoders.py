@@ -13,7 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from speechtune.config import ModelConfig
-from speechtune.models._conformer import ConformerEncoder
+from speechtune.models._conformer import POS_ENCODINGS, ConformerEncoder
 from speechtune.models._init import apply_deepnorm_init, deepnorm_alpha
 from speechtune.models._rnn import RNNEncoder
 from speechtune.models._transformer import TransformerEncoder
@@ -58,6 +58,7 @@ def _conformer(cfg: ModelConfig) -> nn.Module:
         cfg.conv_kernel,
         cfg.dropout,
         _alpha(cfg),
+        cfg.pos_enc,
     )
     if cfg.init == "deepnorm":
         apply_deepnorm_init(enc, cfg.num_layers)
@@ -80,7 +81,7 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
     """Build the encoder named by ``cfg.encoder``.
 
     Raises:
-        ValueError: Unknown encoder or init name (the message lists the valid ones).
+        ValueError: Unknown encoder, init or pos_enc name (the message lists the valid ones).
     """
     if cfg.encoder not in ENCODER_BUILDERS:
         raise ValueError(
@@ -89,4 +90,15 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
         )
     if cfg.init not in _INITS:
         raise ValueError(f"model.init={cfg.init!r} is not known; expected one of {list(_INITS)}")
+    if cfg.pos_enc not in POS_ENCODINGS:
+        raise ValueError(
+            f"model.pos_enc={cfg.pos_enc!r} is not known; expected one of {list(POS_ENCODINGS)}"
+        )
+    if cfg.pos_enc == "rel" and cfg.encoder != "conformer":
+        # As for deepnorm on RNNs: say so once rather than fail a tuner's trial.
+        warnings.warn(
+            f"model.pos_enc='rel' has no effect on the {cfg.encoder!r} encoder (only the "
+            "conformer implements relative positions); using its default positions",
+            stacklevel=2,
+        )
     return ENCODER_BUILDERS[cfg.encoder](cfg)

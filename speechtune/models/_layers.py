@@ -53,6 +53,45 @@ class PositionalEncoding(nn.Module):
         return self.dropout(x * self.scale + pe.to(x.dtype))
 
 
+def relative_sinusoidal_encoding(length: int, d_model: int, device: torch.device) -> torch.Tensor:
+    """Sinusoids of the relative offsets ``length-1, ..., 1, 0, -1, ..., -(length-1)``.
+
+    Row ``k`` encodes the offset ``r = length - 1 - k`` (query position minus key position)
+    with the frequencies of :func:`sinusoidal_encoding`: ``sin(r w)`` and ``cos(r w)``. The
+    row of an offset depends on the offset alone, not on ``length``, which is what makes
+    relative attention independent of how much padding follows an utterance.
+
+    Returns:
+        ``[2 * length - 1, d_model]``.
+    """
+    offsets = (length - 1) - torch.arange(2 * length - 1, device=device, dtype=torch.float32)
+    idx = torch.arange(0, d_model, 2, device=device, dtype=torch.float32)
+    angles = offsets[:, None] * torch.exp(-math.log(10000.0) * idx / d_model)[None, :]
+    # Interleave sin/cos like sinusoidal_encoding (stack rather than strided writes into a
+    # zeros tensor keeps the op traceable with a dynamic length); trim for odd d_model.
+    return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(1)[:, :d_model]
+
+
+class RelPositionalEncoding(nn.Module):
+    """Scale by ``sqrt(d_model)`` and return the relative offset embeddings alongside.
+
+    Unlike :class:`PositionalEncoding` nothing is added to the frames: positions enter every
+    :class:`RelPositionSelfAttention` instead. Dropout applies to both outputs (as in
+    ESPnet's ``RelPositionalEncoding``).
+    """
+
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.scale = math.sqrt(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, T, D]`` -> ``(scaled x [B, T, D], pos_emb [2T-1, D])``."""
+        pe = relative_sinusoidal_encoding(x.size(1), self.d_model, x.device)
+        return self.dropout(x * self.scale), self.dropout(pe.to(x.dtype))
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention on :func:`torch.nn.functional.scaled_dot_product_attention`.
 
@@ -73,7 +112,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D]`` -> ``[B, H, T, D/H]``."""
         b, t, d = x.shape
         return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
 
@@ -95,9 +135,7 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``[B, Tq, D]``.
         """
-        q = self._split(self.q_proj(query))
-        k = self._split(self.k_proj(memory))
-        v = self._split(self.v_proj(memory))
+        q, k, v = self.project(query, memory)
         mask = None if key_valid is None else key_valid[:, None, None, :]
         out = F.scaled_dot_product_attention(
             q,
@@ -107,6 +145,19 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and mask is None,
         )
+        return self.merge(out)
+
+    def project(
+        self, query: torch.Tensor, memory: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries, keys and values, each ``[B, H, T, D/H]``."""
+        q = self.split_heads(self.q_proj(query))
+        k = self.split_heads(self.k_proj(memory))
+        v = self.split_heads(self.v_proj(memory))
+        return q, k, v
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """Concatenate the heads of ``out [B, H, T, D/H]`` and apply the output projection."""
         b, h, t, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, h * dh))
 
@@ -166,3 +217,74 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self.attn(x, x, key_valid=valid)
+
+
+def rel_shift(scores: torch.Tensor) -> torch.Tensor:
+    """Turn query-by-offset scores into query-by-key scores (the "relative shift").
+
+    ``scores [..., T, 2T-1]`` has one column per offset, column ``k`` for offset
+    ``T-1-k`` (the row order of :func:`relative_sinusoidal_encoding`). The result
+    ``[..., T, T]`` holds, at ``[i, j]``, the score of offset ``i - j``: column
+    ``T-1-i+j`` of row ``i``. Rather than gathering, prepend one zero column, read the
+    rows back with a stride of ``2T-1`` instead of ``2T`` starting ``T`` elements in: each
+    row then starts one column further left than the row above, which is exactly the
+    diagonal shift needed (Dai et al., 2019, appendix B).
+    """
+    t, n = scores.shape[-2], scores.shape[-1]
+    flat = F.pad(scores, (1, 0)).flatten(-2)  # [..., T * 2T]; row i starts at i*2T
+    return flat[..., t:].unflatten(-1, (t, n))[..., :t]
+
+
+class RelPositionSelfAttention(nn.Module):
+    """Relative positional self-attention body for :class:`Residual` (Transformer-XL style).
+
+    The logit of query ``i`` and key ``j`` (per head, ``d`` = head width) is::
+
+        ((q_i + u) . k_j  +  (q_i + v) . W_p pe(i - j)) / sqrt(d)
+
+    with learned per-head biases ``u`` (``pos_bias_u``) and ``v`` (``pos_bias_v``), a linear
+    map ``W_p`` of the sinusoidal offset embedding ``pe`` and :func:`rel_shift` to line the
+    offsets up with the keys. Padded keys are masked out as in :class:`SelfAttention`.
+
+    The query/key/value/output projections live in a :class:`MultiHeadAttention` so that
+    DeepNorm initialises them exactly as it does for absolute attention; ``W_p`` plays the
+    role of a key projection and keeps its default initialisation.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.pos_proj = nn.Linear(d_model, d_model, bias=False)
+        d_head = d_model // num_heads
+        self.pos_bias_u = nn.Parameter(torch.empty(num_heads, d_head))
+        self.pos_bias_v = nn.Parameter(torch.empty(num_heads, d_head))
+        nn.init.xavier_uniform_(self.pos_bias_u)
+        nn.init.xavier_uniform_(self.pos_bias_v)
+
+    def position_scores(self, q: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        """Unscaled positional logits ``(q_i + v) . W_p pe(i - j)``, ``[B, H, T, T]``.
+
+        Args:
+            q: ``[B, H, T, D/H]`` per-head queries.
+            pos_emb: ``[2T-1, D]`` offset embeddings from :class:`RelPositionalEncoding`.
+        """
+        p = self.attn.split_heads(self.pos_proj(pos_emb)[None])  # [1, H, 2T-1, D/H]
+        q_v = q + self.pos_bias_v.to(q.dtype)[:, None, :]
+        return rel_shift(torch.matmul(q_v, p.transpose(-2, -1)))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        """Attend over ``x [B, T, D]`` with key mask ``valid [B, T]``; returns ``[B, T, D]``."""
+        q, k, v = self.attn.project(x, x)
+        scale = q.size(-1) ** -0.5
+        # The positional term enters scaled_dot_product_attention as an additive float mask
+        # (which it adds after scaling q.k), with padded keys at -inf.
+        bias = self.position_scores(q, pos_emb) * scale
+        bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+        out = F.scaled_dot_product_attention(
+            q + self.pos_bias_u.to(q.dtype)[:, None, :],
+            k,
+            v,
+            attn_mask=bias,
+            dropout_p=self.attn.dropout if self.training else 0.0,
+        )
+        return self.attn.merge(out)

@@ -11,22 +11,17 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from speechtune.config import (
     RecipeConfig,
     RunOptions,
-    TrainConfig,
-    config_from_dict,
-    config_to_dict,
     dump_config,
-    flatten,
 )
 from speechtune.data import (
     Manifest,
@@ -61,6 +56,7 @@ from speechtune.training._diagnostics import (
 )
 from speechtune.training._optim import build_optimizer, effective_batch, scale_lr
 from speechtune.training._reporter import NullReporter, Reporter
+from speechtune.training._resume import check_resume_config, schedule_epochs
 from speechtune.training._schedules import PlateauTracker, lr_at
 from speechtune.training._trainlog import TrainLog, train_log
 
@@ -101,14 +97,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _features(
-    manifest: Manifest, cfg: RecipeConfig, opts: RunOptions, device: torch.device
+    manifest: Manifest,
+    cfg: RecipeConfig,
+    opts: RunOptions,
+    device: torch.device,
+    speeds: Mapping[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
+    """Cached features; ``speeds`` (copy id -> factor) names the speed-perturbed copies."""
     cache = FeatureCache(Path(opts.cache_dir) / "features")
     sr = cfg.features.sample_rate
-    return cache.get(
+    return cache.get_perturbed(
         manifest,
         cfg.features,
         lambda utt: load_audio(manifest, utt, sr),
+        speeds or {},
         device=device,
         progress=opts.progress,
     )
@@ -284,7 +286,7 @@ def _train(
     device = resolve_device(opts.device)
     torch.manual_seed(cfg.seed)
     if opts.resume:
-        _check_resume_config(cfg, out_dir / "config.yaml")
+        check_resume_config(cfg, out_dir / "config.yaml")
     dump_config(cfg, out_dir / "config.yaml")
 
     # -- data, features, tokenizer -------------------------------------------------------------
@@ -302,7 +304,10 @@ def _train(
     )
     # Dev text the tokenizer cannot write is bad input too: name it rather than crash mid-epoch.
     dev_set, _ = validate_manifest(dev_set, charset=tokenizer.charset, skip_bad=cfg.data.skip_bad)
-    train_feats = _features(train_set, cfg, opts, device)
+    # data.speed_perturb copies: after any proxy subset and the tokenizer; in CMVN like Kaldi.
+    data = data.with_speed_perturbation(cfg.data.speed_perturb)
+    train_set = require_tunable(data.train, "training")
+    train_feats = _features(train_set, cfg, opts, device, data.speeds)
     dev_feats = _features(dev_set, cfg, opts, device)
     targets = {u.id: tokenizer.encode(u.text) for m in (train_set, dev_set) for u in m}
     cmvn = GlobalCMVN.fit(train_feats.values()) if cfg.features.normalize else None
@@ -570,59 +575,6 @@ class _RunState:
             "best_epochs": self.best_epochs,
             "averaged_epochs": self.averaged_epochs,
         }
-
-
-def schedule_epochs(t: TrainConfig) -> int:
-    """The lr schedule's horizon in epochs: ``train.schedule_epochs``, or ``train.epochs`` when unset."""
-    return t.schedule_epochs if t.schedule_epochs is not None else t.epochs
-
-
-_EPOCH_KEYS = ("train.epochs", "train.schedule_epochs")
-
-
-def _check_resume_config(cfg: RecipeConfig, path: Path) -> None:
-    """Resuming with other hyperparameters would silently mix two runs: refuse, naming the keys.
-
-    One change is accepted: a larger ``train.epochs`` (training continues where the saved run
-    ended; multi-fidelity promotion relies on it). ``train.schedule_epochs`` may then differ as
-    long as the schedule's horizon does not; when the horizon moves (e.g. neither run set
-    ``schedule_epochs``) the continuation is allowed but is not the same as one straight run,
-    which is logged. With the epochs unchanged, a schedule horizon that moves is refused.
-    """
-    if not path.is_file():
-        return
-    saved_cfg = config_from_dict(yaml.safe_load(path.read_text()), str(path))
-    saved = flatten(config_to_dict(saved_cfg))
-    now = flatten(config_to_dict(cfg))
-    changed = sorted(
-        k for k in set(saved) | set(now) if k not in _EPOCH_KEYS and saved.get(k) != now.get(k)
-    )
-    old_e, new_e = saved_cfg.train.epochs, cfg.train.epochs
-    old_h, new_h = schedule_epochs(saved_cfg.train), schedule_epochs(cfg.train)
-    if new_e < old_e:
-        changed.append("train.epochs")
-    if new_e == old_e and old_h != new_h:
-        changed.append("train.schedule_epochs")
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:10])
-        raise ValueError(
-            f"cannot resume {path.parent}: the config differs from the one it was started with ({diffs}). "
-            "Only a larger train.epochs may change when continuing a run. "
-            "Use a new output directory, or resume with the original config."
-        )
-    if new_e > old_e and old_h != new_h:
-        log.warning(
-            "continuing %s from %d to %d epochs with the lr schedule's horizon moved from %d to %d epochs: "
-            "the result differs from one straight %d-epoch run (set train.schedule_epochs=%d from the start "
-            "for an exact continuation)",
-            path.parent,
-            old_e,
-            new_e,
-            old_h,
-            new_h,
-            new_e,
-            new_e,
-        )
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -15,7 +15,7 @@ import torch
 from speechtune.config import config_to_dict, dump_config, flatten
 from speechtune.data import Manifest, PreparedData, proxy_subset
 from speechtune.training import CallbackReporter, train
-from speechtune.training._loop import _check_resume_config
+from speechtune.training._resume import check_resume_config
 from speechtune.tuning.objectives import CONTINUE_MARKER, RecipeObjective
 from speechtune.tuning.objectives._recipe import _proxy_data
 from tests.helpers.recipes import run_options, tiny_config
@@ -141,10 +141,10 @@ def test_resume_check_accepts_only_more_epochs(
     dump_config(tiny_config(train=saved), tmp_path / "config.yaml")
     cfg = tiny_config(train=now)
     if ok:
-        _check_resume_config(cfg, tmp_path / "config.yaml")
+        check_resume_config(cfg, tmp_path / "config.yaml")
     else:
         with pytest.raises(ValueError, match="cannot resume") as info:
-            _check_resume_config(cfg, tmp_path / "config.yaml")
+            check_resume_config(cfg, tmp_path / "config.yaml")
         changed = sorted(k for k in {**saved, **now} if saved.get(k) != now.get(k))
         assert any(f"train.{k}" in str(info.value) for k in changed)
 
@@ -154,12 +154,12 @@ def test_resume_check_warns_when_the_horizon_moves(
 ) -> None:
     dump_config(tiny_config(train={"epochs": 1}), tmp_path / "config.yaml")
     with caplog.at_level(logging.WARNING, logger="speechtune.training._loop"):
-        _check_resume_config(tiny_config(train={"epochs": 3}), tmp_path / "config.yaml")
+        check_resume_config(tiny_config(train={"epochs": 3}), tmp_path / "config.yaml")
     assert "horizon moved from 1 to 3 epochs" in caplog.text
     caplog.clear()
     dump_config(tiny_config(train={"epochs": 1, "schedule_epochs": 3}), tmp_path / "config.yaml")
     with caplog.at_level(logging.WARNING, logger="speechtune.training._loop"):
-        _check_resume_config(
+        check_resume_config(
             tiny_config(train={"epochs": 3, "schedule_epochs": 3}), tmp_path / "config.yaml"
         )
     assert caplog.text == ""
