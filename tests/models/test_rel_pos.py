@@ -7,7 +7,6 @@ loader, and a saved model that loads, decodes and exports again.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -30,24 +29,12 @@ from speechtune.models._layers import (
     sinusoidal_encoding,
     valid_mask,
 )
-
-FEATS, VOCAB = 12, 10
+from tests.models.test_models import FEATS, VOCAB, tiny_cfg
 
 
 def rel_cfg(**over: object) -> ModelConfig:
-    base = ModelConfig(
-        encoder="conformer",
-        d_model=16,
-        num_layers=2,
-        num_heads=2,
-        ff_dim=32,
-        conv_kernel=5,
-        dropout=0.1,
-        subsampling=4,
-        head="ctc",
-        pos_enc="rel",
-    )
-    return dataclasses.replace(base, **over)
+    """test_models' tiny Conformer with relative positions."""
+    return tiny_cfg(**{"pos_enc": "rel", **over})
 
 
 def slow_offset_embedding(offset: int, d_model: int) -> torch.Tensor:
