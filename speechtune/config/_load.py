@@ -273,6 +273,18 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
                 "model.conv_kernel", "must be odd (same-length depthwise conv)", m.conv_kernel
             )
         )
+    if m.interctc_weight > 0 and m.encoder in ("transformer", "conformer"):
+        layer = m.interctc_layer or m.num_layers // 2
+        if not 1 <= layer < m.num_layers:
+            out.append(
+                ConfigProblem(
+                    "model.interctc_layer",
+                    f"must be a block below the last of model.num_layers={m.num_layers} "
+                    f"(1..{m.num_layers - 1}, or 0 for the middle; intermediate CTC needs "
+                    ">= 2 layers)",
+                    m.interctc_layer,
+                )
+            )
     sp = cfg.data.speed_perturb
     if any(not 0.5 <= float(f) <= 2.0 for f in sp) or len(set(sp)) != len(sp):
         # Also checked where the data are prepared (for callers that skip the loader).

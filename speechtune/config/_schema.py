@@ -113,6 +113,11 @@ class ModelConfig:
     subsampling: int = _f(4, choices=(1, 2, 4, 6, 8))
     head: str = _f("ctc", choices=HEADS)
     ctc_weight: float = _f(0.3, ge=0.0, le=1.0)
+    # Intermediate CTC (Lee & Watanabe, 2021): the CTC loss is (1 - w) * final + w * the CTC
+    # loss of block `interctc_layer`'s output through the same head. 0 disables it; layer 0
+    # means the middle block (num_layers // 2). Transformer and Conformer encoders only.
+    interctc_weight: float = _f(0.0, ge=0.0, lt=1.0)
+    interctc_layer: int = _f(0, ge=0)
     decoder_layers: int = _f(2, ge=1)
     # "deepnorm" scales residual branches for deep stacks (Wang et al., 2022).
     init: str = _f("default", choices=("default", "deepnorm"))

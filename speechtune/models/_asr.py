@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -9,11 +10,13 @@ from torch import nn
 
 from speechtune.config import HEADS, ModelConfig
 from speechtune.models._beam import beam_search_one
+from speechtune.models._conformer import ConformerEncoder
 from speechtune.models._ctc import BLANK_ID, CTCHead, ctc_greedy_collapse
 from speechtune.models._decoder import TransformerDecoder, attention_loss
 from speechtune.models._encoders import build_encoder
 from speechtune.models._layers import valid_mask
 from speechtune.models._subsampling import Conv2dSubsampling
+from speechtune.models._transformer import TransformerEncoder
 
 
 def _check_inputs(feats: torch.Tensor, feat_lens: torch.Tensor, input_dim: int) -> None:
@@ -53,6 +56,7 @@ class ASRModel(nn.Module):
         self.sos_eos_id = vocab_size - 1
         self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling)
         self.encoder = build_encoder(cfg)
+        self.interctc_taps = interctc_taps(cfg)
         self.ctc = CTCHead(cfg.d_model, vocab_size)
         self.decoder: TransformerDecoder | None = None
         if cfg.head == "ctc_attention":
@@ -79,6 +83,19 @@ class ASRModel(nn.Module):
         _check_inputs(feats, feat_lens, self.input_dim)
         x, lens = self.subsampling(feats, feat_lens.to(feats.device))
         return self.encoder(x, lens)
+
+    def _encode_taps(
+        self, feats: torch.Tensor, feat_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """:meth:`encode`, plus the tapped blocks' outputs when intermediate CTC is on."""
+        if not self.interctc_taps:
+            enc, lens = self.encode(feats, feat_lens)
+            return enc, lens, []
+        _check_inputs(feats, feat_lens, self.input_dim)
+        x, lens = self.subsampling(feats, feat_lens.to(feats.device))
+        # interctc_taps() is non-empty only for these stacks.
+        assert isinstance(self.encoder, (ConformerEncoder, TransformerEncoder))
+        return self.encoder.forward_taps(x, lens, self.interctc_taps)
 
     def _check_targets(self, targets: torch.Tensor, target_lens: torch.Tensor) -> None:
         if targets.dim() != 2 or target_lens.shape != (targets.size(0),):
@@ -115,12 +132,18 @@ class ASRModel(nn.Module):
         Returns:
             ``{"loss", "ctc_loss", "att_loss"}`` scalars (``att_loss`` is ``None`` for the
             ``ctc`` head); ``loss = w * ctc + (1 - w) * att`` with ``w = cfg.ctc_weight``.
+            With intermediate CTC, ``ctc_loss`` is ``(1 - v) * final + v * mean(tapped)``
+            with ``v = cfg.interctc_weight``.
         """
         self._check_targets(targets, target_lens)
-        enc, enc_lens = self.encode(feats, feat_lens)
+        enc, enc_lens, tapped = self._encode_taps(feats, feat_lens)
         targets = targets.to(enc.device)
         target_lens = target_lens.to(enc.device)
         ctc_loss = self.ctc.loss(enc, enc_lens, targets, target_lens)
+        if tapped:
+            inter = torch.stack([self.ctc.loss(t, enc_lens, targets, target_lens) for t in tapped])
+            v = self.cfg.interctc_weight
+            ctc_loss = (1 - v) * ctc_loss + v * inter.mean()
         if self.decoder is None:
             return {"loss": ctc_loss, "ctc_loss": ctc_loss, "att_loss": None}
         att_loss = attention_loss(
@@ -233,6 +256,31 @@ class ASRModel(nn.Module):
                 return methods[method](enc, enc_lens)
         finally:
             self.train(was_training)
+
+
+def interctc_taps(cfg: ModelConfig) -> tuple[int, ...]:
+    """The 1-based encoder blocks whose outputs get an intermediate CTC loss (maybe none).
+
+    Raises:
+        ValueError: The named block is not below the last one.
+    """
+    if cfg.interctc_weight <= 0:
+        return ()
+    if cfg.encoder not in ("transformer", "conformer"):
+        # As for pos_enc: say so once rather than fail a tuner's trial.
+        warnings.warn(
+            f"model.interctc_weight has no effect on the {cfg.encoder!r} encoder (only "
+            "transformer and conformer stacks expose their blocks); training without it",
+            stacklevel=3,
+        )
+        return ()
+    layer = cfg.interctc_layer or cfg.num_layers // 2
+    if not 1 <= layer < cfg.num_layers:
+        raise ValueError(
+            f"model.interctc_layer={cfg.interctc_layer} must name a block below the last of "
+            f"model.num_layers={cfg.num_layers} (1..{cfg.num_layers - 1}, or 0 for the middle)"
+        )
+    return (layer,)
 
 
 def build_model(cfg: ModelConfig, input_dim: int, vocab_size: int) -> ASRModel:

@@ -15,6 +15,8 @@ Choices made here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,12 +152,26 @@ class ConformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``x [B, T, d_model]``; returns ``(out [B, T, d_model], lengths)``."""
+        out, lengths, _ = self.forward_taps(x, lengths, ())
+        return out, lengths
+
+    def forward_taps(
+        self, x: torch.Tensor, lengths: torch.Tensor, taps: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Encode and also return the outputs of the 1-based blocks ``taps`` (intermediate CTC).
+
+        Every block ends in a LayerNorm, so a tapped output is on the final output's scale and
+        can share its CTC head.
+        """
         valid = valid_mask(lengths, x.size(1))
         pos_emb: torch.Tensor | None = None
         if isinstance(self.pos, RelPositionalEncoding):
             x, pos_emb = self.pos(x)
         else:
             x = self.pos(x)
-        for layer in self.layers:
+        tapped: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers, start=1):
             x = layer(x, valid, pos_emb)
-        return x.masked_fill(~valid[..., None], 0.0), lengths
+            if i in taps:
+                tapped.append(x.masked_fill(~valid[..., None], 0.0))
+        return x.masked_fill(~valid[..., None], 0.0), lengths, tapped

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -67,9 +69,23 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``x [B, T, d_model]``; returns ``(out [B, T, d_model], lengths)``."""
+        out, lengths, _ = self.forward_taps(x, lengths, ())
+        return out, lengths
+
+    def forward_taps(
+        self, x: torch.Tensor, lengths: torch.Tensor, taps: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Encode and also return the outputs of the 1-based layers ``taps`` (intermediate CTC).
+
+        A tapped output goes through the final LayerNorm too (as ESPnet's intermediate CTC
+        does), so it is on the scale the shared CTC head expects.
+        """
         valid = valid_mask(lengths, x.size(1))
         x = self.pos(x)
-        for layer in self.layers:
+        tapped: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers, start=1):
             x = layer(x, valid)
+            if i in taps:
+                tapped.append(self.final_norm(x).masked_fill(~valid[..., None], 0.0))
         x = self.final_norm(x)
-        return x.masked_fill(~valid[..., None], 0.0), lengths
+        return x.masked_fill(~valid[..., None], 0.0), lengths, tapped

@@ -39,7 +39,7 @@ VARIANTS = {
         schedule={"name": "cyclic", "cycle_steps": 6},
         train={"grad_accum": 2, "lr_scaling": "sqrt", "reference_batch": 16},
     ),
-    "conformer-deepnorm-exponential": dict(
+    "conformer-deepnorm-interctc-exponential": dict(
         model={
             "encoder": "conformer",
             "d_model": 32,
@@ -49,6 +49,7 @@ VARIANTS = {
             "conv_kernel": 7,
             "init": "deepnorm",
             "subsampling": 6,
+            "interctc_weight": 0.3,
         },
         optim={"name": "adam", "lr": 0.002},
         schedule={"name": "warmup_exponential", "warmup_steps": 3, "gamma": 0.95},
