@@ -1,0 +1,261 @@
+"""Does tuning beat the defaults on real speech? A study's best AN4 config vs the recipe's defaults.
+
+1. Runs the study of ``--study`` (a tuning YAML with a recipe objective, e.g.
+   ``conf/tuning_an4_cpu.yaml``) in ``<out>/study`` with ``speechtune tune``, unless that run
+   directory already holds its ``best.yaml`` (an interrupted study resumes).
+2. Trains the study's base recipe (the recipe plus the study's fixed overrides: "the defaults")
+   and ``best.yaml`` ("tuned") from scratch with each of ``--seeds`` (not the study's own seed),
+   at the same epochs, ``--parallel`` runs at a time, and reads each run's ``metrics.json``.
+3. Writes every run and the summary (mean +- standard error of dev WER, relative change, per-group
+   WER) to ``--record`` (JSON) and prints a Markdown table.
+
+Every selection is on AN4 dev (speaker-disjoint, carved from the training split); the test
+split is never read.
+
+    python benchmarks/an4_tuned_vs_default.py --study conf/tuning_an4_cpu.yaml --seeds 1 2 3 \\
+        --out runs/an4_tvd_cpu --record benchmarks/data/an4_tuned_vs_default_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # an uninstalled checkout (the GPU machine) works too
+
+from speechtune.tuning.spec import load_tuning  # noqa: E402
+
+#: Metrics copied from each run's metrics.json into the record.
+KEPT = ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "num_parameters")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "speechtune.cli", *args]
+
+
+def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the study; returns its wall time and where best.yaml is."""
+    best = run_dir / "best.yaml"
+    if best.is_file():
+        return {"best_yaml": str(best), "wall_seconds": None, "reused": True}
+    cmd = _cli(
+        "tune",
+        "--config",
+        args.study,
+        "--run-dir",
+        str(run_dir),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        # A multi-fidelity study runs in one driver: parallel trials are its threads.
+        "--n-jobs",
+        str(args.parallel),
+        "--cache-dir",
+        args.cache_dir,
+        "--no-tracking",
+        "--quiet",
+    )
+    if args.study_set:
+        cmd += ["--set", *args.study_set]
+    if (run_dir / "study.db").exists() or (run_dir / "journal.log").exists():
+        cmd.append("--resume")
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    if not best.is_file():
+        raise SystemExit(f"{run_dir}: the study ended without a best.yaml")
+    return {"best_yaml": str(best), "wall_seconds": time.perf_counter() - t0, "reused": False}
+
+
+def _train_cmd(config: Path, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    return _cli(
+        "train",
+        "--config",
+        str(config),
+        "--set",
+        f"seed={seed}",
+        "--run-dir",
+        str(run_dir),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--cache-dir",
+        args.cache_dir,
+        "--quiet",
+    )
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    out = {k: metrics.get(k) for k in KEPT}
+    out["best_epoch"] = metrics.get("best_epoch")
+    out["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in history)
+    out["wer_curve"] = [round(r["wer"], 4) for r in history]
+    return out
+
+
+def train_all(jobs: list[tuple[str, int, Path, Path]], args: argparse.Namespace) -> None:
+    """Train every (arm, seed) whose run directory has no metrics.json, a few at a time."""
+    pending = [j for j in jobs if not (j[3] / "metrics.json").is_file()]
+    running: list[tuple[subprocess.Popen[bytes], str]] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            arm, seed, config, run_dir = pending.pop(0)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = (run_dir.parent / f"{run_dir.name}.log").open("wb")
+            proc = subprocess.Popen(
+                _train_cmd(config, seed, run_dir, args), cwd=ROOT, stdout=log, stderr=log
+            )
+            running.append((proc, f"{arm} seed {seed}"))
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                print(f"{name}: exit {proc.returncode}", flush=True)
+        if running:
+            try:
+                running[0][0].wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, float("nan")
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var / len(xs))
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean +- s.e. per arm of WER, CER and per-group WER, and the relative change in WER."""
+    out: dict[str, Any] = {}
+    for arm in ("default", "tuned"):
+        rows = [r for r in runs if r["arm"] == arm and r.get("wer") is not None]
+        if not rows:
+            continue
+        groups = sorted({g for r in rows for g in (r.get("group_wer") or {})})
+        out[arm] = {
+            "n": len(rows),
+            "wer": _mean_se([r["wer"] for r in rows]),
+            "cer": _mean_se([r["cer"] for r in rows]),
+            "worst_group_wer": _mean_se([r["worst_group_wer"] for r in rows]),
+            "group_wer": {g: _mean_se([r["group_wer"][g] for r in rows]) for g in groups},
+            "train_seconds": _mean_se([r["train_seconds"] or 0.0 for r in rows]),
+        }
+    if "default" in out and "tuned" in out:
+        d, t = out["default"]["wer"][0], out["tuned"]["wer"][0]
+        out["relative_wer_change"] = (t - d) / d if d else None
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table (mean +- s.e. over seeds)."""
+
+    def f(ms: tuple[float, float]) -> str:
+        return f"{ms[0]:.3f} ± {ms[1]:.3f}"
+
+    lines = [
+        "| arm | seeds | dev WER | dev CER | per-group WER | worst group | train time |",
+        "|---|---:|---|---|---|---|---:|",
+    ]
+    for arm in ("default", "tuned"):
+        s = summary.get(arm)
+        if s is None:
+            continue
+        groups = ", ".join(f"{g} {f(v)}" for g, v in s["group_wer"].items())
+        lines.append(
+            f"| {arm} | {s['n']} | {f(s['wer'])} | {f(s['cer'])} | {groups} | "
+            f"{f(s['worst_group_wer'])} | {s['train_seconds'][0] / 60:.1f} min |"
+        )
+    rel = summary.get("relative_wer_change")
+    if rel is not None:
+        lines.append(f"\nrelative change in mean dev WER, tuned vs default: {100 * rel:+.1f} %")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--study", default="conf/tuning_an4_cpu.yaml", help="tuning YAML")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument(
+        "--parallel", type=int, default=2, help="parallel study trials and parallel final runs"
+    )
+    ap.add_argument("--out", default="runs/an4_tvd_cpu")
+    ap.add_argument("--record", default="benchmarks/data/an4_tuned_vs_default_cpu.json")
+    ap.add_argument("--cache-dir", default=".cache/speechtune")
+    ap.add_argument("--skip-study", action="store_true", help="use <out>/study/best.yaml as is")
+    ap.add_argument(
+        "--study-set",
+        nargs="*",
+        default=[],
+        help="dotted overrides of the tuning YAML (a smoke run: fidelity.budget=0.3 ...)",
+    )
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    args.cache_dir = str(Path(args.cache_dir).resolve())
+
+    spec = load_tuning(args.study, args.study_set)
+    if spec.objective.seeds and set(spec.objective.seeds) & set(args.seeds):
+        print(
+            f"note: seeds {sorted(set(spec.objective.seeds) & set(args.seeds))} are also the "
+            "study's own; the comparison is fairer with others",
+            file=sys.stderr,
+        )
+    default_yaml = out / "default.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    default_yaml.write_text(yaml.safe_dump(spec.base_recipe, sort_keys=False))
+
+    study = (
+        {"best_yaml": str(out / "study" / "best.yaml"), "wall_seconds": None, "reused": True}
+        if args.skip_study
+        else run_study(args, out / "study")
+    )
+    arms = {"default": default_yaml, "tuned": Path(study["best_yaml"])}
+    jobs = [
+        (arm, seed, config, out / "final" / f"{arm}-seed{seed}")
+        for seed in args.seeds
+        for arm, config in arms.items()
+    ]
+    train_all(jobs, args)
+    runs = []
+    for arm, seed, _, run_dir in jobs:
+        if (run_dir / "metrics.json").is_file():
+            runs.append({"arm": arm, "seed": seed, **_read_run(run_dir)})
+        else:
+            runs.append({"arm": arm, "seed": seed, "wer": None, "error": "no metrics.json"})
+    summary = summarise(runs)
+    record = {
+        "study_config": args.study,
+        "study": study,
+        "tuned_config": yaml.safe_load(Path(study["best_yaml"]).read_text()),
+        "seeds": args.seeds,
+        "threads_per_run": args.threads,
+        "parallel": args.parallel,
+        "cpu_count": os.cpu_count(),
+        "runs": runs,
+        "summary": summary,
+    }
+    Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.record).write_text(json.dumps(record, indent=1) + "\n")
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
