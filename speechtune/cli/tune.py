@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage",
         default=None,
         help="Optuna storage URL, 'journal' (RUN_DIR/journal.log) or journal:///path.log "
-        "(default: study.storage)",
+        "(default: $SPEECHTUNE_STORAGE, else study.storage); a URL with a password belongs in "
+        "$SPEECHTUNE_STORAGE, not on the command line",
     )
     parser.add_argument(
         "--n-jobs",
@@ -153,6 +154,25 @@ def _check(args: argparse.Namespace) -> None:
     check_threads(args)
 
 
+def _storage_arg(args: argparse.Namespace) -> None:
+    """Fill ``args.storage`` from ``$SPEECHTUNE_STORAGE``; warn about a password on argv."""
+    import os
+
+    from speechtune._urls import has_password
+    from speechtune.tuning.study import STORAGE_ENV
+
+    if args.storage is None:
+        # Taken out of the environment, as `speechtune worker` does: trials' own processes
+        # (command objectives) would inherit it otherwise. Packed workers get it back explicitly.
+        args.storage = os.environ.pop(STORAGE_ENV, "").strip() or None
+    elif has_password(args.storage):
+        print(
+            "warning: --storage holds a password, which every user of this machine can read in "
+            f"`ps`; pass the URL in ${STORAGE_ENV} instead",
+            file=sys.stderr,
+        )
+
+
 def _backend(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> Backend:
     """The backend the flags ask for."""
     from speechtune.tuning.backends import PackedBackend, default_backend
@@ -222,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
         StudyExistsError,
     )
 
+    _storage_arg(args)
     spec = load_tuning(args.config, tuple(args.set or ())).with_storage(args.storage)
     _check(args)
     packed = args.workers is not None and args.workers > 1 and args.backend != "ray"

@@ -79,3 +79,32 @@ def test_cli_runs_a_function_beside_the_yaml_and_a_worker_joins_from_the_stored_
     for t in done:
         assert t.values[0] == pytest.approx((t.params["x"] - 0.3) ** 2)
         assert [row["epoch"] for row in t.user_attrs["history"]] == [1, 2]
+
+
+def test_tune_takes_the_storage_from_the_environment_and_warns_about_a_password_on_argv(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    config = _spec(tmp_path, function="my_objective:objective")
+    log = tmp_path / "env.log"
+    env = {**os.environ, "SPEECHTUNE_STORAGE": f"journal:///{log}"}
+    run = subprocess.run(
+        speechtune_argv("tune", "--config", str(config), "--run-dir", str(tmp_path / "a"), "--quiet", "--no-tracking"),
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert log.is_file() and not (tmp_path / "a" / "study.db").exists()
+    study = optuna.load_study(
+        study_name="fn", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(log))
+        ),
+    )  # fmt: skip
+    assert len(study.get_trials(states=[TrialState.COMPLETE])) == 3
+    # A password on the command line still works, with a warning; it is never echoed.
+    bad = subprocess.run(
+        speechtune_argv("tune", "--config", str(config), "--storage", "postgresql://u:s3cr3t-pw@127.0.0.1:1/x", "--run-dir", str(tmp_path / "b"), "--quiet", "--no-tracking"),
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert "--storage holds a password" in bad.stderr and "$SPEECHTUNE_STORAGE" in bad.stderr
+    assert "s3cr3t-pw" not in bad.stdout + bad.stderr
