@@ -49,7 +49,9 @@ class PreparedData:
     report: ValidationReport
     speeds: Mapping[str, float] = field(default_factory=dict, compare=False)
 
-    def with_speed_perturbation(self, factors: Sequence[float]) -> PreparedData:
+    def with_speed_perturbation(
+        self, factors: Sequence[float], max_duration: float | None = None
+    ) -> PreparedData:
         """The training split with each utterance at every factor (``data.speed_perturb``).
 
         Each factor other than 1.0 adds a copy of every training utterance with id
@@ -57,7 +59,9 @@ class PreparedData:
         audio source, and the duration it really has at that speed (``duration / factor``);
         1.0 keeps the originals. A list without 1.0 trains on copies only; ``[]`` changes
         nothing. Dev is returned as it is. Call it after any proxy subset is taken, so that a
-        subset holds all of an utterance's copies or none.
+        subset holds all of an utterance's copies or none. A slowed copy longer than
+        ``max_duration`` seconds (``data.max_duration``, which the originals passed) is left
+        out, and the number left out is logged.
 
         Raises:
             ConfigError: naming ``data.speed_perturb``, for a factor out of range or repeated.
@@ -69,16 +73,26 @@ class PreparedData:
         if self.speeds:
             raise ValueError("the training split is speed-perturbed already")
         utts, speeds = [], {}
+        too_long = 0
         for factor in factors:
             for utt in self.train:
                 if factor == 1.0:
                     utts.append(utt)
+                    continue
+                if max_duration is not None and utt.duration / factor > max_duration:
+                    too_long += 1
                     continue
                 copy = replace_utt(
                     utt, id=f"sp{factor:g}-{utt.id}", duration=utt.duration / factor
                 )
                 utts.append(copy)
                 speeds[copy.id] = factor
+        if too_long:
+            log.info(
+                "speed perturbation: left out %d copies longer than data.max_duration=%gs",
+                too_long,
+                max_duration,
+            )
         train = Manifest(utts, self.train.split, self.train.root)
         return dataclasses.replace(self, train=train, speeds=speeds)
 

@@ -305,7 +305,7 @@ def _train(
     # Dev text the tokenizer cannot write is bad input too: name it rather than crash mid-epoch.
     dev_set, _ = validate_manifest(dev_set, charset=tokenizer.charset, skip_bad=cfg.data.skip_bad)
     # data.speed_perturb copies: after any proxy subset and the tokenizer; in CMVN like Kaldi.
-    data = data.with_speed_perturbation(cfg.data.speed_perturb)
+    data = data.with_speed_perturbation(cfg.data.speed_perturb, cfg.data.max_duration)
     train_set = require_tunable(data.train, "training")
     train_feats = _features(train_set, cfg, opts, device, data.speeds)
     dev_feats = _features(dev_set, cfg, opts, device)

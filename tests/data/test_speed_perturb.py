@@ -145,6 +145,16 @@ def test_preparation_triples_the_training_split_and_keeps_dev(
         data.with_speed_perturbation(FACTORS)
     assert prepared.with_speed_perturbation([]) is prepared
 
+    # data.max_duration, which every original passed, also bounds the slowed copies.
+    longest = max(u.duration for u in plain.train)
+    limit = longest / 0.95  # the longest original's 0.9 copy is over it, its 1.1 copy is not
+    capped = plain.with_speed_perturbation(FACTORS, max_duration=limit)
+    slow = {u.id for u in capped.train if u.id.startswith("sp0.9-")}
+    assert slow == {"sp0.9-" + u.id for u in plain.train if u.duration / 0.9 <= limit}
+    assert len(slow) < len(plain.train)
+    assert sum(u.id.startswith("sp1.1-") for u in capped.train) == len(plain.train)
+    assert max(u.duration for u in capped.train) <= limit
+
 
 def test_a_proxy_subset_takes_whole_utterances_with_all_their_copies(corpus_dir: Path) -> None:
     cfg = _data_cfg(corpus_dir, speed_perturb=FACTORS, proxy_fraction=0.5)
