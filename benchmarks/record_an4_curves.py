@@ -70,7 +70,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -246,6 +246,69 @@ def merge_recordings(parts: Sequence[Path], out: Path, seed_order: Sequence[int]
     return len(ordered)
 
 
+def _epoch_table(
+    full: Sequence[dict[str, Any]], final: np.ndarray, epochs: Iterable[int], n_bootstrap: int
+) -> list[str]:
+    """Markdown rows: Spearman (bootstrap 95% CI) of each epoch's dev WER and loss with ``final``."""
+    from speechtune.reports import rank_correlation
+
+    lines = [
+        "| after epoch | Spearman, dev WER (95% CI) | Spearman, dev loss (95% CI) |",
+        "| ---: | --- | --- |",
+    ]
+    for k in epochs:
+        cells = []
+        for field in ("wer", "dev_loss"):
+            vals = np.array([r["epochs"][k].get(field) for r in full], dtype=float)
+            ok = np.isfinite(vals) & np.isfinite(final)
+            stats = rank_correlation(
+                vals[ok], final[ok], n_bootstrap=n_bootstrap, rng=np.random.default_rng([0, k])
+            )
+            if stats.spearman is None:
+                cells.append("n/a")
+            else:
+                lo, hi = stats.spearman_ci or (math.nan, math.nan)
+                cells.append(f"{stats.spearman:.2f} ({lo:.2f} to {hi:.2f})")
+        lines.append(f"| {k + 1} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def summarise_proxy(path: Path, reference: Path, n_bootstrap: int = 2000) -> str:
+    """How each epoch of a proxy recording ranks configs like a reference's final dev WER.
+
+    ``path`` records the grid at a proxy fidelity (e.g. 30 % of the training data, in its space
+    file's overrides); ``reference`` the same grid at full fidelity. Over the configs that
+    completed every epoch in both: Spearman of the proxy's dev WER (and dev loss) after each
+    epoch with the reference's final dev WER, bootstrap 95% intervals over configs.
+    """
+    meta, records = read_recording(path)
+    ref_meta, ref = read_recording(reference)
+    if meta is None or ref_meta is None:
+        raise ValueError(f"{path if meta is None else reference}: empty; expected a recording")
+    if meta["space"] != ref_meta["space"]:
+        raise ValueError(f"{path} and {reference} record different grids: config ids differ")
+    epochs, ref_epochs = int(meta["epochs"]), int(ref_meta["epochs"])
+    both = [
+        cid
+        for cid, r in sorted(records.items())
+        if len(r["epochs"]) == epochs and len(ref.get(cid, {}).get("epochs", [])) == ref_epochs
+    ]
+    full = [records[c] for c in both]
+    final = np.array([ref[c]["epochs"][-1]["wer"] for c in both], dtype=float)
+    extra = {
+        k: v for k, v in meta["base_overrides"].items() if ref_meta["base_overrides"].get(k) != v
+    }
+    times = [sum(e["time_s"] for e in r["epochs"]) for r in full]
+    lines = [
+        f"{path.name} ({extra or 'same overrides'}) against the final dev WER of "
+        f"{reference.name} ({ref_epochs} epochs, {ref_meta['device']}): {len(both)} configs in "
+        f"both; {np.mean(times):.0f} s per proxy config (wall, mean, on {meta['device']})",
+        "",
+        *_epoch_table(full, final, range(epochs), n_bootstrap),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def summarise_recording(path: Path, n_bootstrap: int = 2000, compare: Path | None = None) -> str:
     """A Markdown summary of a recording: how each epoch ranks configs like the last one.
 
@@ -271,23 +334,8 @@ def summarise_recording(path: Path, n_bootstrap: int = 2000, compare: Path | Non
         f"{np.min(final):.3f}-{np.max(final):.3f} (median {np.median(final):.3f}); "
         f"{np.mean(times):.0f} s per config (wall, mean)",
         "",
-        "| after epoch | Spearman, dev WER (95% CI) | Spearman, dev loss (95% CI) |",
-        "| ---: | --- | --- |",
+        *_epoch_table(full, final, range(epochs - 1), n_bootstrap),
     ]
-    for k in range(epochs - 1):
-        cells = []
-        for field in ("wer", "dev_loss"):
-            vals = np.array([r["epochs"][k].get(field) for r in full], dtype=float)
-            ok = np.isfinite(vals) & np.isfinite(final)
-            stats = rank_correlation(
-                vals[ok], final[ok], n_bootstrap=n_bootstrap, rng=np.random.default_rng([0, k])
-            )
-            if stats.spearman is None:
-                cells.append("n/a")
-            else:
-                lo, hi = stats.spearman_ci or (math.nan, math.nan)
-                cells.append(f"{stats.spearman:.2f} ({lo:.2f} to {hi:.2f})")
-        lines.append(f"| {k + 1} | {cells[0]} | {cells[1]} |")
     if compare is not None:
         other_meta, other = read_recording(compare)
         both = [
@@ -736,7 +784,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print how each epoch of --out ranks configs like the last (Spearman, bootstrap "
         "95%% intervals) instead of training; OTHER: a second recording to compare with",
     )
+    ap.add_argument(
+        "--proxy-for",
+        type=Path,
+        default=None,
+        metavar="REFERENCE",
+        help="print how each epoch of --out (a proxy recording of the same grid, e.g. on part "
+        "of the data) ranks configs like REFERENCE's final dev WER, instead of training",
+    )
     args = ap.parse_args(argv)
+    if args.proxy_for is not None:
+        print(summarise_proxy(Path(args.out), args.proxy_for), end="")
+        return 0
     if args.summary is not None:
         other = None if args.summary is True else Path(args.summary)
         print(summarise_recording(Path(args.out), compare=other), end="")

@@ -262,6 +262,7 @@ def _load(
         recipe_keys=recipe_keys,
         tuned_keys=set(space_raw),
         problems=problems,
+        metric=objective.primary_metric,
     )
     if raw.get("fidelity") is not None and objective.is_multi_objective:
         # Promotion ranks configs by one value; a Pareto front has no "best 1/eta".

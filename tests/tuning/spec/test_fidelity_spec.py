@@ -477,3 +477,30 @@ def test_schedule_horizon_is_the_highest_rung_a_run_continues_to() -> None:
     # no epochs to continue on: a data ladder, or a ladder without a resume key
     assert schedule_horizon(Fidelity.from_budgets("data.proxy_fraction", [0.1, 1.0]), 0) is None
     assert schedule_horizon(Fidelity.from_budgets("train.epochs", [1, 3], resume=False), 0) is None
+
+
+@pytest.mark.parametrize(
+    ("objective", "fidelity", "want"),
+    [
+        ({"metric": "wer"}, {}, "dev_loss"),  # error rates tie early: the dev loss ranks
+        ({"metric": "cer"}, {}, "dev_loss"),
+        ({"metric": "wer", "group": "worst_group"}, {}, "dev_loss"),
+        ({"metric": "wer"}, {"rank_metric": None}, None),  # explicit null: the objective
+        ({"metric": "wer"}, {"rank_metric": "cer"}, "cer"),
+        ({"metric": "dev_loss"}, {}, None),  # not an error rate: ranked by itself
+    ],
+)
+def test_rank_metric_defaults_to_dev_loss_for_error_rate_objectives(
+    tmp_path: Path, objective: dict[str, Any], fidelity: dict[str, Any], want: str | None
+) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "recipe": RECIPE,
+            "space": SPACE,
+            "objective": {"kind": "recipe", **objective},
+            "fidelity": {"strategy": "hyperband", **fidelity},
+        },
+    )
+    spec = load_tuning(path)
+    assert spec.fidelity is not None and spec.fidelity.rank_metric == want
