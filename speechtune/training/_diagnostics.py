@@ -30,10 +30,35 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
+#: Optimiser steps between reads of the running loss and gradient-norm sums. Each read waits
+#: for the GPU; a NaN is still caught within this many steps (its sum stays NaN), and a run that
+#: diverged cannot recover in between, so only the step it is reported at moves.
+FINITE_CHECK_STEPS = 25
+
+
 def check_finite(value: float, what: str, epoch: int, step: int) -> None:
     """End the run as diverged when a loss or gradient norm is NaN/inf."""
     if not math.isfinite(value):
         raise RunEnded(DIVERGED, f"diverged: {what} is {value} at epoch {epoch}, step {step}")
+
+
+def check_sums_finite(
+    loss_sum: torch.Tensor, gnorm_sum: torch.Tensor, epoch: int, step: int
+) -> tuple[float, float]:
+    """Read the epoch's running sums (one host sync) and end the run if either is NaN/inf.
+
+    Returns:
+        ``(loss_sum, gnorm_sum)`` as floats.
+    """
+    loss, gnorm = (float(v) for v in torch.stack([loss_sum, gnorm_sum]).cpu())
+    for what, value in (("training loss", loss), ("gradient norm", gnorm)):
+        if not math.isfinite(value):
+            raise RunEnded(
+                DIVERGED,
+                f"diverged: the {what} became {value} in epoch {epoch} (checked at step {step}, "
+                f"every {FINITE_CHECK_STEPS} steps)",
+            )
+    return loss, gnorm
 
 
 @dataclass

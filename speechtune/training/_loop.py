@@ -47,11 +47,12 @@ from speechtune.training._checkpoint import (
 )
 from speechtune.training._diagnostics import (
     COMPLETE,
+    FINITE_CHECK_STEPS,
     OOM,
     STOPPED,
     FlatlineDetector,
     RunEnded,
-    check_finite,
+    check_sums_finite,
     is_oom,
 )
 from speechtune.training._optim import build_optimizer, effective_batch, scale_lr
@@ -365,7 +366,11 @@ def _train(
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             model.train()
-            loss_sum, n_utts, gnorm_sum, n_steps, audio_s = 0.0, 0, 0.0, 0, 0.0
+            n_utts, n_steps, audio_s = 0, 0, 0.0
+            # Summed on the device and read back every FINITE_CHECK_STEPS steps: a float()
+            # per step would make the host wait for the GPU twice a step.
+            loss_sum_t = torch.zeros((), device=device)
+            gnorm_sum_t = torch.zeros((), device=device)
             optimizer.zero_grad(set_to_none=True)
             batches = list(sampler)
             for k, idx in enumerate(
@@ -379,10 +384,8 @@ def _train(
                 with _autocast(device, t.precision):
                     out = model(x, b.feat_lens, b.targets, b.target_lens)
                 loss = out["loss"]
-                loss_value = float(loss.detach())
-                check_finite(loss_value, "training loss", epoch, state.step)
                 (loss / t.grad_accum).backward()
-                loss_sum += loss_value * len(ids)
+                loss_sum_t += loss.detach().float() * len(ids)
                 n_utts += len(ids)
                 audio_s += b.audio_seconds
                 if (k + 1) % t.grad_accum == 0 or k + 1 == len(batches):
@@ -397,13 +400,15 @@ def _train(
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                    check_finite(gnorm, "gradient norm", epoch, state.step)
+                    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                    gnorm_sum_t += gnorm.detach().float()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    gnorm_sum += gnorm
                     n_steps += 1
                     state.step += 1
+                    if n_steps % FINITE_CHECK_STEPS == 0:
+                        check_sums_finite(loss_sum_t, gnorm_sum_t, epoch, state.step)
+            loss_sum, gnorm_sum = check_sums_finite(loss_sum_t, gnorm_sum_t, epoch, state.step)
             train_time = time.perf_counter() - t0
             train_loss = loss_sum / max(n_utts, 1)
             dev = evaluate_dev(

@@ -180,3 +180,13 @@ def test_diverging_learning_rate_is_caught(synth_data: PreparedData, tmp_path: P
     )
     result = train(cfg, run_options(tmp_path), data=synth_data)
     assert result.status == "diverged", result.reason
+
+
+def test_running_sums_are_read_once_and_a_nan_in_them_ends_the_run() -> None:
+    from speechtune.training._diagnostics import RunEnded, check_sums_finite
+
+    assert check_sums_finite(torch.tensor(3.5), torch.tensor(1.25), 1, 10) == (3.5, 1.25)
+    with pytest.raises(RunEnded, match="gradient norm became inf in epoch 2"):
+        check_sums_finite(torch.tensor(1.0), torch.tensor(float("inf")), 2, 50)
+    with pytest.raises(RunEnded, match="training loss became nan"):
+        check_sums_finite(torch.tensor(float("nan")), torch.tensor(1.0), 2, 50)
