@@ -33,6 +33,8 @@ VARIANTS: dict[str, list[str]] = {
     "rel_pos": ["model.pos_enc=rel"],
     "speed_perturb": ["data.speed_perturb=[0.9,1.0,1.1]"],
     "rel_pos+speed_perturb": ["model.pos_enc=rel", "data.speed_perturb=[0.9,1.0,1.1]"],
+    "interctc": ["model.interctc_weight=0.3"],
+    "speed_perturb+interctc": ["data.speed_perturb=[0.9,1.0,1.1]", "model.interctc_weight=0.3"],
     "no_specaugment": ["specaugment.enabled=false"],
     "ctc_only": ["model.head=ctc"],
 }
