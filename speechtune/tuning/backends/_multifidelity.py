@@ -27,7 +27,7 @@ from speechtune.tuning.backends._mf_driver import (
 )
 from speechtune.tuning.objectives import Objective, RecipeObjective
 from speechtune.tuning.search import Fidelity, MultiFidelitySearch
-from speechtune.tuning.space import SearchSpace, with_priors
+from speechtune.tuning.space import SearchSpace, fit_params, with_priors
 from speechtune.tuning.spec import FidelitySpec, TuningSpec
 from speechtune.tuning.study import (
     DEFAULT_HEARTBEAT_S,
@@ -114,6 +114,7 @@ class MultiFidelityBackend:
             seed=spec.study.seed or 0,
             use_priors=fspec.priors,
             warm_start=warm,
+            baseline=_baseline(fspec, spec, space, study),
             base=None if space.base else spec.base_flat or None,
             n_workers=jobs,
         )
@@ -177,6 +178,28 @@ def _top_epochs(spec: TuningSpec, fidelity: Fidelity) -> int | None:
     if isinstance(epochs, int):
         return epochs
     return spec.max_epochs
+
+
+def _baseline(
+    fspec: FidelitySpec, spec: TuningSpec, space: SearchSpace, study: optuna.Study
+) -> dict[str, Any] | None:
+    """The base recipe's values of the tuned keys (the defaults), run first at full fidelity.
+
+    Only for recipe objectives (others have no defaults to compare with). A resumed study
+    replays what its first run asked, so one begun without a baseline goes on without it.
+    """
+    if not fspec.baseline or spec.objective.kind != "recipe" or not spec.base_flat:
+        return None
+    for t in study.get_trials(deepcopy=False):
+        job = t.user_attrs.get("job")
+        if isinstance(job, dict) and job.get("number") == 0 and job.get("source") != "baseline":
+            return None
+
+    def warn(key: str, message: str) -> None:
+        log.info("baseline: the base recipe's %s %s", key, message)
+
+    params = fit_params(space, spec.base_flat, warn)
+    return params or None
 
 
 def _warm_start(

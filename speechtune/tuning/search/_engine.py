@@ -79,6 +79,9 @@ class MultiFidelitySearch:
         seed: same seed, same decisions.
         use_priors: let the space's priors guide new configs (``speechtune`` only).
         warm_start: params of configs to try first (e.g. the top configs of a previous study).
+        baseline: params of a config run first, at the top rung, so that it competes for
+            :meth:`best` whatever the cheap rungs think of it: the recipe's defaults, which a
+            study should only replace with something better measured the same way.
         base: flat values for names outside the space (conditions and derived values read them).
         n_workers: jobs run at once; above 1 the bracket strategies promote asynchronously.
         direction: ``"minimize"`` (a WER, a loss) or ``"maximize"`` (an accuracy): what
@@ -94,6 +97,7 @@ class MultiFidelitySearch:
         seed: int = 0,
         use_priors: bool = True,
         warm_start: Sequence[Mapping[str, Any]] = (),
+        baseline: Mapping[str, Any] | None = None,
         base: Mapping[str, Any] | None = None,
         n_workers: int = 1,
         direction: str = "minimize",
@@ -130,15 +134,19 @@ class MultiFidelitySearch:
         self._proposer = Proposer(
             space, strategy, use_priors=self.use_priors, warm_start=warm_start, base=base
         )
+        self._baseline = dict(baseline) if baseline is not None else None
 
     # ------------------------------------------------------------------ public API
     def ask(self) -> Job | None:
         """The next job, or None when a synchronous bracket waits for running jobs."""
         rng = np.random.default_rng([self.seed, self._n_asked])
-        job: Job | None
-        if self.strategy == "random":
+        job: Job | None = None
+        if self._baseline is not None:
+            job = self._baseline_job(rng, self._baseline)
+            self._baseline = None
+        if job is None and self.strategy == "random":
             job = self._new_job(rng, self.fidelity.top, bracket=-1)
-        else:
+        elif job is None:
             job = self._next_probe()
             if job is None:
                 job = self._ask_async(rng) if self.asynchronous else self._ask_sync(rng)
@@ -305,6 +313,16 @@ class MultiFidelitySearch:
         )
         cfg = self._register(params, config, source)
         return self._make_job(cfg, rung, bracket, source, None)
+
+    def _baseline_job(self, rng: np.random.Generator, params: Mapping[str, Any]) -> Job | None:
+        """The baseline config at the top rung, or None when the space cannot represent it."""
+        got, config = self._proposer.draw_given(rng, params)
+        if any(got.get(k) != v for k, v in params.items()):
+            # A constraint refused it: a different config would run under the baseline's name.
+            log.warning("the baseline config %s breaks the space's constraints: not run", params)
+            return None
+        cfg = self._register(got, config, "baseline")
+        return self._make_job(cfg, self.fidelity.top, -1, "baseline", None)
 
     def _promote(self, cid: int, from_rung: int, to_rung: int, bracket: int) -> Job:
         cfg = self._configs[cid]

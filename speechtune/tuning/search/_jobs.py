@@ -25,7 +25,7 @@ class Job:
             for a run from scratch.
         cost: compute of this job in full-training units (for a continuation, only what it adds).
         source: how the config was chosen: random, model, prior, incumbent, warm_start,
-            promotion or probe.
+            baseline, promotion or probe.
         parent_rung: the rung of ``parent`` (None without a parent).
         resume_key: the config key a continuation grows (``train.epochs``), or None when the
             ladder never continues a run.

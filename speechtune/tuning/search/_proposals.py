@@ -136,6 +136,13 @@ class Proposer:
         # A small discrete space can be nearly exhausted: repeat rather than stall.
         return proposal
 
+    def draw_given(
+        self, rng: np.random.Generator, params: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(params, config)`` of the config ``params`` names (derived values filled in)."""
+        sampler = optuna.samplers.RandomSampler(seed=int(rng.integers(2**31)))
+        return self._draw(rng, sampler, enqueue=params)
+
     def _propose_new(
         self,
         rng: np.random.Generator,

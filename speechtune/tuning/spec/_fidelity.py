@@ -9,6 +9,7 @@
       warm_start_top_k: 3
       rank_metric: dev_loss       # ranks configs at the cheaper rungs (WER ties at ~1.0 early on);
                                   # the default for a recipe objective on wer/cer; null: the objective
+      baseline: true              # recipe: train the base recipe's config first, at the top rung
       rungs:                      # optional for the recipe (default: default_ladder), cheapest first
         - {name: low, overrides: {data.proxy_fraction: 0.05, train.epochs: 2}}
         - {name: medium, overrides: {data.proxy_fraction: 0.3, train.epochs: 4}, cost: 0.4}
@@ -64,6 +65,7 @@ _SECTION_KEYS = (
     "warm_start",
     "warm_start_top_k",
     "rank_metric",
+    "baseline",
     "rungs",
 )
 
@@ -90,6 +92,9 @@ class FidelitySpec:
         rank_metric: the metric that ranks configs at the rungs below the top (None: the
             objective). Early in CTC training the WER of every config is ~1.0 (all-blank
             output), so a cheap rung's WER ties; its dev loss or CER still separates configs.
+        baseline: a recipe study first trains the base recipe's own config (the defaults) at
+            the top rung, so that it competes for the best config however the cheap rungs rank
+            it (one full training of the budget).
         fidelity: the ladder (cheapest first; costs relative to the top rung).
         default_rungs: True when the YAML gave no ``rungs`` and ``fidelity`` is
             :func:`default_ladder`'s.
@@ -104,6 +109,7 @@ class FidelitySpec:
     warm_start: Path | None = None
     warm_start_top_k: int = 3
     rank_metric: str | None = None
+    baseline: bool = True
     fidelity: Fidelity = field(default_factory=_single_rung)
     default_rungs: bool = False
     n_train: int | None = None
@@ -149,6 +155,7 @@ _SECTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be a number > 0 (full-training units) or null",
     ),
     "priors": (lambda v: isinstance(v, bool), "must be true or false"),
+    "baseline": (lambda v: isinstance(v, bool), "must be true or false"),
     "warm_start": (
         lambda v: v is None or (isinstance(v, str) and bool(v)),
         "must be null or a path",

@@ -422,3 +422,42 @@ def test_new_configs_never_repeat_one_already_tried(strategy: str) -> None:
         first_seen.setdefault(key, job.config_id)
         assert first_seen[key] == job.config_id, f"{key} proposed again as a new config"
     assert len(first_seen) >= 15  # the budget bought many distinct configs
+
+
+def _late_bloomer(config: dict, budget: float) -> float:
+    """Like a long warmup: the baseline (x = 0.9) looks worst on the cheap rungs, best at the top."""
+    x = config["x"]
+    final = abs(x - 0.9)
+    return final if budget >= 9 else 1.0 + (x - 0.9) ** 2 - 0.5 * abs(x - 0.9)
+
+
+@pytest.mark.parametrize("strategy", ["speechtune", "hyperband", "bohb", "asha", "random"])
+def test_the_baseline_runs_first_at_the_top_rung_and_competes_for_best(strategy: str) -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], eta=3)
+    space = parse_space({"x": {"type": "float", "low": 0.0, "high": 1.0}})
+    search = MultiFidelitySearch(space, fid, strategy=strategy, seed=0, baseline={"x": 0.9})
+    jobs = _run(search, lambda c, b: _late_bloomer(c, b), 4.0)
+    first = jobs[0]
+    assert (first.rung, first.source, first.params, first.parent) == (
+        2,
+        "baseline",
+        {"x": 0.9},
+        None,
+    )
+    assert first.cost == pytest.approx(1.0)
+    assert sum(j.source == "baseline" for j in jobs) == 1
+    # Cheap rungs rank the baseline last, so a search without it would never promote it.
+    best = search.best()
+    assert best is not None and best[0]["x"] == pytest.approx(0.9) and best[1] == 0.0
+
+    without = MultiFidelitySearch(space, fid, strategy=strategy, seed=0)
+    _run(without, lambda c, b: _late_bloomer(c, b), 4.0)
+    assert without.best() is None or without.best()[1] > 0.0
+
+
+def test_a_baseline_the_constraints_refuse_is_not_run() -> None:
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], eta=3)
+    space = parse_space({"x": {"type": "float", "low": 0.0, "high": 1.0}}, constraints=["x < 0.5"])
+    search = MultiFidelitySearch(space, fid, seed=0, baseline={"x": 0.9})
+    job = search.ask()
+    assert job is not None and job.source != "baseline" and job.params["x"] < 0.5

@@ -49,33 +49,50 @@ def _ladder(fid: Fidelity) -> list[tuple[str, dict[str, Any]]]:
 
 def test_default_ladder_480_utterances_small_model() -> None:
     # The session corpus size with the shipped synthetic recipe's model (3 layers, 25 epochs):
-    # 1% and 10% of 480 utterances are fewer than 100, so both cheap rungs get 100/480 of the
-    # data (rounded up), and the layer count is already at most 3.
+    # a small corpus, so the cheap rungs train 30 % and 60 % of the epochs on all of the data.
     base = _base(model__num_layers=3, train__epochs=25)
     fid = default_ladder(base, 480, set(), eta=3)
     assert _ladder(fid) == [
-        ("low", {"data.proxy_fraction": 0.209, "train.epochs": 1}),
-        ("medium", {"data.proxy_fraction": 0.209, "train.epochs": 5}),
-        ("high", {}),
+        ("low", {"train.epochs": 8}),
+        ("medium", {"train.epochs": 15}),
+        ("high", {"train.epochs": 25}),
     ]
     assert fid.eta == 3 and fid.resume_key == "train.epochs"
-    assert [r.cost for r in fid.rungs] == pytest.approx([0.209 / 25, 0.209 * 5 / 25, 1.0])
-    # low -> medium differ only in epochs: a promoted config continues its checkpoint
-    assert fid.continues(0, 1) and not fid.continues(1, 2)
-    assert fid.job_cost(1, 0) == pytest.approx(0.209 * 4 / 25)
+    assert [r.cost for r in fid.rungs] == pytest.approx([8 / 25, 15 / 25, 1.0])
+    # every rung differs only in epochs: a promoted config continues its checkpoint
+    assert fid.continues(0, 1) and fid.continues(1, 2)
+    assert fid.job_cost(1, 0) == pytest.approx(7 / 25)
 
 
 def test_default_ladder_948_utterances_an4_sized() -> None:
-    # AN4's 948 training utterances, its 6-layer 60-epoch recipe.
+    # AN4's 948 training utterances, its 6-layer 60-epoch recipe: epochs only (AN4's
+    # learning curves rank configs well from 30 % of the epochs, a 30 % data share does not).
     base = _base(model__num_layers=6, model__d_model=144, train__epochs=60)
     fid = default_ladder(base, 948, set(), eta=3)
     assert _ladder(fid) == [
-        ("low", {"data.proxy_fraction": 0.106, "model.num_layers": 3, "train.epochs": 1}),
-        ("medium", {"data.proxy_fraction": 0.106, "train.epochs": 5}),  # 6 layers: the base model
-        ("high", {}),
+        ("low", {"train.epochs": 18}),
+        ("medium", {"train.epochs": 36}),
+        ("high", {"train.epochs": 60}),
     ]
-    assert [r.cost for r in fid.rungs] == pytest.approx([0.106 * 0.5 / 60, 0.106 * 5 / 60, 1.0])
-    assert not fid.continues(0, 1)  # the model size changes: medium trains anew
+    assert [r.cost for r in fid.rungs] == pytest.approx([0.3, 0.6, 1.0])
+
+
+@pytest.mark.parametrize(("n_train", "small"), [(4999, True), (5000, False)])
+def test_small_corpora_cut_epochs_and_larger_ones_data_and_layers(
+    n_train: int, small: bool
+) -> None:
+    base = _base(model__num_layers=6, train__epochs=20)
+    rungs = _ladder(default_ladder(base, n_train, set()))
+    uses_data = any("data.proxy_fraction" in o for _, o in rungs)
+    assert uses_data is not small
+    if small:
+        assert rungs == [
+            ("low", {"train.epochs": 6}),
+            ("medium", {"train.epochs": 12}),
+            ("high", {"train.epochs": 20}),
+        ]
+    # An epochs key the search owns leaves a small corpus nothing to cut.
+    assert _ladder(default_ladder(base, 800, {"train.epochs"})) == [("high", {})]
 
 
 def test_default_ladder_100k_utterances_keeps_nominal_shares() -> None:
@@ -119,11 +136,13 @@ def test_default_ladder_drops_tuned_keys_and_collapses_equal_rungs() -> None:
     assert _ladder(default_ladder(_base(model__num_layers=2, train__epochs=1), 80, set())) == [
         ("high", {})
     ]
-    # low (3 of 4 layers) stays; medium would equal high and collapses into it.
+    # A small corpus' rungs cut only epochs: a 1-epoch base has nothing cheaper either.
     assert _ladder(default_ladder(_base(model__num_layers=4, train__epochs=1), 80, set())) == [
-        ("low", {"model.num_layers": 3}),
-        ("high", {}),
+        ("high", {})
     ]
+    # A large corpus: low (3 of 4 layers) stays; medium would equal high and collapses into it.
+    four = default_ladder(_base(model__num_layers=4, train__epochs=1), 100_000, set())
+    assert [n for n, _ in _ladder(four)] == ["low", "medium", "high"]
     # A 3-epoch base: medium's 5 epochs are capped to the base's, so medium is not an epochs rung.
     three = default_ladder(_base(model__num_layers=3, train__epochs=3), 100_000, set())
     assert _ladder(three)[1] == ("medium", {"data.proxy_fraction": 0.1})
@@ -224,9 +243,9 @@ def test_fidelity_section_defaults_to_the_scaled_ladder(tmp_path: Path) -> None:
     # synthetic.yaml: 600 utterances, dev 15% -> 510 training utterances; the space tunes the layers
     assert fs.default_rungs and fs.n_train == 510
     assert _ladder(fs.fidelity) == [
-        ("low", {"data.proxy_fraction": 0.197, "train.epochs": 1}),
-        ("medium", {"data.proxy_fraction": 0.197, "train.epochs": 5}),
-        ("high", {}),
+        ("low", {"train.epochs": 2}),
+        ("medium", {"train.epochs": 5}),
+        ("high", {"train.epochs": 8}),
     ]
     assert spec.raw["fidelity"] == {"budget": 12}
     # CLI overrides of the tuning file reach the section
@@ -412,10 +431,11 @@ def test_other_corpora_get_nominal_shares_until_the_size_is_known(tmp_path: Path
     assert [r.overrides.get("data.proxy_fraction") for r in fs.fidelity.rungs] == [0.01, 0.1, None]
     sized = fs.with_corpus_size(flatten(spec.base_recipe), 948, set(spec.space.params))
     assert sized.n_train == 948 and sized.budget == fs.budget
-    assert [r.overrides.get("data.proxy_fraction") for r in sized.fidelity.rungs] == [
-        0.106,
-        0.106,
-        None,
+    # 948 utterances is a small corpus: epochs only (30 % and 60 % of 8)
+    assert _ladder(sized.fidelity) == [
+        ("low", {"train.epochs": 2}),
+        ("medium", {"train.epochs": 5}),
+        ("high", {"train.epochs": 8}),
     ]
 
 
@@ -471,9 +491,12 @@ def test_multi_objective_studies_cannot_climb_a_ladder(tmp_path: Path) -> None:
 def test_schedule_horizon_is_the_highest_rung_a_run_continues_to() -> None:
     chain = Fidelity.from_budgets("train.epochs", [1, 3, 9])
     assert [schedule_horizon(chain, r) for r in range(3)] == [9, 9, None]
-    # the default ladder of a small corpus: low continues to medium (5 epochs), medium to nothing
+    # the default ladder of a small corpus cuts epochs only: every run continues to the top
     ladder = default_ladder(_base(model__num_layers=3, train__epochs=25), 480, set())
-    assert [schedule_horizon(ladder, r) for r in range(3)] == [5, None, None]
+    assert [schedule_horizon(ladder, r) for r in range(3)] == [25, 25, None]
+    # a large corpus': every rung trains on another share of the data, so none continues
+    large = default_ladder(_base(model__num_layers=3, train__epochs=25), 100_000, set())
+    assert [schedule_horizon(large, r) for r in range(3)] == [None, None, None]
     # no epochs to continue on: a data ladder, or a ladder without a resume key
     assert schedule_horizon(Fidelity.from_budgets("data.proxy_fraction", [0.1, 1.0]), 0) is None
     assert schedule_horizon(Fidelity.from_budgets("train.epochs", [1, 3], resume=False), 0) is None
