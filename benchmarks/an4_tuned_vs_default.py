@@ -47,7 +47,11 @@ def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the study; returns its wall time and where best.yaml is."""
     best = run_dir / "best.yaml"
     if best.is_file():
-        return {"best_yaml": str(best), "wall_seconds": None, "reused": True}
+        return {
+            "best_yaml": str(best.relative_to(ROOT) if best.is_relative_to(ROOT) else best),
+            "wall_seconds": None,
+            "reused": True,
+        }
     cmd = _cli(
         "tune",
         "--config",
@@ -74,7 +78,11 @@ def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     subprocess.run(cmd, check=True, cwd=ROOT)
     if not best.is_file():
         raise SystemExit(f"{run_dir}: the study ended without a best.yaml")
-    return {"best_yaml": str(best), "wall_seconds": time.perf_counter() - t0, "reused": False}
+    return {
+        "best_yaml": str(best.relative_to(ROOT) if best.is_relative_to(ROOT) else best),
+        "wall_seconds": time.perf_counter() - t0,
+        "reused": False,
+    }
 
 
 def _train_cmd(config: Path, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
