@@ -80,6 +80,10 @@ def stage_fine(ctx: Context) -> SearchResult:
         raise WorkflowError(
             f"fine.multi_fidelity is true but {ctx.spec.tuning} has no fidelity: section"
         )
+    if fidelity is not None:
+        # The workflow's own baseline stage measures the defaults already, on the full data;
+        # in the narrowed space they may not even be representable.
+        fidelity = dataclasses.replace(fidelity, baseline=False)
     spec = _search_spec(
         ctx,
         "fine",
