@@ -39,37 +39,34 @@ from speechtune.tuning.spec import load_tuning  # noqa: E402
 KEPT = ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "num_parameters")
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "speechtune.cli", *args]
+def _cli(command: str, args: argparse.Namespace, *rest: str) -> list[str]:
+    """``speechtune COMMAND`` with the device, thread and cache flags every run shares."""
+    common = [
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--cache-dir",
+        args.cache_dir,
+    ]
+    return [sys.executable, "-m", "speechtune.cli", command, *rest, *common, "--quiet"]
+
+
+def _where(path: Path) -> str:
+    """``path`` relative to the checkout when inside it (records carry no machine paths)."""
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the study; returns its wall time and where best.yaml is."""
     best = run_dir / "best.yaml"
     if best.is_file():
-        return {
-            "best_yaml": str(best.relative_to(ROOT) if best.is_relative_to(ROOT) else best),
-            "wall_seconds": None,
-            "reused": True,
-        }
+        return {"best_yaml": _where(best), "wall_seconds": None, "reused": True}
+    # A multi-fidelity study runs in one driver: parallel trials are its threads.
     cmd = _cli(
-        "tune",
-        "--config",
-        args.study,
-        "--run-dir",
-        str(run_dir),
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        # A multi-fidelity study runs in one driver: parallel trials are its threads.
-        "--n-jobs",
-        str(args.parallel),
-        "--cache-dir",
-        args.cache_dir,
-        "--no-tracking",
-        "--quiet",
-    )
+        "tune", args, "--config", args.study, "--run-dir", str(run_dir),
+        "--n-jobs", str(args.parallel), "--no-tracking",
+    )  # fmt: skip
     if args.study_set:
         cmd += ["--set", *args.study_set]
     if (run_dir / "study.db").exists() or (run_dir / "journal.log").exists():
@@ -78,29 +75,12 @@ def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     subprocess.run(cmd, check=True, cwd=ROOT)
     if not best.is_file():
         raise SystemExit(f"{run_dir}: the study ended without a best.yaml")
-    return {
-        "best_yaml": str(best.relative_to(ROOT) if best.is_relative_to(ROOT) else best),
-        "wall_seconds": time.perf_counter() - t0,
-        "reused": False,
-    }
+    return {"best_yaml": _where(best), "wall_seconds": time.perf_counter() - t0, "reused": False}
 
 
 def _train_cmd(config: Path, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
     return _cli(
-        "train",
-        "--config",
-        str(config),
-        "--set",
-        f"seed={seed}",
-        "--run-dir",
-        str(run_dir),
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        "--cache-dir",
-        args.cache_dir,
-        "--quiet",
+        "train", args, "--config", str(config), "--set", f"seed={seed}", "--run-dir", str(run_dir)
     )
 
 
@@ -230,11 +210,11 @@ def main() -> int:
     default_yaml.write_text(yaml.safe_dump(spec.base_recipe, sort_keys=False))
 
     study = (
-        {"best_yaml": str(out / "study" / "best.yaml"), "wall_seconds": None, "reused": True}
+        {"best_yaml": _where(out / "study" / "best.yaml"), "wall_seconds": None, "reused": True}
         if args.skip_study
         else run_study(args, out / "study")
     )
-    arms = {"default": default_yaml, "tuned": Path(study["best_yaml"])}
+    arms = {"default": default_yaml, "tuned": ROOT / study["best_yaml"]}
     jobs = [
         (arm, seed, config, out / "final" / f"{arm}-seed{seed}")
         for seed in args.seeds
@@ -251,7 +231,7 @@ def main() -> int:
     record = {
         "study_config": args.study,
         "study": study,
-        "tuned_config": yaml.safe_load(Path(study["best_yaml"]).read_text()),
+        "tuned_config": yaml.safe_load((ROOT / study["best_yaml"]).read_text()),
         "seeds": args.seeds,
         "threads_per_run": args.threads,
         "parallel": args.parallel,
