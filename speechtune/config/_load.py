@@ -274,8 +274,7 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
             )
         )
     if m.interctc_weight > 0 and m.encoder in ("transformer", "conformer"):
-        layer = m.interctc_layer or m.num_layers // 2
-        if not 1 <= layer < m.num_layers:
+        if not 1 <= m.interctc_block < m.num_layers:
             out.append(
                 ConfigProblem(
                     "model.interctc_layer",

@@ -122,6 +122,11 @@ class ModelConfig:
     # "deepnorm" scales residual branches for deep stacks (Wang et al., 2022).
     init: str = _f("default", choices=("default", "deepnorm"))
 
+    @property
+    def interctc_block(self) -> int:
+        """The 1-based block intermediate CTC taps: ``interctc_layer``, or the middle one for 0."""
+        return self.interctc_layer or self.num_layers // 2
+
 
 @dataclass
 class OptimConfig:

@@ -80,9 +80,14 @@ class ASRModel(nn.Module):
         Returns:
             ``(enc [B, T', d_model], enc_lens [B])``.
         """
-        _check_inputs(feats, feat_lens, self.input_dim)
-        x, lens = self.subsampling(feats, feat_lens.to(feats.device))
+        x, lens = self._subsample(feats, feat_lens)
         return self.encoder(x, lens)
+
+    def _subsample(
+        self, feats: torch.Tensor, feat_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_inputs(feats, feat_lens, self.input_dim)
+        return self.subsampling(feats, feat_lens.to(feats.device))
 
     def _encode_taps(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -91,8 +96,7 @@ class ASRModel(nn.Module):
         if not self.interctc_taps:
             enc, lens = self.encode(feats, feat_lens)
             return enc, lens, []
-        _check_inputs(feats, feat_lens, self.input_dim)
-        x, lens = self.subsampling(feats, feat_lens.to(feats.device))
+        x, lens = self._subsample(feats, feat_lens)
         # interctc_taps() is non-empty only for these stacks.
         assert isinstance(self.encoder, (ConformerEncoder, TransformerEncoder))
         return self.encoder.forward_taps(x, lens, self.interctc_taps)
@@ -274,7 +278,7 @@ def interctc_taps(cfg: ModelConfig) -> tuple[int, ...]:
             stacklevel=3,
         )
         return ()
-    layer = cfg.interctc_layer or cfg.num_layers // 2
+    layer = cfg.interctc_block
     if not 1 <= layer < cfg.num_layers:
         raise ValueError(
             f"model.interctc_layer={cfg.interctc_layer} must name a block below the last of "
