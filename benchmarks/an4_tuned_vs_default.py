@@ -33,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # an uninstalled checkout (the GPU machine) works too
 
+from speechtune.config import config_from_dict, config_to_dict  # noqa: E402
 from speechtune.tuning.spec import load_tuning  # noqa: E402
 
 #: Metrics copied from each run's metrics.json into the record.
@@ -76,6 +77,15 @@ def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     if not best.is_file():
         raise SystemExit(f"{run_dir}: the study ended without a best.yaml")
     return {"best_yaml": _where(best), "wall_seconds": time.perf_counter() - t0, "reused": False}
+
+
+def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recipe dicts resolve to the same training, seed aside (the study kept the
+    defaults: training them again with the same seeds would only repeat those runs)."""
+    ra, rb = config_to_dict(config_from_dict(a)), config_to_dict(config_from_dict(b))
+    ra.pop("seed", None)
+    rb.pop("seed", None)
+    return ra == rb
 
 
 def _train_cmd(config: Path, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
@@ -214,7 +224,12 @@ def main() -> int:
         if args.skip_study
         else run_study(args, out / "study")
     )
+    tuned_config = yaml.safe_load((ROOT / study["best_yaml"]).read_text())
+    study["kept_defaults"] = same_recipe(spec.base_recipe, tuned_config)
     arms = {"default": default_yaml, "tuned": ROOT / study["best_yaml"]}
+    if study["kept_defaults"]:
+        print("the study's best config is the defaults: tuned = default", flush=True)
+        del arms["tuned"]
     jobs = [
         (arm, seed, config, out / "final" / f"{arm}-seed{seed}")
         for seed in args.seeds
@@ -227,11 +242,13 @@ def main() -> int:
             runs.append({"arm": arm, "seed": seed, **_read_run(run_dir)})
         else:
             runs.append({"arm": arm, "seed": seed, "wer": None, "error": "no metrics.json"})
+    if study["kept_defaults"]:  # the same trainings: the tuned arm is the default arm's runs
+        runs += [{**r, "arm": "tuned"} for r in runs if r["arm"] == "default"]
     summary = summarise(runs)
     record = {
         "study_config": args.study,
         "study": study,
-        "tuned_config": yaml.safe_load((ROOT / study["best_yaml"]).read_text()),
+        "tuned_config": tuned_config,
         "seeds": args.seeds,
         "threads_per_run": args.threads,
         "parallel": args.parallel,

@@ -115,6 +115,7 @@ class MultiFidelityBackend:
             use_priors=fspec.priors,
             warm_start=warm,
             baseline=_baseline(fspec, spec, space, study),
+            prior_first=fspec.baseline and _prior_first_ok(study),
             base=None if space.base else spec.base_flat or None,
             n_workers=jobs,
         )
@@ -200,6 +201,21 @@ def _baseline(
 
     params = fit_params(space, spec.base_flat, warn)
     return params or None
+
+
+def _prior_first_ok(study: optuna.Study) -> bool:
+    """Whether the priors' own config may come first: not in a study resumed from one begun
+    before speechtune did that (its replay must ask the same jobs)."""
+    sources = {
+        job.get("number"): job.get("source")
+        for t in study.get_trials(deepcopy=False)
+        if isinstance(job := t.user_attrs.get("job"), dict)
+    }
+    if not sources:
+        return True
+    return "prior_default" in sources.values() or (
+        sources.get(0) == "baseline" and len(sources) == 1
+    )
 
 
 def _warm_start(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from speechtune.tuning.objectives._base import (
     merge_config,
     numeric_metrics,
 )
+from speechtune.tuning.objectives._isolated import run_isolated
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class RecipeObjective:
         num_threads: CPU threads for torch (None leaves torch's default).
         data: prepared manifests to reuse across trials (skips corpus preparation); its train
             split must be the full one (see above).
+        isolate: train each trial in a child process (:mod:`._isolated`), so that parallel
+            trials of one study do not share an interpreter's GIL; set for ``n_jobs`` > 1.
     """
 
     def __init__(
@@ -61,12 +65,14 @@ class RecipeObjective:
         cache_dir: str | Path = ".cache/speechtune",
         num_threads: int | None = None,
         data: PreparedData | None = None,
+        isolate: bool = False,
     ) -> None:
         self.base_recipe = dict(base_recipe)
         self.device = device
         self.cache_dir = str(cache_dir)
         self.num_threads = num_threads
         self.data = data
+        self.isolate = isolate
 
     def recipe_dict(self, config: Mapping[str, Any], seed: int) -> dict[str, Any]:
         """The nested recipe a trial trains: base, then the trial's keys, then its seed."""
@@ -77,6 +83,10 @@ class RecipeObjective:
     ) -> TrialOutcome:
         """Train one trial; see :class:`Objective`."""
         trial_dir = Path(trial_dir)
+        if self.isolate:
+            inner = copy.copy(self)
+            inner.isolate = False
+            return run_isolated(inner, config, reporter, trial_dir, seed)
         try:
             cfg = config_from_dict(self.recipe_dict(config, seed), "trial config")
         except (ConfigError, ValueError) as exc:  # ValueError: conflicting dotted keys

@@ -82,6 +82,11 @@ class MultiFidelitySearch:
         baseline: params of a config run first, at the top rung, so that it competes for
             :meth:`best` whatever the cheap rungs think of it: the recipe's defaults, which a
             study should only replace with something better measured the same way.
+        prior_first: ``speechtune`` with priors tries the priors' own config (every param at its
+            prior's default) first: with no ``baseline`` and no ``warm_start`` at the top rung
+            (the user's best guess, known at full fidelity from the start: PriorBand's "default
+            at the target fidelity"; a misleading prior costs one full evaluation), otherwise as
+            the first new config.
         base: flat values for names outside the space (conditions and derived values read them).
         n_workers: jobs run at once; above 1 the bracket strategies promote asynchronously.
         direction: ``"minimize"`` (a WER, a loss) or ``"maximize"`` (an accuracy): what
@@ -98,6 +103,7 @@ class MultiFidelitySearch:
         use_priors: bool = True,
         warm_start: Sequence[Mapping[str, Any]] = (),
         baseline: Mapping[str, Any] | None = None,
+        prior_first: bool = True,
         base: Mapping[str, Any] | None = None,
         n_workers: int = 1,
         direction: str = "minimize",
@@ -132,9 +138,19 @@ class MultiFidelitySearch:
         self._brackets: list[_Bracket] = []
         self._probes: list[tuple[int, int]] = []  # (config_id, rung) waiting to be probed
         self._proposer = Proposer(
-            space, strategy, use_priors=self.use_priors, warm_start=warm_start, base=base
+            space,
+            strategy,
+            use_priors=self.use_priors,
+            warm_start=warm_start,
+            base=base,
+            seed=self.seed,
+            prior_first=prior_first,
         )
         self._baseline = dict(baseline) if baseline is not None else None
+        self._baseline_source = "baseline"
+        if self._baseline is None and not warm_start:
+            self._baseline = self._proposer.take_prior_mode()
+            self._baseline_source = "prior_default"
 
     # ------------------------------------------------------------------ public API
     def ask(self) -> Job | None:
@@ -321,8 +337,8 @@ class MultiFidelitySearch:
             # A constraint refused it: a different config would run under the baseline's name.
             log.warning("the baseline config %s breaks the space's constraints: not run", params)
             return None
-        cfg = self._register(got, config, "baseline")
-        return self._make_job(cfg, self.fidelity.top, -1, "baseline", None)
+        cfg = self._register(got, config, self._baseline_source)
+        return self._make_job(cfg, self.fidelity.top, -1, self._baseline_source, None)
 
     def _promote(self, cid: int, from_rung: int, to_rung: int, bracket: int) -> Job:
         cfg = self._configs[cid]

@@ -11,7 +11,8 @@ rungs are trusted to rank configs like the top one) and returns a new config wit
 * the **incumbent's neighbourhood**: small moves around the best config so far, which lead while
   the model has little data;
 * the space's **priors** (PriorBand-style, Mallik et al., 2023), weighted by how well the prior
-  has ranked the configs seen so far, so that a misleading prior fades;
+  has ranked the configs seen so far, so that a misleading prior fades; the priors' own config
+  (every default) is the first proposal, as in PriorBand and piBO;
 * **uniform** draws: 20 % before there is a model, 10 % after.
 
 Measured on the synthetic functions and the YAHPO rbv2_rpart instances (docs/benchmarks.md): the
@@ -37,6 +38,7 @@ from speechtune.tuning.space import (
     ConstraintViolation,
     SearchSpace,
     prior_log_density,
+    prior_mode,
     sample_near,
     sample_prior,
     sample_uniform,
@@ -84,6 +86,8 @@ class Proposer:
         use_priors: draw from the space's priors (``speechtune`` only).
         warm_start: raw params of configs to propose first.
         base: flat values for names outside the space.
+        seed: seeds the draws of params without a prior in the priors' own config.
+        prior_first: propose the priors' own config first (``speechtune`` with priors).
     """
 
     def __init__(
@@ -94,6 +98,8 @@ class Proposer:
         use_priors: bool,
         warm_start: Sequence[Mapping[str, Any]] = (),
         base: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        prior_first: bool = True,
     ) -> None:
         self.space = space
         self.strategy = strategy
@@ -105,6 +111,15 @@ class Proposer:
         self._ranked = None
         self._ranked_used = 0
         self._seen: set[tuple[tuple[str, str], ...]] = set()  # configs the engine has
+        # The priors' own config comes first (PriorBand, piBO): see prior_mode.
+        self._mode_pending = (
+            prior_first
+            and strategy == "speechtune"
+            and use_priors
+            and any(getattr(p, "prior", None) is not None for p in space.params.values())
+        )
+        # Its own generator: drawing it must not shift the engine's other draws.
+        self._mode_rng = np.random.default_rng([seed, 7])
 
     # ------------------------------------------------------------------ the choice
     def propose(
@@ -129,12 +144,27 @@ class Proposer:
             )
             return p, config, "warm_start"
         self._seen = {params_key(c.params) for c in configs.values()}
+        mode = self.take_prior_mode()
+        if mode is not None and params_key(mode) not in self._seen:
+            # (Skipped when already run, e.g. as a recipe study's baseline.)
+            return (*self.draw_given(self._mode_rng, mode), "prior_default")
         for _ in range(MAX_REPEAT_TRIES):
             proposal = self._propose_new(rng, configs, top, trusted)
             if params_key(proposal[0]) not in self._seen:
                 return proposal
         # A small discrete space can be nearly exhausted: repeat rather than stall.
         return proposal
+
+    def take_prior_mode(self) -> dict[str, Any] | None:
+        """The priors' own config (:func:`prior_mode`) once, then None; None without priors."""
+        if not self._mode_pending:
+            return None
+        self._mode_pending = False
+        try:
+            return prior_mode(self.space, self._mode_rng, self.base)[0]
+        except ConstraintViolation:
+            log.debug("the priors' defaults break a constraint: not proposed")
+            return None
 
     def draw_given(
         self, rng: np.random.Generator, params: Mapping[str, Any]

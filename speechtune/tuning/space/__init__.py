@@ -37,6 +37,7 @@ from speechtune.tuning.space._parse import (
 from speechtune.tuning.space._sampling import (
     Params,
     prior_log_density,
+    prior_mode,
     sample_near,
     sample_prior,
     sample_uniform,
@@ -69,6 +70,7 @@ __all__ = [
     "parse_param",
     "parse_space",
     "prior_log_density",
+    "prior_mode",
     "prior_problems",
     "sample_near",
     "sample_prior",

@@ -94,7 +94,8 @@ class FidelitySpec:
             output), so a cheap rung's WER ties; its dev loss or CER still separates configs.
         baseline: a recipe study first trains the base recipe's own config (the defaults) at
             the top rung, so that it competes for the best config however the cheap rungs rank
-            it (one full training of the budget).
+            it (one full training of the budget); with priors, the priors' own config is then
+            the first new one (without a recipe baseline it is the baseline). False: neither.
         fidelity: the ladder (cheapest first; costs relative to the top rung).
         default_rungs: True when the YAML gave no ``rungs`` and ``fidelity`` is
             :func:`default_ladder`'s.

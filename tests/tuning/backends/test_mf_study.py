@@ -471,3 +471,24 @@ def test_a_maximised_metric_promotes_the_highest_values(tmp_path: Path) -> None:
     assert [j[:3] for j in _jobs(up)] == [j[:3] for j in _jobs(down)]
     assert up.best_value == pytest.approx(-down.best_value)
     assert up.best_value > 0.8  # a config near x = 0.3 at the top rung
+
+
+def test_a_prior_study_starts_with_the_priors_config_at_the_top_and_resumes(
+    tmp_path: Path,
+) -> None:
+    space = {"x": {"type": "float", "low": 0.0, "high": 1.0, "prior": 0.35}}
+
+    def tune(run_dir: Path, fn: Curve, **kw) -> optuna.Study:
+        return speechtune.tune(
+            fn.__call__, space, fidelity={"epochs": [1, 3, 9]}, budget=4,
+            run_dir=run_dir, pruner="none", **kw,
+        )  # fmt: skip
+
+    whole = tune(tmp_path / "whole", Curve())
+    first = min(whole.trials, key=lambda t: t.number)
+    assert first.user_attrs["source"] == "prior_default"
+    assert (first.user_attrs["rung"], first.params["x"]) == (2, 0.35)
+    with pytest.raises(KeyboardInterrupt):
+        tune(tmp_path / "killed", Curve(interrupt_at_call=6))
+    resumed = tune(tmp_path / "killed", Curve(), resume=True)
+    assert _jobs(resumed) == _jobs(whole)

@@ -461,3 +461,48 @@ def test_a_baseline_the_constraints_refuse_is_not_run() -> None:
     search = MultiFidelitySearch(space, fid, seed=0, baseline={"x": 0.9})
     job = search.ask()
     assert job is not None and job.source != "baseline" and job.params["x"] < 0.5
+
+
+def test_the_priors_own_config_runs_first_at_the_top_rung() -> None:
+    good = _with_prior((0.68, 0.22), 0.1)
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], eta=3)
+    search = MultiFidelitySearch(good, fid, seed=3)
+    jobs = _run(search, _bowl, 3.0)
+    first = jobs[0]
+    assert (first.rung, first.source, first.params) == (2, "prior_default", {"x": 0.68, "y": 0.22})
+    assert sum(j.source == "prior_default" for j in jobs) == 1
+    # Off, or without priors in use, the search starts at a cheap rung.
+    for search in (
+        MultiFidelitySearch(good, fid, seed=3, prior_first=False),
+        MultiFidelitySearch(good, fid, seed=3, use_priors=False),
+    ):
+        job = search.ask()
+        assert job is not None and job.source != "prior_default" and job.rung == 0
+
+
+def test_with_a_baseline_the_priors_own_config_is_the_first_new_one() -> None:
+    good = _with_prior((0.68, 0.22), 0.1)
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], eta=3)
+    search = MultiFidelitySearch(good, fid, seed=0, baseline={"x": 0.1, "y": 0.1})
+    jobs = [search.ask(), search.ask()]
+    assert [(j.source, j.rung) for j in jobs if j is not None] == [
+        ("baseline", 2),
+        ("prior_default", 0),
+    ]
+    # A baseline that is the priors' own config is not trained twice.
+    same = MultiFidelitySearch(good, fid, seed=0, baseline={"x": 0.68, "y": 0.22})
+    jobs = _run(same, _bowl, 3.0)
+    assert [j.source for j in jobs].count("prior_default") == 0
+    assert sum(j.params == {"x": 0.68, "y": 0.22} for j in jobs if j.source != "promotion") == 1
+
+
+def test_the_draws_after_the_priors_own_config_do_not_depend_on_it() -> None:
+    """Its draw has its own generator: the rest of the search is what it was before."""
+    good = _with_prior((0.68, 0.22), 0.1)
+    fid = Fidelity.from_budgets("epochs", [1, 3, 9], eta=3)
+    with_it = MultiFidelitySearch(good, fid, seed=5, baseline={"x": 0.68, "y": 0.22})
+    without = MultiFidelitySearch(
+        good, fid, seed=5, baseline={"x": 0.68, "y": 0.22}, prior_first=False
+    )
+    a, b = _run(with_it, _bowl, 3.0), _run(without, _bowl, 3.0)
+    assert [(j.params, j.rung) for j in a] == [(j.params, j.rung) for j in b]
