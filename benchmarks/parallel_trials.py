@@ -5,7 +5,10 @@ take turns on the GIL wherever training runs Python (the loop, the loader, the o
 child processes (``RecipeObjective(isolate=True)``, what ``device_slots`` now gives parallel
 trials) they do not. This runs the same ``--parallel`` trials (same config, seeds 1..N) both
 ways, one way after the other, and reports the wall time of each batch, so the two are compared
-on the same machine in the same run. Usage:
+on the same machine in the same run. It also trains each seed alone (the reference: what
+``speechtune train`` gives for that config and seed) and records which way reproduces it:
+threads share torch's process-wide random generator, so a trial's result depends on what the
+other threads draw. Usage:
 
     python benchmarks/parallel_trials.py [--config conf/synthetic.yaml] [--parallel 2]
         [--threads 1] [--set train.epochs=3 ...] [--record benchmarks/data/parallel_trials_cpu.json]
@@ -89,6 +92,16 @@ def main() -> int:
             )
             record[name] = run_batch(obj, args.parallel, Path(tmp) / name)
             print(f"{name}: {record[name]['wall_seconds']:.1f} s, WER {record[name]['wer']}")
+        alone = RecipeObjective(
+            base, device=args.device, cache_dir=args.cache_dir, num_threads=args.threads
+        )
+        record["alone_wer"] = [
+            alone({}, NullReporter(), Path(tmp) / f"alone{k}", k + 1).metrics.get("wer")
+            for k in range(args.parallel)
+        ]
+    for name in ("threads", "processes"):
+        record[name]["reproduces_alone"] = record[name]["wer"] == record["alone_wer"]
+        print(f"{name} reproduce each trial run alone: {record[name]['reproduces_alone']}")
     record["speedup"] = record["threads"]["wall_seconds"] / record["processes"]["wall_seconds"]
     print(f"processes vs threads: {record['speedup']:.2f}x faster")
     if args.record:

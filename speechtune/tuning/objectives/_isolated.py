@@ -1,10 +1,13 @@
 """Run one trial of an objective in a child process, its reports relayed to the parent's reporter.
 
-Parallel trials of a study run as threads of one process (``n_jobs``). A small speech model
-spends much of each step in Python (the training loop, the data loader, the optimiser), so
-threads of one interpreter take turns on the GIL: on 2 CPU cores, two AN4 trials as threads kept
-one core busy, not two. A child process per trial has its own interpreter (and, on a GPU, its
-own CUDA context, whose kernels the GPU interleaves with the others': packing).
+Parallel trials of a study (``n_jobs``) used to run as threads of one process, and threads
+share torch's process-wide random generator: a trial's weights, dropout masks and batch order
+depended on what the other threads drew, so the same config and seed gave another result than
+``speechtune train`` (on AN4, dev WER 0.404 as a thread against 0.444 alone;
+``benchmarks/parallel_trials.py`` checks it). A child process per trial reproduces the trial
+run alone, and has its own interpreter (no GIL shared with the other trials) and, on a GPU, its
+own CUDA context, whose kernels the GPU interleaves with the others' (packing). On 2 CPU cores
+the two ways train equally fast; a child costs a few seconds to start.
 
 The child is a fresh interpreter (running :func:`child_main`; a fork of a threaded process holding
 torch's state is not safe, and multiprocessing's spawn would re-run an unguarded user script),

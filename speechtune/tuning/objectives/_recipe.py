@@ -54,7 +54,8 @@ class RecipeObjective:
         data: prepared manifests to reuse across trials (skips corpus preparation); its train
             split must be the full one (see above).
         isolate: train each trial in a child process (:mod:`._isolated`), so that parallel
-            trials of one study do not share an interpreter's GIL; set for ``n_jobs`` > 1.
+            trials of one study do not share torch's random generator (or the GIL); set for
+            ``n_jobs`` > 1.
     """
 
     def __init__(

@@ -489,7 +489,8 @@ def device_slots(objective: Objective, n_jobs: int) -> Callable[[int], Objective
     """Per-trial objectives for ``n_jobs`` parallel trials of an objective with a ``device``.
 
     An objective that can (``isolate``: the recipe) trains each trial in its own process, so
-    that parallel trials do not take turns on one interpreter's GIL. With CUDA GPUs (and device
+    that parallel trials do not share torch's random generator: each reproduces the same config
+    and seed trained alone. With CUDA GPUs (and device
     auto/cuda) trial k runs on ``cuda:(k % n_gpus)``; on CPU every trial gets
     ``max(1, cores // n_jobs)`` threads (unless ``--threads`` set them) so parallel trials do not
     oversubscribe. Objectives without a ``device`` attribute (functions, commands) are left
