@@ -490,11 +490,10 @@ def device_slots(objective: Objective, n_jobs: int) -> Callable[[int], Objective
 
     An objective that can (``isolate``: the recipe) trains each trial in its own process, so
     that parallel trials do not share torch's random generator: each reproduces the same config
-    and seed trained alone. With CUDA GPUs (and device
-    auto/cuda) trial k runs on ``cuda:(k % n_gpus)``; on CPU every trial gets
-    ``max(1, cores // n_jobs)`` threads (unless ``--threads`` set them) so parallel trials do not
-    oversubscribe. Objectives without a ``device`` attribute (functions, commands) are left
-    alone (None).
+    and seed trained alone. With CUDA GPUs (and device auto/cuda) trial k runs on
+    ``cuda:(k % n_gpus)``; on CPU every trial gets ``max(1, cores // n_jobs)`` threads (unless
+    ``--threads`` set them) so parallel trials do not oversubscribe. Objectives without a
+    ``device`` attribute (functions, commands) are left alone (None).
     """
     if n_jobs <= 1 or not hasattr(objective, "device"):
         return None
@@ -522,24 +521,3 @@ def device_slots(objective: Objective, n_jobs: int) -> Callable[[int], Objective
         base.num_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         return lambda number: base
     return (lambda number: base) if isolated else None
-    device = str(objective.device)
-    n_gpus = 0
-    if device in ("auto", "cuda"):
-        try:
-            import torch
-
-            n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        except ImportError:
-            n_gpus = 0
-    if n_gpus:
-        per_gpu = []
-        for k in range(n_gpus):
-            clone = copy.copy(objective)
-            clone.device = f"cuda:{k}"
-            per_gpu.append(clone)
-        return lambda number: per_gpu[number % n_gpus]
-    if hasattr(objective, "num_threads") and objective.num_threads is None:
-        clone = copy.copy(objective)
-        clone.num_threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        return lambda number: clone
-    return None
