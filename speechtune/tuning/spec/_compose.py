@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from speechtune.tuning.spec._checks import (
 )
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+log = logging.getLogger("speechtune.tuning")
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,7 +181,13 @@ def _load_base(
     """The base recipe (nested, complete) merged with ``overrides``; defaults if it is broken."""
     recipe: dict[str, Any] = {}
     entry = raw.get("recipe")
-    if entry is not None:
+    if entry is None:
+        # Silent, this once tuned the synthetic corpus in place of AN4 (a lost `recipe:` line).
+        log.warning(
+            "the tuning YAML has no recipe: key: its trials train the built-in default recipe "
+            "(the synthetic corpus) plus overrides"
+        )
+    else:
         if not isinstance(entry, str):
             problems.append(ConfigProblem("recipe", "must be a path to a recipe YAML", entry))
         else:

@@ -337,3 +337,17 @@ def test_repaired_divisibility_is_not_a_recipe_problem(tmp_path: Path) -> None:
     )
     assert validate_tuning(repaired) == []
     _assert_samples_build_recipes(repaired, n=30)
+
+
+def test_a_recipe_study_without_a_recipe_says_it_tunes_the_builtin_defaults(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    space = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    with caplog.at_level("WARNING", logger="speechtune.tuning"):
+        spec = load_tuning(_write(tmp_path, {"space": space}))
+    assert spec.base_recipe["data"]["corpus"] == "synthetic"
+    assert "no recipe: key" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="speechtune.tuning"):
+        load_tuning(_write(tmp_path, {"recipe": RECIPE, "space": space}, "with.yaml"))
+    assert "no recipe: key" not in caplog.text
