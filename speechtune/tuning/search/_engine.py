@@ -149,7 +149,8 @@ class MultiFidelitySearch:
         self._baseline = dict(baseline) if baseline is not None else None
         self._baseline_source = "baseline"
         if self._baseline is None and not warm_start:
-            self._baseline = self._proposer.take_prior_mode()
+            mode = self._proposer.take_prior_mode()
+            self._baseline = mode[0] if mode is not None else None
             self._baseline_source = "prior_default"
 
     # ------------------------------------------------------------------ public API

@@ -145,9 +145,9 @@ class Proposer:
             return p, config, "warm_start"
         self._seen = {params_key(c.params) for c in configs.values()}
         mode = self.take_prior_mode()
-        if mode is not None and params_key(mode) not in self._seen:
+        if mode is not None and params_key(mode[0]) not in self._seen:
             # (Skipped when already run, e.g. as a recipe study's baseline.)
-            return (*self.draw_given(self._mode_rng, mode), "prior_default")
+            return (*mode, "prior_default")
         for _ in range(MAX_REPEAT_TRIES):
             proposal = self._propose_new(rng, configs, top, trusted)
             if params_key(proposal[0]) not in self._seen:
@@ -155,13 +155,14 @@ class Proposer:
         # A small discrete space can be nearly exhausted: repeat rather than stall.
         return proposal
 
-    def take_prior_mode(self) -> dict[str, Any] | None:
-        """The priors' own config (:func:`prior_mode`) once, then None; None without priors."""
+    def take_prior_mode(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """``(params, config)`` of the priors' own config (:func:`prior_mode`) once, then None;
+        None without priors."""
         if not self._mode_pending:
             return None
         self._mode_pending = False
         try:
-            return prior_mode(self.space, self._mode_rng, self.base)[0]
+            return prior_mode(self.space, self._mode_rng, self.base)
         except ConstraintViolation:
             log.debug("the priors' defaults break a constraint: not proposed")
             return None
