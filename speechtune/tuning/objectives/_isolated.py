@@ -14,7 +14,10 @@ torch's state is not safe, and multiprocessing's spawn would re-run an unguarded
 given the pickled objective over a socket pair. Each epoch it sends ``("report", epoch,
 metrics)`` and waits for the parent's answer (stop or go), so pruning works as in-process; at
 the end it sends ``("done", outcome)``. A child that dies without an outcome (killed, out of
-memory) is a failed trial, never a dead study.
+memory) is a failed trial, never a dead study. A parent that dies (killed, not interrupted) takes
+its children with it: each child watches its parent and exits once it is gone, instead of
+training on, orphaned, until its next report finds nobody listening (minutes on a GPU, holding
+its memory).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,7 +46,7 @@ POLL_S = 1.0
 #: The package root, put on the child's PYTHONPATH so that an uninstalled checkout works too.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 #: What the child runs (``-c``, not ``-m``: the package imports this module before ``-m`` would).
-_CHILD_CODE = f"import sys; from {__name__} import child_main; child_main(int(sys.argv[1]))"
+_CHILD_CODE = f"import sys; from {__name__} import child_main; child_main(*map(int, sys.argv[1:]))"
 #: Seconds a child gets to exit after sending its outcome (or after being told to stop).
 EXIT_GRACE_S = 30.0
 
@@ -91,7 +96,7 @@ def run_isolated(
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p
     )
-    argv = [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno())]
+    argv = [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno()), str(os.getpid())]
     proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env)
     theirs.close()  # the child holds its end: EOF here once it exits
     conn = Connection(ours.detach())
@@ -161,6 +166,26 @@ def _died(proc: subprocess.Popen[bytes], trial_dir: Path) -> TrialOutcome:
     )
 
 
-def child_main(fd: int) -> None:
-    """The child's entry point: run the trial sent over the socket ``fd``."""
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process once ``parent_pid`` is no longer its parent (it died; we were re-parented).
+
+    A polling thread rather than Linux's ``PR_SET_PDEATHSIG``: that signal ties the child to the
+    parent *thread* that started it, not to the process, and exists on Linux only.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(POLL_S)
+        log.warning(
+            "trial child %d: its study process %d is gone; exiting", os.getpid(), parent_pid
+        )
+        os._exit(1)  # from this thread, while the main one trains: no cleanup to wait for
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def child_main(fd: int, parent_pid: int | None = None) -> None:
+    """The child's entry point: run the trial sent over the socket ``fd``; exit with ``parent_pid``."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     _child(Connection(fd))

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,58 @@ def test_a_child_that_cannot_start_is_a_failed_trial(
     monkeypatch.setattr(isolated, "_CHILD_CODE", "import sys; sys.exit(3)")
     out = run_isolated(_Counts(), {"epochs": 2}, NullReporter(), tmp_path, 0)
     assert out.status == "error" and "exit code 3" in out.reason
+
+
+class _WritesPidAndHangs:
+    """Writes its process id next to the trial, then trains "forever" (until killed)."""
+
+    def __call__(self, config: dict, reporter, trial_dir: Path, seed: int) -> TrialOutcome:
+        (trial_dir / "child.pid").write_text(str(os.getpid()))
+        time.sleep(600)
+        raise AssertionError("not reached: the test kills its parent first")
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _poll(until, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if until():
+            return True
+        time.sleep(0.1)
+    return until()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    """A study driver killed by SIGKILL (no cleanup runs) leaves no trial training on, orphaned."""
+    code = (
+        "from pathlib import Path; from speechtune.training import NullReporter; "
+        "from speechtune.tuning.objectives._isolated import run_isolated; "
+        "from tests.tuning.objectives.test_isolated import _WritesPidAndHangs; "
+        f"run_isolated(_WritesPidAndHangs(), {{}}, NullReporter(), Path({str(tmp_path)!r}), 0)"
+    )
+    root = Path(__file__).resolve().parents[3]
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    pid_file = tmp_path / "child.pid"
+    child = 0
+    try:
+        assert _poll(pid_file.is_file, 60), "the child never started its trial"
+        child = int(pid_file.read_text())
+        assert not _gone(child)
+        parent.kill()
+        parent.wait(10)
+        assert _poll(lambda: _gone(child), 15), f"child {child} outlived its parent"
+    finally:  # only the processes this test started, by pid
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if child and not _gone(child):
+            os.kill(child, signal.SIGKILL)
