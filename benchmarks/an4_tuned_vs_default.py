@@ -247,6 +247,7 @@ def main() -> int:
     summary = summarise(runs)
     record = {
         "study_config": args.study,
+        "study_set": args.study_set,
         "study": study,
         "tuned_config": tuned_config,
         "seeds": args.seeds,
