@@ -311,9 +311,23 @@ def test_shipped_tuning_yaml_samples_valid_recipes() -> None:
     } <= seen
 
 
-def test_shipped_an4_study_samples_valid_recipes() -> None:
-    seen = _assert_samples_build_recipes(CONF / "tuning_an4.yaml")
-    assert {"optim.lr", "model.ctc_weight", "model.d_model"} <= seen
+@pytest.mark.parametrize("name", sorted(p.name for p in CONF.glob("tuning_an4*.yaml")))
+def test_shipped_an4_studies_sample_valid_recipes(name: str) -> None:
+    seen = _assert_samples_build_recipes(CONF / name)
+    assert {"optim.lr", "model.ctc_weight"} <= seen
+
+
+def test_the_equal_time_an4_study_tunes_no_knob_that_changes_an_epochs_cost() -> None:
+    """Its tuned config and the defaults are compared at equal epochs: equal epochs must mean
+    equal training time (batch size sets the steps per epoch, relative positions cost 1.2x)."""
+    spec = load_tuning(CONF / "tuning_an4_cpu_equal_time.yaml")
+    cost_knobs = {"train.batch_size", "train.grad_accum", "model.pos_enc", "model.d_model"}
+    cost_knobs |= {"model.num_layers", "model.ff_dim", "data.speed_perturb", "features.n_mels"}
+    assert not cost_knobs & set(spec.space.params)
+    assert (
+        spec.base_recipe["train"]["epochs"]
+        == load_tuning(CONF / "tuning_an4_cpu.yaml").base_recipe["train"]["epochs"]
+    )
 
 
 def test_all_presets_together(tmp_path: Path) -> None:
