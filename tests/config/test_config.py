@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,23 @@ from speechtune.config import (
     load_config,
     parse_overrides,
 )
-from tests.helpers.paths import CONF
+from tests.helpers.paths import CONF, REPO
 
 
-@pytest.mark.parametrize("name", ["synthetic.yaml", "an4.yaml"])
+@pytest.mark.parametrize("name", ["synthetic.yaml", "an4.yaml", "an4_cpu_tuned.yaml"])
 def test_shipped_recipes_are_valid(name: str) -> None:
     cfg = load_config(CONF / name)
     assert isinstance(cfg, RecipeConfig)
+
+
+def test_the_shipped_tuned_an4_recipe_is_the_measured_one() -> None:
+    """conf/an4_cpu_tuned.yaml is the config whose dev WER docs/benchmarks.md reports."""
+    record = json.loads(
+        (REPO / "benchmarks/data/an4_tuned_vs_default_cpu_equal_time.json").read_text()
+    )
+    measured = config_to_dict(config_from_dict(record["tuned_config"]))
+    assert config_to_dict(load_config(CONF / "an4_cpu_tuned.yaml")) == measured
+    assert record["summary"]["relative_wer_change"] < 0  # it beat the defaults
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
