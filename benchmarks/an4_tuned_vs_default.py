@@ -6,7 +6,11 @@
 2. Trains the study's base recipe (the recipe plus the study's fixed overrides: "the defaults")
    and ``best.yaml`` ("tuned") from scratch with each of ``--seeds`` (not the study's own seed),
    at the same epochs, ``--parallel`` runs at a time, and reads each run's ``metrics.json``.
-3. Writes every run and the summary (mean +- standard error of dev WER, relative change, per-group
+3. Equal training time: when one arm's epochs take longer (the tuned config chose a smaller
+   batch, a costlier layer), the cheaper arm is trained again for proportionally more epochs
+   (``equal_time`` in the record), since a config that is better per epoch but slower per epoch
+   need not be a better model for the same compute (``--time-tolerance``).
+4. Writes every run and the summary (mean +- standard error of dev WER, relative change, per-group
    WER) to ``--record`` (JSON) and prints a Markdown table.
 
 Every selection is on AN4 dev (speaker-disjoint, carved from the training split); the test
@@ -88,10 +92,16 @@ def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return ra == rb
 
 
-def _train_cmd(config: Path, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
+#: A training job: (arm, seed, config file, run directory, extra dotted overrides).
+Job = tuple[str, int, Path, Path, tuple[str, ...]]
+
+
+def _train_cmd(job: Job, args: argparse.Namespace) -> list[str]:
+    _, seed, config, run_dir, sets = job
     return _cli(
-        "train", args, "--config", str(config), "--set", f"seed={seed}", "--run-dir", str(run_dir)
-    )
+        "train", args, "--config", str(config), "--set", f"seed={seed}", *sets,
+        "--run-dir", str(run_dir),
+    )  # fmt: skip
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
@@ -100,23 +110,23 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     out = {k: metrics.get(k) for k in KEPT}
     out["best_epoch"] = metrics.get("best_epoch")
     out["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in history)
+    out["epochs_run"] = len(history)
     out["wer_curve"] = [round(r["wer"], 4) for r in history]
     return out
 
 
-def train_all(jobs: list[tuple[str, int, Path, Path]], args: argparse.Namespace) -> None:
-    """Train every (arm, seed) whose run directory has no metrics.json, a few at a time."""
+def train_all(jobs: list[Job], args: argparse.Namespace) -> None:
+    """Train every job whose run directory has no metrics.json, a few at a time."""
     pending = [j for j in jobs if not (j[3] / "metrics.json").is_file()]
     running: list[tuple[subprocess.Popen[bytes], str]] = []
     while pending or running:
         while pending and len(running) < args.parallel:
-            arm, seed, config, run_dir = pending.pop(0)
+            job = pending.pop(0)
+            arm, seed, _, run_dir, _ = job
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = (run_dir.parent / f"{run_dir.name}.log").open("wb")
-            proc = subprocess.Popen(
-                _train_cmd(config, seed, run_dir, args), cwd=ROOT, stdout=log, stderr=log
-            )
-            running.append((proc, f"{arm} seed {seed}"))
+            proc = subprocess.Popen(_train_cmd(job, args), cwd=ROOT, stdout=log, stderr=log)
+            running.append((proc, f"{run_dir.name}"))
         for proc, name in list(running):
             if proc.poll() is not None:
                 running.remove((proc, name))
@@ -126,6 +136,41 @@ def train_all(jobs: list[tuple[str, int, Path, Path]], args: argparse.Namespace)
                 running[0][0].wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def collect(jobs: list[Job]) -> list[dict[str, Any]]:
+    """Each job's record: its arm, seed and metrics (or why it has none)."""
+    runs = []
+    for arm, seed, _, run_dir, _ in jobs:
+        if (run_dir / "metrics.json").is_file():
+            runs.append({"arm": arm, "seed": seed, **_read_run(run_dir)})
+        else:
+            runs.append({"arm": arm, "seed": seed, "wer": None, "error": "no metrics.json"})
+    return runs
+
+
+def equal_time_plan(
+    runs: list[dict[str, Any]], epochs: dict[str, int], tolerance: float
+) -> dict[str, Any] | None:
+    """Which arm to train for how many epochs so that both arms take the same training time.
+
+    ``runs`` are the finished runs of both arms (``train_seconds``, ``epochs_run``), ``epochs``
+    each arm's configured epochs. Returns ``{"arm", "epochs", "time_ratio"}`` for the arm whose
+    epochs are cheaper (``time_ratio``: the other arm's seconds per epoch over its own), or None
+    when the two cost the same within ``tolerance`` (relative) or a run is missing.
+    """
+    per_epoch: dict[str, float] = {}
+    for arm in epochs:
+        rows = [r for r in runs if r["arm"] == arm and r.get("epochs_run")]
+        if not rows or len(rows) != sum(r["arm"] == arm for r in runs):
+            return None
+        per_epoch[arm] = sum(r["train_seconds"] / r["epochs_run"] for r in rows) / len(rows)
+    (a, sa), (b, sb) = sorted(per_epoch.items(), key=lambda kv: kv[1])  # a: the cheaper arm
+    ratio = sb / sa if sa > 0 else 1.0
+    if ratio <= 1.0 + tolerance:
+        return None
+    # The slower arm's training time, in the cheaper arm's epochs.
+    return {"arm": a, "epochs": round(epochs[b] * ratio), "time_ratio": ratio}
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
@@ -139,7 +184,7 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +- s.e. per arm of WER, CER and per-group WER, and the relative change in WER."""
     out: dict[str, Any] = {}
-    for arm in ("default", "tuned"):
+    for arm in ("default", "tuned", "equal_time"):
         rows = [r for r in runs if r["arm"] == arm and r.get("wer") is not None]
         if not rows:
             continue
@@ -158,6 +203,21 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summarise_equal_time(
+    plan: dict[str, Any], runs: list[dict[str, Any]], main_runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The equal-time comparison: the cheaper arm trained longer against the other arm as run."""
+    other = "tuned" if plan["arm"] == "default" else "default"
+    both = summarise(
+        [{**r, "arm": "equal_time"} for r in runs] + [r for r in main_runs if r["arm"] == other]
+    )
+    eq, ot = both.get("equal_time"), both.get(other)
+    if eq and ot:
+        t, d = (ot, eq) if other == "tuned" else (eq, ot)
+        both["relative_wer_change"] = (t["wer"][0] - d["wer"][0]) / d["wer"][0]
+    return {**plan, "summary": both}
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table (mean +- s.e. over seeds)."""
 
@@ -168,7 +228,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "| arm | seeds | dev WER | dev CER | per-group WER | worst group | train time |",
         "|---|---:|---|---|---|---|---:|",
     ]
-    for arm in ("default", "tuned"):
+    for arm in ("default", "tuned", "equal_time"):
         s = summary.get(arm)
         if s is None:
             continue
@@ -181,6 +241,19 @@ def markdown(summary: dict[str, Any]) -> str:
     if rel is not None:
         lines.append(f"\nrelative change in mean dev WER, tuned vs default: {100 * rel:+.1f} %")
     return "\n".join(lines)
+
+
+def markdown_equal_time(eq: dict[str, Any]) -> str:
+    """The equal-time comparison's line of the printed summary."""
+    s = eq["summary"].get("equal_time")
+    rel = eq["summary"].get("relative_wer_change")
+    if s is None or rel is None:
+        return f"equal time: {eq['arm']} for {eq['epochs']} epochs has no finished run"
+    return (
+        f"equal time: {eq['arm']} trained for {eq['epochs']} epochs ({eq['time_ratio']:.2f}x the "
+        f"epochs' cost of the other arm): dev WER {s['wer'][0]:.3f} ± {s['wer'][1]:.3f}; "
+        f"tuned vs default at equal time: {100 * rel:+.1f} %"
+    )
 
 
 def main() -> int:
@@ -198,6 +271,12 @@ def main() -> int:
     ap.add_argument("--record", default="benchmarks/data/an4_tuned_vs_default_cpu.json")
     ap.add_argument("--cache-dir", default=".cache/speechtune")
     ap.add_argument("--skip-study", action="store_true", help="use <out>/study/best.yaml as is")
+    ap.add_argument(
+        "--time-tolerance",
+        type=float,
+        default=0.05,
+        help="train the cheaper arm longer when the arms' seconds per epoch differ by more",
+    )
     ap.add_argument(
         "--study-set",
         nargs="*",
@@ -219,7 +298,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     default_yaml.write_text(yaml.safe_dump(spec.base_recipe, sort_keys=False))
 
-    study = (
+    study: dict[str, Any] = (
         {"best_yaml": _where(out / "study" / "best.yaml"), "wall_seconds": None, "reused": True}
         if args.skip_study
         else run_study(args, out / "study")
@@ -230,21 +309,37 @@ def main() -> int:
     if study["kept_defaults"]:
         print("the study's best config is the defaults: tuned = default", flush=True)
         del arms["tuned"]
-    jobs = [
-        (arm, seed, config, out / "final" / f"{arm}-seed{seed}")
+    jobs: list[Job] = [
+        (arm, seed, config, out / "final" / f"{arm}-seed{seed}", ())
         for seed in args.seeds
         for arm, config in arms.items()
     ]
     train_all(jobs, args)
-    runs = []
-    for arm, seed, _, run_dir in jobs:
-        if (run_dir / "metrics.json").is_file():
-            runs.append({"arm": arm, "seed": seed, **_read_run(run_dir)})
-        else:
-            runs.append({"arm": arm, "seed": seed, "wer": None, "error": "no metrics.json"})
+    runs = collect(jobs)
     if study["kept_defaults"]:  # the same trainings: the tuned arm is the default arm's runs
         runs += [{**r, "arm": "tuned"} for r in runs if r["arm"] == "default"]
     summary = summarise(runs)
+    epochs = {
+        arm: int(config_from_dict(yaml.safe_load(path.read_text())).train.epochs)
+        for arm, path in arms.items()
+    }
+    plan = None if study["kept_defaults"] else equal_time_plan(runs, epochs, args.time_tolerance)
+    equal_time = None
+    if plan is not None:
+        arm, n = plan["arm"], plan["epochs"]
+        eq_jobs: list[Job] = [
+            (
+                arm,
+                seed,
+                arms[arm],
+                out / "final" / f"{arm}-{n}ep-seed{seed}",
+                (f"train.epochs={n}",),
+            )
+            for seed in args.seeds
+        ]
+        print(f"equal time: training {arm} for {n} epochs ({plan['time_ratio']:.2f}x)", flush=True)
+        train_all(eq_jobs, args)
+        equal_time = summarise_equal_time(plan, collect(eq_jobs), runs)
     record = {
         "study_config": args.study,
         "study_set": args.study_set,
@@ -256,10 +351,13 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "runs": runs,
         "summary": summary,
+        "equal_time": equal_time,
     }
     Path(args.record).parent.mkdir(parents=True, exist_ok=True)
     Path(args.record).write_text(json.dumps(record, indent=1) + "\n")
     print(markdown(summary))
+    if equal_time is not None:
+        print(markdown_equal_time(equal_time))
     return 0
 
 
