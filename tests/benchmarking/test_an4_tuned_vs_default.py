@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.helpers.paths import REPO
+from tests.helpers.scripts import load_script
 
-_SCRIPT = REPO / "benchmarks" / "an4_tuned_vs_default.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("an4_tuned_vs_default", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tvd = _load()
+tvd = load_script(REPO / "benchmarks" / "an4_tuned_vs_default.py", "an4_tuned_vs_default")
 
 
 def _run(arm: str, seed: int, wer: float, s_per_epoch: float, epochs: int = 15) -> dict[str, Any]:

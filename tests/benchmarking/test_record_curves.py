@@ -7,35 +7,23 @@ refusal of a file recorded with other settings, a torn last line and the time li
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
 from speechtune.data import Manifest
 from tests.helpers.paths import REPO
+from tests.helpers.scripts import load_script
 
 _SCRIPT = REPO / "benchmarks" / "record_an4_curves.py"
 _SPACE = _SCRIPT.with_name("an4_curves_space.yaml")
 
 
-def _load_recorder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("record_an4_curves", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Dataclasses look their module up in sys.modules while the module executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rec = _load_recorder()
+rec = load_script(_SCRIPT, "record_an4_curves")
 
 # A tiny recipe: one 32-unit LSTM layer on a fifth of the training split trains an epoch in < 1 s.
 _TINY_RECIPE = {

@@ -19,7 +19,6 @@ the example's README).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from speechtune.tuning.objectives import CommandObjective, build_objective
 from speechtune.tuning.objectives._command import RegexParser
 from speechtune.tuning.study import TrialRecord, load_study
 from tests.helpers.paths import REPO
+from tests.helpers.scripts import load_script
 from tests.helpers.workers import speechtune_argv
 
 EXAMPLE = REPO / "examples" / "espnet"
@@ -45,11 +45,7 @@ ESPNET_PYTHON = os.environ.get("SPEECHTUNE_ESPNET_PYTHON")
 
 
 def _prep_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("espnet_prep_data", EXAMPLE / "prep_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE / "prep_data.py", "espnet_prep_data")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import yaml
 from speechtune.data import Manifest
 from tests.helpers.command_studies import run_study
 from tests.helpers.paths import REPO
+from tests.helpers.scripts import load_script
 
 EXAMPLE = REPO / "examples" / "nemo"
 
@@ -35,11 +36,7 @@ EPOCHS = 2
 
 
 def _prep_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nemo_prep_data", EXAMPLE / "prep_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE / "prep_data.py", "nemo_prep_data")
 
 
 def _tuning_yaml(tmp_path: Path, data: Path) -> Path:
