@@ -173,6 +173,14 @@ def _autocast(device: torch.device, precision: str):
 # ---------------------------------------------------------------------------------------------
 # evaluation on dev
 # ---------------------------------------------------------------------------------------------
+def _by_group(ids: Sequence[str], group_of: Mapping[str, str]) -> dict[str, list[str]]:
+    """``ids`` split by their group, each in its original order."""
+    out: dict[str, list[str]] = {}
+    for i in ids:
+        out.setdefault(group_of[i], []).append(i)
+    return out
+
+
 @torch.no_grad()
 def evaluate_dev(
     recognizer: Recognizer,
@@ -203,15 +211,25 @@ def evaluate_dev(
         [u.duration for u in manifest], cfg.train.batch_size, shuffle=False
     )
     ids_all = [u.id for u in manifest]
-    total_loss, n = 0.0, 0
+    group_of = {u.id: u.group for u in manifest}
+    many_groups = len(set(group_of.values())) > 1
+    loss_sum: dict[str, float] = {}  # per group: the losses are per-utterance means, so they add
+    count: dict[str, int] = {}
     hyps: dict[str, str] = {}
     for idx in sampler:
         ids = [ids_all[i] for i in idx]
         b = _collate(ids, feats, targets, durations, device)
-        with _autocast(device, cfg.train.precision):
-            out = model(recognizer.normalize(b.feats), b.feat_lens, b.targets, b.target_lens)
-        total_loss += float(out["loss"]) * len(ids)
-        n += len(ids)
+        # With groups, each group's utterances of the batch get their own forward pass: the
+        # worst group's dev loss ranks configs for a worst-group objective where WER still ties.
+        parts = _by_group(ids, group_of) if many_groups else {"": ids}
+        for group, part in parts.items():
+            pb = b if len(parts) == 1 else _collate(part, feats, targets, durations, device)
+            with _autocast(device, cfg.train.precision):
+                out = model(
+                    recognizer.normalize(pb.feats), pb.feat_lens, pb.targets, pb.target_lens
+                )
+            loss_sum[group] = loss_sum.get(group, 0.0) + float(out["loss"]) * len(part)
+            count[group] = count.get(group, 0) + len(part)
         for i, h in zip(ids, recognizer.decode_features(b.feats, b.feat_lens, decode)):
             hyps[i] = h
     refs = [u.text for u in manifest]
@@ -221,8 +239,15 @@ def evaluate_dev(
     c = error_counts(refs, hyp_list, unit="char")
     per_group = group_wer(refs, hyp_list, groups)
     worst_name, worst_rate = worst_group(per_group)
+    n = sum(count.values())
+    group_loss = {g: loss_sum[g] / count[g] for g in sorted(loss_sum)} if many_groups else {}
     return {
-        "dev_loss": total_loss / max(n, 1),
+        "dev_loss": sum(loss_sum.values()) / max(n, 1),
+        # Without groups the one group's loss is the dev loss.
+        "worst_group_dev_loss": max(
+            group_loss.values(), default=sum(loss_sum.values()) / max(n, 1)
+        ),
+        "group_dev_loss": group_loss,
         "wer": w.rate,
         "cer": c.rate,
         "worst_group_wer": worst_rate,
@@ -424,6 +449,7 @@ def _train(
                 "wer": dev["wer"],
                 "cer": dev["cer"],
                 "worst_group_wer": dev["worst_group_wer"],
+                "worst_group_dev_loss": dev["worst_group_dev_loss"],
                 "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": gnorm_sum / max(n_steps, 1),
                 "epoch_seconds": train_time,
@@ -549,7 +575,16 @@ def final_metrics(
         "epochs_run": state.epoch,
         **{
             k: dev[k]
-            for k in ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "dev_loss")
+            for k in (
+                "wer",
+                "cer",
+                "worst_group_wer",
+                "worst_group",
+                "group_wer",
+                "dev_loss",
+                "worst_group_dev_loss",
+                "group_dev_loss",
+            )
         },
         "num_parameters": parameter_count(best.model),
         "model_bytes": model_path.stat().st_size,

@@ -190,3 +190,44 @@ def test_running_sums_are_read_once_and_a_nan_in_them_ends_the_run() -> None:
         check_sums_finite(torch.tensor(1.0), torch.tensor(float("inf")), 2, 50)
     with pytest.raises(RunEnded, match="training loss became nan"):
         check_sums_finite(torch.tensor(float("nan")), torch.tensor(1.0), 2, 50)
+
+
+def test_each_groups_dev_loss_is_its_utterances_dev_loss(
+    synth_data: PreparedData, tmp_path: Path
+) -> None:
+    """Per-group dev loss (what ranks a worst-group study's cheap rungs): a group's value is the
+    dev loss of its utterances alone, and splitting batches by group leaves the mean unchanged."""
+    import dataclasses
+
+    from speechtune.data import Manifest
+
+    cfg = tiny_config(train={"epochs": 1})
+    opts = run_options(tmp_path)
+    result = train(cfg, opts, data=synth_data)
+    assert result.status == "complete", result.reason
+    rec = Recognizer.load(result.output_dir / "model.pt")
+    dev = synth_data.dev
+    feats = _loop._features(dev, rec.cfg, opts, torch.device("cpu"))
+    targets = {u.id: rec.tokenizer.encode(u.text) for u in dev}
+
+    def evaluate(manifest: Manifest) -> dict:
+        return _loop.evaluate_dev(
+            rec, manifest, feats, targets, rec.cfg, torch.device("cpu"), full_decode=False
+        )
+
+    grouped = evaluate(dev)
+    assert set(grouped["group_dev_loss"]) == {"en-us", "en-gb-scotland"}
+    assert grouped["worst_group_dev_loss"] == max(grouped["group_dev_loss"].values())
+    for group, loss in grouped["group_dev_loss"].items():
+        alone = evaluate(Manifest([u for u in dev if u.group == group], dev.split, dev.root))
+        assert alone["dev_loss"] == pytest.approx(loss, rel=1e-4)
+        assert alone["group_dev_loss"] == {}  # one group: nothing to split
+        assert alone["worst_group_dev_loss"] == alone["dev_loss"]
+    one_group = evaluate(
+        Manifest([dataclasses.replace(u, group="all") for u in dev], dev.split, dev.root)
+    )
+    assert one_group["dev_loss"] == pytest.approx(grouped["dev_loss"], rel=1e-4)
+    assert one_group["wer"] == grouped["wer"]
+    # what a trial reports: the history and the final metrics carry it
+    assert "worst_group_dev_loss" in result.history[-1]
+    assert set(result.metrics["group_dev_loss"]) == {"en-us", "en-gb-scotland"}

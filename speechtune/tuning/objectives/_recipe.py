@@ -148,7 +148,7 @@ def outcome_from_result(result: TrainResult) -> TrialOutcome:
     evaluates that checkpoint on the way out), so a pruned trial is fully recorded.
     """
     extra: dict[str, Any] = {"output_dir": str(result.output_dir) if result.output_dir else None}
-    for key in ("group_wer", "worst_group"):
+    for key in ("group_wer", "worst_group", "group_dev_loss"):
         if key in result.metrics:
             extra[key] = result.metrics[key]
     return TrialOutcome(

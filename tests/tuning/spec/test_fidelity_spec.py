@@ -507,13 +507,13 @@ def test_schedule_horizon_is_the_highest_rung_a_run_continues_to() -> None:
     [
         ({"metric": "wer"}, {}, "dev_loss"),  # error rates tie early: the dev loss ranks
         ({"metric": "cer"}, {}, "dev_loss"),
-        ({"metric": "wer", "group": "worst_group"}, {}, "dev_loss"),
+        ({"metric": "wer", "group": "worst_group"}, {}, "worst_group_dev_loss"),
         ({"metric": "wer"}, {"rank_metric": None}, None),  # explicit null: the objective
         ({"metric": "wer"}, {"rank_metric": "cer"}, "cer"),
         ({"metric": "dev_loss"}, {}, None),  # not an error rate: ranked by itself
     ],
 )
-def test_rank_metric_defaults_to_dev_loss_for_error_rate_objectives(
+def test_rank_metric_defaults_to_a_dev_loss_for_error_rate_objectives(
     tmp_path: Path, objective: dict[str, Any], fidelity: dict[str, Any], want: str | None
 ) -> None:
     path = _write(
