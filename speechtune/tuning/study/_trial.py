@@ -343,8 +343,9 @@ class TrialRunner:
         # Never an empty reason: trials.csv and the report explain every trial by it.
         trial.set_user_attr("reason", reason or f"{status} (the objective gave no reason)")
         trial.set_user_attr("metrics", _jsonable(metrics))
-        if "group_wer" in first.extra:
-            trial.set_user_attr("group_wer", _jsonable(first.extra["group_wer"]))
+        for key in ("group_wer", "group_dev_loss"):
+            if key in first.extra:
+                trial.set_user_attr(key, _jsonable(first.extra[key]))
         valued = [r.values for r in runs if r.values]
         if not valued:
             return []

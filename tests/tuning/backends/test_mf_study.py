@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 import speechtune
 from speechtune.tuning.backends._mf_driver import RungPruner
+from speechtune.tuning.spec import load_tuning
 
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
 
@@ -219,6 +220,48 @@ def test_recipe_study_promotes_by_continuing_from_the_checkpoint(
     assert best["train"]["epochs"] == 2
 
 
+def test_a_worst_group_study_ranks_its_cheap_rung_by_the_worst_groups_dev_loss(
+    synth_corpus, tmp_path: Path
+) -> None:
+    from speechtune.cli import tune as tune_cli
+
+    run_dir, args = _tiny_recipe_study(
+        synth_corpus,
+        tmp_path,
+        schedule={"name": "warmup_cosine", "warmup_steps": 2},
+        study={"name": "wg", "n_trials": 20},
+        fidelity={
+            "strategy": "hyperband",
+            "eta": 2,
+            "budget": 1.5,
+            "baseline": False,
+            "rungs": [
+                {"name": "e1", "overrides": {"train.epochs": 1}},
+                {"name": "e2", "overrides": {"train.epochs": 2}},
+            ],
+        },
+        objective={"group": "worst_group"},
+    )
+    # No rank_metric in the YAML: the default for a worst-group objective, which the driver reads
+    # from each cheap trial's metrics (a trial without it would stop the study with an error).
+    assert load_tuning(tmp_path / "tuning.yaml").fidelity.rank_metric == "worst_group_dev_loss"
+    assert tune_cli.run(args) == 0
+    study = optuna.load_study(study_name="wg", storage=f"sqlite:///{run_dir / 'study.db'}")
+    low = [t for t in study.trials if t.user_attrs["rung"] == 0]
+    top = [t for t in study.trials if t.user_attrs["rung"] == 1]
+    assert len(low) == 2 and len(top) == 1
+    for t in low:  # each accent's dev loss is measured; the worst one ranks the cheap rung
+        m = t.user_attrs["metrics"]
+        assert set(t.user_attrs["group_dev_loss"]) == {"en-us", "en-gb-scotland"}
+        assert m["worst_group_dev_loss"] == max(t.user_attrs["group_dev_loss"].values())
+    # (every WER is 1.0 after one epoch here: the objective alone could not rank them)
+    parent = study.trials[top[0].user_attrs["parent_trial"]]
+    loss = {t.number: t.user_attrs["metrics"]["worst_group_dev_loss"] for t in low}
+    assert parent.number == min(loss, key=loss.__getitem__)
+    # the top rung is judged by the objective itself: the worst group's WER
+    assert top[0].value == pytest.approx(top[0].user_attrs["metrics"]["worst_group_wer"])
+
+
 def test_parallel_workers_promote_asynchronously(tmp_path: Path) -> None:
     def fn(config: dict, reporter, trial_dir: Path) -> dict:
         return {"wer": (config["x"] - 0.3) ** 2 + 1.0 / config["epochs"]}
@@ -395,7 +438,12 @@ def test_a_pruned_job_costs_only_the_epochs_it_ran(tmp_path: Path) -> None:
 
 
 def _tiny_recipe_study(
-    synth_corpus, tmp_path: Path, schedule: dict, study: dict, fidelity: dict
+    synth_corpus,
+    tmp_path: Path,
+    schedule: dict,
+    study: dict,
+    fidelity: dict,
+    objective: dict | None = None,
 ) -> tuple[Path, object]:
     """A tuning YAML over a tiny LSTM recipe on a third of the session corpus, and its CLI args."""
     from speechtune.cli import build_parser
@@ -423,7 +471,7 @@ def _tiny_recipe_study(
         "recipe": "recipe.yaml",
         "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
         "study": {"pruner": "none", "seed": 0, **study},
-        "objective": {"kind": "recipe", "seeds": [1]},
+        "objective": {"kind": "recipe", "seeds": [1], **(objective or {})},
         "fidelity": fidelity,
     }
     (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
