@@ -10,7 +10,7 @@ _LAZY = {
     "OOM": "._diagnostics",
     "STOPPED": "._diagnostics",
     "TrainResult": "._loop",
-    "evaluate_dev": "._loop",
+    "evaluate_dev": "._evaluate",
     "train": "._loop",
     "OPTIMIZER_PARAMS": "._optim",
     "build_optimizer": "._optim",

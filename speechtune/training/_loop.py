@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from speechtune.data import (
 )
 from speechtune.features import FeatureCache, GlobalCMVN, SpecAugment
 from speechtune.inference import Recognizer
-from speechtune.metrics import error_counts, group_wer, parameter_count, worst_group
+from speechtune.metrics import parameter_count
 from speechtune.models import build_model
 from speechtune.training._averaging import BestEpochs
 from speechtune.training._batching import BucketBatchSampler
@@ -45,6 +45,7 @@ from speechtune.training._checkpoint import (
     rng_state,
     save_atomic,
 )
+from speechtune.training._collate import autocast, collate
 from speechtune.training._diagnostics import (
     COMPLETE,
     FINITE_CHECK_STEPS,
@@ -55,6 +56,7 @@ from speechtune.training._diagnostics import (
     check_sums_finite,
     is_oom,
 )
+from speechtune.training._evaluate import evaluate_dev
 from speechtune.training._optim import build_optimizer, effective_batch, scale_lr
 from speechtune.training._reporter import NullReporter, Reporter
 from speechtune.training._resume import check_resume_config, schedule_epochs
@@ -117,42 +119,6 @@ def _features(
     )
 
 
-@dataclass
-class _Batch:
-    feats: torch.Tensor  # [B, T, F]
-    feat_lens: torch.Tensor
-    targets: torch.Tensor  # [B, U], padded with -1
-    target_lens: torch.Tensor
-    audio_seconds: float
-
-
-def _collate(
-    ids: Sequence[str],
-    feats: dict[str, torch.Tensor],
-    targets: dict[str, list[int]],
-    durations: dict[str, float],
-    device: torch.device,
-) -> _Batch:
-    f = [feats[i] for i in ids]
-    t = [targets[i] for i in ids]
-    flens = torch.tensor([x.shape[0] for x in f])
-    x = torch.zeros(len(f), int(flens.max()), f[0].shape[1])
-    for k, v in enumerate(f):
-        x[k, : v.shape[0]] = v
-    tlens = torch.tensor([len(v) for v in t])
-    y = torch.full((len(t), max(1, int(tlens.max()))), -1, dtype=torch.long)
-    for k, tokens in enumerate(t):
-        y[k, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    nb = device.type == "cuda"
-    return _Batch(
-        x.to(device, non_blocking=nb),
-        flens.to(device),
-        y.to(device, non_blocking=nb),
-        tlens.to(device),
-        sum(durations[i] for i in ids),
-    )
-
-
 def _progress(items: list, description: str, enabled: bool):
     """A transient rich progress bar over a training epoch (plain iteration when disabled)."""
     if not enabled:
@@ -160,101 +126,6 @@ def _progress(items: list, description: str, enabled: bool):
     from rich.progress import track
 
     return track(items, description=description, transient=True)
-
-
-def _autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16 and device.type != "cuda":
-        # bf16 autocast on CPU is slow and numerically worse than fp32 for these small models.
-        use_bf16 = False
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation on dev
-# ---------------------------------------------------------------------------------------------
-def _by_group(ids: Sequence[str], group_of: Mapping[str, str]) -> dict[str, list[str]]:
-    """``ids`` split by their group, each in its original order."""
-    out: dict[str, list[str]] = {}
-    for i in ids:
-        out.setdefault(group_of[i], []).append(i)
-    return out
-
-
-@torch.no_grad()
-def evaluate_dev(
-    recognizer: Recognizer,
-    manifest: Manifest,
-    feats: dict[str, torch.Tensor],
-    targets: dict[str, list[int]],
-    cfg: RecipeConfig,
-    device: torch.device,
-    full_decode: bool,
-) -> dict[str, Any]:
-    """Dev loss, WER, CER and per-group WER.
-
-    During training (``full_decode=False``) dev WER uses greedy CTC (or greedy attention when
-    the CTC weight is 0), which is cheap; the final evaluation uses the configured decoder.
-    """
-    model = recognizer.model
-    model.eval()
-    decode = cfg.decode
-    if not full_decode:
-        from speechtune.config import DecodeConfig
-
-        if cfg.model.head == "ctc" or cfg.model.ctc_weight > 0:
-            decode = DecodeConfig(method="greedy")
-        else:
-            decode = DecodeConfig(method="beam", beam_size=1, ctc_weight=0.0)
-    durations = {u.id: u.duration for u in manifest}
-    sampler = BucketBatchSampler(
-        [u.duration for u in manifest], cfg.train.batch_size, shuffle=False
-    )
-    ids_all = [u.id for u in manifest]
-    group_of = {u.id: u.group for u in manifest}
-    many_groups = len(set(group_of.values())) > 1
-    loss_sum: dict[str, float] = {}  # per group: the losses are per-utterance means, so they add
-    count: dict[str, int] = {}
-    hyps: dict[str, str] = {}
-    for idx in sampler:
-        ids = [ids_all[i] for i in idx]
-        b = _collate(ids, feats, targets, durations, device)
-        # With groups, each group's utterances of the batch get their own forward pass: the
-        # worst group's dev loss ranks configs for a worst-group objective where WER still ties.
-        parts = _by_group(ids, group_of) if many_groups else {"": ids}
-        for group, part in parts.items():
-            pb = b if len(parts) == 1 else _collate(part, feats, targets, durations, device)
-            with _autocast(device, cfg.train.precision):
-                out = model(
-                    recognizer.normalize(pb.feats), pb.feat_lens, pb.targets, pb.target_lens
-                )
-            loss_sum[group] = loss_sum.get(group, 0.0) + float(out["loss"]) * len(part)
-            count[group] = count.get(group, 0) + len(part)
-        for i, h in zip(ids, recognizer.decode_features(b.feats, b.feat_lens, decode)):
-            hyps[i] = h
-    refs = [u.text for u in manifest]
-    hyp_list = [hyps[u.id] for u in manifest]
-    groups = [u.group for u in manifest]
-    w = error_counts(refs, hyp_list, unit="word")
-    c = error_counts(refs, hyp_list, unit="char")
-    per_group = group_wer(refs, hyp_list, groups)
-    worst_name, worst_rate = worst_group(per_group)
-    n = sum(count.values())
-    group_loss = {g: loss_sum[g] / count[g] for g in sorted(loss_sum)} if many_groups else {}
-    return {
-        "dev_loss": sum(loss_sum.values()) / max(n, 1),
-        # Without groups the one group's loss is the dev loss.
-        "worst_group_dev_loss": max(
-            group_loss.values(), default=sum(loss_sum.values()) / max(n, 1)
-        ),
-        "group_dev_loss": group_loss,
-        "wer": w.rate,
-        "cer": c.rate,
-        "worst_group_wer": worst_rate,
-        "worst_group": worst_name,
-        "group_wer": per_group,
-        "examples": [{"id": u.id, "ref": u.text, "hyp": hyps[u.id]} for u in list(manifest)[:5]],
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,11 +273,11 @@ def _train(
                 _progress(batches, f"epoch {epoch}/{t.epochs}", opts.progress)
             ):
                 ids = [ids_train[i] for i in idx]
-                b = _collate(ids, train_feats, targets, durations, device)
+                b = collate(ids, train_feats, targets, durations, device)
                 x = recognizer.normalize(b.feats)
                 if specaug is not None:
                     x = specaug(x, b.feat_lens, generator=aug_gen)
-                with _autocast(device, t.precision):
+                with autocast(device, t.precision):
                     out = model(x, b.feat_lens, b.targets, b.target_lens)
                 loss = out["loss"]
                 (loss / t.grad_accum).backward()

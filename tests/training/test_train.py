@@ -11,7 +11,7 @@ import torch
 
 from speechtune.data import PreparedData
 from speechtune.inference import Recognizer, evaluate_model, transcribe_files
-from speechtune.training import CallbackReporter, _loop, train
+from speechtune.training import CallbackReporter, _loop, evaluate_dev, train
 from tests.helpers.recipes import run_options, tiny_config
 
 # Golden figure: measured for this exact config and corpus (seeded), with a tolerance for
@@ -211,7 +211,7 @@ def test_each_groups_dev_loss_is_its_utterances_dev_loss(
     targets = {u.id: rec.tokenizer.encode(u.text) for u in dev}
 
     def evaluate(manifest: Manifest) -> dict:
-        return _loop.evaluate_dev(
+        return evaluate_dev(
             rec, manifest, feats, targets, rec.cfg, torch.device("cpu"), full_decode=False
         )
 
