@@ -173,6 +173,19 @@ def test_tune_rejects_a_bad_fidelity(tmp_path: Path) -> None:
         speechtune.tune(Curve().__call__, SPACE, budget=2)
 
 
+#: One Hyperband bracket of two 1-epoch configs, the better continued to epoch 2 (1.5 trainings).
+ONE_BRACKET = {
+    "strategy": "hyperband",
+    "eta": 2,
+    "budget": 1.5,
+    "baseline": False,  # the tests follow one bracket's promotion
+    "rungs": [
+        {"name": "e1", "overrides": {"train.epochs": 1}},
+        {"name": "e2", "overrides": {"train.epochs": 2}},
+    ],
+}
+
+
 def test_recipe_study_promotes_by_continuing_from_the_checkpoint(
     synth_corpus, tmp_path: Path, capsys
 ) -> None:
@@ -183,16 +196,7 @@ def test_recipe_study_promotes_by_continuing_from_the_checkpoint(
         tmp_path,
         schedule={"name": "warmup_cosine", "warmup_steps": 2},
         study={"name": "mf", "n_trials": 20},
-        fidelity={
-            "strategy": "hyperband",
-            "eta": 2,
-            "budget": 1.5,
-            "baseline": False,  # this test follows one bracket's promotion
-            "rungs": [
-                {"name": "e1", "overrides": {"train.epochs": 1}},
-                {"name": "e2", "overrides": {"train.epochs": 2}},
-            ],
-        },
+        fidelity=ONE_BRACKET,
     )
     assert tune_cli.run(args) == 0
     out = capsys.readouterr().out
@@ -230,16 +234,7 @@ def test_a_worst_group_study_ranks_its_cheap_rung_by_the_worst_groups_dev_loss(
         tmp_path,
         schedule={"name": "warmup_cosine", "warmup_steps": 2},
         study={"name": "wg", "n_trials": 20},
-        fidelity={
-            "strategy": "hyperband",
-            "eta": 2,
-            "budget": 1.5,
-            "baseline": False,
-            "rungs": [
-                {"name": "e1", "overrides": {"train.epochs": 1}},
-                {"name": "e2", "overrides": {"train.epochs": 2}},
-            ],
-        },
+        fidelity=ONE_BRACKET,
         objective={"group": "worst_group"},
     )
     # No rank_metric in the YAML: the default for a worst-group objective, which the driver reads
