@@ -55,7 +55,9 @@ def evaluate_dev(
     ids_all = [u.id for u in manifest]
     group_of = {u.id: u.group for u in manifest}
     many_groups = len(set(group_of.values())) > 1
-    loss_sum: dict[str, float] = {}  # per group: the losses are per-utterance means, so they add
+    # Per group, on the device (one host sync at the end, not one per batch and group): the
+    # losses are per-utterance means, so they add.
+    loss_sum: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
     hyps: dict[str, str] = {}
     for idx in sampler:
@@ -70,7 +72,8 @@ def evaluate_dev(
                 out = model(
                     recognizer.normalize(pb.feats), pb.feat_lens, pb.targets, pb.target_lens
                 )
-            loss_sum[group] = loss_sum.get(group, 0.0) + float(out["loss"]) * len(part)
+            weighted = out["loss"].detach().double() * len(part)
+            loss_sum[group] = loss_sum[group] + weighted if group in loss_sum else weighted
             count[group] = count.get(group, 0) + len(part)
         for i, h in zip(ids, recognizer.decode_features(b.feats, b.feat_lens, decode)):
             hyps[i] = h
@@ -81,14 +84,13 @@ def evaluate_dev(
     c = error_counts(refs, hyp_list, unit="char")
     per_group = group_wer(refs, hyp_list, groups)
     worst_name, worst_rate = worst_group(per_group)
-    n = sum(count.values())
-    group_loss = {g: loss_sum[g] / count[g] for g in sorted(loss_sum)} if many_groups else {}
+    group_sum = {g: float(v) for g, v in loss_sum.items()}
+    dev_loss = sum(group_sum.values()) / max(sum(count.values()), 1)
+    group_loss = {g: group_sum[g] / count[g] for g in sorted(group_sum)} if many_groups else {}
     return {
-        "dev_loss": sum(loss_sum.values()) / max(n, 1),
+        "dev_loss": dev_loss,
         # Without groups the one group's loss is the dev loss.
-        "worst_group_dev_loss": max(
-            group_loss.values(), default=sum(loss_sum.values()) / max(n, 1)
-        ),
+        "worst_group_dev_loss": max(group_loss.values(), default=dev_loss),
         "group_dev_loss": group_loss,
         "wer": w.rate,
         "cer": c.rate,
