@@ -157,13 +157,16 @@ def _space_problems(
                         f"space.{name}", f"unknown recipe key{_close(name, recipe_keys)}", name
                     )
                 )
-    for name in params:
-        if name in overrides:
+    for name, param in params.items():
+        # An override of a searched key is the base recipe's value (the defaults a study's
+        # baseline trains), e.g. a mask width rescaled for fewer mel bins; it is unambiguous
+        # only when the prior agrees, otherwise it reads like a pin the search ignores.
+        if name in overrides and not _is_prior_default(param, overrides[name]):
             problems.append(
                 ConfigProblem(
                     f"space.{name}",
-                    "is both fixed in overrides and searched in space; remove one "
-                    "(pin a preset key with a scalar in space)",
+                    "is both fixed in overrides and searched in space; remove one, pin a "
+                    "preset key with a scalar in space, or give it a prior equal to the override",
                     overrides[name],
                 )
             )
@@ -204,3 +207,16 @@ def _space_problems(
             )
         )
     return problems
+
+
+def _is_prior_default(param: Param, value: Any) -> bool:
+    """Whether ``value`` is ``param``'s prior default (numbers compared as numbers)."""
+    prior = getattr(param, "prior", None)
+    if prior is None:
+        return False
+    default = prior.default
+    if isinstance(value, bool) or isinstance(default, bool):
+        return bool(value is default)
+    if isinstance(value, int | float) and isinstance(default, int | float):
+        return float(value) == float(default)
+    return bool(value == default)

@@ -227,6 +227,28 @@ def test_override_and_space_on_one_key_is_an_error(tmp_path: Path) -> None:
     assert "both fixed in overrides and searched" in problems[0].rule
 
 
+def test_an_override_equal_to_the_prior_sets_the_defaults_of_a_searched_key(
+    tmp_path: Path,
+) -> None:
+    """E.g. a mask width rescaled for a smaller front end: the base recipe (the defaults a
+    study's baseline trains) takes it, and the space still searches the key around it."""
+    space = {"specaugment.freq_mask_width": {"type": "int", "low": 3, "high": 12, "prior": 7}}
+    path = _write(
+        tmp_path,
+        {"recipe": RECIPE, "overrides": {"specaugment.freq_mask_width": 7}, "space": space},
+    )
+    assert validate_tuning(path) == []
+    spec = load_tuning(path)
+    assert spec.base_recipe["specaugment"]["freq_mask_width"] == 7
+    assert "specaugment.freq_mask_width" in spec.space.params
+    disagreeing = _write(
+        tmp_path,
+        {"recipe": RECIPE, "overrides": {"specaugment.freq_mask_width": 5}, "space": space},
+        name="disagreeing.yaml",
+    )
+    assert [p.key for p in validate_tuning(disagreeing)] == ["space.specaugment.freq_mask_width"]
+
+
 def test_command_kind_takes_free_form_keys(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
