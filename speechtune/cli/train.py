@@ -14,7 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune train``."""
     p.add_argument("--config", default=None, help="recipe YAML (default: built-in defaults)")
     p.add_argument(
-        "--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. model.num_layers=6"
+        "--set",
+        nargs="*",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. model.num_layers=6",
     )
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     add_run_arguments(p, "runs/train")
@@ -34,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
             f"dev WER {m['wer']:.4f}  CER {m['cer']:.4f}  worst-group WER {m['worst_group_wer']:.4f} "
             f"({m['worst_group']})  params {m['num_parameters']:,}  "
             f"latency {m['latency_ms_per_audio_s']:.1f} ms per audio second"
+        )
+        sparsity = f"  sparsity {m['sparsity']:.3f}" if "sparsity" in m else ""
+        print(
+            f"size {m['model_size_mb']:.2f} MB ({cfg.edge.quantize})  1-thread CPU latency "
+            f"{m['cpu_latency_ms_per_audio_s']:.1f} ms per audio second{sparsity}"
         )
         out = Path(args.run_dir)
         print(

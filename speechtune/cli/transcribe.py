@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "transcribe audio files"
 
@@ -16,13 +17,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "an exported TorchScript file is code)",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="decode chunk by chunk as a stream (a model.pt trained with model.chunk_ms > 0; "
+        "CPU, one thread): print the partial transcript after each chunk and the latency",
+    )
     p.add_argument("audio", nargs="+")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print ``path<TAB>text`` per file; 0."""
+    if args.stream:
+        return _run_stream(args)
     from speechtune.inference import transcribe_files
 
     for path, text in zip(args.audio, transcribe_files(args.checkpoint, args.audio, args.device)):
         print(f"{path}\t{text}")
+    return 0
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    """Per file: ``path<TAB>+SECONDS s<TAB>partial`` after each chunk, then ``path<TAB>text``;
+    the latency per file goes to stderr."""
+    import torch
+
+    from speechtune.inference import (
+        Recognizer,
+        exported_format,
+        read_wave,
+        stream_transcribe,
+        streaming_latency,
+    )
+
+    if exported_format(args.checkpoint) is not None:
+        raise ValueError(
+            f"--stream needs a model.pt: {args.checkpoint} is an exported model, whose graph "
+            "decodes whole utterances"
+        )
+    if args.device != "cpu":
+        raise ValueError(f"--stream measures CPU latency: use --device cpu (got {args.device!r})")
+    rec = Recognizer.load(args.checkpoint, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for path in args.audio:
+            wave = read_wave(path, rec.cfg.features.sample_rate)
+            result = stream_transcribe(
+                rec, wave, lambda fed, text, path=path: print(f"{path}\t+{fed:.2f}s\t{text}")
+            )
+            print(f"{path}\t{result.text}")
+            stats = streaming_latency(rec, [wave], warmup=0)
+            print(
+                f"{path}: {len(result.chunk_ms)} chunk(s) of {rec.cfg.model.chunk_ms:g} ms; "
+                f"chunk compute p50 {stats['stream_chunk_ms_p50']:.2f} ms, "
+                f"p95 {stats['stream_chunk_ms_p95']:.2f} ms; RTF {stats['stream_rtf']:.3f}",
+                file=sys.stderr,
+            )
+    finally:
+        torch.set_num_threads(threads)
     return 0

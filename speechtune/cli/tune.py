@@ -84,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         metavar="KEY=VALUE",
         help="dotted overrides of the tuning YAML, e.g. study.sampler=gp",
     )
@@ -321,7 +322,14 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     import yaml
 
     from speechtune.metrics import format_cost, summarize_costs
-    from speechtune.tuning.study import TrialRecord, select_best, study_ranking_warnings
+    from speechtune.tuning.study import (
+        TrialRecord,
+        objective_names,
+        pareto_front,
+        pareto_knee,
+        select_best,
+        study_ranking_warnings,
+    )
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if states.count(s)}
@@ -346,8 +354,12 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
         return 1
     best = choice.trial
     if len(study.directions) > 1:
-        front = study.best_trials
+        front = pareto_front(study)
         print(f"Pareto front: {len(front)} trials ({', '.join(str(t.number) for t in front)})")
+        knee = pareto_knee(study)
+        if knee is not None:
+            values = ", ".join(f"{n} {v:.4g}" for n, v in zip(objective_names(study), knee.values))
+            print(f"knee of the front: trial {knee.number} ({values})")
     if "fidelity" in study.user_attrs:
         used = study.user_attrs.get("budget_used")
         if used is not None:

@@ -15,7 +15,7 @@ TUNING_SECTIONS = {"space", "study", "objective", "presets", "recipe", "command"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``speechtune validate``."""
     p.add_argument("config")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE")
 
 
 def is_tuning_file(path: str) -> bool:

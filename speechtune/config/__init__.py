@@ -17,9 +17,12 @@ from speechtune.config._load import (
 )
 from speechtune.config._schema import (
     HEADS,
+    LORA_TARGETS,
     DataConfig,
     DecodeConfig,
+    EdgeConfig,
     FeaturesConfig,
+    FinetuneConfig,
     ModelConfig,
     OptimConfig,
     RecipeConfig,
@@ -33,11 +36,14 @@ from speechtune.config._schema import (
 
 __all__ = [
     "HEADS",
+    "LORA_TARGETS",
     "ConfigError",
     "ConfigProblem",
     "DataConfig",
     "DecodeConfig",
+    "EdgeConfig",
     "FeaturesConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "OptimConfig",
     "RecipeConfig",

@@ -284,6 +284,26 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
                     m.interctc_layer,
                 )
             )
+    out.extend(_finetune_checks(cfg))
+    out.extend(_streaming_checks(cfg))
+    edge = cfg.edge
+    if edge.prune_sparsity > 0 and edge.prune_start >= edge.prune_end:
+        out.append(
+            ConfigProblem(
+                "edge.prune_start", f"must be < edge.prune_end={edge.prune_end}", edge.prune_start
+            )
+        )
+    if cfg.finetune.lora_rank > 0 and (edge.prune_sparsity > 0 or edge.quantize == "qat_int8"):
+        # Masks and fake quantisation would act on the adapters, not on the merged weights.
+        key = "edge.prune_sparsity" if edge.prune_sparsity > 0 else "edge.quantize"
+        out.append(
+            ConfigProblem(
+                key,
+                "cannot be combined with LoRA (finetune.lora_rank > 0); post-training "
+                "dynamic_int8/static_int8 can",
+                getattr(edge, key.split(".")[1]),
+            )
+        )
     sp = cfg.data.speed_perturb
     if any(not 0.5 <= float(f) <= 2.0 for f in sp) or len(set(sp)) != len(sp):
         # Also checked where the data are prepared (for callers that skip the loader).
@@ -330,6 +350,61 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
         out.append(ConfigProblem("data.proxy_hours", "must be > 0", cfg.data.proxy_hours))
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         out.append(ConfigProblem("train.grad_clip", "must be > 0 or null", cfg.train.grad_clip))
+    return out
+
+
+def _finetune_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
+    """The finetune section against the model it adapts."""
+    out: list[ConfigProblem] = []
+    m, ft = cfg.model, cfg.finetune
+    if ft.freeze_layers > m.num_layers:
+        out.append(
+            ConfigProblem(
+                "finetune.freeze_layers",
+                f"must be <= model.num_layers={m.num_layers}",
+                ft.freeze_layers,
+            )
+        )
+    # Attention projections exist in transformer/conformer encoders and in the decoder; the
+    # bidirectional RNNs add one Linear. Failing here beats a trial that adapts nothing.
+    attention = m.encoder in ("transformer", "conformer") or m.head == "ctc_attention"
+    linear = attention or m.encoder in ("blstm", "bgru")
+    if ft.lora_rank > 0 and not (linear if ft.lora_targets == "all_linear" else attention):
+        out.append(
+            ConfigProblem(
+                "finetune.lora_targets",
+                f"matches no layer of a {m.encoder!r} encoder with head {m.head!r} (attention "
+                "targets need a transformer/conformer encoder or the ctc_attention head)",
+                ft.lora_targets,
+            )
+        )
+    return out
+
+
+def _streaming_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
+    """The streaming keys (``model.chunk_ms``...) against the encoder and the frame rate."""
+    out: list[ConfigProblem] = []
+    m = cfg.model
+    if m.chunk_ms > 0 and m.encoder != "conformer":
+        out.append(
+            ConfigProblem(
+                "model.chunk_ms",
+                f"streaming (chunk_ms > 0) needs model.encoder=conformer, not {m.encoder!r}",
+                m.chunk_ms,
+            )
+        )
+    frame_ms = cfg.features.hop_ms * m.subsampling
+    if 0 < m.chunk_ms < frame_ms:
+        out.append(
+            ConfigProblem(
+                "model.chunk_ms",
+                f"must be 0 (full context) or >= one encoder frame, features.hop_ms x "
+                f"model.subsampling = {frame_ms:g} ms",
+                m.chunk_ms,
+            )
+        )
+    # dynamic_chunk and left_chunks without chunk_ms have no effect (build_encoder warns): a
+    # space that samples them beside chunk_ms is checked key by key against its base recipe.
     return out
 
 

@@ -109,6 +109,12 @@ class ModelConfig:
     # Conformer self-attention positions: "abs" adds sinusoids once after subsampling;
     # "rel" uses relative positional self-attention (Dai et al., 2019; Gulati et al., 2020).
     pos_enc: str = _f("abs", choices=("abs", "rel"))
+    # Streaming Conformer: self-attention within chunks of chunk_ms of input audio (and
+    # left_chunks previous chunks, -1: all), causal depthwise convolution. 0 is full context.
+    # dynamic_chunk trains with a random chunk size per batch (WeNet's U2, Zhang et al., 2021).
+    chunk_ms: float = _f(0.0, ge=0.0)
+    left_chunks: int = _f(-1, ge=-1)
+    dynamic_chunk: bool = _f(False)
     dropout: float = _f(0.1, ge=0.0, lt=1.0)
     subsampling: int = _f(4, choices=(1, 2, 4, 6, 8))
     head: str = _f("ctc", choices=HEADS)
@@ -121,6 +127,9 @@ class ModelConfig:
     decoder_layers: int = _f(2, ge=1)
     # "deepnorm" scales residual branches for deep stacks (Wang et al., 2022).
     init: str = _f("default", choices=("default", "deepnorm"))
+    # Fine-tuning: start from the weights of a speechtune model.pt (or the run dir holding one).
+    # Architecture keys must match it; output rows are mapped token by token (finetune section).
+    init_from: str | None = _f(None)
 
     @property
     def interctc_block(self) -> int:
@@ -191,6 +200,52 @@ class DecodeConfig:
     max_len_ratio: float = _f(1.0, gt=0.0)
 
 
+LORA_TARGETS = ("attention_qv", "attention", "all_linear")
+
+
+@dataclass
+class FinetuneConfig:
+    """What trains, and how fast, when adapting a model (usually one loaded by model.init_from)."""
+
+    # Freeze the convolutional subsampling front end.
+    freeze_frontend: bool = _f(False)
+    # Freeze the bottom N encoder layers (0: none).
+    freeze_layers: int = _f(0, ge=0)
+    # Layer-wise lr decay: encoder layer i of N trains at lr * decay**(N - i), the front end at
+    # decay**(N + 1), heads and decoder at lr. 1 is off.
+    layer_lr_decay: float = _f(1.0, gt=0.0, le=1.0)
+    # LoRA adapters (Hu et al., 2021) through peft; 0 is off. The output layers still train.
+    lora_rank: int = _f(0, ge=0)
+    lora_alpha: float = _f(16.0, gt=0.0)
+    lora_dropout: float = _f(0.0, ge=0.0, lt=1.0)
+    lora_targets: str = _f("attention_qv", choices=LORA_TARGETS)
+
+
+QUANTIZE = ("none", "dynamic_int8", "static_int8", "qat_int8")
+OBSERVERS = ("minmax", "moving_average")
+PRUNE_SCHEDULES = ("linear", "cubic")
+
+
+@dataclass
+class EdgeConfig:
+    """Making the model small and fast on a CPU: int8 quantisation and magnitude pruning."""
+
+    # Int8 quantisation (torch.ao eager mode): dynamic or static after training, or
+    # quantisation-aware training (the whole run) converted after it. "none" keeps fp32.
+    quantize: str = _f("none", choices=QUANTIZE)
+    # Activation-range observer of static_int8 calibration and of qat_int8 fake quantisation.
+    observer: str = _f("minmax", choices=OBSERVERS)
+    # static_int8: training batches run through the model to calibrate activation ranges.
+    calibration_batches: int = _f(8, ge=1)
+    # Unstructured magnitude pruning of Linear/Conv weights to this share of zeros; 0 is off.
+    prune_sparsity: float = _f(0.0, ge=0.0, le=0.95)
+    # Sparsity ramp from prune_start to prune_end (shares of the training steps): linear, or
+    # cubic (Zhu & Gupta, 2017: fast at first, slow near the target).
+    prune_schedule: str = _f("cubic", choices=PRUNE_SCHEDULES)
+    prune_start: float = _f(0.2, ge=0.0, lt=1.0)
+    prune_end: float = _f(0.8, gt=0.0, le=1.0)
+
+
 @dataclass
 class RecipeConfig:
     """The complete ASR recipe: everything a tuner may vary."""
@@ -205,6 +260,8 @@ class RecipeConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Using a trained model: load and decode (Recognizer), evaluate on a manifest, export to TorchScript/ONNX.
+"""Using a trained model: load and decode (Recognizer), evaluate on a manifest, quantise to int8,
+export to TorchScript/ONNX, decode a streaming model chunk by chunk.
 
 Exports are lazy: these modules import torch, and ``speechtune.inference.FORMATS`` is needed
 by the command line without it.
@@ -12,12 +13,24 @@ _LAZY = {
     "pad_waves": "._recognizer",
     "evaluate_model": "._evaluate",
     "measure_decoding_latency": "._evaluate",
+    "measure_cpu_latency": "._evaluate",
     "read_wave": "._evaluate",
     "transcribe_files": "._evaluate",
     "ExportedRecognizer": "._export",
     "export_model": "._export",
     "exported_format": "._export",
     "load_exported": "._export",
+    "INT8_STAGE": "._quantize",
+    "QAT_STAGE": "._quantize",
+    "activation_observers": "._quantize",
+    "prepare_qat": "._quantize",
+    "quantize_model": "._quantize",
+    "restore_quantized": "._quantize",
+    "StreamingDecoder": "._streaming",
+    "StreamResult": "._streaming",
+    "stream_transcribe": "._streaming",
+    "streaming_latency": "._streaming",
+    "streaming_metrics": "._streaming",
 }
 
 __all__ = ["FORMATS", *sorted(_LAZY)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,38 @@ def measure_decoding_latency(
         warmup=1,
     )
     return {"latency_ms_per_audio_s": res.ms_per_audio_second, "rtf": res.real_time_factor}
+
+
+def measure_cpu_latency(
+    recognizer: Recognizer, manifest: Manifest, max_utterances: int = 8
+) -> float:
+    """Median over up to ``max_utterances`` utterances of the ms per audio second it takes to
+    transcribe each alone (front end included) on one CPU thread, in eager mode.
+
+    One thread and one utterance at a time: the figure of a small device serving one stream,
+    comparable across machines with different core counts. ``recognizer`` must be on the CPU.
+    """
+    if recognizer.device.type != "cpu":
+        raise ValueError(f"CPU latency needs a recognizer on the CPU, not {recognizer.device}")
+    sr = recognizer.cfg.features.sample_rate
+    waves = [load_audio(manifest, u, sr) for u in list(manifest)[:max_utterances]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        per_utterance = [
+            measure_latency(
+                lambda w=w: recognizer.transcribe([w], batch_size=1),
+                audio_seconds=len(w) / sr,
+                device="cpu",
+                repeats=3,
+                warmup=1,
+            ).ms_per_audio_second
+            for w in waves
+            if len(w)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(per_utterance) if per_utterance else float("nan")
 
 
 def evaluate_model(

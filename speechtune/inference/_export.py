@@ -19,6 +19,9 @@ What is inside each artefact:
   load time. Inputs ``feats [B, F, n_mels]`` float32 and ``frames [B]`` int64. Metadata is the
   model's ``metadata_props`` entry ``speechtune_export``.
 
+An int8 model (``edge.quantize``) exports to TorchScript only: its int8 operators trace into
+the graph and give the eager int8 model's log-probs; the ONNX exporter has no such operators.
+
 Both graphs take dynamic batch and time; :func:`export_model` checks that by running the
 artefact on lengths and batch sizes other than those it was traced with and comparing with the
 eager model (raising if they differ), so a wrong export never reaches disk.
@@ -456,8 +459,8 @@ def export_model(
         the path of the artefact.
 
     Raises:
-        ValueError: unknown format, an encoder the exporter does not support, or a checkpoint
-            that is not a speechtune model.pt.
+        ValueError: unknown format, an encoder the exporter does not support, a checkpoint
+            that is not a speechtune model.pt, or ONNX for a quantised (int8) model.
         FileNotFoundError: the checkpoint does not exist (a directory stands for its model.pt).
         ImportError: ONNX requested without the ``onnx`` package.
         RuntimeError: the exported graph does not reproduce the eager model.
@@ -472,6 +475,12 @@ def export_model(
     if format == "onnx":
         _require("onnx")  # fail before any work when the package is missing
     rec = Recognizer.load(checkpoint, "cpu")
+    if format == "onnx" and rec.quantization is not None:
+        raise ValueError(
+            f"{checkpoint} is a quantised model (edge.quantize={rec.cfg.edge.quantize}): it exports "
+            "to torchscript only (torch's ONNX exporter has no int8 operators such as "
+            "quantized::linear_dynamic)"
+        )
     if rec.cfg.model.encoder not in SUPPORTED_ENCODERS:
         raise ValueError(
             f"encoder {rec.cfg.model.encoder!r} cannot be exported; supported: {', '.join(SUPPORTED_ENCODERS)}"

@@ -25,6 +25,7 @@ from speechtune.config import (
 )
 from speechtune.data import Tokenizer, tokenizer_from_dict
 from speechtune.features import GlobalCMVN, LogMel
+from speechtune.inference._quantize import quiet_quantization_warnings, restore_quantized
 from speechtune.models import ASRModel, build_model
 
 FORMAT_VERSION = 1
@@ -84,7 +85,8 @@ def read_model_payload(path: str | Path) -> dict[str, Any]:
     """
     path = resolve_model_file(path)
     try:
-        with warnings.catch_warnings():
+        # quiet: torch's own rebuilding of an int8 model's quantised tensors warns about its API.
+        with warnings.catch_warnings(), quiet_quantization_warnings():
             # A foreign pickle makes torch warn about its protocol before the error said below.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -122,6 +124,21 @@ def pad_waves(
     return batch.to(device), lengths.to(device)
 
 
+def _quantized_structure(
+    model: ASRModel, cfg: RecipeConfig, stage: str, device: torch.device | str
+) -> ASRModel:
+    """The module structure of a quantised model file, ready for its state dict."""
+    if stage == "int8" and torch.device(device).type != "cpu":
+        # int8 kernels (fbgemm/x86, qnnpack) exist on the CPU only.
+        warnings.warn(
+            f"an int8 model runs on the CPU; device={str(device)!r} is ignored",
+            UserWarning,
+            stacklevel=3,
+        )
+    restore_quantized(model, cfg.edge.quantize, cfg.edge.observer, stage)  # in place
+    return model
+
+
 class Recognizer(nn.Module):
     """Waveforms in, transcripts out.
 
@@ -130,10 +147,17 @@ class Recognizer(nn.Module):
         tokenizer: maps token ids to text.
         cmvn: global mean/variance normalisation fitted on the training features (or None).
         model: the acoustic model.
+        quantization: ``None`` for a float model, ``"qat"`` for one fake-quantised for
+            ``edge.quantize: qat_int8``, ``"int8"`` for a quantised one (see ``_quantize``).
     """
 
     def __init__(
-        self, cfg: RecipeConfig, tokenizer: Tokenizer, cmvn: GlobalCMVN | None, model: ASRModel
+        self,
+        cfg: RecipeConfig,
+        tokenizer: Tokenizer,
+        cmvn: GlobalCMVN | None,
+        model: ASRModel,
+        quantization: str | None = None,
     ):
         super().__init__()
         self.cfg = cfg
@@ -141,10 +165,15 @@ class Recognizer(nn.Module):
         self.frontend = LogMel.from_config(cfg.features)
         self.cmvn = cmvn
         self.model = model
+        self.quantization = quantization
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        # An int8 model may hold no Parameter at all (its layers keep packed int8 weights).
+        tensor: torch.Tensor | None = next(self.model.parameters(), None)
+        if tensor is None:
+            tensor = next(self.model.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         return self.cmvn(feats) if self.cmvn is not None else feats
@@ -190,13 +219,16 @@ class Recognizer(nn.Module):
 
     # -- persistence -------------------------------------------------------------------------
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "format_version": FORMAT_VERSION,
             "config": config_to_dict(self.cfg),
             "tokenizer": self.tokenizer.to_dict(),
             "model": self.model.state_dict(),
             "cmvn": self.cmvn.state_dict() if self.cmvn is not None else None,
         }
+        if self.quantization is not None:
+            payload["quantization"] = self.quantization
+        return payload
 
     @classmethod
     def from_payload(
@@ -208,13 +240,20 @@ class Recognizer(nn.Module):
             )
         cfg = config_from_dict(payload["config"])
         tokenizer = tokenizer_from_dict(payload["tokenizer"])
-        model = build_model(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
+        model = build_model(
+            cfg.model, cfg.features.n_mels, tokenizer.vocab_size, cfg.features.hop_ms
+        )
+        stage = payload.get("quantization")
+        if stage is not None:
+            model = _quantized_structure(model, cfg, stage, device)
+            if stage == "int8":
+                device = "cpu"
         model.load_state_dict(payload["model"])
         cmvn = None
         if payload.get("cmvn") is not None:
             cmvn = GlobalCMVN(cfg.features.n_mels)
             cmvn.load_state_dict(payload["cmvn"])
-        return cls(cfg, tokenizer, cmvn, model).to(device).eval()
+        return cls(cfg, tokenizer, cmvn, model, stage).to(device).eval()
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Recognizer:

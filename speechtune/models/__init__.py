@@ -10,6 +10,8 @@ from speechtune.models._ctc import BLANK_ID, ctc_greedy_collapse
 from speechtune.models._ctc_prefix import CTCPrefixScorer, CTCPrefixState
 from speechtune.models._encoders import ENCODER_BUILDERS, build_encoder
 from speechtune.models._init import deepnorm_alpha, deepnorm_beta
+from speechtune.models._lora import add_lora, has_lora, lora_target_modules, merged_state_dict
+from speechtune.models._parts import FRONTEND, OUTPUT_MODULES, VOCAB_PARAMS, layer_of
 from speechtune.models._subsampling import Conv2dSubsampling
 
 __all__ = [
@@ -19,9 +21,17 @@ __all__ = [
     "CTCPrefixState",
     "Conv2dSubsampling",
     "ENCODER_BUILDERS",
+    "FRONTEND",
+    "OUTPUT_MODULES",
+    "VOCAB_PARAMS",
+    "add_lora",
     "build_encoder",
     "build_model",
     "ctc_greedy_collapse",
     "deepnorm_alpha",
     "deepnorm_beta",
+    "has_lora",
+    "layer_of",
+    "lora_target_modules",
+    "merged_state_dict",
 ]

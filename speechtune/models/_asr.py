@@ -15,6 +15,7 @@ from speechtune.models._ctc import BLANK_ID, CTCHead, ctc_greedy_collapse
 from speechtune.models._decoder import TransformerDecoder, attention_loss
 from speechtune.models._encoders import build_encoder
 from speechtune.models._layers import valid_mask
+from speechtune.models._streaming import EncoderCache, StreamingSpec, streaming_spec
 from speechtune.models._subsampling import Conv2dSubsampling
 from speechtune.models._transformer import TransformerEncoder
 
@@ -36,9 +37,16 @@ class ASRModel(nn.Module):
         cfg: Model hyperparameters.
         input_dim: Feature dimension ``F``.
         vocab_size: Output classes including blank (and sos/eos).
+        streaming: The encoder's chunking (see :func:`build_model`); ``None`` is full context.
     """
 
-    def __init__(self, cfg: ModelConfig, input_dim: int, vocab_size: int) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        input_dim: int,
+        vocab_size: int,
+        streaming: StreamingSpec | None = None,
+    ) -> None:
         super().__init__()
         if cfg.head not in HEADS:
             raise ValueError(
@@ -55,7 +63,8 @@ class ASRModel(nn.Module):
         self.vocab_size = vocab_size
         self.sos_eos_id = vocab_size - 1
         self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling)
-        self.encoder = build_encoder(cfg)
+        self.streaming = streaming or StreamingSpec()
+        self.encoder = build_encoder(cfg, self.streaming)
         self.interctc_taps = interctc_taps(cfg)
         self.ctc = CTCHead(cfg.d_model, vocab_size)
         self.decoder: TransformerDecoder | None = None
@@ -82,6 +91,25 @@ class ASRModel(nn.Module):
         """
         x, lens = self._subsample(feats, feat_lens)
         return self.encoder(x, lens)
+
+    def stream_cache(self, batch: int, device: torch.device | str) -> EncoderCache:
+        """The encoder state a stream starts from (see :meth:`encode_chunk`).
+
+        Raises:
+            ValueError: The model is full-context (``model.chunk_ms = 0``).
+        """
+        if not isinstance(self.encoder, ConformerEncoder):
+            raise ValueError(f"the {self.cfg.encoder!r} encoder does not stream")
+        return self.encoder.init_cache(batch, device)
+
+    def encode_chunk(
+        self, frames: torch.Tensor, cache: EncoderCache
+    ) -> tuple[torch.Tensor, EncoderCache]:
+        """Encode the next chunk of subsampled ``frames [B, Tc, d_model]`` of a stream (eval
+        mode); returns its encoder output and the state for the next chunk."""
+        if not isinstance(self.encoder, ConformerEncoder):
+            raise ValueError(f"the {self.cfg.encoder!r} encoder does not stream")
+        return self.encoder.forward_chunk(frames, cache)
 
     def _subsample(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -287,7 +315,9 @@ def interctc_taps(cfg: ModelConfig) -> tuple[int, ...]:
     return (layer,)
 
 
-def build_model(cfg: ModelConfig, input_dim: int, vocab_size: int) -> ASRModel:
+def build_model(
+    cfg: ModelConfig, input_dim: int, vocab_size: int, hop_ms: float | None = None
+) -> ASRModel:
     """Build the ASR model a :class:`~speechtune.config.ModelConfig` describes.
 
     Args:
@@ -295,8 +325,21 @@ def build_model(cfg: ModelConfig, input_dim: int, vocab_size: int) -> ASRModel:
         input_dim: Feature dimension (e.g. ``features.n_mels``).
         vocab_size: Output classes including blank 0 (and sos/eos = ``vocab_size - 1`` for
             the ``ctc_attention`` head).
+        hop_ms: The features' frame shift (``features.hop_ms``): it turns ``model.chunk_ms``
+            into encoder frames, so a streaming config needs it.
 
     Returns:
         The model, on the CPU, in training mode.
+
+    Raises:
+        ValueError: ``cfg.chunk_ms > 0`` without ``hop_ms``.
     """
-    return ASRModel(cfg, input_dim, vocab_size)
+    if cfg.chunk_ms > 0 and hop_ms is None:
+        raise ValueError(
+            f"model.chunk_ms={cfg.chunk_ms:g} needs the features' hop_ms to count its encoder "
+            "frames: pass build_model(..., hop_ms=cfg.features.hop_ms)"
+        )
+    spec = streaming_spec(
+        cfg.chunk_ms, cfg.left_chunks, cfg.dynamic_chunk, hop_ms or 0.0, cfg.subsampling
+    )
+    return ASRModel(cfg, input_dim, vocab_size, spec)

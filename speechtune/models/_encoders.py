@@ -2,7 +2,8 @@
 
 Every encoder takes ``(x [B, T, d_model], lengths [B])`` after subsampling and returns
 ``(out [B, T, d_model], lengths)`` with padded frames zeroed. Adding an encoder means adding
-one builder function and one entry in :data:`ENCODER_BUILDERS`.
+one builder function and one entry in :data:`ENCODER_BUILDERS`. A builder gets the model config
+and the :class:`~speechtune.models._streaming.StreamingSpec`; only the Conformer streams.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from speechtune.config import ModelConfig
 from speechtune.models._conformer import POS_ENCODINGS, ConformerEncoder
 from speechtune.models._init import apply_deepnorm_init, deepnorm_alpha
 from speechtune.models._rnn import RNNEncoder
+from speechtune.models._streaming import StreamingSpec
 from speechtune.models._transformer import TransformerEncoder
 
-EncoderBuilder = Callable[[ModelConfig], nn.Module]
+EncoderBuilder = Callable[[ModelConfig, StreamingSpec], nn.Module]
 
 
 def _alpha(cfg: ModelConfig) -> float | None:
@@ -26,7 +28,7 @@ def _alpha(cfg: ModelConfig) -> float | None:
 
 
 def _rnn_builder(cell: str, bidirectional: bool) -> EncoderBuilder:
-    def build(cfg: ModelConfig) -> nn.Module:
+    def build(cfg: ModelConfig, streaming: StreamingSpec) -> nn.Module:
         if cfg.init == "deepnorm":
             # A tuner may pair init=deepnorm with any encoder; failing the trial would waste
             # it, so say once that the setting has no effect here.
@@ -40,7 +42,7 @@ def _rnn_builder(cell: str, bidirectional: bool) -> EncoderBuilder:
     return build
 
 
-def _transformer(cfg: ModelConfig) -> nn.Module:
+def _transformer(cfg: ModelConfig, streaming: StreamingSpec) -> nn.Module:
     enc = TransformerEncoder(
         cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout, _alpha(cfg)
     )
@@ -49,7 +51,7 @@ def _transformer(cfg: ModelConfig) -> nn.Module:
     return enc
 
 
-def _conformer(cfg: ModelConfig) -> nn.Module:
+def _conformer(cfg: ModelConfig, streaming: StreamingSpec) -> nn.Module:
     enc = ConformerEncoder(
         cfg.d_model,
         cfg.num_layers,
@@ -59,6 +61,7 @@ def _conformer(cfg: ModelConfig) -> nn.Module:
         cfg.dropout,
         _alpha(cfg),
         cfg.pos_enc,
+        streaming,
     )
     if cfg.init == "deepnorm":
         apply_deepnorm_init(enc, cfg.num_layers)
@@ -77,12 +80,19 @@ ENCODER_BUILDERS: dict[str, EncoderBuilder] = {
 _INITS = ("default", "deepnorm")
 
 
-def build_encoder(cfg: ModelConfig) -> nn.Module:
+def build_encoder(cfg: ModelConfig, streaming: StreamingSpec | None = None) -> nn.Module:
     """Build the encoder named by ``cfg.encoder``.
 
+    Args:
+        cfg: Model hyperparameters.
+        streaming: Chunked attention and causal convolutions (Conformer only); ``None`` or a
+            chunk of 0 is full context.
+
     Raises:
-        ValueError: Unknown encoder, init or pos_enc name (the message lists the valid ones).
+        ValueError: Unknown encoder, init or pos_enc name (the message lists the valid ones),
+            or streaming asked of an encoder other than the Conformer.
     """
+    streaming = streaming or StreamingSpec()
     if cfg.encoder not in ENCODER_BUILDERS:
         raise ValueError(
             f"model.encoder={cfg.encoder!r} is not a known encoder; "
@@ -101,4 +111,16 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
             "conformer implements relative positions); using its default positions",
             stacklevel=2,
         )
-    return ENCODER_BUILDERS[cfg.encoder](cfg)
+    if cfg.dynamic_chunk and not streaming.enabled:
+        # As for pos_enc: say so once rather than fail a tuner's trial.
+        warnings.warn(
+            "model.dynamic_chunk has no effect without model.chunk_ms > 0 (the chunk that "
+            "decoding uses); training a full-context model",
+            stacklevel=2,
+        )
+    if streaming.enabled and cfg.encoder != "conformer":
+        raise ValueError(
+            f"model.chunk_ms={cfg.chunk_ms:g}: streaming needs model.encoder='conformer', "
+            f"not {cfg.encoder!r}"
+        )
+    return ENCODER_BUILDERS[cfg.encoder](cfg, streaming)

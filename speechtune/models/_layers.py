@@ -7,6 +7,7 @@ Masks follow one convention throughout the package: a boolean ``valid`` tensor o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +28,14 @@ def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return steps[None, :] < lengths[:, None]
 
 
-def sinusoidal_encoding(length: int, d_model: int, device: torch.device) -> torch.Tensor:
-    """The fixed sinusoidal positional encoding of Vaswani et al. (2017), ``[length, d_model]``."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+def sinusoidal_encoding(
+    length: int, d_model: int, device: torch.device, start: int = 0
+) -> torch.Tensor:
+    """The fixed sinusoidal positional encoding of Vaswani et al. (2017), ``[length, d_model]``.
+
+    Rows are positions ``start .. start + length - 1`` (a streaming chunk starts past 0).
+    """
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)[:, None]
     # Odd d_model is allowed by the config, so build ceil(d/2) frequencies and trim.
     idx = torch.arange(0, d_model, 2, device=device, dtype=torch.float32)
     freqs = torch.exp(-math.log(10000.0) * idx / d_model)
@@ -48,8 +54,9 @@ class PositionalEncoding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pe = sinusoidal_encoding(x.size(1), self.d_model, x.device)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``x [B, T, D]`` whose first frame is at position ``offset`` (a streaming chunk's)."""
+        pe = sinusoidal_encoding(x.size(1), self.d_model, x.device, offset)
         return self.dropout(x * self.scale + pe.to(x.dtype))
 
 
@@ -129,14 +136,15 @@ class MultiHeadAttention(nn.Module):
         Args:
             query: Queries.
             memory: Keys and values (``query`` itself for self-attention).
-            key_valid: ``[B, Tk]`` mask of keys that may be attended to.
+            key_valid: ``[B, Tk]`` mask of keys that may be attended to, or ``[B, Tq, Tk]``
+                per query (chunked attention of a streaming encoder).
             causal: Forbid attending to later positions (decoder self-attention).
 
         Returns:
             ``[B, Tq, D]``.
         """
         q, k, v = self.project(query, memory)
-        mask = None if key_valid is None else key_valid[:, None, None, :]
+        mask = None if key_valid is None else _heads_mask(key_valid)
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -160,6 +168,11 @@ class MultiHeadAttention(nn.Module):
         """Concatenate the heads of ``out [B, H, T, D/H]`` and apply the output projection."""
         b, h, t, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, h * dh))
+
+
+def _heads_mask(valid: torch.Tensor) -> torch.Tensor:
+    """A ``[B, Tk]`` or ``[B, Tq, Tk]`` key mask, broadcastable over heads (and queries)."""
+    return valid[:, None, None, :] if valid.dim() == 2 else valid[:, None]
 
 
 class FeedForward(nn.Module):
@@ -203,9 +216,19 @@ class Residual(nn.Module):
         self.alpha = deepnorm_alpha
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.around(x, lambda y: self.body(y, *args, **kwargs))
+
+    def around(
+        self, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """This sub-layer with ``branch`` in place of ``body(y)``.
+
+        A streaming step calls the body's chunk method (which also updates a cache) inside the
+        same normalisation and residual sum as :meth:`forward`.
+        """
         if self.alpha is None:
-            return x + self.scale * self.dropout(self.body(self.norm(x), *args, **kwargs))
-        return self.norm(self.alpha * x + self.scale * self.dropout(self.body(x, *args, **kwargs)))
+            return x + self.scale * self.dropout(branch(self.norm(x)))
+        return self.norm(self.alpha * x + self.scale * self.dropout(branch(x)))
 
 
 class SelfAttention(nn.Module):
@@ -216,7 +239,23 @@ class SelfAttention(nn.Module):
         self.attn = MultiHeadAttention(d_model, num_heads, dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``valid``: ``[B, T]`` key mask, or ``[B, T, T]`` per query (chunked attention)."""
         return self.attn(x, x, key_valid=valid)
+
+    def forward_chunk(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attend from a chunk ``x [B, Tc, D]`` to the cached left context and the chunk.
+
+        Every cached frame and every frame of the chunk is visible to every query of the chunk
+        (the chunk rule); the caller keeps only the left context in the cache.
+
+        Returns:
+            ``(out [B, Tc, D], keys, values)`` with the chunk's keys and values appended.
+        """
+        q, k, v = self.attn.project(x, x)
+        k, v = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        return self.attn.merge(F.scaled_dot_product_attention(q, k, v)), k, v
 
 
 def rel_shift(scores: torch.Tensor) -> torch.Tensor:
@@ -273,13 +312,14 @@ class RelPositionSelfAttention(nn.Module):
         return rel_shift(torch.matmul(q_v, p.transpose(-2, -1)))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
-        """Attend over ``x [B, T, D]`` with key mask ``valid [B, T]``; returns ``[B, T, D]``."""
+        """Attend over ``x [B, T, D]`` with key mask ``valid`` (``[B, T]``, or ``[B, T, T]`` per
+        query for chunked attention); returns ``[B, T, D]``."""
         q, k, v = self.attn.project(x, x)
         scale = q.size(-1) ** -0.5
         # The positional term enters scaled_dot_product_attention as an additive float mask
         # (which it adds after scaling q.k), with padded keys at -inf.
         bias = self.position_scores(q, pos_emb) * scale
-        bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+        bias = bias.masked_fill(~_heads_mask(valid), float("-inf"))
         out = F.scaled_dot_product_attention(
             q + self.pos_bias_u.to(q.dtype)[:, None, :],
             k,
@@ -288,3 +328,27 @@ class RelPositionSelfAttention(nn.Module):
             dropout_p=self.attn.dropout if self.training else 0.0,
         )
         return self.attn.merge(out)
+
+    def forward_chunk(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`SelfAttention.forward_chunk` with relative positions.
+
+        The chunk's ``Tc`` queries are the last ``Tc`` of the ``Tk`` keys (cache + chunk): query
+        ``a`` and key ``b`` are ``Tk - Tc + a - b`` apart, which is column ``Tc - 1 - a + b`` of
+        the offsets ``Tk - 1 .. -(Tk - 1)`` of :func:`relative_sinusoidal_encoding`.
+        """
+        q, k, v = self.attn.project(x, x)
+        k, v = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        tq, tk = q.size(2), k.size(2)
+        pe = relative_sinusoidal_encoding(tk, self.pos_bias_u.numel(), x.device).to(x.dtype)
+        p = self.attn.split_heads(self.pos_proj(pe)[None])  # [1, H, 2Tk-1, D/H]
+        q_v = q + self.pos_bias_v.to(q.dtype)[:, None, :]
+        by_offset = torch.matmul(q_v, p.transpose(-2, -1))  # [B, H, Tq, 2Tk-1]
+        steps = torch.arange(tk, device=x.device)
+        cols = (tq - 1 - torch.arange(tq, device=x.device))[:, None] + steps[None, :]
+        bias = by_offset.gather(-1, cols.expand(*by_offset.shape[:2], tq, tk))
+        out = F.scaled_dot_product_attention(
+            q + self.pos_bias_u.to(q.dtype)[:, None, :], k, v, attn_mask=bias * q.size(-1) ** -0.5
+        )
+        return self.attn.merge(out), k, v

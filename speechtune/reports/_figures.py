@@ -17,6 +17,7 @@ from speechtune.tuning.study import (
     is_multi_objective,
     learning_curve,
     objective_names,
+    pareto_knee,
     primary_seed_stats,
     ranked_trials,
     trial_status,
@@ -114,6 +115,20 @@ def pareto_figure(study: optuna.Study) -> go.Figure | None:
             study,
             targets=lambda t: (t.values[0], t.values[1]),
             target_names=names[:2],
+        )
+    knee = pareto_knee(study)
+    if knee is not None:
+        point = {"x": [knee.values[0]], "y": [knee.values[1]]}
+        if len(names) == 3:
+            point["z"] = [knee.values[2]]
+        scatter = go.Scatter3d if len(names) == 3 else go.Scatter
+        fig.add_trace(
+            scatter(
+                **point,
+                mode="markers",
+                marker={"symbol": "diamond", "size": 12, "color": "black"},
+                name=f"knee (trial {knee.number})",
+            )
         )
     fig.update_layout(title=f"Pareto front ({' vs '.join(names[:3])})")
     return fig

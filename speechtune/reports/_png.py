@@ -22,6 +22,8 @@ from speechtune.tuning.study import (
     learning_curve,
     minimises,
     objective_names,
+    pareto_front,
+    pareto_knee,
 )
 
 _LINESTYLE = {TrialState.COMPLETE: "-", TrialState.PRUNED: "--", TrialState.FAIL: ":"}
@@ -94,7 +96,7 @@ def pareto_png(study: optuna.Study, path: Path) -> Path | None:
     if not trials:
         return None
     names = objective_names(study)
-    front = {t.number for t in study.best_trials}
+    front = {t.number for t in pareto_front(study)}
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     others = [t for t in trials if t.number not in front]
@@ -112,6 +114,17 @@ def pareto_png(study: optuna.Study, path: Path) -> Path | None:
         color="tab:red",
         label="Pareto front",
     )
+    knee = pareto_knee(study)
+    if knee is not None:
+        ax.scatter(
+            [knee.values[0]],
+            [knee.values[1]],
+            marker="D",
+            s=80,
+            color="black",
+            zorder=3,
+            label=f"knee (trial {knee.number})",
+        )
     ax.set(title="Pareto front", xlabel=names[0], ylabel=names[1])
     ax.legend()
     return _save(fig, path)

@@ -36,7 +36,7 @@ from speechtune.data import (
 from speechtune.features import FeatureCache, GlobalCMVN, SpecAugment
 from speechtune.inference import Recognizer
 from speechtune.metrics import parameter_count
-from speechtune.models import build_model
+from speechtune.models import build_model, merged_state_dict
 from speechtune.training._averaging import BestEpochs
 from speechtune.training._batching import BucketBatchSampler
 from speechtune.training._checkpoint import (
@@ -56,8 +56,22 @@ from speechtune.training._diagnostics import (
     check_sums_finite,
     is_oom,
 )
+from speechtune.training._edge import (
+    best_model_path,
+    edge_metrics,
+    finalize_model,
+    prepare_training,
+)
 from speechtune.training._evaluate import evaluate_dev
-from speechtune.training._optim import build_optimizer, effective_batch, scale_lr
+from speechtune.training._finetune import model_payload, prepare_finetune
+from speechtune.training._optim import (
+    build_optimizer,
+    effective_batch,
+    layer_lr_groups,
+    scale_lr,
+    set_lr,
+)
+from speechtune.training._pruning import GradualPruner
 from speechtune.training._reporter import NullReporter, Reporter
 from speechtune.training._resume import check_resume_config, schedule_epochs
 from speechtune.training._schedules import PlateauTracker, lr_at
@@ -210,7 +224,12 @@ def _train(
     cmvn = GlobalCMVN.fit(train_feats.values()) if cfg.features.normalize else None
 
     # -- model, optimiser, schedule --------------------------------------------------------------
-    model = build_model(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
+    model = build_model(cfg.model, cfg.features.n_mels, tokenizer.vocab_size, cfg.features.hop_ms)
+    for note in prepare_finetune(model, cfg, tokenizer):  # init_from, LoRA, freezing
+        if opts.progress:
+            log.info(note)
+        else:
+            tlog.write(log, note)  # a quiet run (a tuning trial) logs it too, as epoch lines
     recognizer = Recognizer(cfg, tokenizer, cmvn, model).to(device)
     specaug = SpecAugment.from_config(cfg.specaugment)
     if specaug is not None:
@@ -219,7 +238,8 @@ def _train(
     t = cfg.train
     eff_batch = effective_batch(t.batch_size, t.grad_accum, t.devices)
     peak_lr = scale_lr(cfg.optim.lr, eff_batch, t.reference_batch, t.lr_scaling)
-    optimizer = build_optimizer(model.parameters(), cfg.optim, peak_lr)
+    groups = layer_lr_groups(model, cfg.model.num_layers, cfg.finetune.layer_lr_decay)
+    optimizer = build_optimizer(groups, cfg.optim, peak_lr)
     ids_train = [u.id for u in train_set]
     durations = {u.id: u.duration for m in (train_set, dev_set) for u in m}
     sampler = BucketBatchSampler(
@@ -233,12 +253,16 @@ def _train(
     # The schedule's horizon may reach past this run (train.schedule_epochs), so that a short
     # run can later be continued to the horizon as if it had been one run.
     total_steps = steps_per_epoch * schedule_epochs(t)
+    # edge: QAT after the optimizer is built (it keeps the same Parameters), before a resume.
+    prepare_training(recognizer, cfg.edge)
+    pruner = GradualPruner.from_config(model, cfg.edge, total_steps)
     plateau = PlateauTracker(patience=cfg.schedule.plateau_patience)
     flatline = FlatlineDetector(t.flatline_patience, t.flatline_tol)
 
     # -- resume ---------------------------------------------------------------------------------
     state = _RunState()
     last_path, model_path = out_dir / "last.pt", out_dir / "model.pt"
+    best_path = best_model_path(out_dir, cfg.edge)  # model_float.pt when model.pt is int8
     if opts.resume and last_path.is_file():
         ck = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(ck["model"])
@@ -268,6 +292,7 @@ def _train(
             loss_sum_t = torch.zeros((), device=device)
             gnorm_sum_t = torch.zeros((), device=device)
             optimizer.zero_grad(set_to_none=True)
+            pruner.begin_epoch(state.step)
             batches = list(sampler)
             for k, idx in enumerate(
                 _progress(batches, f"epoch {epoch}/{t.epochs}", opts.progress)
@@ -293,8 +318,7 @@ def _train(
                         cfg.model.d_model,
                         plateau.reductions,
                     )
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
+                    set_lr(optimizer, lr)  # per group: layer-wise decay scales it
                     max_norm = t.grad_clip if t.grad_clip is not None else float("inf")
                     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                     gnorm_sum_t += gnorm.detach().float()
@@ -302,8 +326,10 @@ def _train(
                     optimizer.zero_grad(set_to_none=True)
                     n_steps += 1
                     state.step += 1
+                    pruner.step(state.step)
                     if n_steps % FINITE_CHECK_STEPS == 0:
                         check_sums_finite(loss_sum_t, gnorm_sum_t, epoch, state.step)
+            pruner.end_epoch()  # plain weights with zeros for evaluation and checkpoints
             loss_sum, gnorm_sum = check_sums_finite(loss_sum_t, gnorm_sum_t, epoch, state.step)
             train_time = time.perf_counter() - t0
             train_loss = loss_sum / max(n_utts, 1)
@@ -331,9 +357,9 @@ def _train(
             state.history.append(row)
             if dev["wer"] < state.best_wer:
                 state.best_wer, state.best_epoch = dev["wer"], epoch
-                save_atomic(recognizer.to_payload(), model_path)
+                save_atomic(model_payload(recognizer), best_path)  # LoRA merged
             if keeper is not None:
-                keeper.update(epoch, dev["wer"], dev["dev_loss"], model.state_dict())
+                keeper.update(epoch, dev["wer"], dev["dev_loss"], merged_state_dict(model))
                 state.best_epochs = keeper.state()
             save_atomic(
                 {
@@ -374,10 +400,12 @@ def _train(
             torch.cuda.empty_cache()
 
     result = TrainResult(status=status, reason=reason, history=state.history, output_dir=out_dir)
-    if keeper is not None and model_path.is_file() and len(keeper.epochs) >= 2:
+    if keeper is not None and best_path.is_file() and len(keeper.epochs) >= 2:
         state.averaged_epochs = _average_best(
-            keeper, model_path, dev_set, dev_feats, targets, cfg, device, state
+            keeper, best_path, dev_set, dev_feats, targets, cfg, device, state
         )
+    if best_path.is_file():  # edge: prune to the target and quantise into model.pt
+        finalize_model(best_path, model_path, cfg, train_set, train_feats, targets)
     if model_path.is_file():
         result.metrics = final_metrics(model_path, dev_set, dev_feats, targets, cfg, device, state)
     _write_json(
@@ -435,9 +463,10 @@ def final_metrics(
     state: _RunState,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint with the configured decoder; write ``metrics.json`` beside it."""
-    from speechtune.inference import measure_decoding_latency
+    from speechtune.inference import measure_decoding_latency, streaming_metrics
 
-    best = Recognizer.load(model_path, device)
+    best = Recognizer.load(model_path, device if cfg.edge.quantize == "none" else "cpu")
+    device = best.device  # an int8 model runs on the CPU
     dev = evaluate_dev(best, dev_set, dev_feats, targets, cfg, device, full_decode=True)
     metrics: dict[str, Any] = {
         "split": "dev",
@@ -460,6 +489,8 @@ def final_metrics(
         "num_parameters": parameter_count(best.model),
         "model_bytes": model_path.stat().st_size,
         **measure_decoding_latency(best, dev_set, max_utterances=32),
+        **edge_metrics(model_path, dev_set, cfg),
+        **streaming_metrics(model_path, dev_set),  # stream_chunk_ms_p50/p95, stream_rtf
         "examples": dev["examples"],
     }
     _write_json(model_path.with_name("metrics.json"), metrics)

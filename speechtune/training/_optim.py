@@ -12,14 +12,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import nn
 
 from speechtune.config import OptimConfig
+from speechtune.models import FRONTEND, layer_of
 
 __all__ = [
     "OPTIMIZER_PARAMS",
     "build_optimizer",
     "effective_batch",
+    "layer_lr_groups",
     "scale_lr",
+    "set_lr",
 ]
 
 # The OptimConfig fields each optimiser uses (besides ``lr``, which every optimiser uses).
@@ -158,3 +162,51 @@ def scale_lr(lr: float, effective_batch: int, reference_batch: int, rule: str) -
             f"effective_batch={effective_batch}, reference_batch={reference_batch}."
         )
     return lr * factor(effective_batch / reference_batch)
+
+
+def layer_lr_groups(model: nn.Module, num_layers: int, decay: float) -> list[dict[str, Any]]:
+    """Parameter groups for layer-wise learning-rate decay, trainable parameters only.
+
+    Encoder layer ``i`` (0 is the bottom) of ``num_layers`` trains at ``lr * decay**(num_layers
+    - i)``, the front end at ``decay**(num_layers + 1)`` and everything above the encoder
+    layers (heads, decoder) at ``lr``: the lower a layer, the more general what it learnt in
+    pretraining, and the less it should move. Frozen parameters (``requires_grad`` off) are in
+    no group, so neither updates nor weight decay reach them.
+
+    Args:
+        model: An ASR model (names as :func:`~speechtune.models.layer_of` reads them).
+        num_layers: Encoder layers ``N``.
+        decay: In (0, 1]; 1 puts every trainable parameter in one group at the full rate.
+
+    Returns:
+        Groups ``{"params": [...], "lr_scale": s}``, the full-rate group first (the epoch line
+        logs group 0's rate); :func:`set_lr` applies the scales.
+
+    Raises:
+        ValueError: ``decay`` outside (0, 1].
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"finetune.layer_lr_decay must be in (0, 1], but got {decay}.")
+    groups: dict[float, list[torch.Tensor]] = {1.0: []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = layer_of(name)
+        if depth is None or decay == 1.0:
+            scale = 1.0
+        elif depth == FRONTEND:
+            scale = decay ** (num_layers + 1)
+        else:
+            scale = decay ** (num_layers - depth)
+        groups.setdefault(scale, []).append(param)
+    return [{"params": ps, "lr_scale": s} for s, ps in groups.items() if ps]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate to ``lr`` times its ``lr_scale`` (1 without one).
+
+    The schedule is a function of the step that gives the full rate; scaling it per group keeps
+    warm-up, decay and plateau reductions the same for every layer.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -165,3 +165,14 @@ def test_bad_config_key_fails_before_any_work(tmp_path: Path, capsys) -> None:
     assert main(["train", "--set", "model.layers=3", "--out", str(tmp_path / "x")]) == 2
     assert "model.layers" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "validate", "workflow"])
+def test_repeated_set_flags_all_apply(command: str) -> None:
+    """``--set a=1 --set b=2`` keeps both (argparse's default would keep only the last)."""
+    from speechtune.cli._main import build_parser
+
+    config = ["x.yaml"] if command == "validate" else ["--config", "x.yaml"]
+    argv = [command, *config, "--set", "a.b=1", "c.d=2", "--set", "e.f=3"]
+    args = build_parser().parse_args(argv)
+    assert args.set == ["a.b=1", "c.d=2", "e.f=3"]

@@ -162,6 +162,7 @@ def test_report_html_is_self_contained_with_every_plot(runs: dict[str, Path]) ->
     assert "<td>pruned</td><td>3</td>" in page and "<td>failed</td><td>1</td>" in page
     multi = (runs["multi"] / "report.html").read_text()
     assert 'id="plot-pareto"' in multi and "Pareto front" in multi
+    assert "knee (trial " in multi  # the trade-off point is marked on the front
     # 8 complete trials: importance is explained away, not drawn.
     assert 'id="plot-importance"' not in multi
     assert "this study has 8 finished trials with 8 different values" in multi

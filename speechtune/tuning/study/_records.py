@@ -8,6 +8,7 @@ and the command line read it through this module and nothing else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -342,6 +343,40 @@ def _pareto_front(trials: list[FrozenTrial], study: optuna.Study) -> list[Frozen
     return [
         t for t in feasible if not any(_dominates(o, t, signs) for o in feasible if o is not t)
     ]
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto-optimal feasible trials of a multi-objective study (of its top rung when it
+    is a multi-fidelity study), by trial number; empty for a single-objective study."""
+    if not is_multi_objective(study):
+        return []
+    return sorted(_pareto_front(comparable_trials(study), study), key=lambda t: t.number)
+
+
+def pareto_knee(study: optuna.Study) -> FrozenTrial | None:
+    """The knee of the Pareto front: the trial closest to the ideal point once every objective
+    is scaled to ``[0, 1]`` over the front (0: the front's best value of it).
+
+    The trade-off a deployment usually wants when nothing says how much WER a millisecond or a
+    megabyte is worth: the best primary objective (:func:`select_best`) is one end of the front,
+    the smallest or fastest model the other, and the knee the point that gives up least of every
+    objective at once. Ties go to the lower trial number. None without a front.
+    """
+    front = pareto_front(study)
+    if not front:
+        return None
+    signs = [1.0 if minimises(study, i) else -1.0 for i in range(len(study.directions))]
+    values = [[s * v for s, v in zip(signs, t.values)] for t in front]
+    lows = [min(col) for col in zip(*values)]
+    spans = [max(col) - lo for col, lo in zip(zip(*values), lows)]
+
+    def distance(row: list[float]) -> float:
+        return math.sqrt(
+            sum(((v - lo) / span) ** 2 for v, lo, span in zip(row, lows, spans) if span > 0)
+        )
+
+    best = min(range(len(front)), key=lambda i: (distance(values[i]), front[i].number))
+    return front[best]
 
 
 def select_best(study: optuna.Study) -> BestChoice | None:

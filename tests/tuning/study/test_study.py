@@ -293,6 +293,37 @@ def test_multi_objective_pareto_and_constraints() -> None:
     assert all(x >= 0.5 for x in front_x)
 
 
+@pytest.mark.parametrize("second", ["minimize", "maximize"])
+def test_the_knee_is_the_front_trial_nearest_the_ideal_point(second: str) -> None:
+    """WER against latency: the ends of the front are the best WER (slow) and the fastest
+    model (bad WER); the knee gives up least of both, scaled to the front's ranges."""
+    from speechtune.tuning.study import pareto_front, pareto_knee
+
+    sign = 1.0 if second == "minimize" else -1.0
+    study = optuna.create_study(directions=["minimize", second])
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    points = [(0.0, 1.0), (0.1, 0.3), (0.6, 0.6), (0.5, 0.1), (1.0, 0.0)]  # (0.6, 0.6) dominated
+    for x, y in points:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x}, distributions={"x": dist}, values=[x, sign * y]
+            )
+        )
+    assert [t.number for t in pareto_front(study)] == [0, 1, 3, 4]
+    knee = pareto_knee(study)
+    assert (
+        knee is not None and knee.number == 1
+    )  # (0.1, 0.3): 0.32 from the ideal; (0.5, 0.1): 0.51
+
+
+def test_a_single_objective_study_has_no_front_or_knee() -> None:
+    from speechtune.tuning.study import pareto_front, pareto_knee
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    assert pareto_front(study) == [] and pareto_knee(study) is None
+
+
 def test_scalarized_objective() -> None:
     study = tune(
         latency_fn,

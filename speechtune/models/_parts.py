@@ -1,0 +1,50 @@
+"""Which part of an :class:`~speechtune.models.ASRModel` a parameter belongs to.
+
+Fine-tuning treats the model as a stack, bottom to top: the convolutional front end
+(``subsampling``), the encoder layers ``0 .. N-1``, then everything above them (a final
+LayerNorm or a bidirectional RNN's projection, the CTC head, the attention decoder). Freezing
+and layer-wise learning rates are decided per parameter from its name alone, so the same rule
+holds for names that peft's LoRA layers add (``...q_proj.lora_A.default.weight``).
+"""
+
+from __future__ import annotations
+
+import re
+
+#: The depth :func:`layer_of` gives the front end: below encoder layer 0.
+FRONTEND = -1
+
+# Transformer and Conformer stacks: encoder.layers.<i>.*; torch's LSTM/GRU name their
+# per-layer tensors weight_ih_l<i>, bias_hh_l<i>_reverse, ...
+_STACK = re.compile(r"^encoder\.layers\.(\d+)\.")
+_RNN = re.compile(r"^encoder\.rnn\.(?:weight|bias)_\w+_l(\d+)(?:_reverse)?$")
+
+#: Parameters whose first dimension is the output vocabulary (mapped token by token when the
+#: vocabularies of a pretrained model and a fine-tuned one differ).
+VOCAB_PARAMS = (
+    "ctc.proj.weight",
+    "ctc.proj.bias",
+    "decoder.embed.weight",
+    "decoder.out.weight",
+    "decoder.out.bias",
+)
+
+#: Modules that map to or from the vocabulary: they train even when the rest of a model is
+#: adapted through LoRA only, since a new token's rows start from scratch.
+OUTPUT_MODULES = ("ctc.proj", "decoder.embed", "decoder.out")
+
+
+def layer_of(name: str) -> int | None:
+    """The depth of parameter ``name`` of an ASR model.
+
+    Args:
+        name: A name from ``model.named_parameters()``.
+
+    Returns:
+        :data:`FRONTEND` for the subsampling front end, ``i`` for encoder layer ``i`` (0 is the
+        bottom), ``None`` for parameters above the encoder layers (heads, decoder, final norms).
+    """
+    if name.startswith("subsampling."):
+        return FRONTEND
+    match = _STACK.match(name) or _RNN.match(name)
+    return int(match.group(1)) if match else None
