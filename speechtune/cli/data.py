@@ -1,4 +1,4 @@
-"""``speechtune data``: build the synthetic corpus, or import AN4 or another corpus."""
+"""``speechtune data``: build the synthetic corpus, or import AN4, FSDD or another corpus."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _print_skipped(count: int, out: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``synth``, ``an4`` and ``import`` subcommands of ``speechtune data``."""
+    """The ``synth``, ``an4``, ``fsdd`` and ``import`` subcommands of ``speechtune data``."""
     data = p.add_subparsers(dest="data_command", required=True)
     s = data.add_parser("synth", help="generate the synthetic AN4-style corpus with espeak-ng")
     s.add_argument("--out", default=".cache/speechtune/corpora")
@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default=".cache/speechtune/corpora/an4")
     _add_import_safety(s, "the AN4 directory")
     s.set_defaults(fn=an4)
+
+    s = data.add_parser("fsdd", help="import the Free Spoken Digit Dataset from a directory")
+    s.add_argument(
+        "--source", required=True, help="directory holding FSDD's recordings/ and metadata.py"
+    )
+    s.add_argument("--out", default=".cache/speechtune/corpora/fsdd")
+    _add_import_safety(s, "the FSDD directory")
+    s.set_defaults(fn=fsdd)
 
     s = data.add_parser("import", help="validate and import a JSONL/CSV/Kaldi/lhotse corpus")
     s.add_argument("manifest")
@@ -101,7 +109,7 @@ def synth(args: argparse.Namespace) -> int:
 
 def an4(args: argparse.Namespace) -> int:
     """``speechtune data an4``."""
-    from speechtune.data import SKIPPED_FILE, import_an4
+    from speechtune.data import import_an4
 
     _check_max_duration(args)
     out = Path(args.out)
@@ -117,9 +125,37 @@ def an4(args: argparse.Namespace) -> int:
             f"{name}: {len(m)} utterances, {m.hours:.2f} h, {len(m.speakers)} speakers "
             f"-> {out / (name + '.jsonl')}"
         )
-    # import_an4 returns the manifests only; the list it wrote has one line per skip + a header.
+    _print_listed(out)
+    return 0
+
+
+def _print_listed(out: Path) -> None:
+    """How many utterances an importer skipped, from the list it wrote (a header + one per skip)."""
+    from speechtune.data import SKIPPED_FILE
+
     listed = out / SKIPPED_FILE
     _print_skipped(len(listed.read_text().splitlines()) - 1 if listed.is_file() else 0, out)
+
+
+def fsdd(args: argparse.Namespace) -> int:
+    """``speechtune data fsdd``."""
+    from speechtune.data import import_fsdd
+
+    _check_max_duration(args)
+    out = Path(args.out)
+    splits = import_fsdd(
+        args.source,
+        out,
+        skip_bad=args.skip_bad,
+        max_duration=args.max_duration,
+        allow_outside_root=args.allow_outside_root,
+    )
+    for name, m in splits.items():
+        print(
+            f"{name}: {len(m)} utterances, {m.hours * 60:.1f} min, {len(m.speakers)} speakers, "
+            f"groups {', '.join(m.groups)} -> {out / (name + '.jsonl')}"
+        )
+    _print_listed(out)
     return 0
 
 

@@ -327,11 +327,12 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
                 fe.f_max,
             )
         )
-    if cfg.data.corpus in ("an4",) and not cfg.data.root:
+    if cfg.data.corpus in ("an4", "fsdd") and not cfg.data.root:
+        name = "AN4" if cfg.data.corpus == "an4" else "FSDD"
         out.append(
             ConfigProblem(
                 "data.root",
-                "is required for corpus 'an4' (directory of the AN4 distribution)",
+                f"is required for corpus {cfg.data.corpus!r} (directory of the {name} distribution)",
                 None,
             )
         )

@@ -29,7 +29,7 @@ HEADS = ("ctc", "ctc_attention")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 SCHEDULES = ("constant", "noam", "warmup_cosine", "warmup_exponential", "plateau", "cyclic")
 LR_SCALING = ("none", "linear", "sqrt")
-CORPORA = ("synthetic", "an4", "manifest")
+CORPORA = ("synthetic", "an4", "fsdd", "manifest")
 
 
 @dataclass
@@ -48,7 +48,7 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     corpus: str = _f("synthetic", choices=CORPORA)
-    # Directory of the AN4 distribution, or of a manifest corpus; cache dir for synthetic.
+    # Directory of the AN4 or FSDD distribution, or of a manifest corpus; cache dir for synthetic.
     root: str | None = _f(None)
     # For corpus=manifest: path of a JSONL/CSV/lhotse manifest or a Kaldi data dir.
     manifest: str | None = _f(None)
@@ -69,6 +69,11 @@ class DataConfig:
     # factors, e.g. [0.9, 1.0, 1.1]; [] = off. Each factor in [ge, le], checked per element
     # when the data are prepared (docs/data.md). Dev and test are never perturbed.
     speed_perturb: list[float] = _f([], ge=0.5, le=2.0)
+    # Accept audio recorded below features.sample_rate and upsample it (by default such audio is
+    # bad input: upsampling invents no information). For a model pretrained at a higher rate,
+    # e.g. 8 kHz FSDD digits fine-tuned into a 16 kHz AN4 model: the mel bins above the audio's
+    # Nyquist frequency stay (nearly) empty, the ones below mean what they meant in pretraining.
+    allow_upsampling: bool = _f(False)
 
 
 @dataclass

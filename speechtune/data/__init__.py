@@ -11,6 +11,8 @@ _LAZY = {
     "golden_guard": "._guard",
     "GoldenSetAccessError": "._guard",
     "AN4Error": "._an4",
+    "FSDDError": "._fsdd",
+    "import_fsdd": "._fsdd",
     "AudioInfo": "._audio",
     "ManifestFormatError": "._importers",
     "normalize_text": "._text",

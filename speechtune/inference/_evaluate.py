@@ -98,7 +98,11 @@ def evaluate_model(
     model_path = resolve_model_file(model_path)  # a run directory names its model.pt
     rec = Recognizer.load(model_path, device)
     sr = rec.cfg.features.sample_rate
-    manifest, report = validate_manifest(manifest, charset=None, sample_rate=sr, skip_bad=skip_bad)
+    # A model trained on upsampled audio (data.allow_upsampling) is evaluated on it too.
+    floor = None if rec.cfg.data.allow_upsampling else sr
+    manifest, report = validate_manifest(
+        manifest, charset=None, sample_rate=floor, skip_bad=skip_bad
+    )
     waves = [load_audio(manifest, u, sr) for u in manifest]
     hyps = rec.transcribe(waves, batch_size=batch_size)
     refs = [u.text for u in manifest]
