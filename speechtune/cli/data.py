@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from speechtune.data import Manifest
 
 HELP = "build or import corpora"
 
@@ -111,39 +116,21 @@ def an4(args: argparse.Namespace) -> int:
     """``speechtune data an4``."""
     from speechtune.data import import_an4
 
-    _check_max_duration(args)
-    out = Path(args.out)
-    splits = import_an4(
-        args.source,
-        out,
-        skip_bad=args.skip_bad,
-        max_duration=args.max_duration,
-        allow_outside_root=args.allow_outside_root,
-    )
-    for name, m in splits.items():
-        print(
-            f"{name}: {len(m)} utterances, {m.hours:.2f} h, {len(m.speakers)} speakers "
-            f"-> {out / (name + '.jsonl')}"
-        )
-    _print_listed(out)
-    return 0
-
-
-def _print_listed(out: Path) -> None:
-    """How many utterances an importer skipped, from the list it wrote (a header + one per skip)."""
-    from speechtune.data import SKIPPED_FILE
-
-    listed = out / SKIPPED_FILE
-    _print_skipped(len(listed.read_text().splitlines()) - 1 if listed.is_file() else 0, out)
+    return _import_corpus(import_an4, args)
 
 
 def fsdd(args: argparse.Namespace) -> int:
     """``speechtune data fsdd``."""
     from speechtune.data import import_fsdd
 
+    return _import_corpus(import_fsdd, args)
+
+
+def _import_corpus(importer: Callable[..., dict[str, Manifest]], args: argparse.Namespace) -> int:
+    """Run a corpus importer (AN4, FSDD) into ``args.out`` and print each split it wrote."""
     _check_max_duration(args)
     out = Path(args.out)
-    splits = import_fsdd(
+    splits = importer(
         args.source,
         out,
         skip_bad=args.skip_bad,
@@ -157,6 +144,14 @@ def fsdd(args: argparse.Namespace) -> int:
         )
     _print_listed(out)
     return 0
+
+
+def _print_listed(out: Path) -> None:
+    """How many utterances an importer skipped, from the list it wrote (a header + one per skip)."""
+    from speechtune.data import SKIPPED_FILE
+
+    listed = out / SKIPPED_FILE
+    _print_skipped(len(listed.read_text().splitlines()) - 1 if listed.is_file() else 0, out)
 
 
 def import_(args: argparse.Namespace) -> int:
