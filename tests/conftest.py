@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ from tests.helpers.recipes import learning_config, run_options
 # Two cores in CI: more threads than cores only adds contention. SPEECHTUNE_TEST_THREADS=1 when
 # another process already keeps a core busy (two spinning OpenMP threads then slow tiny models ~20x).
 torch.set_num_threads(int(os.environ.get("SPEECHTUNE_TEST_THREADS", min(2, os.cpu_count() or 1))))
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a test (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    float results that do not depend on the thread count, and no contention with a busy core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

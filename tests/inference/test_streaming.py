@@ -3,7 +3,6 @@ decoding, export of a streaming model, the latency figures, and ``transcribe --s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,7 @@ from tests.inference.test_export import ALL_FORMATS
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def recognizer(**model: object) -> Recognizer:

@@ -8,8 +8,6 @@ a stream takes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -30,13 +28,7 @@ from tests.models.test_models import FEATS, VOCAB, tiny_cfg
 HOP_MS = 10.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: fast next to a busy core, and float results that do not vary."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def streaming_model(seed: int = 0, **over: object) -> ASRModel:

@@ -64,13 +64,7 @@ def learning_data(synth_data: PreparedData) -> PreparedData:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """One torch thread: the tests stay fast next to a busy core, and the figures deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _edge_config(edge: dict[str, Any], epochs: int = 2, **sections: dict[str, Any]) -> Any:

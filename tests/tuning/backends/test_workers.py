@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -313,16 +311,8 @@ def small_data(synth_data: PreparedData) -> PreparedData:
     )
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small only loses time to a second OpenMP thread
-    yield
-    torch.set_num_threads(before)
-
-
 def test_retried_recipe_trial_resumes_from_the_dead_trials_checkpoint(
-    small_data: PreparedData, tmp_path: Path, one_thread: None
+    small_data: PreparedData, tmp_path: Path, one_torch_thread: None
 ) -> None:
     lr = 0.003
     base = config_to_dict(tiny_config(train={"epochs": 2, "batch_size": 16}))
