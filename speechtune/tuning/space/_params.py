@@ -209,7 +209,10 @@ class FloatParam:
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def suggest(self, trial: optuna.trial.BaseTrial, values: Mapping[str, Any]) -> Any:
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        value = trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        # A grid value is low + k * step in floats (0.6000000000000001 for 0.0 + 6 * 0.1): the
+        # config a trial trains and best.yaml show the value the user wrote the grid for.
+        return value if self.step is None else round(value, 12)
 
 
 @dataclass(frozen=True)

@@ -433,3 +433,16 @@ def test_param_spec_round_trips_every_preset_and_kind() -> None:
     for name, param in extra.items():
         rebuilt, problems = parse_param(name, yaml.safe_load(yaml.safe_dump(param_spec(param))))
         assert not problems and rebuilt == param
+
+
+def test_a_float_on_a_grid_reaches_the_config_as_the_grid_value() -> None:
+    """0.0 + 6 * 0.1 is 0.6000000000000001 in floats: the config (and best.yaml) get 0.6."""
+    space = SearchSpace({"p": FloatParam("p", 0.0, 0.9, step=0.1)})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        value = space.sample(trial)["p"]
+        seen.add(value)
+        study.tell(trial, 0.0)
+    assert seen == {round(0.1 * k, 1) for k in range(10)}
