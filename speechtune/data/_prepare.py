@@ -177,29 +177,20 @@ def load_corpus(cfg: DataConfig, cache_dir: str | Path, progress: bool = False) 
         manifest = synthesize_configured(
             Path(cfg.root) if cfg.root else cache_dir / "corpora", cfg.synthetic, progress
         )
-    elif cfg.corpus == "an4":
+    elif cfg.corpus in ("an4", "fsdd"):
         assert cfg.root is not None  # config validation requires it
-        # A recipe reads the AN4 copy its author named, as-is: the outside-root check belongs to
-        # `speechtune data an4`, where a downloaded distribution comes in (docs/data.md).
-        splits = import_an4(
+        importer = import_an4 if cfg.corpus == "an4" else import_fsdd
+        # A recipe reads the copy its author named, as-is: the outside-root check belongs to
+        # `speechtune data an4|fsdd`, where a downloaded distribution comes in (docs/data.md).
+        splits = importer(
             cfg.root,
-            cache_dir / "corpora" / "an4",
+            cache_dir / "corpora" / cfg.corpus,
             skip_bad=cfg.skip_bad,
             max_duration=cfg.max_duration,
             allow_outside_root=True,
         )
-        manifest = splits["train"]  # the AN4 test split is never used for training or tuning
-    elif cfg.corpus == "fsdd":
-        assert cfg.root is not None  # config validation requires it
-        # As for AN4: the recipe's author named this copy (the check belongs to `data fsdd`).
-        splits = import_fsdd(
-            cfg.root,
-            cache_dir / "corpora" / "fsdd",
-            skip_bad=cfg.skip_bad,
-            max_duration=cfg.max_duration,
-            allow_outside_root=True,
-        )
-        manifest = splits["train"]  # recordings 0-4 (FSDD's test part) are never trained on
+        # The test split (AN4's; FSDD's recordings 0-4) is never used for training or tuning.
+        manifest = splits["train"]
     else:
         assert cfg.manifest is not None
         refuse_held_out_path(cfg.manifest, "training")
