@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # an uninstalled checkout (the GPU machine) works too
 
+from benchmarks._runs import (  # noqa: E402
+    Flags,
+    mean_se,
+    run_study,
+    speechtune_argv,
+    train_pool,
+    where,
+)
 from speechtune.config import config_from_dict, config_to_dict  # noqa: E402
 from speechtune.tuning.spec import load_tuning  # noqa: E402
 
@@ -44,43 +49,16 @@ from speechtune.tuning.spec import load_tuning  # noqa: E402
 KEPT = ("wer", "cer", "worst_group_wer", "worst_group", "group_wer", "num_parameters")
 
 
-def _cli(command: str, args: argparse.Namespace, *rest: str) -> list[str]:
-    """``speechtune COMMAND`` with the device, thread and cache flags every run shares."""
-    common = [
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        "--cache-dir",
-        args.cache_dir,
-    ]
-    return [sys.executable, "-m", "speechtune.cli", command, *rest, *common, "--quiet"]
+def _flags(args: argparse.Namespace) -> Flags:
+    return Flags(args.device, args.threads, args.cache_dir)
 
 
-def _where(path: Path) -> str:
-    """``path`` relative to the checkout when inside it (records carry no machine paths)."""
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
-
-
-def run_study(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+def study_run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the study; returns its wall time and where best.yaml is."""
-    best = run_dir / "best.yaml"
-    if best.is_file():
-        return {"best_yaml": _where(best), "wall_seconds": None, "reused": True}
     # A multi-fidelity study runs in one driver: parallel trials are its threads.
-    cmd = _cli(
-        "tune", args, "--config", args.study, "--run-dir", str(run_dir),
-        "--n-jobs", str(args.parallel), "--no-tracking",
-    )  # fmt: skip
-    if args.study_set:
-        cmd += ["--set", *args.study_set]
-    if (run_dir / "study.db").exists() or (run_dir / "journal.log").exists():
-        cmd.append("--resume")
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    if not best.is_file():
-        raise SystemExit(f"{run_dir}: the study ended without a best.yaml")
-    return {"best_yaml": _where(best), "wall_seconds": time.perf_counter() - t0, "reused": False}
+    wall = run_study(_flags(args), Path(args.study), run_dir, args.parallel, args.study_set or ())
+    best = where(run_dir / "best.yaml")
+    return {"best_yaml": best, "wall_seconds": wall, "reused": wall is None}
 
 
 def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -96,14 +74,6 @@ def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
 Job = tuple[str, int, Path, Path, tuple[str, ...]]
 
 
-def _train_cmd(job: Job, args: argparse.Namespace) -> list[str]:
-    _, seed, config, run_dir, sets = job
-    return _cli(
-        "train", args, "--config", str(config), "--set", f"seed={seed}", *sets,
-        "--run-dir", str(run_dir),
-    )  # fmt: skip
-
-
 def _read_run(run_dir: Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
@@ -116,26 +86,18 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def train_all(jobs: list[Job], args: argparse.Namespace) -> None:
-    """Train every job whose run directory has no metrics.json, a few at a time."""
-    pending = [j for j in jobs if not (j[3] / "metrics.json").is_file()]
-    running: list[tuple[subprocess.Popen[bytes], str]] = []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            job = pending.pop(0)
-            arm, seed, _, run_dir, _ = job
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            log = (run_dir.parent / f"{run_dir.name}.log").open("wb")
-            proc = subprocess.Popen(_train_cmd(job, args), cwd=ROOT, stdout=log, stderr=log)
-            running.append((proc, f"{run_dir.name}"))
-        for proc, name in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, name))
-                print(f"{name}: exit {proc.returncode}", flush=True)
-        if running:
-            try:
-                running[0][0].wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+    """Train every job whose run directory has no metrics.json, ``--parallel`` at a time."""
+    runs = [
+        (
+            speechtune_argv(
+                "train", _flags(args), "--config", str(config), "--set", f"seed={seed}", *sets,
+                "--run-dir", str(run_dir),
+            ),
+            run_dir,
+        )
+        for _, seed, config, run_dir, sets in jobs
+    ]  # fmt: skip
+    train_pool(runs, args.parallel)
 
 
 def collect(jobs: list[Job]) -> list[dict[str, Any]]:
@@ -173,14 +135,6 @@ def equal_time_plan(
     return {"arm": a, "epochs": round(epochs[b] * ratio), "time_ratio": ratio}
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +- s.e. per arm of WER, CER and per-group WER, and the relative change in WER."""
     out: dict[str, Any] = {}
@@ -191,11 +145,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         groups = sorted({g for r in rows for g in (r.get("group_wer") or {})})
         out[arm] = {
             "n": len(rows),
-            "wer": _mean_se([r["wer"] for r in rows]),
-            "cer": _mean_se([r["cer"] for r in rows]),
-            "worst_group_wer": _mean_se([r["worst_group_wer"] for r in rows]),
-            "group_wer": {g: _mean_se([r["group_wer"][g] for r in rows]) for g in groups},
-            "train_seconds": _mean_se([r["train_seconds"] or 0.0 for r in rows]),
+            "wer": mean_se([r["wer"] for r in rows]),
+            "cer": mean_se([r["cer"] for r in rows]),
+            "worst_group_wer": mean_se([r["worst_group_wer"] for r in rows]),
+            "group_wer": {g: mean_se([r["group_wer"][g] for r in rows]) for g in groups},
+            "train_seconds": mean_se([r["train_seconds"] or 0.0 for r in rows]),
         }
     if "default" in out and "tuned" in out:
         d, t = out["default"]["wer"][0], out["tuned"]["wer"][0]
@@ -299,9 +253,9 @@ def main() -> int:
     default_yaml.write_text(yaml.safe_dump(spec.base_recipe, sort_keys=False))
 
     study: dict[str, Any] = (
-        {"best_yaml": _where(out / "study" / "best.yaml"), "wall_seconds": None, "reused": True}
+        {"best_yaml": where(out / "study" / "best.yaml"), "wall_seconds": None, "reused": True}
         if args.skip_study
-        else run_study(args, out / "study")
+        else study_run(args, out / "study")
     )
     tuned_config = yaml.safe_load((ROOT / study["best_yaml"]).read_text())
     study["kept_defaults"] = same_recipe(spec.base_recipe, tuned_config)

@@ -62,10 +62,18 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # an uninstalled checkout works too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # an uninstalled checkout works too
 
-from speechtune.config import (  # noqa: E402
+from benchmarks._runs import (
+    ROOT,
+    Flags,
+    mean_se,
+    run_study,
+    speechtune_argv,
+    train_pool,
+    where,
+)
+from speechtune.config import (
     config_from_dict,
     config_to_dict,
     merge,
@@ -191,14 +199,6 @@ def study_spec(
 
 
 # -- summarising (pure) ---------------------------------------------------------------------
-def mean_se(xs: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error (nan for one value)."""
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-
-
 def summarise(
     runs: Sequence[dict[str, Any]], studies: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
@@ -272,44 +272,23 @@ class Job:
     run_dir: Path
 
 
-def _cli(
-    command: str, args: argparse.Namespace, *rest: str, threads: int | None = None
-) -> list[str]:
-    """``speechtune COMMAND`` with the device, thread and cache flags every run shares."""
-    return [
-        sys.executable, "-m", "speechtune.cli", command, *rest, "--device", args.device,
-        "--threads", str(threads or args.threads), "--cache-dir", args.cache_dir, "--quiet",
-    ]  # fmt: skip
-
-
-def _where(path: Path) -> str:
-    """``path`` relative to the checkout when inside it (records carry no machine paths)."""
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+def _flags(args: argparse.Namespace) -> Flags:
+    return Flags(args.device, args.threads, args.cache_dir)
 
 
 def train_all(jobs: Sequence[Job], args: argparse.Namespace) -> None:
     """Train every job whose run directory has no metrics.json, ``--parallel`` at a time."""
-    pending = [j for j in jobs if not (j.run_dir / "metrics.json").is_file()]
-    running: list[tuple[subprocess.Popen[bytes], Job]] = []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            job = pending.pop(0)
-            job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = _cli(
-                "train", args, "--config", str(job.config), "--set", f"seed={job.seed}",
+    runs = [
+        (
+            speechtune_argv(
+                "train", _flags(args), "--config", str(job.config), "--set", f"seed={job.seed}",
                 "--run-dir", str(job.run_dir),
-            )  # fmt: skip
-            with (job.run_dir.parent / f"{job.run_dir.name}.log").open("wb") as log:
-                running.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log), job))
-        for proc, job in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, job))
-                print(f"{_where(job.run_dir)}: exit {proc.returncode}", flush=True)
-        if running:
-            try:
-                running[0][0].wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
+            ),
+            job.run_dir,
+        )
+        for job in jobs
+    ]  # fmt: skip
+    train_pool(runs, args.parallel)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -339,25 +318,6 @@ def read_study(run_dir: Path) -> dict[str, Any]:
     return {"trials": len(trial_dirs), "states": states, "train_seconds": seconds}
 
 
-def run_study(args: argparse.Namespace, tuning_yaml: Path, run_dir: Path) -> Path:
-    """Run (or resume, or reuse) a study; returns its best.yaml."""
-    best = run_dir / "best.yaml"
-    if best.is_file():
-        return best
-    cmd = _cli(
-        "tune", args, "--config", str(tuning_yaml), "--run-dir", str(run_dir),
-        "--n-jobs", str(args.parallel), "--no-tracking",
-    )  # fmt: skip
-    if (run_dir / "study.db").exists():
-        cmd.append("--resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir.parent / "tune.log").open("ab") as log:
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=log)
-    if not best.is_file():
-        raise SystemExit(f"{run_dir}: the study ended without a best.yaml")
-    return best
-
-
 def pretrained_model(args: argparse.Namespace, out: Path) -> Path:
     """``--pretrained``, or the model that ``--pretrain-config`` trains into ``<out>/pretrain``."""
     if args.pretrained:
@@ -365,9 +325,9 @@ def pretrained_model(args: argparse.Namespace, out: Path) -> Path:
         return path / "model.pt" if path.is_dir() else path
     run_dir = out / "pretrain"
     if not (run_dir / "metrics.json").is_file():
-        print(f"pretraining {args.pretrain_config} -> {_where(run_dir)}", flush=True)
-        cmd = _cli(
-            "train", args, "--config", args.pretrain_config, "--run-dir", str(run_dir),
+        print(f"pretraining {args.pretrain_config} -> {where(run_dir)}", flush=True)
+        cmd = speechtune_argv(
+            "train", _flags(args), "--config", args.pretrain_config, "--run-dir", str(run_dir),
             *(["--set", *args.pretrain_set] if args.pretrain_set else []),
             threads=args.pretrain_threads or args.threads * args.parallel,
         )  # fmt: skip
@@ -508,7 +468,7 @@ def collect(p: Plan) -> list[dict[str, Any]]:
         if (job.run_dir / "metrics.json").is_file():
             row.update(read_run(job.run_dir))
         else:
-            row.update(wer=None, error=f"no metrics.json (see {_where(job.run_dir)}.log)")
+            row.update(wer=None, error=f"no metrics.json (see {where(job.run_dir)}.log)")
         runs.append(row)
     return runs
 
@@ -525,23 +485,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_all(p.jobs, args)
     for study in p.studies.values():
         t_study = time.perf_counter()
-        run_study(args, study["yaml"], study["dir"])
+        run_study(_flags(args), study["yaml"], study["dir"], args.parallel)
         study.update(read_study(study["dir"]), wall_seconds=time.perf_counter() - t_study)
     train_all(p.tuned_jobs, args)
 
     runs = collect(p)
     studies = {
-        label: {k: (_where(v) if isinstance(v, Path) else v) for k, v in s.items()}
+        label: {k: (where(v) if isinstance(v, Path) else v) for k, v in s.items()}
         for label, s in p.studies.items()
     }
     summary = summarise(runs, studies)
-    pretrained: dict[str, Any] = {"model": _where(model_pt)}
+    pretrained: dict[str, Any] = {"model": where(model_pt)}
     if (model_pt.parent / "metrics.json").is_file():
         pre_run = read_run(model_pt.parent)
         pretrained.update(dev_wer=pre_run["wer"], train_seconds=pre_run["train_seconds"])
     record = {
         "pretrained": pretrained,
-        "fsdd_root": _where(Path(args.fsdd_root).resolve()),
+        "fsdd_root": where(Path(args.fsdd_root).resolve()),
         "fsdd_train_minutes_available": available,
         "budgets": p.budgets,
         "seeds": args.seeds,

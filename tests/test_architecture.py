@@ -38,8 +38,10 @@ LAYERS: list[set[str]] = [
     {"metrics"},
     {"inference"},
     {"training"},
-    {"tuning"},
-    {"reports", "track", "benchmarking"},
+    # nas: architecture search over encoder blocks (trains supernets; beside the tuner, not on it)
+    {"tuning", "nas"},
+    # tts: the staged TTS recipe (its stages are tuning studies, so it sits above tuning)
+    {"reports", "track", "benchmarking", "tts"},
     {"workflow", "api"},
     # integrations: adapters for other frameworks, imported by users' scripts, never by speechtune
     {"cli", "integrations"},

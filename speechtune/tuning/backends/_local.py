@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,22 +82,34 @@ class LocalBackend:
         objective = needs_objective(objective)
         runner = TrialRunner(spec, objective, session.run_dir, slots=device_slots(objective, jobs))
         view = StudyProgress(study, n_trials=target, n_jobs=jobs, live=progress)
+        guard = FailureGuard(max(10, target or 10))
         callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-            FailureGuard(max(10, target or 10)),
+            guard,
             view,
             session.trial_finished,
             session.reap_killed,
         ]
         if target is not None:
+            # Other processes sharing the study (workers) count too: stop when they reach it.
             callbacks.insert(0, MaxTrialsCallback(int(target), states=COUNTED_STATES))
-        if target is not None and session.counted() >= target:
-            return
+        timeout = spec.study.timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
         with view, interruptible_trials():
-            study.optimize(
-                runner,
-                n_trials=None,
-                timeout=spec.study.timeout_s,
-                n_jobs=jobs,
-                catch=(TrialFailed,),
-                callbacks=callbacks,
-            )
+            # Each round runs exactly the trials still missing (Optuna hands out that many, so
+            # n_jobs threads never start one too many, as a stop callback alone lets them);
+            # failed trials do not count, so another round replaces them.
+            while True:
+                remaining = None if target is None else target - session.counted()
+                left = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or (left is not None and left <= 0):
+                    return
+                study.optimize(
+                    runner,
+                    n_trials=remaining,
+                    timeout=left,
+                    n_jobs=jobs if remaining is None else min(jobs, remaining),
+                    catch=(TrialFailed,),
+                    callbacks=callbacks,
+                )
+                if remaining is None or guard.tripped:
+                    return

@@ -106,11 +106,16 @@ def estimate_cost(
     # Hours against a fraction with the corpus size unknown cannot be compared: count it as 1.
     data = share_m / share_b if kind_b == kind_m and share_b > 0 else 1.0
     epochs = _num(merged, "train.epochs", 1.0) / max(_num(base_flat, "train.epochs", 1.0), 1e-12)
-    layers = _num(merged, "model.num_layers", 1.0) / max(
-        _num(base_flat, "model.num_layers", 1.0), 1e-12
+    layers = _size(merged, "num_layers", "depth_mult") / _size(
+        base_flat, "num_layers", "depth_mult"
     )
-    width = _num(merged, "model.d_model", 1.0) / max(_num(base_flat, "model.d_model", 1.0), 1e-12)
+    width = _size(merged, "d_model", "width_mult") / _size(base_flat, "d_model", "width_mult")
     return max(data * epochs * layers * width**2, 1e-12)
+
+
+def _size(flat: Mapping[str, Any], key: str, mult: str) -> float:
+    """``model.<key>`` times its multiplier ``model.<mult>`` (each 1.0 when not a number)."""
+    return max(_num(flat, f"model.{key}", 1.0) * _num(flat, f"model.{mult}", 1.0), 1e-12)
 
 
 def ladder_costs(

@@ -198,6 +198,11 @@ def test_estimate_cost_multiplies_data_epochs_and_model_size() -> None:
     assert estimate_cost(base, over) == pytest.approx(0.5 * 0.5 * 0.5 * 0.25)
     assert estimate_cost(base, {"model.d_model": 256}) == pytest.approx(4.0)
     assert estimate_cost(base, {"optim.lr": 0.1, "train.batch_size": 4}) == 1.0  # not modelled
+    # Width and depth multipliers scale the same way as the sizes they multiply.
+    assert estimate_cost(base, {"model.width_mult": 0.5}) == pytest.approx(0.25)
+    assert estimate_cost(base, {"model.depth_mult": 0.5, "model.d_model": 64}) == pytest.approx(
+        0.5 * 0.25
+    )
     # Hours against the corpus' hours when known; two hour figures compare directly.
     assert estimate_cost(base, {"data.proxy_hours": 2.5}, corpus_hours=10.0) == pytest.approx(0.25)
     assert estimate_cost(

@@ -392,10 +392,25 @@ def test_existing_study_needs_resume_and_counts_total(tmp_path: Path) -> None:
     )["study"]["name"] == "s"
 
 
+def test_parallel_trials_replace_failed_ones_and_stop_at_the_count() -> None:
+    calls: list[float] = []
+
+    def flaky(config: dict, reporter) -> dict:
+        calls.append(config["optim.lr"])
+        if len(calls) in (2, 3):  # two failures early on, while the other thread runs
+            raise RuntimeError("out of memory (a test failure)")
+        return quadratic(config, reporter)
+
+    study = tune(flaky, SPACE, n_trials=5, n_jobs=2, sampler="random", pruner="none")
+    assert len(by_state(study, TrialState.COMPLETE)) == 5
+    assert len(by_state(study, TrialState.FAIL)) == 2 and len(study.trials) == 7
+
+
 def test_parallel_trials_and_device_slots() -> None:
     study = tune(quadratic, SPACE, n_trials=6, n_jobs=2, sampler="random", pruner="none")
     complete = by_state(study, TrialState.COMPLETE)
-    assert 6 <= len(complete) <= 7  # a second thread may finish one trial past the count
+    # Exactly n_trials, never one per extra thread past it.
+    assert len(complete) == 6 and len(study.trials) == 6
     assert len({t.number for t in complete}) == len(complete)
     recipe = RecipeObjective({}, device="cpu")
     slot = device_slots(recipe, n_jobs=2)
