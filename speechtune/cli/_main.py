@@ -20,10 +20,12 @@ from speechtune.cli import (
     data,
     evaluate,
     export,
+    nas,
     report,
     rerun,
     train,
     transcribe,
+    tts,
     tune,
     validate,
     worker,
@@ -47,6 +49,8 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "transcribe": transcribe,
     "export": export,
     "data": data,
+    "nas": nas,
+    "tts": tts,
 }
 
 

@@ -6,6 +6,7 @@ from speechtune.config._load import (
     YamlFileError,
     config_from_dict,
     config_to_dict,
+    dataclass_from_dict,
     decode_utf8,
     dump_config,
     flatten,
@@ -16,6 +17,7 @@ from speechtune.config._load import (
     unflatten,
 )
 from speechtune.config._schema import (
+    BLOCK_OPS,
     HEADS,
     LORA_TARGETS,
     DataConfig,
@@ -35,6 +37,7 @@ from speechtune.config._schema import (
 )
 
 __all__ = [
+    "BLOCK_OPS",
     "HEADS",
     "LORA_TARGETS",
     "ConfigError",
@@ -56,6 +59,7 @@ __all__ = [
     "YamlFileError",
     "config_from_dict",
     "config_to_dict",
+    "dataclass_from_dict",
     "decode_utf8",
     "dump_config",
     "flatten",

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from speechtune.config._schema import RecipeConfig
+from speechtune.config._searched import block_ops_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,7 @@ def read_yaml(path: str | Path) -> Any:
 
 
 _MISSING = object()
+_T = typing.TypeVar("_T")
 
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -284,6 +286,7 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
                     m.interctc_layer,
                 )
             )
+    out.extend(ConfigProblem(*p) for p in block_ops_problems(cfg.model))
     out.extend(_finetune_checks(cfg))
     out.extend(_streaming_checks(cfg))
     edge = cfg.edge
@@ -409,15 +412,54 @@ def _streaming_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
     return out
 
 
+def _apply_multipliers(cfg: RecipeConfig) -> RecipeConfig:
+    """Resolve ``model.width_mult`` / ``model.depth_mult`` into the sizes they scale (both -> 1).
+
+    Width keeps d_model a multiple of num_heads (attention splits it evenly) and ff_dim's ratio
+    to it; depth rounds to at least one layer. Resolving once here means every consumer (the
+    model builder, streaming, fine-tuning's architecture check, export) sees plain sizes, and a
+    saved config reloads to the same model.
+    """
+    m = cfg.model
+    if m.width_mult == 1.0 and m.depth_mult == 1.0:
+        return cfg
+    heads = m.num_heads
+    d_model = round(m.d_model * m.width_mult / heads) * heads
+    d_model = max(d_model, -(-8 // heads) * heads)  # the schema's floor of 8, still divisible
+    ff_dim = max(8, round(m.ff_dim * d_model / m.d_model))
+    layers = max(1, round(m.num_layers * m.depth_mult))
+    model = dataclasses.replace(
+        m, d_model=d_model, ff_dim=ff_dim, num_layers=layers, width_mult=1.0, depth_mult=1.0
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
 def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) -> RecipeConfig:
     """Build and validate a :class:`RecipeConfig`; raise :class:`ConfigError` listing every problem."""
     problems: list[ConfigProblem] = []
     cfg = _build(RecipeConfig, data or {}, "", problems)
     if not problems:
+        cfg = _apply_multipliers(cfg)
         problems.extend(_cross_checks(cfg))
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def dataclass_from_dict(cls: type[_T], data: Any, source: str | None = None) -> _T:
+    """Build and validate any config dataclass of ``_f`` fields, as :func:`config_from_dict` does.
+
+    For configs other than the ASR recipe (the TTS recipe): unknown keys, wrong types, choices
+    and bounds are checked the same way, every problem at once.
+
+    Raises:
+        ConfigError: listing every problem, each with its dotted key.
+    """
+    problems: list[ConfigProblem] = []
+    cfg = _build(cls, data if data is not None else {}, "", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return typing.cast(_T, cfg)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

@@ -24,8 +24,12 @@ def _f(default: Any, **meta: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-ENCODERS = ("lstm", "blstm", "gru", "bgru", "transformer", "conformer")
+ENCODERS = ("lstm", "blstm", "gru", "bgru", "transformer", "conformer", "searched")
 HEADS = ("ctc", "ctc_attention")
+#: The ops of model.block_ops (encoder=searched); built by speechtune.models' SEARCH_OPS.
+BLOCK_OPS = (
+    "conv3", "conv7", "conv15", "conv31", "dconv7", "mhsa", "ff", "ff_half", "skip", "zero",
+)  # fmt: skip
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 SCHEDULES = ("constant", "noam", "warmup_cosine", "warmup_exponential", "plateau", "cyclic")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -111,6 +115,10 @@ class ModelConfig:
     num_heads: int = _f(4, ge=1)
     ff_dim: int = _f(576, ge=8)
     conv_kernel: int = _f(15, ge=1)
+    # encoder=searched: one op per block, comma-separated (e.g. "mhsa,conv15,ff,conv7"; one
+    # op per model.num_layers). Ops: conv3, conv7, conv15, conv31, dconv7, mhsa, ff, ff_half,
+    # skip, zero (speechtune/models/_searched.py); `speechtune nas` derives them.
+    block_ops: str = _f("")
     # Conformer self-attention positions: "abs" adds sinusoids once after subsampling;
     # "rel" uses relative positional self-attention (Dai et al., 2019; Gulati et al., 2020).
     pos_enc: str = _f("abs", choices=("abs", "rel"))
@@ -135,6 +143,12 @@ class ModelConfig:
     # Fine-tuning: start from the weights of a speechtune model.pt (or the run dir holding one).
     # Architecture keys must match it; output rows are mapped token by token (finetune section).
     init_from: str | None = _f(None)
+    # Width and depth multipliers (MobileNet's alpha, Howard et al., 2017; EfficientNet's
+    # width/depth coefficients, Tan & Le, 2019): scale d_model and ff_dim (d_model rounded to a
+    # multiple of num_heads) and num_layers of this recipe, so one space fits any base size.
+    # Applied when the config is loaded: the resolved sizes are what a run saves, with both 1.
+    width_mult: float = _f(1.0, gt=0.0, le=4.0)
+    depth_mult: float = _f(1.0, gt=0.0, le=4.0)
 
     @property
     def interctc_block(self) -> int:

@@ -34,6 +34,8 @@ _LAZY = {
     "proxy_subset": "._splits",
     "split_dev": "._splits",
     "synthesize_corpus": "._synthetic",
+    "spoken_form": "._synthetic",
+    "text_to_phonemes": "._espeak",
     "Tokenizer": "._tokenizer",
     "build_tokenizer": "._tokenizer",
     "tokenizer_from_dict": "._tokenizer",

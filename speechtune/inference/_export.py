@@ -63,7 +63,7 @@ _TS_EXTRA = f"{METADATA_KEY}.json"
 #: Largest |log-prob| difference to the eager model that an export may show.
 VERIFY_ATOL = 1e-4
 #: Encoders the exporter is verified on (every encoder of the recipe).
-SUPPORTED_ENCODERS = ("lstm", "blstm", "gru", "bgru", "transformer", "conformer")
+SUPPORTED_ENCODERS = ("lstm", "blstm", "gru", "bgru", "transformer", "conformer", "searched")
 ONNX_OPSET = 17
 
 

@@ -1,5 +1,5 @@
-"""ASR models: subsampling, encoders (LSTM, GRU, Transformer, Conformer), CTC and attention
-heads, and greedy / joint CTC-attention beam decoding.
+"""ASR models: subsampling, encoders (LSTM, GRU, Transformer, Conformer, searched blocks), CTC
+and attention heads, and greedy / joint CTC-attention beam decoding.
 
 Token convention: id 0 is the CTC blank; ``vocab_size - 1`` is sos/eos for the attention
 decoder.
@@ -12,6 +12,13 @@ from speechtune.models._encoders import ENCODER_BUILDERS, build_encoder
 from speechtune.models._init import deepnorm_alpha, deepnorm_beta
 from speechtune.models._lora import add_lora, has_lora, lora_target_modules, merged_state_dict
 from speechtune.models._parts import FRONTEND, OUTPUT_MODULES, VOCAB_PARAMS, layer_of
+from speechtune.models._searched import (
+    PARAMETER_FREE_OPS,
+    SEARCH_OPS,
+    SearchedBlock,
+    SearchedEncoder,
+    parse_block_ops,
+)
 from speechtune.models._subsampling import Conv2dSubsampling
 
 __all__ = [
@@ -23,6 +30,10 @@ __all__ = [
     "ENCODER_BUILDERS",
     "FRONTEND",
     "OUTPUT_MODULES",
+    "PARAMETER_FREE_OPS",
+    "SEARCH_OPS",
+    "SearchedBlock",
+    "SearchedEncoder",
     "VOCAB_PARAMS",
     "add_lora",
     "build_encoder",
@@ -34,4 +45,5 @@ __all__ = [
     "layer_of",
     "lora_target_modules",
     "merged_state_dict",
+    "parse_block_ops",
 ]

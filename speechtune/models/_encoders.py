@@ -17,6 +17,7 @@ from speechtune.config import ModelConfig
 from speechtune.models._conformer import POS_ENCODINGS, ConformerEncoder
 from speechtune.models._init import apply_deepnorm_init, deepnorm_alpha
 from speechtune.models._rnn import RNNEncoder
+from speechtune.models._searched import SearchedEncoder, parse_block_ops
 from speechtune.models._streaming import StreamingSpec
 from speechtune.models._transformer import TransformerEncoder
 
@@ -68,6 +69,18 @@ def _conformer(cfg: ModelConfig, streaming: StreamingSpec) -> nn.Module:
     return enc
 
 
+def _searched(cfg: ModelConfig, streaming: StreamingSpec) -> nn.Module:
+    if cfg.init == "deepnorm":
+        # As for the RNNs: say so once rather than fail a tuner's trial.
+        warnings.warn(
+            "model.init='deepnorm' has no effect on the 'searched' encoder (its blocks are "
+            "pre-norm); using the default initialisation",
+            stacklevel=3,
+        )
+    ops = parse_block_ops(cfg.block_ops)
+    return SearchedEncoder.from_ops(ops, cfg.d_model, cfg.ff_dim, cfg.num_heads, cfg.dropout)
+
+
 ENCODER_BUILDERS: dict[str, EncoderBuilder] = {
     "lstm": _rnn_builder("lstm", bidirectional=False),
     "blstm": _rnn_builder("lstm", bidirectional=True),
@@ -75,6 +88,7 @@ ENCODER_BUILDERS: dict[str, EncoderBuilder] = {
     "bgru": _rnn_builder("gru", bidirectional=True),
     "transformer": _transformer,
     "conformer": _conformer,
+    "searched": _searched,
 }
 
 _INITS = ("default", "deepnorm")

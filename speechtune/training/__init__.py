@@ -4,6 +4,9 @@ from speechtune._lazy import lazy_exports
 
 _LAZY = {
     "BucketBatchSampler": "._batching",
+    "Batch": "._collate",
+    "collate": "._collate",
+    "resolve_device": "._loop",
     "COMPLETE": "._diagnostics",
     "DIVERGED": "._diagnostics",
     "FLATLINE": "._diagnostics",

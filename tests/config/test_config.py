@@ -17,6 +17,7 @@ from speechtune.config import (
     dump_config,
     flatten,
     load_config,
+    merge,
     parse_overrides,
 )
 from tests.helpers.paths import CONF, REPO
@@ -98,6 +99,24 @@ def test_cross_field_rules() -> None:
         )
     keys = {p.key for p in info.value.problems}
     assert {"model.d_model", "model.conv_kernel", "features.hop_ms", "data.root"} <= keys
+
+
+def test_width_and_depth_multipliers_resolve_into_sizes(tmp_path: Path) -> None:
+    base = {"model": {"d_model": 144, "ff_dim": 576, "num_heads": 4, "num_layers": 4}}
+    cfg = config_from_dict(merge(base, {"model": {"width_mult": 0.5, "depth_mult": 0.75}}))
+    m = cfg.model
+    # 72 is a multiple of the 4 heads; ff_dim keeps its 4x ratio; 4 x 0.75 = 3 layers.
+    assert (m.d_model, m.ff_dim, m.num_layers) == (72, 288, 3)
+    assert (m.width_mult, m.depth_mult) == (1.0, 1.0)  # resolved: a saved config reloads as is
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    # Rounding keeps d_model divisible by the heads, and the floors hold.
+    odd = config_from_dict(merge(base, {"model": {"width_mult": 0.3, "depth_mult": 0.1}}))
+    assert odd.model.d_model % 4 == 0 and odd.model.d_model == 44 and odd.model.num_layers == 1
+    tiny = config_from_dict(merge(base, {"model": {"width_mult": 0.01, "num_heads": 3}}))
+    assert tiny.model.d_model == 9  # the schema's floor of 8, rounded up to the 3 heads
+    with pytest.raises(ConfigError, match="model.width_mult"):
+        config_from_dict({"model": {"width_mult": 0}})
 
 
 def test_flatten_gives_dotted_keys() -> None:

@@ -162,6 +162,7 @@ def test_cli_export_then_transcribe(
         ("bgru", {}),
         ("transformer", {"init": "deepnorm"}),
         ("conformer", {"head": "ctc_attention", "decoder_layers": 1}),
+        ("searched", {"num_layers": 4, "block_ops": "dconv7,mhsa,ff_half,conv15"}),
     ],
 )
 def test_every_encoder_exports(

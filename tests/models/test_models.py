@@ -28,6 +28,7 @@ def tiny_cfg(**over: object) -> ModelConfig:
         num_heads=2,
         ff_dim=32,
         conv_kernel=5,
+        block_ops="mhsa,dconv7",  # the searched encoder's blocks (others ignore it)
         dropout=0.1,
         subsampling=4,
         head="ctc",
