@@ -170,6 +170,7 @@ class Driver:
         ] = {}  # job number -> Optuna trial number that finished it
         self.retry: list[Job] = []  # jobs a killed process left unfinished
         self.stopped = False
+        self.closed = False  # the closing promotion (see _closing_job) was asked
 
     # -- resume ---------------------------------------------------------------------------------
     def replay(self) -> None:
@@ -302,11 +303,38 @@ class Driver:
             return True
         return self.deadline is not None and time.monotonic() > self.deadline
 
+    def _closing_job(self) -> Job | None:
+        """Once the budget is spent: a last job taking the best config to the top rung when no
+        config reached it (MultiFidelitySearch.promote_best), so that the study ends with a
+        result; it may overrun the budget by that one job. Not after a stop, a timeout or the
+        job limit: those are hard limits."""
+        if self.closed or self.stopped or self.budget is None:
+            return None
+        if self.search.budget_used < self.budget - 1e-9:
+            return None
+        if self.max_jobs is not None and self.tells >= self.max_jobs:
+            return None
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return None
+        self.closed = True
+        job = self.search.promote_best()
+        if job is not None:
+            log.info(
+                "the budget is spent and no config reached the top rung: continuing the best "
+                "one there (job %d)",
+                job.number,
+            )
+        return job
+
     def _next(self) -> tuple[Job, optuna.Trial] | None:
         with self.lock:
             while True:
                 if self._done():
-                    return None
+                    closing = self._closing_job()
+                    if closing is None:
+                        return None
+                    job = closing
+                    break
                 job = self.retry.pop(0) if self.retry else self.search.ask()
                 if job is not None:
                     break

@@ -233,6 +233,31 @@ class MultiFidelitySearch:
         value, cid = min(scored)
         return dict(self._configs[cid].config), self._sign * value
 
+    def promote_best(self) -> Job | None:
+        """A job that takes the most promising config to the top rung, when none has a value there.
+
+        A budget can run out before any config reaches the top (a small budget, a bracket that
+        starts low, or an asynchronous schedule whose first promotion to the top falls due just
+        as the budget ends): the study then has no result it can compare or ship. This is its
+        last job: the config with the best value at the highest rung any config finished,
+        continued (or restarted) at the top. None when the top rung has a value or a job there
+        is running, or nothing has a finite value yet.
+        """
+        top = self.fidelity.top
+        if self.best() is not None or any(j.rung == top for j in self.pending):
+            return None
+        for rung in range(top - 1, -1, -1):
+            scored = [
+                (c.values[rung], c.config_id)
+                for c in self._configs.values()
+                if math.isfinite(c.values.get(rung, math.inf))
+            ]
+            if scored:
+                job = self._promote(min(scored)[1], rung, top, -1)
+                self._pending.add(job.number)
+                return job
+        return None
+
     def rung_correlation(self) -> dict[int, tuple[float, int]]:
         """Spearman correlation of each lower rung with the top rung, and the number of pairs."""
         top = self.fidelity.top

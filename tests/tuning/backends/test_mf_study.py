@@ -94,6 +94,28 @@ def test_jobs_are_trials_with_records_and_promotions_continue(tmp_path: Path) ->
     assert best["x"] == pytest.approx(winner.params["x"])
 
 
+def test_a_budget_that_ends_below_the_top_rung_still_ends_with_a_top_rung_result(
+    tmp_path: Path,
+) -> None:
+    # Hyperband's first bracket (9 configs at 1 epoch, 3 at 3, 1 at 9) costs 2 full trainings:
+    # a budget of 1.5 ends while its configs continue to 3 epochs.
+    study = _tune(tmp_path / "run", Curve(), budget=1.5)
+    trials = sorted(study.trials, key=lambda t: t.user_attrs["told"])
+    top = [t for t in trials if t.user_attrs["rung"] == 2]
+    assert len(top) == 1 and top[0] is trials[-1] and top[0].state == TrialState.COMPLETE
+    # The closing job continued the best config of the highest rung reached (3 epochs).
+    at_3 = [t for t in trials if t.user_attrs["rung"] == 1 and t.state == TrialState.COMPLETE]
+    best_at_3 = min(at_3, key=lambda t: t.value)
+    assert top[0].user_attrs["config_id"] == best_at_3.user_attrs["config_id"]
+    assert study.trials[top[0].user_attrs["parent_trial"]].user_attrs["rung"] == 1
+    assert top[0].user_attrs["metrics"]["start_epoch"] == 3
+    # Over the budget by the job that crossed it (2/9) and the closing one (6/9) at most, and
+    # the study has a result to ship.
+    assert 1.5 <= study.user_attrs["budget_used"] <= 1.5 + 2 / 9 + 6 / 9 + 1e-9
+    best = yaml.safe_load((tmp_path / "run" / "best.yaml").read_text())
+    assert best["x"] == pytest.approx(top[0].params["x"])
+
+
 def test_a_study_resumed_after_a_kill_makes_the_same_decisions(tmp_path: Path) -> None:
     whole = _tune(tmp_path / "whole", Curve(), budget=5)
     with pytest.raises(KeyboardInterrupt):
