@@ -328,17 +328,16 @@ class Driver:
 
     def _next(self) -> tuple[Job, optuna.Trial] | None:
         with self.lock:
-            while True:
+            job: Job | None = None
+            while job is None:
                 if self._done():
-                    closing = self._closing_job()
-                    if closing is None:
+                    job = self._closing_job()
+                    if job is None:
                         return None
-                    job = closing
                     break
                 job = self.retry.pop(0) if self.retry else self.search.ask()
-                if job is not None:
-                    break
-                self.lock.wait(timeout=1.0)  # a synchronous bracket waits on running jobs
+                if job is None:
+                    self.lock.wait(timeout=1.0)  # a synchronous bracket waits on running jobs
             record = _job_record(job, self.tells)
             rung = self.search.fidelity.rungs[job.rung]
             parent_trial = self.trial_of_job.get(job.parent) if job.parent is not None else None
