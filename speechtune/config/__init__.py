@@ -13,6 +13,7 @@ from speechtune.config._load import (
     load_config,
     merge,
     parse_overrides,
+    read_config_mapping,
     read_yaml,
     unflatten,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "load_config",
     "merge",
     "parse_overrides",
+    "read_config_mapping",
     "read_yaml",
     "unflatten",
 ]

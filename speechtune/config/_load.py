@@ -541,39 +541,39 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a config YAML, or :class:`ConfigError` with one problem naming
+    the file: unreadable, not UTF-8 or not YAML, empty, or not a mapping."""
+    try:
+        loaded = read_yaml(path)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "cannot read config file", str(exc))]) from exc
+    except YamlFileError as exc:
+        raise ConfigError([ConfigProblem(str(path), exc.reason, exc.snippet)]) from exc
+    if loaded is None:  # an empty (or truncated-to-nothing) file is a mistake, not "defaults"
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(path),
+                    "the file is empty; expected a mapping of sections such as model: and "
+                    "train: (leave out --config for the built-in defaults)",
+                    "",
+                )
+            ]
+        )
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            [ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)]
+        )
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
     """Load a recipe YAML (or the defaults when ``path`` is None) and apply dotted overrides."""
-    data: dict[str, Any] = {}
-    source = None
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = read_yaml(path)
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigProblem(str(path), "cannot read config file", str(exc))]
-            ) from exc
-        except YamlFileError as exc:
-            raise ConfigError([ConfigProblem(str(path), exc.reason, exc.snippet)]) from exc
-        if loaded is None:  # an empty (or truncated-to-nothing) file is a mistake, not "defaults"
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        str(path),
-                        "the file is empty; expected a mapping of sections such as model: and "
-                        "train: (leave out --config for the built-in defaults)",
-                        "",
-                    )
-                ]
-            )
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                [ConfigProblem(str(path), "top level must be a mapping", type(loaded).__name__)]
-            )
-        data = loaded
+    data = read_config_mapping(path) if path is not None else {}
     if overrides:
         data = merge(data, parse_overrides(overrides))
-    return config_from_dict(data, source)
+    return config_from_dict(data, None if path is None else str(path))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -21,11 +21,10 @@ from speechtune.config import (
     ConfigProblem,
     FeaturesConfig,
     SyntheticConfig,
-    YamlFileError,
     dataclass_from_dict,
     merge,
     parse_overrides,
-    read_yaml,
+    read_config_mapping,
 )
 
 TEXT_KINDS = ("char", "phoneme")
@@ -232,31 +231,10 @@ def load_tts_config(path: str | Path | None = None, overrides: Sequence[str] = (
     Raises:
         ConfigError: a file that cannot be read or parsed, or any invalid key or value.
     """
-    data: dict[str, Any] = {}
-    source = None
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = read_yaml(path)
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigProblem(str(path), "cannot read config file", str(exc))]
-            ) from exc
-        except YamlFileError as exc:
-            raise ConfigError([ConfigProblem(str(path), exc.reason, exc.snippet)]) from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        str(path),
-                        "top level must be a mapping of sections (model:, train:...)",
-                        loaded,
-                    )
-                ]
-            )
-        data = loaded
+    data = read_config_mapping(path) if path is not None else {}
     if overrides:
         data = merge(data, parse_overrides(overrides))
+    source = None if path is None else str(path)
     return tts_config_from_dict(data, source)
 
 
