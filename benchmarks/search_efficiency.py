@@ -91,6 +91,13 @@ def main() -> int:
     )
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default: %(default)s)")
     ap.add_argument(
+        "--seed-start",
+        type=int,
+        default=0,
+        help="first seed: runs seeds S..S+N-1, e.g. 10 to confirm on seeds unseen while "
+        "tuning (default: %(default)s)",
+    )
+    ap.add_argument(
         "--budget",
         type=float,
         default=None,
@@ -131,6 +138,8 @@ def main() -> int:
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         ap.error(f"--strategies: unknown {unknown}; valid: {', '.join(STRATEGIES)}")
+    if args.seed_start < 0:
+        ap.error("--seed-start must be >= 0")
     if args.seeds < 1 or (args.budget is not None and args.budget <= 0):
         ap.error("--seeds must be >= 1 and --budget > 0")
     try:
@@ -147,7 +156,7 @@ def main() -> int:
     result = run_benchmark(
         problems,
         strategies,
-        seeds=range(args.seeds),
+        seeds=range(args.seed_start, args.seed_start + args.seeds),
         budget=args.budget,
         workers=args.workers,
         cache_dir=None if args.fresh else Path(args.out) / "runs",

@@ -264,6 +264,39 @@ def test_a_misleading_prior_is_overcome() -> None:
     assert np.mean([r[0] for r in results]) < 2 * np.mean(baseline) + 1e-3
 
 
+def test_a_distrusted_prior_fades_from_moves_around_its_own_config_too() -> None:
+    """While the priors' own config is the incumbent, moves around it are prior draws: a prior
+    the data distrust gets none of them (its share goes to uniform draws); once the search has
+    beaten it, the incumbent's neighbourhood is back."""
+    from speechtune.tuning.search._jobs import _Config
+    from speechtune.tuning.search._proposals import Proposer
+
+    wrong = _with_prior((0.02, 0.98), 0.05)
+    rng = np.random.default_rng(0)
+    configs = {0: _Config(0, {"x": 0.02, "y": 0.98}, {"x": 0.02, "y": 0.98}, "prior_default")}
+    configs[0].values[2] = _bowl(configs[0].params, 9)
+    for cid in range(1, 9):  # rung 0: the farther from the prior's mode, the better
+        params = {"x": float(rng.uniform()), "y": float(rng.uniform())}
+        configs[cid] = _Config(cid, params, dict(params), "random")
+        configs[cid].values[0] = _bowl(params, 1)
+    proposer = Proposer(wrong, "speechtune", use_priors=True, prior_first=False)
+
+    def sources() -> list[str]:
+        return [
+            proposer.propose(np.random.default_rng([0, i]), configs, 2, lambda r: True)[2]
+            for i in range(60)
+        ]
+
+    assert proposer.prior_score(configs, 2, lambda r: True) <= 0.5
+    before = sources()
+    assert "incumbent" not in before and "prior" not in before
+    assert before.count("random") >= 20  # what the local share left: ~50 %
+    # A config the search found beats the priors' own at the top rung: its moves come back.
+    configs[9] = _Config(9, {"x": 0.6, "y": 0.3}, {"x": 0.6, "y": 0.3}, "model")
+    configs[9].values[2] = _bowl(configs[9].params, 9)
+    assert sources().count("incumbent") >= 20
+
+
 def test_speechtune_with_several_workers_never_waits_and_never_repeats_a_job() -> None:
     fid = Fidelity.from_budgets("epochs", [1, 3, 9])
     search = MultiFidelitySearch(
