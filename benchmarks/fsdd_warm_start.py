@@ -138,11 +138,10 @@ def summarise(
         arm: [t["incumbents"][-1] for t in by_seed.values()] for arm, by_seed in traces.items()
     }
     if target is None:
-        target = (
-            mean_se(finals["cold"])[0]
-            if finals.get("cold")
-            else min(min(v) for v in finals.values())
-        )
+        reached = [w for w in finals.get("cold", []) if math.isfinite(w)] or [
+            w for v in finals.values() for w in v if math.isfinite(w)
+        ]
+        target = mean_se(reached)[0] if reached else math.inf
     out: dict[str, Any] = {"target_wer": target, "arms": {}}
     for arm, by_seed in traces.items():
         ts = list(by_seed.values())
@@ -150,7 +149,9 @@ def summarise(
         out["arms"][arm] = {
             "n": len(ts),
             "final_wer": mean_se(finals[arm]),
+            "final_wer_seeds": finals[arm],
             "at": {str(c): mean_se([best_at(t, c) for t in ts]) for c in checkpoints},
+            "at_seeds": {str(c): [best_at(t, c) for t in ts] for c in checkpoints},
             "first_top_rung_wer": mean_se([t["first_top_rung_wer"] for t in ts]),
             "compute_to_target": reach,
             "reached": sum(math.isfinite(r) for r in reach),
@@ -160,10 +161,11 @@ def summarise(
     return out
 
 
-def _fmt(ms: Sequence[float]) -> str:
-    m, se = ms
-    if not math.isfinite(m):
-        return "-"
+def _fmt(values: Sequence[float]) -> str:
+    """Mean ± s.e. over seeds; each seed's value (``-``: no top-rung result) if one has none."""
+    if not all(math.isfinite(v) for v in values):
+        return " / ".join(f"{v:.3f}" if math.isfinite(v) else "-" for v in values)
+    m, se = mean_se(values)
     return f"{m:.3f}" if not math.isfinite(se) else f"{m:.3f} ± {se:.3f}"
 
 
@@ -178,7 +180,7 @@ def markdown(summary: Mapping[str, Any], checkpoints: Sequence[float]) -> str:
         )
         lines.append(
             "| " + " | ".join([
-                arm, *[_fmt(s["at"][str(c)]) for c in checkpoints], _fmt(s["final_wer"]),
+                arm, *[_fmt(s["at_seeds"][str(c)]) for c in checkpoints], _fmt(s["final_wer_seeds"]),
                 f"{reach} ({s['reached']}/{s['n']})", f"{s['jobs'][0]:.1f}",
                 f"{s['cpu_core_hours'][0]:.2f}",
             ]) + " |"
@@ -243,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     traces: dict[str, dict[int, dict[str, Any]]] = {}
     walls: dict[str, dict[int, float | None]] = {}
+    ends: dict[str, dict[int, dict[str, Any]]] = {}  # each study at its end (not truncated)
     for arm in args.arms:
         spec_path = out / f"{arm}.yaml"
         spec_path.write_text(
@@ -256,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flags, spec_path, run_dir, args.n_jobs, sets
             )
             trace = read_trace(run_dir / "trials.csv")
+            ends.setdefault(arm, {})[seed] = {
+                "best_wer": trace["incumbents"][-1],
+                "compute": trace["costs"][-1],
+                "jobs": trace["jobs"],
+            }
             if args.max_compute is not None:
                 trace = truncate(trace, args.max_compute)
             traces.setdefault(arm, {})[seed] = trace
@@ -271,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t0,
         "study_wall_seconds": walls,
         "traces": traces,
+        "study_ends": ends,
         "summary": summary,
     }
     Path(args.record).parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,5 @@ def test_summary_targets_the_cold_arms_final_best_and_counts_who_reaches_it() ->
     assert s["arms"]["warm"]["at"]["2.0"][0] == pytest.approx(0.4)  # (0.35 + 0.45) / 2
     table = ws.markdown(s, [2.0])
     assert "| warm |" in table and "never" in table and "(1/2)" in table
+    # A seed without a top-rung result is shown as such, not averaged away.
+    assert ws._fmt([0.4, math.inf]) == "0.400 / -" and ws._fmt([0.4, 0.6]) == "0.500 ± 0.100"
