@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.study import MaxTrialsCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from speechtune.tuning.backends._base import needs_objective
 from speechtune.tuning.objectives import Objective
@@ -27,6 +26,22 @@ from speechtune.tuning.study import (
     interruptible_trials,
     quiet_trial_failures,
 )
+
+
+class _StopAtTarget:
+    """Stop the study once its finished (complete, pruned) and running trials reach ``target``.
+
+    Running trials of other processes sharing the study (workers) count too. One that then
+    fails leaves the count short, and the caller's next round replaces it.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        states = (*COUNTED_STATES, TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=states)) >= self.target:
+            study.stop()
 
 
 @dataclass(frozen=True)
@@ -90,14 +105,16 @@ class LocalBackend:
             session.reap_killed,
         ]
         if target is not None:
-            # Other processes sharing the study (workers) count too: stop when they reach it.
-            callbacks.insert(0, MaxTrialsCallback(int(target), states=COUNTED_STATES))
+            callbacks.insert(0, _StopAtTarget(int(target)))
         timeout = spec.study.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         with view, interruptible_trials():
-            # Each round runs exactly the trials still missing (Optuna hands out that many, so
-            # n_jobs threads never start one too many, as a stop callback alone lets them);
-            # failed trials do not count, so another round replaces them.
+            # Rounds: each starts at most the trials still missing, and stops once the finished
+            # and running trials make the count (a callback counting finished ones only lets
+            # n_jobs threads start up to n_jobs - 1 trials too many); a failed or interrupted
+            # trial does not count, so another round replaces it. n_trials stays None: with it,
+            # Optuna's main thread leaves its wait once everything is submitted, and a Ctrl-C
+            # then would not wait for the running trials to stop.
             while True:
                 remaining = None if target is None else target - session.counted()
                 left = None if deadline is None else deadline - time.monotonic()
@@ -105,7 +122,7 @@ class LocalBackend:
                     return
                 study.optimize(
                     runner,
-                    n_trials=remaining,
+                    n_trials=None,
                     timeout=left,
                     n_jobs=jobs if remaining is None else min(jobs, remaining),
                     catch=(TrialFailed,),
