@@ -112,6 +112,16 @@ class _Trainer:
         }
 
 
+def _seeded_supernet(cfg: NasConfig, data: SearchData) -> tuple[Supernet, _Trainer]:
+    """A supernet initialised from ``search.seed`` (both searches start alike) and its trainer."""
+    torch.manual_seed(cfg.search.seed)
+    supernet = Supernet(
+        cfg.recipe, cfg.search.ops, cfg.search.num_blocks,
+        cfg.recipe.features.n_mels, data.tokenizer.vocab_size,
+    ).to(data.device)  # fmt: skip
+    return supernet, _Trainer(supernet, data, cfg)
+
+
 def _cycle(make: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
     """Batches of ``make(epoch)`` for epoch 1, 2, ... without end (dev batches for alpha)."""
     epoch = 1
@@ -144,12 +154,7 @@ def train_darts(
         argmax of the last epoch, or of the last epoch before a collapse the guard stopped.
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    torch.manual_seed(cfg.search.seed)
-    supernet = Supernet(
-        cfg.recipe, cfg.search.ops, cfg.search.num_blocks,
-        cfg.recipe.features.n_mels, data.tokenizer.vocab_size,
-    ).to(data.device)  # fmt: skip
-    trainer = _Trainer(supernet, data, cfg)
+    supernet, trainer = _seeded_supernet(cfg, data)
     d = cfg.darts
     # DARTS' architecture optimiser: Adam, betas (0.5, 0.999), weight decay 1e-3.
     arch_opt = torch.optim.Adam(
@@ -230,12 +235,7 @@ def train_weight_sharing(
         The trained supernet (``op_weights`` stays empty: there is no alpha to record).
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    torch.manual_seed(cfg.search.seed)
-    supernet = Supernet(
-        cfg.recipe, cfg.search.ops, cfg.search.num_blocks,
-        cfg.recipe.features.n_mels, data.tokenizer.vocab_size,
-    ).to(data.device)  # fmt: skip
-    trainer = _Trainer(supernet, data, cfg)
+    supernet, trainer = _seeded_supernet(cfg, data)
     rng = random.Random(cfg.search.seed)
     run = SupernetRun(supernet, OpWeightsLog(list(cfg.search.ops)))
     n_ops, n_blocks = len(cfg.search.ops), cfg.search.num_blocks
