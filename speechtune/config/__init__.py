@@ -36,8 +36,10 @@ from speechtune.config._schema import (
     TokenizerConfig,
     TrainConfig,
 )
+from speechtune.config._searched import BLOCK_KEY_PREFIX, block_key_problems, is_block_key
 
 __all__ = [
+    "BLOCK_KEY_PREFIX",
     "BLOCK_OPS",
     "HEADS",
     "LORA_TARGETS",
@@ -58,12 +60,14 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "YamlFileError",
+    "block_key_problems",
     "config_from_dict",
     "config_to_dict",
     "dataclass_from_dict",
     "decode_utf8",
     "dump_config",
     "flatten",
+    "is_block_key",
     "load_config",
     "merge",
     "parse_overrides",

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from speechtune.config._schema import RecipeConfig
-from speechtune.config._searched import block_ops_problems
+from speechtune.config._searched import block_ops_problems, join_block_ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,9 +435,12 @@ def _apply_multipliers(cfg: RecipeConfig) -> RecipeConfig:
 
 
 def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) -> RecipeConfig:
-    """Build and validate a :class:`RecipeConfig`; raise :class:`ConfigError` listing every problem."""
-    problems: list[ConfigProblem] = []
-    cfg = _build(RecipeConfig, data or {}, "", problems)
+    """Build and validate a :class:`RecipeConfig`; raise :class:`ConfigError` listing every problem.
+
+    Per-block ops (``model.block_ops.<i>``) are joined first (:func:`join_block_ops`)."""
+    joined, found = join_block_ops(data or {})
+    problems = [ConfigProblem(*p) for p in found]
+    cfg = _build(RecipeConfig, joined, "", problems)
     if not problems:
         cfg = _apply_multipliers(cfg)
         problems.extend(_cross_checks(cfg))

@@ -4,7 +4,11 @@
 speechtune.nas:blocks_objective`` searches the blocks the way it searches any hyperparameter
 (TPE, multi-fidelity...): the space holds ``block1 .. blockN`` (one list of ops each), the base
 recipe as the fixed key ``recipe``, and any dotted recipe keys (a rung's ``train.epochs``,
-``optim.lr``...). See ``conf/tuning_nas_blocks.yaml``.
+``optim.lr``...).
+
+A recipe study does the same without this module: its space holds ``model.block_ops.1 ..
+model.block_ops.N``, which the recipe loader joins (``conf/tuning_nas_blocks.yaml``). This
+objective stays for existing Python-function studies.
 """
 
 from __future__ import annotations

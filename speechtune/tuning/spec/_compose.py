@@ -15,6 +15,7 @@ from speechtune.config import (
     config_from_dict,
     config_to_dict,
     flatten,
+    is_block_key,
     merge,
     read_yaml,
 )
@@ -195,7 +196,7 @@ def _load_base(
             recipe = loaded if loaded is not None else {}
     known = {}
     for key, value in overrides.items():
-        if key in keys:
+        if key in keys or is_block_key(key):  # per-block ops: joined by config_from_dict
             known[key] = value
         else:
             problems.append(

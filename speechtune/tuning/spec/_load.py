@@ -51,6 +51,7 @@ from speechtune.tuning.spec._compose import (
 from speechtune.tuning.spec._fidelity import FidelitySpec, parse_fidelity
 from speechtune.tuning.spec._ray import RaySpec, parse_ray
 from speechtune.tuning.spec._recipe_checks import (
+    _block_problems,
     _corner_problems,
     _nothing_to_search,
     _space_problems,
@@ -251,6 +252,7 @@ def _load(
         problems.extend(
             _corner_problems(recipe_params, flatten(base_recipe), good, derived=not context)
         )
+        problems.extend(_block_problems(params, flat_overrides, flatten(base_recipe)))
     elif not context:
         problems.extend(_corner_problems(params, dict(flat_overrides), good, recipe=False))
 

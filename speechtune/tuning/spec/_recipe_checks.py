@@ -11,9 +11,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from speechtune.config import (
+    BLOCK_KEY_PREFIX,
     ConfigError,
     ConfigProblem,
+    block_key_problems,
     config_from_dict,
+    is_block_key,
 )
 from speechtune.tuning.space import (
     CategoricalParam,
@@ -43,13 +46,18 @@ def _corners(param: Param) -> list[Any]:
     return []
 
 
-def _recipe_rejects(flat: Mapping[str, Any], key: str) -> list[str]:
-    """The recipe's own rules that ``flat`` breaks at ``key``."""
+def _recipe_rules(flat: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, rule)`` of every recipe rule that the flat config ``flat`` breaks."""
     try:
         config_from_dict(_unflatten(flat))
     except ConfigError as exc:
-        return [p.rule for p in exc.problems if p.key == key]
+        return [(p.key, p.rule) for p in exc.problems]
     return []
+
+
+def _recipe_rejects(flat: Mapping[str, Any], key: str) -> list[str]:
+    """The recipe's own rules that ``flat`` breaks at ``key``."""
+    return [rule for k, rule in _recipe_rules(flat) if k == key]
 
 
 def _corner_problems(
@@ -151,7 +159,7 @@ def _space_problems(
     readable = set(params) | set(overrides) | set(recipe_keys or ())
     if recipe_keys is not None:
         for name in params:
-            if name not in recipe_keys:
+            if name not in recipe_keys and not is_block_key(name):
                 problems.append(
                     ConfigProblem(
                         f"space.{name}", f"unknown recipe key{_close(name, recipe_keys)}", name
@@ -220,3 +228,110 @@ def _is_prior_default(param: Param, value: Any) -> bool:
     if isinstance(value, int | float) and isinstance(default, int | float):
         return float(value) == float(default)
     return bool(value == default)
+
+
+def _block_problems(
+    params: Mapping[str, Param],
+    overrides: Mapping[str, Any],
+    base_flat: Mapping[str, Any],
+) -> list[ConfigProblem]:
+    """Checks of the per-block op keys (``model.block_ops.<i>``) of a recipe study's space.
+
+    The blocks are numbered 1, 2, ... with no gap, all of them live in ``space`` (a fixed block
+    is a scalar there), neither ``model.block_ops`` nor a different ``model.num_layers`` is
+    given beside them (trials join the blocks into both), and the encoder of every trial that
+    holds them is ``searched``. Then every op of every block is built into the recipe (the
+    other blocks and keys at their first value) and the recipe's objections are reported, so
+    that ``mhsa`` with a head count that does not divide ``d_model`` is refused before a trial.
+
+    Args:
+        params: The parsed space.
+        overrides: The study's flat overrides.
+        base_flat: The flat base recipe (overrides applied).
+
+    Returns:
+        The problems, keyed ``space.<key>`` or ``overrides.<key>``.
+    """
+    blocks = [name for name in params if is_block_key(name)]
+    if not blocks:
+        return []  # blocks in overrides alone: the base recipe joins and checks them
+    problems = [ConfigProblem(f"space.{k}", r, v) for k, r, v in block_key_problems(blocks)]
+    count = len(blocks)
+    for key in overrides:
+        if is_block_key(key) or key == "model.block_ops":
+            rule = (
+                "the per-block keys of space give every block; fix a block in space with a "
+                f"scalar instead ({BLOCK_KEY_PREFIX}1: conv15)"
+            )
+            problems.append(ConfigProblem(f"overrides.{key}", rule, overrides[key]))
+    if "model.block_ops" in params:
+        rule = f"is built from the per-block keys {BLOCK_KEY_PREFIX}1..{count}; drop it"
+        problems.append(ConfigProblem("space.model.block_ops", rule, "model.block_ops"))
+    layers = params.get("model.num_layers")
+    joined_rule = (
+        f"conflicts with the {count} per-block keys {BLOCK_KEY_PREFIX}1..{count}, which set "
+        f"model.num_layers to {count}; drop it"
+    )
+    if layers is not None and not (isinstance(layers, FixedParam) and layers.value == count):
+        value = layers.value if isinstance(layers, FixedParam) else _corners(layers)
+        problems.append(ConfigProblem("space.model.num_layers", joined_rule, value))
+    if "model.num_layers" in overrides and overrides["model.num_layers"] != count:
+        problems.append(
+            ConfigProblem("overrides.model.num_layers", joined_rule, overrides["model.num_layers"])
+        )
+    encoder = params.get("model.encoder")
+    if isinstance(encoder, FixedParam):
+        encoders = [encoder.value]
+    elif isinstance(encoder, CategoricalParam):
+        encoders = list(encoder.choices)
+    elif encoder is None:
+        encoders = [base_flat.get("model.encoder")]
+    else:
+        encoders = []  # derived: known only per trial, where the recipe checks it
+    for name in blocks:
+        when = (params[name].when or {}).get("model.encoder")
+        wrong = [e for e in encoders if e != "searched" and (when is None or e in when)]
+        if wrong:
+            rule = (
+                f"per-block ops build the searched encoder, but model.encoder can be "
+                f"{', '.join(map(repr, wrong))}; set model.encoder: searched in space (or give "
+                "the block when: {model.encoder: searched})"
+            )
+            problems.append(ConfigProblem(f"space.{name}", rule, wrong))
+            break
+    if problems:
+        return problems
+    return _block_corner_problems(params, blocks, base_flat, "searched" in encoders)
+
+
+def _block_corner_problems(
+    params: Mapping[str, Param],
+    blocks: Sequence[str],
+    base_flat: Mapping[str, Any],
+    searched: bool,
+) -> list[ConfigProblem]:
+    """The recipe's objections to each op of each block, against a block of ``skip`` there."""
+    point = {k: v for k, v in base_flat.items() if k != "model.block_ops"}
+    for name, param in params.items():
+        corners = [] if isinstance(param, DerivedParam) else _corners(param)
+        if corners:
+            point[name] = corners[0]
+    if searched:
+        point["model.encoder"] = "searched"
+    problems: list[ConfigProblem] = []
+    for name in blocks:
+        # skip has no weights and no rules: what a choice adds to its objections is its own.
+        allowed = set(_recipe_rules({**point, name: "skip"}))
+        for value in _corners(params[name]):
+            for key, rule in dict.fromkeys(_recipe_rules({**point, name: value})):
+                if (key, rule) in allowed:
+                    continue
+                where = "" if key == name else f"{key}: "
+                problems.append(
+                    ConfigProblem(
+                        f"space.{name}",
+                        f"value {value!r} is rejected by the recipe: {where}{rule}",
+                        value,
+                    )
+                )
+    return problems
