@@ -240,18 +240,22 @@ class FinetuneConfig:
     lora_targets: str = _f("attention_qv", choices=LORA_TARGETS)
 
 
-QUANTIZE = ("none", "dynamic_int8", "static_int8", "qat_int8")
+QUANTIZE = ("none", "dynamic_int8", "static_int8", "qat_int8", "weight_int4")
 OBSERVERS = ("minmax", "moving_average")
 PRUNE_SCHEDULES = ("linear", "cubic")
 
 
 @dataclass
 class EdgeConfig:
-    """Making the model small and fast on a CPU: int8 quantisation and magnitude pruning."""
+    """Making the model small and fast on a CPU: int8/int4 quantisation and magnitude pruning."""
 
     # Int8 quantisation (torch.ao eager mode): dynamic or static after training, or
-    # quantisation-aware training (the whole run) converted after it. "none" keeps fp32.
+    # quantisation-aware training (the whole run) converted after it; or weight_int4: Linear and
+    # Conv weights stored as group-wise int4 after training (smaller, not faster: they are
+    # dequantised to float to compute). "none" keeps fp32.
     quantize: str = _f("none", choices=QUANTIZE)
+    # weight_int4: weights per scale and zero point (a row shorter than this is one group).
+    int4_group_size: int = _f(32, choices=(16, 32, 64, 128))
     # Activation-range observer of static_int8 calibration and of qat_int8 fake quantisation.
     observer: str = _f("minmax", choices=OBSERVERS)
     # static_int8: training batches run through the model to calibrate activation ranges.
@@ -263,6 +267,9 @@ class EdgeConfig:
     prune_schedule: str = _f("cubic", choices=PRUNE_SCHEDULES)
     prune_start: float = _f(0.2, ge=0.0, lt=1.0)
     prune_end: float = _f(0.8, gt=0.0, le=1.0)
+    # With pruning, model.pt stores each mostly-zero float weight as a bitmask of its nonzeros
+    # and their values (lossless), so the file shrinks with the sparsity; false stores zeros.
+    sparse_storage: bool = _f(True)
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Using a trained model: load and decode (Recognizer), evaluate on a manifest, quantise to int8,
-export to TorchScript/ONNX, decode a streaming model chunk by chunk.
+"""Using a trained model: load and decode (Recognizer), evaluate on a manifest, quantise to int8
+or int4 weights, export to TorchScript/ONNX, decode a streaming model chunk by chunk (eager,
+or through its exported chunk step).
 
 Exports are lazy: these modules import torch, and ``speechtune.inference.FORMATS`` is needed
 by the command line without it.
@@ -20,17 +21,23 @@ _LAZY = {
     "export_model": "._export",
     "exported_format": "._export",
     "load_exported": "._export",
+    "INT4_STAGE": "._int4",
     "INT8_STAGE": "._quantize",
     "QAT_STAGE": "._quantize",
     "activation_observers": "._quantize",
     "prepare_qat": "._quantize",
     "quantize_model": "._quantize",
+    "quantize_weight_int4": "._int4",
     "restore_quantized": "._quantize",
     "StreamingDecoder": "._streaming",
     "StreamResult": "._streaming",
     "stream_transcribe": "._streaming",
     "streaming_latency": "._streaming",
-    "streaming_metrics": "._streaming",
+    "streaming_metrics": "._stream_export",
+    "export_streaming": "._stream_export",
+    "ExportedStreamingRecognizer": "._stream_runtime",
+    "load_streaming_export": "._stream_runtime",
+    "streaming_export_format": "._stream_runtime",
 }
 
 __all__ = ["FORMATS", *sorted(_LAZY)]

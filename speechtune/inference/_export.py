@@ -21,6 +21,9 @@ What is inside each artefact:
 
 An int8 model (``edge.quantize``) exports to TorchScript only: its int8 operators trace into
 the graph and give the eager int8 model's log-probs; the ONNX exporter has no such operators.
+A ``weight_int4`` model exports to both: its layers dequantise with ordinary ops. TorchScript
+keeps the packed int4 codes (the file stays small); the ONNX exporter folds the dequantisation
+into constant float weights, so ``model.onnx`` is as large as a float model's.
 
 Both graphs take dynamic batch and time; :func:`export_model` checks that by running the
 artefact on lengths and batch sizes other than those it was traced with and comparing with the
@@ -460,7 +463,7 @@ def export_model(
 
     Raises:
         ValueError: unknown format, an encoder the exporter does not support, a checkpoint
-            that is not a speechtune model.pt, or ONNX for a quantised (int8) model.
+            that is not a speechtune model.pt, or ONNX for an int8 (or QAT) model.
         FileNotFoundError: the checkpoint does not exist (a directory stands for its model.pt).
         ImportError: ONNX requested without the ``onnx`` package.
         RuntimeError: the exported graph does not reproduce the eager model.
@@ -475,7 +478,7 @@ def export_model(
     if format == "onnx":
         _require("onnx")  # fail before any work when the package is missing
     rec = Recognizer.load(checkpoint, "cpu")
-    if format == "onnx" and rec.quantization is not None:
+    if format == "onnx" and rec.quantization in ("int8", "qat"):
         raise ValueError(
             f"{checkpoint} is a quantised model (edge.quantize={rec.cfg.edge.quantize}): it exports "
             "to torchscript only (torch's ONNX exporter has no int8 operators such as "

@@ -23,10 +23,8 @@ which needs ``torch.export`` of the whole model (the packed-sequence RNN encoder
 export); its int8 weights are torchao tensor subclasses, so every reader of a ``model.pt``
 would need torchao, and it targets torch.compile/torch.export rather than the TorchScript that
 ``speechtune export`` traces. torch.ao's int8 modules load with ``weights_only=True`` and trace.
-int4 weights are left out: torch 2.13 has low-level int4 CPU matmuls
-(``aten._weight_int4pack_mm_for_cpu``) but no int4 Linear module in torch.ao (its 4-bit support
-is for embedding bags), so int4 would mean a hand-written layer with its own packing, storage
-and export path.
+torch.ao has no int4 Linear module (its 4-bit support is for embedding bags): int4 weights
+(``weight_int4``) are hand-written layers with their own packing, in ``_int4``.
 
 A quantised model is stored like any ``model.pt``: the float architecture comes from the config,
 and the file's ``quantization`` entry (``"qat"`` or ``"int8"``) says how to rebuild the module

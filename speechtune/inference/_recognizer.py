@@ -25,7 +25,9 @@ from speechtune.config import (
 )
 from speechtune.data import Tokenizer, tokenizer_from_dict
 from speechtune.features import GlobalCMVN, LogMel
+from speechtune.inference._int4 import INT4_STAGE, quantize_weight_int4
 from speechtune.inference._quantize import quiet_quantization_warnings, restore_quantized
+from speechtune.inference._sparse_store import decode_payload, encode_payload
 from speechtune.models import ASRModel, build_model
 
 FORMAT_VERSION = 1
@@ -110,7 +112,11 @@ def read_model_payload(path: str | Path) -> dict[str, Any]:
             f"model file {path}: holds a dict without the key(s) {', '.join(missing)} of a "
             f"speechtune model{hint} {EXPECTED_MODEL}"
         )
-    return payload
+    try:
+        # edge.sparse_storage: pruned weights come back dense, so no reader sees the encoding.
+        return decode_payload(payload)
+    except ValueError as exc:
+        raise ValueError(f"model file {path}: {exc} {EXPECTED_MODEL}") from exc
 
 
 def pad_waves(
@@ -128,6 +134,14 @@ def _quantized_structure(
     model: ASRModel, cfg: RecipeConfig, stage: str, device: torch.device | str
 ) -> ASRModel:
     """The module structure of a quantised model file, ready for its state dict."""
+    if stage == INT4_STAGE:
+        # Dequantised to float in each forward: runs on any device.
+        if cfg.edge.quantize != "weight_int4":
+            raise ValueError(
+                f"an int4 model file needs edge.quantize=weight_int4, not {cfg.edge.quantize!r}"
+            )
+        quantize_weight_int4(model, cfg.edge.int4_group_size)
+        return model
     if stage == "int8" and torch.device(device).type != "cpu":
         # int8 kernels (fbgemm/x86, qnnpack) exist on the CPU only.
         warnings.warn(
@@ -148,7 +162,8 @@ class Recognizer(nn.Module):
         cmvn: global mean/variance normalisation fitted on the training features (or None).
         model: the acoustic model.
         quantization: ``None`` for a float model, ``"qat"`` for one fake-quantised for
-            ``edge.quantize: qat_int8``, ``"int8"`` for a quantised one (see ``_quantize``).
+            ``edge.quantize: qat_int8``, ``"int8"`` for a quantised one (see ``_quantize``),
+            ``"int4"`` for ``weight_int4`` (see ``_int4``).
     """
 
     def __init__(
@@ -218,17 +233,29 @@ class Recognizer(nn.Module):
         return out
 
     # -- persistence -------------------------------------------------------------------------
-    def to_payload(self) -> dict[str, Any]:
-        payload = {
+    def to_payload(
+        self, sparse: bool | None = None, state: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What ``model.pt`` holds: tensors and plain values.
+
+        Args:
+            sparse: store mostly-zero weights as bitmask + values (``_sparse_store``); None
+                follows the config (``edge.sparse_storage`` with ``edge.prune_sparsity > 0``).
+            state: the model's state dict to store (default ``self.model.state_dict()``; e.g.
+                one with LoRA adapters merged into the weights).
+        """
+        if sparse is None:
+            sparse = self.cfg.edge.sparse_storage and self.cfg.edge.prune_sparsity > 0
+        payload: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "config": config_to_dict(self.cfg),
             "tokenizer": self.tokenizer.to_dict(),
-            "model": self.model.state_dict(),
+            "model": self.model.state_dict() if state is None else state,
             "cmvn": self.cmvn.state_dict() if self.cmvn is not None else None,
         }
         if self.quantization is not None:
             payload["quantization"] = self.quantization
-        return payload
+        return encode_payload(payload) if sparse else payload
 
     @classmethod
     def from_payload(
@@ -238,6 +265,7 @@ class Recognizer(nn.Module):
             raise ValueError(
                 f"unsupported model file format {payload.get('format_version')!r}; expected {FORMAT_VERSION}"
             )
+        payload = decode_payload(payload)  # a no-op for one read_model_payload gave
         cfg = config_from_dict(payload["config"])
         tokenizer = tokenizer_from_dict(payload["tokenizer"])
         model = build_model(

@@ -19,8 +19,9 @@ The result equals greedy decoding of the whole utterance by the same model (whos
 full-utterance forward use the same chunked attention mask) up to float rounding. The log-mel
 front end and normalisation are not streamed: they run once over the utterance (they are
 frame-local; a streaming front end would only need STFT framing of the incoming samples).
-Latency is measured in eager mode; the exported graphs (``speechtune export``) hold the
-full-utterance forward and have no chunk-by-chunk entry point.
+Latency is measured in eager mode here; :mod:`speechtune.inference._stream_export` exports
+the per-chunk step (subsampling, encoder with its caches as explicit inputs and outputs, CTC)
+and decodes through it with the same loop (:func:`run_stream`), so both are timed alike.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from speechtune.data import Manifest, load_audio
 from speechtune.inference._recognizer import Recognizer
 from speechtune.models import BLANK_ID, ASRModel
 
@@ -161,37 +161,55 @@ class StreamResult:
         return total / 1000.0 / self.audio_seconds if self.audio_seconds > 0 else float("nan")
 
 
-@torch.no_grad()
-def stream_transcribe(
-    recognizer: Recognizer,
-    wave: np.ndarray,
+class ChunkDecoder(Protocol):
+    """What :func:`run_stream` drives: :class:`StreamingDecoder`, or the exported one."""
+
+    tokens: list[int]
+    chunks: int
+
+    @property
+    def chunk_input_frames(self) -> int: ...
+
+    @property
+    def lookahead_frames(self) -> int: ...
+
+    def accept(self, feats: torch.Tensor) -> list[int]: ...
+
+    def finish(self) -> list[int]: ...
+
+
+class StreamingSource(Protocol):
+    """A model that streams one utterance itself (an exported streaming model)."""
+
+    device: torch.device
+
+    def stream(
+        self, wave: np.ndarray, on_chunk: Callable[[float, str], None] | None = None
+    ) -> StreamResult: ...
+
+
+def run_stream(
+    decoder: ChunkDecoder,
+    feats: torch.Tensor,
+    decode: Callable[[list[int]], str],
+    result: StreamResult,
+    hop_s: float,
     on_chunk: Callable[[float, str], None] | None = None,
 ) -> StreamResult:
-    """Transcribe ``wave`` as a stream and time every chunk.
+    """Feed ``feats [T, F]`` to ``decoder`` one chunk of audio at a time and time every chunk.
 
-    The features are fed in blocks of one chunk of audio (the first block also holds the
-    subsampling's lookahead), so each block completes exactly one chunk; the last, shorter
-    chunk is encoded when the stream ends.
+    The first block also holds the subsampling's lookahead, so that each block completes
+    exactly one chunk; the last, shorter chunk is encoded when the stream ends.
 
     Args:
-        recognizer: A recogniser whose model streams (``model.chunk_ms > 0``).
-        wave: Mono float32 samples at ``recognizer.cfg.features.sample_rate``.
+        decoder: A fresh decoder.
+        feats: The utterance's features, as ``decoder`` takes them.
+        decode: Token ids -> text.
+        result: Filled in (``chunk_ms``, ``partials``, ``text``) and returned; the caller has
+            set ``audio_seconds`` and ``frontend_ms``.
+        hop_s: Seconds per feature frame (for the audio time of each partial).
         on_chunk: Called with ``(audio seconds fed, transcript so far)`` after each chunk.
-
-    Returns:
-        The transcript, partial transcripts and timings.
     """
-    recognizer.eval()
-    decoder = StreamingDecoder(recognizer.model)
-    sr = recognizer.cfg.features.sample_rate
-    hop_s = recognizer.frontend.hop_length / sr
-    device = recognizer.device
-    start = time.perf_counter()
-    samples = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None].to(device)
-    feats, frames = recognizer.frontend(samples, torch.tensor([samples.size(1)], device=device))
-    feats = recognizer.normalize(feats)[0, : int(frames[0])]
-    result = StreamResult(text="", audio_seconds=len(wave) / sr)
-    result.frontend_ms = (time.perf_counter() - start) * 1000.0
     total = feats.size(0)
     block = decoder.chunk_input_frames
     ends = [*range(block + decoder.lookahead_frames, total, block), total]
@@ -208,24 +226,59 @@ def stream_transcribe(
         if decoder.chunks == before:
             continue  # this block completed no chunk (too short, or nothing left to finish)
         fed = min(end * hop_s, result.audio_seconds)
-        text = recognizer.tokenizer.decode(decoder.tokens)
+        text = decode(decoder.tokens)
         result.chunk_ms.append(elapsed)
         result.partials.append((fed, text))
         if on_chunk is not None:
             on_chunk(fed, text)
-    result.text = recognizer.tokenizer.decode(decoder.tokens)
+    result.text = decode(decoder.tokens)
     return result
 
 
+@torch.no_grad()
+def stream_transcribe(
+    recognizer: Recognizer | StreamingSource,
+    wave: np.ndarray,
+    on_chunk: Callable[[float, str], None] | None = None,
+) -> StreamResult:
+    """Transcribe ``wave`` as a stream and time every chunk (see :func:`run_stream`).
+
+    Args:
+        recognizer: A recogniser whose model streams (``model.chunk_ms > 0``), or an exported
+            streaming model (:func:`~speechtune.inference.load_streaming_export`).
+        wave: Mono float32 samples at the model's sample rate.
+        on_chunk: Called with ``(audio seconds fed, transcript so far)`` after each chunk.
+
+    Returns:
+        The transcript, partial transcripts and timings.
+    """
+    if not isinstance(recognizer, Recognizer):
+        return recognizer.stream(wave, on_chunk)
+    recognizer.eval()
+    decoder = StreamingDecoder(recognizer.model)
+    sr = recognizer.cfg.features.sample_rate
+    device = recognizer.device
+    start = time.perf_counter()
+    samples = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None].to(device)
+    feats, frames = recognizer.frontend(samples, torch.tensor([samples.size(1)], device=device))
+    feats = recognizer.normalize(feats)[0, : int(frames[0])]
+    result = StreamResult(text="", audio_seconds=len(wave) / sr)
+    result.frontend_ms = (time.perf_counter() - start) * 1000.0
+    hop_s = recognizer.frontend.hop_length / sr
+    return run_stream(decoder, feats, recognizer.tokenizer.decode, result, hop_s, on_chunk)
+
+
 def streaming_latency(
-    recognizer: Recognizer, waves: Sequence[np.ndarray], warmup: int = 1
+    recognizer: Recognizer | StreamingSource, waves: Sequence[np.ndarray], warmup: int = 1
 ) -> dict[str, float]:
     """Per-chunk compute latency and real-time factor of streaming decoding on one CPU thread.
 
-    Eager mode, one utterance at a time, as a small device serving one stream would run it.
+    One utterance at a time, as a small device serving one stream would run it: in eager mode
+    for a :class:`Recognizer`, through the exported graph for an exported streaming model
+    (:func:`~speechtune.inference.load_streaming_export`); the figures have the same keys.
 
     Args:
-        recognizer: A streaming recogniser on the CPU.
+        recognizer: A streaming recogniser on the CPU, or an exported streaming model.
         waves: Utterances to stream (mono float32 at the model's sample rate).
         warmup: Utterances streamed untimed first (one-off allocations, lazy initialisation).
 
@@ -259,16 +312,3 @@ def streaming_latency(
         "stream_chunk_ms_p95": float(np.percentile(chunks, 95)),
         "stream_rtf": compute_s / sum(r.audio_seconds for r in results),
     }
-
-
-def streaming_metrics(
-    model_path: str | Path, manifest: Manifest, max_utterances: int = LATENCY_UTTERANCES
-) -> dict[str, float]:
-    """:func:`streaming_latency` of a ``model.pt`` on the first utterances of ``manifest``;
-    empty for a full-context model (``model.chunk_ms = 0``)."""
-    rec = Recognizer.load(model_path, "cpu")
-    if not rec.model.streaming.enabled:
-        return {}
-    sr = rec.cfg.features.sample_rate
-    waves = [load_audio(manifest, u, sr) for u in list(manifest)[:max_utterances]]
-    return streaming_latency(rec, waves)

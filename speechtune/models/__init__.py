@@ -6,6 +6,7 @@ decoder.
 """
 
 from speechtune.models._asr import ASRModel, build_model
+from speechtune.models._conformer import ConformerEncoder
 from speechtune.models._ctc import BLANK_ID, ctc_greedy_collapse
 from speechtune.models._ctc_prefix import CTCPrefixScorer, CTCPrefixState
 from speechtune.models._encoders import ENCODER_BUILDERS, build_encoder
@@ -19,6 +20,7 @@ from speechtune.models._searched import (
     SearchedEncoder,
     parse_block_ops,
 )
+from speechtune.models._streaming import LayerCache
 from speechtune.models._subsampling import Conv2dSubsampling
 
 __all__ = [
@@ -26,9 +28,11 @@ __all__ = [
     "BLANK_ID",
     "CTCPrefixScorer",
     "CTCPrefixState",
+    "ConformerEncoder",
     "Conv2dSubsampling",
     "ENCODER_BUILDERS",
     "FRONTEND",
+    "LayerCache",
     "OUTPUT_MODULES",
     "PARAMETER_FREE_OPS",
     "SEARCH_OPS",

@@ -1,9 +1,9 @@
-"""The ``edge`` section in a training run: QAT before it, pruning and int8 after it, and the
+"""The ``edge`` section in a training run: QAT before it, pruning and int8/int4 after it, and the
 figures an edge study trades WER against (size on disk, one-thread CPU latency, sparsity).
 
 Where the files go: training keeps its best model as usual; with ``edge.quantize`` set that
-float (or QAT) model is ``model_float.pt`` and ``model.pt`` is the int8 model made from it
-after training, so that everything downstream (``metrics.json``, ``evaluate``, ``export``,
+float (or QAT) model is ``model_float.pt`` and ``model.pt`` is the int8 (or int4) model made
+from it after training, so that everything downstream (``metrics.json``, ``evaluate``, ``export``,
 ``transcribe``, the workflow) measures and ships the quantised model.
 """
 
@@ -19,12 +19,14 @@ from torch import nn
 from speechtune.config import EdgeConfig, RecipeConfig
 from speechtune.data import Manifest
 from speechtune.inference import (
+    INT4_STAGE,
     INT8_STAGE,
     QAT_STAGE,
     Recognizer,
     measure_cpu_latency,
     prepare_qat,
     quantize_model,
+    quantize_weight_int4,
 )
 from speechtune.metrics import parameter_count
 from speechtune.models import build_model
@@ -41,7 +43,7 @@ LATENCY_UTTERANCES = 8
 
 def best_model_path(out_dir: Path, edge: EdgeConfig) -> Path:
     """Where training writes its best epoch: ``model.pt``, or ``model_float.pt`` when
-    ``model.pt`` is to be the int8 model."""
+    ``model.pt`` is to be the int8 or int4 model."""
     return out_dir / (FLOAT_MODEL if edge.quantize != "none" else "model.pt")
 
 
@@ -96,7 +98,8 @@ def finalize_model(
     train_feats: dict[str, torch.Tensor],
     targets: dict[str, list[int]],
 ) -> None:
-    """Make the selected model the one to ship: pruned to ``edge.prune_sparsity`` and quantised.
+    """Make the selected model the one to ship: pruned to ``edge.prune_sparsity`` and quantised
+    (int8, or int4 weights). With ``edge.sparse_storage`` the files store pruned weights sparse.
 
     The best epoch may predate the end of the pruning ramp (or, with ``train.average_best``,
     be an average of differently pruned epochs): it is then pruned to the target in one shot,
@@ -114,6 +117,11 @@ def finalize_model(
             save_atomic(rec.to_payload(), best_path)
     if edge.quantize == "none":
         return
+    if edge.quantize == "weight_int4":
+        quantize_weight_int4(rec.model, edge.int4_group_size)
+        rec.quantization = INT4_STAGE
+        save_atomic(rec.to_payload(), model_path)
+        return
     calibrate = None
     if edge.quantize == "static_int8":
         feats = {u.id: train_feats[u.id].cpu() for u in train_set}
@@ -128,7 +136,9 @@ def edge_metrics(model_path: Path, dev_set: Manifest, cfg: RecipeConfig) -> dict
 
     ``sparsity`` is measured on the float weights of the shipped model (``model_float.pt``
     for a quantised one: int8 rounding may zero a few more). A quantised model also reports
-    the ``num_parameters`` of its float architecture: its int8 layers hold no Parameters.
+    the ``num_parameters`` of its float architecture: its int8 and int4 layers hold no
+    Parameters. ``model_size_mb`` is the file's size: with ``edge.sparse_storage`` pruned
+    weights count at their sparse size.
     """
     rec = Recognizer.load(model_path, "cpu")
     out: dict[str, Any] = {

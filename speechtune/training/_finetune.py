@@ -235,6 +235,4 @@ def prepare_finetune(model: nn.Module, cfg: RecipeConfig, tokenizer: Tokenizer) 
 
 def model_payload(recognizer: Recognizer) -> dict[str, Any]:
     """``recognizer.to_payload()`` with LoRA adapters merged: an ordinary ``model.pt``."""
-    payload = recognizer.to_payload()
-    payload["model"] = merged_state_dict(recognizer.model)
-    return payload
+    return recognizer.to_payload(state=merged_state_dict(recognizer.model))

@@ -70,6 +70,19 @@ def measured_sparsity(model: nn.Module) -> float:
     return zeros / total if total else 0.0
 
 
+def _make_permanent(module: nn.Module, name: str) -> None:
+    """``prune.remove``, with the pruned entries +0.0.
+
+    ``weight_orig * weight_mask`` leaves -0.0 where a negative weight was pruned; the value is
+    the same, but the sign bit would make it a nonzero entry to the bit-exact sparse storage of
+    ``model.pt`` (``edge.sparse_storage``).
+    """
+    prune.remove(module, name)
+    weight = getattr(module, name)
+    with torch.no_grad():
+        weight.masked_fill_(weight == 0, 0.0)
+
+
 def _reprune(model: nn.Module, sparsity: float, keep_masks: bool) -> None:
     """Set every prunable weight to exactly ``round(sparsity * numel)`` zeros (L1 magnitude).
 
@@ -77,13 +90,13 @@ def _reprune(model: nn.Module, sparsity: float, keep_masks: bool) -> None:
     """
     for module, name in prunable_weights(model):
         if prune.is_pruned(module) and hasattr(module, f"{name}_orig"):
-            prune.remove(module, name)
+            _make_permanent(module, name)
         count = round(sparsity * getattr(module, name).numel())
         if count == 0:
             continue
         prune.l1_unstructured(module, name, amount=count)
         if not keep_masks:
-            prune.remove(module, name)
+            _make_permanent(module, name)
 
 
 @torch.no_grad()
@@ -152,4 +165,4 @@ class GradualPruner:
             return
         for module, name in prunable_weights(self.model):
             if prune.is_pruned(module) and hasattr(module, f"{name}_orig"):
-                prune.remove(module, name)
+                _make_permanent(module, name)

@@ -398,4 +398,4 @@ def test_edge_preset_samples_valid_recipes(tmp_path: Path) -> None:
         seen.update(flat)
         study.tell(trial, 0.0)
     assert seen == set(preset["space"])
-    assert schemes == {"none", "dynamic_int8", "static_int8", "qat_int8"}
+    assert schemes == {"none", "dynamic_int8", "static_int8", "qat_int8", "weight_int4"}
