@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from speechtune.config._finetune import finetune_problems
 from speechtune.config._schema import RecipeConfig
 from speechtune.config._searched import block_ops_problems, join_block_ops
 
@@ -287,7 +288,7 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
                 )
             )
     out.extend(ConfigProblem(*p) for p in block_ops_problems(cfg.model))
-    out.extend(_finetune_checks(cfg))
+    out.extend(ConfigProblem(*p) for p in finetune_problems(cfg))
     out.extend(_streaming_checks(cfg))
     edge = cfg.edge
     if edge.prune_sparsity > 0 and edge.prune_start >= edge.prune_end:
@@ -354,34 +355,6 @@ def _cross_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
         out.append(ConfigProblem("data.proxy_hours", "must be > 0", cfg.data.proxy_hours))
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         out.append(ConfigProblem("train.grad_clip", "must be > 0 or null", cfg.train.grad_clip))
-    return out
-
-
-def _finetune_checks(cfg: RecipeConfig) -> list[ConfigProblem]:
-    """The finetune section against the model it adapts."""
-    out: list[ConfigProblem] = []
-    m, ft = cfg.model, cfg.finetune
-    if ft.freeze_layers > m.num_layers:
-        out.append(
-            ConfigProblem(
-                "finetune.freeze_layers",
-                f"must be <= model.num_layers={m.num_layers}",
-                ft.freeze_layers,
-            )
-        )
-    # Attention projections exist in transformer/conformer encoders and in the decoder; the
-    # bidirectional RNNs add one Linear. Failing here beats a trial that adapts nothing.
-    attention = m.encoder in ("transformer", "conformer") or m.head == "ctc_attention"
-    linear = attention or m.encoder in ("blstm", "bgru")
-    if ft.lora_rank > 0 and not (linear if ft.lora_targets == "all_linear" else attention):
-        out.append(
-            ConfigProblem(
-                "finetune.lora_targets",
-                f"matches no layer of a {m.encoder!r} encoder with head {m.head!r} (attention "
-                "targets need a transformer/conformer encoder or the ctc_attention head)",
-                ft.lora_targets,
-            )
-        )
     return out
 
 

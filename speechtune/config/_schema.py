@@ -24,7 +24,11 @@ def _f(default: Any, **meta: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-ENCODERS = ("lstm", "blstm", "gru", "bgru", "transformer", "conformer", "searched")
+ENCODERS = (
+    "lstm", "blstm", "gru", "bgru", "transformer", "conformer", "searched",
+    # A pretrained Wav2Vec2/HuBERT from a local Hugging Face directory (model.init_from).
+    "hf_wav2vec2",
+)  # fmt: skip
 HEADS = ("ctc", "ctc_attention")
 #: The ops of model.block_ops (encoder=searched); built by speechtune.models' SEARCH_OPS.
 BLOCK_OPS = (
@@ -90,6 +94,10 @@ class FeaturesConfig:
     f_max: float | None = _f(None)
     # Global mean/variance normalisation with statistics from the training split.
     normalize: bool = _f(True)
+    # "logmel" features, or "waveform": the raw samples as [T, 1], each utterance normalised
+    # to zero mean and unit variance, for encoders that read audio (model.encoder=hf_wav2vec2;
+    # no global CMVN or SpecAugment then, and the log-mel keys above are unused).
+    kind: str = _f("logmel", choices=("logmel", "waveform"))
 
 
 @dataclass

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from speechtune.config import FeaturesConfig
 from speechtune.data import Manifest, Utterance
-from speechtune.features._logmel import LogMel
 from speechtune.features._speed import SPEED_VERSION, speed_perturb
+from speechtune.features._waveform import build_frontend
 
 #: Bump when the feature computation changes, so stale cache files are never reused.
 FEATURE_VERSION = 1
@@ -57,6 +57,9 @@ def cache_key(manifest: Manifest, cfg: FeaturesConfig, speed: float = 1.0) -> st
         "features": {name: getattr(cfg, name) for name in KEY_FIELDS},
         "manifest": manifest.fingerprint(),
     }
+    if cfg.kind != "logmel":
+        # Only then: the keys of existing log-mel caches stay what they were.
+        payload["kind"] = cfg.kind
     if speed != 1.0:
         payload["speed"] = {"factor": float(speed), "resampler": SPEED_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -277,14 +280,14 @@ def compute_features(
 
     Args and Returns: as :meth:`FeatureCache.get`.
     """
-    front_end = LogMel.from_config(cfg).to(device)
+    front_end = build_frontend(cfg).to(device)
     order = sorted(manifest, key=lambda u: u.duration)
     feats: FeatureDict = {}
     batches: Any = _batches(order, batch_size)
     if progress:
         from rich.progress import track
 
-        batches = track(list(batches), description="log-mel features")
+        batches = track(list(batches), description=f"{cfg.kind} features")
     # no_grad, not inference_mode: inference tensors could not be used in training later.
     with torch.no_grad():
         for batch in batches:

@@ -24,7 +24,7 @@ from speechtune.config import (
     config_to_dict,
 )
 from speechtune.data import Tokenizer, tokenizer_from_dict
-from speechtune.features import GlobalCMVN, LogMel
+from speechtune.features import GlobalCMVN, build_frontend
 from speechtune.inference._int4 import INT4_STAGE, quantize_weight_int4
 from speechtune.inference._quantize import quiet_quantization_warnings, restore_quantized
 from speechtune.inference._sparse_store import decode_payload, encode_payload
@@ -177,7 +177,7 @@ class Recognizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.frontend = LogMel.from_config(cfg.features)
+        self.frontend = build_frontend(cfg.features)
         self.cmvn = cmvn
         self.model = model
         self.quantization = quantization
@@ -255,6 +255,9 @@ class Recognizer(nn.Module):
         }
         if self.quantization is not None:
             payload["quantization"] = self.quantization
+        encoder_config = self.model.encoder_config()
+        if encoder_config is not None:  # a pretrained encoder's (hf_wav2vec2) JSON config
+            payload["encoder_config"] = encoder_config
         return encode_payload(payload) if sparse else payload
 
     @classmethod
@@ -269,7 +272,11 @@ class Recognizer(nn.Module):
         cfg = config_from_dict(payload["config"])
         tokenizer = tokenizer_from_dict(payload["tokenizer"])
         model = build_model(
-            cfg.model, cfg.features.n_mels, tokenizer.vocab_size, cfg.features.hop_ms
+            cfg.model,
+            cfg.features.n_mels,
+            tokenizer.vocab_size,
+            cfg.features.hop_ms,
+            payload.get("encoder_config"),  # rebuilds hf_wav2vec2 without its directory
         )
         stage = payload.get("quantization")
         if stage is not None:

@@ -9,7 +9,8 @@ from speechtune.models._asr import ASRModel, build_model
 from speechtune.models._conformer import ConformerEncoder
 from speechtune.models._ctc import BLANK_ID, ctc_greedy_collapse
 from speechtune.models._ctc_prefix import CTCPrefixScorer, CTCPrefixState
-from speechtune.models._encoders import ENCODER_BUILDERS, build_encoder
+from speechtune.models._encoders import ENCODER_BUILDERS, PRETRAINED_ENCODERS, build_encoder
+from speechtune.models._hf_wav2vec2 import HFWav2Vec2Encoder, load_hf_weights
 from speechtune.models._init import deepnorm_alpha, deepnorm_beta
 from speechtune.models._lora import add_lora, has_lora, lora_target_modules, merged_state_dict
 from speechtune.models._parts import FRONTEND, OUTPUT_MODULES, VOCAB_PARAMS, layer_of
@@ -32,9 +33,11 @@ __all__ = [
     "Conv2dSubsampling",
     "ENCODER_BUILDERS",
     "FRONTEND",
+    "HFWav2Vec2Encoder",
     "LayerCache",
     "OUTPUT_MODULES",
     "PARAMETER_FREE_OPS",
+    "PRETRAINED_ENCODERS",
     "SEARCH_OPS",
     "SearchedBlock",
     "SearchedEncoder",
@@ -47,6 +50,7 @@ __all__ = [
     "deepnorm_beta",
     "has_lora",
     "layer_of",
+    "load_hf_weights",
     "lora_target_modules",
     "merged_state_dict",
     "parse_block_ops",

@@ -13,7 +13,8 @@ from speechtune.models._beam import beam_search_one
 from speechtune.models._conformer import ConformerEncoder
 from speechtune.models._ctc import BLANK_ID, CTCHead, ctc_greedy_collapse
 from speechtune.models._decoder import TransformerDecoder, attention_loss
-from speechtune.models._encoders import build_encoder
+from speechtune.models._encoders import PRETRAINED_ENCODERS, build_encoder
+from speechtune.models._hf_wav2vec2 import WaveformInput
 from speechtune.models._layers import valid_mask
 from speechtune.models._streaming import EncoderCache, StreamingSpec, streaming_spec
 from speechtune.models._subsampling import Conv2dSubsampling
@@ -38,6 +39,7 @@ class ASRModel(nn.Module):
         input_dim: Feature dimension ``F``.
         vocab_size: Output classes including blank (and sos/eos).
         streaming: The encoder's chunking (see :func:`build_model`); ``None`` is full context.
+        encoder_config: A pretrained encoder's stored config (see :func:`build_model`).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ASRModel(nn.Module):
         input_dim: int,
         vocab_size: int,
         streaming: StreamingSpec | None = None,
+        encoder_config: str | None = None,
     ) -> None:
         super().__init__()
         if cfg.head not in HEADS:
@@ -59,12 +62,21 @@ class ASRModel(nn.Module):
                 f"{min_vocab} (blank, at least one token{', sos/eos' if min_vocab == 3 else ''})"
             )
         self.cfg = cfg
-        self.input_dim = input_dim
         self.vocab_size = vocab_size
         self.sos_eos_id = vocab_size - 1
-        self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling)
         self.streaming = streaming or StreamingSpec()
-        self.encoder = build_encoder(cfg, self.streaming)
+        self.subsampling: Conv2dSubsampling
+        if cfg.encoder in PRETRAINED_ENCODERS:
+            # A pretrained encoder reads [B, T, 1] samples and subsamples them with its own
+            # CNN; model.subsampling and the features' n_mels do not apply. Typed as the
+            # Conv2dSubsampling that streaming and export read (factor, plan): both refuse
+            # these encoders before reading it.
+            input_dim = 1
+            self.subsampling = WaveformInput()  # type: ignore[assignment]
+        else:
+            self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling)
+        self.input_dim = input_dim
+        self.encoder = build_encoder(cfg, self.streaming, encoder_config)
         self.interctc_taps = interctc_taps(cfg)
         self.ctc = CTCHead(cfg.d_model, vocab_size)
         self.decoder: TransformerDecoder | None = None
@@ -72,6 +84,12 @@ class ASRModel(nn.Module):
             self.decoder = TransformerDecoder(
                 vocab_size, cfg.d_model, cfg.decoder_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout
             )
+
+    def encoder_config(self) -> str | None:
+        """A pretrained encoder's config, for ``model.pt`` to rebuild it (``None`` for the
+        encoders the recipe's sizes describe)."""
+        config_json = getattr(self.encoder, "config_json", None)
+        return config_json() if callable(config_json) else None
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
@@ -316,7 +334,11 @@ def interctc_taps(cfg: ModelConfig) -> tuple[int, ...]:
 
 
 def build_model(
-    cfg: ModelConfig, input_dim: int, vocab_size: int, hop_ms: float | None = None
+    cfg: ModelConfig,
+    input_dim: int,
+    vocab_size: int,
+    hop_ms: float | None = None,
+    encoder_config: str | None = None,
 ) -> ASRModel:
     """Build the ASR model a :class:`~speechtune.config.ModelConfig` describes.
 
@@ -327,6 +349,9 @@ def build_model(
             the ``ctc_attention`` head).
         hop_ms: The features' frame shift (``features.hop_ms``): it turns ``model.chunk_ms``
             into encoder frames, so a streaming config needs it.
+        encoder_config: For a pretrained encoder (``model.encoder: hf_wav2vec2``), the config
+            ``ASRModel.encoder_config()`` gave when the model was saved; ``None`` reads it from
+            ``model.init_from``. Its ``input_dim`` is 1 (waveform samples) whatever is passed.
 
     Returns:
         The model, on the CPU, in training mode.
@@ -342,4 +367,4 @@ def build_model(
     spec = streaming_spec(
         cfg.chunk_ms, cfg.left_chunks, cfg.dynamic_chunk, hop_ms or 0.0, cfg.subsampling
     )
-    return ASRModel(cfg, input_dim, vocab_size, spec)
+    return ASRModel(cfg, input_dim, vocab_size, spec, encoder_config)

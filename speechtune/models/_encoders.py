@@ -15,6 +15,7 @@ from torch import nn
 
 from speechtune.config import ModelConfig
 from speechtune.models._conformer import POS_ENCODINGS, ConformerEncoder
+from speechtune.models._hf_wav2vec2 import build_hf_wav2vec2
 from speechtune.models._init import apply_deepnorm_init, deepnorm_alpha
 from speechtune.models._rnn import RNNEncoder
 from speechtune.models._searched import SearchedEncoder, parse_block_ops
@@ -22,6 +23,9 @@ from speechtune.models._streaming import StreamingSpec
 from speechtune.models._transformer import TransformerEncoder
 
 EncoderBuilder = Callable[[ModelConfig, StreamingSpec], nn.Module]
+#: A pretrained encoder's builder: the model config and the encoder config a ``model.pt``
+#: stored (``None``: read it from ``model.init_from``).
+PretrainedBuilder = Callable[[ModelConfig, str | None], nn.Module]
 
 
 def _alpha(cfg: ModelConfig) -> float | None:
@@ -91,26 +95,45 @@ ENCODER_BUILDERS: dict[str, EncoderBuilder] = {
     "searched": _searched,
 }
 
+
+#: Encoders whose architecture comes from a pretrained model (``model.init_from``), not from
+#: the recipe's sizes; they read ``[B, T, 1]`` waveforms (``features.kind: waveform``). Building
+#: one is what imports transformers (``import speechtune`` never does).
+PRETRAINED_ENCODERS: dict[str, PretrainedBuilder] = {"hf_wav2vec2": build_hf_wav2vec2}
+
 _INITS = ("default", "deepnorm")
 
 
-def build_encoder(cfg: ModelConfig, streaming: StreamingSpec | None = None) -> nn.Module:
+def build_encoder(
+    cfg: ModelConfig, streaming: StreamingSpec | None = None, stored: str | None = None
+) -> nn.Module:
     """Build the encoder named by ``cfg.encoder``.
 
     Args:
         cfg: Model hyperparameters.
         streaming: Chunked attention and causal convolutions (Conformer only); ``None`` or a
             chunk of 0 is full context.
+        stored: A pretrained encoder's config as a ``model.pt`` stored it
+            (:data:`PRETRAINED_ENCODERS` only); ``None`` reads it from ``cfg.init_from``.
 
     Raises:
         ValueError: Unknown encoder, init or pos_enc name (the message lists the valid ones),
             or streaming asked of an encoder other than the Conformer.
+        ConfigError: A pretrained encoder's directory or config is unusable (one line naming
+            ``model.init_from``).
     """
     streaming = streaming or StreamingSpec()
+    if cfg.encoder in PRETRAINED_ENCODERS:
+        if streaming.enabled:
+            raise ValueError(
+                f"model.chunk_ms={cfg.chunk_ms:g}: streaming needs model.encoder='conformer', "
+                f"not {cfg.encoder!r}"
+            )
+        return PRETRAINED_ENCODERS[cfg.encoder](cfg, stored)
     if cfg.encoder not in ENCODER_BUILDERS:
         raise ValueError(
             f"model.encoder={cfg.encoder!r} is not a known encoder; "
-            f"expected one of {sorted(ENCODER_BUILDERS)}"
+            f"expected one of {sorted({**ENCODER_BUILDERS, **PRETRAINED_ENCODERS})}"
         )
     if cfg.init not in _INITS:
         raise ValueError(f"model.init={cfg.init!r} is not known; expected one of {list(_INITS)}")

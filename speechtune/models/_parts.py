@@ -18,6 +18,14 @@ FRONTEND = -1
 # per-layer tensors weight_ih_l<i>, bias_hh_l<i>_reverse, ...
 _STACK = re.compile(r"^encoder\.layers\.(\d+)\.")
 _RNN = re.compile(r"^encoder\.rnn\.(?:weight|bias)_\w+_l(\d+)(?:_reverse)?$")
+# A Hugging Face Wav2Vec2/HuBERT encoder (model.encoder=hf_wav2vec2) under encoder.model: its
+# CNN feature encoder is the front end (what fine-tuning recipes freeze); the projection and
+# convolutional positions between the CNN and layer 0 count as layer 0.
+_HF_FRONTEND = re.compile(r"^encoder\.model\.feature_extractor\.")
+_HF_STACK = re.compile(r"^encoder\.model\.encoder\.layers\.(\d+)\.")
+_HF_BOTTOM = re.compile(
+    r"^encoder\.model\.(?:feature_projection\.|masked_spec_embed$|encoder\.pos_conv_embed\.)"
+)
 
 #: Parameters whose first dimension is the output vocabulary (mapped token by token when the
 #: vocabularies of a pretrained model and a fine-tuned one differ).
@@ -44,7 +52,9 @@ def layer_of(name: str) -> int | None:
         :data:`FRONTEND` for the subsampling front end, ``i`` for encoder layer ``i`` (0 is the
         bottom), ``None`` for parameters above the encoder layers (heads, decoder, final norms).
     """
-    if name.startswith("subsampling."):
+    if name.startswith("subsampling.") or _HF_FRONTEND.match(name):
         return FRONTEND
-    match = _STACK.match(name) or _RNN.match(name)
+    if _HF_BOTTOM.match(name):
+        return 0
+    match = _STACK.match(name) or _RNN.match(name) or _HF_STACK.match(name)
     return int(match.group(1)) if match else None

@@ -32,7 +32,15 @@ from speechtune.config import (
 )
 from speechtune.data import Tokenizer
 from speechtune.inference import Recognizer
-from speechtune.models import FRONTEND, VOCAB_PARAMS, add_lora, layer_of, merged_state_dict
+from speechtune.models import (
+    FRONTEND,
+    PRETRAINED_ENCODERS,
+    VOCAB_PARAMS,
+    add_lora,
+    layer_of,
+    load_hf_weights,
+    merged_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +139,8 @@ def init_from_pretrained(model: nn.Module, cfg: RecipeConfig, tokenizer: Tokeniz
 
     Args:
         model: The freshly built model of ``cfg``, with ``tokenizer``'s vocabulary.
-        cfg: The recipe; ``cfg.model.init_from`` is a ``model.pt`` or a run dir holding one.
+        cfg: The recipe; ``cfg.model.init_from`` is a ``model.pt`` or a run dir holding one,
+            or for ``model.encoder: hf_wav2vec2`` a local Hugging Face model directory.
         tokenizer: This run's tokenizer (its vocabulary may differ from the pretrained one).
 
     Returns:
@@ -142,6 +151,10 @@ def init_from_pretrained(model: nn.Module, cfg: RecipeConfig, tokenizer: Tokeniz
             a weight's shape differs from the pretrained model.
     """
     path = str(cfg.model.init_from)
+    if cfg.model.encoder in PRETRAINED_ENCODERS:
+        # A Hugging Face directory: the encoder's weights; the CTC head keeps its fresh init
+        # over this run's tokenizer (there is no speechtune vocabulary to map from).
+        return load_hf_weights(model.get_submodule("encoder"), path)
     try:
         source = Recognizer.load(path)  # torch.load(weights_only=True): no code in it runs
     except (FileNotFoundError, ValueError) as exc:  # one line naming the file and what is wrong
