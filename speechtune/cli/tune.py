@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from speechtune.tuning.backends import Backend
     from speechtune.tuning.spec import TuningSpec
+    from speechtune.tuning.study import TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,7 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     from speechtune.metrics import format_cost, summarize_costs
     from speechtune.tuning.study import (
         TrialRecord,
+        is_baseline,
         objective_names,
         pareto_front,
         pareto_knee,
@@ -371,12 +373,12 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
             f"GPU busy {gpu['gpu_busy_fraction']:.0%} of the study's time (peak memory {peak:.0f} MiB)"
         )
     record = TrialRecord.from_trial(best)
-    shown = ", ".join(
-        f"{k} {v:.4f}"
-        for k, v in record.metrics.items()
-        if k in ("wer", "cer", "worst_group_wer") and v is not None
-    )
-    print(f"best trial {best.number}: {shown}")
+    print(f"best trial {best.number}: {_shown_metrics(record)}")
+    # The defaults' own figure (study.baseline, fidelity.baseline): what the search improved on.
+    baseline = next((t for t in complete if is_baseline(t)), None)
+    if baseline is not None and len(study.directions) == 1:
+        shown = _shown_metrics(TrialRecord.from_trial(baseline))
+        print(f"baseline (the recipe's defaults) trial {baseline.number}: {shown}")
     print("best config:")
     print(yaml.safe_dump(record.config, sort_keys=True).rstrip())
     for name in ("best.yaml", "report.html", "trials.csv"):
@@ -387,3 +389,12 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     for warning in study_ranking_warnings(study):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _shown_metrics(record: TrialRecord) -> str:
+    """The WER-like final metrics of a trial's record, for the summary."""
+    return ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in record.metrics.items()
+        if k in ("wer", "cer", "worst_group_wer") and v is not None
+    )

@@ -13,6 +13,7 @@ from speechtune.tuning.study import TrialRecord, objective_names
 CONFIG_PREFIX = "config."
 METRIC_PREFIX = "metrics."
 # Multi-fidelity trial records (see the issue-4 contract); a column appears when any trial has it.
+# ``source`` also marks a plain recipe study's baseline trial (study.baseline).
 FIDELITY_COLUMNS = (
     "rung",
     "rung_name",

@@ -129,6 +129,9 @@ def _search_spec(
         n_trials=n_trials,
         storage=None,  # SQLite in the stage's own directory
         seed=None if ctx.tuning.study.seed is None else ctx.tuning.study.seed + seed_offset,
+        # The workflow trains the defaults in its own baseline stage; a search stage repeating
+        # them would spend a trial on a known result.
+        baseline=False,
     )
     if ctx.workers > 1 and fidelity is None:
         # Several processes cannot share SQLite: the stage's study lives in a journal file.
@@ -137,7 +140,8 @@ def _search_spec(
         )
     raw = dict(ctx.tuning.raw)
     searched = {
-        k: getattr(study, k) for k in ("name", "sampler", "pruner", "n_trials", "storage", "seed")
+        k: getattr(study, k)
+        for k in ("name", "sampler", "pruner", "n_trials", "storage", "seed", "baseline")
     }
     raw["study"] = {**(raw.get("study") or {}), **searched}
     raw["overrides"] = {**(raw.get("overrides") or {}), **ctx.proxy_overrides()}

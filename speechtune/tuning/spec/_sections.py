@@ -59,6 +59,10 @@ class StudySpec:
     oom_retry: bool = False
     #: Re-runs of a config whose trial was killed (its process died) or interrupted (Ctrl-C).
     max_retries: int = 2
+    #: A new single-objective recipe study trains the base recipe's own config (the defaults)
+    #: as its first trial: a sampler would try it only by chance, and a search that never
+    #: measured its starting point cannot show it improved on it.
+    baseline: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,10 @@ _STUDY_CHECKS: dict[str, _Check] = {
     "max_retries": (
         lambda v: _is_int(v) and v >= 0,
         "must be an int >= 0 (re-runs of a killed or interrupted trial's config)",
+    ),
+    "baseline": (
+        lambda v: isinstance(v, bool),
+        "must be true or false (train the base recipe's defaults as the first trial)",
     ),
 }
 

@@ -5,6 +5,12 @@ trial's user attributes, so reports and trackers read the storage and nothing el
 readers of that contract are in :mod:`._records`.
 """
 
+from speechtune.tuning.study._baseline import (
+    BASELINE_SOURCE,
+    baseline_params,
+    enqueue_baseline,
+    is_baseline,
+)
 from speechtune.tuning.study._interrupt import (
     INTERRUPTED_REASON,
     interruptible_trials,
@@ -84,6 +90,7 @@ from speechtune.tuning.study._weak import (
 )
 
 __all__ = [
+    "BASELINE_SOURCE",
     "COUNTED_STATES",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_RECONNECT_S",
@@ -108,6 +115,7 @@ __all__ = [
     "TrialRecord",
     "TrialReporter",
     "TrialRunner",
+    "baseline_params",
     "call_objective",
     "comparable_study",
     "comparable_trials",
@@ -115,9 +123,11 @@ __all__ = [
     "complete_trials",
     "device_slots",
     "duration_s",
+    "enqueue_baseline",
     "fail_killed_trials",
     "fidelity_record",
     "interruptible_trials",
+    "is_baseline",
     "is_multi_fidelity",
     "is_multi_objective",
     "learning_curve",

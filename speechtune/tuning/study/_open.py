@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def open_study(
     heartbeat_s: int = DEFAULT_HEARTBEAT_S,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    on_new: Callable[[optuna.Study], None] | None = None,
 ) -> optuna.Study:
     """Create the study of ``spec`` (or load it when resuming).
 
@@ -61,6 +63,10 @@ def open_study(
         n_jobs: parallel trials (the TPE sampler uses the constant liar when > 1).
         heartbeat_s: heartbeat interval of RDB storages.
         sampler, pruner: used instead of the ones ``spec.study`` names (multi-fidelity studies).
+        on_new: called with the study, once its attributes are set, when this call begins it:
+            it created the study, or (without ``resume``) found it without trials. Of processes
+            that open one shared study at once, only the one whose create succeeded is called:
+            the place to enqueue the trials a new study runs first, exactly once.
 
     Returns:
         The study, with its study attributes set.
@@ -109,14 +115,22 @@ def open_study(
         else StudyDirection.MINIMIZE
     )
     directions = [primary] + [StudyDirection.MINIMIZE] * (len(names) - 1)
-    study = optuna.create_study(
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        study_name=study_spec.name,
-        directions=directions,
-        load_if_exists=True,
-    )
+    try:
+        # Not load_if_exists: the storage's own refusal of a duplicate name (a unique key, or the
+        # journal's ordered log) is what tells apart the one worker that created a shared study.
+        study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=study_spec.name,
+            directions=directions,
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=study_spec.name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        created = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if resume:
@@ -131,6 +145,10 @@ def open_study(
     study.set_user_attr("spec", _jsonable(spec.raw))
     if spec.base_recipe:
         study.set_user_attr("base_recipe", _jsonable(spec.base_recipe))
+    # Without resume a study with trials was refused above: an empty one left by a run that
+    # stopped before its first trial is begun again.
+    if on_new is not None and (created or not resume):
+        on_new(study)
     return study
 
 

@@ -82,7 +82,8 @@ class TrialRecord:
         trial_dir: where the trial's files are.
         duration_s: wall time from start to end.
         rung, rung_name, config_id, bracket, parent_trial, job_cost, source: the job of a
-            multi-fidelity study (None for other studies).
+            multi-fidelity study (None for other studies, but for ``source``: ``baseline`` on
+            the trial of a plain recipe study that trains the base recipe's defaults).
     """
 
     number: int

@@ -40,9 +40,10 @@ KILLED_STATUS = "killed"
 #: The study user attr listing the trials whose config was given up.
 GIVEN_UP_ATTR = "given_up_trials"
 
-#: The user attrs a retry inherits: ``trial_dir`` so that it continues from that trial's files;
-#: the rest (status, reason, metrics, cost...) described how the dead trial ended.
-INHERITED_ATTRS = ("trial_dir", "config")
+#: The user attrs a retry inherits: ``trial_dir`` so that it continues from that trial's files,
+#: ``source`` because a retry of the baseline still trains the defaults; the rest (status,
+#: reason, metrics, cost...) described how the dead trial ended.
+INHERITED_ATTRS = ("trial_dir", "config", "source")
 
 
 def retry_history(trial: FrozenTrial) -> list[int]:

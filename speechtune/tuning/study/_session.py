@@ -7,7 +7,8 @@ run, owns the rest of the lifecycle::
         backend.run(session, objective, n_trials=20, progress=True)
 
 * on entry: the run directory, the study (storage, sampler, pruner), ``spec.yaml``, the
-  tracker's parent run, and (optionally) a GPU utilisation monitor; on resume, a re-run of
+  tracker's parent run, and (optionally) a GPU utilisation monitor; in a new recipe study, the
+  base recipe's defaults as its first trial (``study.baseline``); on resume, a re-run of
   every trial that Ctrl-C interrupted or a killed process left running (at most
   ``study.max_retries`` per config);
 * for each finished trial, :meth:`StudySession.trial_finished` (an Optuna study callback) logs
@@ -37,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from speechtune._jsonable import _jsonable
 from speechtune.devices import GpuMonitor
 from speechtune.tuning.spec import TuningSpec
+from speechtune.tuning.study._baseline import baseline_params, enqueue_baseline
 from speechtune.tuning.study._interrupt import requeue_interrupted
 from speechtune.tuning.study._open import open_study, record_cost_total
 from speechtune.tuning.study._records import TrialRecord
@@ -98,6 +100,8 @@ class OpenOptions:
         pruner: used instead of the one ``study.pruner`` names.
         storage: a storage URL replacing ``study.storage`` (packed workers need a journal file).
         monitor_gpus: sample GPU utilisation while the study runs (``gpu_utilization`` attr).
+        enqueue_baseline: enqueue :attr:`StudySession.baseline` in the study; False where the
+            backend's own searcher must run it (Ray's OptunaSearch keeps a study of its own).
     """
 
     n_jobs: int = 1
@@ -106,6 +110,7 @@ class OpenOptions:
     pruner: optuna.pruners.BasePruner | None = None
     storage: str | None = None
     monitor_gpus: bool = False
+    enqueue_baseline: bool = True
 
 
 class FailureGuard:
@@ -141,6 +146,11 @@ class StudySession:
         tracker: logs the study and each finished trial (MLflow); None: no tracking.
         outputs: writes the outputs at the end; None: none.
         options: how the backend wants the study opened.
+
+    Attributes:
+        baseline: once entered, the params of the base recipe's defaults when this run began
+            the study and it trains them first (:func:`~speechtune.tuning.study.baseline_params`);
+            None otherwise (a resumed study, a worker joining one, no baseline).
     """
 
     def __init__(
@@ -160,6 +170,7 @@ class StudySession:
         self.outputs = outputs
         self.options = options
         self.gpu_monitor: GpuMonitor | None = None
+        self.baseline: dict[str, Any] | None = None
         self._study: optuna.Study | None = None
         self._tracking = False
         self._logged: set[int] = set()
@@ -190,6 +201,7 @@ class StudySession:
             heartbeat_s=options.heartbeat_s,
             sampler=options.sampler,
             pruner=options.pruner,
+            on_new=self._begin,
         )
         if self.resume and self.spec.fidelity is None:
             # Trials Ctrl-C ended are re-run first (the multi-fidelity driver re-runs its
@@ -235,6 +247,13 @@ class StudySession:
                 self.outputs(study, self.run_dir)
             except Exception as exc:  # a broken report must not hide the study's results
                 log.warning("could not write the study's outputs: %s: %s", type(exc).__name__, exc)
+
+    def _begin(self, study: optuna.Study) -> None:
+        # Called only by the process that begins the study: workers joining it, and any resume,
+        # leave its trials as they are (a study begun before baselines existed goes on without).
+        self.baseline = baseline_params(self.spec)
+        if self.baseline is not None and self.options.enqueue_baseline:
+            enqueue_baseline(study, self.baseline)
 
     # -- what backends call -------------------------------------------------------------------
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -298,6 +298,35 @@ def test_dead_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
     assert t.user_attrs["continued_from"]["epoch"] == 2
 
 
+def lr_wer(config: dict, reporter) -> dict:
+    """Smallest at lr 1e-2, away from the recipe's default."""
+    reporter.report(1, wer=abs(config["optim.lr"] - 0.01))
+    return {"wer": abs(config["optim.lr"] - 0.01)}
+
+
+def test_a_new_recipe_study_runs_the_recipe_defaults_first(tmp_path: Path) -> None:
+    # study.baseline on a recipe study: OptunaSearch gets the defaults as its first point (a
+    # trial enqueued in the stored study would wait there forever) and the record is marked.
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.002}}))
+    tuning = {
+        "recipe": "recipe.yaml",
+        "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+        "study": {"name": "base", "sampler": "tpe", "pruner": "none", "n_trials": 3, "seed": 0},
+        "objective": {"kind": "recipe"},
+    }
+    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    spec = dataclasses.replace(load_tuning(tmp_path / "tuning.yaml"), ray=RaySpec(max_t=1))
+    study = run_study(
+        spec, FunctionObjective(lr_wer), tmp_path / "run", backend=RayBackend(), progress=False
+    )
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    baseline = [t for t in trials if t.user_attrs.get("source") == "baseline"]
+    assert len(baseline) == 1
+    assert baseline[0].params == {"optim.lr": 0.002}
+    assert baseline[0].user_attrs["config"]["optim.lr"] == 0.002
+
+
 # ---------------------------------------------------------------------------------------------
 # PBT on the real recipe
 # ---------------------------------------------------------------------------------------------

@@ -512,8 +512,12 @@ def test_tune_command_recipe_smoke(
     assert tune_cli.run(args) == 0
     out = capsys.readouterr().out
     assert "best trial" in out and "optim.lr" in out and "best.yaml" in out
+    assert "baseline (the recipe's defaults) trial 0: wer " in out
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{run_dir / 'study.db'}")
     assert len(by_state(study, TrialState.COMPLETE)) == 2
+    # study.baseline: the first trial trains the recipe's own lr (the default), the second a draw
+    assert study.trials[0].user_attrs["source"] == "baseline"
+    assert "source" not in study.trials[1].user_attrs
     trial = study.best_trial
     assert {"wer", "worst_group_wer"} <= set(trial.user_attrs["metrics"])
     assert trial.user_attrs["history"] and trial.user_attrs["group_wer"]

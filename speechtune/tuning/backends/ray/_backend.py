@@ -37,6 +37,7 @@ from speechtune.tuning.backends.ray._trainable import (
 from speechtune.tuning.objectives import Objective
 from speechtune.tuning.spec import RaySpec, TuningSpec
 from speechtune.tuning.study import (
+    BASELINE_SOURCE,
     OpenOptions,
     StudyProgress,
     StudySession,
@@ -120,7 +121,9 @@ class RayBackend:
                 "use ray.scheduler asha/hyperband instead"
             )
         rspec = spec.ray or RaySpec()
-        return OpenOptions(n_jobs=max(2, rspec.max_concurrent_trials or 2))
+        # The baseline (the base recipe's defaults) goes to Ray's searcher as its first point:
+        # a trial enqueued in the study itself would wait there forever.
+        return OpenOptions(n_jobs=max(2, rspec.max_concurrent_trials or 2), enqueue_baseline=False)
 
     def run(
         self,
@@ -195,6 +198,7 @@ class RayBackend:
                     max_t,
                     OptunaSearch,
                     CombinedStopper,
+                    baseline=session.baseline,
                 )
             if tuner is not None:
                 with view:
@@ -216,6 +220,7 @@ def _new_tuner(
     max_t: int,
     OptunaSearch: Any,
     CombinedStopper: Any,
+    baseline: dict[str, Any] | None = None,
 ) -> Any:
     from ray import tune
 
@@ -230,20 +235,28 @@ def _new_tuner(
     sampler = make_sampler(
         study_spec.sampler, seed=study_spec.seed, n_jobs=max(2, concurrency or 2)
     )
-    define_by_run = _Sampler(spec.space, spec.base_flat)
+    # Points to evaluate first: the base recipe's defaults when this run began the study.
+    first = [baseline] if baseline is not None else []
+    define_by_run = _Sampler(spec.space, spec.base_flat, sources=(BASELINE_SOURCE,) * len(first))
     if rspec.scheduler in ("pbt", "pb2"):
         # Ray's PBT refuses a searcher (it is the search): the initial population comes from the
-        # same space and sampler, drawn here, and runs as fixed points.
+        # same space and sampler, drawn here, and runs as fixed points (the baseline first).
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         population = optuna.create_study(sampler=sampler)
+        for params in first:
+            population.enqueue_trial(params)
         points = [define_by_run(population.ask()) for _ in range(n)]
         search: Any = BasicVariantGenerator(points_to_evaluate=points)
         # Every key a point sets must exist in param_space; a point's absent (inactive) keys are dropped by _split.
         param_space = {k: None for point in points for k in point}
     else:
         search = OptunaSearch(
-            space=define_by_run, metric=OBJECTIVE_KEY, mode="min", sampler=sampler
+            space=define_by_run,
+            metric=OBJECTIVE_KEY,
+            mode="min",
+            sampler=sampler,
+            points_to_evaluate=first or None,
         )
         param_space = None
     stoppers: list[Any] = []

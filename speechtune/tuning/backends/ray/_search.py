@@ -19,14 +19,26 @@ from speechtune.tuning.study import sample_space
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Sampler:
-    """OptunaSearch's define-by-run function (a picklable object: Ray saves the searcher)."""
+    """OptunaSearch's define-by-run function (a picklable object: Ray saves the searcher).
+
+    Attributes:
+        space: the search space.
+        base_flat: the base recipe's flat config (the values the space does not set).
+        sources: how the first trials of the searcher's study were chosen, in order: the points
+            enqueued before any draw (``("baseline",)`` for the base recipe's defaults). The
+            searcher's own study numbers its trials from 0 in the order they are asked, so trial
+            ``i < len(sources)`` is the ``i``-th point; the ``source`` goes with the trial's record.
+    """
 
     space: SearchSpace
     base_flat: dict[str, Any]
+    sources: tuple[str, ...] = ()
 
     def __call__(self, trial: Any) -> dict[str, Any]:
 
         meta: dict[str, Any] = {}
+        if trial.number < len(self.sources):
+            meta["source"] = self.sources[trial.number]
         try:
             config = dict(sample_space(self.space, trial, self.base_flat))
         except ConstraintViolation as exc:

@@ -107,6 +107,8 @@ class _Sink:
         }
         if meta.get("repaired"):
             attrs["repaired"] = meta["repaired"]
+        if meta.get("source"):
+            attrs["source"] = meta["source"]  # e.g. baseline: the base recipe's defaults
         values: list[float] | None = None
         if last.get(_FINAL) and _OUTCOME in last:
             record = json.loads(last[_OUTCOME])
@@ -117,6 +119,11 @@ class _Sink:
             status, reason, metrics = record["status"], record["reason"], record["metrics"]
             if record.get("continued_from"):
                 attrs["continued_from"] = record["continued_from"]
+                cont = record["continued_from"]
+                if isinstance(cont, Mapping) and cont.get("exploited"):
+                    # PBT replaced this trial's config with another's: it no longer is the
+                    # config its source named (the baseline's own is another trial).
+                    attrs.pop("source", None)
             if isinstance(record.get("cost"), dict):
                 attrs["cost"] = record["cost"]
             if record.get("extra", {}).get("group_wer"):
