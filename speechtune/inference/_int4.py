@@ -25,6 +25,7 @@ and the dequantisation traces into TorchScript and ONNX as ordinary ops.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +145,29 @@ class Int4Linear(_Int4Weight):
         return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
 
 
-class Int4Conv1d(_Int4Weight):
+class _Int4Conv(_Int4Weight):
+    """A zero-padded convolution with a packed int4 weight; subclasses name the functional op."""
+
+    _conv: Callable[..., torch.Tensor]
+
+    def __init__(self, layer: nn.Conv1d | nn.Conv2d, group_size: int) -> None:
+        super().__init__(layer, group_size)
+        self.in_channels = layer.in_channels
+        self.out_channels = layer.out_channels
+        self.kernel_size = layer.kernel_size
+        self.stride = layer.stride
+        self.padding = layer.padding
+        self.dilation = layer.dilation
+        self.groups = layer.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        weight = self.dequantized_weight().to(x.dtype)
+        conv = type(self)._conv
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Int4Conv1d(_Int4Conv):
     """An ``nn.Conv1d`` (zero padding) with a packed int4 weight.
 
     Args:
@@ -152,23 +175,10 @@ class Int4Conv1d(_Int4Weight):
         group_size: entries of a row (``in_channels / groups * kernel_size``) per scale.
     """
 
-    def __init__(self, layer: nn.Conv1d, group_size: int) -> None:
-        super().__init__(layer, group_size)
-        self.in_channels = layer.in_channels
-        self.out_channels = layer.out_channels
-        self.kernel_size = layer.kernel_size
-        self.stride = layer.stride
-        self.padding = layer.padding
-        self.dilation = layer.dilation
-        self.groups = layer.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        weight = self.dequantized_weight().to(x.dtype)
-        return F.conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _conv = F.conv1d
 
 
-class Int4Conv2d(_Int4Weight):
+class Int4Conv2d(_Int4Conv):
     """An ``nn.Conv2d`` (zero padding) with a packed int4 weight (the subsampling front end).
 
     Args:
@@ -176,20 +186,7 @@ class Int4Conv2d(_Int4Weight):
         group_size: entries of a row (``in_channels / groups * kh * kw``) per scale.
     """
 
-    def __init__(self, layer: nn.Conv2d, group_size: int) -> None:
-        super().__init__(layer, group_size)
-        self.in_channels = layer.in_channels
-        self.out_channels = layer.out_channels
-        self.kernel_size = layer.kernel_size
-        self.stride = layer.stride
-        self.padding = layer.padding
-        self.dilation = layer.dilation
-        self.groups = layer.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        weight = self.dequantized_weight().to(x.dtype)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _conv = F.conv2d
 
 
 def _int4_layer(layer: nn.Module, group_size: int) -> nn.Module | None:
