@@ -10,9 +10,13 @@ the middle of a resumed study, so the file's header is checked before it is open
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
 
 _MAGIC = b"SQLite format 3\x00"
 
@@ -107,3 +111,43 @@ def readable_sqlite(storage: object) -> Iterator[None]:
         if path is None or found is None:
             raise
         raise _unreadable(path, str(found) or type(found).__name__) from exc
+
+
+class SQLiteStudyStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage on SQLite, where a waiting trial goes to exactly one runner.
+
+    Optuna hands out an enqueued (WAITING) trial by reading it ``FOR UPDATE`` and then marking
+    it RUNNING. SQLite ignores ``FOR UPDATE`` and pysqlite runs the read outside a
+    transaction, so two threads of ``n_jobs`` (or two processes) that ask at once both read
+    WAITING and both train the same trial; the second to finish then fails with "Cannot tell a
+    COMPLETE trial". That is how a study's enqueued baseline trial was trained twice and the
+    study ended with an error. Here the claim is one conditional UPDATE, which SQLite runs
+    atomically: whoever changes the row has the trial, everybody else moves on.
+    """
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """As RDBStorage's; RUNNING (a claim of a waiting trial) is an atomic compare-and-set."""
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        import sqlalchemy as sa
+
+        trials = sa.table(
+            "trials",
+            sa.column("trial_id", sa.Integer),
+            sa.column("state", sa.String),
+            sa.column("datetime_start", sa.DateTime),
+        )
+        claim = (
+            sa.update(trials)
+            .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING.name)
+            .values(state=TrialState.RUNNING.name, datetime_start=datetime.now())
+        )
+        with self.engine.begin() as connection:
+            claimed = connection.execute(claim).rowcount == 1
+        if claimed:
+            return True
+        # As Optuna's: a finished trial raises, a trial another runner holds is not ours.
+        self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
+        return False

@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial
 
 from speechtune._urls import mask_url, scrub
 from speechtune.tuning.study._retry import DEFAULT_MAX_RETRIES, RetryKilledTrials
-from speechtune.tuning.study._sqlite import readable_sqlite
+from speechtune.tuning.study._sqlite import SQLiteStudyStorage, readable_sqlite
 
 log = logging.getLogger("speechtune.tuning")
 
@@ -189,7 +189,7 @@ def _rdb(
         storage: optuna.storages.RDBStorage
         if sqlite:
             with readable_sqlite(url):  # a corrupt study.db: one line naming it, no traceback
-                storage = optuna.storages.RDBStorage(url, **common)
+                storage = SQLiteStudyStorage(url, **common)
         else:
             engine_kwargs: dict[str, Any] = {
                 "pool_pre_ping": True
