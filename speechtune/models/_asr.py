@@ -180,22 +180,30 @@ class ASRModel(nn.Module):
             target_lens: ``[B]`` valid tokens.
 
         Returns:
-            ``{"loss", "ctc_loss", "att_loss"}`` scalars (``att_loss`` is ``None`` for the
-            ``ctc`` head); ``loss = w * ctc + (1 - w) * att`` with ``w = cfg.ctc_weight``.
-            With intermediate CTC, ``ctc_loss`` is ``(1 - v) * final + v * mean(tapped)``
-            with ``v = cfg.interctc_weight``.
+            ``{"loss", "ctc_loss", "att_loss", "final_ctc_loss"}`` scalars (``att_loss`` is
+            ``None`` for the ``ctc`` head); ``loss = w * ctc + (1 - w) * att`` with
+            ``w = cfg.ctc_weight``. With intermediate CTC, ``ctc_loss`` is
+            ``(1 - v) * final + v * mean(tapped)`` with ``v = cfg.interctc_weight``.
+            ``final_ctc_loss`` is the last layer's CTC loss alone, the one quantity that loss
+            weights (``ctc_weight``, ``interctc_weight``) do not rescale: configs that differ
+            in them can be compared by it, not by ``loss``.
         """
         self._check_targets(targets, target_lens)
         enc, enc_lens, tapped = self._encode_taps(feats, feat_lens)
         targets = targets.to(enc.device)
         target_lens = target_lens.to(enc.device)
-        ctc_loss = self.ctc.loss(enc, enc_lens, targets, target_lens)
+        ctc_loss = final_ctc = self.ctc.loss(enc, enc_lens, targets, target_lens)
         if tapped:
             inter = torch.stack([self.ctc.loss(t, enc_lens, targets, target_lens) for t in tapped])
             v = self.cfg.interctc_weight
             ctc_loss = (1 - v) * ctc_loss + v * inter.mean()
         if self.decoder is None:
-            return {"loss": ctc_loss, "ctc_loss": ctc_loss, "att_loss": None}
+            return {
+                "loss": ctc_loss,
+                "ctc_loss": ctc_loss,
+                "att_loss": None,
+                "final_ctc_loss": final_ctc,
+            }
         att_loss = attention_loss(
             self.decoder,
             enc,
@@ -206,7 +214,12 @@ class ASRModel(nn.Module):
         )
         w = self.cfg.ctc_weight
         loss = w * ctc_loss + (1 - w) * att_loss
-        return {"loss": loss, "ctc_loss": ctc_loss, "att_loss": att_loss}
+        return {
+            "loss": loss,
+            "ctc_loss": ctc_loss,
+            "att_loss": att_loss,
+            "final_ctc_loss": final_ctc,
+        }
 
     @torch.no_grad()
     def ctc_greedy(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> list[list[int]]:

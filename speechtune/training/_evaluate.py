@@ -1,4 +1,4 @@
-"""The dev evaluation of a recipe run: dev loss (overall and per group), WER, CER, per-group WER."""
+"""The dev evaluation of a recipe run: dev losses (overall and per group), WER, CER, per-group WER."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def evaluate_dev(
 
     During training (``full_decode=False``) dev WER uses greedy CTC (or greedy attention when
     the CTC weight is 0), which is cheap; the final evaluation uses the configured decoder.
+    ``dev_loss`` is the training objective (weighted by ``ctc_weight``/``interctc_weight``);
+    ``dev_ctc_loss`` is the last layer's CTC loss alone, comparable between configs whose loss
+    weights differ (``worst_group_dev_ctc_loss``: the worst group's).
     """
     model = recognizer.model
     model.eval()
@@ -58,6 +61,7 @@ def evaluate_dev(
     # Per group, on the device (one host sync at the end, not one per batch and group): the
     # losses are per-utterance means, so they add.
     loss_sum: dict[str, torch.Tensor] = {}
+    ctc_sum: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
     hyps: dict[str, str] = {}
     for idx in sampler:
@@ -74,6 +78,9 @@ def evaluate_dev(
                 )
             weighted = out["loss"].detach().double() * len(part)
             loss_sum[group] = loss_sum[group] + weighted if group in loss_sum else weighted
+            final = out.get("final_ctc_loss")
+            ctc = (out["loss"] if final is None else final).detach().double() * len(part)
+            ctc_sum[group] = ctc_sum[group] + ctc if group in ctc_sum else ctc
             count[group] = count.get(group, 0) + len(part)
         for i, h in zip(ids, recognizer.decode_features(b.feats, b.feat_lens, decode)):
             hyps[i] = h
@@ -87,11 +94,15 @@ def evaluate_dev(
     group_sum = {g: float(v) for g, v in loss_sum.items()}
     dev_loss = sum(group_sum.values()) / max(sum(count.values()), 1)
     group_loss = {g: group_sum[g] / count[g] for g in sorted(group_sum)} if many_groups else {}
+    ctc_group = {g: float(v) / count[g] for g, v in ctc_sum.items()}
+    dev_ctc_loss = sum(float(v) for v in ctc_sum.values()) / max(sum(count.values()), 1)
     return {
         "dev_loss": dev_loss,
         # Without groups the one group's loss is the dev loss.
         "worst_group_dev_loss": max(group_loss.values(), default=dev_loss),
         "group_dev_loss": group_loss,
+        "dev_ctc_loss": dev_ctc_loss,
+        "worst_group_dev_ctc_loss": max(ctc_group.values(), default=dev_ctc_loss),
         "wer": w.rate,
         "cer": c.rate,
         "worst_group_wer": worst_rate,

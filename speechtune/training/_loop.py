@@ -351,6 +351,8 @@ def _train(
                 "cer": dev["cer"],
                 "worst_group_wer": dev["worst_group_wer"],
                 "worst_group_dev_loss": dev["worst_group_dev_loss"],
+                "dev_ctc_loss": dev["dev_ctc_loss"],
+                "worst_group_dev_ctc_loss": dev["worst_group_dev_ctc_loss"],
                 "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": gnorm_sum / max(n_steps, 1),
                 "epoch_seconds": train_time,
@@ -488,6 +490,8 @@ def final_metrics(
                 "dev_loss",
                 "worst_group_dev_loss",
                 "group_dev_loss",
+                "dev_ctc_loss",
+                "worst_group_dev_ctc_loss",
             )
         },
         "num_parameters": parameter_count(best.model),

@@ -62,6 +62,8 @@ def test_loss_mixes_final_and_intermediate_ctc() -> None:
     final = model.ctc.loss(enc, enc_lens, targets, target_lens)
     inter = model.ctc.loss(mid, enc_lens, targets, target_lens)
     torch.testing.assert_close(out["ctc_loss"], 0.7 * final + 0.3 * inter)
+    # the last layer's CTC loss alone, what a study compares configs of other weights by
+    torch.testing.assert_close(out["final_ctc_loss"], final)
     assert float((inter - final).detach().abs()) > 1e-3  # the mix is not trivially equal to either
     out["loss"].backward()
     # The blocks below the tap get gradient from both losses, the ones above from one.

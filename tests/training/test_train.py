@@ -231,3 +231,36 @@ def test_each_groups_dev_loss_is_its_utterances_dev_loss(
     # what a trial reports: the history and the final metrics carry it
     assert "worst_group_dev_loss" in result.history[-1]
     assert set(result.metrics["group_dev_loss"]) == {"en-us", "en-gb-scotland"}
+
+
+def test_the_dev_ctc_loss_is_the_same_quantity_whatever_the_loss_weights(
+    synth_data: PreparedData, tmp_path: Path
+) -> None:
+    """``dev_loss`` is the training objective, so the CTC weight rescales it; ``dev_ctc_loss``
+    (what a study that tunes loss weights ranks cheap rungs by) is the same for the same model."""
+    import dataclasses
+
+    cfg = tiny_config(
+        model={"head": "ctc_attention", "ctc_weight": 0.3, "decoder_layers": 1},
+        train={"epochs": 1},
+    )
+    opts = run_options(tmp_path)
+    result = train(cfg, opts, data=synth_data)
+    assert result.status == "complete", result.reason
+    rec = Recognizer.load(result.output_dir / "model.pt")
+    dev = synth_data.dev
+    feats = _loop._features(dev, rec.cfg, opts, torch.device("cpu"))
+    targets = {u.id: rec.tokenizer.encode(u.text) for u in dev}
+
+    def evaluate(ctc_weight: float) -> dict:
+        rec.model.cfg = dataclasses.replace(rec.model.cfg, ctc_weight=ctc_weight)
+        return evaluate_dev(
+            rec, dev, feats, targets, rec.cfg, torch.device("cpu"), full_decode=False
+        )
+
+    low, high = evaluate(0.3), evaluate(0.8)
+    assert abs(low["dev_loss"] - high["dev_loss"]) > 0.05 * low["dev_loss"]
+    assert low["dev_ctc_loss"] == pytest.approx(high["dev_ctc_loss"], rel=1e-6)
+    assert low["worst_group_dev_ctc_loss"] >= low["dev_ctc_loss"]
+    # the history and the final metrics carry it
+    assert result.history[-1]["dev_ctc_loss"] > 0 and result.metrics["dev_ctc_loss"] > 0

@@ -227,7 +227,9 @@ class Driver:
             if value is None:
                 raise ValueError(
                     f"fidelity.rank_metric: trial {trial.number} reported no {self.rank_metric!r}; "
-                    f"it reported: {', '.join(sorted(trial.user_attrs.get('metrics') or {})) or 'nothing'}"
+                    f"it reported: {', '.join(sorted(trial.user_attrs.get('metrics') or {})) or 'nothing'} "
+                    "(a study begun before that metric existed: set fidelity.rank_metric to the "
+                    "one its trials report, e.g. dev_loss)"
                 )
             return float(value)
         # The engine minimises; a maximised objective (BLEU, accuracy) is ranked negated, while

@@ -152,6 +152,38 @@ LOSS_RANKED_METRICS = {
     "worst_group_wer": "worst_group_dev_loss",
 }
 
+#: Recipe keys that reweight the training loss, so that the dev loss (the training objective)
+#: of two configs that differ in them is not one quantity: with ``model.ctc_weight`` 0.8 the
+#: dev loss is mostly CTC loss, with 0.2 mostly attention loss, which sits on another scale.
+#: The AN4 equal-time study tuned ``ctc_weight`` (0.2-0.8) and ``interctc_weight`` and ranked its
+#: cheap rung by that mixture. A space that tunes any of them ranks by the last layer's CTC loss
+#: alone (:data:`CTC_RANKED_METRICS`), which is what greedy CTC decoding reads.
+LOSS_WEIGHT_KEYS = frozenset(
+    {"model.ctc_weight", "model.interctc_weight", "model.interctc_layer", "model.head"}
+)
+
+#: The rank metrics of :data:`LOSS_RANKED_METRICS` for a space that tunes a loss weight.
+CTC_RANKED_METRICS = {
+    "wer": "dev_ctc_loss",
+    "cer": "dev_ctc_loss",
+    "worst_group_wer": "worst_group_dev_ctc_loss",
+}
+
+
+def default_rank_metric(metric: str | None, tuned_keys: Collection[str]) -> str | None:
+    """The rank metric of a recipe study's cheap rungs when ``fidelity.rank_metric`` is not set.
+
+    An error-rate objective ranks by the dev loss (or the worst group's), or, when the space
+    tunes a key of :data:`LOSS_WEIGHT_KEYS`, by the CTC part of it that those keys leave
+    comparable; another objective (None) keeps the objective itself.
+    """
+    if metric not in LOSS_RANKED_METRICS:
+        return None
+    if LOSS_WEIGHT_KEYS.intersection(tuned_keys):
+        return CTC_RANKED_METRICS[metric]
+    return LOSS_RANKED_METRICS[metric]
+
+
 _SECTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy": (
         lambda v: v in STRATEGIES,
@@ -203,7 +235,9 @@ def parse_fidelity(
         metric: the objective's primary metric. A recipe objective that minimises an error
             rate (:data:`LOSS_RANKED_METRICS`) and sets no ``rank_metric`` key ranks the cheap
             rungs by ``dev_loss`` (see :data:`DEFAULT_RANK_METRIC`), or ``worst_group_dev_loss``
-            for ``worst_group_wer``; ``rank_metric: null`` keeps the objective.
+            for ``worst_group_wer``; by ``dev_ctc_loss`` / ``worst_group_dev_ctc_loss`` when
+            the space tunes a loss weight (:func:`default_rank_metric`); ``rank_metric: null``
+            keeps the objective.
 
     Returns:
         The spec, or ``None`` when there is no section or it has problems.
@@ -221,8 +255,8 @@ def parse_fidelity(
     )
     if kwargs.get("budget") is not None:
         kwargs["budget"] = float(kwargs["budget"])
-    if kind == "recipe" and "rank_metric" not in section and metric in LOSS_RANKED_METRICS:
-        kwargs["rank_metric"] = LOSS_RANKED_METRICS[metric]
+    if kind == "recipe" and "rank_metric" not in section:
+        kwargs["rank_metric"] = default_rank_metric(metric, tuned_keys)
     if kwargs.get("warm_start") is not None:
         path = (here / kwargs["warm_start"]).resolve()
         if not path.exists():

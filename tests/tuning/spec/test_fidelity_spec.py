@@ -532,3 +532,30 @@ def test_rank_metric_defaults_to_a_dev_loss_for_error_rate_objectives(
     )
     spec = load_tuning(path)
     assert spec.fidelity is not None and spec.fidelity.rank_metric == want
+
+
+@pytest.mark.parametrize(
+    ("space", "group", "want"),
+    [
+        ({"model.ctc_weight": [0.2, 0.8]}, None, "dev_ctc_loss"),
+        ({"model.interctc_weight": [0.0, 0.3]}, None, "dev_ctc_loss"),
+        ({"model.head": ["ctc", "ctc_attention"]}, None, "dev_ctc_loss"),
+        ({"model.ctc_weight": [0.2, 0.8]}, "worst_group", "worst_group_dev_ctc_loss"),
+        (SPACE, None, "dev_loss"),  # no loss weight tuned: the dev loss is one quantity
+    ],
+)
+def test_a_space_that_tunes_a_loss_weight_ranks_by_the_ctc_loss(
+    tmp_path: Path, space: dict[str, Any], group: str | None, want: str
+) -> None:
+    objective = {"kind": "recipe", "metric": "wer", **({"group": group} if group else {})}
+    path = _write(
+        tmp_path,
+        {
+            "recipe": RECIPE,
+            "space": {**SPACE, **space},
+            "objective": objective,
+            "fidelity": {"strategy": "hyperband"},
+        },
+    )
+    spec = load_tuning(path)
+    assert spec.fidelity is not None and spec.fidelity.rank_metric == want
