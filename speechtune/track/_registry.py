@@ -422,11 +422,19 @@ class ModelRegistry:
             )
         return path
 
-    def attach(self, model: RegisteredModel, path: Path, artifact_path: str = "export") -> str:
+    def attach(
+        self,
+        model: RegisteredModel,
+        path: Path,
+        artifact_path: str = "export",
+        *,
+        tag: bool = True,
+    ) -> str:
         """Log a file or directory to the version's run and record it on the version.
 
-        The artifact lands at ``<artifact_path>/<path.name>``; the version's tag
-        ``speechtune.export`` (and the run's) is set to its URI.
+        The artifact lands at ``<artifact_path>/<path.name>``; with ``tag`` the version's tag
+        ``speechtune.export`` (and the run's) is set to its URI (a second artefact of the same
+        version, e.g. a streaming model's chunk step, is logged with ``tag=False``).
 
         Returns:
             The artifact URI of the attached file or directory.
@@ -440,8 +448,9 @@ class ModelRegistry:
         else:
             self.client.log_artifact(model.run_id, str(path), artifact_path.strip("/"))
         uri = f"{self.client.get_run(model.run_id).info.artifact_uri.rstrip('/')}/{target}"
-        self.client.set_model_version_tag(model.name, model.version, EXPORT_TAG, uri)
-        self.client.set_tag(model.run_id, EXPORT_TAG, uri)
+        if tag:
+            self.client.set_model_version_tag(model.name, model.version, EXPORT_TAG, uri)
+            self.client.set_tag(model.run_id, EXPORT_TAG, uri)
         return uri
 
 

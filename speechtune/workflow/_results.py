@@ -297,6 +297,9 @@ class ExportResult(StageResult):
     path: str | None = None
     size: int = field(default=0, metadata=json_key("bytes"))
     registry_uri: str | None = field(default=None, metadata=OPTIONAL)
+    #: A streaming model's (``model.chunk_ms > 0``) chunk-step artefact, beside ``path``.
+    stream_path: str | None = field(default=None, metadata=OPTIONAL)
+    stream_registry_uri: str | None = field(default=None, metadata=OPTIONAL)
 
 
 #: Stage name -> the type of its result.

@@ -424,8 +424,12 @@ def _eval_device(device: str) -> str:
 
 
 def stage_export(ctx: Context) -> ExportResult:
-    """The final model with its front end as TorchScript or ONNX, attached to the registered version."""
-    from speechtune.inference import export_model
+    """The final model with its front end as TorchScript or ONNX, attached to the registered version.
+
+    A streaming model (``model.chunk_ms > 0``) also gets its chunk step (state in and out, as
+    ``speechtune export`` writes it), attached beside it: what a device that decodes live runs.
+    """
+    from speechtune.inference import Recognizer, export_model, export_streaming
 
     fmt = ctx.spec.export_format
     if fmt == "none":
@@ -435,16 +439,28 @@ def stage_export(ctx: Context) -> ExportResult:
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a half-written export of an interrupted attempt
     path = export_model(full.model, out_dir, fmt)
+    stream_path = None
+    if Recognizer.load(full.model, "cpu").model.streaming.enabled:
+        try:
+            stream_path = export_streaming(full.model, out_dir, fmt)
+        except ValueError as exc:  # e.g. ONNX of an int8 model: the whole-utterance file stands
+            log.warning("export: no streaming chunk step for %s: %s", full.model, exc)
     gate = ctx.state.result("gate", GateResult)
     reg = registry(ctx)
     version = next((v for v in reg.versions() if v.version == gate.registered_version), None)
     uri = reg.attach(version, path) if version is not None else None
+    stream_uri = None
+    if version is not None and stream_path is not None:
+        # the version's export tag keeps naming the whole-utterance model
+        stream_uri = reg.attach(version, stream_path, tag=False)
     # registry_uri is recorded as null when no version was registered to attach the export to.
     return ExportResult(
         format=fmt,
         path=str(path),
         size=path.stat().st_size,
         registry_uri=uri,
+        stream_path=None if stream_path is None else str(stream_path),
+        stream_registry_uri=stream_uri,
         nulls=frozenset({"registry_uri"}),
     )
 
