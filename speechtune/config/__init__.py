@@ -36,7 +36,12 @@ from speechtune.config._schema import (
     TokenizerConfig,
     TrainConfig,
 )
-from speechtune.config._searched import BLOCK_KEY_PREFIX, block_key_problems, is_block_key
+from speechtune.config._searched import (
+    BLOCK_KEY_PREFIX,
+    block_key_problems,
+    is_block_key,
+    split_block_ops,
+)
 
 __all__ = [
     "BLOCK_KEY_PREFIX",
@@ -73,5 +78,6 @@ __all__ = [
     "parse_overrides",
     "read_config_mapping",
     "read_yaml",
+    "split_block_ops",
     "unflatten",
 ]

@@ -132,3 +132,23 @@ def join_block_ops(data: Any) -> tuple[Any, list[tuple[str, str, Any]]]:
     ordered = [blocks[k].strip() for k in sorted(blocks, key=lambda k: int(k.split(".")[-1]))]
     joined = {**rest, "block_ops": ",".join(ordered), "num_layers": len(ordered)}
     return {**data, "model": joined}, []
+
+
+def split_block_ops(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat config with ``model.block_ops`` also as per-block keys (the inverse of the join).
+
+    A ``best.yaml`` (or a trial's config) holds the joined string; a space of per-block keys
+    (``model.block_ops.1``, ...) can read it only per block. Keys already present are kept.
+
+    Args:
+        flat: A flat config (dotted keys).
+
+    Returns:
+        A copy with ``model.block_ops.<i>`` for each op of a non-empty ``model.block_ops`` string.
+    """
+    out = dict(flat)
+    joined = flat.get("model.block_ops")
+    if isinstance(joined, str) and joined.strip():
+        for i, op in enumerate(joined.split(","), start=1):
+            out.setdefault(f"{BLOCK_KEY_PREFIX}{i}", op.strip())
+    return out

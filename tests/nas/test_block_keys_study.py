@@ -201,3 +201,20 @@ def test_a_gap_in_the_blocks_is_one_line_from_the_cli(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "space.model.block_ops.3: block 2 is missing" in err, err
     assert not run_dir.exists()  # refused before any trial
+
+
+def test_a_best_yaml_warm_starts_a_space_of_block_keys(tmp_path: Path) -> None:
+    from speechtune.tuning.space import parse_space
+    from speechtune.tuning.study import load_warm_start
+
+    # a best.yaml holds the joined string (what config_to_dict writes for a searched encoder)
+    best = {**SEARCHED, "model": {**SEARCHED["model"], "num_layers": 2, "block_ops": "mhsa,ff"}}
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(best))
+    space = parse_space({"model.block_ops.1": OPS, "model.block_ops.2": OPS, "optim.lr": [0.001]})
+    warm = load_warm_start(tmp_path / "best.yaml", space)
+    blocks = {k: v for k, v in warm.configs[0].items() if k.startswith("model.block_ops.")}
+    assert {k: space.params[k].decode(v) for k, v in blocks.items()} == {
+        "model.block_ops.1": "mhsa",
+        "model.block_ops.2": "ff",
+    }
+    assert warm.priors["model.block_ops.1"].default == "mhsa"

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from speechtune.config import flatten
+from speechtune.config import flatten, split_block_ops
 from speechtune.tuning.space import (
     MAX_PRIOR_WIDTH,
     CategoricalParam,
@@ -148,7 +148,8 @@ def load_warm_start(
     warn = _Warnings(str(path))
     configs: list[Params] = []
     for values in sources:
-        params = fit_params(space, values, warn)
+        # a searched encoder's joined ops, for a space of per-block keys
+        params = fit_params(space, split_block_ops(values), warn)
         if params and params not in configs:
             configs.append(params)
     if not configs:
