@@ -4,14 +4,17 @@ that diverge, flatline or run out of memory with a named reason."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from speechtune.data import PreparedData
+from speechtune.config import RecipeConfig
+from speechtune.data import Manifest, PreparedData
 from speechtune.inference import Recognizer, evaluate_model, transcribe_files
-from speechtune.training import CallbackReporter, _loop, evaluate_dev, train
+from speechtune.training import CallbackReporter, TrainResult, _loop, evaluate_dev, train
 from tests.helpers.recipes import run_options, tiny_config
 
 # Golden figure: measured for this exact config and corpus (seeded), with a tolerance for
@@ -192,6 +195,25 @@ def test_running_sums_are_read_once_and_a_nan_in_them_ends_the_run() -> None:
         check_sums_finite(torch.tensor(float("nan")), torch.tensor(1.0), 2, 50)
 
 
+def _trained(
+    cfg: RecipeConfig, data: PreparedData, tmp_path: Path
+) -> tuple[TrainResult, Recognizer, Callable[[Manifest], dict[str, Any]]]:
+    """Train ``cfg`` on ``data``; its result, its model, and its dev evaluation of a manifest."""
+    opts = run_options(tmp_path)
+    result = train(cfg, opts, data=data)
+    assert result.status == "complete", result.reason
+    rec = Recognizer.load(result.output_dir / "model.pt")
+    feats = _loop._features(data.dev, rec.cfg, opts, torch.device("cpu"))
+    targets = {u.id: rec.tokenizer.encode(u.text) for u in data.dev}
+
+    def evaluate(manifest: Manifest) -> dict[str, Any]:
+        return evaluate_dev(
+            rec, manifest, feats, targets, rec.cfg, torch.device("cpu"), full_decode=False
+        )
+
+    return result, rec, evaluate
+
+
 def test_each_groups_dev_loss_is_its_utterances_dev_loss(
     synth_data: PreparedData, tmp_path: Path
 ) -> None:
@@ -199,21 +221,8 @@ def test_each_groups_dev_loss_is_its_utterances_dev_loss(
     dev loss of its utterances alone, and splitting batches by group leaves the mean unchanged."""
     import dataclasses
 
-    from speechtune.data import Manifest
-
-    cfg = tiny_config(train={"epochs": 1})
-    opts = run_options(tmp_path)
-    result = train(cfg, opts, data=synth_data)
-    assert result.status == "complete", result.reason
-    rec = Recognizer.load(result.output_dir / "model.pt")
+    result, _, evaluate = _trained(tiny_config(train={"epochs": 1}), synth_data, tmp_path)
     dev = synth_data.dev
-    feats = _loop._features(dev, rec.cfg, opts, torch.device("cpu"))
-    targets = {u.id: rec.tokenizer.encode(u.text) for u in dev}
-
-    def evaluate(manifest: Manifest) -> dict:
-        return evaluate_dev(
-            rec, manifest, feats, targets, rec.cfg, torch.device("cpu"), full_decode=False
-        )
 
     grouped = evaluate(dev)
     assert set(grouped["group_dev_loss"]) == {"en-us", "en-gb-scotland"}
@@ -244,19 +253,11 @@ def test_the_dev_ctc_loss_is_the_same_quantity_whatever_the_loss_weights(
         model={"head": "ctc_attention", "ctc_weight": 0.3, "decoder_layers": 1},
         train={"epochs": 1},
     )
-    opts = run_options(tmp_path)
-    result = train(cfg, opts, data=synth_data)
-    assert result.status == "complete", result.reason
-    rec = Recognizer.load(result.output_dir / "model.pt")
-    dev = synth_data.dev
-    feats = _loop._features(dev, rec.cfg, opts, torch.device("cpu"))
-    targets = {u.id: rec.tokenizer.encode(u.text) for u in dev}
+    result, rec, evaluate_on = _trained(cfg, synth_data, tmp_path)
 
     def evaluate(ctc_weight: float) -> dict:
         rec.model.cfg = dataclasses.replace(rec.model.cfg, ctc_weight=ctc_weight)
-        return evaluate_dev(
-            rec, dev, feats, targets, rec.cfg, torch.device("cpu"), full_decode=False
-        )
+        return evaluate_on(synth_data.dev)
 
     low, high = evaluate(0.3), evaluate(0.8)
     assert abs(low["dev_loss"] - high["dev_loss"]) > 0.05 * low["dev_loss"]
