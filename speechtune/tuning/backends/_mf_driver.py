@@ -223,7 +223,7 @@ class Driver:
         if trial.state != TrialState.COMPLETE:
             return None
         if self.rank_metric and job.rung < self.search.fidelity.top:
-            value = (trial.user_attrs.get("metrics") or {}).get(self.rank_metric)
+            value = _last_epoch_value(trial, self.rank_metric)
             if value is None:
                 raise ValueError(
                     f"fidelity.rank_metric: trial {trial.number} reported no {self.rank_metric!r}; "
@@ -470,6 +470,23 @@ class Driver:
             th.join()
         if errors:
             raise errors[0]
+
+
+def _last_epoch_value(trial: FrozenTrial, metric: str) -> float | None:
+    """``metric`` at the last epoch the trial trained (its history), else its final metrics'.
+
+    A recipe's final metrics are those of its best-WER epoch. At a cheap rung every WER is still
+    near 1.0, so that epoch is whichever happened to tie lowest, often an early one: on AN4 a
+    4-epoch run's final dev loss was its epoch-2 value (67 where epoch 4 had 50), and ranking
+    configs by it ranked epochs, not configs. The last epoch is also where a promoted config
+    continues from.
+    """
+    history = trial.user_attrs.get("history") or []
+    last = history[-1].get(metric) if history and isinstance(history[-1], Mapping) else None
+    if isinstance(last, (int, float)) and not isinstance(last, bool):
+        return float(last)
+    value = (trial.user_attrs.get("metrics") or {}).get(metric)
+    return None if value is None else float(value)
 
 
 class JobRunner(TrialRunner):

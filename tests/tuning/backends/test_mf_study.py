@@ -379,6 +379,36 @@ def test_rank_metric_ranks_cheap_rungs_where_the_objective_ties(tmp_path: Path) 
     assert up != best  # tied WERs promote arbitrary configs
 
 
+def test_cheap_rungs_rank_by_the_last_epochs_value_not_the_best_wer_epochs(
+    tmp_path: Path,
+) -> None:
+    # A recipe's final metrics are its best-WER epoch's; while every WER ties near 1.0 that is
+    # any epoch (on AN4, often the first), whose dev loss says little about the config.
+    def fn(config: dict, reporter, trial_dir: Path) -> dict:
+        gap = (config["x"] - 0.3) ** 2
+        for epoch in range(1, config["epochs"] + 1):
+            wer = 1.0 if config["epochs"] < 9 else gap + 1.0 / epoch
+            reporter.report(epoch, wer=wer, dev_loss=gap + 1.0 / epoch)
+        # final metrics of an early epoch: a dev loss that ranks the configs backwards
+        return {"wer": wer, "dev_loss": 5.0 - gap}
+
+    study = speechtune.tune(
+        fn,
+        SPACE,
+        fidelity={"epochs": [1, 3, 9]},
+        strategy="hyperband",
+        budget=1.6,
+        run_dir=tmp_path / "run",
+        pruner="none",
+        rank_metric="dev_loss",
+    )
+    low = [t for t in study.trials if t.user_attrs["rung"] == 0]
+    up = sorted(t.params["x"] for t in study.trials if t.user_attrs["rung"] == 1)
+    assert up == sorted(
+        t.params["x"] for t in sorted(low, key=lambda t: abs(t.params["x"] - 0.3))[:3]
+    )
+
+
 def test_default_ladder_is_scaled_to_the_prepared_corpus(synth_corpus, tmp_path: Path) -> None:
     from speechtune.cli import tune as tune_cli
 
