@@ -57,7 +57,8 @@ def test_forward_backward(encoder: str, head: str) -> None:
     assert torch.all(enc[1, enc_lens[1] :] == 0)
 
     out = model(feats, lens, targets, tlens)
-    assert set(out) == {"loss", "ctc_loss", "att_loss"}
+    assert set(out) == {"loss", "ctc_loss", "att_loss", "final_ctc_loss"}
+    assert torch.equal(out["final_ctc_loss"], out["ctc_loss"])  # no intermediate CTC here
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     if head == "ctc":
         assert out["att_loss"] is None
