@@ -5,6 +5,9 @@ something else. SQLAlchemy reports that as ``sqlite3.DatabaseError: file is not 
 ``database disk image is malformed`` deep inside Optuna; these helpers name the file instead and
 say how to start afresh. A truncated file whose first pages survive would only fail later, in
 the middle of a resumed study, so the file's header is checked before it is opened.
+
+:class:`SQLiteStudyStorage` is the SQLite storage itself: Optuna's, with the claim of an enqueued
+trial made atomic (SQLite ignores the ``FOR UPDATE`` Optuna relies on).
 """
 
 from __future__ import annotations
