@@ -69,6 +69,8 @@ def tune(
     backend: str = "optuna",
     ray: RaySpec | None = None,
     cost: CostModel | None = None,
+    confirm_top: int = 0,
+    confirm_seeds: Sequence[int] = (),
 ) -> optuna.Study:
     """Tune a Python function (or any :class:`~speechtune.tuning.Objective`) with Optuna.
 
@@ -131,6 +133,11 @@ def tune(
             for ``backend="ray"``; None: its defaults.
         cost: a :class:`speechtune.metrics.CostModel` pricing each trial's compute (its ``cost``
             user attr) and the study's total (``cost_total``); None: the defaults.
+        confirm_top: after the search, train this many of the best configs (and no baseline:
+            a function has no defaults) again on ``confirm_seeds`` and pick the best mean there
+            (``study.user_attrs["confirmation"]``; :func:`speechtune.tuning.study.select_best`
+            follows it). 0: off.
+        confirm_seeds: the confirmation's seeds, none of ``seeds``; empty: the two after them.
 
     Returns:
         The Optuna study; trial records are in each trial's ``user_attrs``.
@@ -180,6 +187,8 @@ def tune(
         fidelity=fspec,
         cost=cost,
         direction=direction,
+        confirm_top=confirm_top,
+        confirm_seeds=confirm_seeds,
     )
     runner: Backend | None = None
     if backend == "ray":

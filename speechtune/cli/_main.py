@@ -15,6 +15,7 @@ from types import ModuleType
 
 from speechtune._version import __version__
 from speechtune.cli import (
+    confirm,
     correlate,
     dashboard,
     data,
@@ -43,6 +44,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "validate": validate,
     "report": report,
     "rerun": rerun,
+    "confirm": confirm,
     "correlate": correlate,
     "dashboard": dashboard,
     "evaluate": evaluate,

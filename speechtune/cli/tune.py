@@ -322,9 +322,11 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     import optuna
     import yaml
 
+    from speechtune.cli.confirm import print_confirmation
     from speechtune.metrics import format_cost, summarize_costs
     from speechtune.tuning.study import (
         TrialRecord,
+        confirmation_rows,
         is_baseline,
         objective_names,
         pareto_front,
@@ -379,6 +381,10 @@ def _print_summary(study: optuna.Study, run_dir: Path) -> int:
     if baseline is not None and len(study.directions) == 1:
         shown = _shown_metrics(TrialRecord.from_trial(baseline))
         print(f"baseline (the recipe's defaults) trial {baseline.number}: {shown}")
+    rows = confirmation_rows(study)
+    if rows:
+        print_confirmation(rows, objective_names(study)[0])
+        print(f"best trial chosen as: {choice.note}")
     print("best config:")
     print(yaml.safe_dump(record.config, sort_keys=True).rstrip())
     for name in ("best.yaml", "report.html", "trials.csv"):

@@ -23,6 +23,8 @@ from speechtune.reports._html_parts import esc, figure_div, table
 from speechtune.reports._importance import Importance, param_importances
 from speechtune.reports._parallel import parallel_figure
 from speechtune.tuning.study import (
+    confirmation_rows,
+    confirmed_choice,
     is_multi_fidelity,
     objective_names,
     primary_seed_stats,
@@ -112,6 +114,38 @@ def _best_trial(study: optuna.Study) -> str:
     return "\n".join(parts)
 
 
+def _confirmation(study: optuna.Study) -> str | None:
+    """The confirmation on new seeds (``study.confirm_top``), one row per config; None without one."""
+    rows = confirmation_rows(study)
+    if not rows:
+        return None
+    name = objective_names(study)[0]
+    seeds = sorted({s for r in rows for s in (*r.values, *r.failed)})
+    body = []
+    for r in sorted(rows, key=lambda r: (r.mean() is None, r.mean() or 0.0)):
+        cells = [
+            f"{r.values[s]:.4g}" if s in r.values else ("failed" if s in r.failed else "")
+            for s in seeds
+        ]
+        mean, se = r.mean(), r.stderr()
+        shown = "" if mean is None else f"{mean:.4g}" + (f" +- {se:.2g}" if se is not None else "")
+        label = f"{r.trial} (defaults)" if r.baseline else r.trial
+        body.append([label, f"{r.study_value:.4g}", *cells, shown])
+    choice = confirmed_choice(study)
+    picked = (
+        f"<p>Picked: trial #{choice[0].number}, {esc(choice[1])}.</p>"
+        if choice is not None
+        else '<p class="note">No config has a value on every seed yet: the study\'s own best stands.</p>'
+    )
+    intro = (
+        f'<p class="note">The best configs trained again on seeds the search never saw; '
+        f"the pick is the best mean {esc(name)} there (the study's own value is what the search "
+        "selected on, so it is left out).</p>"
+    )
+    header = ["trial", f"{name} (study)", *[f"seed {s}" for s in seeds], "mean +- s.e."]
+    return intro + picked + table(header, body)
+
+
 def _trials_overview(study: optuna.Study) -> str:
     """How many trials ended in which state and why, and the best ten."""
     trials = study.get_trials(deepcopy=False)
@@ -139,6 +173,11 @@ def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
 
 
+def _confirmation_section(study: optuna.Study) -> str | None:
+    body = _confirmation(study)
+    return _section("confirmation", "Confirmation on new seeds", body) if body else None
+
+
 def _figure_section(key: str, title: str, fig: go.Figure | None, why_missing: str) -> str | None:
     """A figure's section; when there is no figure, a sentence saying why (or nothing)."""
     if fig is not None:
@@ -161,6 +200,7 @@ def report_sections(
     primary = objective_names(study)[0]
     sections = [
         _section("best", "Best trial", _best_trial(study)),
+        _confirmation_section(study),
         _figure_section(
             "history",
             "Optimisation history",

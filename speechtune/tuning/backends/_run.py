@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import optuna
@@ -16,7 +17,12 @@ from speechtune.tuning.study import (
     StudyOutputs,
     StudySession,
     Tracker,
+    comparable_trials,
+    confirm_seeds_for,
+    run_confirmation,
 )
+
+log = logging.getLogger(__name__)
 
 
 def default_backend(
@@ -87,4 +93,37 @@ def run_study(
     )
     with session:
         backend.run(session, objective, n_trials=n_trials, progress=progress)
+        if spec.study.confirm_top > 0:
+            # Inside the session: the outputs written on exit follow the confirmed pick.
+            _confirm(session, objective, options.n_jobs, progress)
     return session.study
+
+
+def _confirm(
+    session: StudySession, objective: Objective | None, n_jobs: int, progress: bool
+) -> None:
+    """``study.confirm_top``: train the best configs again on new seeds (see run_confirmation)."""
+    spec, study = session.spec, session.study
+    if not comparable_trials(study):
+        log.warning("confirmation skipped: no complete trial to confirm")
+        return
+    if objective is None:  # packed workers: the objective lives in the workers; build one here
+        from speechtune.tuning.objectives import build_objective
+
+        objective = build_objective(spec)
+    seeds = confirm_seeds_for(spec)
+    say = print if progress else (lambda line: log.info("%s", line))
+    say(
+        f"confirming the best {spec.study.confirm_top} configs (and the baseline) on seeds "
+        f"{', '.join(map(str, seeds))}"
+    )
+    run_confirmation(
+        study,
+        objective,
+        spec.objective,
+        session.run_dir,
+        top=spec.study.confirm_top,
+        seeds=seeds,
+        n_jobs=n_jobs,
+        echo=say,
+    )

@@ -38,12 +38,15 @@ def build_spec(
     fidelity: FidelitySpec | None = None,
     cost: CostModel | None = None,
     direction: str = "minimize",
+    confirm_top: int = 0,
+    confirm_seeds: Sequence[int] = (),
 ) -> TuningSpec:
     """A :class:`~speechtune.tuning.TuningSpec` for a Python objective (``objective.kind: python``).
 
     Args:
         space: a :class:`SearchSpace`, or a dict in the YAML ``space:`` syntax.
         space_constraints: constraints over the config (``"a % b == 0"``), for a dict ``space``.
+        confirm_top, confirm_seeds: ``study.confirm_top`` / ``study.confirm_seeds``.
         fidelity: a :class:`~speechtune.tuning.FidelitySpec` for a multi-fidelity study, or None.
         cost: a :class:`speechtune.metrics.CostModel` (grid intensity, prices, TDPs); None: defaults.
         Other arguments: the ``study:`` and ``objective:`` sections of a tuning YAML.
@@ -53,7 +56,16 @@ def build_spec(
 
     Raises:
         ConfigError: a bad ``space`` dict (every problem listed).
+        ValueError: ``confirm_top`` < 0, or a confirmation seed among ``seeds``.
     """
+    if confirm_top < 0:
+        raise ValueError(f"confirm_top must be >= 0 (got {confirm_top})")
+    reused = sorted(set(confirm_seeds) & set(seeds))
+    if reused:
+        raise ValueError(
+            f"confirm_seeds {reused} are among seeds: a confirmation needs seeds the search did "
+            "not select on"
+        )
 
     space_record: dict[str, Any]
     if isinstance(space, SearchSpace):
@@ -71,6 +83,8 @@ def build_spec(
         storage=storage,
         n_jobs=n_jobs,
         oom_retry=oom_retry,
+        confirm_top=confirm_top,
+        confirm_seeds=[int(x) for x in confirm_seeds],
     )
     objective = ObjectiveSpec(
         kind="python",
@@ -84,7 +98,17 @@ def build_spec(
     )
     study_record = {
         k: getattr(study, k)
-        for k in ("name", "sampler", "pruner", "n_trials", "seed", "storage", "n_jobs")
+        for k in (
+            "name",
+            "sampler",
+            "pruner",
+            "n_trials",
+            "seed",
+            "storage",
+            "n_jobs",
+            "confirm_top",
+            "confirm_seeds",
+        )
     }
     if study.storage:
         study_record["storage"] = mask_url(study.storage)  # the record never holds a password

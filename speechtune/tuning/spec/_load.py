@@ -209,6 +209,25 @@ def _load(
                 study.pruner,
             )
         )
+    if study.confirm_top and objective.is_multi_objective:
+        problems.append(
+            ConfigProblem(
+                "study.confirm_top",
+                "a confirmation picks by one value; a multi-objective study has a Pareto front "
+                "(drop objective.extra_objectives or fold them in with objective.scalarize)",
+                study.confirm_top,
+            )
+        )
+    reused = sorted(set(study.confirm_seeds) & set(objective.seeds))
+    if reused:
+        problems.append(
+            ConfigProblem(
+                "study.confirm_seeds",
+                f"seeds {reused} are among objective.seeds: a confirmation needs seeds the "
+                "search did not select on",
+                study.confirm_seeds,
+            )
+        )
     if objective.is_multi_objective and study.sampler in _SINGLE_OBJECTIVE_SAMPLERS:
         problems.append(
             ConfigProblem(

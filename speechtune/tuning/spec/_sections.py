@@ -63,6 +63,12 @@ class StudySpec:
     #: as its first trial: a sampler would try it only by chance, and a search that never
     #: measured its starting point cannot show it improved on it.
     baseline: bool = True
+    #: After the search, train this many of its best configs (and the baseline) again on
+    #: ``confirm_seeds`` and pick by their mean there (0: off). A single-seed pick near
+    #: sensible defaults is partly the luckiest seed; see :mod:`speechtune.tuning.study._confirm`.
+    confirm_top: int = 0
+    #: The confirmation's seeds, none of ``objective.seeds``; empty: the two after them.
+    confirm_seeds: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,14 @@ _STUDY_CHECKS: dict[str, _Check] = {
     "baseline": (
         lambda v: isinstance(v, bool),
         "must be true or false (train the base recipe's defaults as the first trial)",
+    ),
+    "confirm_top": (
+        lambda v: _is_int(v) and v >= 0,
+        "must be an int >= 0 (the best configs trained again on new seeds; 0: none)",
+    ),
+    "confirm_seeds": (
+        lambda v: isinstance(v, list) and all(map(_is_int, v)) and len(set(v)) == len(v),
+        "must be a list of distinct ints (empty: the two seeds after objective.seeds)",
     ),
 }
 

@@ -11,6 +11,17 @@ from speechtune.tuning.study._baseline import (
     enqueue_baseline,
     is_baseline,
 )
+from speechtune.tuning.study._confirm import (
+    confirm_candidates,
+    confirm_seeds_for,
+    run_confirmation,
+)
+from speechtune.tuning.study._confirmed import (
+    CONFIRMATION_ATTR,
+    ConfirmRow,
+    confirmation_rows,
+    confirmed_choice,
+)
 from speechtune.tuning.study._interrupt import (
     INTERRUPTED_REASON,
     interruptible_trials,
@@ -91,6 +102,7 @@ from speechtune.tuning.study._weak import (
 
 __all__ = [
     "BASELINE_SOURCE",
+    "CONFIRMATION_ATTR",
     "COUNTED_STATES",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_RECONNECT_S",
@@ -101,6 +113,7 @@ __all__ = [
     "STORAGE_ENV",
     "WEAK_RATE",
     "WORKER_ID",
+    "ConfirmRow",
     "FailureGuard",
     "OpenOptions",
     "RunDirBusyError",
@@ -121,6 +134,10 @@ __all__ = [
     "comparable_trials",
     "complete_metrics",
     "complete_trials",
+    "confirm_candidates",
+    "confirm_seeds_for",
+    "confirmation_rows",
+    "confirmed_choice",
     "device_slots",
     "duration_s",
     "enqueue_baseline",
@@ -147,6 +164,7 @@ __all__ = [
     "reconnect_bound",
     "record_cost_total",
     "requeue_interrupted",
+    "run_confirmation",
     "resolve_storage",
     "resume_seed",
     "rung_names",

@@ -17,6 +17,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from speechtune.tuning.study._confirmed import confirmed_choice
+
 _FALLBACK_STATUS = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "stopped",
@@ -385,6 +387,7 @@ def select_best(study: optuna.Study) -> BestChoice | None:
 
     For a multi-objective study, the Pareto-optimal trial with the best primary objective.
     For a multi-fidelity study (``fidelity`` study attr), only trials at the top rung count.
+    After a confirmation on new seeds (:func:`run_confirmation`), the config it picked.
     Returns None when no (top-rung) trial completed.
     """
     names = objective_names(study)
@@ -408,6 +411,9 @@ def select_best(study: optuna.Study) -> BestChoice | None:
             f"the one with the best {names[0]}{mf_note}"
         )
         return BestChoice(best, note)
+    confirmed = confirmed_choice(study)
+    if confirmed is not None:
+        return BestChoice(*confirmed)
     ranked = [t for t in ranked_trials(study) if _feasible(t)]
     if not ranked:
         return None
