@@ -22,6 +22,7 @@ FIDELITY_COLUMNS = (
     "parent_trial",
     "source",
     "job_cost",
+    "rank_value",
 )
 COST_PREFIX = "cost."
 # The trial's measured compute (its ``cost`` user attr, see speechtune.metrics.EnergyMeter).
@@ -49,7 +50,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
 
     Columns: ``number, state, status, reason, <objective names>, duration_s, objective_std``,
     then the multi-fidelity records that any trial has (``rung, rung_name, config_id, bracket,
-    parent_trial, source, job_cost``), then the trial's measured cost when any trial has one
+    parent_trial, source, job_cost, rank_value``), then the trial's measured cost when any trial has one
     (``cost.wall_s, cost.cpu_core_hours, cost.gpu_hours, cost.energy_kwh, cost.energy_source,
     cost.co2e_g, cost.money, cost.currency``), then ``config.<key>`` for every config key and
     ``metrics.<name>`` for every final metric.

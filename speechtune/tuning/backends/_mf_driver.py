@@ -421,7 +421,18 @@ class Driver:
             self.runner.configs.pop(trial.number, None)
         with self.lock:
             trial.set_user_attr("told", self.tells)
-            steps = self.study._storage.get_trial(trial._trial_id).intermediate_values
+            stored = self.study._storage.get_trial(trial._trial_id)
+            steps = stored.intermediate_values
+            if (
+                state == TrialState.COMPLETE
+                and self.rank_metric
+                and job.rung < self.search.fidelity.top
+            ):
+                # Recorded (trials.csv's rank_value) because it is not the trial's value: the
+                # value is the run's best-WER epoch, the search ranks the last epoch's metric.
+                ranked_by = _last_epoch_value(stored, self.rank_metric)
+                if ranked_by is not None:
+                    trial.set_user_attr("rank_value", ranked_by)
             used = self._used_cost(job, state, steps)
             if used != job.cost:
                 trial.set_user_attr(

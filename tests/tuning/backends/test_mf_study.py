@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import json
 from pathlib import Path
 
@@ -406,6 +408,16 @@ def test_cheap_rungs_rank_by_the_last_epochs_value_not_the_best_wer_epochs(
     up = sorted(t.params["x"] for t in study.trials if t.user_attrs["rung"] == 1)
     assert up == sorted(
         t.params["x"] for t in sorted(low, key=lambda t: abs(t.params["x"] - 0.3))[:3]
+    )
+    # trials.csv shows what each cheap-rung trial was ranked by beside its (best-epoch) value.
+    with (tmp_path / "run" / "trials.csv").open() as fh:
+        rows = {int(r["number"]): r for r in csv.DictReader(fh)}
+    for t in low:
+        last = (t.params["x"] - 0.3) ** 2 + 1.0 / t.user_attrs["config"]["epochs"]
+        assert float(rows[t.number]["rank_value"]) == pytest.approx(last)
+        assert float(rows[t.number]["metrics.dev_loss"]) != pytest.approx(last)
+    assert all(
+        rows[t.number]["rank_value"] == "" for t in study.trials if t.user_attrs["rung"] == 2
     )
 
 
