@@ -1,6 +1,6 @@
 """Rules of fine-tuning: the ``finetune`` section against the model it adapts, and a pretrained
-waveform encoder (``model.encoder: hf_wav2vec2``) against its input (``features.kind:
-waveform``) and its source (``model.init_from``)."""
+encoder (``model.encoder: hf_wav2vec2`` / ``hf_whisper``) against its input (``features.kind:
+waveform`` / ``whisper``) and its source (``model.init_from``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _finetune_section(cfg: RecipeConfig) -> list[Problem]:
         out.append(("finetune.freeze_layers", rule, ft.freeze_layers))
     # Attention projections exist in transformer/conformer/Wav2Vec2 encoders and in the decoder;
     # the bidirectional RNNs add one Linear. Failing here beats a trial that adapts nothing.
-    attention = m.encoder in ("transformer", "conformer", "hf_wav2vec2")
+    attention = m.encoder in ("transformer", "conformer", "hf_wav2vec2", "hf_whisper")
     attention = attention or m.head == "ctc_attention"
     linear = attention or m.encoder in ("blstm", "bgru")
     if ft.lora_rank > 0 and not (linear if ft.lora_targets == "all_linear" else attention):
@@ -36,29 +36,39 @@ def _finetune_section(cfg: RecipeConfig) -> list[Problem]:
     return out
 
 
+#: The features each pretrained encoder reads (as speechtune.models.PRETRAINED_FEATURES; the
+#: config layer sits below the models and cannot import them).
+_PRETRAINED_FEATURES = {"hf_wav2vec2": "waveform", "hf_whisper": "whisper"}
+
+
 def _waveform_encoder(cfg: RecipeConfig) -> list[Problem]:
     # The directory itself is checked when the model is built (speechtune.models).
     out: list[Problem] = []
     m, fe = cfg.model, cfg.features
-    hf = m.encoder == "hf_wav2vec2"
-    if hf != (fe.kind == "waveform"):
-        rule = (
-            "must be 'waveform' for model.encoder=hf_wav2vec2 (it reads raw samples)"
-            if hf
-            else f"'waveform' needs model.encoder=hf_wav2vec2, not {m.encoder!r}"
-        )
+    needs = _PRETRAINED_FEATURES.get(m.encoder)
+    hf = needs is not None
+    readers = {kind: enc for enc, kind in _PRETRAINED_FEATURES.items()}
+    if needs is not None and fe.kind != needs:
+        what = "raw samples" if needs == "waveform" else "Whisper's log-mel features"
+        rule = f"must be {needs!r} for model.encoder={m.encoder} (it reads {what})"
+        out.append(("features.kind", rule, fe.kind))
+    elif needs is None and fe.kind in readers:
+        rule = f"{fe.kind!r} needs model.encoder={readers[fe.kind]}, not {m.encoder!r}"
         out.append(("features.kind", rule, fe.kind))
     if hf and not m.init_from:
-        rule = "must name a local Hugging Face model directory for model.encoder=hf_wav2vec2"
+        rule = f"must name a local Hugging Face model directory for model.encoder={m.encoder}"
         out.append(("model.init_from", rule, m.init_from))
     if hf and fe.sample_rate != 16000:
-        rule = "must be 16000 for model.encoder=hf_wav2vec2 (the rate it was pretrained on)"
+        rule = f"must be 16000 for model.encoder={m.encoder} (the rate it was pretrained on)"
         out.append(("features.sample_rate", rule, fe.sample_rate))
+    if m.whisper_window_s is not None and m.encoder != "hf_whisper":
+        rule = f"is only used with model.encoder=hf_whisper, not {m.encoder!r}"
+        out.append(("model.whisper_window_s", rule, m.whisper_window_s))
     edge = cfg.edge
     if hf and (edge.quantize != "none" or edge.prune_sparsity > 0):
         # Quantisation and pruning rebuild or mask speechtune's own layers; neither has been
         # verified on a Hugging Face encoder, so refuse rather than ship an unchecked model.
         key = "edge.quantize" if edge.quantize != "none" else "edge.prune_sparsity"
-        rule = "is not supported with model.encoder=hf_wav2vec2 (leave it at its default)"
+        rule = f"is not supported with model.encoder={m.encoder} (leave it at its default)"
         out.append((key, rule, getattr(edge, key.split(".")[1])))
     return out

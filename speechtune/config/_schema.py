@@ -26,8 +26,9 @@ def _f(default: Any, **meta: Any) -> Any:
 
 ENCODERS = (
     "lstm", "blstm", "gru", "bgru", "transformer", "conformer", "searched",
-    # A pretrained Wav2Vec2/HuBERT from a local Hugging Face directory (model.init_from).
-    "hf_wav2vec2",
+    # A pretrained Wav2Vec2/HuBERT or Whisper encoder from a local Hugging Face directory
+    # (model.init_from).
+    "hf_wav2vec2", "hf_whisper",
 )  # fmt: skip
 HEADS = ("ctc", "ctc_attention")
 #: The ops of model.block_ops (encoder=searched); built by speechtune.models' SEARCH_OPS.
@@ -96,8 +97,10 @@ class FeaturesConfig:
     normalize: bool = _f(True)
     # "logmel" features, or "waveform": the raw samples as [T, 1], each utterance normalised
     # to zero mean and unit variance, for encoders that read audio (model.encoder=hf_wav2vec2;
-    # no global CMVN or SpecAugment then, and the log-mel keys above are unused).
-    kind: str = _f("logmel", choices=("logmel", "waveform"))
+    # no global CMVN or SpecAugment then, and the log-mel keys above are unused), or
+    # "whisper": Whisper's own log-mel features (model.encoder=hf_whisper; n_mels as the
+    # pretrained encoder's num_mel_bins, 16 kHz; no global CMVN, SpecAugment applies).
+    kind: str = _f("logmel", choices=("logmel", "waveform", "whisper"))
 
 
 @dataclass
@@ -151,6 +154,10 @@ class ModelConfig:
     # Fine-tuning: start from the weights of a speechtune model.pt (or the run dir holding one).
     # Architecture keys must match it; output rows are mapped token by token (finetune section).
     init_from: str | None = _f(None)
+    # model.encoder=hf_whisper: the encoder's input window in seconds (its positions are cut to
+    # it, 50 per second); every utterance must fit. None: the pretrained model's (30 s).
+    # Attention costs grow with its square, so short-utterance corpora want a short window.
+    whisper_window_s: float | None = _f(None, gt=0.0, le=30.0)
     # Width and depth multipliers (MobileNet's alpha, Howard et al., 2017; EfficientNet's
     # width/depth coefficients, Tan & Le, 2019): scale d_model and ff_dim (d_model rounded to a
     # multiple of num_heads) and num_layers of this recipe, so one space fits any base size.

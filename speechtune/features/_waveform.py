@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from speechtune.config import FeaturesConfig
 from speechtune.features._logmel import LogMel
+from speechtune.features._whisper import WhisperLogMel
 
 # Wav2Vec2FeatureExtractor's epsilon: silence stays silence instead of dividing by zero.
 _EPS = 1e-7
@@ -49,13 +50,14 @@ def _waveform(cfg: FeaturesConfig) -> Waveform:
 
 
 #: ``features.kind`` -> its front end (waves ``[B, T]``, lengths ``[B]``) -> (feats, frames).
-FRONT_ENDS: dict[str, Callable[[FeaturesConfig], LogMel | Waveform]] = {
+FRONT_ENDS: dict[str, Callable[[FeaturesConfig], LogMel | Waveform | WhisperLogMel]] = {
     "logmel": LogMel.from_config,
     "waveform": _waveform,
+    "whisper": WhisperLogMel.from_config,
 }
 
 
-def build_frontend(cfg: FeaturesConfig) -> LogMel | Waveform:
+def build_frontend(cfg: FeaturesConfig) -> LogMel | Waveform | WhisperLogMel:
     """The front end ``cfg.kind`` names.
 
     Raises:

@@ -67,11 +67,11 @@ class ASRModel(nn.Module):
         self.streaming = streaming or StreamingSpec()
         self.subsampling: Conv2dSubsampling
         if cfg.encoder in PRETRAINED_ENCODERS:
-            # A pretrained encoder reads [B, T, 1] samples and subsamples them with its own
-            # CNN; model.subsampling and the features' n_mels do not apply. Typed as the
-            # Conv2dSubsampling that streaming and export read (factor, plan): both refuse
-            # these encoders before reading it.
-            input_dim = 1
+            # A pretrained encoder subsamples with its own convolutions (Wav2Vec2's CNN reads
+            # [B, T, 1] samples, Whisper's two convolutions its log-mels); model.subsampling
+            # does not apply. Typed as the Conv2dSubsampling that streaming and export read
+            # (factor, plan): both refuse these encoders before reading it.
+            input_dim = 1 if cfg.encoder == "hf_wav2vec2" else input_dim
             self.subsampling = WaveformInput()  # type: ignore[assignment]
         else:
             self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling)

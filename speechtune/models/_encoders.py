@@ -15,7 +15,8 @@ from torch import nn
 
 from speechtune.config import ModelConfig
 from speechtune.models._conformer import POS_ENCODINGS, ConformerEncoder
-from speechtune.models._hf_wav2vec2 import build_hf_wav2vec2
+from speechtune.models._hf_wav2vec2 import build_hf_wav2vec2, load_hf_weights
+from speechtune.models._hf_whisper import build_hf_whisper, load_hf_whisper_weights
 from speechtune.models._init import apply_deepnorm_init, deepnorm_alpha
 from speechtune.models._rnn import RNNEncoder
 from speechtune.models._searched import SearchedEncoder, parse_block_ops
@@ -97,9 +98,29 @@ ENCODER_BUILDERS: dict[str, EncoderBuilder] = {
 
 
 #: Encoders whose architecture comes from a pretrained model (``model.init_from``), not from
-#: the recipe's sizes; they read ``[B, T, 1]`` waveforms (``features.kind: waveform``). Building
-#: one is what imports transformers (``import speechtune`` never does).
-PRETRAINED_ENCODERS: dict[str, PretrainedBuilder] = {"hf_wav2vec2": build_hf_wav2vec2}
+#: the recipe's sizes: Wav2Vec2/HuBERT read ``[B, T, 1]`` waveforms (``features.kind:
+#: waveform``), Whisper its own log-mels (``features.kind: whisper``). Building one is what
+#: imports transformers (``import speechtune`` never does).
+PRETRAINED_ENCODERS: dict[str, PretrainedBuilder] = {
+    "hf_wav2vec2": build_hf_wav2vec2,
+    "hf_whisper": build_hf_whisper,
+}
+#: The features each pretrained encoder reads (``features.kind``).
+PRETRAINED_FEATURES: dict[str, str] = {"hf_wav2vec2": "waveform", "hf_whisper": "whisper"}
+_LOADERS: dict[str, Callable[[nn.Module, str], str]] = {
+    "hf_wav2vec2": load_hf_weights,
+    "hf_whisper": load_hf_whisper_weights,
+}
+
+
+def load_pretrained_encoder(encoder_name: str, encoder: nn.Module, path: str) -> str:
+    """Load the weights of the Hugging Face directory ``path`` into a pretrained ``encoder``.
+
+    Returns:
+        A line for the run's log.
+    """
+    return _LOADERS[encoder_name](encoder, path)
+
 
 _INITS = ("default", "deepnorm")
 

@@ -26,6 +26,11 @@ _HF_STACK = re.compile(r"^encoder\.model\.encoder\.layers\.(\d+)\.")
 _HF_BOTTOM = re.compile(
     r"^encoder\.model\.(?:feature_projection\.|masked_spec_embed$|encoder\.pos_conv_embed\.)"
 )
+# A Hugging Face Whisper encoder (model.encoder=hf_whisper): its two convolutions are the front
+# end, its fixed sinusoidal positions count as layer 0, its layers are encoder.model.layers.<i>.
+_WHISPER_FRONTEND = re.compile(r"^encoder\.model\.conv[12]\.")
+_WHISPER_BOTTOM = re.compile(r"^encoder\.model\.embed_positions\.")
+_WHISPER_STACK = re.compile(r"^encoder\.model\.layers\.(\d+)\.")
 
 #: Parameters whose first dimension is the output vocabulary (mapped token by token when the
 #: vocabularies of a pretrained model and a fine-tuned one differ).
@@ -52,9 +57,18 @@ def layer_of(name: str) -> int | None:
         :data:`FRONTEND` for the subsampling front end, ``i`` for encoder layer ``i`` (0 is the
         bottom), ``None`` for parameters above the encoder layers (heads, decoder, final norms).
     """
-    if name.startswith("subsampling.") or _HF_FRONTEND.match(name):
+    if (
+        name.startswith("subsampling.")
+        or _HF_FRONTEND.match(name)
+        or _WHISPER_FRONTEND.match(name)
+    ):
         return FRONTEND
-    if _HF_BOTTOM.match(name):
+    if _HF_BOTTOM.match(name) or _WHISPER_BOTTOM.match(name):
         return 0
-    match = _STACK.match(name) or _RNN.match(name) or _HF_STACK.match(name)
+    match = (
+        _STACK.match(name)
+        or _RNN.match(name)
+        or _HF_STACK.match(name)
+        or _WHISPER_STACK.match(name)
+    )
     return int(match.group(1)) if match else None

@@ -38,7 +38,7 @@ from speechtune.models import (
     VOCAB_PARAMS,
     add_lora,
     layer_of,
-    load_hf_weights,
+    load_pretrained_encoder,
     merged_state_dict,
 )
 
@@ -140,7 +140,7 @@ def init_from_pretrained(model: nn.Module, cfg: RecipeConfig, tokenizer: Tokeniz
     Args:
         model: The freshly built model of ``cfg``, with ``tokenizer``'s vocabulary.
         cfg: The recipe; ``cfg.model.init_from`` is a ``model.pt`` or a run dir holding one,
-            or for ``model.encoder: hf_wav2vec2`` a local Hugging Face model directory.
+            or for ``model.encoder: hf_wav2vec2``/``hf_whisper`` a local Hugging Face model directory.
         tokenizer: This run's tokenizer (its vocabulary may differ from the pretrained one).
 
     Returns:
@@ -154,7 +154,7 @@ def init_from_pretrained(model: nn.Module, cfg: RecipeConfig, tokenizer: Tokeniz
     if cfg.model.encoder in PRETRAINED_ENCODERS:
         # A Hugging Face directory: the encoder's weights; the CTC head keeps its fresh init
         # over this run's tokenizer (there is no speechtune vocabulary to map from).
-        return load_hf_weights(model.get_submodule("encoder"), path)
+        return load_pretrained_encoder(cfg.model.encoder, model.get_submodule("encoder"), path)
     try:
         source = Recognizer.load(path)  # torch.load(weights_only=True): no code in it runs
     except (FileNotFoundError, ValueError) as exc:  # one line naming the file and what is wrong

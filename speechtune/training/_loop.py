@@ -221,7 +221,8 @@ def _train(
     train_feats = _features(train_set, cfg, opts, device, data.speeds)
     dev_feats = _features(dev_set, cfg, opts, device)
     targets = {u.id: tokenizer.encode(u.text) for m in (train_set, dev_set) for u in m}
-    # Waveforms are normalised per utterance by their front end: no global CMVN on top.
+    # Waveforms are normalised per utterance by their front end, Whisper's log-mels as it was
+    # pretrained on: no global CMVN on top.
     logmel = cfg.features.kind == "logmel"
     cmvn = GlobalCMVN.fit(train_feats.values()) if cfg.features.normalize and logmel else None
 
@@ -233,9 +234,10 @@ def _train(
         else:
             tlog.write(log, note)  # a quiet run (a tuning trial) logs it too, as epoch lines
     recognizer = Recognizer(cfg, tokenizer, cmvn, model).to(device)
-    # SpecAugment masks log-mel bins and frames; a waveform encoder masks its own frames
-    # (hf_wav2vec2: mask_time_prob in the pretrained config).
-    specaug = SpecAugment.from_config(cfg.specaugment) if logmel else None
+    # SpecAugment masks log-mel bins and frames (speechtune's or Whisper's); a waveform
+    # encoder masks its own frames (hf_wav2vec2: mask_time_prob in the pretrained config).
+    masked = logmel or cfg.features.kind == "whisper"
+    specaug = SpecAugment.from_config(cfg.specaugment) if masked else None
     if specaug is not None:
         specaug = specaug.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
