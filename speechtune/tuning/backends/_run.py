@@ -117,13 +117,16 @@ def _confirm(
         f"confirming the best {spec.study.confirm_top} configs (and the baseline) on seeds "
         f"{', '.join(map(str, seeds))}"
     )
-    run_confirmation(
-        study,
-        objective,
-        spec.objective,
-        session.run_dir,
-        top=spec.study.confirm_top,
-        seeds=seeds,
-        n_jobs=n_jobs,
-        echo=say,
-    )
+    try:
+        run_confirmation(
+            study,
+            objective,
+            spec.objective,
+            session.run_dir,
+            top=spec.study.confirm_top,
+            seeds=seeds,
+            n_jobs=n_jobs,
+            echo=say,
+        )
+    except ValueError as exc:  # e.g. every complete trial infeasible: the study stands as it is
+        log.warning("confirmation skipped: %s", exc)
