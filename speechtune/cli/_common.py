@@ -146,3 +146,26 @@ def make_tracker(spec: TuningSpec, run_dir: Path, args: argparse.Namespace) -> T
     return StudyTracker(
         tracking_uri=args.tracking_uri, experiment=spec.study.name, run_dir=run_dir
     )
+
+
+def load_run_spec(run_dir: Path, command: str) -> TuningSpec:
+    """The tuning spec a study recorded in ``run_dir/spec.yaml``, for ``rerun``/``confirm``.
+
+    Raises:
+        FileNotFoundError: no ``spec.yaml`` (not a ``speechtune tune`` run directory).
+        ValueError: a ``kind: python`` study (its function cannot be called from here).
+    """
+    from speechtune.tuning.spec import load_tuning
+
+    spec_path = run_dir / "spec.yaml"
+    if not spec_path.is_file():
+        raise FileNotFoundError(
+            f"{spec_path} not found: expected the run directory of a `speechtune tune` study"
+        )
+    spec = load_tuning(spec_path)
+    if spec.objective.kind == "python":
+        raise ValueError(
+            f"a kind: python study cannot be {command} from the command line; call your "
+            "function with the config in best.yaml"
+        )
+    return spec

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from speechtune.cli._common import add_threads_argument, apply_threads, check_threads
+from speechtune.cli._common import (
+    add_threads_argument,
+    apply_threads,
+    check_threads,
+    load_run_spec,
+)
 
 if TYPE_CHECKING:
     from speechtune.tuning.study import ConfirmRow
@@ -54,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the confirmation; 0 when it picked a config, 1 otherwise."""
     from speechtune.reports import write_study_outputs
     from speechtune.tuning.objectives import build_objective
-    from speechtune.tuning.spec import load_tuning
     from speechtune.tuning.study import (
         RunDirLock,
         confirm_seeds_for,
@@ -67,16 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     run_dir = Path(args.run_dir)
-    spec_path = run_dir / "spec.yaml"
-    if not spec_path.is_file():
-        raise FileNotFoundError(
-            f"{spec_path} not found: expected the run directory of a `speechtune tune` study"
-        )
-    spec = load_tuning(spec_path)
-    if spec.objective.kind == "python":
-        raise ValueError(
-            "a kind: python study is confirmed from Python: speechtune.tuning.study.run_confirmation"
-        )
+    spec = load_run_spec(run_dir, "confirmed")
     top = args.top if args.top is not None else (spec.study.confirm_top or 3)
     seeds = list(args.seeds) if args.seeds else confirm_seeds_for(spec)
     objective = build_objective(spec, device=args.device, cache_dir=args.cache_dir)

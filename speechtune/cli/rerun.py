@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from speechtune.cli._common import load_run_spec
+
 HELP = "run a study's best (or a given) trial again and compare its metrics"
 
 
@@ -47,21 +49,10 @@ def _next_dir(root: Path, trial: int) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Rerun the trial; 0 when it completed, 1 otherwise."""
     from speechtune.tuning.objectives import build_objective
-    from speechtune.tuning.spec import load_tuning
     from speechtune.tuning.study import load_study, select_best
 
     run_dir = Path(args.run_dir)
-    spec_path = run_dir / "spec.yaml"
-    if not spec_path.is_file():
-        raise FileNotFoundError(
-            f"{spec_path} not found: expected the run directory of a `speechtune tune` study"
-        )
-    spec = load_tuning(spec_path)
-    if spec.objective.kind == "python":
-        raise ValueError(
-            "a kind: python study cannot be rerun from the command line; call your function "
-            "with the config in best.yaml"
-        )
+    spec = load_run_spec(run_dir, "rerun")
     study = load_study(run_dir)
     if args.trial is None:
         choice = select_best(study)

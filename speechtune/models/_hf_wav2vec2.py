@@ -35,28 +35,55 @@ _MODEL_CLASSES: dict[str, tuple[str, str]] = {
 }
 
 
-def _error(reason: str, path: str) -> ConfigError:
+def init_from_error(reason: str, path: str) -> ConfigError:
+    """A config error naming ``model.init_from``."""
     return ConfigError([ConfigProblem("model.init_from", reason, path)])
 
 
-def _transformers(path: str) -> Any:
+def import_transformers(path: str, encoder: str = "hf_wav2vec2") -> Any:
+    """``transformers``, or one config error naming ``model.init_from`` when it is missing."""
     try:
         import transformers
     except ImportError as exc:
-        raise _error(f"model.encoder=hf_wav2vec2 needs transformers: {_INSTALL}", path) from exc
+        raise init_from_error(
+            f"model.encoder={encoder} needs transformers: {_INSTALL}", path
+        ) from exc
     return transformers
 
 
 def _classes(model_type: str, path: str) -> tuple[Any, Any]:
     if model_type not in _MODEL_CLASSES:
-        raise _error(
+        raise init_from_error(
             f"config.json has model_type {model_type!r}; model.encoder=hf_wav2vec2 takes one "
             f"of {sorted(_MODEL_CLASSES)}",
             path,
         )
-    transformers = _transformers(path)
+    transformers = import_transformers(path)
     config_cls, model_cls = _MODEL_CLASSES[model_type]
     return getattr(transformers, config_cls), getattr(transformers, model_cls)
+
+
+def read_config_json(path: str, encoder: str) -> dict[str, Any]:
+    """The ``config.json`` object of the local Hugging Face directory ``path``.
+
+    Raises:
+        ConfigError: (one line naming ``model.init_from``) ``path`` holds no readable
+            ``config.json`` with a JSON object.
+    """
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise init_from_error(
+            "must be a local Hugging Face model directory with a config.json (as "
+            f"save_pretrained writes) for model.encoder={encoder}",
+            path,
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise init_from_error(f"cannot read {config_file}: {exc}", path) from exc
+    if not isinstance(config, dict):
+        raise init_from_error(f"{config_file} does not hold a JSON object", path)
+    return config
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
@@ -67,19 +94,7 @@ def read_hf_config(path: str) -> dict[str, Any]:
             a readable ``config.json``, its ``model_type`` is not Wav2Vec2 or HuBERT, or
             ``transformers`` is not installed.
     """
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise _error(
-            "must be a local Hugging Face model directory with a config.json (as "
-            "save_pretrained writes) for model.encoder=hf_wav2vec2",
-            path,
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise _error(f"cannot read {config_file}: {exc}", path) from exc
-    if not isinstance(config, dict):
-        raise _error(f"{config_file} does not hold a JSON object", path)
+    config = read_config_json(path, "hf_wav2vec2")
     _classes(str(config.get("model_type")), path)
     return config
 
@@ -144,16 +159,22 @@ class HFWav2Vec2Encoder(nn.Module):
         return json.dumps(self.model.config.to_dict(), sort_keys=True)
 
 
-def _check_sizes(cfg: ModelConfig, config: dict[str, Any], path: str) -> None:
-    # Layer-wise LR decay, freeze_layers and the heads read these two keys of the recipe, so
-    # they must describe the pretrained encoder (as for a speechtune model.init_from).
+def check_sizes(cfg: ModelConfig, path: str, d_model: Any, num_layers: Any) -> None:
+    """``model.d_model`` / ``model.num_layers`` must be the pretrained encoder's.
+
+    Layer-wise LR decay, freeze_layers and the heads read these two keys of the recipe, so they
+    must describe the pretrained encoder (as for a speechtune model.init_from).
+
+    Raises:
+        ConfigError: one problem per key that differs.
+    """
     problems = [
         ConfigProblem(
             key, f"must be {theirs!r}, as in the pretrained model (model.init_from={path})", ours
         )
         for key, ours, theirs in (
-            ("model.d_model", cfg.d_model, config.get("hidden_size")),
-            ("model.num_layers", cfg.num_layers, config.get("num_hidden_layers")),
+            ("model.d_model", cfg.d_model, d_model),
+            ("model.num_layers", cfg.num_layers, num_layers),
         )
         if ours != theirs
     ]
@@ -175,7 +196,7 @@ def build_hf_wav2vec2(cfg: ModelConfig, stored: str | None = None) -> HFWav2Vec2
     """
     path = str(cfg.init_from)
     config = json.loads(stored) if stored is not None else read_hf_config(path)
-    _check_sizes(cfg, config, path)
+    check_sizes(cfg, path, config.get("hidden_size"), config.get("num_hidden_layers"))
     config_cls, model_cls = _classes(str(config.get("model_type")), path)
     return HFWav2Vec2Encoder(model_cls(config_cls.from_dict(config)))
 
@@ -202,10 +223,10 @@ def load_hf_weights(encoder: nn.Module, path: str) -> str:
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"cannot load the weights: {first}", path) from exc
+        raise init_from_error(f"cannot load the weights: {first}", path) from exc
     missing = list(info.get("missing_keys", []))
     if missing:
-        raise _error(
+        raise init_from_error(
             f"the weights lack {len(missing)} of the encoder's tensors (e.g. {missing[0]})", path
         )
     encoder.model.load_state_dict(source.state_dict())

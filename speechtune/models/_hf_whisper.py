@@ -23,30 +23,22 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from speechtune.config import ConfigError, ConfigProblem, ModelConfig
+from speechtune.models._hf_wav2vec2 import (
+    check_sizes,
+    import_transformers,
+    init_from_error,
+    read_config_json,
+)
 from speechtune.models._layers import valid_mask
 
-_INSTALL = "pip install transformers (the `hf` extra)"
 #: Encoder frames per second: 100 feature frames, halved by the second convolution.
 FRAMES_PER_S = 50
-
-
-def _error(reason: str, path: str) -> ConfigError:
-    return ConfigError([ConfigProblem("model.init_from", reason, path)])
-
-
-def _transformers(path: str) -> Any:
-    try:
-        import transformers
-    except ImportError as exc:
-        raise _error(f"model.encoder=hf_whisper needs transformers: {_INSTALL}", path) from exc
-    return transformers
 
 
 def read_whisper_config(path: str) -> dict[str, Any]:
@@ -56,23 +48,14 @@ def read_whisper_config(path: str) -> dict[str, Any]:
         ConfigError: (one line naming ``model.init_from``) no readable ``config.json``, a
             ``model_type`` other than ``whisper``, or no ``transformers``.
     """
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise _error(
-            "must be a local Hugging Face model directory with a config.json (as "
-            "save_pretrained writes) for model.encoder=hf_whisper",
+    config = read_config_json(path, "hf_whisper")
+    if config.get("model_type") != "whisper":
+        raise init_from_error(
+            f"config.json has model_type {config.get('model_type')!r}; model.encoder=hf_whisper "
+            "takes 'whisper'",
             path,
         )
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise _error(f"cannot read {config_file}: {exc}", path) from exc
-    if not isinstance(config, dict) or config.get("model_type") != "whisper":
-        got = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-        raise _error(
-            f"config.json has model_type {got!r}; model.encoder=hf_whisper takes 'whisper'", path
-        )
-    _transformers(path)
+    import_transformers(path, "hf_whisper")
     return config
 
 
@@ -135,23 +118,6 @@ class HFWhisperEncoder(nn.Module):
         return json.dumps(self.model.config.to_dict(), sort_keys=True)
 
 
-def _check_sizes(cfg: ModelConfig, config: dict[str, Any], path: str) -> None:
-    # Layer-wise LR decay, freeze_layers and the heads read these keys of the recipe, so they
-    # must describe the pretrained encoder.
-    problems = [
-        ConfigProblem(
-            key, f"must be {theirs!r}, as in the pretrained model (model.init_from={path})", ours
-        )
-        for key, ours, theirs in (
-            ("model.d_model", cfg.d_model, config.get("d_model")),
-            ("model.num_layers", cfg.num_layers, config.get("encoder_layers")),
-        )
-        if ours != theirs
-    ]
-    if problems:
-        raise ConfigError(problems)
-
-
 def build_hf_whisper(cfg: ModelConfig, stored: str | None = None) -> HFWhisperEncoder:
     """A randomly initialised Whisper encoder of the pretrained model's architecture.
 
@@ -167,7 +133,7 @@ def build_hf_whisper(cfg: ModelConfig, stored: str | None = None) -> HFWhisperEn
     """
     path = str(cfg.init_from)
     config = json.loads(stored) if stored is not None else read_whisper_config(path)
-    _check_sizes(cfg, config, path)
+    check_sizes(cfg, path, config.get("d_model"), config.get("encoder_layers"))
     if stored is None and cfg.whisper_window_s is not None:
         positions = math.ceil(cfg.whisper_window_s * FRAMES_PER_S)
         if positions > int(config["max_source_positions"]):
@@ -182,7 +148,7 @@ def build_hf_whisper(cfg: ModelConfig, stored: str | None = None) -> HFWhisperEn
                 ]
             )
         config = {**config, "max_source_positions": positions}
-    transformers = _transformers(path)
+    transformers = import_transformers(path, "hf_whisper")
     # The encoder class is not exported at the package's top level.
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -203,17 +169,17 @@ def load_hf_whisper_weights(encoder: nn.Module, path: str) -> str:
     if not isinstance(encoder, HFWhisperEncoder):
         raise TypeError(f"expected an HFWhisperEncoder, got {type(encoder).__name__}")
     read_whisper_config(path)
-    transformers = _transformers(path)
+    transformers = import_transformers(path, "hf_whisper")
     try:
         source = transformers.WhisperModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"cannot load the weights: {first}", path) from exc
+        raise init_from_error(f"cannot load the weights: {first}", path) from exc
     state = source.get_encoder().state_dict()
     target = encoder.model.state_dict()
     missing = sorted(set(target) - set(state))
     if missing:
-        raise _error(
+        raise init_from_error(
             f"the weights lack {len(missing)} of the encoder's tensors (e.g. {missing[0]})", path
         )
     positions = target["embed_positions.weight"].size(0)
