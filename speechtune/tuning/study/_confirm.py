@@ -81,10 +81,10 @@ def confirm_candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
     for trial in ranked_trials(study):
         if not _feasible(trial):
             continue
+        if len(out) == top:
+            break
         key = _config_key(trial)
-        if key in seen:
-            continue
-        if len(out) < top:
+        if key not in seen:
             seen.add(key)
             out.append(trial)
     baseline = next((t for t in comparable_trials(study) if is_baseline(t)), None)
