@@ -64,11 +64,4 @@ def _waveform_encoder(cfg: RecipeConfig) -> list[Problem]:
     if m.whisper_window_s is not None and m.encoder != "hf_whisper":
         rule = f"is only used with model.encoder=hf_whisper, not {m.encoder!r}"
         out.append(("model.whisper_window_s", rule, m.whisper_window_s))
-    edge = cfg.edge
-    if hf and (edge.quantize != "none" or edge.prune_sparsity > 0):
-        # Quantisation and pruning rebuild or mask speechtune's own layers; neither has been
-        # verified on a Hugging Face encoder, so refuse rather than ship an unchecked model.
-        key = "edge.quantize" if edge.quantize != "none" else "edge.prune_sparsity"
-        rule = f"is not supported with model.encoder={m.encoder} (leave it at its default)"
-        out.append((key, rule, getattr(edge, key.split(".")[1])))
     return out

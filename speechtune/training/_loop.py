@@ -71,6 +71,7 @@ from speechtune.training._optim import (
     scale_lr,
     set_lr,
 )
+from speechtune.training._provenance import run_environment, write_environment
 from speechtune.training._pruning import GradualPruner
 from speechtune.training._reporter import NullReporter, Reporter
 from speechtune.training._resume import check_resume_config, schedule_epochs
@@ -220,6 +221,9 @@ def _train(
     train_set = require_tunable(data.train, "training")
     train_feats = _features(train_set, cfg, opts, device, data.speeds)
     dev_feats = _features(dev_set, cfg, opts, device)
+    # What the run ran on, so that a rerun elsewhere can say what differed (`speechtune rerun`).
+    env = run_environment(device, train_set, dev_set, train_feats, dev_feats)
+    write_environment(out_dir, env)
     targets = {u.id: tokenizer.encode(u.text) for m in (train_set, dev_set) for u in m}
     # Waveforms are normalised per utterance by their front end, Whisper's log-mels as it was
     # pretrained on: no global CMVN on top.

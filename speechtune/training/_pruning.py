@@ -2,8 +2,9 @@
 
 The weights of every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (QAT versions included) are
 pruned layer by layer: each loses the same share of its smallest-magnitude entries (L1,
-unstructured), as in Zhu & Gupta (2017). Biases, norms, embeddings and LSTM/GRU weights stay
-dense. The share follows :func:`sparsity_at`, a pure function of the optimizer step: 0 before
+unstructured), as in Zhu & Gupta (2017). Biases, norms, embeddings, LSTM/GRU weights and
+parametrised (weight-normalised) convolutions stay dense. The same holds for the layers of a
+Hugging Face encoder (``hf_wav2vec2``, ``hf_whisper``). The share follows :func:`sparsity_at`, a pure function of the optimizer step: 0 before
 ``edge.prune_start``, the target from ``edge.prune_end`` on, and a linear or cubic ramp between.
 
 Inside an epoch the masks are torch's reparametrisation (``weight = weight_orig * weight_mask``),
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from speechtune.config import EdgeConfig
 
@@ -56,8 +57,16 @@ def sparsity_at(step: int, final: float, start: int, end: int, schedule: str) ->
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """The ``(module, "weight")`` pairs that pruning acts on, in module order."""
-    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
+    """The ``(module, "weight")`` pairs that pruning acts on, in module order.
+
+    A weight computed by a parametrisation (the weight-normalised positional convolution of
+    Wav2Vec2/HuBERT) is left dense: it is not a stored tensor that a mask could zero.
+    """
+    return [
+        (m, "weight")
+        for m in model.modules()
+        if isinstance(m, PRUNABLE) and not parametrize.is_parametrized(m, "weight")
+    ]
 
 
 def measured_sparsity(model: nn.Module) -> float:

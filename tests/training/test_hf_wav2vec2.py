@@ -22,6 +22,7 @@ from speechtune.inference import Recognizer
 from speechtune.inference._recognizer import read_model_payload
 from speechtune.models import FRONTEND, layer_of
 from speechtune.training import train
+from tests.helpers.hf import hf_config, save_tiny_wav2vec2
 from tests.helpers.recipes import run_options, tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -31,36 +32,10 @@ needs_peft = pytest.mark.skipif(
     importlib.util.find_spec("peft") is None, reason="LoRA needs the `finetune` extra (peft)"
 )
 
-#: Tiny, so a CPU epoch takes a second: 2 layers of width 32; the CNN subsamples by 20 x 8 = 160
-#: (100 frames a second; the released models: 320).
-TINY_W2V: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": (32, 32),
-    "conv_kernel": (20, 8),
-    "conv_stride": (20, 8),
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-    "mask_time_prob": 0.0,
-    "layerdrop": 0.0,
-    "hidden_dropout": 0.0,
-    "attention_dropout": 0.0,
-    "activation_dropout": 0.0,
-    "feat_proj_dropout": 0.0,
-    "vocab_size": 7,  # the directory's own vocabulary: never used by speechtune
-}
-
 
 @pytest.fixture(scope="module")
 def w2v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("hf") / "w2v"
-    Wav2Vec2Model(Wav2Vec2Config(**TINY_W2V)).save_pretrained(path)
-    return path
+    return save_tiny_wav2vec2(tmp_path_factory.mktemp("hf") / "w2v")
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +46,8 @@ def small_data(synth_data: PreparedData) -> PreparedData:
 
 
 def _cfg(w2v: Path, **sections: dict[str, Any]) -> RecipeConfig:
-    model = {
-        "encoder": "hf_wav2vec2",
-        "init_from": str(w2v),
-        "d_model": 32,
-        "num_layers": 2,
-        **sections.pop("model", {}),
-    }
-    return tiny_config(
-        features={"kind": "waveform"},
-        model=model,
-        train={"epochs": 1, "batch_size": 8, **sections.pop("train", {})},
-        optim={"weight_decay": 0.1, **sections.pop("optim", {})},
-        **sections,
-    )
+    optim = {"weight_decay": 0.1, **sections.pop("optim", {})}
+    return hf_config("hf_wav2vec2", w2v, optim=optim, **sections)
 
 
 def _pretrained_state(w2v: Path) -> dict[str, torch.Tensor]:
@@ -242,8 +205,3 @@ def test_without_transformers_it_is_one_line_naming_init_from(
     with pytest.raises(ConfigError, match="needs transformers") as err:
         build_model(_cfg(w2v_dir).model, 1, 8)
     assert err.value.problems[0].key == "model.init_from"
-
-
-def test_edge_knobs_are_refused_with_this_encoder(w2v_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="edge.quantize"):
-        _cfg(w2v_dir, edge={"quantize": "dynamic_int8"})

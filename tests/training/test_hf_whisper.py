@@ -21,42 +21,17 @@ from speechtune.features import WhisperLogMel
 from speechtune.inference import Recognizer
 from speechtune.models import FRONTEND, build_model, layer_of
 from speechtune.training import train
+from tests.helpers.hf import hf_config, save_tiny_whisper
 from tests.helpers.recipes import run_options, tiny_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None, reason="needs transformers (`hf` extra)"
 )
 
-#: Tiny, so a CPU epoch takes seconds: 2 encoder layers of width 32, a 6 s window (300
-#: positions; the released models: 1500, 30 s).
-TINY_WHISPER: dict[str, Any] = {
-    "d_model": 32,
-    "encoder_layers": 2,
-    "encoder_attention_heads": 2,
-    "encoder_ffn_dim": 64,
-    "decoder_layers": 1,
-    "decoder_attention_heads": 2,
-    "decoder_ffn_dim": 64,
-    "num_mel_bins": 80,
-    "max_source_positions": 300,
-    "max_target_positions": 32,
-    "vocab_size": 64,  # the directory's own vocabulary (and its token ids): never used
-    "pad_token_id": 1,
-    "bos_token_id": 2,
-    "eos_token_id": 2,
-    "decoder_start_token_id": 3,
-    "dropout": 0.0,
-}
-
 
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import WhisperConfig, WhisperModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("hf") / "whisper"
-    WhisperModel(WhisperConfig(**TINY_WHISPER)).save_pretrained(path)
-    return path
+    return save_tiny_whisper(tmp_path_factory.mktemp("hf") / "whisper")
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +42,7 @@ def small_data(synth_data: PreparedData) -> PreparedData:
 
 
 def _cfg(path: Path, **sections: dict[str, Any]) -> RecipeConfig:
-    model = {
-        "encoder": "hf_whisper",
-        "init_from": str(path),
-        "d_model": 32,
-        "num_layers": 2,
-        **sections.pop("model", {}),
-    }
-    return tiny_config(
-        features={"kind": "whisper", "n_mels": 80},
-        model=model,
-        train={"epochs": 1, "batch_size": 8, **sections.pop("train", {})},
-        **sections,
-    )
+    return hf_config("hf_whisper", path, **sections)
 
 
 def _encoder_state(path: Path) -> dict[str, torch.Tensor]:
