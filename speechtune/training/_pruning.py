@@ -4,8 +4,9 @@ The weights of every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (QAT version
 pruned layer by layer: each loses the same share of its smallest-magnitude entries (L1,
 unstructured), as in Zhu & Gupta (2017). Biases, norms, embeddings, LSTM/GRU weights and
 parametrised (weight-normalised) convolutions stay dense. The same holds for the layers of a
-Hugging Face encoder (``hf_wav2vec2``, ``hf_whisper``). The share follows :func:`sparsity_at`, a pure function of the optimizer step: 0 before
-``edge.prune_start``, the target from ``edge.prune_end`` on, and a linear or cubic ramp between.
+Hugging Face encoder (``hf_wav2vec2``, ``hf_whisper``). The share follows :func:`sparsity_at`,
+a pure function of the optimizer step: 0 before ``edge.prune_start``, the target from
+``edge.prune_end`` on, and a linear or cubic ramp between.
 
 Inside an epoch the masks are torch's reparametrisation (``weight = weight_orig * weight_mask``),
 so pruned weights get no gradient. At the end of each epoch they are made permanent
