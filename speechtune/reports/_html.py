@@ -7,6 +7,7 @@ parameter names and values) is HTML-escaped; plotly escapes ``<`` in its figure 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,45 @@ def _best_trial(study: optuna.Study) -> str:
         ]
         if others:
             parts.append(f"<p>Also measured: {esc(', '.join(others))}</p>")
+    ran_on = _environment_line(best)
+    if ran_on:
+        parts.append(f'<p class="note">Ran on: {esc(ran_on)}</p>')
     config = trial_config(best)
     # Searched parameters first: they are what the study found; fixed and derived keys follow.
     keys = sorted(config, key=lambda k: (k not in best.params, k))
     rows = [[k, config[k], "searched" if k in best.params else "fixed or derived"] for k in keys]
     parts.append(table(["parameter", "value", "source"], rows))
     return "\n".join(parts)
+
+
+def _environment_line(trial: optuna.trial.FrozenTrial) -> str | None:
+    """What a recipe trial ran on, from the ``environment.json`` its training wrote (in the
+    trial dir, or its first seed's); None for other objectives and older runs."""
+    attr = trial.user_attrs.get("trial_dir")
+    if not attr:
+        return None
+    trial_dir = Path(str(attr))
+    candidates = [
+        trial_dir / "environment.json",
+        *sorted(trial_dir.glob("seed*/environment.json")),
+    ]
+    for path in candidates:
+        try:
+            env = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(env, dict):
+            continue
+        if env.get("gpu"):
+            device = f"{env['gpu']} (CUDA {env.get('cuda', '?')})"
+        else:
+            device = f"{env.get('cpu', '?')} ({env.get('cpu_capability', '?')})"
+        return (
+            f"{device}, {env.get('threads', '?')} threads, torch {env.get('torch', '?')}, "
+            f"speechtune {env.get('speechtune', '?')} ({path.name} in {path.parent}; "
+            "`speechtune rerun` compares a rerun with it)"
+        )
+    return None
 
 
 def _confirmation(study: optuna.Study) -> str | None:

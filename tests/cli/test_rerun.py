@@ -50,6 +50,8 @@ def test_a_rerun_uses_the_trials_threads_and_names_what_differs(tmp_path: Path, 
     assert recorded["threads"] == 1 and recorded["torch"] == torch.__version__
     assert recorded["data"]["train_utterances"] > 0
     assert re.fullmatch(r"[0-9a-f]{16}", recorded["data"]["train_features"])
+    report = (run_dir / "report.html").read_text()
+    assert f"1 threads, torch {torch.__version__}" in report and "Ran on:" in report
 
     # Here, with no --threads: the trial's one thread, the same value, the same environment.
     assert main(["rerun", str(run_dir), *common]) == 0
