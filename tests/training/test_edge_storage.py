@@ -207,6 +207,37 @@ def test_pruned_int8_layers_store_their_codes_sparse(scheme: str) -> None:
     assert sizes[1] < 0.7 * sizes[0]
 
 
+def test_pruned_int4_codes_store_sparse_and_bit_identical() -> None:
+    torch.manual_seed(0)
+    # An odd number of codes (7 x 5: the last byte holds one) and rows shorter than a group.
+    model = nn.Sequential(nn.Linear(64, 48), nn.Conv1d(48, 48, 3), nn.Linear(5, 7))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight[torch.rand_like(layer.weight) < 0.9] = 0.0
+    quantize_weight_int4(model, 32)
+    state = model.state_dict()
+    dense, sparse = encode_state_dict(state)
+    packed_keys = [k for k in state if k.endswith(".packed")]
+    assert set(packed_keys) <= set(sparse) and all(
+        k in dense for k in state if k.endswith(".zero")
+    )
+    back = decode_payload({"model": dense, SPARSE_KEY: sparse})["model"]
+    for key in state:
+        assert torch.equal(back[key], state[key]), key
+    x = torch.randn(2, 64)
+    y = model[0](x)
+    model.load_state_dict(back)
+    assert torch.equal(model[0](x), y)
+    # A bit per code plus half a byte per nonzero code: about 1/4 + 0.1 of the packed bytes.
+    for key in packed_keys:
+        entry, packed = sparse[key], state[key]
+        stored = entry["mask"].numel() + entry["values"].numel()
+        assert stored <= (0.25 + 0.15) * packed.numel() + 2, key
+    # Unpruned int4 codes are left packed: encoding them would not save anything.
+    dense_model = quantize_weight_int4(nn.Sequential(nn.Linear(64, 48)), 32)
+    assert not encode_state_dict(dense_model.state_dict())[1]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -253,6 +284,26 @@ def test_weight_int4_trains_saves_loads_decodes_and_is_about_7x_smaller(
     # ONNX too (export_model checks the graph against the eager model with onnxruntime)
     if importlib.util.find_spec("onnx") is not None:
         assert export_model(int4_path, tmp_path / "onnx", "onnx").is_file()
+
+
+def test_a_pruned_int4_model_file_shrinks_with_sparse_storage(
+    small_data: PreparedData, tmp_path: Path
+) -> None:
+    edge = {"quantize": "weight_int4", "prune_sparsity": 0.9, "prune_start": 0.0, "prune_end": 0.5}
+    sparse = _train({**edge, "sparse_storage": True}, small_data, tmp_path, "sparse")
+    dense = _train({**edge, "sparse_storage": False}, small_data, tmp_path, "dense")
+    sparse_path, dense_path = tmp_path / "sparse" / "model.pt", tmp_path / "dense" / "model.pt"
+    raw = torch.load(sparse_path, weights_only=True)
+    assert any("int4" in entry for entry in raw[SPARSE_KEY].values())
+    a, b = Recognizer.load(sparse_path), Recognizer.load(dense_path)
+    sd_a, sd_b = a.model.state_dict(), b.model.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_b)
+    waves = _waves(small_data)
+    assert a.transcribe(waves) == b.transcribe(waves)
+    assert sparse_path.stat().st_size < 0.8 * dense_path.stat().st_size
+    assert sparse.metrics["model_size_mb"] < dense.metrics["model_size_mb"]
+    assert sparse.metrics["wer"] == dense.metrics["wer"]
 
 
 def test_weight_int4_keeps_pruned_zeros(small_data: PreparedData, tmp_path: Path) -> None:
