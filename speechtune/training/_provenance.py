@@ -21,13 +21,14 @@ import json
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from speechtune._version import __version__
-from speechtune.data import Manifest
+
+if TYPE_CHECKING:  # reading and comparing records (`speechtune rerun`) needs no torch
+    import torch
+
+    from speechtune.data import Manifest
 
 #: The file a training run writes into its output dir.
 ENVIRONMENT_FILE = "environment.json"
@@ -54,6 +55,8 @@ def manifest_digest(manifest: Manifest) -> str:
 
 def features_digest(feats: Mapping[str, torch.Tensor]) -> str:
     """A hash of the feature matrices' bytes, shapes and dtypes, in id order."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(feats):
         x = feats[key].detach().to("cpu").contiguous()
@@ -70,6 +73,9 @@ def run_environment(
     dev_feats: Mapping[str, torch.Tensor],
 ) -> dict[str, Any]:
     """The software, hardware and data a training run ran with (see the module docstring)."""
+    import numpy as np
+    import torch
+
     env: dict[str, Any] = {
         "speechtune": __version__,
         "python": platform.python_version(),
