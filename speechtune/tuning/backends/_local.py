@@ -29,18 +29,26 @@ from speechtune.tuning.study import (
 
 
 class _StopAtTarget:
-    """Stop the study once its finished (complete, pruned) and running trials reach ``target``.
+    """Stop the study once its finished (complete, pruned) and coming trials reach ``target``.
 
-    Running trials of other processes sharing the study (workers) count too. One that then
-    fails leaves the count short, and the caller's next round replaces it.
+    Coming trials: at least the ``in_flight - 1`` other threads of this round (``in_flight``:
+    the round's n_jobs), each of which runs a trial unless stopped, and at least the trials
+    running in the study (those of other processes sharing it, workers, count too). Counting
+    only the running trials let n_jobs threads start one trial too many: Optuna submits the
+    next thread as soon as a trial ends, and that thread's trial is not in storage yet when
+    another thread's callback counts. Counting too many only stops a round early (a thread
+    that has not started its trial then starts none, one that fails leaves the count short),
+    and the caller's next round starts what is missing.
     """
 
     def __init__(self, target: int) -> None:
         self.target = target
+        self.in_flight = 1
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        states = (*COUNTED_STATES, TrialState.RUNNING)
-        if len(study.get_trials(deepcopy=False, states=states)) >= self.target:
+        finished = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished + max(running, self.in_flight - 1) >= self.target:
             study.stop()
 
 
@@ -104,8 +112,9 @@ class LocalBackend:
             session.trial_finished,
             session.reap_killed,
         ]
-        if target is not None:
-            callbacks.insert(0, _StopAtTarget(int(target)))
+        stop = None if target is None else _StopAtTarget(int(target))
+        if stop is not None:
+            callbacks.insert(0, stop)
         timeout = spec.study.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         with view, interruptible_trials():
@@ -120,11 +129,14 @@ class LocalBackend:
                 left = None if deadline is None else deadline - time.monotonic()
                 if (remaining is not None and remaining <= 0) or (left is not None and left <= 0):
                     return
+                round_jobs = jobs if remaining is None else min(jobs, remaining)
+                if stop is not None:
+                    stop.in_flight = round_jobs
                 study.optimize(
                     runner,
                     n_trials=None,
                     timeout=left,
-                    n_jobs=jobs if remaining is None else min(jobs, remaining),
+                    n_jobs=round_jobs,
                     catch=(TrialFailed,),
                     callbacks=callbacks,
                 )

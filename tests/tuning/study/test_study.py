@@ -402,18 +402,22 @@ def test_parallel_trials_replace_failed_ones_and_stop_at_the_count() -> None:
         return quadratic(config, reporter)
 
     study = tune(flaky, SPACE, n_trials=5, n_jobs=2, sampler="random", pruner="none")
-    # Failed trials are replaced; at most one more than asked (see the test above).
-    assert 5 <= len(by_state(study, TrialState.COMPLETE)) <= 6
+    # Failed trials are replaced, and the study stops at the count.
+    assert len(by_state(study, TrialState.COMPLETE)) == 5
     assert len(by_state(study, TrialState.FAIL)) == 2
 
 
 def test_parallel_trials_and_device_slots() -> None:
-    study = tune(quadratic, SPACE, n_trials=6, n_jobs=2, sampler="random", pruner="none")
-    complete = by_state(study, TrialState.COMPLETE)
-    # n_trials, or one more when both threads finish at once (a race the stop callback, which
-    # counts running trials too, can only narrow).
-    assert 6 <= len(complete) <= 7 and len(study.trials) == len(complete)
-    assert len({t.number for t in complete}) == len(complete)
+    # Trials that end within milliseconds: Optuna starts the next thread as soon as one ends,
+    # before its trial is in storage. Counting only stored trials started one too many about
+    # once in 15 studies of this kind; the threads of the round are counted too now.
+    for seed in range(12):
+        study = tune(
+            quadratic, SPACE, n_trials=6, n_jobs=2, sampler="random", pruner="none", seed=seed
+        )
+        complete = by_state(study, TrialState.COMPLETE)
+        assert len(complete) == 6 and len(study.trials) == 6, seed
+        assert len({t.number for t in complete}) == len(complete)
     recipe = RecipeObjective({}, device="cpu")
     slot = device_slots(recipe, n_jobs=2)
     assert slot is not None and slot(0).num_threads == max(1, (os.cpu_count() or 1) // 2)
