@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from speechtune._version import __version__
+from speechtune.config import flatten
 
 if TYPE_CHECKING:  # reading and comparing records (`speechtune rerun`) needs no torch
     import torch
@@ -117,19 +118,9 @@ def read_environment(run_dir: str | Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else None
 
 
-def _flatten(env: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in env.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def environment_differences(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """One line per fact that differs between two records: ``key: now (trial: then)``."""
-    a, b = _flatten(then), _flatten(now)
+    a, b = flatten(then), flatten(now)
     return [
         f"{key}: {b.get(key, '-')} (trial: {a.get(key, '-')})"
         for key in sorted(set(a) | set(b))

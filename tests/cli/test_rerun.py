@@ -3,41 +3,24 @@ differs from the trial's recorded environment (``environment.json``) when a reru
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
 
 import torch
-import yaml
 
 from speechtune.cli._main import main
 from speechtune.data import Manifest, Utterance
 from speechtune.training import ENVIRONMENT_FILE, environment_differences
 from speechtune.training._provenance import features_digest, manifest_digest
-from tests.helpers.recipes import TINY_RECIPE
+from tests.helpers.recipes import write_tiny_recipe_study
 
 
 def _study(tmp_path: Path, capsys) -> tuple[Path, list[str]]:
-    recipe = copy.deepcopy(TINY_RECIPE)
-    recipe["train"]["epochs"] = 1
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    tuning = {
-        "recipe": "recipe.yaml",
-        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
-        "study": {
-            "name": "rerun",
-            "sampler": "random",
-            "pruner": "none",
-            "n_trials": 1,
-            "seed": 0,
-        },
-        "objective": {"kind": "recipe", "seeds": [1], "metric": "dev_loss"},
-    }
-    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    tuning = write_tiny_recipe_study(tmp_path, "rerun", n_trials=1)
     run_dir = tmp_path / "run"
     common = ["--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
-    argv = ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir)]
+    argv = ["tune", "--config", str(tuning), "--run-dir", str(run_dir)]
     assert main([*argv, *common, "--threads", "1", "--quiet", "--no-tracking"]) == 0
     capsys.readouterr()
     return run_dir, common

@@ -55,3 +55,23 @@ def run_options(tmp_path: Path, name: str = "run", **kw: Any) -> RunOptions:
         progress=False,
         **kw,
     )
+
+
+def write_tiny_recipe_study(tmp_path: Path, name: str, n_trials: int) -> Path:
+    """``recipe.yaml`` (the tiny recipe, 1 epoch) and ``tuning.yaml`` (random search of
+    ``optim.lr``, seed 1, ranked by dev loss: WER is 1.0 after one epoch of a model this small)
+    in ``tmp_path``; returns the tuning YAML's path."""
+    import yaml
+
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["train"]["epochs"] = 1
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    study = {"name": name, "sampler": "random", "pruner": "none", "n_trials": n_trials, "seed": 0}
+    tuning = {
+        "recipe": "recipe.yaml",
+        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+        "study": study,
+        "objective": {"kind": "recipe", "seeds": [1], "metric": "dev_loss"},
+    }
+    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    return tmp_path / "tuning.yaml"

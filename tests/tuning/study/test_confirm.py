@@ -35,7 +35,7 @@ from speechtune.tuning.study import (
     select_best,
     trial_config,
 )
-from tests.helpers.recipes import TINY_RECIPE
+from tests.helpers.recipes import TINY_RECIPE, write_tiny_recipe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -184,20 +184,10 @@ def test_confirmation_checks_its_seeds_and_its_study(tmp_path: Path) -> None:
 
 
 def test_speechtune_confirm_on_a_real_recipe_study(tmp_path: Path, capsys) -> None:
-    recipe = copy.deepcopy(TINY_RECIPE)
-    recipe["train"]["epochs"] = 1
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    tuning = {
-        "recipe": "recipe.yaml",
-        "space": {"optim.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
-        "study": {"name": "real", "sampler": "random", "pruner": "none", "n_trials": 3, "seed": 0},
-        # WER is 1.0 after one epoch of a model this small; the dev loss ranks configs.
-        "objective": {"kind": "recipe", "seeds": [1], "metric": "dev_loss"},
-    }
-    (tmp_path / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    tuning = write_tiny_recipe_study(tmp_path, "real", n_trials=3)
     run_dir = tmp_path / "run"
     common = ["--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
-    argv = ["tune", "--config", str(tmp_path / "tuning.yaml"), "--run-dir", str(run_dir)]
+    argv = ["tune", "--config", str(tuning), "--run-dir", str(run_dir)]
     assert main([*argv, *common, "--quiet", "--no-tracking"]) == 0
     capsys.readouterr()
 
