@@ -7,7 +7,6 @@ parameter names and values) is HTML-escaped; plotly escapes ``<`` in its figure 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -124,17 +123,15 @@ def _environment_line(trial: optuna.trial.FrozenTrial) -> str | None:
     attr = trial.user_attrs.get("trial_dir")
     if not attr:
         return None
+    from speechtune.training import ENVIRONMENT_FILE, read_environment  # torch-free
+
     trial_dir = Path(str(attr))
-    candidates = [
-        trial_dir / "environment.json",
-        *sorted(trial_dir.glob("seed*/environment.json")),
-    ]
-    for path in candidates:
-        try:
-            env = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(env, dict):
+    for run_dir in [
+        trial_dir,
+        *sorted(p.parent for p in trial_dir.glob(f"seed*/{ENVIRONMENT_FILE}")),
+    ]:
+        env = read_environment(run_dir)
+        if env is None:
             continue
         if env.get("gpu"):
             device = f"{env['gpu']} (CUDA {env.get('cuda', '?')})"
@@ -142,7 +139,7 @@ def _environment_line(trial: optuna.trial.FrozenTrial) -> str | None:
             device = f"{env.get('cpu', '?')} ({env.get('cpu_capability', '?')})"
         return (
             f"{device}, {env.get('threads', '?')} threads, torch {env.get('torch', '?')}, "
-            f"speechtune {env.get('speechtune', '?')} ({path.name} in {path.parent}; "
+            f"speechtune {env.get('speechtune', '?')} ({ENVIRONMENT_FILE} in {run_dir}; "
             "`speechtune rerun` compares a rerun with it)"
         )
     return None
