@@ -424,6 +424,78 @@ def sample_near(
     return _sample(space, draw, base, "sampling near a config")
 
 
+def sample_neighbour(
+    space: SearchSpace,
+    center: Mapping[str, Any],
+    rng: np.random.Generator,
+    scale: float = 0.2,
+    base: Mapping[str, Any] | None = None,
+) -> tuple[Params, Config]:
+    """A one-exchange neighbour of a config: exactly one of its params moved, the rest kept.
+
+    SMAC's local-search neighbourhood (Hutter et al., 2011): the moved param is one of the
+    centre's tunable params, chosen uniformly; a numeric one takes a normal draw around its
+    value (std ``scale x range``, truncated and snapped as in :func:`sample_near`), a
+    categorical one another of its choices. Params the move makes active (a changed choice's
+    children) come from their prior, or uniformly; params it makes inactive are dropped. Unlike
+    :func:`sample_near`, which moves every numeric param at once, a chain of such moves can
+    walk along one axis, e.g. into a narrow region of one branch of a conditional space.
+
+    Args:
+        space: the search space.
+        center: raw params of the centre (as stored by Optuna); categorical values may also be
+            given as the choice itself.
+        rng: the source of randomness.
+        scale: in ``(0, 10]``; the std of a numeric move relative to the param's range.
+        base: flat values for names outside the space; default ``space.base``.
+
+    Returns:
+        ``(params, config)`` as :func:`sample_uniform`.
+
+    Raises:
+        ValueError: ``scale`` outside ``(0, 10]``.
+        ConstraintViolation: no draw in :data:`MAX_TRIES` satisfied the constraints.
+    """
+    if not (
+        isinstance(scale, (int, float))
+        and not isinstance(scale, bool)
+        and 0 < scale <= MAX_PRIOR_WIDTH
+    ):
+        raise ValueError(
+            f"sample_neighbour: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})"
+        )
+    movable = [n for n in space.tunable_names() if n in center]
+    moved = movable[int(rng.integers(len(movable)))] if movable else None
+    fallback = _prior_draw(rng)
+
+    def draw(param: Param) -> Any:
+        if param.name not in center:
+            return fallback(param)
+        value = center[param.name]
+        if isinstance(param, CategoricalParam):
+            found, enc = _encode(param, value)
+            if not found:
+                return fallback(param)
+            if param.name != moved:
+                return enc
+            others = [
+                e for e in param.encoded() if not (same_value(e, enc) and type(e) is type(enc))
+            ]
+            return others[int(rng.integers(len(others)))] if others else enc
+        if not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
+            return fallback(param)
+        if param.name != moved:
+            return value
+        centre = min(max(value, param.low), param.high)  # type: ignore[union-attr]
+        return _Axis(param).normal(centre, scale, rng)  # type: ignore[arg-type]
+
+    return _sample(space, draw, base, "sampling a neighbour")
+
+
 def complete_params(
     space: SearchSpace,
     params: Mapping[str, Any],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import optuna
+import pytest
 
 from speechtune.tuning.search._surrogate import ForestModel
-from speechtune.tuning.space import parse_space, sample_near, sample_uniform
+from speechtune.tuning.space import parse_space, sample_near, sample_neighbour, sample_uniform
 
 # A conditional space like a speech recipe's: the encoder type gates its own width param.
 SPACE = parse_space(
@@ -66,3 +68,83 @@ def test_local_moves_refine_the_best_of_a_losing_branch_too() -> None:
     ]
     # 90 moves over 9 centres: about 10 start from the best RNN (a few of them switch encoder).
     assert len(near_best_rnn) >= 5
+
+
+def test_a_neighbour_moves_exactly_one_param() -> None:
+    rng = np.random.default_rng(3)
+    centre = {"model.encoder": "conformer", "model.kernel": 0.5, "optim.lr": 0.5}
+    moved = {"model.encoder": 0, "model.kernel": 0, "optim.lr": 0}
+    for _ in range(300):
+        params, config = sample_neighbour(SPACE, centre, rng)
+        changed = [k for k in centre if k in params and params[k] != centre[k]]
+        assert len(changed) == 1, params
+        moved[changed[0]] += 1
+        if changed == ["model.encoder"]:
+            # The switch drops the conformer's kernel and draws the RNN's cell.
+            assert set(params) == {"model.encoder", "model.cell", "optim.lr"}
+            assert config["optim.lr"] == 0.5
+    # Each of the three params is the moved one about a third of the time.
+    assert all(60 <= n <= 140 for n in moved.values()), moved
+
+
+def test_a_neighbour_round_trips_through_optuna() -> None:
+    rng = np.random.default_rng(4)
+    params, _ = sample_uniform(SPACE, rng)
+    for _ in range(30):
+        params, config = sample_neighbour(SPACE, params, rng)
+        assert SPACE.sample(optuna.trial.FixedTrial(params)) == config
+
+
+def test_a_neighbour_needs_a_scale_in_range() -> None:
+    with pytest.raises(ValueError, match="sample_neighbour: scale"):
+        sample_neighbour(SPACE, {"optim.lr": 0.5}, np.random.default_rng(0), scale=0.0)
+
+
+def test_the_local_search_adds_candidates_that_score_higher() -> None:
+    """The same first candidates (the same draws come first), then the climb's neighbours:
+    the list grows and its best expected improvement can only rise."""
+
+    def ranked(climb: bool) -> list:
+        rng = np.random.default_rng(5)
+        return _fitted().ranked_candidates(
+            rng,
+            lambda r: sample_uniform(SPACE, r),
+            lambda centre, r, scale: sample_near(SPACE, centre, r, scale),
+            (lambda centre, r: sample_neighbour(SPACE, centre, r)) if climb else None,
+            n_random=40,
+            n_local=40,
+        )
+
+    plain, climbed = ranked(False), ranked(True)
+    assert len(plain) == 80 and len(climbed) > 80
+    assert climbed[0][0] >= plain[0][0]
+    plain_keys = {repr(sorted(p.items())) for _, p, _ in plain}
+    assert plain_keys <= {repr(sorted(p.items())) for _, p, _ in climbed}
+
+
+def _ranked_by_proposer(space: object) -> list:
+    """The forest's ranked candidates after one model proposal on 20 observed configs."""
+    from speechtune.tuning.search._jobs import _Config
+    from speechtune.tuning.search._proposals import Proposer
+
+    proposer = Proposer(space, "speechtune", use_priors=False)  # type: ignore[arg-type]
+    rng = np.random.default_rng(8)
+    configs = {}
+    for i in range(20):
+        params, config = sample_uniform(space, rng)  # type: ignore[arg-type]
+        configs[i] = _Config(i, params, config, "random", values={0: float(rng.random())})
+    proposer._forest(rng, configs, 0)
+    assert proposer._ranked is not None
+    return proposer._ranked[2]
+
+
+def test_the_model_climbs_in_a_conditional_space_only() -> None:
+    flat = parse_space(
+        {
+            "model.encoder": {"type": "categorical", "choices": ["conformer", "rnn"]},
+            "optim.lr": {"type": "float", "low": 0.0, "high": 1.0},
+        }
+    )
+    # 250 uniform draws + 250 local moves, one taken; the climb adds its neighbours.
+    assert len(_ranked_by_proposer(flat)) == 499
+    assert len(_ranked_by_proposer(SPACE)) > 499
