@@ -12,6 +12,7 @@ from speechtune.tuning.space._expr import (
     parse_expression,
 )
 from speechtune.tuning.space._fit import fit_params
+from speechtune.tuning.space._moves import sample_near, sample_neighbour
 from speechtune.tuning.space._params import (
     MAX_PRIOR_WIDTH,
     CategoricalParam,
@@ -38,8 +39,6 @@ from speechtune.tuning.space._sampling import (
     Params,
     prior_log_density,
     prior_mode,
-    sample_near,
-    sample_neighbour,
     sample_prior,
     sample_uniform,
     uniform_log_density,
