@@ -28,6 +28,22 @@ from speechtune.tuning.space._space import SearchSpace
 __all__ = ["sample_near", "sample_neighbour"]
 
 
+def _check_scale(caller: str, scale: Any) -> None:
+    if not (
+        isinstance(scale, (int, float))
+        and not isinstance(scale, bool)
+        and 0 < scale <= MAX_PRIOR_WIDTH
+    ):
+        raise ValueError(
+            f"{caller}: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})"
+        )
+
+
+def _finite_number(value: Any) -> bool:
+    """A centre's numeric value that a move can start from (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def sample_near(
     space: SearchSpace,
     center: Mapping[str, Any],
@@ -61,14 +77,7 @@ def sample_near(
         ValueError: ``scale`` outside ``(0, 10]``.
         ConstraintViolation: no draw in :data:`MAX_TRIES` satisfied the constraints.
     """
-    if not (
-        isinstance(scale, (int, float))
-        and not isinstance(scale, bool)
-        and 0 < scale <= MAX_PRIOR_WIDTH
-    ):
-        raise ValueError(
-            f"sample_near: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})"
-        )
+    _check_scale("sample_near", scale)
     fallback = _prior_draw(rng)
 
     def draw(param: Param) -> Any:
@@ -78,11 +87,7 @@ def sample_near(
         if isinstance(param, CategoricalParam):
             found, _ = _encode(param, value)
             return _around(param, value, scale, rng) if found else fallback(param)
-        if not (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        ):
+        if not _finite_number(value):
             return fallback(param)
         centre = min(max(value, param.low), param.high)  # type: ignore[union-attr]
         return _Axis(param).normal(centre, scale, rng)  # type: ignore[arg-type]
@@ -122,14 +127,7 @@ def sample_neighbour(
         ValueError: ``scale`` outside ``(0, 10]``.
         ConstraintViolation: no draw in :data:`MAX_TRIES` satisfied the constraints.
     """
-    if not (
-        isinstance(scale, (int, float))
-        and not isinstance(scale, bool)
-        and 0 < scale <= MAX_PRIOR_WIDTH
-    ):
-        raise ValueError(
-            f"sample_neighbour: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})"
-        )
+    _check_scale("sample_neighbour", scale)
     movable = [n for n in space.tunable_names() if n in center]
     moved = movable[int(rng.integers(len(movable)))] if movable else None
     fallback = _prior_draw(rng)
@@ -148,11 +146,7 @@ def sample_neighbour(
                 e for e in param.encoded() if not (same_value(e, enc) and type(e) is type(enc))
             ]
             return others[int(rng.integers(len(others)))] if others else enc
-        if not (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        ):
+        if not _finite_number(value):
             return fallback(param)
         if param.name != moved:
             return value
