@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from speechtune.tuning.space._params import MAX_PRIOR_WIDTH, CategoricalParam, Param, same_value
+from speechtune.tuning.space._params import CategoricalParam, Param, check_width, same_value
 from speechtune.tuning.space._sampling import (
     Config,
     Params,
@@ -26,17 +26,6 @@ from speechtune.tuning.space._sampling import (
 from speechtune.tuning.space._space import SearchSpace
 
 __all__ = ["sample_near", "sample_neighbour"]
-
-
-def _check_scale(caller: str, scale: Any) -> None:
-    if not (
-        isinstance(scale, (int, float))
-        and not isinstance(scale, bool)
-        and 0 < scale <= MAX_PRIOR_WIDTH
-    ):
-        raise ValueError(
-            f"{caller}: scale must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {scale!r})"
-        )
 
 
 def _finite_number(value: Any) -> bool:
@@ -77,7 +66,7 @@ def sample_near(
         ValueError: ``scale`` outside ``(0, 10]``.
         ConstraintViolation: no draw in :data:`MAX_TRIES` satisfied the constraints.
     """
-    _check_scale("sample_near", scale)
+    check_width("sample_near: scale", scale)
     fallback = _prior_draw(rng)
 
     def draw(param: Param) -> Any:
@@ -127,7 +116,7 @@ def sample_neighbour(
         ValueError: ``scale`` outside ``(0, 10]``.
         ConstraintViolation: no draw in :data:`MAX_TRIES` satisfied the constraints.
     """
-    _check_scale("sample_neighbour", scale)
+    check_width("sample_neighbour: scale", scale)
     movable = [n for n in space.tunable_names() if n in center]
     moved = movable[int(rng.integers(len(movable)))] if movable else None
     fallback = _prior_draw(rng)

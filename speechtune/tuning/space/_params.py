@@ -61,6 +61,17 @@ DEFAULT_PRIOR_WIDTH = 0.15  # the width of the shorthand ``prior: <value>``
 MAX_PRIOR_WIDTH = 10.0  # a wider prior is flat over the range: say nothing rather than that
 
 
+def check_width(label: str, value: Any) -> None:
+    """Raise ``ValueError("<label> must be a number in (0, 10] (got ...)")`` unless ``value`` is a
+    prior width or move scale: a number (not a bool) in ``(0, MAX_PRIOR_WIDTH]``."""
+    if not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 < value <= MAX_PRIOR_WIDTH
+    ):
+        raise ValueError(f"{label} must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {value!r})")
+
+
 @dataclass(frozen=True)
 class Prior:
     """Belief about where good values of a param lie (a recipe default and how sure we are).

@@ -17,11 +17,11 @@ import yaml
 
 from speechtune.config import flatten, split_block_ops
 from speechtune.tuning.space import (
-    MAX_PRIOR_WIDTH,
     CategoricalParam,
     Params,
     Prior,
     SearchSpace,
+    check_width,
     fit_params,
 )
 from speechtune.tuning.study._load import load_study
@@ -128,14 +128,7 @@ def load_warm_start(
     """
     if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
         raise ValueError(f"load_warm_start: top_k must be an int >= 1 (got {top_k!r})")
-    if not (
-        isinstance(width, (int, float))
-        and not isinstance(width, bool)
-        and 0 < width <= MAX_PRIOR_WIDTH
-    ):
-        raise ValueError(
-            f"load_warm_start: width must be a number in (0, {MAX_PRIOR_WIDTH:g}] (got {width!r})"
-        )
+    check_width("load_warm_start: width", width)
     path = Path(path)
     if not path.exists():
         raise ValueError(
