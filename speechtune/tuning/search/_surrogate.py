@@ -95,6 +95,17 @@ def normal_scores(values: Sequence[float]) -> np.ndarray:
     return np.asarray(norm.ppf((ranks - 0.5) / len(y)))
 
 
+def _tree_predictions(forest: Any, x: np.ndarray) -> np.ndarray:
+    """Each tree's prediction for each row, shape ``(trees, rows)``.
+
+    The rows are converted to the trees' float32 once here instead of checked again by every
+    tree: the same numbers, 4-8x faster on the 8-500 rows a proposal scores (the local search
+    calls this ten times a proposal).
+    """
+    rows = np.ascontiguousarray(x, dtype=np.float32)
+    return np.stack([tree.predict(rows, check_input=False) for tree in forest.estimators_])
+
+
 def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float) -> np.ndarray:
     """EI below ``best`` (minimisation) of a normal with ``mean`` and ``std`` per candidate."""
     std = np.maximum(std, 1e-9)
@@ -154,8 +165,7 @@ class ForestModel:
         """Mean and spread (std across trees) of the normal score for each config."""
         if self._forest is None:
             raise RuntimeError("ForestModel.predict before fit")
-        x = self.encoder.encode_many(params)
-        per_tree = np.stack([tree.predict(x) for tree in self._forest.estimators_])
+        per_tree = _tree_predictions(self._forest, self.encoder.encode_many(params))
         return per_tree.mean(axis=0), per_tree.std(axis=0)
 
     def choice_bests(self) -> list[int]:

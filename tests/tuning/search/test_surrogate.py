@@ -148,3 +148,16 @@ def test_the_model_climbs_in_a_conditional_space_only() -> None:
     # 250 uniform draws + 250 local moves, one taken; the climb adds its neighbours.
     assert len(_ranked_by_proposer(flat)) == 499
     assert len(_ranked_by_proposer(SPACE)) > 499
+
+
+def test_predictions_are_the_trees_own() -> None:
+    """The forest's mean and spread come from every tree's prediction, exactly as scikit-learn's
+    checked ``predict`` gives them (the model skips the per-tree input check for speed)."""
+    model = _fitted()
+    rng = np.random.default_rng(2)
+    params = [sample_uniform(SPACE, rng)[0] for _ in range(30)]
+    x = model.encoder.encode_many(params)
+    per_tree = np.stack([tree.predict(x) for tree in model._forest.estimators_])
+    mean, std = model.predict(params)
+    np.testing.assert_array_equal(mean, per_tree.mean(axis=0))
+    np.testing.assert_array_equal(std, per_tree.std(axis=0))
